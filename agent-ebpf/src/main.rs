@@ -1,0 +1,19 @@
+//! The eBPF programs of sgpath, built for `bpfel-unknown-none` by `agent/build.rs`.
+//!
+//! One module per attach point; each program's name is the string the loader looks up.
+//! Programs fail open: they never change a packet's verdict.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod if_counters;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// On the host the bin target is an empty program, so `cargo build --workspace` works.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,1 +1,61 @@
-fn main(){}
+//! The `sgpath` binary: parse the command line, run one command, map the outcome to an
+//! exit status (0 healthy, 1 findings, 2 sgpath's own error).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sgpath::{checks, collect, model::Topology, report};
+
+use cli::{Cli, Command, InspectArgs, Output};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("sgpath: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Inspect(args) => inspect(args),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let sources = collect::Sources { cni_config: args.cni_config, proc_sys: args.proc_sys };
+    let node = runtime()?.block_on(collect::node(&sources))?;
+    for w in &node.read_warnings {
+        eprintln!("sgpath: warning: {w}");
+    }
+    let topo = Topology::from_node(&node);
+    let findings = checks::run(&node, &topo);
+    let report = report::Report::new(&node, &topo, findings);
+    let text = match args.output {
+        Output::Json => report.to_json() + "\n",
+        Output::Text => report::text::render(&report),
+    };
+    write_stdout(&text)?;
+    Ok(match report.worst() {
+        Some(checks::Severity::Warning | checks::Severity::Error) => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+/// Print to stdout; a closed pipe (`sgpath inspect | head`) is not an error.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

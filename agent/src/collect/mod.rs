@@ -1,0 +1,77 @@
+//! Reads the node: the only stage that talks rtnetlink, procfs or files. Produces a
+//! [`Node`](crate::model::Node) snapshot of the calling thread's network namespace.
+
+pub mod addresses;
+pub mod cni_config;
+pub mod links;
+pub mod routes;
+pub mod rules;
+pub mod sysctls;
+
+use std::path::PathBuf;
+
+use crate::model::Node;
+
+/// Why the node could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("cannot open an rtnetlink socket: {source}")]
+    Socket {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rtnetlink dump of {what} failed: {source}")]
+    Netlink {
+        what: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+/// Where to read from.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    pub cni_config: PathBuf,
+    pub proc_sys: PathBuf,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources { cni_config: PathBuf::from("/etc/cni/net.d/10-aws.conflist"), proc_sys: PathBuf::from("/proc/sys") }
+    }
+}
+
+/// Take a snapshot of the current network namespace.
+///
+/// # Errors
+/// [`CollectError`] when netlink cannot be read at all. Unreadable sysctls and a bad CNI
+/// config do not fail the snapshot: they land in `Node::read_warnings`.
+pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| CollectError::Socket { source })?;
+    let conn = tokio::spawn(conn);
+    let mut links = links::dump(&handle).await?;
+    let mut addrs = addresses::dump(&handle).await?;
+    for l in &mut links {
+        l.addresses = addrs.remove(&l.ifindex).unwrap_or_default();
+    }
+    let names = links.iter().map(|l| (l.ifindex, l.name.clone())).collect();
+    let routes = routes::dump(&handle, &names).await?;
+    let rules = rules::dump(&handle).await?;
+    conn.abort();
+
+    let (sysctls, mut read_warnings) = sysctls::read(&sources.proc_sys, &links);
+    let cni = match cni_config::read(&sources.cni_config) {
+        Ok(c) => c,
+        Err(e) => {
+            read_warnings.push(e.to_string());
+            None
+        }
+    };
+    Ok(Node { kernel: kernel_release(), links, rules, routes, sysctls, cni, read_warnings })
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into())
+}
+

@@ -1,0 +1,99 @@
+//! Routes of every table over rtnetlink (`ip route show table all`, `ip -6 route show table all`).
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::{
+    AddressFamily,
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope as NlScope, RouteType},
+};
+use rtnetlink::Handle;
+
+use super::CollectError;
+use crate::model::{Family, Route, RouteKind, RouteScope};
+
+/// Dump the routes of all tables, both families (RTM_GETROUTE, NLM_F_DUMP, table unspec).
+///
+/// # Errors
+/// [`CollectError::Netlink`] when the IPv4 dump fails; a failed IPv6 dump (IPv6 disabled)
+/// gives no v6 routes.
+pub async fn dump(handle: &Handle, names: &BTreeMap<u32, String>) -> Result<Vec<Route>, CollectError> {
+    let mut routes = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut req = RouteMessage::default();
+        req.header.address_family = family;
+        let res: Result<Vec<RouteMessage>, _> = handle.route().get(req).execute().try_collect().await;
+        match res {
+            Ok(msgs) => routes.extend(msgs.iter().filter_map(|m| from_message(m, names))),
+            Err(_) if family == AddressFamily::Inet6 => {}
+            Err(source) => return Err(CollectError::Netlink { what: "routes", source }),
+        }
+    }
+    Ok(routes)
+}
+
+/// Convert one RTM_NEWROUTE message; `names` maps ifindex to link name.
+pub fn from_message(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Route> {
+    let family = match msg.header.address_family {
+        AddressFamily::Inet => Family::Ipv4,
+        AddressFamily::Inet6 => Family::Ipv6,
+        _ => return None,
+    };
+    let mut dst = None;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut prefsrc = None;
+    // RTA_TABLE carries the real id; the u8 header field says 252 (RT_TABLE_COMPAT) above 255.
+    let mut table = u32::from(msg.header.table);
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(a) => dst = ip(a),
+            RouteAttribute::Gateway(a) => gateway = ip(a),
+            RouteAttribute::PrefSource(a) => prefsrc = ip(a),
+            RouteAttribute::Oif(i) => oif = Some(names.get(i).cloned().unwrap_or_else(|| format!("if{i}"))),
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    let dst = match (dst, family) {
+        (Some(a), _) => IpNet::new(a, msg.header.destination_prefix_length).ok()?,
+        (None, Family::Ipv4) => IpNet::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0).ok()?,
+        (None, Family::Ipv6) => IpNet::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0).ok()?,
+    };
+    Some(Route { family, table, dst, gateway, oif, scope: scope(msg.header.scope), kind: kind(msg.header.kind), prefsrc })
+}
+
+fn ip(a: &RouteAddress) -> Option<std::net::IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some((*v4).into()),
+        RouteAddress::Inet6(v6) => Some((*v6).into()),
+        _ => None,
+    }
+}
+
+fn scope(s: NlScope) -> RouteScope {
+    match s {
+        NlScope::Universe => RouteScope::Universe,
+        NlScope::Site => RouteScope::Site,
+        NlScope::Link => RouteScope::Link,
+        NlScope::Host => RouteScope::Host,
+        NlScope::NoWhere => RouteScope::Nowhere,
+        other => RouteScope::Other(u8::from(other)),
+    }
+}
+
+fn kind(k: RouteType) -> RouteKind {
+    match k {
+        RouteType::Unicast => RouteKind::Unicast,
+        RouteType::Local => RouteKind::Local,
+        RouteType::Broadcast => RouteKind::Broadcast,
+        RouteType::Anycast => RouteKind::Anycast,
+        RouteType::Multicast => RouteKind::Multicast,
+        RouteType::BlackHole => RouteKind::Blackhole,
+        RouteType::Unreachable => RouteKind::Unreachable,
+        RouteType::Prohibit => RouteKind::Prohibit,
+        RouteType::Throw => RouteKind::Throw,
+        _ => RouteKind::Other,
+    }
+}

@@ -1,0 +1,131 @@
+//! Userspace side of the eBPF probes: load the embedded object, attach the tc counters to
+//! interfaces, read the per-CPU maps, detach on drop.
+//!
+//! | program      | hook                 | minimum kernel | without it          |
+//! |--------------|----------------------|----------------|---------------------|
+//! | `if_ingress` | tcx ingress / clsact | 4.1 (tcx 6.6)  | no packet counters  |
+//! | `if_egress`  | tcx egress / clsact  | 4.1 (tcx 6.6)  | no packet counters  |
+//!
+//! Side effects: loads BPF programs and maps; on kernels before 6.6 adds a clsact qdisc to
+//! each interface that has none, and leaves that qdisc in place when it exits (an empty clsact has no effect).
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf,
+    maps::PerCpuHashMap,
+    programs::{SchedClassifier, TcAttachType, tc},
+};
+use sgpath_ebpf::{IF_COUNTERS_MAP, IfCounters};
+
+/// The eBPF object built by `build.rs` from `agent-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sgpath-ebpf"));
+
+/// Why probes could not be loaded or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("loading the eBPF object failed (needs CAP_BPF and CAP_PERFMON, or root): {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {name} is missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching {name} to {iface}: {source} (needs CAP_NET_ADMIN)")]
+    Attach {
+        name: &'static str,
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Counters of one interface summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IfTotals {
+    pub ingress_packets: u64,
+    pub ingress_bytes: u64,
+    pub egress_packets: u64,
+    pub egress_bytes: u64,
+    pub other_packets: u64,
+}
+
+/// The tc counters, attached to a set of interfaces of the current network namespace.
+/// Dropping it detaches every program.
+pub struct IfProbes {
+    ebpf: Ebpf,
+}
+
+const PROGRAMS: [(&str, TcAttachType); 2] = [("if_ingress", TcAttachType::Ingress), ("if_egress", TcAttachType::Egress)];
+
+impl IfProbes {
+    /// Load the programs (not yet attached).
+    ///
+    /// # Errors
+    /// [`ProbeError`] when the kernel refuses the object or a program.
+    pub fn load() -> Result<IfProbes, ProbeError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(ProbeError::Load)?;
+        for (name, _) in PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            prog.load().map_err(|source| ProbeError::Program { name, source })?;
+        }
+        Ok(IfProbes { ebpf })
+    }
+
+    /// Attach both counters to `iface` (by name, in the calling thread's namespace).
+    ///
+    /// # Errors
+    /// [`ProbeError::Attach`] naming the interface.
+    pub fn attach(&mut self, iface: &str) -> Result<(), ProbeError> {
+        // Kernels before 6.6 have no tcx: aya attaches through a clsact qdisc, which must exist.
+        // An existing one (another tool's) is fine and is left alone.
+        let _ = tc::qdisc_add_clsact(iface);
+        for (name, at) in PROGRAMS {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            prog.attach(iface, at).map_err(|source| ProbeError::Attach { name, iface: iface.to_string(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Per-interface counters summed over CPUs, by ifindex.
+    ///
+    /// # Errors
+    /// [`ProbeError::Map`] when the map cannot be read.
+    pub fn read(&self) -> Result<BTreeMap<u32, IfTotals>, ProbeError> {
+        let map = self.ebpf.map(IF_COUNTERS_MAP).ok_or(ProbeError::MissingProgram { name: IF_COUNTERS_MAP })?;
+        let map: PerCpuHashMap<_, u32, IfCounters> =
+            PerCpuHashMap::try_from(map).map_err(|source| ProbeError::Map { name: IF_COUNTERS_MAP, source })?;
+        let mut out = BTreeMap::new();
+        for entry in map.iter() {
+            let (ifindex, per_cpu) = entry.map_err(|source| ProbeError::Map { name: IF_COUNTERS_MAP, source })?;
+            let mut t = IfTotals::default();
+            for c in per_cpu.iter() {
+                t.ingress_packets += c.ingress_packets;
+                t.ingress_bytes += c.ingress_bytes;
+                t.egress_packets += c.egress_packets;
+                t.egress_bytes += c.egress_bytes;
+                t.other_packets += c.other_packets;
+            }
+            out.insert(ifindex, t);
+        }
+        Ok(out)
+    }
+}

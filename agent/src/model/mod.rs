@@ -1,0 +1,79 @@
+//! The node as plain owned data: what `collect` read ([`Node`]) and what sgpath makes of
+//! it ([`Topology`]). No I/O and no netlink types here, so checks and reports are pure
+//! functions of these values and unit-tested without root.
+
+mod cni;
+mod link;
+mod route;
+mod rule;
+mod sysctl;
+mod topology;
+
+pub use cni::{CniConfig, EnforcingMode, VLAN_LINK_PREFIX, VLAN_TABLE_OFFSET, vlan_table};
+pub use link::{Link, LinkKind, OperState};
+pub use route::{Route, RouteKind, RouteScope};
+pub use rule::{Rule, RuleAction, table_name};
+pub use sysctl::Sysctls;
+pub use topology::{HostVeth, Path, PathKind, Topology, Trunk, VethRole, VlanLink};
+
+use serde::Serialize;
+
+/// The main routing table (`ip route show table main`).
+pub const TABLE_MAIN: u32 = 254;
+/// The local table.
+pub const TABLE_LOCAL: u32 = 255;
+/// The default table.
+pub const TABLE_DEFAULT: u32 = 253;
+
+/// Rule priorities the VPC CNI uses (pkg/networkutils, pkg/sgpp).
+pub mod priority {
+    /// `from all lookup local` by default.
+    pub const LOCAL_DEFAULT: u32 = 0;
+    /// `iif vlan.eth.N` / `iif vlan<hash>` rules of strict-mode branch pods.
+    pub const VLAN_IIF: u32 = 10;
+    /// Where the CNI moves the local rule in strict mode.
+    pub const LOCAL_STRICT: u32 = 20;
+    /// `to <pod ip> lookup main` of ordinary and standard-mode pods.
+    pub const TO_POD: u32 = 512;
+    /// `from <pod ip> lookup <table>` of pods on secondary ENIs and standard-mode branch pods.
+    pub const FROM_POD: u32 = 1536;
+}
+
+/// Address family of a rule or route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// Everything `collect` read from one node (its network namespace), before interpretation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Node {
+    /// `uname -r`.
+    pub kernel: String,
+    pub links: Vec<Link>,
+    pub rules: Vec<Rule>,
+    pub routes: Vec<Route>,
+    pub sysctls: Sysctls,
+    /// The CNI config, when the file exists and parses.
+    pub cni: Option<CniConfig>,
+    /// Problems met while reading that did not stop the snapshot (a malformed CNI config,
+    /// an unreadable sysctl). Reported as warnings.
+    pub read_warnings: Vec<String>,
+}
+
+impl Node {
+    pub fn link(&self, ifindex: u32) -> Option<&Link> {
+        self.links.iter().find(|l| l.ifindex == ifindex)
+    }
+
+    pub fn link_by_name(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+
+    /// Routes in one table.
+    pub fn table(&self, table: u32) -> impl Iterator<Item = &Route> {
+        self.routes.iter().filter(move |r| r.table == table)
+    }
+}

@@ -1,0 +1,270 @@
+//! What sgpath makes of a [`Node`]: trunk ENIs, VLAN links, host veths and one
+//! security-group *path* per pod. Pure functions of the snapshot.
+//!
+//! How the VPC CNI lays a node out (../shared/vpc-cni-sgp.md):
+//! - strict branch pod: host veth `vlan<hash>`, pod route in table N+100, priority-10
+//!   `iif vlan.eth.N` and `iif vlan<hash>` rules to N+100;
+//! - standard branch pod: host veth `eni<hash>`, main route, `512: to <ip> lookup main`,
+//!   `1536: from <ip> lookup N+100`;
+//! - ordinary pod: `eni<hash>`, main route, 512 rule, and on a secondary ENI a 1536 rule to
+//!   the ENI's table.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use serde::Serialize;
+
+use super::{
+    EnforcingMode, Link, LinkKind, Node, Rule, TABLE_MAIN,
+    cni::{self, CniConfig, STRICT_VETH_PREFIX, VLAN_LINK_PREFIX},
+    priority,
+};
+
+/// Which security groups filter a pod's traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    /// The pod has its own branch ENI (a VLAN on the trunk): the branch ENI's groups decide.
+    BranchEni,
+    /// The pod shares a node ENI: the node ENI's groups decide.
+    NodeEni,
+}
+
+impl PathKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathKind::BranchEni => "branch-eni",
+            PathKind::NodeEni => "node-eni",
+        }
+    }
+}
+
+/// What a host veth's name says about its pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VethRole {
+    /// `vlan<hash>`: a strict-mode branch pod.
+    StrictBranch,
+    /// `<vethPrefix><hash>` (`eni` by default): an ordinary or standard-mode branch pod.
+    Eni,
+}
+
+/// A trunk ENI: the parent of `vlan.eth.*` links.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Trunk {
+    pub name: String,
+    pub ifindex: u32,
+    pub mtu: Option<u32>,
+    pub up: bool,
+    /// VLAN ids of its `vlan.eth.*` children, ascending.
+    pub vlans: Vec<u16>,
+}
+
+/// A branch ENI's VLAN sub-interface `vlan.eth.N`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VlanLink {
+    pub name: String,
+    pub ifindex: u32,
+    pub vlan_id: u16,
+    /// The trunk's name, `None` when IFLA_LINK names no link in this namespace (trunk gone).
+    pub trunk: Option<String>,
+    pub parent_ifindex: Option<u32>,
+    pub mtu: Option<u32>,
+    pub mac: Option<String>,
+    pub up: bool,
+}
+
+/// A pod's host-side veth.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostVeth {
+    pub name: String,
+    pub ifindex: u32,
+    pub role: VethRole,
+    pub mtu: Option<u32>,
+    /// The pod's netns id as the node numbers it; `None` for a veth without a peer.
+    pub peer_netns_id: Option<i32>,
+}
+
+/// A rule that steers a path, as the report shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PathRule {
+    pub priority: u32,
+    /// `from all iif vlan.eth.1`, as `ip rule` prints the selector.
+    pub selector: String,
+    pub table: u32,
+}
+
+/// One pod's security-group path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Path {
+    pub kind: PathKind,
+    /// Enforcing mode of a branch path; `None` for node-ENI paths.
+    pub mode: Option<EnforcingMode>,
+    /// `None` when nothing on the node names the pod's address (no route, no rule).
+    pub pod_ip: Option<IpAddr>,
+    pub host_veth: String,
+    pub vlan_id: Option<u16>,
+    /// `vlan.eth.N`, `None` if that link does not exist.
+    pub vlan_link: Option<String>,
+    pub trunk: Option<String>,
+    /// The table that routes the pod's own outbound traffic.
+    pub route_table: u32,
+    pub rules: Vec<PathRule>,
+}
+
+/// The node's security-group topology.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Topology {
+    /// `None` when no branch ENI path exists.
+    pub mode: Option<EnforcingMode>,
+    pub trunks: Vec<Trunk>,
+    pub vlan_links: Vec<VlanLink>,
+    pub host_veths: Vec<HostVeth>,
+    /// Branch paths first, then node-ENI paths; each group by pod IP.
+    pub paths: Vec<Path>,
+}
+
+impl Topology {
+    /// Classify a node snapshot.
+    pub fn from_node(node: &Node) -> Topology {
+        let vlan_links: Vec<VlanLink> = node.links.iter().filter_map(|l| vlan_link(node, l)).collect();
+        let trunks = trunks(node, &vlan_links);
+        let veth_prefix = CniConfig::veth_prefix(node.cni.as_ref());
+        let host_veths: Vec<HostVeth> =
+            node.links.iter().filter_map(|l| host_veth(l, veth_prefix)).collect();
+        let mut paths: Vec<Path> = host_veths.iter().map(|v| path(node, &vlan_links, v)).collect();
+        paths.sort_by(|a, b| (a.kind, a.pod_ip, &a.host_veth).cmp(&(b.kind, b.pod_ip, &b.host_veth)));
+        let mode = if paths.iter().any(|p| p.mode == Some(EnforcingMode::Strict)) {
+            Some(EnforcingMode::Strict)
+        } else if paths.iter().any(|p| p.kind == PathKind::BranchEni) {
+            Some(EnforcingMode::Standard)
+        } else {
+            None
+        };
+        Topology { mode, trunks, vlan_links, host_veths, paths }
+    }
+
+    pub fn vlan_link(&self, vlan_id: u16) -> Option<&VlanLink> {
+        self.vlan_links.iter().find(|v| v.vlan_id == vlan_id)
+    }
+
+    pub fn path_of_veth(&self, veth: &str) -> Option<&Path> {
+        self.paths.iter().find(|p| p.host_veth == veth)
+    }
+}
+
+fn vlan_link(node: &Node, link: &Link) -> Option<VlanLink> {
+    if link.kind != LinkKind::Vlan || !link.name.starts_with(VLAN_LINK_PREFIX) {
+        return None;
+    }
+    let vlan_id = link.vlan_id.or_else(|| cni::vlan_id_from_name(&link.name))?;
+    let parent = link.link_ifindex.and_then(|i| node.link(i));
+    Some(VlanLink {
+        name: link.name.clone(),
+        ifindex: link.ifindex,
+        vlan_id,
+        trunk: parent.map(|p| p.name.clone()),
+        parent_ifindex: link.link_ifindex,
+        mtu: link.mtu,
+        mac: link.mac.clone(),
+        up: link.is_up(),
+    })
+}
+
+fn trunks(node: &Node, vlans: &[VlanLink]) -> Vec<Trunk> {
+    let parents: BTreeSet<u32> = vlans.iter().filter(|v| v.trunk.is_some()).filter_map(|v| v.parent_ifindex).collect();
+    parents
+        .into_iter()
+        .filter_map(|ifindex| node.link(ifindex))
+        .map(|l| {
+            let mut ids: Vec<u16> =
+                vlans.iter().filter(|v| v.parent_ifindex == Some(l.ifindex)).map(|v| v.vlan_id).collect();
+            ids.sort_unstable();
+            Trunk { name: l.name.clone(), ifindex: l.ifindex, mtu: l.mtu, up: l.is_up(), vlans: ids }
+        })
+        .collect()
+}
+
+fn host_veth(link: &Link, veth_prefix: &str) -> Option<HostVeth> {
+    if link.kind != LinkKind::Veth {
+        return None;
+    }
+    let role = if link.name.starts_with(STRICT_VETH_PREFIX) && !link.name.starts_with(VLAN_LINK_PREFIX) {
+        VethRole::StrictBranch
+    } else if link.name.starts_with(veth_prefix) {
+        VethRole::Eni
+    } else {
+        return None;
+    };
+    Some(HostVeth {
+        name: link.name.clone(),
+        ifindex: link.ifindex,
+        role,
+        mtu: link.mtu,
+        peer_netns_id: link.peer_netns_id,
+    })
+}
+
+/// The pod address a veth carries: a host route through it, main table first.
+fn pod_ip_of(node: &Node, veth: &str) -> Option<(IpAddr, u32)> {
+    let mut routes: Vec<_> = node.routes.iter().filter(|r| r.goes_via(veth) && r.is_host()).collect();
+    routes.sort_by_key(|r| (r.table != TABLE_MAIN, r.family, r.table));
+    routes.first().map(|r| (r.dst.addr(), r.table))
+}
+
+fn path(node: &Node, vlans: &[VlanLink], veth: &HostVeth) -> Path {
+    let found = pod_ip_of(node, &veth.name);
+    let pod_ip = found.map(|(ip, _)| ip);
+    let from_rule = pod_ip.and_then(|ip| {
+        node.rules.iter().find(|r| r.priority == priority::FROM_POD && r.is_from_host(ip) && r.lookup_table().is_some())
+    });
+    let (kind, mode, route_table) = match veth.role {
+        VethRole::StrictBranch => {
+            let iif = node.rules.iter().find(|r| {
+                r.priority == priority::VLAN_IIF && r.iif.as_deref() == Some(veth.name.as_str()) && r.lookup_table().is_some()
+            });
+            // Without its iif rule the pod's table is still the one holding its route.
+            let table = iif.map(|r| r.table).or(found.map(|(_, t)| t)).unwrap_or(TABLE_MAIN);
+            (PathKind::BranchEni, Some(EnforcingMode::Strict), table)
+        }
+        VethRole::Eni => match from_rule {
+            Some(r) if cni::vlan_of_table(r.table).is_some() => {
+                (PathKind::BranchEni, Some(EnforcingMode::Standard), r.table)
+            }
+            Some(r) => (PathKind::NodeEni, None, r.table),
+            None => (PathKind::NodeEni, None, TABLE_MAIN),
+        },
+    };
+    let vlan_id = match kind {
+        PathKind::BranchEni => cni::vlan_of_table(route_table),
+        PathKind::NodeEni => None,
+    };
+    let vlan = vlan_id.and_then(|id| vlans.iter().find(|v| v.vlan_id == id));
+    let rules = steering_rules(&node.rules, &veth.name, vlan.map(|v| v.name.as_str()), pod_ip);
+    Path {
+        kind,
+        mode,
+        pod_ip,
+        host_veth: veth.name.clone(),
+        vlan_id,
+        vlan_link: vlan.map(|v| v.name.clone()),
+        trunk: vlan.and_then(|v| v.trunk.clone()),
+        route_table,
+        rules,
+    }
+}
+
+/// Rules that name the pod: `iif` its veth or VLAN link, `from`/`to` its address.
+fn steering_rules(rules: &[Rule], veth: &str, vlan: Option<&str>, pod_ip: Option<IpAddr>) -> Vec<PathRule> {
+    let mut out: Vec<PathRule> = rules
+        .iter()
+        .filter(|r| {
+            let iif = r.iif.as_deref();
+            iif == Some(veth)
+                || (vlan.is_some() && iif == vlan)
+                || pod_ip.is_some_and(|ip| r.is_from_host(ip) || r.is_to_host(ip))
+        })
+        .map(|r| PathRule { priority: r.priority, selector: r.selector(), table: r.table })
+        .collect();
+    out.sort_by(|a, b| (a.priority, &a.selector).cmp(&(b.priority, &b.selector)));
+    out
+}

@@ -1,0 +1,84 @@
+//! Report sinks: the document every sink renders ([`Report`]), JSON and text.
+//! A printer never looks anything up: everything it prints is a field of [`Report`].
+
+pub mod text;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{
+    checks::{Finding, Severity},
+    model::{EnforcingMode, Node, Path, Topology, Trunk},
+};
+
+/// Schema id of the JSON report.
+pub const SCHEMA: &str = "sgpath.report/v1";
+
+/// The report of one node, as `sgpath inspect --output json` prints it:
+///
+/// ```text
+/// { "schema": "sgpath.report/v1", "kernel": "<uname -r>", "mode": "strict" | "standard" | "none",
+///   "trunks": [ { "name", "ifindex", "mtu", "up", "vlans": [<vlan id>...] } ],
+///   "paths": [ { "kind": "branch-eni" | "node-eni", "mode": "strict" | "standard" | null,
+///                "pod_ip", "host_veth", "vlan_id", "vlan_link", "trunk", "route_table",
+///                "rules": [ { "priority", "selector", "table" } ] } ],
+///   "sysctls": { "net.ipv4.tcp_early_demux": 1, ... },
+///   "cni_config": { "path", "enforcing_mode", "veth_prefix", "mtu", "plugins" } | null,
+///   "findings": [ { "id", "severity", "subject", "evidence": [..], "remediation" } ] }
+/// ```
+/// `paths` lists branch-ENI paths first, each group ordered by pod IP; `findings` worst first.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub kernel: String,
+    pub mode: ModeName,
+    pub trunks: Vec<Trunk>,
+    pub paths: Vec<Path>,
+    pub sysctls: BTreeMap<String, i64>,
+    pub cni_config: Option<crate::model::CniConfig>,
+    pub findings: Vec<Finding>,
+}
+
+/// The node-wide enforcing mode; `none` when no branch ENI exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeName {
+    Strict,
+    Standard,
+    None,
+}
+
+impl From<Option<EnforcingMode>> for ModeName {
+    fn from(m: Option<EnforcingMode>) -> Self {
+        match m {
+            Some(EnforcingMode::Strict) => ModeName::Strict,
+            Some(EnforcingMode::Standard) => ModeName::Standard,
+            None => ModeName::None,
+        }
+    }
+}
+
+impl Report {
+    pub fn new(node: &Node, topo: &Topology, findings: Vec<Finding>) -> Report {
+        Report {
+            schema: SCHEMA,
+            kernel: node.kernel.clone(),
+            mode: topo.mode.into(),
+            trunks: topo.trunks.clone(),
+            paths: topo.paths.clone(),
+            sysctls: node.sysctls.0.clone(),
+            cni_config: node.cni.clone(),
+            findings,
+        }
+    }
+
+    /// The worst severity among the findings.
+    pub fn worst(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+}

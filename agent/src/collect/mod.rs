@@ -75,3 +75,6 @@ pub fn kernel_release() -> String {
     nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into())
 }
 
+
+#[cfg(test)]
+mod classify_tests;

@@ -50,7 +50,14 @@ impl Rule {
             s.push_str(&format!(" to {}", host_or_net(dst)));
         }
         if let Some(ipproto) = self.ipproto {
-            s.push_str(&format!(" ipproto {ipproto}"));
+            let name = match ipproto {
+                1 => "icmp".to_string(),
+                6 => "tcp".to_string(),
+                17 => "udp".to_string(),
+                58 => "ipv6-icmp".to_string(),
+                n => n.to_string(),
+            };
+            s.push_str(&format!(" ipproto {name}"));
         }
         if let Some(mark) = self.fwmark {
             match self.fwmask {

@@ -1,1 +1,102 @@
-fn main(){}
+//! `cargo xtask`: command-line front end for the developer tasks in the `xtask` library
+//! (setup, test matrix, VM runner, lab). Side effects are those of the chosen subcommand.
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use std::time::Duration;
+use xtask::{kernel, setup, test, vm};
+
+/// Developer tasks for sgpath.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install everything needed (apt packages, rust-src, bpf-linker, virtme-ng, kernels).
+    Setup,
+    /// Run unit tests, host integration tests and VM tests on every kernel.
+    Test(test::Options),
+    /// Boot a kernel in a VM and run one command inside (for debugging).
+    Vm {
+        /// Kernel short name ("6.1" or "6.12").
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        /// Kill the VM after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Guest memory (qemu syntax).
+        #[arg(long, default_value = "1G")]
+        memory: String,
+        /// Pass --verbose to vng (kernel log in target/vm/<kernel>/*/console.log).
+        #[arg(long)]
+        verbose: bool,
+        /// Command and arguments to run in the guest (as root, cwd = workspace root).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// EKS node lab (placeholder: runs `sgpath inspect` in a VM).
+    Lab {
+        /// Kernel short name ("6.1" or "6.12").
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Test(opts) => test::run(&opts),
+        Cmd::Vm {
+            kernel,
+            timeout,
+            memory,
+            verbose,
+            command,
+        } => {
+            setup::ensure()?;
+            let script: Vec<String> = command.iter().map(|a| vm::shell_quote(a)).collect();
+            let opts = vm::VmOptions {
+                timeout: Duration::from_secs(timeout),
+                memory,
+                verbose,
+                ..Default::default()
+            };
+            run_vm(&kernel, &script.join(" "), &opts)
+        }
+        Cmd::Lab { kernel } => {
+            setup::ensure()?;
+            xtask::cmd::run(xtask::cmd::cargo().args(["build", "-p", "sgpath"]))?;
+            let bin = vm::shell_quote(&xtask::sgpath_bin().to_string_lossy());
+            run_vm(
+                &kernel,
+                &format!("{bin} inspect"),
+                &vm::VmOptions::default(),
+            )
+        }
+    }
+}
+
+/// Runs `script` in a VM on `short`, prints its output and timings, fails if it failed.
+fn run_vm(short: &str, script: &str, opts: &vm::VmOptions) -> Result<()> {
+    let kernel = kernel::get(short)?;
+    let out = vm::run_with(&kernel, script, opts)?;
+    print!("{}", out.output);
+    eprintln!(
+        "vm {short}: release {}, exit {}, boot {:.1} s, script {:.1} s, wall {:.1} s ({})",
+        out.release,
+        out.status,
+        out.boot.unwrap_or_default().as_secs_f64(),
+        out.script.unwrap_or_default().as_secs_f64(),
+        out.wall.as_secs_f64(),
+        out.rwdir.display()
+    );
+    if !out.success() {
+        bail!("kernel {short}: command exited {}", out.status);
+    }
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! Debian kernels for the VMs: resolves the newest `-amd64-unsigned` package of each short
+//! name ("6.1", "6.12"), downloads it with `apt-get download`, unpacks it with `dpkg -x`,
+//! runs `depmod` on the unpacked tree and records it in a manifest.
+//!
+//! Side effects (install only): writes under `/opt/sgpath/kernels/` (the .deb, the
+//! unpacked tree `<release>/root/`, and `<short>.json`), and creates the symlink
+//! `/lib/modules/<release>` -> the unpacked `lib/modules/<release>` (virtme-ng's guest loads
+//! modules from there). The cache is under /opt because virtme-ng's guest sees /opt as an
+//! overlay of the host's, but hides /tmp, /var/tmp and /var/cache behind empty tmpfs mounts.
+
+use crate::cmd;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The short names of the kernels every VM test runs on, oldest first.
+pub const KERNELS: &[&str] = &["6.1", "6.12"];
+
+/// Where downloaded and unpacked kernels and their manifests live.
+pub const CACHE_DIR: &str = "/opt/sgpath/kernels";
+
+/// One unpacked kernel, as recorded in `/opt/sgpath/kernels/<short>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kernel {
+    /// Short name used on the command line, e.g. "6.1".
+    pub short: String,
+    /// Debian package it came from, e.g. "linux-image-6.1.0-56-amd64-unsigned".
+    pub package: String,
+    /// Kernel release (`uname -r` in the guest), e.g. "6.1.0-56-amd64".
+    pub release: String,
+    /// The bootable image, inside the unpacked tree.
+    pub vmlinuz: PathBuf,
+    /// The unpacked package root (holds `boot/` and `lib/modules/<release>/`).
+    pub root: PathBuf,
+}
+
+impl Kernel {
+    /// Reads the manifest of `short` (no validation; see [`Kernel::check`]).
+    pub fn load(short: &str) -> Result<Kernel> {
+        spec(short)?;
+        let path = manifest_path(short);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "kernel {short} is not installed ({} missing): run `cargo xtask setup`",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("bad manifest {}", path.display()))
+    }
+
+    /// Cheap check that the image and the modules (via `/lib/modules/<release>`) are usable.
+    pub fn check(&self) -> Result<()> {
+        if !self.vmlinuz.is_file() {
+            bail!("kernel {}: {} missing", self.short, self.vmlinuz.display());
+        }
+        let dep = modules_link(&self.release).join("modules.dep");
+        if !dep.is_file() {
+            bail!(
+                "kernel {}: {} missing (modules not linked or depmod not run)",
+                self.short,
+                dep.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Loads and checks the kernel named `short`.
+pub fn get(short: &str) -> Result<Kernel> {
+    let kernel = Kernel::load(short)?;
+    kernel.check()?;
+    Ok(kernel)
+}
+
+/// How to find the newest package of one short name.
+struct Spec {
+    short: &'static str,
+    /// Meta package whose `Depends:` names the current image package (without -unsigned).
+    meta: &'static str,
+    /// Prefix the resolved image package must have.
+    prefix: &'static str,
+    /// Fallback: `apt-cache search --names-only` regex of all candidate packages.
+    search: &'static str,
+}
+
+const SPECS: &[Spec] = &[
+    Spec {
+        short: "6.1",
+        meta: "linux-image-amd64",
+        prefix: "linux-image-6.1.0-",
+        search: r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
+    },
+    Spec {
+        short: "6.12",
+        meta: "linux-image-6.12-amd64",
+        prefix: "linux-image-6.12.",
+        search: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
+    },
+];
+
+fn spec(short: &str) -> Result<&'static Spec> {
+    SPECS
+        .iter()
+        .find(|s| s.short == short)
+        .with_context(|| format!("unknown kernel {short:?}: known are {KERNELS:?}"))
+}
+
+fn manifest_path(short: &str) -> PathBuf {
+    Path::new(CACHE_DIR).join(format!("{short}.json"))
+}
+
+fn modules_link(release: &str) -> PathBuf {
+    Path::new("/lib/modules").join(release)
+}
+
+/// Newest `-amd64-unsigned` image package for `spec`, from the local apt lists.
+fn resolve(spec: &Spec) -> Result<String> {
+    if let Ok(deps) = cmd::output(Command::new("apt-cache").args(["depends", spec.meta])) {
+        let found = deps
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Depends: "))
+            .map(str::trim)
+            .find(|p| p.starts_with(spec.prefix) && p.ends_with("-amd64"));
+        if let Some(image) = found {
+            let unsigned = format!("{image}-unsigned");
+            if cmd::succeeds(Command::new("apt-cache").args(["show", &unsigned])) {
+                return Ok(unsigned);
+            }
+        }
+    }
+    let found =
+        cmd::output(Command::new("apt-cache").args(["search", "--names-only", spec.search]))?;
+    found
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .max_by_key(|p| version_key(p))
+        .map(str::to_owned)
+        .with_context(|| {
+            format!(
+                "no package matches {} (is the bookworm-backports source set up and `apt-get update` run?)",
+                spec.search
+            )
+        })
+}
+
+/// Numeric components of a package name, for ordering: "linux-image-6.12.117+deb12-amd64" ->
+/// [6, 12, 117, 12, 64].
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Makes sure the newest kernel of `short` is downloaded, unpacked, depmod-ed, linked under
+/// /lib/modules and recorded; skips every step already done. Prints what it does.
+pub fn install(short: &str) -> Result<Kernel> {
+    let spec = spec(short)?;
+    let existing = Kernel::load(short).ok();
+    let package = match resolve(spec) {
+        Ok(p) => p,
+        Err(e) => match existing {
+            Some(k) if k.check().is_ok() => {
+                println!(
+                    "kernel {short}: cannot resolve the newest package ({e:#}); keeping {}",
+                    k.release
+                );
+                return Ok(k);
+            }
+            _ => return Err(e.context(format!("kernel {short}: cannot resolve a package"))),
+        },
+    };
+    if let Some(k) = existing.filter(|k| k.package == package) {
+        link_modules(&k)?;
+        if k.check().is_ok() {
+            println!("kernel {short}: {} already installed", k.release);
+            return Ok(k);
+        }
+    }
+    let release = package
+        .strip_prefix("linux-image-")
+        .and_then(|r| r.strip_suffix("-unsigned"))
+        .with_context(|| format!("unexpected package name {package}"))?
+        .to_owned();
+    println!("kernel {short}: installing {package}");
+    let dir = Path::new(CACHE_DIR).join(&release);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+
+    let deb = match find_deb(&dir, &package)? {
+        Some(deb) => deb,
+        None => {
+            let download = || {
+                cmd::run(
+                    Command::new("apt-get")
+                        .args(["download", &package])
+                        .current_dir(&dir),
+                )
+            };
+            if download().is_err() {
+                cmd::run(Command::new("apt-get").arg("update"))?;
+                download()?;
+            }
+            find_deb(&dir, &package)?.with_context(|| {
+                format!(
+                    "apt-get download left no {package}_*.deb in {}",
+                    dir.display()
+                )
+            })?
+        }
+    };
+
+    let root = dir.join("root");
+    if root.exists() {
+        std::fs::remove_dir_all(&root)
+            .with_context(|| format!("cannot remove stale {}", root.display()))?;
+    }
+    cmd::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
+    let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
+    if !vmlinuz.is_file() {
+        bail!("{} is not in {package}", vmlinuz.display());
+    }
+    if !root.join("lib/modules").join(&release).is_dir() {
+        bail!("{package} has no lib/modules/{release}");
+    }
+    cmd::run(Command::new("depmod").arg("-b").arg(&root).arg(&release))?;
+
+    let kernel = Kernel {
+        short: short.to_owned(),
+        package,
+        release,
+        vmlinuz,
+        root,
+    };
+    link_modules(&kernel)?;
+    kernel.check()?;
+    let manifest = manifest_path(short);
+    std::fs::write(&manifest, serde_json::to_string_pretty(&kernel)? + "\n")
+        .with_context(|| format!("cannot write {}", manifest.display()))?;
+    println!(
+        "kernel {short}: {} ready ({})",
+        kernel.release,
+        manifest.display()
+    );
+    Ok(kernel)
+}
+
+/// The downloaded `.deb` of `package` in `dir`, if any.
+fn find_deb(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
+    let prefix = format!("{package}_");
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".deb") {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
+/// Points `/lib/modules/<release>` at the unpacked modules, unless it already does or holds a
+/// real (installed) module tree.
+fn link_modules(kernel: &Kernel) -> Result<()> {
+    let target = kernel.root.join("lib/modules").join(&kernel.release);
+    let link = modules_link(&kernel.release);
+    match std::fs::symlink_metadata(&link) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            if std::fs::read_link(&link)? == target {
+                return Ok(());
+            }
+            std::fs::remove_file(&link)?;
+        }
+        Ok(_) => {
+            println!(
+                "kernel {}: {} is a real directory; leaving it alone",
+                kernel.short,
+                link.display()
+            );
+            return Ok(());
+        }
+        Err(_) => std::fs::create_dir_all("/lib/modules")?,
+    }
+    std::os::unix::fs::symlink(&target, &link)
+        .with_context(|| format!("cannot link {} -> {}", link.display(), target.display()))?;
+    println!(
+        "kernel {}: linked {} -> {}",
+        kernel.short,
+        link.display(),
+        target.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! EKS node lab (being written).

@@ -1,0 +1,44 @@
+//! Library half of `cargo xtask`: machine setup, Debian kernels for VMs, the virtme-ng VM
+//! runner, the test matrix and the lab. `main.rs` only parses the command line.
+//!
+//! Side effects live in the modules (installing packages, writing under /var/cache/sgpath,
+//! /lib/modules and `target/`); this file only computes paths.
+
+pub mod cmd;
+pub mod kernel;
+pub mod lab;
+pub mod setup;
+pub mod test;
+pub mod vm;
+
+use std::path::PathBuf;
+
+/// The workspace root (the directory holding the top-level `Cargo.toml`), computed at
+/// compile time from this crate's manifest directory.
+pub fn workspace_root() -> PathBuf {
+    let xtask = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    xtask
+        .parent()
+        .expect("xtask sits one level below the workspace root")
+        .to_path_buf()
+}
+
+/// The workspace's cargo target directory (`$CARGO_TARGET_DIR` if set, else `<root>/target`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// Path of the debug `sgpath` agent binary (built by `cargo build -p sgpath`).
+pub fn sgpath_bin() -> PathBuf {
+    target_dir().join("debug").join("sgpath")
+}

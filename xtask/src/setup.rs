@@ -1,0 +1,276 @@
+//! `cargo xtask setup`: installs everything building, testing and the lab need, checking each
+//! piece first and printing what it did. Idempotent.
+//!
+//! Side effects (only for missing pieces; needs root): writes
+//! `/etc/apt/sources.list.d/bookworm-backports.sources`, runs `apt-get update` and
+//! `apt-get install` (qemu-system-x86 from bookworm-backports, kmod, iproute2, ...), runs
+//! `rustup component add rust-src --toolchain nightly`, builds bpf-linker with
+//! `cargo +nightly install` against rustc's own libLLVM (symlinked under [`LLVM_PREFIX`]),
+//! `pip install virtme-ng`, and installs the VM kernels (see [`crate::kernel`]).
+
+use crate::{cmd, kernel};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Debian packages installed from the default suites.
+pub const DEB_PACKAGES: &[&str] = &[
+    "kmod",
+    "iproute2",
+    "nftables",
+    "busybox-static",
+    "python3",
+    "python3-pip",
+];
+
+/// Debian packages installed from bookworm-backports (the preinstalled qemu-utils is a
+/// backports version; bookworm's own qemu-system-x86 conflicts with it).
+pub const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86"];
+
+/// deb822 source for bookworm-backports.
+pub const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
+
+/// Directory whose `lib/` holds symlinks to rustc's libLLVM; bpf-linker is linked against it
+/// (its RUNPATH points here), so it must outlive the build.
+pub const LLVM_PREFIX: &str = "/opt/sgpath-llvm";
+
+/// bpf-linker version known to build against the nightly's LLVM 22.
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Everything missing, as human-readable items; empty when the machine is ready. Cheap: no
+/// network, no builds.
+pub fn missing() -> Vec<String> {
+    let mut missing = Vec::new();
+    for pkg in uninstalled_debs(&all_debs()) {
+        missing.push(format!("Debian package {pkg}"));
+    }
+    if !has_rust_src() {
+        missing.push("rust-src for the nightly toolchain".into());
+    }
+    if !has_bpf_linker() {
+        missing.push("bpf-linker".into());
+    }
+    if vng_path().is_none() {
+        missing.push("virtme-ng (vng)".into());
+    }
+    for short in kernel::KERNELS {
+        if let Err(e) = kernel::get(short) {
+            missing.push(format!("{e:#}"));
+        }
+    }
+    missing
+}
+
+/// Runs the full [`run`] only if [`missing`] reports something. Called first by `test` and
+/// `lab`.
+pub fn ensure() -> Result<()> {
+    let missing = missing();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: missing:");
+    for item in &missing {
+        println!("  - {item}");
+    }
+    run()
+}
+
+/// Full setup: every step checks before it installs.
+pub fn run() -> Result<()> {
+    debs()?;
+    rust_src()?;
+    bpf_linker()?;
+    virtme_ng()?;
+    for short in kernel::KERNELS {
+        kernel::install(short)?;
+    }
+    let missing = missing();
+    if !missing.is_empty() {
+        bail!("setup finished but still missing: {}", missing.join("; "));
+    }
+    println!("setup: all done");
+    Ok(())
+}
+
+fn all_debs() -> Vec<&'static str> {
+    DEB_PACKAGES
+        .iter()
+        .chain(BACKPORTS_PACKAGES)
+        .copied()
+        .collect()
+}
+
+/// The packages of `pkgs` that dpkg does not report as "install ok installed".
+fn uninstalled_debs<'a>(pkgs: &[&'a str]) -> Vec<&'a str> {
+    pkgs.iter()
+        .copied()
+        .filter(|pkg| {
+            let status = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", pkg])
+                .output();
+            !matches!(status, Ok(o) if o.status.success()
+                && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed")
+        })
+        .collect()
+}
+
+/// Writes the backports source if absent; returns whether it did (apt lists are then stale).
+fn backports_source() -> Result<bool> {
+    if Path::new(BACKPORTS_SOURCES).exists() {
+        println!("apt: {BACKPORTS_SOURCES} present");
+        return Ok(false);
+    }
+    let text = "Types: deb\n\
+                URIs: http://deb.debian.org/debian\n\
+                Suites: bookworm-backports\n\
+                Components: main\n\
+                Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
+    std::fs::write(BACKPORTS_SOURCES, text)
+        .with_context(|| format!("cannot write {BACKPORTS_SOURCES}"))?;
+    println!("apt: wrote {BACKPORTS_SOURCES}");
+    Ok(true)
+}
+
+fn debs() -> Result<()> {
+    let mut updated = false;
+    if backports_source()? {
+        cmd::run(Command::new("apt-get").arg("update"))?;
+        updated = true;
+    }
+    let plain = uninstalled_debs(DEB_PACKAGES);
+    let backports = uninstalled_debs(BACKPORTS_PACKAGES);
+    if plain.is_empty() && backports.is_empty() {
+        println!("apt: all Debian packages installed");
+        return Ok(());
+    }
+    if !updated {
+        cmd::run(Command::new("apt-get").arg("update"))?;
+    }
+    let install = |extra: &[&str], pkgs: &[&str]| {
+        cmd::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(extra)
+                .args(pkgs),
+        )
+    };
+    if !plain.is_empty() {
+        install(&[], &plain)?;
+    }
+    if !backports.is_empty() {
+        install(&["-t", "bookworm-backports"], &backports)?;
+    }
+    println!("apt: installed {}", [plain, backports].concat().join(" "));
+    Ok(())
+}
+
+fn has_rust_src() -> bool {
+    cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .is_ok_and(|out| out.lines().any(|l| l.trim() == "rust-src"))
+}
+
+fn rust_src() -> Result<()> {
+    if has_rust_src() {
+        println!("rustup: rust-src (nightly) present");
+        return Ok(());
+    }
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    println!("rustup: installed rust-src (nightly)");
+    Ok(())
+}
+
+fn has_bpf_linker() -> bool {
+    cmd::succeeds(Command::new("bpf-linker").arg("--version"))
+}
+
+fn bpf_linker() -> Result<()> {
+    if has_bpf_linker() {
+        println!("bpf-linker: present");
+        return Ok(());
+    }
+    let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let libdir = Path::new(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&libdir)
+        .with_context(|| format!("cannot list {}", libdir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", libdir.display()))?;
+    let prefix_lib = Path::new(LLVM_PREFIX).join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in [
+        "libLLVM.so".into(),
+        libllvm.file_name().unwrap_or_default().to_owned(),
+    ] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("cannot link {}", link.display()))?;
+    }
+    println!(
+        "bpf-linker: building {BPF_LINKER_VERSION} against {} (about 70 s on 2 cores)",
+        libllvm.display()
+    );
+    cmd::run(
+        Command::new("cargo")
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .args(["+nightly", "install", "--locked", "--no-default-features"])
+            .args(["--features", "llvm-22"])
+            .arg(format!("bpf-linker@{BPF_LINKER_VERSION}")),
+    )?;
+    if !has_bpf_linker() {
+        bail!("bpf-linker installed but `bpf-linker --version` fails (is ~/.cargo/bin on PATH?)");
+    }
+    println!("bpf-linker: installed");
+    Ok(())
+}
+
+/// Path of virtme-ng's `vng`: on PATH, or where `pip install` puts scripts.
+pub fn vng_path() -> Option<PathBuf> {
+    cmd::which("vng").or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        [
+            home.map(|h| h.join(".local/bin/vng")),
+            Some(PathBuf::from("/usr/local/bin/vng")),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|p| cmd::is_executable(p))
+    })
+}
+
+fn virtme_ng() -> Result<()> {
+    if let Some(vng) = vng_path() {
+        println!("virtme-ng: present ({})", vng.display());
+        return Ok(());
+    }
+    let pip = ["pip3", "pip"]
+        .into_iter()
+        .find(|p| cmd::which(p).is_some())
+        .context("neither pip3 nor pip on PATH")?;
+    // Debian's own pip refuses system-wide installs (PEP 668) unless told otherwise.
+    if cmd::run(Command::new(pip).args(["install", "virtme-ng"])).is_err() {
+        cmd::run(Command::new(pip).args(["install", "--break-system-packages", "virtme-ng"]))?;
+    }
+    if cmd::which("pyenv").is_some() {
+        let _ = cmd::run(Command::new("pyenv").arg("rehash"));
+    }
+    let vng = vng_path().context("pip installed virtme-ng but no `vng` was found")?;
+    println!("virtme-ng: installed ({})", vng.display());
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! Boots one Debian kernel with virtme-ng under TCG (no KVM: KVM guests hang on these
+//! machines) and runs a bash script inside; the host's root filesystem is shared read-only,
+//! so binaries under `target/` run in the guest as they are.
+//!
+//! Console output of virtme-ng is unreliable, so the guest writes the script's output and
+//! exit status into a shared read-write directory (`target/vm/<kernel>/<pid>-<n>/`) that the
+//! host reads back. A run whose status file is missing is an error naming the kernel.
+//!
+//! Side effects: creates that directory (and removes ones left by dead processes), runs `vng`
+//! (which runs qemu) in its own process group, and kills that group on timeout.
+
+use crate::{cmd, kernel::Kernel, setup};
+use anyhow::{Context, Result, bail};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Modules loaded in the guest before the script (failures ignored: some may be built in).
+pub const GUEST_MODULES: &[&str] = &[
+    "8021q",
+    "veth",
+    "dummy",
+    "macvlan",
+    "ipvlan",
+    "vxlan",
+    "bridge",
+    "sch_ingress",
+    "cls_bpf",
+    "nf_tables",
+    "nft_ct",
+    "nft_chain_nat",
+    "nf_conntrack",
+];
+
+/// How to boot the VM.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// Kill the VM after this long (boot included).
+    pub timeout: Duration,
+    /// Guest memory, in qemu's syntax (e.g. "1G").
+    pub memory: String,
+    /// Guest CPU count.
+    pub cpus: u32,
+    /// Environment variables exported to the script (names must be shell identifiers).
+    pub env: Vec<(String, String)>,
+    /// Pass `--verbose` to vng, so the kernel log lands in `console.log`.
+    pub verbose: bool,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions {
+            timeout: Duration::from_secs(600),
+            memory: "1G".into(),
+            cpus: 2,
+            env: Vec::new(),
+            verbose: false,
+        }
+    }
+}
+
+/// What came back from one VM run.
+#[derive(Debug, Clone)]
+pub struct VmOutput {
+    /// Short kernel name, e.g. "6.1".
+    pub kernel: String,
+    /// `uname -r` as seen in the guest.
+    pub release: String,
+    /// Exit status of the script.
+    pub status: i32,
+    /// The script's stdout and stderr, interleaved.
+    pub output: String,
+    /// The shared directory; the script sees it as `$SGPATH_VM_DIR` and may leave files there.
+    pub rwdir: PathBuf,
+    /// Host wall time from starting vng to its exit.
+    pub wall: Duration,
+    /// Guest uptime when the script started (boot time as the guest saw it).
+    pub boot: Option<Duration>,
+    /// Guest time the script took (module loading and mounts included).
+    pub script: Option<Duration>,
+}
+
+impl VmOutput {
+    /// True if the script exited 0.
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+
+    /// Fails with the script's output if it exited nonzero.
+    pub fn check(&self) -> Result<&Self> {
+        if !self.success() {
+            bail!(
+                "kernel {} ({}): script exited {}; output:\n{}",
+                self.kernel,
+                self.release,
+                self.status,
+                self.output
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// Boots `kernel` and runs `script` (bash) inside with default [`VmOptions`].
+pub fn run(kernel: &Kernel, script: &str) -> Result<VmOutput> {
+    run_with(kernel, script, &VmOptions::default())
+}
+
+/// Boots `kernel` and runs `script` (bash, cwd = workspace root, as root) inside.
+///
+/// Returns `Ok` whenever the script ran to completion, whatever its exit status (see
+/// [`VmOutput::check`]); errors if the VM could not start, timed out, or never wrote the
+/// script's status (kernel did not boot, script never ran).
+pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOutput> {
+    kernel.check()?;
+    let vng = setup::vng_path().context("virtme-ng (vng) not found: run `cargo xtask setup`")?;
+    let dir = fresh_dir(&kernel.short)?;
+    std::fs::write(dir.join("script.sh"), script)?;
+    std::fs::write(dir.join("wrapper.sh"), wrapper(kernel, &dir, opts))?;
+    let console_path = dir.join("console.log");
+    let console = std::fs::File::create(&console_path)?;
+
+    let mut vng_cmd = Command::new(&vng);
+    vng_cmd
+        .arg("--run")
+        .arg(&kernel.vmlinuz)
+        .args(["--disable-kvm", "--user", "root"])
+        .args(["--memory", &opts.memory])
+        .args(["--cpus", &opts.cpus.to_string()])
+        .arg(format!("--rwdir={}", dir.display()))
+        .args([
+            "--exec",
+            &format!("bash {}", dir.join("wrapper.sh").display()),
+        ]);
+    if opts.verbose {
+        vng_cmd.arg("--verbose");
+    }
+    vng_cmd
+        .current_dir(crate::workspace_root())
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console)
+        .process_group(0);
+    let line = cmd::display(&vng_cmd);
+    eprintln!("vm {}: + {line}", kernel.short);
+
+    let start = Instant::now();
+    let mut child = vng_cmd
+        .spawn()
+        .with_context(|| format!("kernel {}: cannot start `{line}`", kernel.short))?;
+    let exit = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > opts.timeout {
+            // vng runs qemu as a child in the same (new) process group: kill them all.
+            // SAFETY: kill(2) on the process group we created for this child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            bail!(
+                "kernel {} ({}): VM TIMED OUT after {} s\n{}",
+                kernel.short,
+                kernel.release,
+                opts.timeout.as_secs(),
+                console_tail(&console_path)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let wall = start.elapsed();
+
+    let status = std::fs::read_to_string(dir.join("status")).ok();
+    let Some(status) = status else {
+        bail!(
+            "kernel {} ({}): VM DID NOT RUN THE SCRIPT: no status file in {} (vng exited {exit} \
+             after {:.1} s; did the kernel boot?)\n{}",
+            kernel.short,
+            kernel.release,
+            dir.display(),
+            wall.as_secs_f64(),
+            console_tail(&console_path)
+        );
+    };
+    let status: i32 = status
+        .trim()
+        .parse()
+        .with_context(|| format!("bad status file in {}", dir.display()))?;
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let uptime = |name: &str| {
+        read(name)
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse::<f64>().ok())
+    };
+    let (boot, end) = (uptime("uptime-start"), uptime("uptime-end"));
+    Ok(VmOutput {
+        kernel: kernel.short.clone(),
+        release: read("release").trim().to_owned(),
+        status,
+        output: read("output"),
+        rwdir: dir,
+        wall,
+        boot: boot.map(Duration::from_secs_f64),
+        script: boot
+            .zip(end)
+            .map(|(b, e)| Duration::from_secs_f64((e - b).max(0.0))),
+    })
+}
+
+/// `target/vm/<short>/`.
+pub fn vm_dir(short: &str) -> PathBuf {
+    crate::target_dir().join("vm").join(short)
+}
+
+/// Creates an empty `target/vm/<short>/<pid>-<n>/`, removing siblings of dead processes.
+fn fresh_dir(short: &str) -> Result<PathBuf> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let base = vm_dir(short);
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    for entry in std::fs::read_dir(&base)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id()
+            && !Path::new("/proc").join(pid.to_string()).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = base.join(format!("{}-{n}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The script vng executes: prepares the guest, runs `script.sh`, records status and timings.
+fn wrapper(kernel: &Kernel, dir: &Path, opts: &VmOptions) -> String {
+    let d = shell_quote(&dir.to_string_lossy());
+    let root = shell_quote(&crate::workspace_root().to_string_lossy());
+    let mut env = format!(
+        "export SGPATH_VM_DIR={d} SGPATH_KERNEL={}\n",
+        shell_quote(&kernel.short)
+    );
+    for (k, v) in &opts.env {
+        env.push_str(&format!("export {k}={}\n", shell_quote(v)));
+    }
+    let modules = GUEST_MODULES.join(" ");
+    format!(
+        r#"# Generated by xtask vm: guest side of one run.
+D={d}
+cat /proc/uptime > "$D/uptime-start"
+uname -r > "$D/release"
+{{
+  for m in {modules}; do modprobe "$m" || echo "modprobe $m failed (builtin or absent)"; done
+  mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+  mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
+  mountpoint -q /sys/kernel/debug || mount -t debugfs nodev /sys/kernel/debug
+}} > "$D/prepare.log" 2>&1
+{env}cd {root}
+bash "$D/script.sh" > "$D/output" 2>&1 < /dev/null
+echo $? > "$D/status.tmp"
+cat /proc/uptime > "$D/uptime-end"
+mv "$D/status.tmp" "$D/status"
+sync
+"#
+    )
+}
+
+/// Quotes `s` for bash (single quotes unless it is plainly safe).
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if safe {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Last lines of the console log, for error messages.
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    format!("--- last lines of {} ---\n{tail}", path.display())
+}

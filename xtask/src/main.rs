@@ -47,8 +47,17 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() {
+    // Print the error chain ourselves: anyhow's Debug form adds a backtrace under
+    // RUST_BACKTRACE=1, which buries the message.
+    if let Err(e) = run(Cli::parse().command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Cmd) -> Result<()> {
+    match command {
         Cmd::Setup => setup::run(),
         Cmd::Test(opts) => test::run(&opts),
         Cmd::Vm {

@@ -165,7 +165,7 @@ pub fn run(opts: &Options) -> Result<()> {
         let t = Instant::now();
         let built = build_vm_tests();
         let detail = match &built {
-            Ok(bins) => format!("{} binaries", bins.len()),
+            Ok(bins) => format!("{} VM test binaries", bins.len()),
             Err(_) => String::new(),
         };
         stages.push(stage("build agent + VM tests", &built, &detail, t));

@@ -1,1 +1,191 @@
-//! EKS node lab (being written).
+//! The EKS node lab: a node with security groups for pods, built from a [`Spec`] in
+//! network namespaces exactly as the VPC CNI lays it out, inside a VPC namespace that
+//! enforces security groups. The ground truth of sgpath's tests and its main job when no
+//! real node is at hand.
+//!
+//! Side effects: [`Lab::up`] creates namespaces `<prefix>-*`, veths, VLANs, rules, routes,
+//! an nftables ruleset in the VPC namespace and one `busybox httpd` per pod; dropping the
+//! [`Lab`] kills the servers and deletes the namespaces.
+
+pub mod build;
+pub mod names;
+pub mod spec;
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+pub use build::Layout;
+pub use spec::{Fault, Spec};
+
+/// A running lab. Dropping it tears everything down.
+pub struct Lab {
+    pub spec: Spec,
+    pub layout: Layout,
+    /// Scratch directory: the CNI config and the pods' web roots.
+    pub dir: PathBuf,
+    servers: Vec<Child>,
+}
+
+impl Lab {
+    /// Build the lab and start one HTTP server on port 80 per pod; returns once every
+    /// server listens.
+    ///
+    /// # Errors
+    /// The failing command and its stderr; whatever was built is torn down.
+    pub fn up(spec: Spec, prefix: &str) -> Result<Lab> {
+        let layout = Layout { prefix: prefix.to_string() };
+        let dir = std::env::temp_dir().join(format!("sgpath-lab-{prefix}"));
+        let mut lab = Lab { spec, layout, dir, servers: Vec::new() };
+        lab.teardown();
+        std::fs::create_dir_all(&lab.dir).with_context(|| format!("creating {}", lab.dir.display()))?;
+        std::fs::write(lab.cni_config(), build::conflist(&lab.spec))?;
+        sh(&build::script(&lab.spec, &lab.layout)).context("building the lab")?;
+        for f in lab.spec.faults.clone() {
+            lab.inject(&f)?;
+        }
+        lab.start_servers()?;
+        Ok(lab)
+    }
+
+    /// Where the lab's CNI config is (pass it to `sgpath --cni-config`).
+    pub fn cni_config(&self) -> PathBuf {
+        self.dir.join("10-aws.conflist")
+    }
+
+    /// Inject a fault into the running lab.
+    ///
+    /// # Errors
+    /// When the fault names something the lab lacks or its command fails.
+    pub fn inject(&mut self, fault: &Fault) -> Result<()> {
+        let script = build::fault_script(&self.spec, &self.layout, fault)?;
+        sh(&script).with_context(|| format!("injecting {fault:?}"))
+    }
+
+    /// Replace the VPC's security-group rules after `spec.security_groups` changed.
+    ///
+    /// # Errors
+    /// When nft refuses the ruleset.
+    pub fn apply_security_groups(&self) -> Result<()> {
+        let vpc = self.layout.vpc();
+        sh(&format!("ip netns exec {vpc} nft -f - <<'NFT'\n{}NFT", build::nft_ruleset(&self.spec)))
+    }
+
+    fn start_servers(&mut self) -> Result<()> {
+        for (i, pod) in self.spec.pods.iter().enumerate() {
+            let root = self.dir.join(format!("www{i}"));
+            std::fs::create_dir_all(&root)?;
+            std::fs::write(root.join("index.html"), format!("{}\n", pod.name))?;
+            let child = Command::new("ip")
+                .args(["netns", "exec", &self.layout.pod(i), "busybox", "httpd", "-f", "-p", "80", "-h"])
+                .arg(&root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting busybox httpd (is busybox installed? run `cargo xtask setup`)")?;
+            self.servers.push(child);
+        }
+        // Wait for the sockets, not for a fixed time: process start is slow under TCG.
+        for (i, pod) in self.spec.pods.iter().enumerate() {
+            let ns = self.layout.pod(i);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !listening(&ns, 80) {
+                if Instant::now() > deadline {
+                    bail!("httpd of pod {} did not listen on :80 within 30 s", pod.name);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// HTTP GET `http://<pod ip>/` from the bastion, all pods at once; `true` for each pod
+    /// that answered with its own name within `timeout`.
+    pub fn get_from_bastion(&self, timeout: Duration) -> Vec<(String, bool)> {
+        let bastion = self.layout.bastion();
+        let children: Vec<_> = self
+            .spec
+            .pods
+            .iter()
+            .map(|p| {
+                let child = Command::new("ip")
+                    .args(["netns", "exec", &bastion, "curl", "-s", "--max-time"])
+                    .arg(format!("{:.1}", timeout.as_secs_f64()))
+                    .arg(format!("http://{}/", p.ip))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn();
+                (p.name.clone(), child)
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|(name, child)| {
+                let ok = child
+                    .and_then(|c| c.wait_with_output())
+                    .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == name)
+                    .unwrap_or(false);
+                (name, ok)
+            })
+            .collect()
+    }
+
+    /// Run `sgpath` inside the node's namespace with the lab's CNI config.
+    pub fn sgpath(&self, bin: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.layout.node()]).arg(bin).args(args);
+        if matches!(args.first(), Some(&"inspect")) {
+            cmd.arg("--cni-config").arg(self.cni_config());
+        }
+        cmd.output().expect("running sgpath")
+    }
+
+    /// A pod's IP by name.
+    pub fn pod_ip(&self, name: &str) -> Ipv4Addr {
+        self.spec.pod(name).expect("pod exists").ip
+    }
+
+    fn teardown(&mut self) {
+        for mut c in self.servers.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.layout.namespaces(&self.spec) {
+            // Killing the namespace's processes first lets it go away at once.
+            let _ = Command::new("sh")
+                .args(["-c", &format!("ip netns pids {ns} 2>/dev/null | xargs -r kill -9; ip netns del {ns} 2>/dev/null")])
+                .status();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn listening(ns: &str, port: u16) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", &format!("grep -q ':{port:04X} 00000000:0000 0A' /proc/net/tcp")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Run a script with bash; on failure the error holds the script's stderr.
+///
+/// # Errors
+/// When bash cannot start or the script fails.
+pub fn sh(script: &str) -> Result<()> {
+    let out = Command::new("bash").arg("-c").arg(script).output().context("running bash")?;
+    if !out.status.success() {
+        bail!("script failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}

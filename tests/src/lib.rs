@@ -1,1 +1,326 @@
+//! Fixtures shared by the integration tests: the sgpath binary, labs, namespace guards,
+//! and the test bodies that run on every kernel (host 6.18 and the VMs' 6.1 and 6.12).
+//!
+//! Side effects: creates network namespaces (`sgt-*`) and deletes them on drop. Never
+//! touches the caller's own namespace.
 
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    process::Command,
+};
+
+use serde_json::Value;
+use xtask::lab::{Lab, Spec, names};
+
+/// The `sgpath` binary under test: `$SGPATH_BIN` (set by `cargo xtask test` in VMs) or
+/// the workspace's debug build.
+pub fn sgpath_bin() -> PathBuf {
+    std::env::var_os("SGPATH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(xtask::sgpath_bin)
+}
+
+/// Load one of xtask/labs/*.toml.
+pub fn spec(name: &str) -> Spec {
+    let path = xtask::workspace_root()
+        .join("xtask/labs")
+        .join(format!("{name}.toml"));
+    Spec::load(&path).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Bring a lab up or fail the test with the builder's error.
+pub fn lab(spec: Spec, prefix: &str) -> Lab {
+    Lab::up(spec, prefix).unwrap_or_else(|e| panic!("lab {prefix} did not come up: {e:#}"))
+}
+
+/// `sgpath inspect --output json` in the lab's node; returns the document and exit code.
+pub fn inspect(lab: &Lab) -> (Value, i32) {
+    let out = lab.sgpath(&sgpath_bin(), &["inspect", "--output", "json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "inspect printed no JSON ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (doc, out.status.code().unwrap_or(-1))
+}
+
+/// A path as the tests compare them: kind, pod ip, host veth, vlan id, vlan link, trunk,
+/// route table, and the (priority, selector, table) of each rule.
+pub type PathKey = (
+    String,
+    String,
+    String,
+    Option<u64>,
+    Option<String>,
+    Option<String>,
+    u64,
+    Vec<(u64, String, u64)>,
+);
+
+pub fn path_keys(doc: &Value) -> BTreeSet<PathKey> {
+    doc["paths"]
+        .as_array()
+        .expect("paths array")
+        .iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().map(String::from);
+            let rules = p["rules"]
+                .as_array()
+                .expect("rules array")
+                .iter()
+                .map(|r| {
+                    (
+                        r["priority"].as_u64().unwrap(),
+                        r["selector"].as_str().unwrap().to_string(),
+                        r["table"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            (
+                s("kind").unwrap(),
+                s("pod_ip").unwrap_or_default(),
+                s("host_veth").unwrap(),
+                p["vlan_id"].as_u64(),
+                s("vlan_link"),
+                s("trunk"),
+                p["route_table"].as_u64().unwrap(),
+                rules,
+            )
+        })
+        .collect()
+}
+
+/// The paths the VPC CNI would have made for a spec, written from the CNI's rules
+/// (../shared/vpc-cni-sgp.md), independently of sgpath's classifier.
+pub fn expected_paths(spec: &Spec) -> BTreeSet<PathKey> {
+    use xtask::lab::spec::{Mode, PodKind};
+    spec.pods
+        .iter()
+        .map(|p| {
+            let veth = names::host_veth(spec, p);
+            let ip = p.ip.to_string();
+            match (p.kind, p.vlan) {
+                (PodKind::Branch, Some(v)) => {
+                    let table = u64::from(names::vlan_table(v));
+                    let vlan_link = spec.node.trunk.as_ref().map(|_| names::vlan_link(v));
+                    let rules = match spec.mode_of(p) {
+                        Mode::Strict => {
+                            let mut r = vec![(10, format!("from all iif {veth}"), table)];
+                            if let Some(l) = &vlan_link {
+                                r.push((10, format!("from all iif {l}"), table));
+                            }
+                            r.sort();
+                            r
+                        }
+                        Mode::Standard => vec![
+                            (512, format!("from all to {ip}"), 254),
+                            (1536, format!("from {ip}"), table),
+                        ],
+                    };
+                    (
+                        "branch-eni".into(),
+                        ip,
+                        veth,
+                        Some(u64::from(v)),
+                        vlan_link,
+                        spec.node.trunk.clone(),
+                        table,
+                        rules,
+                    )
+                }
+                _ => (
+                    "node-eni".into(),
+                    ip.clone(),
+                    veth,
+                    None,
+                    None,
+                    None,
+                    254,
+                    vec![(512, format!("from all to {ip}"), 254)],
+                ),
+            }
+        })
+        .collect()
+}
+
+/// A network namespace that is deleted (with its links) on drop.
+pub struct NetNs(pub String);
+
+impl NetNs {
+    pub fn new(name: &str) -> NetNs {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        run(&["ip", "netns", "add", name]);
+        NetNs(name.to_string())
+    }
+
+    /// Run `f` on a thread that has entered this namespace.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("namespace thread panicked")
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Run a command, panicking with its stderr if it fails.
+pub fn run(argv: &[&str]) {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The eBPF smoke test: the tc counters attached to a veth count exactly the N UDP
+/// datagrams sent through it, and nothing else. IPv6 is off in both namespaces so no
+/// router solicitation or MLD report sneaks in; static neighbours keep ARP out.
+pub fn ebpf_counts_exact_packets() {
+    const N: u64 = 137;
+    const PAYLOAD: usize = 64;
+    let node = NetNs::new("sgt-ebpf-node");
+    let pod = NetNs::new("sgt-ebpf-pod");
+    for ns in [&node.0, &pod.0] {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ]);
+    }
+    run(&[
+        "ip",
+        "-n",
+        &node.0,
+        "link",
+        "add",
+        "hv0",
+        "address",
+        "02:00:00:00:00:0a",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &pod.0,
+        "address",
+        "02:00:00:00:00:0b",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &node.0,
+        "addr",
+        "add",
+        "10.99.0.1/24",
+        "dev",
+        "hv0",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &pod.0,
+        "addr",
+        "add",
+        "10.99.0.2/24",
+        "dev",
+        "eth0",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &node.0,
+        "neigh",
+        "add",
+        "10.99.0.2",
+        "lladdr",
+        "02:00:00:00:00:0b",
+        "dev",
+        "hv0",
+        "nud",
+        "permanent",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &pod.0,
+        "neigh",
+        "add",
+        "10.99.0.1",
+        "lladdr",
+        "02:00:00:00:00:0a",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    run(&["ip", "-n", &node.0, "link", "set", "hv0", "up"]);
+    run(&["ip", "-n", &pod.0, "link", "set", "eth0", "up"]);
+
+    let counters = node.enter(|| {
+        let mut probes = sgpath::ebpf::IfProbes::load().unwrap_or_else(|e| panic!("load: {e}"));
+        probes
+            .attach("hv0")
+            .unwrap_or_else(|e| panic!("attach: {e}"));
+        let rx = UdpSocket::bind("10.99.0.1:9999").expect("bind receiver");
+        pod.enter(|| {
+            let tx = UdpSocket::bind("10.99.0.2:0").expect("bind sender");
+            let to: SocketAddr = (Ipv4Addr::new(10, 99, 0, 1), 9999).into();
+            for _ in 0..N {
+                tx.send_to(&[0u8; PAYLOAD], to).expect("send");
+            }
+        });
+        // Every datagram arrived, so every one crossed hv0's ingress hook.
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        for i in 0..N {
+            rx.recv(&mut buf)
+                .unwrap_or_else(|e| panic!("datagram {i} of {N} not received: {e}"));
+        }
+        let ifindex = nix::net::if_::if_nametoindex("hv0").expect("hv0 ifindex");
+        let all = probes.read().expect("read counters");
+        all.get(&ifindex).copied().unwrap_or_default()
+    });
+    assert_eq!(
+        counters.ingress_packets, N,
+        "ingress packets on hv0: {counters:?}"
+    );
+    // tc sees the frame with its Ethernet header: 14 + 20 (IPv4) + 8 (UDP) + payload.
+    assert_eq!(
+        counters.ingress_bytes,
+        N * (14 + 20 + 8 + PAYLOAD as u64),
+        "{counters:?}"
+    );
+    assert_eq!(
+        counters.egress_packets, 0,
+        "nothing was sent back: {counters:?}"
+    );
+}

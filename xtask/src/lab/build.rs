@@ -68,40 +68,92 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
     for ns in l.namespaces(spec) {
         let _ = writeln!(s, "ip netns add {ns}\nip -n {ns} link set lo up");
     }
-    let _ = writeln!(s, "\n# VPC: the primary ENI eth0, the bastion's subnet, routing and forwarding");
-    let _ = writeln!(s, "ip -n {node} link add eth0 address {ETH0_MAC} mtu {mtu} type veth peer name {VPC_ENI0} netns {vpc} mtu {mtu}");
-    let _ = writeln!(s, "ip -n {node} addr add {}/{vpc_len} dev eth0", spec.node.primary_ip);
+    let _ = writeln!(
+        s,
+        "\n# VPC: the primary ENI eth0, the bastion's subnet, routing and forwarding"
+    );
+    let _ = writeln!(
+        s,
+        "ip -n {node} link add eth0 address {ETH0_MAC} mtu {mtu} type veth peer name {VPC_ENI0} netns {vpc} mtu {mtu}"
+    );
+    let _ = writeln!(
+        s,
+        "ip -n {node} addr add {}/{vpc_len} dev eth0",
+        spec.node.primary_ip
+    );
     let _ = writeln!(s, "ip -n {node} link set eth0 up");
-    let _ = writeln!(s, "ip -n {vpc} addr add {gw}/{vpc_len} dev {VPC_ENI0}\nip -n {vpc} link set {VPC_ENI0} up");
+    let _ = writeln!(
+        s,
+        "ip -n {vpc} addr add {gw}/{vpc_len} dev {VPC_ENI0}\nip -n {vpc} link set {VPC_ENI0} up"
+    );
     let _ = writeln!(s, "ip -n {node} route add default via {gw} dev eth0");
     let bastion_gw = std::net::Ipv4Addr::from(u32::from(spec.vpc.bastion.network()) + 1);
-    let _ = writeln!(s, "ip -n {bastion} link add eth0 type veth peer name bastion netns {vpc}");
-    let _ = writeln!(s, "ip -n {bastion} addr add {} dev eth0\nip -n {bastion} link set eth0 up", spec.vpc.bastion);
+    let _ = writeln!(
+        s,
+        "ip -n {bastion} link add eth0 type veth peer name bastion netns {vpc}"
+    );
+    let _ = writeln!(
+        s,
+        "ip -n {bastion} addr add {} dev eth0\nip -n {bastion} link set eth0 up",
+        spec.vpc.bastion
+    );
     let _ = writeln!(s, "ip -n {bastion} route add default via {bastion_gw}");
-    let _ = writeln!(s, "ip -n {vpc} addr add {bastion_gw}/{} dev bastion\nip -n {vpc} link set bastion up", spec.vpc.bastion.prefix_len());
+    let _ = writeln!(
+        s,
+        "ip -n {vpc} addr add {bastion_gw}/{} dev bastion\nip -n {vpc} link set bastion up",
+        spec.vpc.bastion.prefix_len()
+    );
     let _ = writeln!(s, "ip netns exec {vpc} sysctl -qw net.ipv4.ip_forward=1");
     if let Some(trunk) = &spec.node.trunk {
-        let _ = writeln!(s, "\n# Trunk ENI {trunk}: the VPC sees each branch ENI as an 802.1Q VLAN of it");
-        let _ = writeln!(s, "ip -n {node} link add {trunk} address 02:e0:00:00:00:02 mtu {mtu} type veth peer name {VPC_TRUNK} netns {vpc} mtu {mtu}");
-        let _ = writeln!(s, "ip -n {node} link set {trunk} up\nip -n {vpc} link set {VPC_TRUNK} up");
+        let _ = writeln!(
+            s,
+            "\n# Trunk ENI {trunk}: the VPC sees each branch ENI as an 802.1Q VLAN of it"
+        );
+        let _ = writeln!(
+            s,
+            "ip -n {node} link add {trunk} address 02:e0:00:00:00:02 mtu {mtu} type veth peer name {VPC_TRUNK} netns {vpc} mtu {mtu}"
+        );
+        let _ = writeln!(
+            s,
+            "ip -n {node} link set {trunk} up\nip -n {vpc} link set {VPC_TRUNK} up"
+        );
     }
 
-    let _ = writeln!(s, "\n# Node sysctls as aws-node's init container and the AMI leave them");
-    let demux = if spec.node.disable_tcp_early_demux { 0 } else { 1 };
+    let _ = writeln!(
+        s,
+        "\n# Node sysctls as aws-node's init container and the AMI leave them"
+    );
+    let demux = if spec.node.disable_tcp_early_demux {
+        0
+    } else {
+        1
+    };
     let _ = writeln!(
         s,
         "ip netns exec {node} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.eth0.rp_filter=2 net.ipv4.tcp_early_demux={demux}"
     );
-    if spec.node.enforcing_mode == Mode::Strict && spec.pods.iter().any(|p| p.kind == PodKind::Branch) {
-        let _ = writeln!(s, "# strict mode: the CNI moves the local rule from 0 to 20, below the VLAN iif rules");
-        let _ = writeln!(s, "ip -n {node} rule add pref 20 lookup local\nip -n {node} rule del pref 0 lookup local");
+    if spec.node.enforcing_mode == Mode::Strict
+        && spec.pods.iter().any(|p| p.kind == PodKind::Branch)
+    {
+        let _ = writeln!(
+            s,
+            "# strict mode: the CNI moves the local rule from 0 to 20, below the VLAN iif rules"
+        );
+        let _ = writeln!(
+            s,
+            "ip -n {node} rule add pref 20 lookup local\nip -n {node} rule del pref 0 lookup local"
+        );
     }
 
     for (i, pod) in spec.pods.iter().enumerate() {
         pod_script(&mut s, spec, l, i, pod);
     }
     let _ = writeln!(s, "\n# Security groups, enforced in the VPC as AWS does");
-    let _ = writeln!(s, "ip netns exec {vpc} nft -f - <<'NFT'\n{}NFT", nft_ruleset(spec));
+    let _ = writeln!(
+        s,
+        "ip netns exec {vpc} nft -f - <<'NFT'\n{}NFT",
+        nft_ruleset(spec)
+    );
     s
 }
 
@@ -111,32 +163,69 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
     let mac = host_veth_mac(i);
     let ip = pod.ip;
     let gw = spec.vpc.gateway();
-    let _ = writeln!(s, "\n# pod {}/{} ({:?}) on {veth}", pod.namespace, pod.name, pod.kind);
-    let _ = writeln!(s, "ip -n {node} link add {veth} address {mac} type veth peer name eth0 netns {pns}");
+    let _ = writeln!(
+        s,
+        "\n# pod {}/{} ({:?}) on {veth}",
+        pod.namespace, pod.name, pod.kind
+    );
+    let _ = writeln!(
+        s,
+        "ip -n {node} link add {veth} address {mac} type veth peer name eth0 netns {pns}"
+    );
     let _ = writeln!(s, "ip -n {node} link set {veth} up");
-    let _ = writeln!(s, "ip -n {pns} addr add {ip}/32 dev eth0\nip -n {pns} link set eth0 up");
+    let _ = writeln!(
+        s,
+        "ip -n {pns} addr add {ip}/32 dev eth0\nip -n {pns} link set eth0 up"
+    );
     let _ = writeln!(s, "ip -n {pns} route add {POD_GATEWAY} dev eth0 scope link");
-    let _ = writeln!(s, "ip -n {pns} route add default via {POD_GATEWAY} dev eth0");
-    let _ = writeln!(s, "ip -n {pns} neigh add {POD_GATEWAY} lladdr {mac} dev eth0 nud permanent");
+    let _ = writeln!(
+        s,
+        "ip -n {pns} route add default via {POD_GATEWAY} dev eth0"
+    );
+    let _ = writeln!(
+        s,
+        "ip -n {pns} neigh add {POD_GATEWAY} lladdr {mac} dev eth0 nud permanent"
+    );
     match (pod.kind, pod.vlan) {
         (PodKind::Branch, Some(vlan)) => {
             let table = names::vlan_table(vlan);
             let vl = names::vlan_link(vlan);
             if let Some(trunk) = &spec.node.trunk {
                 let bmac = branch_eni_mac(vlan);
-                let _ = writeln!(s, "ip -n {node} link add link {trunk} name {vl} address {bmac} type vlan id {vlan}");
+                let _ = writeln!(
+                    s,
+                    "ip -n {node} link add link {trunk} name {vl} address {bmac} type vlan id {vlan}"
+                );
                 let _ = writeln!(s, "ip -n {node} link set {vl} up");
-                let _ = writeln!(s, "ip -n {node} route add {gw} dev {vl} scope link table {table}");
-                let _ = writeln!(s, "ip -n {node} route add default via {gw} dev {vl} table {table}");
+                let _ = writeln!(
+                    s,
+                    "ip -n {node} route add {gw} dev {vl} scope link table {table}"
+                );
+                let _ = writeln!(
+                    s,
+                    "ip -n {node} route add default via {gw} dev {vl} table {table}"
+                );
                 // The VPC delivers to the branch ENI's MAC and answers ARP for the gateway on every VLAN.
-                let _ = writeln!(s, "ip -n {vpc} link add link {VPC_TRUNK} name {VPC_TRUNK}.{vlan} type vlan id {vlan}");
-                let _ = writeln!(s, "ip -n {vpc} addr add {gw}/32 dev {VPC_TRUNK}.{vlan}\nip -n {vpc} link set {VPC_TRUNK}.{vlan} up");
+                let _ = writeln!(
+                    s,
+                    "ip -n {vpc} link add link {VPC_TRUNK} name {VPC_TRUNK}.{vlan} type vlan id {vlan}"
+                );
+                let _ = writeln!(
+                    s,
+                    "ip -n {vpc} addr add {gw}/32 dev {VPC_TRUNK}.{vlan}\nip -n {vpc} link set {VPC_TRUNK}.{vlan} up"
+                );
                 let _ = writeln!(s, "ip -n {vpc} route add {ip}/32 dev {VPC_TRUNK}.{vlan}");
-                let _ = writeln!(s, "ip -n {vpc} neigh add {ip} lladdr {bmac} dev {VPC_TRUNK}.{vlan} nud permanent");
+                let _ = writeln!(
+                    s,
+                    "ip -n {vpc} neigh add {ip} lladdr {bmac} dev {VPC_TRUNK}.{vlan} nud permanent"
+                );
             }
             match spec.mode_of(pod) {
                 Mode::Strict => {
-                    let _ = writeln!(s, "ip -n {node} route add {ip} dev {veth} scope link table {table}");
+                    let _ = writeln!(
+                        s,
+                        "ip -n {node} route add {ip} dev {veth} scope link table {table}"
+                    );
                     if spec.node.trunk.is_some() {
                         let _ = writeln!(s, "ip -n {node} rule add pref 10 iif {vl} table {table}");
                     }
@@ -154,7 +243,10 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
             let _ = writeln!(s, "ip -n {node} rule add pref 512 to {ip} table main");
             // The VPC delivers the primary ENI's secondary IPs to eth0's MAC.
             let _ = writeln!(s, "ip -n {vpc} route add {ip}/32 dev {VPC_ENI0}");
-            let _ = writeln!(s, "ip -n {vpc} neigh add {ip} lladdr {ETH0_MAC} dev {VPC_ENI0} nud permanent");
+            let _ = writeln!(
+                s,
+                "ip -n {vpc} neigh add {ip} lladdr {ETH0_MAC} dev {VPC_ENI0} nud permanent"
+            );
         }
     }
 }
@@ -165,18 +257,34 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
 pub fn nft_ruleset(spec: &Spec) -> String {
     let mut enis: Vec<(String, String, Vec<&SecurityGroup>)> = Vec::new();
     let groups = |ids: &[String]| -> Vec<&SecurityGroup> {
-        spec.security_groups.iter().filter(|g| ids.contains(&g.id)).collect()
+        spec.security_groups
+            .iter()
+            .filter(|g| ids.contains(&g.id))
+            .collect()
     };
-    enis.push(("node".into(), VPC_ENI0.into(), groups(&spec.node.security_groups)));
+    enis.push((
+        "node".into(),
+        VPC_ENI0.into(),
+        groups(&spec.node.security_groups),
+    ));
     if spec.node.trunk.is_some() {
         for p in spec.pods.iter().filter(|p| p.kind == PodKind::Branch) {
             let vlan = p.vlan.expect("validated");
-            enis.push((format!("v{vlan}"), format!("{VPC_TRUNK}.{vlan}"), groups(&p.security_groups)));
+            enis.push((
+                format!("v{vlan}"),
+                format!("{VPC_TRUNK}.{vlan}"),
+                groups(&p.security_groups),
+            ));
         }
     }
-    let mut s = String::from("flush ruleset\ntable inet sg {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n    ct state established,related accept\n");
+    let mut s = String::from(
+        "flush ruleset\ntable inet sg {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n    ct state established,related accept\n",
+    );
     for (id, dev, _) in &enis {
-        let _ = writeln!(s, "    iifname \"{dev}\" jump out_{id}\n    oifname \"{dev}\" jump in_{id}");
+        let _ = writeln!(
+            s,
+            "    iifname \"{dev}\" jump out_{id}\n    oifname \"{dev}\" jump in_{id}"
+        );
     }
     s.push_str("  }\n");
     for (id, _, gs) in &enis {
@@ -188,10 +296,17 @@ pub fn nft_ruleset(spec: &Spec) -> String {
                     let l4 = match (r.proto, r.port_range().expect("validated")) {
                         (Proto::All, _) => String::new(),
                         (Proto::Icmp, _) => " meta l4proto icmp".into(),
-                        (p, None) => format!(" meta l4proto {}", if p == Proto::Tcp { "tcp" } else { "udp" }),
+                        (p, None) => format!(
+                            " meta l4proto {}",
+                            if p == Proto::Tcp { "tcp" } else { "udp" }
+                        ),
                         (p, Some((lo, hi))) => {
                             let name = if p == Proto::Tcp { "tcp" } else { "udp" };
-                            if lo == hi { format!(" {name} dport {lo}") } else { format!(" {name} dport {lo}-{hi}") }
+                            if lo == hi {
+                                format!(" {name} dport {lo}")
+                            } else {
+                                format!(" {name} dport {lo}-{hi}")
+                            }
                         }
                     };
                     let _ = writeln!(s, "    ip {peer} {}{l4} return # {}", r.cidr, g.id);
@@ -212,7 +327,9 @@ pub fn fault_script(spec: &Spec, l: &Layout, fault: &Fault) -> anyhow::Result<St
     let node = l.node();
     let pod_vlan = |name: &str| -> anyhow::Result<(&Pod, u16)> {
         let p = spec.pod(name)?;
-        let v = p.vlan.ok_or_else(|| anyhow::anyhow!("pod {name} is not a branch pod"))?;
+        let v = p
+            .vlan
+            .ok_or_else(|| anyhow::anyhow!("pod {name} is not a branch pod"))?;
         Ok((p, v))
     };
     Ok(match fault {
@@ -223,27 +340,44 @@ pub fn fault_script(spec: &Spec, l: &Layout, fault: &Fault) -> anyhow::Result<St
                 RuleOn::Veth => names::host_veth(spec, p),
                 RuleOn::Vlan => names::vlan_link(vlan),
             };
-            format!("ip -n {node} rule del pref 10 iif {iif} table {}", names::vlan_table(vlan))
+            format!(
+                "ip -n {node} rule del pref 10 iif {iif} table {}",
+                names::vlan_table(vlan)
+            )
         }
-        Fault::StaleVlanRule { iif, table } => format!("ip -n {node} rule add pref 10 iif {iif} table {table}"),
+        Fault::StaleVlanRule { iif, table } => {
+            format!("ip -n {node} rule add pref 10 iif {iif} table {table}")
+        }
         Fault::DeleteVlanRoute { pod, route } => {
             let (p, vlan) = pod_vlan(pod)?;
             let t = names::vlan_table(vlan);
             let gw = spec.vpc.gateway();
             match route {
-                VlanRoute::Gateway => format!("ip -n {node} route del {gw} dev {} table {t}", names::vlan_link(vlan)),
+                VlanRoute::Gateway => format!(
+                    "ip -n {node} route del {gw} dev {} table {t}",
+                    names::vlan_link(vlan)
+                ),
                 VlanRoute::Default => format!("ip -n {node} route del default table {t}"),
                 VlanRoute::Pod => format!("ip -n {node} route del {} table {t}", p.ip),
             }
         }
         Fault::DeletePodRoute { pod } => {
             let p = spec.pod(pod)?;
-            format!("ip -n {node} route del {} dev {}", p.ip, names::host_veth(spec, p))
+            format!(
+                "ip -n {node} route del {} dev {}",
+                p.ip,
+                names::host_veth(spec, p)
+            )
         }
-        Fault::DeleteToPodRule { pod } => format!("ip -n {node} rule del pref 512 to {} table main", spec.pod(pod)?.ip),
+        Fault::DeleteToPodRule { pod } => format!(
+            "ip -n {node} rule del pref 512 to {} table main",
+            spec.pod(pod)?.ip
+        ),
         Fault::LocalRuleAtZero => format!("ip -n {node} rule add pref 0 lookup local"),
         Fault::NodelocalDns { address } => {
-            format!("ip -n {node} link add nodelocaldns type dummy\nip -n {node} addr add {address}/32 dev nodelocaldns\nip -n {node} link set nodelocaldns up")
+            format!(
+                "ip -n {node} link add nodelocaldns type dummy\nip -n {node} addr add {address}/32 dev nodelocaldns\nip -n {node} link set nodelocaldns up"
+            )
         }
         Fault::Mtu { link, mtu } => {
             let dev = match spec.pod(link) {
@@ -253,7 +387,11 @@ pub fn fault_script(spec: &Spec, l: &Layout, fault: &Fault) -> anyhow::Result<St
             format!("ip -n {node} link set {dev} mtu {mtu}")
         }
         Fault::TrunkDown => {
-            let trunk = spec.node.trunk.as_deref().ok_or_else(|| anyhow::anyhow!("the lab has no trunk"))?;
+            let trunk = spec
+                .node
+                .trunk
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("the lab has no trunk"))?;
             format!("ip -n {node} link set {trunk} down")
         }
     })
@@ -279,9 +417,15 @@ mod tests {
         let veth = names::host_veth(&spec, &spec.pods[0]);
         assert!(veth.starts_with("vlan") && veth.len() == 15, "{veth}");
         assert!(s.contains("ip -n t-node rule add pref 10 iif vlan.eth.1 table 101"));
-        assert!(s.contains(&format!("ip -n t-node rule add pref 10 iif {veth} table 101")));
-        assert!(s.contains(&format!("ip -n t-node route add 192.168.3.219 dev {veth} scope link table 101")));
-        assert!(s.contains("ip -n t-node route add default via 192.168.0.1 dev vlan.eth.1 table 101"));
+        assert!(s.contains(&format!(
+            "ip -n t-node rule add pref 10 iif {veth} table 101"
+        )));
+        assert!(s.contains(&format!(
+            "ip -n t-node route add 192.168.3.219 dev {veth} scope link table 101"
+        )));
+        assert!(
+            s.contains("ip -n t-node route add default via 192.168.0.1 dev vlan.eth.1 table 101")
+        );
         assert!(s.contains("ip -n t-node rule add pref 20 lookup local"));
     }
 
@@ -289,8 +433,14 @@ mod tests {
     fn security_groups_become_return_rules_and_a_drop() {
         let spec = Spec::default_lab();
         let r = nft_ruleset(&spec);
-        assert!(r.contains("chain in_v1 {\n    ip saddr 0.0.0.0/0 tcp dport 80 return # sg-pod"), "{r}");
-        assert!(r.contains("chain in_node {\n    ip saddr 0.0.0.0/0 tcp dport 80 return # sg-node"), "{r}");
+        assert!(
+            r.contains("chain in_v1 {\n    ip saddr 0.0.0.0/0 tcp dport 80 return # sg-pod"),
+            "{r}"
+        );
+        assert!(
+            r.contains("chain in_node {\n    ip saddr 0.0.0.0/0 tcp dport 80 return # sg-node"),
+            "{r}"
+        );
         assert_eq!(r.matches("counter drop").count(), 2 * 5);
     }
 }

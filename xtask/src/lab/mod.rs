@@ -39,11 +39,19 @@ impl Lab {
     /// # Errors
     /// The failing command and its stderr; whatever was built is torn down.
     pub fn up(spec: Spec, prefix: &str) -> Result<Lab> {
-        let layout = Layout { prefix: prefix.to_string() };
+        let layout = Layout {
+            prefix: prefix.to_string(),
+        };
         let dir = std::env::temp_dir().join(format!("sgpath-lab-{prefix}"));
-        let mut lab = Lab { spec, layout, dir, servers: Vec::new() };
+        let mut lab = Lab {
+            spec,
+            layout,
+            dir,
+            servers: Vec::new(),
+        };
         lab.teardown();
-        std::fs::create_dir_all(&lab.dir).with_context(|| format!("creating {}", lab.dir.display()))?;
+        std::fs::create_dir_all(&lab.dir)
+            .with_context(|| format!("creating {}", lab.dir.display()))?;
         std::fs::write(lab.cni_config(), build::conflist(&lab.spec))?;
         sh(&build::script(&lab.spec, &lab.layout)).context("building the lab")?;
         for f in lab.spec.faults.clone() {
@@ -73,7 +81,10 @@ impl Lab {
     /// When nft refuses the ruleset.
     pub fn apply_security_groups(&self) -> Result<()> {
         let vpc = self.layout.vpc();
-        sh(&format!("ip netns exec {vpc} nft -f - <<'NFT'\n{}NFT", build::nft_ruleset(&self.spec)))
+        sh(&format!(
+            "ip netns exec {vpc} nft -f - <<'NFT'\n{}NFT",
+            build::nft_ruleset(&self.spec)
+        ))
     }
 
     fn start_servers(&mut self) -> Result<()> {
@@ -82,12 +93,24 @@ impl Lab {
             std::fs::create_dir_all(&root)?;
             std::fs::write(root.join("index.html"), format!("{}\n", pod.name))?;
             let child = Command::new("ip")
-                .args(["netns", "exec", &self.layout.pod(i), "busybox", "httpd", "-f", "-p", "80", "-h"])
+                .args([
+                    "netns",
+                    "exec",
+                    &self.layout.pod(i),
+                    "busybox",
+                    "httpd",
+                    "-f",
+                    "-p",
+                    "80",
+                    "-h",
+                ])
                 .arg(&root)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .context("starting busybox httpd (is busybox installed? run `cargo xtask setup`)")?;
+                .context(
+                    "starting busybox httpd (is busybox installed? run `cargo xtask setup`)",
+                )?;
             self.servers.push(child);
         }
         // Wait for the sockets, not for a fixed time: process start is slow under TCG.
@@ -96,7 +119,10 @@ impl Lab {
             let deadline = Instant::now() + Duration::from_secs(30);
             while !listening(&ns, 80) {
                 if Instant::now() > deadline {
-                    bail!("httpd of pod {} did not listen on :80 within 30 s", pod.name);
+                    bail!(
+                        "httpd of pod {} did not listen on :80 within 30 s",
+                        pod.name
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -128,7 +154,9 @@ impl Lab {
             .map(|(name, child)| {
                 let ok = child
                     .and_then(|c| c.wait_with_output())
-                    .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == name)
+                    .map(|o| {
+                        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == name
+                    })
                     .unwrap_or(false);
                 (name, ok)
             })
@@ -138,7 +166,9 @@ impl Lab {
     /// Run `sgpath` inside the node's namespace with the lab's CNI config.
     pub fn sgpath(&self, bin: &Path, args: &[&str]) -> Output {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.layout.node()]).arg(bin).args(args);
+        cmd.args(["netns", "exec", &self.layout.node()])
+            .arg(bin)
+            .args(args);
         if matches!(args.first(), Some(&"inspect")) {
             cmd.arg("--cni-config").arg(self.cni_config());
         }
@@ -173,7 +203,14 @@ impl Drop for Lab {
 
 fn listening(ns: &str, port: u16) -> bool {
     Command::new("ip")
-        .args(["netns", "exec", ns, "sh", "-c", &format!("grep -q ':{port:04X} 00000000:0000 0A' /proc/net/tcp")])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
+            &format!("grep -q ':{port:04X} 0\\+:0000 0A' /proc/net/tcp /proc/net/tcp6"),
+        ])
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -183,9 +220,17 @@ fn listening(ns: &str, port: u16) -> bool {
 /// # Errors
 /// When bash cannot start or the script fails.
 pub fn sh(script: &str) -> Result<()> {
-    let out = Command::new("bash").arg("-c").arg(script).output().context("running bash")?;
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .context("running bash")?;
     if !out.status.success() {
-        bail!("script failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "script failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

@@ -4,7 +4,9 @@ use super::spec::{Mode, Pod, PodKind, Spec};
 
 /// Host veth name suffix: the first 11 hex chars of sha1("<namespace>.<pod name>").
 pub fn veth_suffix(namespace: &str, pod: &str) -> String {
-    let hex = sha1_smol::Sha1::from(format!("{namespace}.{pod}")).digest().to_string();
+    let hex = sha1_smol::Sha1::from(format!("{namespace}.{pod}"))
+        .digest()
+        .to_string();
     hex[..11].to_string()
 }
 

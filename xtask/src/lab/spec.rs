@@ -162,22 +162,43 @@ pub struct Pod {
 pub enum Fault {
     /// Set a sysctl of the node's namespace (`net.ipv4.tcp_early_demux`, `net.ipv4.ip_forward`,
     /// `net.ipv4.conf.eth0.rp_filter`...).
-    Sysctl { name: String, value: i64 },
+    Sysctl {
+        name: String,
+        value: i64,
+    },
     /// Delete a strict pod's priority-10 rule: `iif` its veth (`on = "veth"`) or its VLAN link.
-    DeleteVlanRule { pod: String, on: RuleOn },
+    DeleteVlanRule {
+        pod: String,
+        on: RuleOn,
+    },
     /// Add a priority-10 `iif <iif> lookup <table>` rule (left behind by a deleted pod).
-    StaleVlanRule { iif: String, table: u32 },
+    StaleVlanRule {
+        iif: String,
+        table: u32,
+    },
     /// Delete a route from a branch pod's VLAN table.
-    DeleteVlanRoute { pod: String, route: VlanRoute },
+    DeleteVlanRoute {
+        pod: String,
+        route: VlanRoute,
+    },
     /// Delete an ordinary/standard pod's main-table route or its priority-512 rule.
-    DeletePodRoute { pod: String },
-    DeleteToPodRule { pod: String },
+    DeletePodRoute {
+        pod: String,
+    },
+    DeleteToPodRule {
+        pod: String,
+    },
     /// Put the local rule back at priority 0 (as before strict mode moved it to 20).
     LocalRuleAtZero,
     /// Add NodeLocal DNSCache's address on a `nodelocaldns` dummy interface.
-    NodelocalDns { address: Ipv4Addr },
+    NodelocalDns {
+        address: Ipv4Addr,
+    },
     /// Set a link's MTU (`vlan.eth.1`, a pod's veth by pod name, ...).
-    Mtu { link: String, mtu: u32 },
+    Mtu {
+        link: String,
+        mtu: u32,
+    },
     /// Take the trunk down.
     TrunkDown,
 }
@@ -209,7 +230,8 @@ impl Spec {
     }
 
     pub fn load(path: &Path) -> Result<Spec> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading lab spec {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading lab spec {}", path.display()))?;
         Spec::parse(&text).with_context(|| format!("lab spec {}", path.display()))
     }
 
@@ -231,39 +253,66 @@ impl Spec {
                 bail!("pod {}/{}: ip {} is used twice", p.namespace, p.name, p.ip);
             }
             if !self.vpc.cidr.contains(&p.ip) {
-                bail!("pod {}/{}: ip {} is outside vpc.cidr {}", p.namespace, p.name, p.ip, self.vpc.cidr);
+                bail!(
+                    "pod {}/{}: ip {} is outside vpc.cidr {}",
+                    p.namespace,
+                    p.name,
+                    p.ip,
+                    self.vpc.cidr
+                );
             }
             match (p.kind, p.vlan) {
-                (PodKind::Branch, None) => bail!("pod {}/{}: a branch pod needs `vlan`", p.namespace, p.name),
+                (PodKind::Branch, None) => {
+                    bail!("pod {}/{}: a branch pod needs `vlan`", p.namespace, p.name)
+                }
                 (PodKind::Branch, Some(v)) if !(1..=120).contains(&v) => {
-                    bail!("pod {}/{}: vlan {v} is outside 1..=120", p.namespace, p.name)
+                    bail!(
+                        "pod {}/{}: vlan {v} is outside 1..=120",
+                        p.namespace,
+                        p.name
+                    )
                 }
                 (PodKind::Branch, Some(v)) if !vlans.insert(v) => {
                     bail!("pod {}/{}: vlan {v} is used twice", p.namespace, p.name)
                 }
-                (PodKind::Ordinary, Some(_)) => bail!("pod {}/{}: an ordinary pod has no `vlan`", p.namespace, p.name),
+                (PodKind::Ordinary, Some(_)) => bail!(
+                    "pod {}/{}: an ordinary pod has no `vlan`",
+                    p.namespace,
+                    p.name
+                ),
                 _ => {}
             }
             for g in &p.security_groups {
                 if !groups.contains(g.as_str()) {
-                    bail!("pod {}/{}: security group {g:?} is not in [[security_groups]]", p.namespace, p.name);
+                    bail!(
+                        "pod {}/{}: security group {g:?} is not in [[security_groups]]",
+                        p.namespace,
+                        p.name
+                    );
                 }
             }
         }
         for g in &self.security_groups {
             for r in g.ingress.iter().chain(&g.egress) {
-                r.port_range().with_context(|| format!("security group {}", g.id))?;
+                r.port_range()
+                    .with_context(|| format!("security group {}", g.id))?;
             }
         }
         Ok(())
     }
 
     pub fn pod(&self, name: &str) -> Result<&Pod> {
-        self.pods.iter().find(|p| p.name == name).with_context(|| format!("no pod named {name:?} in the lab"))
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod named {name:?} in the lab"))
     }
 
     pub fn group_mut(&mut self, id: &str) -> Result<&mut SecurityGroup> {
-        self.security_groups.iter_mut().find(|g| g.id == id).with_context(|| format!("no security group {id:?}"))
+        self.security_groups
+            .iter_mut()
+            .find(|g| g.id == id)
+            .with_context(|| format!("no security group {id:?}"))
     }
 
     /// The enforcing mode of a branch pod.
@@ -279,8 +328,14 @@ impl SgRule {
             (None, _) => Ok(None),
             (Some(p), Proto::Tcp | Proto::Udp) => {
                 let (lo, hi) = p.split_once('-').unwrap_or((p, p));
-                let lo: u16 = lo.trim().parse().with_context(|| format!("bad port {p:?}"))?;
-                let hi: u16 = hi.trim().parse().with_context(|| format!("bad port {p:?}"))?;
+                let lo: u16 = lo
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad port {p:?}"))?;
+                let hi: u16 = hi
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad port {p:?}"))?;
                 if lo > hi {
                     bail!("port range {p:?} is reversed");
                 }
@@ -299,14 +354,20 @@ mod tests {
     fn default_lab_is_the_seed_scenario() {
         let s = Spec::default_lab();
         assert_eq!(s.pods.len(), 8);
-        assert_eq!(s.pods.iter().filter(|p| p.kind == PodKind::Branch).count(), 4);
+        assert_eq!(
+            s.pods.iter().filter(|p| p.kind == PodKind::Branch).count(),
+            4
+        );
         assert_eq!(s.node.trunk.as_deref(), Some("eth1"));
         assert_eq!(s.vpc.gateway(), Ipv4Addr::new(192, 168, 0, 1));
     }
 
     #[test]
     fn unknown_group_is_named() {
-        let mut text = DEFAULT_SPEC.replace("security_groups = [\"sg-node\"]", "security_groups = [\"sg-nope\"]");
+        let mut text = DEFAULT_SPEC.replace(
+            "security_groups = [\"sg-node\"]",
+            "security_groups = [\"sg-nope\"]",
+        );
         text.push('\n');
         let e = format!("{:#}", Spec::parse(&text).unwrap_err());
         assert!(e.contains("sg-nope"), "{e}");

@@ -46,13 +46,20 @@ fn count(ctx: &TcContext, dir: Direction) {
     // SAFETY: the verifier guarantees ctx.skb.skb points at the __sk_buff for this run.
     let (ifindex, protocol, len) = unsafe {
         let skb = &*ctx.skb.skb;
-        (skb.ifindex, u16::from_be(skb.protocol as u16), skb.len as u64)
+        (
+            skb.ifindex,
+            u16::from_be(skb.protocol as u16),
+            skb.len as u64,
+        )
     };
     let counters = match IF_COUNTERS.get_ptr_mut(&ifindex) {
         Some(c) => c,
         None => {
             // First packet of this interface on this CPU. Per-CPU values: no lock needed.
-            if IF_COUNTERS.insert(&ifindex, &IfCounters::default(), 0).is_err() {
+            if IF_COUNTERS
+                .insert(&ifindex, &IfCounters::default(), 0)
+                .is_err()
+            {
                 bump_error(ProgError::MapFull);
                 return;
             }

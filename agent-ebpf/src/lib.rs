@@ -48,7 +48,6 @@ impl TryFrom<u32> for ProgError {
 
 const _: () = assert!(core::mem::size_of::<IfCounters>() == 40);
 
-
 // SAFETY: plain #[repr(C)] integers without padding.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for IfCounters {}

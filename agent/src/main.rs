@@ -28,11 +28,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
-    let sources = collect::Sources { cni_config: args.cni_config, proc_sys: args.proc_sys };
+    let sources = collect::Sources {
+        cni_config: args.cni_config,
+        proc_sys: args.proc_sys,
+    };
     let node = runtime()?.block_on(collect::node(&sources))?;
     for w in &node.read_warnings {
         eprintln!("sgpath: warning: {w}");

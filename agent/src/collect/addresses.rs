@@ -20,7 +20,10 @@ pub async fn dump(handle: &Handle) -> Result<BTreeMap<u32, Vec<IpNet>>, CollectE
         .execute()
         .try_collect()
         .await
-        .map_err(|source| CollectError::Netlink { what: "addresses", source })?;
+        .map_err(|source| CollectError::Netlink {
+            what: "addresses",
+            source,
+        })?;
     let mut by_link: BTreeMap<u32, Vec<IpNet>> = BTreeMap::new();
     for (ifindex, net) in msgs.iter().filter_map(from_message) {
         by_link.entry(ifindex).or_default().push(net);
@@ -39,5 +42,7 @@ pub fn from_message(msg: &AddressMessage) -> Option<(u32, IpNet)> {
         })
     };
     let ip = find(true).or_else(|| find(false))?;
-    IpNet::new(ip, msg.header.prefix_len).ok().map(|n| (msg.header.index, n))
+    IpNet::new(ip, msg.header.prefix_len)
+        .ok()
+        .map(|n| (msg.header.index, n))
 }

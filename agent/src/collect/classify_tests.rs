@@ -16,10 +16,20 @@ use netlink_packet_route::{
 use super::{links, routes, rules};
 use crate::model::{EnforcingMode, Node, PathKind, TABLE_MAIN, Topology};
 
-fn link(index: u32, name: &str, kind: Option<InfoKind>, link_attr: Option<u32>, netnsid: Option<i32>) -> LinkMessage {
+fn link(
+    index: u32,
+    name: &str,
+    kind: Option<InfoKind>,
+    link_attr: Option<u32>,
+    netnsid: Option<i32>,
+) -> LinkMessage {
     let mut m = LinkMessage::default();
     m.header.index = index;
-    m.attributes = vec![LinkAttribute::IfName(name.into()), LinkAttribute::Mtu(9001), LinkAttribute::OperState(State::Up)];
+    m.attributes = vec![
+        LinkAttribute::IfName(name.into()),
+        LinkAttribute::Mtu(9001),
+        LinkAttribute::OperState(State::Up),
+    ];
     if let Some(i) = link_attr {
         m.attributes.push(LinkAttribute::Link(i));
     }
@@ -34,16 +44,28 @@ fn link(index: u32, name: &str, kind: Option<InfoKind>, link_attr: Option<u32>, 
                 LinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(id)])),
             ]));
         }
-        Some(k) => m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(k)])),
+        Some(k) => m
+            .attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(k)])),
         None => {}
     }
     m
 }
 
-fn route(table: u32, dst: Option<(IpAddr, u8)>, gw: Option<IpAddr>, oif: u32, scope: RouteScope) -> RouteMessage {
+fn route(
+    table: u32,
+    dst: Option<(IpAddr, u8)>,
+    gw: Option<IpAddr>,
+    oif: u32,
+    scope: RouteScope,
+) -> RouteMessage {
     let mut m = RouteMessage::default();
     let v6 = dst.map(|(a, _)| a.is_ipv6()).unwrap_or(false) || gw.is_some_and(|g| g.is_ipv6());
-    m.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    m.header.address_family = if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
     // As the kernel does: the u8 field says RT_TABLE_COMPAT above 255, RTA_TABLE has the id.
     m.header.table = if table > 255 { 252 } else { table as u8 };
     m.header.scope = scope;
@@ -51,10 +73,12 @@ fn route(table: u32, dst: Option<(IpAddr, u8)>, gw: Option<IpAddr>, oif: u32, sc
     m.attributes.push(RouteAttribute::Table(table));
     if let Some((a, len)) = dst {
         m.header.destination_prefix_length = len;
-        m.attributes.push(RouteAttribute::Destination(RouteAddress::from(a)));
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(a)));
     }
     if let Some(g) = gw {
-        m.attributes.push(RouteAttribute::Gateway(RouteAddress::from(g)));
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(g)));
     }
     m.attributes.push(RouteAttribute::Oif(oif));
     m
@@ -78,7 +102,11 @@ struct R<'a> {
 
 fn rule(r: R<'_>) -> RuleMessage {
     let mut m = RuleMessage::default();
-    m.header.family = if r.v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    m.header.family = if r.v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
     m.header.action = RuleAction::ToTable;
     m.header.table = if r.table > 255 { 252 } else { r.table as u8 };
     m.attributes.push(RuleAttribute::Table(r.table));
@@ -109,7 +137,10 @@ fn node(l: &[LinkMessage], rt: &[RouteMessage], ru: &[RuleMessage]) -> Node {
     let names: BTreeMap<u32, String> = links.iter().map(|l| (l.ifindex, l.name.clone())).collect();
     Node {
         kernel: "test".into(),
-        routes: rt.iter().filter_map(|m| routes::from_message(m, &names)).collect(),
+        routes: rt
+            .iter()
+            .filter_map(|m| routes::from_message(m, &names))
+            .collect(),
         rules: ru.iter().filter_map(rules::from_message).collect(),
         links,
         ..Default::default()
@@ -132,7 +163,13 @@ fn strict_node() -> Node {
             link(2, "eth0", None, None, None),
             link(3, "eth1", None, None, None),
             link(10, "vlan.eth.1", Some(InfoKind::Vlan), Some(3), None),
-            link(11, "vlanaad671050aa", Some(InfoKind::Veth), Some(2), Some(0)),
+            link(
+                11,
+                "vlanaad671050aa",
+                Some(InfoKind::Veth),
+                Some(2),
+                Some(0),
+            ),
             link(12, "eni5e4f2c1b0a9", Some(InfoKind::Veth), Some(2), Some(1)),
         ],
         &[
@@ -143,11 +180,35 @@ fn strict_node() -> Node {
             route(10102, None, Some(GW), 2, RouteScope::Universe),
         ],
         &[
-            rule(R { prio: 10, iif: Some("vlan.eth.1"), table: 101, ..Default::default() }),
-            rule(R { prio: 10, iif: Some("vlanaad671050aa"), table: 101, ..Default::default() }),
-            rule(R { prio: 20, table: 255, ..Default::default() }),
-            rule(R { prio: 512, dst: Some("192.168.40.7"), table: TABLE_MAIN, ..Default::default() }),
-            rule(R { prio: 1536, src: Some("192.168.40.7"), table: 10102, ..Default::default() }),
+            rule(R {
+                prio: 10,
+                iif: Some("vlan.eth.1"),
+                table: 101,
+                ..Default::default()
+            }),
+            rule(R {
+                prio: 10,
+                iif: Some("vlanaad671050aa"),
+                table: 101,
+                ..Default::default()
+            }),
+            rule(R {
+                prio: 20,
+                table: 255,
+                ..Default::default()
+            }),
+            rule(R {
+                prio: 512,
+                dst: Some("192.168.40.7"),
+                table: TABLE_MAIN,
+                ..Default::default()
+            }),
+            rule(R {
+                prio: 1536,
+                src: Some("192.168.40.7"),
+                table: 10102,
+                ..Default::default()
+            }),
         ],
     )
 }
@@ -157,23 +218,53 @@ fn strict_branch_pod_takes_its_vlan_table_and_both_iif_rules() {
     let t = Topology::from_node(&strict_node());
     assert_eq!(t.mode, Some(EnforcingMode::Strict));
     assert_eq!(t.trunks.len(), 1);
-    assert_eq!((t.trunks[0].name.as_str(), t.trunks[0].vlans.as_slice()), ("eth1", &[1u16][..]));
+    assert_eq!(
+        (t.trunks[0].name.as_str(), t.trunks[0].vlans.as_slice()),
+        ("eth1", &[1u16][..])
+    );
     let p = t.path_of_veth("vlanaad671050aa").unwrap();
     assert_eq!(p.kind, PathKind::BranchEni);
     assert_eq!(p.pod_ip, ip("192.168.26.147"));
-    assert_eq!((p.vlan_id, p.vlan_link.as_deref(), p.trunk.as_deref(), p.route_table), (Some(1), Some("vlan.eth.1"), Some("eth1"), 101));
-    let sel: Vec<_> = p.rules.iter().map(|r| (r.priority, r.selector.as_str(), r.table)).collect();
-    assert_eq!(sel, [(10, "from all iif vlan.eth.1", 101), (10, "from all iif vlanaad671050aa", 101)]);
+    assert_eq!(
+        (
+            p.vlan_id,
+            p.vlan_link.as_deref(),
+            p.trunk.as_deref(),
+            p.route_table
+        ),
+        (Some(1), Some("vlan.eth.1"), Some("eth1"), 101)
+    );
+    let sel: Vec<_> = p
+        .rules
+        .iter()
+        .map(|r| (r.priority, r.selector.as_str(), r.table))
+        .collect();
+    assert_eq!(
+        sel,
+        [
+            (10, "from all iif vlan.eth.1", 101),
+            (10, "from all iif vlanaad671050aa", 101)
+        ]
+    );
 }
 
 #[test]
 fn table_ids_above_255_survive_for_secondary_eni_pods() {
     let n = strict_node();
-    assert!(n.routes.iter().any(|r| r.table == 10102), "RTA_TABLE must override the u8 header");
+    assert!(
+        n.routes.iter().any(|r| r.table == 10102),
+        "RTA_TABLE must override the u8 header"
+    );
     let t = Topology::from_node(&n);
     let p = t.path_of_veth("eni5e4f2c1b0a9").unwrap();
-    assert_eq!((p.kind, p.pod_ip, p.route_table, p.vlan_id), (PathKind::NodeEni, ip("192.168.40.7"), 10102, None));
-    assert_eq!(p.rules.iter().map(|r| r.priority).collect::<Vec<_>>(), [512, 1536]);
+    assert_eq!(
+        (p.kind, p.pod_ip, p.route_table, p.vlan_id),
+        (PathKind::NodeEni, ip("192.168.40.7"), 10102, None)
+    );
+    assert_eq!(
+        p.rules.iter().map(|r| r.priority).collect::<Vec<_>>(),
+        [512, 1536]
+    );
 }
 
 #[test]
@@ -183,16 +274,47 @@ fn ipv6_strict_pod_and_rules_are_classified() {
         &[
             link(3, "eth1", None, None, None),
             link(20, "vlan.eth.2", Some(InfoKind::Vlan), Some(3), None),
-            link(21, "vlan0123456789a", Some(InfoKind::Veth), Some(2), Some(3)),
+            link(
+                21,
+                "vlan0123456789a",
+                Some(InfoKind::Veth),
+                Some(2),
+                Some(3),
+            ),
         ],
         &[
-            route(102, None, Some(IpAddr::V6("fe80:ec2::1".parse().unwrap())), 20, RouteScope::Universe),
+            route(
+                102,
+                None,
+                Some(IpAddr::V6("fe80:ec2::1".parse().unwrap())),
+                20,
+                RouteScope::Universe,
+            ),
             route(102, host(pod), None, 21, RouteScope::Link),
         ],
         &[
-            rule(R { v6: true, prio: 0, src: Some("fe80:ec2::1"), ipproto: Some(IpProtocol::Other(58)), table: 255, ..Default::default() }),
-            rule(R { v6: true, prio: 10, iif: Some("vlan.eth.2"), table: 102, ..Default::default() }),
-            rule(R { v6: true, prio: 10, iif: Some("vlan0123456789a"), table: 102, ..Default::default() }),
+            rule(R {
+                v6: true,
+                prio: 0,
+                src: Some("fe80:ec2::1"),
+                ipproto: Some(IpProtocol::Other(58)),
+                table: 255,
+                ..Default::default()
+            }),
+            rule(R {
+                v6: true,
+                prio: 10,
+                iif: Some("vlan.eth.2"),
+                table: 102,
+                ..Default::default()
+            }),
+            rule(R {
+                v6: true,
+                prio: 10,
+                iif: Some("vlan0123456789a"),
+                table: 102,
+                ..Default::default()
+            }),
         ],
     );
     assert_eq!(n.rules[0].selector(), "from fe80:ec2::1 ipproto ipv6-icmp");
@@ -205,48 +327,106 @@ fn ipv6_strict_pod_and_rules_are_classified() {
 #[test]
 fn vlan_link_whose_parent_is_gone_has_no_trunk() {
     let n = node(
-        &[link(30, "vlan.eth.4", Some(InfoKind::Vlan), Some(99), None), link(31, "vlan1111111111a", Some(InfoKind::Veth), Some(2), Some(0))],
+        &[
+            link(30, "vlan.eth.4", Some(InfoKind::Vlan), Some(99), None),
+            link(
+                31,
+                "vlan1111111111a",
+                Some(InfoKind::Veth),
+                Some(2),
+                Some(0),
+            ),
+        ],
         &[route(104, host("192.168.9.9"), None, 31, RouteScope::Link)],
-        &[rule(R { prio: 10, iif: Some("vlan1111111111a"), table: 104, ..Default::default() })],
+        &[rule(R {
+            prio: 10,
+            iif: Some("vlan1111111111a"),
+            table: 104,
+            ..Default::default()
+        })],
     );
     let t = Topology::from_node(&n);
     assert!(t.trunks.is_empty());
     assert_eq!(t.vlan_links[0].trunk, None);
     assert_eq!(t.vlan_links[0].parent_ifindex, Some(99));
     let p = t.path_of_veth("vlan1111111111a").unwrap();
-    assert_eq!((p.vlan_link.as_deref(), p.trunk.as_deref(), p.vlan_id), (Some("vlan.eth.4"), None, Some(4)));
+    assert_eq!(
+        (p.vlan_link.as_deref(), p.trunk.as_deref(), p.vlan_id),
+        (Some("vlan.eth.4"), None, Some(4))
+    );
 }
 
 #[test]
 fn veth_with_no_peer_and_no_route_is_a_path_without_ip() {
-    let n = node(&[link(40, "eni9999999999a", Some(InfoKind::Veth), None, None)], &[], &[]);
+    let n = node(
+        &[link(40, "eni9999999999a", Some(InfoKind::Veth), None, None)],
+        &[],
+        &[],
+    );
     let t = Topology::from_node(&n);
     assert_eq!(t.host_veths[0].peer_netns_id, None);
     let p = t.path_of_veth("eni9999999999a").unwrap();
-    assert_eq!((p.kind, p.pod_ip, p.route_table, p.rules.len()), (PathKind::NodeEni, None, TABLE_MAIN, 0));
+    assert_eq!(
+        (p.kind, p.pod_ip, p.route_table, p.rules.len()),
+        (PathKind::NodeEni, None, TABLE_MAIN, 0)
+    );
     assert_eq!(t.mode, None);
 }
 
 #[test]
 fn standard_branch_pod_is_found_by_its_1536_rule_into_a_vlan_table() {
     let n = node(
-        &[link(50, "eni0a1b2c3d4e5", Some(InfoKind::Veth), Some(2), Some(0))],
+        &[link(
+            50,
+            "eni0a1b2c3d4e5",
+            Some(InfoKind::Veth),
+            Some(2),
+            Some(0),
+        )],
         &[route(254, host("192.168.5.5"), None, 50, RouteScope::Link)],
         &[
-            rule(R { prio: 512, dst: Some("192.168.5.5"), table: 254, ..Default::default() }),
-            rule(R { prio: 1536, src: Some("192.168.5.5"), table: 103, ..Default::default() }),
+            rule(R {
+                prio: 512,
+                dst: Some("192.168.5.5"),
+                table: 254,
+                ..Default::default()
+            }),
+            rule(R {
+                prio: 1536,
+                src: Some("192.168.5.5"),
+                table: 103,
+                ..Default::default()
+            }),
         ],
     );
     let t = Topology::from_node(&n);
     let p = t.path_of_veth("eni0a1b2c3d4e5").unwrap();
-    assert_eq!((p.kind, p.mode, p.vlan_id, p.vlan_link.clone(), p.route_table), (PathKind::BranchEni, Some(EnforcingMode::Standard), Some(3), None, 103));
+    assert_eq!(
+        (
+            p.kind,
+            p.mode,
+            p.vlan_id,
+            p.vlan_link.clone(),
+            p.route_table
+        ),
+        (
+            PathKind::BranchEni,
+            Some(EnforcingMode::Standard),
+            Some(3),
+            None,
+            103
+        )
+    );
     assert_eq!(t.mode, Some(EnforcingMode::Standard));
 }
 
 #[test]
 fn non_cni_veths_and_vlans_are_not_paths() {
     let n = node(
-        &[link(60, "cilium_host", Some(InfoKind::Veth), Some(61), None), link(62, "eth0.100", Some(InfoKind::Vlan), Some(2), None)],
+        &[
+            link(60, "cilium_host", Some(InfoKind::Veth), Some(61), None),
+            link(62, "eth0.100", Some(InfoKind::Vlan), Some(2), None),
+        ],
         &[],
         &[],
     );

@@ -10,9 +10,15 @@ use crate::model::{CniConfig, EnforcingMode};
 #[derive(Debug, thiserror::Error)]
 pub enum CniConfigError {
     #[error("cannot read CNI config {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("CNI config {path} is not valid JSON: {source}")]
-    Json { path: String, source: serde_json::Error },
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("CNI config {path}: {problem}")]
     Shape { path: String, problem: String },
 }
@@ -27,7 +33,12 @@ pub fn read(path: &Path) -> Result<Option<CniConfig>, CniConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(CniConfigError::Read { path: shown, source }),
+        Err(source) => {
+            return Err(CniConfigError::Read {
+                path: shown,
+                source,
+            });
+        }
     };
     parse(&shown, &text).map(Some)
 }
@@ -38,37 +49,69 @@ pub fn read(path: &Path) -> Result<Option<CniConfig>, CniConfigError> {
 /// # Errors
 /// [`CniConfigError::Json`] or [`CniConfigError::Shape`].
 pub fn parse(path: &str, text: &str) -> Result<CniConfig, CniConfigError> {
-    let shape = |problem: String| CniConfigError::Shape { path: path.to_string(), problem };
-    let doc: Value = serde_json::from_str(text).map_err(|source| CniConfigError::Json { path: path.to_string(), source })?;
+    let shape = |problem: String| CniConfigError::Shape {
+        path: path.to_string(),
+        problem,
+    };
+    let doc: Value = serde_json::from_str(text).map_err(|source| CniConfigError::Json {
+        path: path.to_string(),
+        source,
+    })?;
     let plugins = doc
         .get("plugins")
         .and_then(Value::as_array)
         .ok_or_else(|| shape("no \"plugins\" array (is this a .conflist?)".into()))?;
-    let types: Vec<String> = plugins.iter().filter_map(|p| p.get("type")?.as_str().map(String::from)).collect();
+    let types: Vec<String> = plugins
+        .iter()
+        .filter_map(|p| p.get("type")?.as_str().map(String::from))
+        .collect();
     let aws = plugins
         .iter()
         .find(|p| p.get("type").and_then(Value::as_str) == Some("aws-cni"))
-        .ok_or_else(|| shape(format!("no plugin of type \"aws-cni\" (plugins: {types:?})")))?;
+        .ok_or_else(|| {
+            shape(format!(
+                "no plugin of type \"aws-cni\" (plugins: {types:?})"
+            ))
+        })?;
     let enforcing_mode = match aws.get("podSGEnforcingMode") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
         Some(Value::String(s)) => Some(s.parse::<EnforcingMode>().map_err(|e| shape(e))?),
-        Some(other) => return Err(shape(format!("podSGEnforcingMode must be a string, found {other}"))),
+        Some(other) => {
+            return Err(shape(format!(
+                "podSGEnforcingMode must be a string, found {other}"
+            )));
+        }
     };
     let veth_prefix = match aws.get("vethPrefix").or_else(|| aws.get("vethprefix")) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(other) => return Err(shape(format!("vethPrefix must be a non-empty string, found {other}"))),
+        Some(other) => {
+            return Err(shape(format!(
+                "vethPrefix must be a non-empty string, found {other}"
+            )));
+        }
     };
     let mtu = match aws.get("mtu") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.parse::<u32>().map_err(|_| shape(format!("mtu {s:?} is not a number")))?),
-        Some(Value::Number(n)) => {
-            Some(n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| shape(format!("mtu {n} is out of range")))?)
-        }
+        Some(Value::String(s)) => Some(
+            s.parse::<u32>()
+                .map_err(|_| shape(format!("mtu {s:?} is not a number")))?,
+        ),
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| shape(format!("mtu {n} is out of range")))?,
+        ),
         Some(other) => return Err(shape(format!("mtu must be a number, found {other}"))),
     };
-    Ok(CniConfig { path: path.to_string(), enforcing_mode, veth_prefix, mtu, plugins: types })
+    Ok(CniConfig {
+        path: path.to_string(),
+        enforcing_mode,
+        veth_prefix,
+        mtu,
+        plugins: types,
+    })
 }
 
 #[cfg(test)]
@@ -93,17 +136,33 @@ mod tests {
     #[test]
     fn malformed_json_names_the_file() {
         let e = parse("/etc/cni/net.d/10-aws.conflist", "{\"plugins\": [").unwrap_err();
-        assert!(e.to_string().contains("/etc/cni/net.d/10-aws.conflist is not valid JSON"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("/etc/cni/net.d/10-aws.conflist is not valid JSON"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_mode_is_a_shape_error() {
-        let e = parse("f", r#"{"plugins":[{"type":"aws-cni","podSGEnforcingMode":"lenient"}]}"#).unwrap_err();
-        assert!(e.to_string().contains("unknown podSGEnforcingMode \"lenient\""), "{e}");
+        let e = parse(
+            "f",
+            r#"{"plugins":[{"type":"aws-cni","podSGEnforcingMode":"lenient"}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown podSGEnforcingMode \"lenient\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_file_is_not_an_error() {
-        assert!(read(Path::new("/nonexistent/10-aws.conflist")).unwrap().is_none());
+        assert!(
+            read(Path::new("/nonexistent/10-aws.conflist"))
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Links of the node's namespace over rtnetlink (`ip -d link show`).
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkInfo, LinkMessage, State};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVlan, LinkAttribute, LinkInfo, LinkMessage, State,
+};
 use rtnetlink::Handle;
 
 use super::CollectError;
@@ -12,13 +14,17 @@ use crate::model::{Link, LinkKind, OperState};
 /// # Errors
 /// [`CollectError::Netlink`] when the dump fails.
 pub async fn dump(handle: &Handle) -> Result<Vec<Link>, CollectError> {
-    let msgs: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| CollectError::Netlink { what: "links", source })?;
+    let msgs: Vec<LinkMessage> =
+        handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| CollectError::Netlink {
+                what: "links",
+                source,
+            })?;
     Ok(msgs.iter().map(from_message).collect())
 }
 
@@ -89,7 +95,11 @@ fn oper_state(s: State) -> OperState {
 }
 
 fn mac(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]
@@ -105,7 +115,10 @@ mod tests {
             LinkAttribute::Mtu(9001),
             LinkAttribute::OperState(State::Up),
             LinkAttribute::Address(vec![0x06, 0x74, 0x5b, 0x7b, 0x54, 0x3a]),
-            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Vlan), LinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(id)]))]),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Vlan),
+                LinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(id)])),
+            ]),
         ];
         m
     }

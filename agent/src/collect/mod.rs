@@ -37,7 +37,10 @@ pub struct Sources {
 
 impl Default for Sources {
     fn default() -> Self {
-        Sources { cni_config: PathBuf::from("/etc/cni/net.d/10-aws.conflist"), proc_sys: PathBuf::from("/proc/sys") }
+        Sources {
+            cni_config: PathBuf::from("/etc/cni/net.d/10-aws.conflist"),
+            proc_sys: PathBuf::from("/proc/sys"),
+        }
     }
 }
 
@@ -47,7 +50,8 @@ impl Default for Sources {
 /// [`CollectError`] when netlink cannot be read at all. Unreadable sysctls and a bad CNI
 /// config do not fail the snapshot: they land in `Node::read_warnings`.
 pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| CollectError::Socket { source })?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|source| CollectError::Socket { source })?;
     let conn = tokio::spawn(conn);
     let mut links = links::dump(&handle).await?;
     let mut addrs = addresses::dump(&handle).await?;
@@ -67,14 +71,23 @@ pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
             None
         }
     };
-    Ok(Node { kernel: kernel_release(), links, rules, routes, sysctls, cni, read_warnings })
+    Ok(Node {
+        kernel: kernel_release(),
+        links,
+        rules,
+        routes,
+        sysctls,
+        cni,
+        read_warnings,
+    })
 }
 
 /// `uname -r`.
 pub fn kernel_release() -> String {
-    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into())
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
-
 
 #[cfg(test)]
 mod classify_tests;

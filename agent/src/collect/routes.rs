@@ -18,16 +18,25 @@ use crate::model::{Family, Route, RouteKind, RouteScope};
 /// # Errors
 /// [`CollectError::Netlink`] when the IPv4 dump fails; a failed IPv6 dump (IPv6 disabled)
 /// gives no v6 routes.
-pub async fn dump(handle: &Handle, names: &BTreeMap<u32, String>) -> Result<Vec<Route>, CollectError> {
+pub async fn dump(
+    handle: &Handle,
+    names: &BTreeMap<u32, String>,
+) -> Result<Vec<Route>, CollectError> {
     let mut routes = Vec::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut req = RouteMessage::default();
         req.header.address_family = family;
-        let res: Result<Vec<RouteMessage>, _> = handle.route().get(req).execute().try_collect().await;
+        let res: Result<Vec<RouteMessage>, _> =
+            handle.route().get(req).execute().try_collect().await;
         match res {
             Ok(msgs) => routes.extend(msgs.iter().filter_map(|m| from_message(m, names))),
             Err(_) if family == AddressFamily::Inet6 => {}
-            Err(source) => return Err(CollectError::Netlink { what: "routes", source }),
+            Err(source) => {
+                return Err(CollectError::Netlink {
+                    what: "routes",
+                    source,
+                });
+            }
         }
     }
     Ok(routes)
@@ -51,7 +60,9 @@ pub fn from_message(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> Option
             RouteAttribute::Destination(a) => dst = ip(a),
             RouteAttribute::Gateway(a) => gateway = ip(a),
             RouteAttribute::PrefSource(a) => prefsrc = ip(a),
-            RouteAttribute::Oif(i) => oif = Some(names.get(i).cloned().unwrap_or_else(|| format!("if{i}"))),
+            RouteAttribute::Oif(i) => {
+                oif = Some(names.get(i).cloned().unwrap_or_else(|| format!("if{i}")))
+            }
             RouteAttribute::Table(t) => table = *t,
             _ => {}
         }
@@ -61,7 +72,16 @@ pub fn from_message(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> Option
         (None, Family::Ipv4) => IpNet::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0).ok()?,
         (None, Family::Ipv6) => IpNet::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0).ok()?,
     };
-    Some(Route { family, table, dst, gateway, oif, scope: scope(msg.header.scope), kind: kind(msg.header.kind), prefsrc })
+    Some(Route {
+        family,
+        table,
+        dst,
+        gateway,
+        oif,
+        scope: scope(msg.header.scope),
+        kind: kind(msg.header.kind),
+        prefsrc,
+    })
 }
 
 fn ip(a: &RouteAddress) -> Option<std::net::IpAddr> {

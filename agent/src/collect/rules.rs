@@ -20,12 +20,18 @@ pub async fn dump(handle: &Handle) -> Result<Vec<Rule>, CollectError> {
     let mut rules = Vec::new();
     for version in [IpVersion::V4, IpVersion::V6] {
         let v6 = version == IpVersion::V6;
-        let res: Result<Vec<RuleMessage>, _> = handle.rule().get(version).execute().try_collect().await;
+        let res: Result<Vec<RuleMessage>, _> =
+            handle.rule().get(version).execute().try_collect().await;
         match res {
             Ok(msgs) => rules.extend(msgs.iter().filter_map(from_message)),
             // EAFNOSUPPORT: IPv6 disabled on this kernel.
             Err(_) if v6 => {}
-            Err(source) => return Err(CollectError::Netlink { what: "rules", source }),
+            Err(source) => {
+                return Err(CollectError::Netlink {
+                    what: "rules",
+                    source,
+                });
+            }
         }
     }
     Ok(rules)

@@ -8,7 +8,10 @@ use crate::model::{Link, Sysctls};
 /// Read `tcp_early_demux`, `ip_forward` and `rp_filter` for all, default and each link.
 /// Returns the values and one warning per sysctl that exists in principle but could not be read.
 pub fn read(proc_sys: &Path, links: &[Link]) -> (Sysctls, Vec<String>) {
-    let mut names = vec![Sysctls::TCP_EARLY_DEMUX.to_string(), Sysctls::IP_FORWARD.to_string()];
+    let mut names = vec![
+        Sysctls::TCP_EARLY_DEMUX.to_string(),
+        Sysctls::IP_FORWARD.to_string(),
+    ];
     names.push(Sysctls::rp_filter_name("all"));
     names.push(Sysctls::rp_filter_name("default"));
     names.extend(links.iter().map(|l| Sysctls::rp_filter_name(&l.name)));
@@ -16,7 +19,10 @@ pub fn read(proc_sys: &Path, links: &[Link]) -> (Sysctls, Vec<String>) {
     let mut warnings = Vec::new();
     for name in names {
         // Interface names may hold dots (vlan.eth.1), so build the path from the known parts.
-        let rel = match name.strip_prefix("net.ipv4.conf.").and_then(|r| r.strip_suffix(".rp_filter")) {
+        let rel = match name
+            .strip_prefix("net.ipv4.conf.")
+            .and_then(|r| r.strip_suffix(".rp_filter"))
+        {
             Some(dev) => format!("net/ipv4/conf/{dev}/rp_filter"),
             None => name.replace('.', "/"),
         };
@@ -25,9 +31,14 @@ pub fn read(proc_sys: &Path, links: &[Link]) -> (Sysctls, Vec<String>) {
                 Ok(v) => {
                     out.0.insert(name, v);
                 }
-                Err(_) => warnings.push(format!("sysctl {name}: unexpected value {:?}", text.trim())),
+                Err(_) => {
+                    warnings.push(format!("sysctl {name}: unexpected value {:?}", text.trim()))
+                }
             },
-            Err(e) => warnings.push(format!("sysctl {name}: cannot read {}: {e}", proc_sys.join(&rel).display())),
+            Err(e) => warnings.push(format!(
+                "sysctl {name}: cannot read {}: {e}",
+                proc_sys.join(&rel).display()
+            )),
         }
     }
     (out, warnings)

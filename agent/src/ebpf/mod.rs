@@ -65,7 +65,10 @@ pub struct IfProbes {
     ebpf: Ebpf,
 }
 
-const PROGRAMS: [(&str, TcAttachType); 2] = [("if_ingress", TcAttachType::Ingress), ("if_egress", TcAttachType::Egress)];
+const PROGRAMS: [(&str, TcAttachType); 2] = [
+    ("if_ingress", TcAttachType::Ingress),
+    ("if_egress", TcAttachType::Egress),
+];
 
 impl IfProbes {
     /// Load the programs (not yet attached).
@@ -80,7 +83,8 @@ impl IfProbes {
                 .ok_or(ProbeError::MissingProgram { name })?
                 .try_into()
                 .map_err(|source| ProbeError::Program { name, source })?;
-            prog.load().map_err(|source| ProbeError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| ProbeError::Program { name, source })?;
         }
         Ok(IfProbes { ebpf })
     }
@@ -100,7 +104,12 @@ impl IfProbes {
                 .ok_or(ProbeError::MissingProgram { name })?
                 .try_into()
                 .map_err(|source| ProbeError::Program { name, source })?;
-            prog.attach(iface, at).map_err(|source| ProbeError::Attach { name, iface: iface.to_string(), source })?;
+            prog.attach(iface, at)
+                .map_err(|source| ProbeError::Attach {
+                    name,
+                    iface: iface.to_string(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -110,12 +119,23 @@ impl IfProbes {
     /// # Errors
     /// [`ProbeError::Map`] when the map cannot be read.
     pub fn read(&self) -> Result<BTreeMap<u32, IfTotals>, ProbeError> {
-        let map = self.ebpf.map(IF_COUNTERS_MAP).ok_or(ProbeError::MissingProgram { name: IF_COUNTERS_MAP })?;
+        let map = self
+            .ebpf
+            .map(IF_COUNTERS_MAP)
+            .ok_or(ProbeError::MissingProgram {
+                name: IF_COUNTERS_MAP,
+            })?;
         let map: PerCpuHashMap<_, u32, IfCounters> =
-            PerCpuHashMap::try_from(map).map_err(|source| ProbeError::Map { name: IF_COUNTERS_MAP, source })?;
+            PerCpuHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: IF_COUNTERS_MAP,
+                source,
+            })?;
         let mut out = BTreeMap::new();
         for entry in map.iter() {
-            let (ifindex, per_cpu) = entry.map_err(|source| ProbeError::Map { name: IF_COUNTERS_MAP, source })?;
+            let (ifindex, per_cpu) = entry.map_err(|source| ProbeError::Map {
+                name: IF_COUNTERS_MAP,
+                source,
+            })?;
             let mut t = IfTotals::default();
             for c in per_cpu.iter() {
                 t.ingress_packets += c.ingress_packets;

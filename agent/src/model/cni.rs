@@ -25,7 +25,9 @@ pub fn vlan_table(vlan_id: u16) -> u32 {
 /// The VLAN id a branch ENI table belongs to, if `table` is in the branch range 101..=220.
 pub fn vlan_of_table(table: u32) -> Option<u16> {
     let id = table.checked_sub(VLAN_TABLE_OFFSET)?;
-    (1..=u32::from(MAX_VLAN_ID)).contains(&id).then_some(id as u16)
+    (1..=u32::from(MAX_VLAN_ID))
+        .contains(&id)
+        .then_some(id as u16)
 }
 
 /// VLAN id encoded in a `vlan.eth.<id>` name.
@@ -49,7 +51,9 @@ impl std::str::FromStr for EnforcingMode {
         match s {
             "strict" => Ok(Self::Strict),
             "standard" => Ok(Self::Standard),
-            other => Err(format!("unknown podSGEnforcingMode {other:?} (expected strict or standard)")),
+            other => Err(format!(
+                "unknown podSGEnforcingMode {other:?} (expected strict or standard)"
+            )),
         }
     }
 }
@@ -69,6 +73,7 @@ pub struct CniConfig {
 
 impl CniConfig {
     pub fn veth_prefix(cni: Option<&CniConfig>) -> &str {
-        cni.and_then(|c| c.veth_prefix.as_deref()).unwrap_or(DEFAULT_VETH_PREFIX)
+        cni.and_then(|c| c.veth_prefix.as_deref())
+            .unwrap_or(DEFAULT_VETH_PREFIX)
     }
 }

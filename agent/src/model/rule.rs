@@ -61,7 +61,9 @@ impl Rule {
         }
         if let Some(mark) = self.fwmark {
             match self.fwmask {
-                Some(mask) if mask != u32::MAX => s.push_str(&format!(" fwmark {mark:#x}/{mask:#x}")),
+                Some(mask) if mask != u32::MAX => {
+                    s.push_str(&format!(" fwmark {mark:#x}/{mask:#x}"))
+                }
                 _ => s.push_str(&format!(" fwmark {mark:#x}")),
             }
         }
@@ -76,12 +78,14 @@ impl Rule {
 
     /// Whether the rule selects packets from exactly this address (`from <ip>`).
     pub fn is_from_host(&self, ip: std::net::IpAddr) -> bool {
-        self.src.is_some_and(|n| n.addr() == ip && n.prefix_len() == n.max_prefix_len())
+        self.src
+            .is_some_and(|n| n.addr() == ip && n.prefix_len() == n.max_prefix_len())
     }
 
     /// Whether the rule selects packets to exactly this address (`to <ip>`).
     pub fn is_to_host(&self, ip: std::net::IpAddr) -> bool {
-        self.dst.is_some_and(|n| n.addr() == ip && n.prefix_len() == n.max_prefix_len())
+        self.dst
+            .is_some_and(|n| n.addr() == ip && n.prefix_len() == n.max_prefix_len())
     }
 
     /// The table a `lookup` rule sends packets to.
@@ -91,7 +95,11 @@ impl Rule {
 }
 
 fn host_or_net(n: IpNet) -> String {
-    if n.prefix_len() == n.max_prefix_len() { n.addr().to_string() } else { n.to_string() }
+    if n.prefix_len() == n.max_prefix_len() {
+        n.addr().to_string()
+    } else {
+        n.to_string()
+    }
 }
 
 impl fmt::Display for Rule {

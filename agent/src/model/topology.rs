@@ -126,13 +126,25 @@ pub struct Topology {
 impl Topology {
     /// Classify a node snapshot.
     pub fn from_node(node: &Node) -> Topology {
-        let vlan_links: Vec<VlanLink> = node.links.iter().filter_map(|l| vlan_link(node, l)).collect();
+        let vlan_links: Vec<VlanLink> = node
+            .links
+            .iter()
+            .filter_map(|l| vlan_link(node, l))
+            .collect();
         let trunks = trunks(node, &vlan_links);
         let veth_prefix = CniConfig::veth_prefix(node.cni.as_ref());
-        let host_veths: Vec<HostVeth> =
-            node.links.iter().filter_map(|l| host_veth(l, veth_prefix)).collect();
-        let mut paths: Vec<Path> = host_veths.iter().map(|v| path(node, &vlan_links, v)).collect();
-        paths.sort_by(|a, b| (a.kind, a.pod_ip, &a.host_veth).cmp(&(b.kind, b.pod_ip, &b.host_veth)));
+        let host_veths: Vec<HostVeth> = node
+            .links
+            .iter()
+            .filter_map(|l| host_veth(l, veth_prefix))
+            .collect();
+        let mut paths: Vec<Path> = host_veths
+            .iter()
+            .map(|v| path(node, &vlan_links, v))
+            .collect();
+        paths.sort_by(|a, b| {
+            (a.kind, a.pod_ip, &a.host_veth).cmp(&(b.kind, b.pod_ip, &b.host_veth))
+        });
         let mode = if paths.iter().any(|p| p.mode == Some(EnforcingMode::Strict)) {
             Some(EnforcingMode::Strict)
         } else if paths.iter().any(|p| p.kind == PathKind::BranchEni) {
@@ -140,7 +152,13 @@ impl Topology {
         } else {
             None
         };
-        Topology { mode, trunks, vlan_links, host_veths, paths }
+        Topology {
+            mode,
+            trunks,
+            vlan_links,
+            host_veths,
+            paths,
+        }
     }
 
     pub fn vlan_link(&self, vlan_id: u16) -> Option<&VlanLink> {
@@ -156,7 +174,9 @@ fn vlan_link(node: &Node, link: &Link) -> Option<VlanLink> {
     if link.kind != LinkKind::Vlan || !link.name.starts_with(VLAN_LINK_PREFIX) {
         return None;
     }
-    let vlan_id = link.vlan_id.or_else(|| cni::vlan_id_from_name(&link.name))?;
+    let vlan_id = link
+        .vlan_id
+        .or_else(|| cni::vlan_id_from_name(&link.name))?;
     let parent = link.link_ifindex.and_then(|i| node.link(i));
     Some(VlanLink {
         name: link.name.clone(),
@@ -171,15 +191,28 @@ fn vlan_link(node: &Node, link: &Link) -> Option<VlanLink> {
 }
 
 fn trunks(node: &Node, vlans: &[VlanLink]) -> Vec<Trunk> {
-    let parents: BTreeSet<u32> = vlans.iter().filter(|v| v.trunk.is_some()).filter_map(|v| v.parent_ifindex).collect();
+    let parents: BTreeSet<u32> = vlans
+        .iter()
+        .filter(|v| v.trunk.is_some())
+        .filter_map(|v| v.parent_ifindex)
+        .collect();
     parents
         .into_iter()
         .filter_map(|ifindex| node.link(ifindex))
         .map(|l| {
-            let mut ids: Vec<u16> =
-                vlans.iter().filter(|v| v.parent_ifindex == Some(l.ifindex)).map(|v| v.vlan_id).collect();
+            let mut ids: Vec<u16> = vlans
+                .iter()
+                .filter(|v| v.parent_ifindex == Some(l.ifindex))
+                .map(|v| v.vlan_id)
+                .collect();
             ids.sort_unstable();
-            Trunk { name: l.name.clone(), ifindex: l.ifindex, mtu: l.mtu, up: l.is_up(), vlans: ids }
+            Trunk {
+                name: l.name.clone(),
+                ifindex: l.ifindex,
+                mtu: l.mtu,
+                up: l.is_up(),
+                vlans: ids,
+            }
         })
         .collect()
 }
@@ -188,13 +221,14 @@ fn host_veth(link: &Link, veth_prefix: &str) -> Option<HostVeth> {
     if link.kind != LinkKind::Veth {
         return None;
     }
-    let role = if link.name.starts_with(STRICT_VETH_PREFIX) && !link.name.starts_with(VLAN_LINK_PREFIX) {
-        VethRole::StrictBranch
-    } else if link.name.starts_with(veth_prefix) {
-        VethRole::Eni
-    } else {
-        return None;
-    };
+    let role =
+        if link.name.starts_with(STRICT_VETH_PREFIX) && !link.name.starts_with(VLAN_LINK_PREFIX) {
+            VethRole::StrictBranch
+        } else if link.name.starts_with(veth_prefix) {
+            VethRole::Eni
+        } else {
+            return None;
+        };
     Some(HostVeth {
         name: link.name.clone(),
         ifindex: link.ifindex,
@@ -206,7 +240,11 @@ fn host_veth(link: &Link, veth_prefix: &str) -> Option<HostVeth> {
 
 /// The pod address a veth carries: a host route through it, main table first.
 fn pod_ip_of(node: &Node, veth: &str) -> Option<(IpAddr, u32)> {
-    let mut routes: Vec<_> = node.routes.iter().filter(|r| r.goes_via(veth) && r.is_host()).collect();
+    let mut routes: Vec<_> = node
+        .routes
+        .iter()
+        .filter(|r| r.goes_via(veth) && r.is_host())
+        .collect();
     routes.sort_by_key(|r| (r.table != TABLE_MAIN, r.family, r.table));
     routes.first().map(|r| (r.dst.addr(), r.table))
 }
@@ -215,15 +253,22 @@ fn path(node: &Node, vlans: &[VlanLink], veth: &HostVeth) -> Path {
     let found = pod_ip_of(node, &veth.name);
     let pod_ip = found.map(|(ip, _)| ip);
     let from_rule = pod_ip.and_then(|ip| {
-        node.rules.iter().find(|r| r.priority == priority::FROM_POD && r.is_from_host(ip) && r.lookup_table().is_some())
+        node.rules.iter().find(|r| {
+            r.priority == priority::FROM_POD && r.is_from_host(ip) && r.lookup_table().is_some()
+        })
     });
     let (kind, mode, route_table) = match veth.role {
         VethRole::StrictBranch => {
             let iif = node.rules.iter().find(|r| {
-                r.priority == priority::VLAN_IIF && r.iif.as_deref() == Some(veth.name.as_str()) && r.lookup_table().is_some()
+                r.priority == priority::VLAN_IIF
+                    && r.iif.as_deref() == Some(veth.name.as_str())
+                    && r.lookup_table().is_some()
             });
             // Without its iif rule the pod's table is still the one holding its route.
-            let table = iif.map(|r| r.table).or(found.map(|(_, t)| t)).unwrap_or(TABLE_MAIN);
+            let table = iif
+                .map(|r| r.table)
+                .or(found.map(|(_, t)| t))
+                .unwrap_or(TABLE_MAIN);
             (PathKind::BranchEni, Some(EnforcingMode::Strict), table)
         }
         VethRole::Eni => match from_rule {
@@ -239,7 +284,12 @@ fn path(node: &Node, vlans: &[VlanLink], veth: &HostVeth) -> Path {
         PathKind::NodeEni => None,
     };
     let vlan = vlan_id.and_then(|id| vlans.iter().find(|v| v.vlan_id == id));
-    let rules = steering_rules(&node.rules, &veth.name, vlan.map(|v| v.name.as_str()), pod_ip);
+    let rules = steering_rules(
+        &node.rules,
+        &veth.name,
+        vlan.map(|v| v.name.as_str()),
+        pod_ip,
+    );
     Path {
         kind,
         mode,
@@ -254,7 +304,12 @@ fn path(node: &Node, vlans: &[VlanLink], veth: &HostVeth) -> Path {
 }
 
 /// Rules that name the pod: `iif` its veth or VLAN link, `from`/`to` its address.
-fn steering_rules(rules: &[Rule], veth: &str, vlan: Option<&str>, pod_ip: Option<IpAddr>) -> Vec<PathRule> {
+fn steering_rules(
+    rules: &[Rule],
+    veth: &str,
+    vlan: Option<&str>,
+    pod_ip: Option<IpAddr>,
+) -> Vec<PathRule> {
     let mut out: Vec<PathRule> = rules
         .iter()
         .filter(|r| {
@@ -263,7 +318,11 @@ fn steering_rules(rules: &[Rule], veth: &str, vlan: Option<&str>, pod_ip: Option
                 || (vlan.is_some() && iif == vlan)
                 || pod_ip.is_some_and(|ip| r.is_from_host(ip) || r.is_to_host(ip))
         })
-        .map(|r| PathRule { priority: r.priority, selector: r.selector(), table: r.table })
+        .map(|r| PathRule {
+            priority: r.priority,
+            selector: r.selector(),
+            table: r.table,
+        })
         .collect();
     out.sort_by(|a, b| (a.priority, &a.selector).cmp(&(b.priority, &b.selector)));
     out

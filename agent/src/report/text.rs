@@ -6,19 +6,41 @@ use super::Report;
 use crate::model::{PathKind, table_name};
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
-    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+    v.as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Render a report as aligned text tables.
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
-    let mode = serde_json::to_value(r.mode).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    let mode = serde_json::to_value(r.mode)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
     let _ = writeln!(out, "kernel {}   enforcing mode: {mode}", r.kernel);
     let _ = writeln!(out);
-    let mut rows = vec![vec!["TRUNK".into(), "IFINDEX".into(), "MTU".into(), "STATE".into(), "VLANS".into()]];
+    let mut rows = vec![vec![
+        "TRUNK".into(),
+        "IFINDEX".into(),
+        "MTU".into(),
+        "STATE".into(),
+        "VLANS".into(),
+    ]];
     for t in &r.trunks {
-        let vlans = t.vlans.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
-        rows.push(vec![t.name.clone(), t.ifindex.to_string(), opt(&t.mtu), if t.up { "up" } else { "down" }.into(), vlans]);
+        let vlans = t
+            .vlans
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        rows.push(vec![
+            t.name.clone(),
+            t.ifindex.to_string(),
+            opt(&t.mtu),
+            if t.up { "up" } else { "down" }.into(),
+            vlans,
+        ]);
     }
     if r.trunks.is_empty() {
         rows.push(vec!["(none: no vlan.eth.* link on this node)".into()]);
@@ -26,13 +48,41 @@ pub fn render(r: &Report) -> String {
     table(&mut out, &rows);
     for kind in [PathKind::BranchEni, PathKind::NodeEni] {
         let paths: Vec<_> = r.paths.iter().filter(|p| p.kind == kind).collect();
-        let _ = writeln!(out, "\n{} PATHS ({})", kind.as_str().to_uppercase(), paths.len());
+        let _ = writeln!(
+            out,
+            "\n{} PATHS ({})",
+            kind.as_str().to_uppercase(),
+            paths.len()
+        );
         let mut rows = vec![
-            ["POD IP", "HOST VETH", "MODE", "VLAN", "VLAN LINK", "TRUNK", "TABLE", "RULES"].map(String::from).to_vec(),
+            [
+                "POD IP",
+                "HOST VETH",
+                "MODE",
+                "VLAN",
+                "VLAN LINK",
+                "TRUNK",
+                "TABLE",
+                "RULES",
+            ]
+            .map(String::from)
+            .to_vec(),
         ];
         for p in paths {
             let mode = p.mode.map(|m| format!("{m:?}").to_lowercase());
-            let rules = p.rules.iter().map(|r| format!("{}: {} lookup {}", r.priority, r.selector, table_name(r.table))).collect::<Vec<_>>().join("; ");
+            let rules = p
+                .rules
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}: {} lookup {}",
+                        r.priority,
+                        r.selector,
+                        table_name(r.table)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
             rows.push(vec![
                 opt(&p.pod_ip),
                 p.host_veth.clone(),
@@ -47,7 +97,11 @@ pub fn render(r: &Report) -> String {
         table(&mut out, &rows);
     }
     let _ = writeln!(out, "\nSYSCTLS");
-    for name in ["net.ipv4.tcp_early_demux", "net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter"] {
+    for name in [
+        "net.ipv4.tcp_early_demux",
+        "net.ipv4.ip_forward",
+        "net.ipv4.conf.all.rp_filter",
+    ] {
         let _ = writeln!(out, "  {name} = {}", opt(&r.sysctls.get(name)));
     }
     let _ = writeln!(out, "\nFINDINGS ({})", r.findings.len());
@@ -64,8 +118,15 @@ pub fn render(r: &Report) -> String {
 
 fn table(out: &mut String, rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     for row in rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {

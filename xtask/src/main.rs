@@ -39,12 +39,12 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// EKS node lab (placeholder: runs `sgpath inspect` in a VM).
-    Lab {
-        /// Kernel short name ("6.1" or "6.12").
-        #[arg(long, default_value = "6.1")]
-        kernel: String,
-    },
+    /// Boot a VM, build the EKS node lab in it (default: the seed scenario) and run
+    /// `sgpath inspect` (or the given sgpath arguments, or --shell) in the node.
+    Lab(xtask::lab::command::Args),
+    /// Inside the lab VM: build the lab and run the command (used by `lab`).
+    #[command(hide = true)]
+    LabGuest(xtask::lab::command::GuestArgs),
 }
 
 fn main() {
@@ -77,16 +77,8 @@ fn run(command: Cmd) -> Result<()> {
             };
             run_vm(&kernel, &script.join(" "), &opts)
         }
-        Cmd::Lab { kernel } => {
-            setup::ensure()?;
-            xtask::cmd::run(xtask::cmd::cargo().args(["build", "-p", "sgpath"]))?;
-            let bin = vm::shell_quote(&xtask::sgpath_bin().to_string_lossy());
-            run_vm(
-                &kernel,
-                &format!("{bin} inspect"),
-                &vm::VmOptions::default(),
-            )
-        }
+        Cmd::Lab(args) => xtask::lab::command::run(args),
+        Cmd::LabGuest(args) => xtask::lab::command::guest(args),
     }
 }
 

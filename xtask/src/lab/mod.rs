@@ -8,6 +8,7 @@
 //! [`Lab`] kills the servers and deletes the namespaces.
 
 pub mod build;
+pub mod command;
 pub mod names;
 pub mod spec;
 

@@ -1,0 +1,156 @@
+//! `cargo xtask lab`: boot a VM on a Debian kernel, build the lab in it and run `sgpath`
+//! (default `inspect`) or a shell command in the lab's node namespace.
+//!
+//! The host side ([`run`]) validates the spec and boots the VM; inside the VM, the same
+//! xtask binary runs [`guest`] (`xtask lab-guest`), which builds the lab, runs the
+//! command and tears the lab down.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use super::{Lab, Spec};
+use crate::{cmd, kernel, setup, vm};
+
+/// Arguments of `cargo xtask lab`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Lab description (TOML, see xtask/src/lab/spec.rs). Default: the seed scenario,
+    /// xtask/labs/default.toml.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Kernel to boot ("6.1" or "6.12", the kernels of Amazon Linux 2023).
+    #[arg(long, default_value = "6.12")]
+    pub kernel: String,
+    /// Run this shell command in the node's namespace instead of sgpath; `$SGPATH` names
+    /// the sgpath binary and `$CNI_CONFIG` the lab's CNI config.
+    #[arg(long, conflicts_with = "sgpath_args")]
+    pub shell: Option<String>,
+    /// Print the script that builds the lab and exit, without booting anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Arguments for sgpath inside the node (default: `inspect`).
+    #[arg(last = true)]
+    pub sgpath_args: Vec<String>,
+}
+
+/// Arguments of the hidden `xtask lab-guest` (runs inside the VM).
+#[derive(Debug, clap::Args)]
+pub struct GuestArgs {
+    #[arg(long)]
+    pub spec: PathBuf,
+    #[arg(long)]
+    pub shell: Option<String>,
+    #[arg(last = true)]
+    pub sgpath_args: Vec<String>,
+}
+
+/// Host side of `cargo xtask lab`.
+///
+/// # Errors
+/// A bad spec (named), a missing kernel, a VM that does not boot, or a nonzero exit of
+/// the command in the lab.
+pub fn run(args: Args) -> Result<()> {
+    let text = match &args.spec {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading lab spec {}", p.display()))?,
+        None => super::spec::DEFAULT_SPEC.to_string(),
+    };
+    let spec_name = args
+        .spec
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "xtask/labs/default.toml".into());
+    Spec::parse(&text).with_context(|| format!("lab spec {spec_name}"))?;
+    if args.dry_run {
+        let spec = Spec::parse(&text)?;
+        print!(
+            "{}",
+            super::build::script(
+                &spec,
+                &super::Layout {
+                    prefix: "lab".into()
+                }
+            )
+        );
+        return Ok(());
+    }
+    setup::ensure()?;
+    cmd::run(cmd::cargo().args(["build", "--quiet", "-p", "sgpath", "-p", "xtask"]))?;
+    let kernel = kernel::get(&args.kernel)?;
+    let xtask_bin = vm::shell_quote(&crate::target_dir().join("debug/xtask").to_string_lossy());
+    let mut guest = format!("{xtask_bin} lab-guest --spec \"$SGPATH_VM_DIR/spec.toml\"");
+    if let Some(shell) = &args.shell {
+        guest.push_str(&format!(" --shell {}", vm::shell_quote(shell)));
+    }
+    if !args.sgpath_args.is_empty() {
+        guest.push_str(" --");
+        for a in &args.sgpath_args {
+            guest.push(' ');
+            guest.push_str(&vm::shell_quote(a));
+        }
+    }
+    // The spec travels inside the script: the guest cannot see the host's /tmp.
+    let script = format!(
+        "cat > \"$SGPATH_VM_DIR/spec.toml\" <<'SGPATH_SPEC'\n{text}\nSGPATH_SPEC\n{guest}\n"
+    );
+    eprintln!(
+        "lab: {spec_name} on kernel {} ({}), booting under TCG...",
+        args.kernel, kernel.release
+    );
+    let out = vm::run_with(&kernel, &script, &vm::VmOptions::default())?;
+    print!("{}", out.output);
+    eprintln!(
+        "lab: exit {} after {:.1} s",
+        out.status,
+        out.wall.as_secs_f64()
+    );
+    if !out.success() {
+        bail!(
+            "the command in the lab exited {} (kernel {})",
+            out.status,
+            args.kernel
+        );
+    }
+    Ok(())
+}
+
+/// Guest side: build the lab, run the command in the node namespace, tear down.
+///
+/// # Errors
+/// When the lab cannot be built or the command fails.
+pub fn guest(args: GuestArgs) -> Result<()> {
+    let spec = Spec::load(&args.spec)?;
+    let lab = Lab::up(spec, "lab")?;
+    eprintln!(
+        "lab: node namespace {}, {} pods, VPC {}, bastion {}",
+        lab.layout.node(),
+        lab.spec.pods.len(),
+        lab.layout.vpc(),
+        lab.layout.bastion()
+    );
+    let sgpath = crate::sgpath_bin();
+    let status = match &args.shell {
+        Some(shell) => std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.layout.node(), "bash", "-c", shell])
+            .env("SGPATH", &sgpath)
+            .env("CNI_CONFIG", lab.cni_config())
+            .status()?,
+        None => {
+            let argv: Vec<&str> = if args.sgpath_args.is_empty() {
+                vec!["inspect"]
+            } else {
+                args.sgpath_args.iter().map(String::as_str).collect()
+            };
+            let out = lab.sgpath(&sgpath, &argv);
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            out.status
+        }
+    };
+    drop(lab);
+    if !status.success() {
+        bail!("command exited {status}");
+    }
+    Ok(())
+}

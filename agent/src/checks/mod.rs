@@ -1,6 +1,14 @@
 //! Checks turn a [`Topology`] and its [`Node`] into [`Finding`]s an operator can act on.
 //! Every check is a pure function listed in [`REGISTRY`]; one file per finding family.
 
+mod mode;
+mod mtu;
+mod nodelocal_dns;
+mod pod_routes;
+mod sysctls;
+mod vlan_rules;
+mod vlan_tables;
+
 use serde::Serialize;
 
 use crate::model::{Node, Topology};
@@ -14,20 +22,95 @@ pub enum Severity {
     Error,
 }
 
-/// Stable ids of findings (kebab-case on the wire).
+/// Stable ids of findings (kebab-case on the wire and in metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FindingId {
-    /// A sysctl or CNI config could not be read.
+    /// Strict-mode branch pods exist and `net.ipv4.tcp_early_demux` = 1.
+    TcpEarlyDemuxEnabled,
+    /// A `vlan.eth.N` or strict `vlan<hash>` veth without its priority-10 `iif` rule.
+    VlanRuleMissing,
+    /// A priority-10 `iif` rule naming a missing interface or the wrong table.
+    VlanRuleStale,
+    /// Table N+100 lacks the gateway route, the default route or the strict pod route.
+    VlanTableIncomplete,
+    /// A `vlan.eth.N` whose trunk is gone or down.
+    VlanParentMissing,
+    /// Strict mode without the local rule at 20, or with it still at 0.
+    LocalRuleMisplaced,
+    /// An ordinary or standard pod without its main route or its 512 rule.
+    PodRouteMissing,
+    /// `rp_filter` = 1 on the primary ENI.
+    RpFilterStrictPrimary,
+    /// `net.ipv4.ip_forward` = 0.
+    IpForwardDisabled,
+    /// Strict mode with NodeLocal DNSCache's address on the node.
+    NodelocalDnsStrict,
+    /// A VLAN link or pod veth MTU above its trunk's.
+    MtuMismatch,
+    /// The CNI config's enforcing mode disagrees with what the node's rules show.
+    EnforcingModeMismatch,
+    /// A sysctl or the CNI config could not be read.
     NodeReadIncomplete,
 }
 
 impl FindingId {
+    /// Every id, for metrics that must export zeros.
+    pub const ALL: [FindingId; 13] = [
+        FindingId::TcpEarlyDemuxEnabled,
+        FindingId::VlanRuleMissing,
+        FindingId::VlanRuleStale,
+        FindingId::VlanTableIncomplete,
+        FindingId::VlanParentMissing,
+        FindingId::LocalRuleMisplaced,
+        FindingId::PodRouteMissing,
+        FindingId::RpFilterStrictPrimary,
+        FindingId::IpForwardDisabled,
+        FindingId::NodelocalDnsStrict,
+        FindingId::MtuMismatch,
+        FindingId::EnforcingModeMismatch,
+        FindingId::NodeReadIncomplete,
+    ];
+
     /// The id as it appears in JSON and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
+            FindingId::TcpEarlyDemuxEnabled => "tcp-early-demux-enabled",
+            FindingId::VlanRuleMissing => "vlan-rule-missing",
+            FindingId::VlanRuleStale => "vlan-rule-stale",
+            FindingId::VlanTableIncomplete => "vlan-table-incomplete",
+            FindingId::VlanParentMissing => "vlan-parent-missing",
+            FindingId::LocalRuleMisplaced => "local-rule-misplaced",
+            FindingId::PodRouteMissing => "pod-route-missing",
+            FindingId::RpFilterStrictPrimary => "rp-filter-strict-primary",
+            FindingId::IpForwardDisabled => "ip-forward-disabled",
+            FindingId::NodelocalDnsStrict => "nodelocal-dns-strict",
+            FindingId::MtuMismatch => "mtu-mismatch",
+            FindingId::EnforcingModeMismatch => "enforcing-mode-mismatch",
             FindingId::NodeReadIncomplete => "node-read-incomplete",
         }
+    }
+}
+
+impl Finding {
+    pub fn new(id: FindingId, severity: Severity, subject: impl Into<String>) -> Finding {
+        Finding {
+            id,
+            severity,
+            subject: subject.into(),
+            evidence: Vec::new(),
+            remediation: String::new(),
+        }
+    }
+
+    pub fn evidence(mut self, e: impl Into<String>) -> Finding {
+        self.evidence.push(e.into());
+        self
+    }
+
+    pub fn fix(mut self, remediation: impl Into<String>) -> Finding {
+        self.remediation = remediation.into();
+        self
     }
 }
 
@@ -48,7 +131,21 @@ pub struct Finding {
 pub type Check = fn(&Node, &Topology) -> Vec<Finding>;
 
 /// Every check sgpath runs, in report order.
-pub const REGISTRY: &[Check] = &[read_warnings];
+pub const REGISTRY: &[Check] = &[
+    sysctls::tcp_early_demux,
+    sysctls::ip_forward,
+    sysctls::rp_filter_primary,
+    vlan_rules::missing,
+    vlan_rules::stale,
+    vlan_rules::local_rule,
+    vlan_tables::incomplete,
+    vlan_tables::parent_missing,
+    pod_routes::missing,
+    nodelocal_dns::strict,
+    mtu::mismatch,
+    mode::mismatch,
+    read_warnings,
+];
 
 /// Run every check; findings sorted by severity (worst first), then id and subject.
 pub fn run(node: &Node, topo: &Topology) -> Vec<Finding> {

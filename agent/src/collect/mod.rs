@@ -4,6 +4,7 @@
 pub mod addresses;
 pub mod cni_config;
 pub mod links;
+pub mod pod_addresses;
 pub mod routes;
 pub mod rules;
 pub mod sysctls;
@@ -62,8 +63,10 @@ pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
     let routes = routes::dump(&handle, &names).await?;
     let rules = rules::dump(&handle).await?;
     conn.abort();
+    let (pod_addresses, ns_warnings) = pod_addresses::dump(&links).await?;
 
     let (sysctls, mut read_warnings) = sysctls::read(&sources.proc_sys, &links);
+    read_warnings.extend(ns_warnings);
     let cni = match cni_config::read(&sources.cni_config) {
         Ok(c) => c,
         Err(e) => {
@@ -76,6 +79,7 @@ pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
         links,
         rules,
         routes,
+        pod_addresses,
         sysctls,
         cni,
         read_warnings,

@@ -55,6 +55,8 @@ pub struct Node {
     pub links: Vec<Link>,
     pub rules: Vec<Rule>,
     pub routes: Vec<Route>,
+    /// Addresses of each host veth's peer (the pod's `eth0`), by host veth name.
+    pub pod_addresses: std::collections::BTreeMap<String, Vec<ipnet::IpNet>>,
     pub sysctls: Sysctls,
     /// The CNI config, when the file exists and parses.
     pub cni: Option<CniConfig>,

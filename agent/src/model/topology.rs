@@ -116,6 +116,8 @@ pub struct Path {
 pub struct Topology {
     /// `None` when no branch ENI path exists.
     pub mode: Option<EnforcingMode>,
+    /// The primary ENI: the device of the main table's IPv4 default route (`eth0`, `ens5`).
+    pub primary_eni: Option<String>,
     pub trunks: Vec<Trunk>,
     pub vlan_links: Vec<VlanLink>,
     pub host_veths: Vec<HostVeth>,
@@ -152,8 +154,13 @@ impl Topology {
         } else {
             None
         };
+        let primary_eni = node
+            .table(TABLE_MAIN)
+            .find(|r| r.is_default() && r.family == super::Family::Ipv4)
+            .and_then(|r| r.oif.clone());
         Topology {
             mode,
+            primary_eni,
             trunks,
             vlan_links,
             host_veths,
@@ -167,6 +174,13 @@ impl Topology {
 
     pub fn path_of_veth(&self, veth: &str) -> Option<&Path> {
         self.paths.iter().find(|p| p.host_veth == veth)
+    }
+
+    /// Paths of strict-mode branch pods.
+    pub fn strict_paths(&self) -> impl Iterator<Item = &Path> {
+        self.paths
+            .iter()
+            .filter(|p| p.mode == Some(EnforcingMode::Strict))
     }
 }
 
@@ -238,15 +252,26 @@ fn host_veth(link: &Link, veth_prefix: &str) -> Option<HostVeth> {
     })
 }
 
-/// The pod address a veth carries: a host route through it, main table first.
-fn pod_ip_of(node: &Node, veth: &str) -> Option<(IpAddr, u32)> {
+/// The pod address a veth carries: a host route through it (main table first), else the
+/// global address of its peer in the pod's namespace.
+fn pod_ip_of(node: &Node, veth: &str) -> Option<(IpAddr, Option<u32>)> {
     let mut routes: Vec<_> = node
         .routes
         .iter()
         .filter(|r| r.goes_via(veth) && r.is_host())
         .collect();
     routes.sort_by_key(|r| (r.table != TABLE_MAIN, r.family, r.table));
-    routes.first().map(|r| (r.dst.addr(), r.table))
+    if let Some(r) = routes.first() {
+        return Some((r.dst.addr(), Some(r.table)));
+    }
+    let global = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_loopback(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+    };
+    let addrs = node.pod_addresses.get(veth)?;
+    let mut ips: Vec<IpAddr> = addrs.iter().map(|n| n.addr()).filter(global).collect();
+    ips.sort_by_key(|ip| ip.is_ipv6());
+    ips.first().map(|ip| (*ip, None))
 }
 
 fn path(node: &Node, vlans: &[VlanLink], veth: &HostVeth) -> Path {
@@ -267,7 +292,7 @@ fn path(node: &Node, vlans: &[VlanLink], veth: &HostVeth) -> Path {
             // Without its iif rule the pod's table is still the one holding its route.
             let table = iif
                 .map(|r| r.table)
-                .or(found.map(|(_, t)| t))
+                .or(found.and_then(|(_, t)| t))
                 .unwrap_or(TABLE_MAIN);
             (PathKind::BranchEni, Some(EnforcingMode::Strict), table)
         }

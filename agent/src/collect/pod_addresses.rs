@@ -1,0 +1,62 @@
+//! Addresses inside pod namespaces, read from the node's namespace without entering them
+//! (`ip -n <pod netns> addr show dev eth0`): RTM_GETADDR with IFA_TARGET_NETNSID, keyed by
+//! the netns id a host veth reports for its peer. Needs a strict-checking socket and
+//! kernel >= 4.20.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+
+use super::{CollectError, addresses};
+use crate::model::{Link, LinkKind};
+
+/// For each veth with a peer in another namespace, the addresses of that peer, by veth
+/// name. A namespace that cannot be read yields a warning, not an error.
+pub async fn dump(
+    links: &[Link],
+) -> Result<(BTreeMap<String, Vec<IpNet>>, Vec<String>), CollectError> {
+    let (conn, handle, _) = rtnetlink::new_connection_with_strict_check()
+        .map_err(|source| CollectError::Socket { source })?;
+    let conn = tokio::spawn(conn);
+    let mut by_nsid: BTreeMap<i32, Vec<(u32, IpNet)>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for l in links.iter().filter(|l| l.kind == LinkKind::Veth) {
+        let (Some(nsid), Some(peer)) = (l.peer_netns_id, l.link_ifindex) else {
+            continue;
+        };
+        if !by_nsid.contains_key(&nsid) {
+            let mut req = handle.address().get();
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::TargetNetNsId(nsid));
+            match req.execute().try_collect::<Vec<AddressMessage>>().await {
+                Ok(msgs) => {
+                    by_nsid.insert(
+                        nsid,
+                        msgs.iter().filter_map(addresses::from_message).collect(),
+                    );
+                }
+                Err(e) => {
+                    warnings.push(format!(
+                        "addresses of netns id {nsid} (peer of {}): {e}",
+                        l.name
+                    ));
+                    by_nsid.insert(nsid, Vec::new());
+                }
+            }
+        }
+        let addrs: Vec<IpNet> = by_nsid[&nsid]
+            .iter()
+            .filter(|(i, _)| *i == peer)
+            .map(|(_, n)| *n)
+            .collect();
+        if !addrs.is_empty() {
+            out.insert(l.name.clone(), addrs);
+        }
+    }
+    conn.abort();
+    Ok((out, warnings))
+}

@@ -166,3 +166,6 @@ fn read_warnings(node: &Node, _: &Topology) -> Vec<Finding> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

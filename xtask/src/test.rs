@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Integration-test targets of `sgpath-tests` that run inside the VMs.
-pub const VM_TEST_TARGETS: &[&str] = &["vm"];
+pub const VM_TEST_TARGETS: &[&str] = &["vm", "vm_checks"];
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, Clone, clap::Args)]
@@ -140,7 +140,7 @@ pub fn run(opts: &Options) -> Result<()> {
         let t = Instant::now();
         let res = cargo_tests(
             "unit tests",
-            cmd::cargo().args(["test", "-p", "sgpath", "-p", "sgpath-ebpf"]),
+            cmd::cargo().args(["test", "-p", "sgpath", "-p", "sgpath-ebpf", "-p", "xtask"]),
         );
         stages.push(libtest_stage("unit tests (sgpath, sgpath-ebpf)", res, t));
     }

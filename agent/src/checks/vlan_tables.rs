@@ -4,13 +4,17 @@ use super::{Finding, FindingId, Severity};
 use crate::model::{EnforcingMode, Node, PathKind, RouteScope, Topology, vlan_table};
 
 /// Table N+100 must hold `<gw> dev vlan.eth.N scope link`, `default via <gw> dev
-/// vlan.eth.N`, and in strict mode `<pod ip> dev vlan<hash> scope link`.
+/// vlan.eth.N`, and in strict mode `<pod ip> dev vlan<hash> scope link`. A VLAN link that
+/// is down (the kernel then flushes its routes) is `vlan-parent-missing`'s to report.
 pub fn incomplete(node: &Node, topo: &Topology) -> Vec<Finding> {
     let mut out = Vec::new();
     for p in topo.paths.iter().filter(|p| p.kind == PathKind::BranchEni) {
         let (Some(vlan), Some(link)) = (p.vlan_id, p.vlan_link.as_deref()) else {
             continue;
         };
+        if topo.vlan_link(vlan).is_some_and(|v| !v.up || v.trunk.is_none()) {
+            continue;
+        }
         let table = vlan_table(vlan);
         let routes: Vec<_> = node.table(table).collect();
         let default = routes.iter().find(|r| r.is_default() && r.goes_via(link));

@@ -14,7 +14,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use serde::Serialize;
 
 use super::{
-    EnforcingMode, Link, LinkKind, Node, Rule, TABLE_MAIN,
+    EnforcingMode, Link, LinkKind, Node, RouteKind, Rule, TABLE_MAIN,
     cni::{self, CniConfig, STRICT_VETH_PREFIX, VLAN_LINK_PREFIX},
     priority,
 };
@@ -252,22 +252,27 @@ fn host_veth(link: &Link, veth_prefix: &str) -> Option<HostVeth> {
     })
 }
 
+/// Whether an address can be a pod's: not loopback, not link-local (the veth's own
+/// fe80:: address has a /128 local route through it).
+fn global(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_loopback(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+    }
+}
+
 /// The pod address a veth carries: a host route through it (main table first), else the
 /// global address of its peer in the pod's namespace.
 fn pod_ip_of(node: &Node, veth: &str) -> Option<(IpAddr, Option<u32>)> {
     let mut routes: Vec<_> = node
         .routes
         .iter()
-        .filter(|r| r.goes_via(veth) && r.is_host())
+        .filter(|r| r.goes_via(veth) && r.is_host() && r.kind == RouteKind::Unicast && global(&r.dst.addr()))
         .collect();
     routes.sort_by_key(|r| (r.table != TABLE_MAIN, r.family, r.table));
     if let Some(r) = routes.first() {
         return Some((r.dst.addr(), Some(r.table)));
     }
-    let global = |ip: &IpAddr| match ip {
-        IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_loopback(),
-        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
-    };
     let addrs = node.pod_addresses.get(veth)?;
     let mut ips: Vec<IpAddr> = addrs.iter().map(|n| n.addr()).filter(global).collect();
     ips.sort_by_key(|ip| ip.is_ipv6());

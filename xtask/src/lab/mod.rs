@@ -40,6 +40,16 @@ impl Lab {
     /// # Errors
     /// The failing command and its stderr; whatever was built is torn down.
     pub fn up(spec: Spec, prefix: &str) -> Result<Lab> {
+        let mut lab = Lab::build(spec, prefix)?;
+        lab.start_servers()?;
+        Ok(lab)
+    }
+
+    /// Build the lab without starting servers (for tests that only read the node).
+    ///
+    /// # Errors
+    /// As [`Lab::up`].
+    pub fn build(spec: Spec, prefix: &str) -> Result<Lab> {
         let layout = Layout {
             prefix: prefix.to_string(),
         };
@@ -58,7 +68,6 @@ impl Lab {
         for f in lab.spec.faults.clone() {
             lab.inject(&f)?;
         }
-        lab.start_servers()?;
         Ok(lab)
     }
 

@@ -125,3 +125,93 @@ fn seed_scenario_security_groups_decide_who_answers() {
         kernel()
     );
 }
+
+fn trace(lab: &xtask::lab::Lab, from: &str, to: &str, proto: &str) -> (serde_json::Value, i32) {
+    let out = lab.sgpath(
+        &sgpath_tests::sgpath_bin(),
+        &[
+            "trace", "--from", from, "--to", to, "--proto", proto, "--output", "json",
+        ],
+    );
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "trace printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (doc, out.status.code().unwrap_or(-1))
+}
+
+/// NodeLocal DNSCache on the node: a strict branch pod's DNS to 169.254.20.10 leaves
+/// through its VLAN by table N+100, an ordinary pod's stays on the node.
+#[test]
+fn trace_nodelocal_dns_strict_pod_leaves_through_its_vlan() {
+    let mut s = spec("small");
+    s.faults.push(xtask::lab::Fault::NodelocalDns {
+        address: "169.254.20.10".parse().unwrap(),
+    });
+    let lab = xtask::lab::Lab::build(s, "sgt-tr").unwrap();
+    let strict_veth = xtask::lab::names::host_veth(&lab.spec, lab.spec.pod("strict-a").unwrap());
+
+    let (t, code) = trace(&lab, "192.168.3.219", "169.254.20.10:53", "udp");
+    assert_eq!(t["forward"]["egress"], "vlan.eth.1", "{t:#}");
+    assert_eq!(t["forward"]["egress_kind"], "branch-vlan");
+    assert_eq!(t["forward"]["table"], 101);
+    assert_eq!(t["forward"]["rule"]["priority"], 10);
+    assert_eq!(
+        t["forward"]["rule"]["selector"],
+        format!("from all iif {strict_veth}")
+    );
+    assert_eq!(t["security_groups"], "branch-eni");
+    assert!(
+        t["verdict"].as_str().unwrap().contains("never reaches"),
+        "{t:#}"
+    );
+    assert_eq!(code, 1);
+
+    let (t, code) = trace(&lab, "192.168.7.31", "169.254.20.10:53", "udp");
+    assert_eq!(t["forward"]["egress_kind"], "local", "{t:#}");
+    assert_eq!(t["forward"]["table"], 255);
+    assert_eq!(t["security_groups"], "none");
+    assert_eq!(t["same_path"], true, "{t:#}");
+    assert_eq!(code, 0);
+}
+
+/// A strict pod's traffic to the bastion leaves through its VLAN and the answer comes
+/// back through it; deleting the `iif vlan.eth.1` rule breaks the way back.
+#[test]
+fn trace_strict_pod_to_bastion_round_trip_and_broken_return() {
+    let mut lab = xtask::lab::Lab::build(spec("small"), "sgt-tr2").unwrap();
+    let (t, code) = trace(&lab, "192.168.3.219", "10.0.1.10:443", "tcp");
+    assert_eq!(
+        (
+            t["forward"]["egress"].as_str(),
+            t["forward"]["table"].as_u64()
+        ),
+        (Some("vlan.eth.1"), Some(101)),
+        "{t:#}"
+    );
+    assert_eq!(t["reply"]["ingress"], "vlan.eth.1");
+    assert_eq!(t["same_path"], true, "{t:#}");
+    assert_eq!(code, 0);
+
+    lab.inject(&xtask::lab::Fault::DeleteVlanRule {
+        pod: "strict-a".into(),
+        on: xtask::lab::spec::RuleOn::Vlan,
+    })
+    .unwrap();
+    let (t, code) = trace(&lab, "192.168.3.219", "10.0.1.10:443", "tcp");
+    assert_eq!(t["same_path"], false, "{t:#}");
+    assert_eq!(code, 1);
+}
+
+/// An ordinary pod leaves through the node ENI: the node's groups decide.
+#[test]
+fn trace_ordinary_pod_uses_the_node_eni() {
+    let lab = xtask::lab::Lab::build(spec("small"), "sgt-tr3").unwrap();
+    let (t, code) = trace(&lab, "192.168.7.31", "10.0.1.10:80", "tcp");
+    assert_eq!(t["forward"]["egress"], "eth0", "{t:#}");
+    assert_eq!(t["security_groups"], "node-eni");
+    assert_eq!(t["same_path"], true);
+    assert_eq!(code, 0);
+}

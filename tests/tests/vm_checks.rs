@@ -18,7 +18,12 @@ fn serious(doc: &Value) -> BTreeSet<(String, String)> {
         .expect("findings")
         .iter()
         .filter(|f| f["severity"] != "info")
-        .map(|f| (f["id"].as_str().unwrap().to_string(), f["subject"].as_str().unwrap().to_string()))
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().to_string(),
+                f["subject"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -34,9 +39,22 @@ fn expect_finding(prefix: &str, fault: Fault, id: &str, subject: &str) {
     let lab = Lab::build(s, prefix).unwrap_or_else(|e| panic!("lab with {fault:?}: {e:#}"));
     let (doc, code) = inspect(&lab);
     let want: BTreeSet<_> = [(id.to_string(), subject.to_string())].into();
-    assert_eq!(serious(&doc), want, "fault {fault:?}:\n{}", serde_json::to_string_pretty(&doc["findings"]).unwrap());
-    let f = doc["findings"].as_array().unwrap().iter().find(|f| f["id"] == id).unwrap();
-    assert!(!f["evidence"].as_array().unwrap().is_empty() && !f["remediation"].as_str().unwrap().is_empty());
+    assert_eq!(
+        serious(&doc),
+        want,
+        "fault {fault:?}:\n{}",
+        serde_json::to_string_pretty(&doc["findings"]).unwrap()
+    );
+    let f = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == id)
+        .unwrap();
+    assert!(
+        !f["evidence"].as_array().unwrap().is_empty()
+            && !f["remediation"].as_str().unwrap().is_empty()
+    );
     assert_eq!(code, 1, "inspect exits 1 on a warning or error");
 }
 
@@ -50,65 +68,110 @@ fn healthy_default_lab_has_no_warning_or_error() {
 
 #[test]
 fn tcp_early_demux_enabled() {
-    let f = Fault::Sysctl { name: "net.ipv4.tcp_early_demux".into(), value: 1 };
-    expect_finding("sgt-c1", f, "tcp-early-demux-enabled", "net.ipv4.tcp_early_demux");
+    let f = Fault::Sysctl {
+        name: "net.ipv4.tcp_early_demux".into(),
+        value: 1,
+    };
+    expect_finding(
+        "sgt-c1",
+        f,
+        "tcp-early-demux-enabled",
+        "net.ipv4.tcp_early_demux",
+    );
 }
 
 #[test]
 fn vlan_rule_missing() {
-    let f = Fault::DeleteVlanRule { pod: "strict-a".into(), on: RuleOn::Veth };
+    let f = Fault::DeleteVlanRule {
+        pod: "strict-a".into(),
+        on: RuleOn::Veth,
+    };
     expect_finding("sgt-c2", f, "vlan-rule-missing", &strict_veth());
 }
 
 #[test]
 fn vlan_rule_stale() {
-    let f = Fault::StaleVlanRule { iif: "vlan0123456789a".into(), table: 107 };
+    let f = Fault::StaleVlanRule {
+        iif: "vlan0123456789a".into(),
+        table: 107,
+    };
     expect_finding("sgt-c3", f, "vlan-rule-stale", "vlan0123456789a");
 }
 
 #[test]
 fn vlan_table_incomplete() {
-    let f = Fault::DeleteVlanRoute { pod: "strict-a".into(), route: VlanRoute::Default };
+    let f = Fault::DeleteVlanRoute {
+        pod: "strict-a".into(),
+        route: VlanRoute::Default,
+    };
     expect_finding("sgt-c4", f, "vlan-table-incomplete", "vlan.eth.1");
 }
 
 #[test]
 fn vlan_parent_missing() {
-    expect_finding("sgt-c5", Fault::TrunkDown, "vlan-parent-missing", "vlan.eth.1");
+    expect_finding(
+        "sgt-c5",
+        Fault::TrunkDown,
+        "vlan-parent-missing",
+        "vlan.eth.1",
+    );
 }
 
 #[test]
 fn local_rule_misplaced() {
-    expect_finding("sgt-c6", Fault::LocalRuleAtZero, "local-rule-misplaced", "rule lookup local");
+    expect_finding(
+        "sgt-c6",
+        Fault::LocalRuleAtZero,
+        "local-rule-misplaced",
+        "rule lookup local",
+    );
 }
 
 #[test]
 fn pod_route_missing() {
     // The route is gone, so sgpath must learn the pod's IP from the pod's namespace.
-    let f = Fault::DeletePodRoute { pod: "ordinary-b".into() };
+    let f = Fault::DeletePodRoute {
+        pod: "ordinary-b".into(),
+    };
     expect_finding("sgt-c7", f, "pod-route-missing", "192.168.7.31");
 }
 
 #[test]
 fn rp_filter_strict_primary() {
-    let f = Fault::Sysctl { name: "net.ipv4.conf.eth0.rp_filter".into(), value: 1 };
-    expect_finding("sgt-c8", f, "rp-filter-strict-primary", "net.ipv4.conf.eth0.rp_filter");
+    let f = Fault::Sysctl {
+        name: "net.ipv4.conf.eth0.rp_filter".into(),
+        value: 1,
+    };
+    expect_finding(
+        "sgt-c8",
+        f,
+        "rp-filter-strict-primary",
+        "net.ipv4.conf.eth0.rp_filter",
+    );
 }
 
 #[test]
 fn ip_forward_disabled() {
-    let f = Fault::Sysctl { name: "net.ipv4.ip_forward".into(), value: 0 };
+    let f = Fault::Sysctl {
+        name: "net.ipv4.ip_forward".into(),
+        value: 0,
+    };
     expect_finding("sgt-c9", f, "ip-forward-disabled", "net.ipv4.ip_forward");
 }
 
 #[test]
 fn nodelocal_dns_strict() {
-    let f = Fault::NodelocalDns { address: "169.254.20.10".parse().unwrap() };
+    let f = Fault::NodelocalDns {
+        address: "169.254.20.10".parse().unwrap(),
+    };
     expect_finding("sgt-c10", f, "nodelocal-dns-strict", "169.254.20.10");
 }
 
 #[test]
 fn mtu_mismatch() {
-    let f = Fault::Mtu { link: "strict-a".into(), mtu: 9100 };
+    let f = Fault::Mtu {
+        link: "strict-a".into(),
+        mtu: 9100,
+    };
     expect_finding("sgt-c11", f, "mtu-mismatch", &strict_veth());
 }

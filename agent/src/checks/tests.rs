@@ -1,12 +1,11 @@
 //! Every check against a healthy strict node model and the same node with one fault.
 
-
-
 use ipnet::IpNet;
 
 use super::{FindingId, Severity, run};
 use crate::model::{
-    Family, Link, LinkKind, Node, OperState, Route, RouteKind, RouteScope, Rule, RuleAction, Sysctls, Topology,
+    Family, Link, LinkKind, Node, OperState, Route, RouteKind, RouteScope, Rule, RuleAction,
+    Sysctls, Topology,
 };
 
 fn net(s: &str) -> IpNet {
@@ -42,7 +41,13 @@ fn route(table: u32, dst: &str, gw: Option<&str>, dev: &str, scope: RouteScope) 
     }
 }
 
-fn rule(priority: u32, src: Option<&str>, dst: Option<&str>, iif: Option<&str>, table: u32) -> Rule {
+fn rule(
+    priority: u32,
+    src: Option<&str>,
+    dst: Option<&str>,
+    iif: Option<&str>,
+    table: u32,
+) -> Rule {
     Rule {
         family: Family::Ipv4,
         priority,
@@ -82,9 +87,21 @@ fn healthy() -> Node {
             link(12, ENI_VETH, LinkKind::Veth, Some(2)),
         ],
         routes: vec![
-            route(254, "0.0.0.0/0", Some("192.168.0.1"), "eth0", RouteScope::Universe),
+            route(
+                254,
+                "0.0.0.0/0",
+                Some("192.168.0.1"),
+                "eth0",
+                RouteScope::Universe,
+            ),
             route(254, "192.168.7.31/32", None, ENI_VETH, RouteScope::Link),
-            route(101, "0.0.0.0/0", Some("192.168.0.1"), "vlan.eth.1", RouteScope::Universe),
+            route(
+                101,
+                "0.0.0.0/0",
+                Some("192.168.0.1"),
+                "vlan.eth.1",
+                RouteScope::Universe,
+            ),
             route(101, "192.168.0.1/32", None, "vlan.eth.1", RouteScope::Link),
             route(101, "192.168.3.219/32", None, STRICT_VETH, RouteScope::Link),
         ],
@@ -102,7 +119,10 @@ fn healthy() -> Node {
 
 fn findings(node: &Node) -> Vec<(FindingId, Severity, String)> {
     let topo = Topology::from_node(node);
-    run(node, &topo).into_iter().map(|f| (f.id, f.severity, f.subject)).collect()
+    run(node, &topo)
+        .into_iter()
+        .map(|f| (f.id, f.severity, f.subject))
+        .collect()
 }
 
 /// The only finding of `node`, as (id, subject).
@@ -121,7 +141,13 @@ fn healthy_node_has_no_findings() {
 fn tcp_early_demux_with_strict_pods() {
     let mut n = healthy();
     n.sysctls.0.insert("net.ipv4.tcp_early_demux".into(), 1);
-    assert_eq!(only(&n), (FindingId::TcpEarlyDemuxEnabled, "net.ipv4.tcp_early_demux".into()));
+    assert_eq!(
+        only(&n),
+        (
+            FindingId::TcpEarlyDemuxEnabled,
+            "net.ipv4.tcp_early_demux".into()
+        )
+    );
 }
 
 #[test]
@@ -129,8 +155,14 @@ fn tcp_early_demux_without_strict_pods_is_fine() {
     let mut n = healthy();
     n.sysctls.0.insert("net.ipv4.tcp_early_demux".into(), 1);
     n.links.retain(|l| l.name != STRICT_VETH);
-    n.rules.retain(|r| r.iif.as_deref() != Some(STRICT_VETH) && r.iif.as_deref() != Some("vlan.eth.1"));
-    assert!(findings(&n).iter().all(|f| f.0 != FindingId::TcpEarlyDemuxEnabled));
+    n.rules.retain(|r| {
+        r.iif.as_deref() != Some(STRICT_VETH) && r.iif.as_deref() != Some("vlan.eth.1")
+    });
+    assert!(
+        findings(&n)
+            .iter()
+            .all(|f| f.0 != FindingId::TcpEarlyDemuxEnabled)
+    );
 }
 
 #[test]
@@ -150,8 +182,12 @@ fn missing_iif_rule_of_the_vlan_link() {
 #[test]
 fn stale_rule_for_a_deleted_veth() {
     let mut n = healthy();
-    n.rules.push(rule(10, None, None, Some("vlan0000000000a"), 107));
-    assert_eq!(only(&n), (FindingId::VlanRuleStale, "vlan0000000000a".into()));
+    n.rules
+        .push(rule(10, None, None, Some("vlan0000000000a"), 107));
+    assert_eq!(
+        only(&n),
+        (FindingId::VlanRuleStale, "vlan0000000000a".into())
+    );
 }
 
 #[test]
@@ -166,64 +202,106 @@ fn stale_rule_sending_a_live_veth_to_the_wrong_table() {
 fn vlan_table_without_default_route() {
     let mut n = healthy();
     n.routes.retain(|r| !(r.table == 101 && r.is_default()));
-    assert_eq!(only(&n), (FindingId::VlanTableIncomplete, "vlan.eth.1".into()));
+    assert_eq!(
+        only(&n),
+        (FindingId::VlanTableIncomplete, "vlan.eth.1".into())
+    );
 }
 
 #[test]
 fn vlan_table_without_gateway_route() {
     let mut n = healthy();
-    n.routes.retain(|r| !(r.table == 101 && r.dst == net("192.168.0.1/32")));
-    assert_eq!(only(&n), (FindingId::VlanTableIncomplete, "vlan.eth.1".into()));
+    n.routes
+        .retain(|r| !(r.table == 101 && r.dst == net("192.168.0.1/32")));
+    assert_eq!(
+        only(&n),
+        (FindingId::VlanTableIncomplete, "vlan.eth.1".into())
+    );
 }
 
 #[test]
 fn vlan_whose_trunk_is_gone() {
     let mut n = healthy();
     n.links.retain(|l| l.name != "eth1");
-    assert_eq!(only(&n), (FindingId::VlanParentMissing, "vlan.eth.1".into()));
+    assert_eq!(
+        only(&n),
+        (FindingId::VlanParentMissing, "vlan.eth.1".into())
+    );
 }
 
 #[test]
 fn vlan_whose_trunk_is_down() {
     let mut n = healthy();
-    n.links.iter_mut().find(|l| l.name == "eth1").unwrap().oper_state = OperState::Down;
-    assert_eq!(only(&n), (FindingId::VlanParentMissing, "vlan.eth.1".into()));
+    n.links
+        .iter_mut()
+        .find(|l| l.name == "eth1")
+        .unwrap()
+        .oper_state = OperState::Down;
+    assert_eq!(
+        only(&n),
+        (FindingId::VlanParentMissing, "vlan.eth.1".into())
+    );
 }
 
 #[test]
 fn local_rule_still_at_zero() {
     let mut n = healthy();
     n.rules.push(rule(0, None, None, None, 255));
-    assert_eq!(only(&n), (FindingId::LocalRuleMisplaced, "rule lookup local".into()));
+    assert_eq!(
+        only(&n),
+        (FindingId::LocalRuleMisplaced, "rule lookup local".into())
+    );
 }
 
 #[test]
 fn local_rule_not_moved_to_twenty() {
     let mut n = healthy();
-    n.rules.iter_mut().find(|r| r.priority == 20).unwrap().priority = 0;
-    assert_eq!(only(&n), (FindingId::LocalRuleMisplaced, "rule lookup local".into()));
+    n.rules
+        .iter_mut()
+        .find(|r| r.priority == 20)
+        .unwrap()
+        .priority = 0;
+    assert_eq!(
+        only(&n),
+        (FindingId::LocalRuleMisplaced, "rule lookup local".into())
+    );
 }
 
 #[test]
 fn ordinary_pod_without_its_512_rule() {
     let mut n = healthy();
     n.rules.retain(|r| r.priority != 512);
-    assert_eq!(only(&n), (FindingId::PodRouteMissing, "192.168.7.31".into()));
+    assert_eq!(
+        only(&n),
+        (FindingId::PodRouteMissing, "192.168.7.31".into())
+    );
 }
 
 #[test]
 fn ordinary_pod_without_its_route_known_from_its_namespace() {
     let mut n = healthy();
     n.routes.retain(|r| r.oif.as_deref() != Some(ENI_VETH));
-    n.pod_addresses.insert(ENI_VETH.into(), vec![net("192.168.7.31/32"), net("fe80::1/64")]);
-    assert_eq!(only(&n), (FindingId::PodRouteMissing, "192.168.7.31".into()));
+    n.pod_addresses.insert(
+        ENI_VETH.into(),
+        vec![net("192.168.7.31/32"), net("fe80::1/64")],
+    );
+    assert_eq!(
+        only(&n),
+        (FindingId::PodRouteMissing, "192.168.7.31".into())
+    );
 }
 
 #[test]
 fn rp_filter_strict_on_primary_eni() {
     let mut n = healthy();
     n.sysctls.0.insert("net.ipv4.conf.eth0.rp_filter".into(), 1);
-    assert_eq!(only(&n), (FindingId::RpFilterStrictPrimary, "net.ipv4.conf.eth0.rp_filter".into()));
+    assert_eq!(
+        only(&n),
+        (
+            FindingId::RpFilterStrictPrimary,
+            "net.ipv4.conf.eth0.rp_filter".into()
+        )
+    );
 }
 
 #[test]
@@ -231,14 +309,23 @@ fn rp_filter_all_overrides_loose_primary() {
     let mut n = healthy();
     n.sysctls.0.insert("net.ipv4.conf.all.rp_filter".into(), 1);
     n.sysctls.0.insert("net.ipv4.conf.eth0.rp_filter".into(), 0);
-    assert_eq!(only(&n), (FindingId::RpFilterStrictPrimary, "net.ipv4.conf.eth0.rp_filter".into()));
+    assert_eq!(
+        only(&n),
+        (
+            FindingId::RpFilterStrictPrimary,
+            "net.ipv4.conf.eth0.rp_filter".into()
+        )
+    );
 }
 
 #[test]
 fn ip_forward_off() {
     let mut n = healthy();
     n.sysctls.0.insert("net.ipv4.ip_forward".into(), 0);
-    assert_eq!(only(&n), (FindingId::IpForwardDisabled, "net.ipv4.ip_forward".into()));
+    assert_eq!(
+        only(&n),
+        (FindingId::IpForwardDisabled, "net.ipv4.ip_forward".into())
+    );
 }
 
 #[test]
@@ -247,13 +334,20 @@ fn nodelocal_dns_in_strict_mode() {
     let mut dummy = link(20, "nodelocaldns", LinkKind::Dummy, None);
     dummy.addresses.push(net("169.254.20.10/32"));
     n.links.push(dummy);
-    assert_eq!(only(&n), (FindingId::NodelocalDnsStrict, "169.254.20.10".into()));
+    assert_eq!(
+        only(&n),
+        (FindingId::NodelocalDnsStrict, "169.254.20.10".into())
+    );
 }
 
 #[test]
 fn pod_veth_mtu_above_trunk() {
     let mut n = healthy();
-    n.links.iter_mut().find(|l| l.name == STRICT_VETH).unwrap().mtu = Some(9100);
+    n.links
+        .iter_mut()
+        .find(|l| l.name == STRICT_VETH)
+        .unwrap()
+        .mtu = Some(9100);
     assert_eq!(only(&n), (FindingId::MtuMismatch, STRICT_VETH.into()));
 }
 

@@ -12,7 +12,10 @@ pub fn incomplete(node: &Node, topo: &Topology) -> Vec<Finding> {
         let (Some(vlan), Some(link)) = (p.vlan_id, p.vlan_link.as_deref()) else {
             continue;
         };
-        if topo.vlan_link(vlan).is_some_and(|v| !v.up || v.trunk.is_none()) {
+        if topo
+            .vlan_link(vlan)
+            .is_some_and(|v| !v.up || v.trunk.is_none())
+        {
             continue;
         }
         let table = vlan_table(vlan);

@@ -5,6 +5,7 @@ pub mod addresses;
 pub mod cni_config;
 pub mod links;
 pub mod pod_addresses;
+pub mod route_get;
 pub mod routes;
 pub mod rules;
 pub mod sysctls;

@@ -8,13 +8,14 @@ mod route;
 mod rule;
 mod sysctl;
 mod topology;
+pub mod trace;
 
 pub use cni::{CniConfig, EnforcingMode, VLAN_LINK_PREFIX, VLAN_TABLE_OFFSET, vlan_table};
 pub use link::{Link, LinkKind, OperState};
 pub use route::{Route, RouteKind, RouteScope};
 pub use rule::{Rule, RuleAction, table_name};
 pub use sysctl::Sysctls;
-pub use topology::{HostVeth, Path, PathKind, Topology, Trunk, VethRole, VlanLink};
+pub use topology::{HostVeth, Path, PathKind, PathRule, Topology, Trunk, VethRole, VlanLink};
 
 use serde::Serialize;
 

@@ -267,7 +267,9 @@ fn pod_ip_of(node: &Node, veth: &str) -> Option<(IpAddr, Option<u32>)> {
     let mut routes: Vec<_> = node
         .routes
         .iter()
-        .filter(|r| r.goes_via(veth) && r.is_host() && r.kind == RouteKind::Unicast && global(&r.dst.addr()))
+        .filter(|r| {
+            r.goes_via(veth) && r.is_host() && r.kind == RouteKind::Unicast && global(&r.dst.addr())
+        })
         .collect();
     routes.sort_by_key(|r| (r.table != TABLE_MAIN, r.family, r.table));
     if let Some(r) = routes.first() {

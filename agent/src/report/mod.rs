@@ -2,6 +2,7 @@
 //! A printer never looks anything up: everything it prints is a field of [`Report`].
 
 pub mod text;
+pub mod trace;
 
 use std::collections::BTreeMap;
 

@@ -137,12 +137,35 @@ pub fn run(opts: &Options) -> Result<()> {
     setup_res?;
 
     if !opts.skip_unit {
+        // House rules first: formatting and clippy with warnings as errors.
+        let t = Instant::now();
+        println!("\n==================== lint ====================");
+        let lint = cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"])).and_then(|_| {
+            cmd::run(cmd::cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        });
+        stages.push(stage(
+            "lint (fmt --check, clippy -D warnings)",
+            &lint,
+            "",
+            t,
+        ));
         let t = Instant::now();
         let res = cargo_tests(
             "unit tests",
             cmd::cargo().args(["test", "-p", "sgpath", "-p", "sgpath-ebpf", "-p", "xtask"]),
         );
-        stages.push(libtest_stage("unit tests (sgpath, sgpath-ebpf)", res, t));
+        stages.push(libtest_stage(
+            "unit tests (sgpath, sgpath-ebpf, xtask)",
+            res,
+            t,
+        ));
     }
     if !opts.skip_host {
         let t = Instant::now();

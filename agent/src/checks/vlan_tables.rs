@@ -38,15 +38,13 @@ pub fn incomplete(node: &Node, topo: &Topology) -> Vec<Finding> {
         if default.is_none() {
             missing.push(format!("default via <gateway> dev {link}"));
         }
-        if p.mode == Some(EnforcingMode::Strict) {
-            if let Some(ip) = p.pod_ip {
-                if !routes
-                    .iter()
-                    .any(|r| r.is_host() && r.dst.addr() == ip && r.goes_via(&p.host_veth))
-                {
-                    missing.push(format!("{ip} dev {} scope link", p.host_veth));
-                }
-            }
+        let strict_ip = p.pod_ip.filter(|_| p.mode == Some(EnforcingMode::Strict));
+        if let Some(ip) = strict_ip
+            && !routes
+                .iter()
+                .any(|r| r.is_host() && r.dst.addr() == ip && r.goes_via(&p.host_veth))
+        {
+            missing.push(format!("{ip} dev {} scope link", p.host_veth));
         }
         if missing.is_empty() {
             continue;

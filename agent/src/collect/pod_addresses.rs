@@ -27,26 +27,22 @@ pub async fn dump(
         let (Some(nsid), Some(peer)) = (l.peer_netns_id, l.link_ifindex) else {
             continue;
         };
-        if !by_nsid.contains_key(&nsid) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = by_nsid.entry(nsid) {
             let mut req = handle.address().get();
             req.message_mut()
                 .attributes
                 .push(AddressAttribute::TargetNetNsId(nsid));
-            match req.execute().try_collect::<Vec<AddressMessage>>().await {
-                Ok(msgs) => {
-                    by_nsid.insert(
-                        nsid,
-                        msgs.iter().filter_map(addresses::from_message).collect(),
-                    );
-                }
+            let addrs = match req.execute().try_collect::<Vec<AddressMessage>>().await {
+                Ok(msgs) => msgs.iter().filter_map(addresses::from_message).collect(),
                 Err(e) => {
                     warnings.push(format!(
                         "addresses of netns id {nsid} (peer of {}): {e}",
                         l.name
                     ));
-                    by_nsid.insert(nsid, Vec::new());
+                    Vec::new()
                 }
-            }
+            };
+            slot.insert(addrs);
         }
         let addrs: Vec<IpNet> = by_nsid[&nsid]
             .iter()

@@ -132,16 +132,24 @@ pub fn expected_paths(spec: &Spec) -> BTreeSet<PathKey> {
                         rules,
                     )
                 }
-                _ => (
-                    "node-eni".into(),
-                    ip.clone(),
-                    veth,
-                    None,
-                    None,
-                    None,
-                    254,
-                    vec![(512, format!("from all to {ip}"), 254)],
-                ),
+                _ => {
+                    // Ordinary pod; on a secondary ENI also `1536: from <ip> lookup <device + 1>`.
+                    let mut rules = vec![(512, format!("from all to {ip}"), 254)];
+                    let table = spec.eni_of(p).map_or(254, |eni| u64::from(eni.table()));
+                    if table != 254 {
+                        rules.push((1536, format!("from {ip}"), table));
+                    }
+                    (
+                        "node-eni".into(),
+                        ip.clone(),
+                        veth,
+                        None,
+                        None,
+                        None,
+                        table,
+                        rules,
+                    )
+                }
             }
         })
         .collect()

@@ -8,7 +8,8 @@ fn ebpf_counts_exact_packets() {
     sgpath_tests::ebpf_counts_exact_packets();
 }
 
-/// Two ordinary pods and a standard-mode branch pod whose VLAN link does not exist.
+/// Two ordinary pods, a standard-mode branch pod whose VLAN link does not exist, and an
+/// ordinary pod on secondary ENI eth2 (table 3).
 #[test]
 fn inspect_host_lab_gives_exactly_its_paths() {
     let spec = spec("host");
@@ -40,11 +41,22 @@ fn inspect_host_lab_gives_exactly_its_paths() {
         (Some("branch-eni"), Some(5), Some(105))
     );
     assert!(std["vlan_link"].is_null() && std["trunk"].is_null());
+    let sec = doc["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pod_ip"] == "192.168.60.6")
+        .unwrap();
+    assert_eq!(
+        (sec["kind"].as_str(), sec["route_table"].as_u64()),
+        (Some("node-eni"), Some(3))
+    );
     assert_eq!(doc["sysctls"]["net.ipv4.ip_forward"], 1);
     assert_eq!(doc["sysctls"]["net.ipv4.conf.eth0.rp_filter"], 2);
 }
 
-/// The VPC delivers to ordinary pods through the node ENI and its security group; a
+/// The VPC delivers to ordinary pods through the node ENIs (eth0, and eth2 whose pod
+/// answers through table 3) and their security group; a
 /// branch pod whose VLAN does not exist is unreachable, as on a node whose branch ENI
 /// never got attached.
 #[test]
@@ -57,9 +69,120 @@ fn bastion_reaches_ordinary_pods_through_the_node_security_group() {
             .map(|(n, _)| n)
             .collect()
     };
-    assert_eq!(answered(&lab), ["ordinary-a", "ordinary-b"]);
+    assert_eq!(answered(&lab), ["ordinary-a", "ordinary-b", "secondary-d"]);
     // Remove every ingress rule of the node's group: nothing answers any more.
     lab.spec.group_mut("sg-node").unwrap().ingress.clear();
     lab.apply_security_groups().unwrap();
     assert_eq!(answered(&lab), Vec::<String>::new());
+}
+
+fn sgpath(ns: Option<&str>, args: &[&str]) -> std::process::Output {
+    let bin = sgpath_tests::sgpath_bin();
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&bin);
+            c
+        }
+        None => std::process::Command::new(&bin),
+    };
+    cmd.args(args).output().expect("run sgpath")
+}
+
+#[test]
+fn bad_flags_exit_2_naming_the_problem() {
+    let out = sgpath(None, &["inspect", "--output", "yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("'yaml'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = sgpath(
+        None,
+        &["trace", "--from", "192.168.7.31", "--to", "nope:xx"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--to \"nope:xx\" is not <ip>"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn trace_from_an_unknown_pod_exits_2_and_lists_the_pods() {
+    let lab = lab(spec("host"), "sgt-h3");
+    let out = lab.sgpath(
+        &sgpath_tests::sgpath_bin(),
+        &["trace", "--from", "192.168.99.99", "--to", "10.0.1.10"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--from 192.168.99.99: no pod") && err.contains("192.168.7.31"),
+        "{err}"
+    );
+}
+
+/// A malformed CNI config is a warning naming the file; the rest of the report stands.
+#[test]
+fn malformed_cni_config_is_a_named_warning_not_a_failure() {
+    let lab = lab(spec("host"), "sgt-h4");
+    let bad = lab.dir.join("broken.conflist");
+    std::fs::write(&bad, "{\"plugins\": [ {\"type\": \"aws-cni\", ").unwrap();
+    let out = sgpath(
+        Some(&lab.layout.node()),
+        &[
+            "inspect",
+            "--output",
+            "json",
+            "--cni-config",
+            bad.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.conflist is not valid JSON"), "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["paths"].as_array().unwrap().len(), 4);
+    assert!(doc["cni_config"].is_null());
+    let f = &doc["findings"][0];
+    assert_eq!(
+        (f["id"].as_str(), f["severity"].as_str()),
+        (Some("node-read-incomplete"), Some("info"))
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "an info finding does not fail inspect"
+    );
+}
+
+/// Without CAP_NET_ADMIN the pod namespaces cannot be read: sgpath says so and still
+/// reports every path it learned from the node's own routes.
+#[test]
+fn missing_capability_is_named_and_inspect_goes_on() {
+    let lab = lab(spec("host"), "sgt-h5");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.layout.node(),
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(sgpath_tests::sgpath_bin())
+        .args(["inspect", "--output", "json", "--cni-config"])
+        .arg(lab.cni_config())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs CAP_NET_ADMIN"), "{err}");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(doc["paths"].as_array().unwrap().len(), 4);
 }

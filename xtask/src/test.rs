@@ -169,18 +169,21 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     if !opts.skip_host {
         let t = Instant::now();
-        let res = cargo_tests(
-            "host tests",
-            cmd::cargo().args([
-                "test",
-                "-p",
-                "sgpath-tests",
-                "--test",
-                "host",
-                "--",
-                "--test-threads=1",
-            ]),
-        );
+        // Host tests run the `sgpath` binary (tests/src/lib.rs::sgpath_bin): build it first.
+        let res = cmd::run(cmd::cargo().args(["build", "-p", "sgpath"])).and_then(|_| {
+            cargo_tests(
+                "host tests",
+                cmd::cargo().args([
+                    "test",
+                    "-p",
+                    "sgpath-tests",
+                    "--test",
+                    "host",
+                    "--",
+                    "--test-threads=1",
+                ]),
+            )
+        });
         stages.push(libtest_stage("host tests (netns)", res, t));
     }
     let mut tables = Vec::new();

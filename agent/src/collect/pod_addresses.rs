@@ -17,6 +17,18 @@ use crate::model::{Link, LinkKind};
 pub async fn dump(
     links: &[Link],
 ) -> Result<(BTreeMap<String, Vec<IpNet>>, Vec<String>), CollectError> {
+    let veths_with_peers = links
+        .iter()
+        .filter(|l| l.kind == LinkKind::Veth && l.peer_netns_id.is_some())
+        .count();
+    // Without CAP_NET_ADMIN the kernel does not fail the dump: it ends it empty (the
+    // EPERM hides in NLMSG_DONE), so ask for the capability up front.
+    if veths_with_peers > 0 && !has_cap_net_admin() {
+        let msg = format!(
+            "pod namespaces of {veths_with_peers} veths not read: reading another namespace needs CAP_NET_ADMIN"
+        );
+        return Ok((BTreeMap::new(), vec![msg]));
+    }
     let (conn, handle, _) = rtnetlink::new_connection_with_strict_check()
         .map_err(|source| CollectError::Socket { source })?;
     let conn = tokio::spawn(conn);
@@ -35,8 +47,15 @@ pub async fn dump(
             let addrs = match req.execute().try_collect::<Vec<AddressMessage>>().await {
                 Ok(msgs) => msgs.iter().filter_map(addresses::from_message).collect(),
                 Err(e) => {
+                    let why = match &e {
+                        rtnetlink::Error::NetlinkError(m) if -m.raw_code() == libc::EPERM => {
+                            "permission denied: reading another namespace needs CAP_NET_ADMIN"
+                                .to_string()
+                        }
+                        other => other.to_string(),
+                    };
                     warnings.push(format!(
-                        "addresses of netns id {nsid} (peer of {}): {e}",
+                        "pod namespace of {} (netns id {nsid}): addresses unreadable, {why}",
                         l.name
                     ));
                     Vec::new()
@@ -55,4 +74,17 @@ pub async fn dump(
     }
     conn.abort();
     Ok((out, warnings))
+}
+
+/// Whether this process has CAP_NET_ADMIN (bit 12 of CapEff in /proc/self/status).
+fn has_cap_net_admin() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|eff| eff & (1 << CAP_NET_ADMIN) != 0)
 }

@@ -58,6 +58,16 @@ pub fn branch_eni_mac(vlan: u16) -> String {
 
 const ETH0_MAC: &str = "02:e0:00:00:00:01";
 
+/// MAC of the k-th secondary ENI.
+fn eni_mac(k: usize) -> String {
+    format!("02:e0:00:00:01:{k:02x}")
+}
+
+/// The VPC's side of a secondary ENI.
+pub fn vpc_eni(name: &str) -> String {
+    format!("eni-{name}")
+}
+
 /// The script that builds the whole lab.
 pub fn script(spec: &Spec, l: &Layout) -> String {
     let mut s = String::from("set -eu\n");
@@ -116,6 +126,51 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
         let _ = writeln!(
             s,
             "ip -n {node} link set {trunk} up\nip -n {vpc} link set {VPC_TRUNK} up"
+        );
+    }
+
+    for (k, eni) in spec.node.secondary_enis.iter().enumerate() {
+        let (name, t, v) = (&eni.name, eni.table(), vpc_eni(&eni.name));
+        let _ = writeln!(
+            s,
+            "\n# Secondary ENI {name} (device {}): table {t}, rule 32765 from its IP",
+            eni.device_index
+        );
+        let _ = writeln!(
+            s,
+            "ip -n {node} link add {name} address {} mtu {mtu} type veth peer name {v} netns {vpc} mtu {mtu}",
+            eni_mac(k)
+        );
+        let _ = writeln!(
+            s,
+            "ip -n {node} addr add {}/{vpc_len} dev {name}\nip -n {node} link set {name} up",
+            eni.ip
+        );
+        // The CNI removes the connected route the kernel adds, so the main table keeps one.
+        let _ = writeln!(s, "ip -n {node} route del {} dev {name}", spec.vpc.cidr);
+        let _ = writeln!(
+            s,
+            "ip -n {node} route add {gw} dev {name} scope link table {t}"
+        );
+        let _ = writeln!(
+            s,
+            "ip -n {node} route add default via {gw} dev {name} table {t}"
+        );
+        let _ = writeln!(
+            s,
+            "ip -n {node} rule add pref 32765 from {} table {t}",
+            eni.ip
+        );
+        let _ = writeln!(
+            s,
+            "ip -n {vpc} addr add {gw}/32 dev {v}\nip -n {vpc} link set {v} up"
+        );
+        let _ = writeln!(s, "ip -n {vpc} route add {}/32 dev {v}", eni.ip);
+        let _ = writeln!(
+            s,
+            "ip -n {vpc} neigh add {} lladdr {} dev {v} nud permanent",
+            eni.ip,
+            eni_mac(k)
         );
     }
 
@@ -241,11 +296,28 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
         _ => {
             let _ = writeln!(s, "ip -n {node} route add {ip} dev {veth} scope link");
             let _ = writeln!(s, "ip -n {node} rule add pref 512 to {ip} table main");
-            // The VPC delivers the primary ENI's secondary IPs to eth0's MAC.
-            let _ = writeln!(s, "ip -n {vpc} route add {ip}/32 dev {VPC_ENI0}");
+            // The VPC delivers an ENI's secondary IPs to that ENI's MAC.
+            let (vdev, mac) = match spec.eni_of(pod) {
+                Some(eni) => {
+                    let k = spec
+                        .node
+                        .secondary_enis
+                        .iter()
+                        .position(|e| e.name == eni.name)
+                        .expect("validated");
+                    let _ = writeln!(
+                        s,
+                        "ip -n {node} rule add pref 1536 from {ip} table {}",
+                        eni.table()
+                    );
+                    (vpc_eni(&eni.name), eni_mac(k))
+                }
+                None => (VPC_ENI0.to_string(), ETH0_MAC.to_string()),
+            };
+            let _ = writeln!(s, "ip -n {vpc} route add {ip}/32 dev {vdev}");
             let _ = writeln!(
                 s,
-                "ip -n {vpc} neigh add {ip} lladdr {ETH0_MAC} dev {VPC_ENI0} nud permanent"
+                "ip -n {vpc} neigh add {ip} lladdr {mac} dev {vdev} nud permanent"
             );
         }
     }
@@ -267,6 +339,13 @@ pub fn nft_ruleset(spec: &Spec) -> String {
         VPC_ENI0.into(),
         groups(&spec.node.security_groups),
     ));
+    for eni in &spec.node.secondary_enis {
+        enis.push((
+            eni.name.clone(),
+            vpc_eni(&eni.name),
+            groups(&spec.node.security_groups),
+        ));
+    }
     if spec.node.trunk.is_some() {
         for p in spec.pods.iter().filter(|p| p.kind == PodKind::Branch) {
             let vlan = p.vlan.expect("validated");

@@ -12,6 +12,7 @@
 //! enforcing_mode = "strict"      # podSGEnforcingMode written to the CNI config
 //! disable_tcp_early_demux = true # DISABLE_TCP_EARLY_DEMUX on aws-node's init container
 //! security_groups = ["sg-node"]
+//! secondary_enis = [{ name = "eth2", ip = "192.168.2.20", device_index = 2 }]  # table 3
 //!
 //! [[security_groups]]
 //! id = "sg-node"
@@ -26,6 +27,7 @@
 //! vlan = 1                       # branch only
 //! mode = "standard"              # branch only; defaults to node.enforcing_mode
 //! security_groups = ["sg-pod"]   # branch only
+//! eni = "eth2"                   # ordinary only: on a secondary ENI (default eth0)
 //!
 //! [[faults]]                     # see `Fault` for every kind
 //! kind = "sysctl"
@@ -97,6 +99,25 @@ pub struct NodeSpec {
     /// MTU of the ENIs (9001 on EC2).
     #[serde(default = "default_mtu")]
     pub mtu: u32,
+    /// Secondary ENIs (ordinary pods may sit on them), with the node's security groups.
+    #[serde(default)]
+    pub secondary_enis: Vec<SecondaryEni>,
+}
+
+/// A secondary ENI: its route table is `device_index + 1` (network card 0), its own
+/// `32765: from <ip>` rule, and the CNI removes its connected route from the main table.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondaryEni {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub device_index: u32,
+}
+
+impl SecondaryEni {
+    pub fn table(&self) -> u32 {
+        self.device_index + 1
+    }
 }
 
 fn yes() -> bool {
@@ -154,6 +175,8 @@ pub struct Pod {
     pub mode: Option<Mode>,
     #[serde(default)]
     pub security_groups: Vec<String>,
+    /// The secondary ENI an ordinary pod's IP belongs to (default: the primary ENI).
+    pub eni: Option<String>,
 }
 
 /// A fault to inject into the node after it is built, as operators meet them.
@@ -282,6 +305,22 @@ impl Spec {
                 ),
                 _ => {}
             }
+            if let Some(eni) = &p.eni {
+                if p.kind == PodKind::Branch {
+                    bail!(
+                        "pod {}/{}: a branch pod has its own ENI; drop `eni`",
+                        p.namespace,
+                        p.name
+                    );
+                }
+                if !self.node.secondary_enis.iter().any(|e| &e.name == eni) {
+                    bail!(
+                        "pod {}/{}: eni {eni:?} is not in node.secondary_enis",
+                        p.namespace,
+                        p.name
+                    );
+                }
+            }
             for g in &p.security_groups {
                 if !groups.contains(g.as_str()) {
                     bail!(
@@ -299,6 +338,13 @@ impl Spec {
             }
         }
         Ok(())
+    }
+
+    /// The secondary ENI a pod sits on, if any.
+    pub fn eni_of(&self, pod: &Pod) -> Option<&SecondaryEni> {
+        pod.eni
+            .as_ref()
+            .and_then(|n| self.node.secondary_enis.iter().find(|e| &e.name == n))
     }
 
     pub fn pod(&self, name: &str) -> Result<&Pod> {

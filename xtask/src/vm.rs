@@ -129,6 +129,7 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
         .args(["--disable-kvm", "--user", "root"])
         .args(["--memory", &opts.memory])
         .args(["--cpus", &opts.cpus.to_string()])
+        .args(guest_hidden_root())
         .arg(format!("--rwdir={}", dir.display()))
         .args([
             "--exec",
@@ -289,4 +290,24 @@ fn console_tail(path: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(40)..].join("\n");
     format!("--- last lines of {} ---\n{tail}", path.display())
+}
+
+/// virtme-ng mounts fresh tmpfs over /tmp, /var/tmp, /var/cache, /var/log, /var/lib and
+/// /run in the guest, so a checkout under one of them (a CI clone in /tmp) would be
+/// invisible there: share it explicitly, read-only. Empty when the guest sees it anyway.
+fn guest_hidden_root() -> Vec<String> {
+    const MASKED: [&str; 6] = [
+        "/tmp",
+        "/var/tmp",
+        "/var/cache",
+        "/var/log",
+        "/var/lib",
+        "/run",
+    ];
+    let root = crate::workspace_root();
+    if MASKED.iter().any(|m| root.starts_with(m)) {
+        vec![format!("--rodir={}", root.display())]
+    } else {
+        Vec::new()
+    }
 }

@@ -244,9 +244,19 @@ fn bpf_linker() -> Result<()> {
 pub fn vng_path() -> Option<PathBuf> {
     cmd::which("vng").or_else(|| {
         let home = std::env::var_os("HOME").map(PathBuf::from);
+        // Where this python's pip puts scripts (a pyenv version dir before `pyenv rehash`).
+        let scripts = Command::new("python3")
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('scripts'))",
+            ])
+            .output()
+            .ok()
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("vng"));
         [
             home.map(|h| h.join(".local/bin/vng")),
             Some(PathBuf::from("/usr/local/bin/vng")),
+            scripts,
         ]
         .into_iter()
         .flatten()

@@ -129,8 +129,7 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
         .args(["--disable-kvm", "--user", "root"])
         .args(["--memory", &opts.memory])
         .args(["--cpus", &opts.cpus.to_string()])
-        .args(guest_hidden_root())
-        .arg(format!("--rwdir={}", dir.display()))
+        .arg(format!("--rwdir={}", guest_rwdir(&dir).display()))
         .args([
             "--exec",
             &format!("bash {}", dir.join("wrapper.sh").display()),
@@ -292,10 +291,12 @@ fn console_tail(path: &Path) -> String {
     format!("--- last lines of {} ---\n{tail}", path.display())
 }
 
-/// virtme-ng mounts fresh tmpfs over /tmp, /var/tmp, /var/cache, /var/log, /var/lib and
-/// /run in the guest, so a checkout under one of them (a CI clone in /tmp) would be
-/// invisible there: share it explicitly, read-only. Empty when the guest sees it anyway.
-fn guest_hidden_root() -> Vec<String> {
+/// The directory to share read-write with the guest: the run directory, or the whole
+/// checkout when the guest could not otherwise see it. virtme-ng mounts fresh tmpfs over
+/// /tmp, /var/tmp, /var/cache, /var/log, /var/lib and /run, so a CI clone in /tmp would
+/// be invisible; and a run directory nested in a `--rodir` makes vng exit 255, so the
+/// checkout is shared read-write as a whole (it holds the run directory).
+fn guest_rwdir(run_dir: &Path) -> PathBuf {
     const MASKED: [&str; 6] = [
         "/tmp",
         "/var/tmp",
@@ -305,9 +306,9 @@ fn guest_hidden_root() -> Vec<String> {
         "/run",
     ];
     let root = crate::workspace_root();
-    if MASKED.iter().any(|m| root.starts_with(m)) {
-        vec![format!("--rodir={}", root.display())]
+    if MASKED.iter().any(|m| root.starts_with(m)) && run_dir.starts_with(&root) {
+        root
     } else {
-        Vec::new()
+        run_dir.to_path_buf()
     }
 }

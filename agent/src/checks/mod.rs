@@ -92,6 +92,19 @@ impl FindingId {
     }
 }
 
+/// One thing wrong (or worth knowing) about the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub id: FindingId,
+    pub severity: Severity,
+    /// The interface, pod IP or sysctl concerned.
+    pub subject: String,
+    /// The facts read, quoted as `ip rule` / `ip route` / `sysctl` print them.
+    pub evidence: Vec<String>,
+    /// The concrete command that fixes it.
+    pub remediation: String,
+}
+
 impl Finding {
     pub fn new(id: FindingId, severity: Severity, subject: impl Into<String>) -> Finding {
         Finding {
@@ -112,19 +125,6 @@ impl Finding {
         self.remediation = remediation.into();
         self
     }
-}
-
-/// One thing wrong (or worth knowing) about the node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    pub id: FindingId,
-    pub severity: Severity,
-    /// The interface, pod IP or sysctl concerned.
-    pub subject: String,
-    /// The facts read, quoted as `ip rule` / `ip route` / `sysctl` print them.
-    pub evidence: Vec<String>,
-    /// The concrete command that fixes it.
-    pub remediation: String,
 }
 
 /// A check: a pure function from the snapshot and its topology to findings.
@@ -157,12 +157,11 @@ pub fn run(node: &Node, topo: &Topology) -> Vec<Finding> {
 fn read_warnings(node: &Node, _: &Topology) -> Vec<Finding> {
     node.read_warnings
         .iter()
-        .map(|w| Finding {
-            id: FindingId::NodeReadIncomplete,
-            severity: Severity::Info,
-            subject: w.split(':').next().unwrap_or("node").to_string(),
-            evidence: vec![w.clone()],
-            remediation: "check the file or run sgpath with the capabilities in deploy/daemonset.yaml".into(),
+        .map(|w| {
+            let subject = w.split(':').next().unwrap_or("node");
+            Finding::new(FindingId::NodeReadIncomplete, Severity::Info, subject)
+                .evidence(w.clone())
+                .fix("check the file, or run sgpath as root or with the capabilities in deploy/README.md")
         })
         .collect()
 }

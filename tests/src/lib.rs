@@ -317,6 +317,18 @@ pub fn ebpf_counts_exact_packets() {
         let all = probes.read().expect("read counters");
         all.get(&ifindex).copied().unwrap_or_default()
     });
+    // Nothing left behind: no clsact qdisc (pre-tcx kernels) and no tc filter on hv0.
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &node.0, "tc", "qdisc", "show", "dev", "hv0",
+        ])
+        .output()
+        .unwrap();
+    let qdiscs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !qdiscs.contains("clsact"),
+        "clsact left behind on hv0: {qdiscs}"
+    );
     assert_eq!(
         counters.ingress_packets, N,
         "ingress packets on hv0: {counters:?}"

@@ -6,11 +6,13 @@
 //! | `if_ingress` | tcx ingress / clsact | 4.1 (tcx 6.6)  | no packet counters  |
 //! | `if_egress`  | tcx egress / clsact  | 4.1 (tcx 6.6)  | no packet counters  |
 //!
-//! Side effects: loads BPF programs and maps; on kernels before 6.6 adds a clsact qdisc to
-//! each interface that has none, and leaves that qdisc in place when it exits (an empty clsact has no effect).
+//! Side effects: loads BPF programs and maps; on kernels before 6.6 (no tcx) adds a clsact
+//! qdisc to each interface that has none. Dropping [`IfProbes`] detaches every program and
+//! deletes the clsact qdiscs it added, so nothing is left behind.
 
 use std::collections::BTreeMap;
 
+use aya::util::KernelVersion;
 use aya::{
     Ebpf,
     maps::PerCpuHashMap,
@@ -63,6 +65,8 @@ pub struct IfTotals {
 /// Dropping it detaches every program.
 pub struct IfProbes {
     ebpf: Ebpf,
+    /// Interfaces (name, ifindex) where we created the clsact qdisc (pre-tcx kernels).
+    added_clsact: Vec<(String, u32)>,
 }
 
 const PROGRAMS: [(&str, TcAttachType); 2] = [
@@ -86,7 +90,10 @@ impl IfProbes {
             prog.load()
                 .map_err(|source| ProbeError::Program { name, source })?;
         }
-        Ok(IfProbes { ebpf })
+        Ok(IfProbes {
+            ebpf,
+            added_clsact: Vec::new(),
+        })
     }
 
     /// Attach both counters to `iface` (by name, in the calling thread's namespace).
@@ -94,9 +101,13 @@ impl IfProbes {
     /// # Errors
     /// [`ProbeError::Attach`] naming the interface.
     pub fn attach(&mut self, iface: &str) -> Result<(), ProbeError> {
-        // Kernels before 6.6 have no tcx: aya attaches through a clsact qdisc, which must exist.
-        // An existing one (another tool's) is fine and is left alone.
-        let _ = tc::qdisc_add_clsact(iface);
+        // Kernels before 6.6 have no tcx: aya attaches through a clsact qdisc, which must
+        // exist. An existing one (another tool's) is used and left alone.
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx && tc::qdisc_add_clsact(iface).is_ok() {
+            let ifindex = nix::net::if_::if_nametoindex(iface).unwrap_or(0);
+            self.added_clsact.push((iface.to_string(), ifindex));
+        }
         for (name, at) in PROGRAMS {
             let prog: &mut SchedClassifier = self
                 .ebpf
@@ -147,5 +158,34 @@ impl IfProbes {
             out.insert(ifindex, t);
         }
         Ok(out)
+    }
+}
+
+impl Drop for IfProbes {
+    /// Programs detach when `ebpf` drops; the clsact qdiscs we created go here
+    /// (`tc qdisc del dev <iface> clsact`).
+    fn drop(&mut self) {
+        if self.added_clsact.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok((conn, handle, _)) = rtnetlink::new_connection() else { return };
+            let conn = tokio::spawn(conn);
+            for (iface, ifindex) in &self.added_clsact {
+                let mut req = handle.clone().qdisc().del(*ifindex as i32);
+                req.message_mut().header.parent = netlink_packet_route::tc::TcHandle::CLSACT;
+                req.message_mut().header.handle = netlink_packet_route::tc::TcHandle { major: 0xffff, minor: 0 };
+                if let Err(e) = req.execute().await {
+                    tracing::warn!(%iface, error = %e, "could not delete the clsact qdisc sgpath added");
+                }
+            }
+            conn.abort();
+        });
     }
 }

@@ -187,7 +187,7 @@ fn trace_strict_pod_to_bastion_round_trip_and_broken_return() {
         (Some("vlan.eth.1"), Some(101)),
         "{t:#}"
     );
-    assert_eq!(t["reply"]["ingress"], "vlan.eth.1");
+    assert_eq!(t["reply"][0]["ingress"], "vlan.eth.1");
     assert_eq!(t["same_path"], true, "{t:#}");
     assert_eq!(code, 0);
 
@@ -208,6 +208,30 @@ fn trace_ordinary_pod_uses_the_node_eni() {
     let (t, code) = trace(&lab, "192.168.7.31", "10.0.1.10:80", "tcp");
     assert_eq!(t["forward"]["egress"], "eth0", "{t:#}");
     assert_eq!(t["security_groups"], "node-eni");
+    assert_eq!(t["same_path"], true);
+    assert_eq!(code, 0);
+}
+
+/// Kubelet-style traffic between the node and a strict pod: the pod's packet to the node's
+/// own address leaves through the VLAN (branch ENI outbound, node ENI inbound), and the
+/// node's answer leaves eth0 and hairpins through the VPC back in through vlan.eth.1.
+#[test]
+fn trace_strict_pod_to_node_hairpins_through_the_vpc() {
+    let lab = xtask::lab::Lab::build(spec("small"), "sgt-tr4").unwrap();
+    let (t, code) = trace(&lab, "192.168.3.219", "192.168.1.10:10250", "tcp");
+    assert_eq!(t["forward"]["egress"], "vlan.eth.1", "{t:#}");
+    assert_eq!(
+        (
+            t["security_groups"].as_str(),
+            t["receiver_security_groups"].as_str()
+        ),
+        (Some("branch-eni"), Some("node-eni"))
+    );
+    let reply = t["reply"].as_array().unwrap();
+    assert_eq!(reply.len(), 2, "{t:#}");
+    assert!(reply[0]["ingress"].is_null(), "the node itself answers");
+    assert_eq!(reply[0]["egress"], "eth0");
+    assert_eq!(reply[1]["ingress"], "vlan.eth.1");
     assert_eq!(t["same_path"], true);
     assert_eq!(code, 0);
 }

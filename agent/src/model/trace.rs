@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{Family, Node, Path, PathRule, Route, RouteKind, Rule, RuleAction, Topology};
+use super::{Family, Node, Path, PathKind, PathRule, Route, RouteKind, Rule, RuleAction, Topology};
 
 /// Transport protocol of the traced flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -70,12 +70,16 @@ pub struct Leg {
 /// The trace report, as `sgpath trace --output json` prints it:
 ///
 /// ```text
-/// { "schema": "sgpath.trace/v1", "from": { "pod_ip", "host_veth", "path_kind", "mode" },
+/// { "schema": "sgpath.trace/v1", "from": <path, as in the inspect report>,
 ///   "to", "proto", "port",
-///   "forward": { "ingress", "rule": {priority, selector, table} | null, "table", "route",
-///                "egress", "egress_kind": "branch-vlan"|"node-eni"|"pod-veth"|"local"|"refused", "error" },
-///   "security_groups": "branch-eni" | "node-eni" | "none", "decided_by",
-///   "reply": <leg> | null, "same_path": true | false | null, "verdict" }
+///   "forward": <leg>,
+///   "security_groups": "branch-eni" | "node-eni" | "none",   // the sender's ENI, outbound rules
+///   "receiver_security_groups": "branch-eni" | "node-eni" | null, // when the target is on this node
+///   "decided_by": "...",
+///   "reply": [<leg>...],   // the answer's way back, hop by hop (a VPC hairpin makes two)
+///   "same_path": true | false | null, "works": true | false, "verdict": "..." }
+/// <leg> = { "ingress", "rule": {priority, selector, table} | null, "table", "route",
+///           "egress", "egress_kind": "branch-vlan"|"node-eni"|"pod-veth"|"local"|"refused", "error" }
 /// ```
 #[derive(Clone, Debug, Serialize)]
 pub struct Trace {
@@ -86,12 +90,15 @@ pub struct Trace {
     pub port: Option<u16>,
     pub forward: Leg,
     pub security_groups: Deciders,
-    /// Which ENI's groups decide, named for an operator.
+    /// Whose inbound rules the flow meets when it comes back into this node from the VPC.
+    pub receiver_security_groups: Option<Deciders>,
+    /// Which ENIs' groups decide, named for an operator.
     pub decided_by: String,
-    /// The answer's way back, when the flow leaves the node or reaches it.
-    pub reply: Option<Leg>,
-    /// Whether the answer comes back to the pod through its own host veth.
+    pub reply: Vec<Leg>,
+    /// Whether the answer reaches the pod through its own host veth.
     pub same_path: Option<bool>,
+    /// Whether the flow works as far as the node can tell.
+    pub works: bool,
     pub verdict: String,
 }
 
@@ -192,15 +199,62 @@ pub fn leg(
     }
 }
 
-/// Where the answer enters the node: the interface the forward leg left by (the VPC hands
-/// the reply to the same ENI), or `None` (a local reply, looked up as locally generated).
-pub fn reply_ingress(forward: &Leg) -> Option<Option<String>> {
-    match forward.egress_kind {
-        Egress::BranchVlan | Egress::NodeEni => Some(forward.egress.clone()),
-        Egress::Local => Some(None),
-        // Pod to pod on the node: the other pod's reply enters through its own veth.
-        Egress::PodVeth => Some(forward.egress.clone()),
-        Egress::Refused => None,
+/// Where the answer starts its way back: the target pod's host veth when the target is a
+/// pod of this node, `Some(None)` (sent by the node itself) when it is an address of this
+/// node, else the interface the forward leg left by (the VPC hands the answer back to the
+/// same ENI); `None` when the packet never got anywhere.
+pub fn reply_ingress(
+    node: &Node,
+    topo: &Topology,
+    forward: &Leg,
+    to: IpAddr,
+) -> Option<Option<String>> {
+    if forward.egress_kind == Egress::Refused {
+        return None;
+    }
+    if let Some(p) = topo.paths.iter().find(|p| p.pod_ip == Some(to)) {
+        return Some(Some(p.host_veth.clone()));
+    }
+    if node
+        .links
+        .iter()
+        .any(|l| l.addresses.iter().any(|a| a.addr() == to))
+    {
+        return Some(None);
+    }
+    Some(forward.egress.clone())
+}
+
+/// Where the VPC hands a packet for the pod back to the node: its branch ENI's VLAN link,
+/// or the node ENI whose table routes the pod (`eth0` for a pod in the main table).
+pub fn pod_eni(node: &Node, topo: &Topology, from: &Path) -> Option<String> {
+    match from.kind {
+        PathKind::BranchEni => from.vlan_link.clone(),
+        PathKind::NodeEni => node
+            .table(from.route_table)
+            .find(|r| r.is_default())
+            .and_then(|r| r.oif.clone())
+            .or_else(|| topo.primary_eni.clone()),
+    }
+}
+
+/// Whether a reply leg leaves the node toward the pod (a VPC hairpin) and must be followed
+/// back in through the pod's ENI.
+pub fn leaves_node(leg: &Leg) -> bool {
+    matches!(leg.egress_kind, Egress::BranchVlan | Egress::NodeEni)
+}
+
+fn deciders_of(kind: PathKind) -> Deciders {
+    match kind {
+        PathKind::BranchEni => Deciders::BranchEni,
+        PathKind::NodeEni => Deciders::NodeEni,
+    }
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local() || v6.is_loopback(),
     }
 }
 
@@ -214,69 +268,98 @@ pub fn explain(
     proto: Proto,
     port: Option<u16>,
     forward: Leg,
-    reply: Option<Leg>,
+    reply: Vec<Leg>,
 ) -> Trace {
-    let to_is_local = node
+    let leaves = leaves_node(&forward);
+    let on_node = node
         .links
         .iter()
-        .any(|l| l.addresses.iter().any(|a| a.addr() == to));
-    let (security_groups, decided_by) = match forward.egress_kind {
+        .find(|l| l.addresses.iter().any(|a| a.addr() == to));
+    // The VPC routes the flow back into this node when its target lives here.
+    let receiver = if !leaves || is_link_local(to) {
+        None
+    } else if let Some(p) = topo.paths.iter().find(|p| p.pod_ip == Some(to)) {
+        Some(deciders_of(p.kind))
+    } else {
+        on_node.map(|_| Deciders::NodeEni)
+    };
+    let dev = forward.egress.clone().unwrap_or_default();
+    let (security_groups, mut decided_by) = match forward.egress_kind {
         Egress::BranchVlan => {
-            let dev = forward.egress.clone().unwrap_or_default();
             let v = topo.vlan_links.iter().find(|v| v.name == dev);
             let trunk = v
                 .and_then(|v| v.trunk.clone())
                 .unwrap_or_else(|| "?".into());
+            let vlan = v.map_or(0, |v| v.vlan_id);
             (
                 Deciders::BranchEni,
-                format!(
-                    "the branch ENI's security groups (VLAN {}, {dev} on trunk {trunk})",
-                    v.map_or(0, |v| v.vlan_id)
-                ),
+                format!("the branch ENI's security groups (VLAN {vlan}, {dev} on trunk {trunk})"),
             )
         }
         Egress::NodeEni => (
             Deciders::NodeEni,
-            format!(
-                "the node ENI's security groups ({})",
-                forward.egress.clone().unwrap_or_default()
-            ),
+            format!("the node ENI's security groups ({dev})"),
         ),
-        Egress::PodVeth | Egress::Local => {
-            (Deciders::None, "none: the flow stays on the node".into())
-        }
+        Egress::PodVeth | Egress::Local => (
+            Deciders::None,
+            "no security group: the flow stays on the node".into(),
+        ),
         Egress::Refused => (
             Deciders::None,
-            "none: the node drops it before any ENI".into(),
+            "no security group: the node drops it before any ENI".into(),
         ),
     };
-    let same_path = reply
-        .as_ref()
-        .map(|r| r.egress.as_deref() == Some(from.host_veth.as_str()) && r.error.is_none());
-    let verdict = if let Some(e) = &forward.error {
-        format!("the node refuses the packet: {e}")
-    } else if to_is_local && matches!(forward.egress_kind, Egress::BranchVlan | Egress::NodeEni) {
-        format!(
-            "{to} is an address of this node, but the pod's packet leaves it through {}: it never reaches {to} (NodeLocal DNSCache / link-local agents in strict mode)",
-            forward.egress.clone().unwrap_or_default()
-        )
-    } else if let Some(r) = &reply {
-        match (same_path, &r.error) {
-            (_, Some(e)) => format!(
-                "the answer is refused on {}: {e}",
-                r.ingress.clone().unwrap_or_else(|| "the node".into())
+    match receiver {
+        Some(Deciders::BranchEni) => {
+            decided_by.push_str(" outbound, then the target's branch ENI's inbound")
+        }
+        Some(Deciders::NodeEni) => decided_by.push_str(" outbound, then the node ENI's inbound"),
+        _ => {}
+    }
+    let last = reply.last();
+    let same_path =
+        last.map(|r| r.error.is_none() && r.egress.as_deref() == Some(from.host_veth.as_str()));
+    let hairpin = reply.len() > 1;
+    let (works, verdict) = if let Some(e) = &forward.error {
+        (false, format!("the node refuses the packet: {e}"))
+    } else if on_node.is_some() && leaves && is_link_local(to) {
+        (
+            false,
+            format!(
+                "{to} is a link-local address of this node, but the pod's packet leaves through {dev}: the VPC never brings it back, so it never reaches {to} (NodeLocal DNSCache, link-local agents in strict mode)"
             ),
-            (Some(true), None) => {
-                format!("reaches {to}; {decided_by} decide; the answer comes back the same way")
-            }
-            _ => format!(
-                "reaches {to}; {decided_by} decide; but the answer leaves through {} instead of {}",
-                r.egress.clone().unwrap_or_else(|| "?".into()),
-                from.host_veth
+        )
+    } else if let Some(r) = last {
+        match (&r.error, same_path) {
+            (Some(e), _) => (
+                false,
+                format!(
+                    "reaches {to}, but the answer is refused on {}: {e}",
+                    r.ingress.clone().unwrap_or_else(|| "the node".into())
+                ),
+            ),
+            (None, Some(true)) if hairpin => (
+                true,
+                format!(
+                    "reaches {to}; {decided_by} decide; the answer hairpins through the VPC and comes back in through {}",
+                    r.ingress.clone().unwrap_or_default()
+                ),
+            ),
+            (None, Some(true)) => (
+                true,
+                format!("reaches {to}; {decided_by} decide; the answer comes back the same way"),
+            ),
+            _ => (
+                false,
+                format!(
+                    "reaches {to}; {decided_by} decide; but the answer leaves through {} instead of reaching {}",
+                    r.egress.clone().unwrap_or_else(|| "?".into()),
+                    from.host_veth
+                ),
             ),
         }
     } else {
-        format!("reaches {to}; {decided_by} decide")
+        (true, format!("{decided_by} decide"))
     };
     Trace {
         schema: "sgpath.trace/v1",
@@ -286,9 +369,11 @@ pub fn explain(
         port,
         forward,
         security_groups,
+        receiver_security_groups: receiver,
         decided_by,
         reply,
         same_path,
+        works,
         verdict,
     }
 }

@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
-use crate::model::trace::{Leg, Trace};
+use crate::model::{
+    table_name,
+    trace::{Leg, Trace},
+};
 
 fn leg(out: &mut String, title: &str, l: &Leg) {
     let _ = writeln!(out, "{title}");
@@ -17,7 +20,12 @@ fn leg(out: &mut String, title: &str, l: &Leg) {
         }
         None => {
             let rule = l.rule.as_ref().map_or("-".to_string(), |r| {
-                format!("{}: {} lookup {}", r.priority, r.selector, r.table)
+                format!(
+                    "{}: {} lookup {}",
+                    r.priority,
+                    r.selector,
+                    table_name(r.table)
+                )
             });
             let _ = writeln!(out, "  rule:    {rule}");
             let _ = writeln!(out, "  route:   {}", l.route.as_deref().unwrap_or("-"));
@@ -46,8 +54,16 @@ pub fn render(t: &Trace) -> String {
     );
     leg(&mut out, "forward", &t.forward);
     let _ = writeln!(out, "security groups: {}", t.decided_by);
-    if let Some(r) = &t.reply {
-        leg(&mut out, "reply", r);
+    for (i, r) in t.reply.iter().enumerate() {
+        leg(
+            &mut out,
+            if i == 0 {
+                "reply"
+            } else {
+                "reply, back from the VPC"
+            },
+            r,
+        );
     }
     let _ = writeln!(out, "verdict: {}", t.verdict);
     out

@@ -1,0 +1,113 @@
+//! `sgpath trace`: read the node, then ask the kernel hop by hop where a pod's packet and
+//! its answer go (`ip route get ... iif ... from ...`), and explain it. Side effects:
+//! netlink reads only; nothing is sent on the wire.
+
+use std::{net::IpAddr, process::ExitCode};
+
+use sgpath::{
+    collect::{self, route_get::Flow},
+    model::{Topology, trace},
+    report,
+};
+
+use crate::cli::{Output, TraceArgs, TraceProto};
+
+/// A reply may leave the node and hairpin back through the VPC once; more is a loop.
+const MAX_REPLY_HOPS: usize = 3;
+
+/// `--to`: `<ip>`, `<ip>:<port>` or `[<ipv6>]:<port>`.
+fn parse_to(to: &str) -> anyhow::Result<(IpAddr, Option<u16>)> {
+    if let Ok(sa) = to.parse::<std::net::SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    to.parse()
+        .map(|ip| (ip, None))
+        .map_err(|_| anyhow::anyhow!("--to {to:?} is not <ip>, <ip>:<port> or [<ipv6>]:<port>"))
+}
+
+pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let (to, port) = parse_to(&args.to)?;
+    let proto = match args.proto {
+        TraceProto::Tcp => trace::Proto::Tcp,
+        TraceProto::Udp => trace::Proto::Udp,
+    };
+    let sources = collect::Sources {
+        cni_config: args.cni_config,
+        ..Default::default()
+    };
+    let rt = crate::runtime()?;
+    let node = rt.block_on(collect::node(&sources))?;
+    let topo = Topology::from_node(&node);
+    let from = match args.from.parse::<IpAddr>() {
+        Ok(ip) => topo.paths.iter().find(|p| p.pod_ip == Some(ip)),
+        Err(_) => topo.path_of_veth(&args.from),
+    };
+    let Some(from) = from else {
+        let known: Vec<String> = topo
+            .paths
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} ({})",
+                    p.pod_ip.map_or("?".into(), |i| i.to_string()),
+                    p.host_veth
+                )
+            })
+            .collect();
+        anyhow::bail!(
+            "--from {}: no pod with that IP or host veth on this node; pods here: {}",
+            args.from,
+            known.join(", ")
+        );
+    };
+    let names = node
+        .links
+        .iter()
+        .map(|l| (l.ifindex, l.name.clone()))
+        .collect();
+    let ifindex = |name: &str| node.link_by_name(name).map(|l| l.ifindex);
+    let lookup = |iif: Option<&str>, src: Option<IpAddr>, dst: IpAddr, dport: Option<u16>| {
+        let flow = Flow {
+            src,
+            dst,
+            iif: iif.and_then(ifindex),
+            mark: None,
+            ipproto: Some(proto.number()),
+            dport,
+        };
+        let answer = rt
+            .block_on(collect::route_get::lookup_all(&names, &[flow]))?
+            .remove(0);
+        anyhow::Ok(trace::leg(&node, &topo, iif, src, dst, proto, &answer))
+    };
+
+    let forward = lookup(Some(&from.host_veth), from.pod_ip, to, port)?;
+    let mut reply = Vec::new();
+    if let (Some(mut ingress), Some(pod_ip)) = (
+        trace::reply_ingress(&node, &topo, &forward, to),
+        from.pod_ip,
+    ) {
+        // Follow the answer; when it leaves the node toward the pod, the VPC hands it back
+        // in through the pod's ENI (strict pods' answers from the node hairpin this way).
+        while reply.len() < MAX_REPLY_HOPS {
+            let leg = lookup(ingress.as_deref(), Some(to), pod_ip, None)?;
+            let again = trace::leaves_node(&leg);
+            reply.push(leg);
+            match trace::pod_eni(&node, &topo, from) {
+                Some(eni) if again => ingress = Some(eni),
+                _ => break,
+            }
+        }
+    }
+    let t = trace::explain(&node, &topo, from, to, proto, port, forward, reply);
+    let text = match args.output {
+        Output::Json => serde_json::to_string_pretty(&t)? + "\n",
+        Output::Text => report::trace::render(&t),
+    };
+    crate::write_stdout(&text)?;
+    Ok(if t.works {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

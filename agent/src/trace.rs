@@ -94,7 +94,10 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             let again = trace::leaves_node(&leg);
             reply.push(leg);
             match trace::pod_eni(&node, &topo, from) {
-                Some(eni) if again => ingress = Some(eni),
+                // Back in where it just came from: it would loop, stop here.
+                Some(eni) if again && ingress.as_deref() != Some(eni.as_str()) => {
+                    ingress = Some(eni)
+                }
                 _ => break,
             }
         }

@@ -60,6 +60,13 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             known.join(", ")
         );
     };
+    let Some(pod_ip) = from.pod_ip else {
+        anyhow::bail!(
+            "--from {}: the IP of the pod behind {} is unknown (no route, no rule and no readable pod namespace names it); pass its IP instead",
+            args.from,
+            from.host_veth
+        );
+    };
     let names = node
         .links
         .iter()
@@ -81,12 +88,11 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(trace::leg(&node, &topo, iif, src, dst, proto, &answer))
     };
 
-    let forward = lookup(Some(&from.host_veth), from.pod_ip, to, port)?;
+    let forward = lookup(Some(&from.host_veth), Some(pod_ip), to, port)?;
     let mut reply = Vec::new();
-    if let (Some(mut ingress), Some(pod_ip)) = (
-        trace::reply_ingress(&node, &topo, &forward, to),
-        from.pod_ip,
-    ) {
+    let start = trace::reply_ingress(&node, &topo, &forward, to)
+        .filter(|_| trace::reaches(&node, &forward, to));
+    if let Some(mut ingress) = start {
         // Follow the answer; when it leaves the node toward the pod, the VPC hands it back
         // in through the pod's ENI (strict pods' answers from the node hairpin this way).
         while reply.len() < MAX_REPLY_HOPS {
@@ -102,7 +108,13 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let t = trace::explain(&node, &topo, from, to, proto, port, forward, reply);
+    let req = trace::Request {
+        from,
+        to,
+        proto,
+        port,
+    };
+    let t = trace::explain(&node, &topo, &req, forward, reply);
     let text = match args.output {
         Output::Json => serde_json::to_string_pretty(&t)? + "\n",
         Output::Text => report::trace::render(&t),

@@ -98,6 +98,17 @@ fn vlan_rule_stale() {
     expect_finding("sgt-c3", f, "vlan-rule-stale", "vlan0123456789a");
 }
 
+/// The #1375 case: the pod was re-created under the same name, the old pod's rule to
+/// another table survived and comes first, so the kernel routes the pod by the wrong table.
+#[test]
+fn vlan_rule_stale_for_a_recreated_pod() {
+    let f = Fault::StaleVlanRule {
+        iif: strict_veth(),
+        table: 105,
+    };
+    expect_finding("sgt-c12", f, "vlan-rule-stale", &strict_veth());
+}
+
 #[test]
 fn vlan_table_incomplete() {
     let f = Fault::DeleteVlanRoute {

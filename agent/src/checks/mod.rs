@@ -158,9 +158,8 @@ fn read_warnings(node: &Node, _: &Topology) -> Vec<Finding> {
     node.read_warnings
         .iter()
         .map(|w| {
-            let subject = w.split(':').next().unwrap_or("node");
-            Finding::new(FindingId::NodeReadIncomplete, Severity::Info, subject)
-                .evidence(w.clone())
+            Finding::new(FindingId::NodeReadIncomplete, Severity::Info, w.subject.clone())
+                .evidence(w.message.clone())
                 .fix("check the file, or run sgpath as root or with the capabilities in deploy/README.md")
         })
         .collect()

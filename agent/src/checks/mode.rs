@@ -26,7 +26,7 @@ pub fn mismatch(node: &Node, topo: &Topology) -> Vec<Finding> {
         return Vec::new();
     }
     vec![Finding::new(FindingId::EnforcingModeMismatch, Severity::Info, cni.path.clone())
-        .evidence(format!("{} sets podSGEnforcingMode {configured:?}", cni.path).to_string())
+        .evidence(format!("{} sets podSGEnforcingMode {}", cni.path, configured.as_str()))
         .evidence(format!("branch pods set up the other way: {}", odd.join(", ")))
         .fix("restart those pods (kubectl rollout restart deployment/...) so the CNI sets them up in the configured mode")]
 }

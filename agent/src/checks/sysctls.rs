@@ -64,5 +64,5 @@ pub fn rp_filter_primary(node: &Node, topo: &Topology) -> Vec<Finding> {
         .evidence(format!("{name} = {}", node.sysctls.rp_filter(eni).map_or("?".into(), |v| v.to_string())))
         .evidence(format!("net.ipv4.conf.all.rp_filter = {}", all.map_or("?".into(), |v| v.to_string())))
         .evidence(format!("{eni} carries the main table's default route (primary ENI)"))
-        .fix(format!("sysctl -w {name}=2 net.ipv4.conf.all.rp_filter=0 (aws-node's init container sets 2 on the primary ENI)"))]
+        .fix(format!("sysctl -w {name}=2  # aws-node's init container sets 2 (loose) on the primary ENI; the kernel uses max(all, {eni})"))]
 }

@@ -193,8 +193,16 @@ fn stale_rule_for_a_deleted_veth() {
 #[test]
 fn stale_rule_sending_a_live_veth_to_the_wrong_table() {
     let mut n = healthy();
-    // Pod re-created with the same name on another VLAN; the old rule survived (#1375).
-    n.rules.push(rule(10, None, None, Some(STRICT_VETH), 105));
+    // Pod re-created with the same name; the old rule survived and comes first (#1375).
+    n.rules
+        .insert(0, rule(10, None, None, Some(STRICT_VETH), 105));
+    let topo = Topology::from_node(&n);
+    let p = topo.path_of_veth(STRICT_VETH).unwrap();
+    // The kernel uses table 105; the pod still lives on VLAN 1.
+    assert_eq!(
+        (p.route_table, p.vlan_id, p.vlan_link.as_deref()),
+        (105, Some(1), Some("vlan.eth.1"))
+    );
     assert_eq!(only(&n), (FindingId::VlanRuleStale, STRICT_VETH.into()));
 }
 
@@ -366,4 +374,30 @@ fn ids_are_kebab_case_and_match_serde() {
     for id in FindingId::ALL {
         assert_eq!(serde_json::to_value(id).unwrap(), id.as_str());
     }
+}
+
+#[test]
+fn vlan_link_down_while_trunk_up() {
+    let mut n = healthy();
+    n.links
+        .iter_mut()
+        .find(|l| l.name == "vlan.eth.1")
+        .unwrap()
+        .oper_state = OperState::Down;
+    assert_eq!(
+        only(&n),
+        (FindingId::VlanParentMissing, "vlan.eth.1".into())
+    );
+}
+
+#[test]
+fn strict_pod_whose_vlan_link_does_not_exist() {
+    let mut n = healthy();
+    n.links.retain(|l| l.name != "vlan.eth.1");
+    n.routes.retain(|r| r.oif.as_deref() != Some("vlan.eth.1"));
+    n.rules.retain(|r| r.iif.as_deref() != Some("vlan.eth.1"));
+    assert_eq!(
+        only(&n),
+        (FindingId::VlanParentMissing, "vlan.eth.1".into())
+    );
 }

@@ -1,7 +1,9 @@
 //! Branch ENI table and VLAN link checks: `vlan-table-incomplete`, `vlan-parent-missing`.
 
 use super::{Finding, FindingId, Severity};
-use crate::model::{EnforcingMode, Node, PathKind, RouteScope, Topology, vlan_table};
+use crate::model::{
+    EnforcingMode, Node, PathKind, RouteScope, Topology, VLAN_LINK_PREFIX, vlan_table,
+};
 
 /// Table N+100 must hold `<gw> dev vlan.eth.N scope link`, `default via <gw> dev
 /// vlan.eth.N`, and in strict mode `<pod ip> dev vlan<hash> scope link`. A VLAN link that
@@ -68,26 +70,72 @@ pub fn incomplete(node: &Node, topo: &Topology) -> Vec<Finding> {
     out
 }
 
-/// A `vlan.eth.N` whose parent (the trunk ENI) is gone or down carries nothing (VPC CNI #3018).
+/// A branch ENI's VLAN link cannot carry traffic: its parent (the trunk ENI) is gone,
+/// in another namespace or down (VPC CNI #3018), the VLAN link itself is down, or a branch
+/// pod's table names a VLAN whose `vlan.eth.N` does not exist at all.
 pub fn parent_missing(node: &Node, topo: &Topology) -> Vec<Finding> {
+    let fix = "check the trunk ENI in the EC2 console (InterfaceType trunk); `kubectl delete pod` its pods so the resource controller attaches new branch ENIs";
     let mut out = Vec::new();
     for v in &topo.vlan_links {
+        let oper = |l: &crate::model::Link| format!("{:?}", l.oper_state).to_lowercase();
         let why = match &v.trunk {
+            None if v.parent_elsewhere => format!(
+                "the parent of {} (IFLA_LINK {}) is in another network namespace",
+                v.name,
+                v.parent_ifindex.map_or("?".into(), |i| i.to_string())
+            ),
             None => format!(
                 "IFLA_LINK of {} is ifindex {}, which does not exist",
                 v.name,
                 v.parent_ifindex.map_or("?".into(), |i| i.to_string())
             ),
             Some(t) => match node.link_by_name(t) {
-                Some(l) if !l.is_up() => format!("trunk {t} is {:?}", l.oper_state).to_lowercase(),
-                _ => continue,
+                Some(l) if !l.is_up() => format!("trunk {t} is {}", oper(l)),
+                _ => match node.link_by_name(&v.name) {
+                    Some(l) if !l.is_up() => {
+                        format!("{} is {} while trunk {t} is up", v.name, oper(l))
+                    }
+                    _ => continue,
+                },
             },
         };
         out.push(
-            Finding::new(FindingId::VlanParentMissing, Severity::Error, v.name.clone())
-                .evidence(why)
-                .evidence(format!("VLAN {} carries the branch ENI of table {}", v.vlan_id, vlan_table(v.vlan_id)))
-                .fix("check the trunk ENI in the EC2 console (InterfaceType trunk); `kubectl delete pod` its pods so the resource controller attaches new branch ENIs"),
+            Finding::new(
+                FindingId::VlanParentMissing,
+                Severity::Error,
+                v.name.clone(),
+            )
+            .evidence(why)
+            .evidence(format!(
+                "VLAN {} carries the branch ENI of table {}",
+                v.vlan_id,
+                vlan_table(v.vlan_id)
+            ))
+            .fix(fix),
+        );
+    }
+    // Branch pods whose VLAN link is missing altogether.
+    let mut seen = std::collections::BTreeSet::new();
+    for p in topo
+        .paths
+        .iter()
+        .filter(|p| p.kind == PathKind::BranchEni && p.vlan_link.is_none())
+    {
+        let Some(vlan) = p.vlan_id else { continue };
+        if !seen.insert(vlan) {
+            continue;
+        }
+        let name = format!("{VLAN_LINK_PREFIX}{vlan}");
+        out.push(
+            Finding::new(FindingId::VlanParentMissing, Severity::Error, name.clone())
+                .evidence(format!("{name} does not exist"))
+                .evidence(format!(
+                    "pod {} on {} is routed by table {} (VLAN {vlan})",
+                    p.pod_ip.map_or("?".into(), |i| i.to_string()),
+                    p.host_veth,
+                    vlan_table(vlan)
+                ))
+                .fix(fix),
         );
     }
     out

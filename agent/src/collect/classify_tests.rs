@@ -433,3 +433,27 @@ fn non_cni_veths_and_vlans_are_not_paths() {
     let t = Topology::from_node(&n);
     assert!(t.paths.is_empty() && t.vlan_links.is_empty());
 }
+
+/// The trunk moved to another namespace: the kernel keeps the VLAN, sets
+/// IFLA_LINK_NETNSID, and IFLA_LINK is an ifindex over there, which here may belong to
+/// an unrelated link (ifindex 3 below).
+#[test]
+fn vlan_link_whose_parent_moved_to_another_netns_has_no_trunk() {
+    let n = node(
+        &[
+            link(3, "eni0000000000a", Some(InfoKind::Veth), Some(2), Some(0)),
+            link(30, "vlan.eth.4", Some(InfoKind::Vlan), Some(3), Some(1)),
+        ],
+        &[],
+        &[],
+    );
+    let t = Topology::from_node(&n);
+    assert!(t.trunks.is_empty(), "{:?}", t.trunks);
+    assert_eq!(
+        (
+            t.vlan_links[0].trunk.clone(),
+            t.vlan_links[0].parent_elsewhere
+        ),
+        (None, true)
+    );
+}

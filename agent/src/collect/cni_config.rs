@@ -76,7 +76,10 @@ pub fn parse(path: &str, text: &str) -> Result<CniConfig, CniConfigError> {
     let enforcing_mode = match aws.get("podSGEnforcingMode") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.parse::<EnforcingMode>().map_err(&shape)?),
+        Some(Value::String(s)) => Some(
+            s.parse::<EnforcingMode>()
+                .map_err(|e| shape(e.to_string()))?,
+        ),
         Some(other) => {
             return Err(shape(format!(
                 "podSGEnforcingMode must be a string, found {other}"

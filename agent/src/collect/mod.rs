@@ -71,7 +71,8 @@ pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
     let cni = match cni_config::read(&sources.cni_config) {
         Ok(c) => c,
         Err(e) => {
-            read_warnings.push(e.to_string());
+            let path = sources.cni_config.display().to_string();
+            read_warnings.push(crate::model::ReadWarning::new(path, e.to_string()));
             None
         }
     };

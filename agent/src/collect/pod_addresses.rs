@@ -10,13 +10,13 @@ use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 
 use super::{CollectError, addresses};
-use crate::model::{Link, LinkKind};
+use crate::model::{Link, LinkKind, ReadWarning};
 
 /// For each veth with a peer in another namespace, the addresses of that peer, by veth
 /// name. A namespace that cannot be read yields a warning, not an error.
 pub async fn dump(
     links: &[Link],
-) -> Result<(BTreeMap<String, Vec<IpNet>>, Vec<String>), CollectError> {
+) -> Result<(BTreeMap<String, Vec<IpNet>>, Vec<ReadWarning>), CollectError> {
     let veths_with_peers = links
         .iter()
         .filter(|l| l.kind == LinkKind::Veth && l.peer_netns_id.is_some())
@@ -27,7 +27,10 @@ pub async fn dump(
         let msg = format!(
             "pod namespaces of {veths_with_peers} veths not read: reading another namespace needs CAP_NET_ADMIN"
         );
-        return Ok((BTreeMap::new(), vec![msg]));
+        return Ok((
+            BTreeMap::new(),
+            vec![ReadWarning::new("pod namespaces", msg)],
+        ));
     }
     let (conn, handle, _) = rtnetlink::new_connection_with_strict_check()
         .map_err(|source| CollectError::Socket { source })?;
@@ -48,16 +51,20 @@ pub async fn dump(
                 Ok(msgs) => msgs.iter().filter_map(addresses::from_message).collect(),
                 Err(e) => {
                     let why = match &e {
-                        rtnetlink::Error::NetlinkError(m) if -m.raw_code() == libc::EPERM => {
+                        // rtnl_get_net_ns_capable() answers EACCES; EPERM for good measure.
+                        rtnetlink::Error::NetlinkError(m)
+                            if [libc::EACCES, libc::EPERM].contains(&-m.raw_code()) =>
+                        {
                             "permission denied: reading another namespace needs CAP_NET_ADMIN"
                                 .to_string()
                         }
                         other => other.to_string(),
                     };
-                    warnings.push(format!(
+                    let msg = format!(
                         "pod namespace of {} (netns id {nsid}): addresses unreadable, {why}",
                         l.name
-                    ));
+                    );
+                    warnings.push(ReadWarning::new(l.name.clone(), msg));
                     Vec::new()
                 }
             };

@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use crate::model::{Link, Sysctls};
+use crate::model::{Link, ReadWarning, Sysctls};
 
 /// Read `tcp_early_demux`, `ip_forward` and `rp_filter` for all, default and each link.
 /// Returns the values and one warning per sysctl that exists in principle but could not be read.
-pub fn read(proc_sys: &Path, links: &[Link]) -> (Sysctls, Vec<String>) {
+pub fn read(proc_sys: &Path, links: &[Link]) -> (Sysctls, Vec<ReadWarning>) {
     let mut names = vec![
         Sysctls::TCP_EARLY_DEMUX.to_string(),
         Sysctls::IP_FORWARD.to_string(),
@@ -32,13 +32,17 @@ pub fn read(proc_sys: &Path, links: &[Link]) -> (Sysctls, Vec<String>) {
                     out.0.insert(name, v);
                 }
                 Err(_) => {
-                    warnings.push(format!("sysctl {name}: unexpected value {:?}", text.trim()))
+                    let msg = format!("sysctl {name}: unexpected value {:?}", text.trim());
+                    warnings.push(ReadWarning::new(name, msg))
                 }
             },
-            Err(e) => warnings.push(format!(
-                "sysctl {name}: cannot read {}: {e}",
-                proc_sys.join(&rel).display()
-            )),
+            Err(e) => {
+                let msg = format!(
+                    "sysctl {name}: cannot read {}: {e}",
+                    proc_sys.join(&rel).display()
+                );
+                warnings.push(ReadWarning::new(name, msg))
+            }
         }
     }
     (out, warnings)

@@ -45,15 +45,28 @@ pub enum EnforcingMode {
     Standard,
 }
 
+/// A `podSGEnforcingMode` that is neither `strict` nor `standard`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown podSGEnforcingMode {0:?} (expected strict or standard)")]
+pub struct UnknownEnforcingMode(pub String);
+
+impl EnforcingMode {
+    /// As the CNI config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnforcingMode::Strict => "strict",
+            EnforcingMode::Standard => "standard",
+        }
+    }
+}
+
 impl std::str::FromStr for EnforcingMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownEnforcingMode;
+    fn from_str(s: &str) -> Result<Self, UnknownEnforcingMode> {
         match s {
             "strict" => Ok(Self::Strict),
             "standard" => Ok(Self::Standard),
-            other => Err(format!(
-                "unknown podSGEnforcingMode {other:?} (expected strict or standard)"
-            )),
+            other => Err(UnknownEnforcingMode(other.to_string())),
         }
     }
 }

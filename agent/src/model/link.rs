@@ -54,8 +54,8 @@ pub struct Link {
 }
 
 impl Link {
-    /// A link is up for traffic when its operational state is up, or unknown with the
-    /// admin flag up (loopback and dummies report unknown).
+    /// A link is up for traffic when its operational state is up or unknown (loopback and
+    /// dummies report unknown; a link that is administratively down reports down).
     pub fn is_up(&self) -> bool {
         matches!(self.oper_state, OperState::Up | OperState::Unknown)
     }

@@ -48,6 +48,30 @@ pub enum Family {
     Ipv6,
 }
 
+/// Something `collect` could not read; the snapshot goes on without it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReadWarning {
+    /// What could not be read: a sysctl name, a file, a host veth.
+    pub subject: String,
+    /// Why, in one sentence naming the subject.
+    pub message: String,
+}
+
+impl ReadWarning {
+    pub fn new(subject: impl Into<String>, message: impl Into<String>) -> ReadWarning {
+        ReadWarning {
+            subject: subject.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ReadWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Everything `collect` read from one node (its network namespace), before interpretation.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Node {
@@ -63,7 +87,7 @@ pub struct Node {
     pub cni: Option<CniConfig>,
     /// Problems met while reading that did not stop the snapshot (a malformed CNI config,
     /// an unreadable sysctl). Reported as warnings.
-    pub read_warnings: Vec<String>,
+    pub read_warnings: Vec<ReadWarning>,
 }
 
 impl Node {

@@ -68,6 +68,8 @@ pub struct VlanLink {
     /// The trunk's name, `None` when IFLA_LINK names no link in this namespace (trunk gone).
     pub trunk: Option<String>,
     pub parent_ifindex: Option<u32>,
+    /// IFLA_LINK_NETNSID was set: the parent lives in another network namespace.
+    pub parent_elsewhere: bool,
     pub mtu: Option<u32>,
     pub mac: Option<String>,
     pub up: bool,
@@ -191,13 +193,20 @@ fn vlan_link(node: &Node, link: &Link) -> Option<VlanLink> {
     let vlan_id = link
         .vlan_id
         .or_else(|| cni::vlan_id_from_name(&link.name))?;
-    let parent = link.link_ifindex.and_then(|i| node.link(i));
+    // With IFLA_LINK_NETNSID set, the parent was moved to another namespace and IFLA_LINK
+    // is an ifindex over there: it must not be matched against this namespace's links.
+    let parent_elsewhere = link.peer_netns_id.is_some();
+    let parent = link
+        .link_ifindex
+        .filter(|_| !parent_elsewhere)
+        .and_then(|i| node.link(i));
     Some(VlanLink {
         name: link.name.clone(),
         ifindex: link.ifindex,
         vlan_id,
         trunk: parent.map(|p| p.name.clone()),
         parent_ifindex: link.link_ifindex,
+        parent_elsewhere,
         mtu: link.mtu,
         mac: link.mac.clone(),
         up: link.is_up(),
@@ -311,8 +320,14 @@ fn path(node: &Node, vlans: &[VlanLink], veth: &HostVeth) -> Path {
             None => (PathKind::NodeEni, None, TABLE_MAIN),
         },
     };
+    // The VLAN is the one whose table routes the pod; the first iif rule (what the kernel
+    // uses, `route_table`) may be a stale one pointing elsewhere (VPC CNI #1375).
     let vlan_id = match kind {
-        PathKind::BranchEni => cni::vlan_of_table(route_table),
+        PathKind::BranchEni => found
+            .and_then(|(_, t)| t)
+            .filter(|_| mode == Some(EnforcingMode::Strict))
+            .and_then(cni::vlan_of_table)
+            .or_else(|| cni::vlan_of_table(route_table)),
         PathKind::NodeEni => None,
     };
     let vlan = vlan_id.and_then(|id| vlans.iter().find(|v| v.vlan_id == id));

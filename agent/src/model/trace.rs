@@ -258,18 +258,40 @@ fn is_link_local(ip: IpAddr) -> bool {
     }
 }
 
+/// What to trace: from a pod to an address.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub from: &'a Path,
+    pub to: IpAddr,
+    pub proto: Proto,
+    pub port: Option<u16>,
+}
+
+/// Whether the forward leg can reach `to` at all: not when the kernel refused it, and not
+/// when it leaves the node for a link-local address of the node (the VPC never brings
+/// such a packet back). Only then is there an answer to follow.
+pub fn reaches(node: &Node, forward: &Leg, to: IpAddr) -> bool {
+    let on_node = node
+        .links
+        .iter()
+        .any(|l| l.addresses.iter().any(|a| a.addr() == to));
+    forward.error.is_none() && !(on_node && leaves_node(forward) && is_link_local(to))
+}
+
 /// Put the trace together and say what it means.
-#[allow(clippy::too_many_arguments)]
 pub fn explain(
     node: &Node,
     topo: &Topology,
-    from: &Path,
-    to: IpAddr,
-    proto: Proto,
-    port: Option<u16>,
+    req: &Request<'_>,
     forward: Leg,
     reply: Vec<Leg>,
 ) -> Trace {
+    let Request {
+        from,
+        to,
+        proto,
+        port,
+    } = *req;
     let leaves = leaves_node(&forward);
     let on_node = node
         .links
@@ -322,7 +344,7 @@ pub fn explain(
     let hairpin = reply.len() > 1;
     let (works, verdict) = if let Some(e) = &forward.error {
         (false, format!("the node refuses the packet: {e}"))
-    } else if on_node.is_some() && leaves && is_link_local(to) {
+    } else if !reaches(node, &forward, to) {
         (
             false,
             format!(

@@ -185,14 +185,17 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
     };
     let _ = writeln!(
         s,
-        "ip netns exec {node} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.eth0.rp_filter=2 net.ipv4.tcp_early_demux={demux}"
+        "ip netns exec {node} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.eth0.rp_filter=2 net.ipv4.tcp_early_demux={demux}"
     );
-    if spec.node.enforcing_mode == Mode::Strict
-        && spec.pods.iter().any(|p| p.kind == PodKind::Branch)
-    {
+    // SetupHostNetwork: NodePort return traffic marked 0x80 goes out of the main ENI.
+    let _ = writeln!(
+        s,
+        "ip -n {node} rule add pref 1024 fwmark 0x80/0x80 table main"
+    );
+    if spec.node.enforcing_mode == Mode::Strict {
         let _ = writeln!(
             s,
-            "# strict mode: the CNI moves the local rule from 0 to 20, below the VLAN iif rules"
+            "# strict mode (ENABLE_POD_ENI): SetupHostNetwork moves the local rule from 0 to 20, below the VLAN iif rules"
         );
         let _ = writeln!(
             s,
@@ -225,7 +228,8 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
     );
     let _ = writeln!(
         s,
-        "ip -n {node} link add {veth} address {mac} type veth peer name eth0 netns {pns}"
+        "ip -n {node} link add {veth} address {mac} mtu {} type veth peer name eth0 netns {pns} mtu {}",
+        spec.node.mtu, spec.node.mtu
     );
     let _ = writeln!(s, "ip -n {node} link set {veth} up");
     let _ = writeln!(
@@ -425,7 +429,20 @@ pub fn fault_script(spec: &Spec, l: &Layout, fault: &Fault) -> anyhow::Result<St
             )
         }
         Fault::StaleVlanRule { iif, table } => {
-            format!("ip -n {node} rule add pref 10 iif {iif} table {table}")
+            let stale = format!("ip -n {node} rule add pref 10 iif {iif} table {table}");
+            // A live strict veth (a pod re-created under the same name, #1375): the old
+            // rule was there first, so it sits before the new pod's own rule.
+            let live = spec
+                .pods
+                .iter()
+                .find(|p| names::host_veth(spec, p) == *iif && p.vlan.is_some());
+            match live.and_then(|p| p.vlan) {
+                Some(vlan) => {
+                    let own = format!("pref 10 iif {iif} table {}", names::vlan_table(vlan));
+                    format!("ip -n {node} rule del {own}\n{stale}\nip -n {node} rule add {own}")
+                }
+                None => stale,
+            }
         }
         Fault::DeleteVlanRoute { pod, route } => {
             let (p, vlan) = pod_vlan(pod)?;

@@ -179,7 +179,7 @@ impl Lab {
         cmd.args(["netns", "exec", &self.layout.node()])
             .arg(bin)
             .args(args);
-        if matches!(args.first(), Some(&"inspect")) {
+        if matches!(args.first(), Some(&"inspect" | &"trace")) {
             cmd.arg("--cni-config").arg(self.cni_config());
         }
         cmd.output().expect("running sgpath")

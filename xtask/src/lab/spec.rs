@@ -194,7 +194,8 @@ pub enum Fault {
         pod: String,
         on: RuleOn,
     },
-    /// Add a priority-10 `iif <iif> lookup <table>` rule (left behind by a deleted pod).
+    /// Add a priority-10 `iif <iif> lookup <table>` rule left behind by a deleted pod; for
+    /// a live strict veth it goes before the pod's own rule (a re-created pod, #1375).
     StaleVlanRule {
         iif: String,
         table: u32,

@@ -59,6 +59,7 @@ fn rule(
         fwmask: None,
         ipproto: None,
         action: RuleAction::Lookup,
+        invert: false,
         table,
     }
 }

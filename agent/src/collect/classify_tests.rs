@@ -457,3 +457,47 @@ fn vlan_link_whose_parent_moved_to_another_netns_has_no_trunk() {
         (None, true)
     );
 }
+
+#[test]
+fn inverted_rule_is_not_a_from_pod_rule() {
+    let mut m = rule(R {
+        prio: 1536,
+        src: Some("192.168.5.5"),
+        table: 103,
+        ..Default::default()
+    });
+    m.header.flags = netlink_packet_route::rule::RuleFlags::Invert;
+    let r = rules::from_message(&m).unwrap();
+    assert_eq!(r.selector(), "not from 192.168.5.5");
+    assert!(!r.is_from_host("192.168.5.5".parse().unwrap()));
+}
+
+#[test]
+fn ecmp_default_route_names_its_first_hop() {
+    use netlink_packet_route::route::RouteNextHop;
+    let mut m = route(254, None, None, 2, RouteScope::Universe);
+    m.attributes
+        .retain(|a| !matches!(a, RouteAttribute::Oif(_)));
+    let hop = |ifindex: u32, gw: &str| {
+        let mut h = RouteNextHop::default();
+        h.interface_index = ifindex;
+        h.attributes = vec![RouteAttribute::Gateway(RouteAddress::from(
+            gw.parse::<IpAddr>().unwrap(),
+        ))];
+        h
+    };
+    m.attributes.push(RouteAttribute::MultiPath(vec![
+        hop(2, "192.168.0.1"),
+        hop(3, "192.168.0.2"),
+    ]));
+    let n = node(
+        &[
+            link(2, "ens5", None, None, None),
+            link(3, "ens6", None, None, None),
+        ],
+        &[m],
+        &[],
+    );
+    assert_eq!(n.routes[0].oif.as_deref(), Some("ens5"));
+    assert_eq!(Topology::from_node(&n).primary_eni.as_deref(), Some("ens5"));
+}

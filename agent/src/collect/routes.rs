@@ -64,6 +64,25 @@ pub fn from_message(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> Option
                 oif = Some(names.get(i).cloned().unwrap_or_else(|| format!("if{i}")))
             }
             RouteAttribute::Table(t) => table = *t,
+            // ECMP (`nexthop via ... dev ...`): name the first hop's device and gateway.
+            RouteAttribute::MultiPath(hops) => {
+                if let Some(hop) = hops.first() {
+                    oif = oif.or_else(|| {
+                        Some(
+                            names
+                                .get(&hop.interface_index)
+                                .cloned()
+                                .unwrap_or_else(|| format!("if{}", hop.interface_index)),
+                        )
+                    });
+                    gateway = gateway.or_else(|| {
+                        hop.attributes.iter().find_map(|a| match a {
+                            RouteAttribute::Gateway(g) => ip(g),
+                            _ => None,
+                        })
+                    });
+                }
+            }
             _ => {}
         }
     }

@@ -4,7 +4,7 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::{
     AddressFamily,
-    rule::{RuleAction as NlAction, RuleAttribute, RuleMessage},
+    rule::{RuleAction as NlAction, RuleAttribute, RuleFlags, RuleMessage},
 };
 use rtnetlink::{Handle, IpVersion};
 
@@ -56,6 +56,7 @@ pub fn from_message(msg: &RuleMessage) -> Option<Rule> {
         fwmask: None,
         ipproto: None,
         action: action(msg.header.action),
+        invert: msg.header.flags.contains(RuleFlags::Invert),
         // FRA_TABLE overrides the u8 header field for ids above 255.
         table: u32::from(msg.header.table),
     };

@@ -35,6 +35,8 @@ pub struct Rule {
     /// FRA_IP_PROTO (`ipproto`), e.g. 58 for ipv6-icmp.
     pub ipproto: Option<u8>,
     pub action: RuleAction,
+    /// FIB_RULE_INVERT: the selector is negated (`not from ...`).
+    pub invert: bool,
     /// The table looked up; 0 when the action is not `lookup`.
     pub table: u32,
 }
@@ -42,7 +44,12 @@ pub struct Rule {
 impl Rule {
     /// The selector part as `ip rule` prints it: `from all iif vlan.eth.1`.
     pub fn selector(&self) -> String {
-        let mut s = match self.src {
+        let mut s = if self.invert {
+            "not ".to_string()
+        } else {
+            String::new()
+        };
+        s += &match self.src {
             Some(src) => format!("from {}", host_or_net(src)),
             None => "from all".to_string(),
         };
@@ -78,14 +85,18 @@ impl Rule {
 
     /// Whether the rule selects packets from exactly this address (`from <ip>`).
     pub fn is_from_host(&self, ip: std::net::IpAddr) -> bool {
-        self.src
-            .is_some_and(|n| n.addr() == ip && n.prefix_len() == n.max_prefix_len())
+        !self.invert
+            && self
+                .src
+                .is_some_and(|n| n.addr() == ip && n.prefix_len() == n.max_prefix_len())
     }
 
     /// Whether the rule selects packets to exactly this address (`to <ip>`).
     pub fn is_to_host(&self, ip: std::net::IpAddr) -> bool {
-        self.dst
-            .is_some_and(|n| n.addr() == ip && n.prefix_len() == n.max_prefix_len())
+        !self.invert
+            && self
+                .dst
+                .is_some_and(|n| n.addr() == ip && n.prefix_len() == n.max_prefix_len())
     }
 
     /// The table a `lookup` rule sends packets to.

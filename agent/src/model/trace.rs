@@ -151,14 +151,17 @@ fn matching_rule(
         .into_iter()
         .filter(|r| r.action == RuleAction::Lookup && r.table == table)
         .find(|r| {
-            // Locally generated packets match `iif lo`.
-            r.iif.as_deref().is_none_or(|i| i == iif.unwrap_or("lo"))
+            // Locally generated packets match `iif lo`; the traced packet carries mark 0, so
+            // a fwmark rule selects it only when its mark is 0 under its mask.
+            let selected = r.iif.as_deref().is_none_or(|i| i == iif.unwrap_or("lo"))
                 && r.src.is_none_or(|n| src.is_some_and(|s| n.contains(&s)))
                 && r.dst.is_none_or(|n| n.contains(&dst))
                 && r.fwmark
                     .is_none_or(|m| m & r.fwmask.unwrap_or(u32::MAX) == 0)
                 && r.ipproto.is_none_or(|p| p == proto)
-                && r.oif.is_none()
+                && r.oif.is_none();
+            // FIB_RULE_INVERT (`not ...`) negates the whole selector.
+            selected != r.invert
         })
         .map(|r| PathRule {
             priority: r.priority,

@@ -13,12 +13,19 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Debian packages installed from the default suites.
+/// Debian packages installed from the default suites, and what uses them:
+/// `ip`/`tc` (iproute2), `nft`, busybox httpd in pods,
+/// curl from the bastion, `setpriv` (util-linux) for the missing-capability test,
+/// `sysctl` (procps), `sha1sum` (coreutils), and modprobe (kmod) in the guests.
 pub const DEB_PACKAGES: &[&str] = &[
     "kmod",
     "iproute2",
     "nftables",
     "busybox-static",
+    "curl",
+    "util-linux",
+    "procps",
+    "coreutils",
     "python3",
     "python3-pip",
 ];

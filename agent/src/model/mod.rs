@@ -99,6 +99,13 @@ impl Node {
         self.links.iter().find(|l| l.name == name)
     }
 
+    /// Whether an address is configured on one of the node's links.
+    pub fn has_address(&self, ip: std::net::IpAddr) -> bool {
+        self.links
+            .iter()
+            .any(|l| l.addresses.iter().any(|a| a.addr() == ip))
+    }
+
     /// Routes in one table.
     pub fn table(&self, table: u32) -> impl Iterator<Item = &Route> {
         self.routes.iter().filter(move |r| r.table == table)

@@ -218,11 +218,7 @@ pub fn reply_ingress(
     if let Some(p) = topo.paths.iter().find(|p| p.pod_ip == Some(to)) {
         return Some(Some(p.host_veth.clone()));
     }
-    if node
-        .links
-        .iter()
-        .any(|l| l.addresses.iter().any(|a| a.addr() == to))
-    {
+    if node.has_address(to) {
         return Some(None);
     }
     Some(forward.egress.clone())
@@ -274,10 +270,7 @@ pub struct Request<'a> {
 /// when it leaves the node for a link-local address of the node (the VPC never brings
 /// such a packet back). Only then is there an answer to follow.
 pub fn reaches(node: &Node, forward: &Leg, to: IpAddr) -> bool {
-    let on_node = node
-        .links
-        .iter()
-        .any(|l| l.addresses.iter().any(|a| a.addr() == to));
+    let on_node = node.has_address(to);
     forward.error.is_none() && !(on_node && leaves_node(forward) && is_link_local(to))
 }
 
@@ -296,17 +289,13 @@ pub fn explain(
         port,
     } = *req;
     let leaves = leaves_node(&forward);
-    let on_node = node
-        .links
-        .iter()
-        .find(|l| l.addresses.iter().any(|a| a.addr() == to));
     // The VPC routes the flow back into this node when its target lives here.
     let receiver = if !leaves || is_link_local(to) {
         None
     } else if let Some(p) = topo.paths.iter().find(|p| p.pod_ip == Some(to)) {
         Some(deciders_of(p.kind))
     } else {
-        on_node.map(|_| Deciders::NodeEni)
+        node.has_address(to).then_some(Deciders::NodeEni)
     };
     let dev = forward.egress.clone().unwrap_or_default();
     let (security_groups, mut decided_by) = match forward.egress_kind {
@@ -400,5 +389,142 @@ pub fn explain(
         same_path,
         works,
         verdict,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EnforcingMode, Link, LinkKind, OperState};
+
+    fn strict_pod() -> Path {
+        Path {
+            kind: PathKind::BranchEni,
+            mode: Some(EnforcingMode::Strict),
+            pod_ip: Some("192.168.3.219".parse().unwrap()),
+            host_veth: "vlana433f856e38".into(),
+            vlan_id: Some(1),
+            vlan_link: Some("vlan.eth.1".into()),
+            trunk: Some("eth1".into()),
+            route_table: 101,
+            rules: Vec::new(),
+        }
+    }
+
+    fn node_with(name: &str, addr: &str) -> Node {
+        Node {
+            links: vec![Link {
+                ifindex: 9,
+                name: name.into(),
+                kind: LinkKind::Dummy,
+                vlan_id: None,
+                link_ifindex: None,
+                master_ifindex: None,
+                mtu: None,
+                oper_state: OperState::Unknown,
+                mac: None,
+                peer_netns_id: None,
+                addresses: vec![addr.parse().unwrap()],
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn leg(egress: &str, kind: Egress) -> Leg {
+        Leg {
+            ingress: None,
+            rule: None,
+            table: Some(101),
+            route: None,
+            egress: Some(egress.into()),
+            egress_kind: kind,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_link_local_node_address_out_of_the_vlan_is_never_reached() {
+        let node = node_with("nodelocaldns", "169.254.20.10/32");
+        let topo = Topology::default();
+        let to: IpAddr = "169.254.20.10".parse().unwrap();
+        let fwd = leg("vlan.eth.1", Egress::BranchVlan);
+        assert!(!reaches(&node, &fwd, to));
+        let pod = strict_pod();
+        let req = Request {
+            from: &pod,
+            to,
+            proto: Proto::Udp,
+            port: Some(53),
+        };
+        let t = explain(&node, &topo, &req, fwd, Vec::new());
+        assert!(
+            !t.works && t.verdict.contains("never reaches"),
+            "{}",
+            t.verdict
+        );
+        assert_eq!(t.receiver_security_groups, None);
+    }
+
+    #[test]
+    fn the_node_address_out_of_the_vlan_comes_back_through_the_node_eni() {
+        let node = node_with("eth0", "192.168.1.10/16");
+        let to: IpAddr = "192.168.1.10".parse().unwrap();
+        let fwd = leg("vlan.eth.1", Egress::BranchVlan);
+        assert!(reaches(&node, &fwd, to));
+        assert_eq!(
+            reply_ingress(&node, &Topology::default(), &fwd, to),
+            Some(None),
+            "the node answers itself"
+        );
+        let pod = strict_pod();
+        let req = Request {
+            from: &pod,
+            to,
+            proto: Proto::Tcp,
+            port: Some(10250),
+        };
+        let mut back = leg("vlana433f856e38", Egress::PodVeth);
+        back.ingress = Some("vlan.eth.1".into());
+        let t = explain(
+            &node,
+            &Topology::default(),
+            &req,
+            fwd,
+            vec![leg("eth0", Egress::NodeEni), back],
+        );
+        assert_eq!(
+            (t.security_groups, t.receiver_security_groups),
+            (Deciders::BranchEni, Some(Deciders::NodeEni))
+        );
+        assert_eq!(t.same_path, Some(true));
+        assert!(t.works && t.verdict.contains("hairpins"), "{}", t.verdict);
+    }
+
+    #[test]
+    fn an_answer_that_leaves_elsewhere_does_not_work() {
+        let node = Node::default();
+        let to: IpAddr = "10.0.1.10".parse().unwrap();
+        let pod = strict_pod();
+        let req = Request {
+            from: &pod,
+            to,
+            proto: Proto::Tcp,
+            port: Some(443),
+        };
+        let mut out = leg("eth0", Egress::NodeEni);
+        out.ingress = Some("vlan.eth.1".into());
+        let t = explain(
+            &node,
+            &Topology::default(),
+            &req,
+            leg("vlan.eth.1", Egress::BranchVlan),
+            vec![out],
+        );
+        assert_eq!(t.same_path, Some(false));
+        assert!(
+            !t.works && t.verdict.contains("instead of reaching vlana433f856e38"),
+            "{}",
+            t.verdict
+        );
     }
 }

@@ -42,6 +42,9 @@ enum Cmd {
     /// Boot a VM, build the EKS node lab in it (default: the seed scenario) and run
     /// `sgpath inspect` (or the given sgpath arguments, or --shell) in the node.
     Lab(xtask::lab::command::Args),
+    /// Measure the packet-path cost of the eBPF hooks and the snapshot time for 10/110/250
+    /// pods on this machine's kernel; writes BENCHMARKS.md.
+    Bench,
     /// Inside the lab VM: build the lab and run the command (used by `lab`).
     #[command(hide = true)]
     LabGuest(xtask::lab::command::GuestArgs),
@@ -78,6 +81,7 @@ fn run(command: Cmd) -> Result<()> {
             run_vm(&kernel, &script.join(" "), &opts)
         }
         Cmd::Lab(args) => xtask::lab::command::run(args),
+        Cmd::Bench => bench(),
         Cmd::LabGuest(args) => xtask::lab::command::guest(args),
     }
 }
@@ -99,5 +103,25 @@ fn run_vm(short: &str, script: &str, opts: &vm::VmOptions) -> Result<()> {
     if !out.success() {
         bail!("kernel {short}: command exited {}", out.status);
     }
+    Ok(())
+}
+
+/// `cargo xtask bench`: build the bench binary in release, run it, keep its report.
+fn bench() -> Result<()> {
+    setup::ensure()?;
+    xtask::cmd::run(xtask::cmd::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "sgpath-tests",
+        "--bin",
+        "bench",
+    ]))?;
+    let exe = xtask::target_dir().join("release/bench");
+    let report = xtask::cmd::output(&mut std::process::Command::new(&exe))?;
+    print!("{report}");
+    let path = xtask::workspace_root().join("BENCHMARKS.md");
+    std::fs::write(&path, report)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }

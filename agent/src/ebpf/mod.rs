@@ -125,6 +125,36 @@ impl IfProbes {
         Ok(())
     }
 
+    /// Run one program `repeat` times on `frame` inside the kernel (BPF_PROG_TEST_RUN,
+    /// nothing attached, nothing on the wire) and return the kernel's mean time per run.
+    /// For benchmarks: the packet-path cost of a hook.
+    ///
+    /// # Errors
+    /// [`ProbeError::Program`] when the kernel refuses the test run (needs CAP_BPF or root).
+    pub fn time_per_packet(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<std::time::Duration, ProbeError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(ProbeError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::new()
+        };
+        let res = prog
+            .test_run(opts)
+            .map_err(|source| ProbeError::Program { name, source })?;
+        Ok(res.duration)
+    }
+
     /// Per-interface counters summed over CPUs, by ifindex.
     ///
     /// # Errors

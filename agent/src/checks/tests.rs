@@ -14,17 +14,12 @@ fn net(s: &str) -> IpNet {
 
 fn link(ifindex: u32, name: &str, kind: LinkKind, parent: Option<u32>) -> Link {
     Link {
-        ifindex,
-        name: name.into(),
-        kind: kind.clone(),
         vlan_id: name.strip_prefix("vlan.eth.").and_then(|v| v.parse().ok()),
         link_ifindex: parent,
-        master_ifindex: None,
         mtu: Some(9001),
         oper_state: OperState::Up,
-        mac: None,
         peer_netns_id: (kind == LinkKind::Veth).then_some(0),
-        addresses: Vec::new(),
+        ..Link::new(ifindex, name, kind)
     }
 }
 

@@ -30,19 +30,7 @@ pub async fn dump(handle: &Handle) -> Result<Vec<Link>, CollectError> {
 
 /// Convert one RTM_NEWLINK message. Addresses are filled in later.
 pub fn from_message(msg: &LinkMessage) -> Link {
-    let mut link = Link {
-        ifindex: msg.header.index,
-        name: String::new(),
-        kind: LinkKind::Device,
-        vlan_id: None,
-        link_ifindex: None,
-        master_ifindex: None,
-        mtu: None,
-        oper_state: OperState::Unknown,
-        mac: None,
-        peer_netns_id: None,
-        addresses: Vec::new(),
-    };
+    let mut link = Link::new(msg.header.index, String::new(), LinkKind::Device);
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),

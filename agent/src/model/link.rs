@@ -54,6 +54,23 @@ pub struct Link {
 }
 
 impl Link {
+    /// A link of which only the index, name and kind are known yet.
+    pub fn new(ifindex: u32, name: impl Into<String>, kind: LinkKind) -> Link {
+        Link {
+            ifindex,
+            name: name.into(),
+            kind,
+            vlan_id: None,
+            link_ifindex: None,
+            master_ifindex: None,
+            mtu: None,
+            oper_state: OperState::Unknown,
+            mac: None,
+            peer_netns_id: None,
+            addresses: Vec::new(),
+        }
+    }
+
     /// A link is up for traffic when its operational state is up or unknown (loopback and
     /// dummies report unknown; a link that is administratively down reports down).
     pub fn is_up(&self) -> bool {

@@ -395,7 +395,7 @@ pub fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EnforcingMode, Link, LinkKind, OperState};
+    use crate::model::{EnforcingMode, Link, LinkKind};
 
     fn strict_pod() -> Path {
         Path {
@@ -414,17 +414,8 @@ mod tests {
     fn node_with(name: &str, addr: &str) -> Node {
         Node {
             links: vec![Link {
-                ifindex: 9,
-                name: name.into(),
-                kind: LinkKind::Dummy,
-                vlan_id: None,
-                link_ifindex: None,
-                master_ifindex: None,
-                mtu: None,
-                oper_state: OperState::Unknown,
-                mac: None,
-                peer_netns_id: None,
                 addresses: vec![addr.parse().unwrap()],
+                ..Link::new(9, name, LinkKind::Dummy)
             }],
             ..Default::default()
         }

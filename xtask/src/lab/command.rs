@@ -29,7 +29,8 @@ pub struct Args {
     /// Print the script that builds the lab and exit, without booting anything.
     #[arg(long)]
     pub dry_run: bool,
-    /// Arguments for sgpath inside the node (default: `inspect`).
+    /// What to run in the node: sgpath arguments (`inspect ...`, `trace ...`; default
+    /// `inspect`), or any COMMAND (`ip rule`, `sgpath trace ...`), run with `sgpath` on PATH.
     #[arg(last = true)]
     pub sgpath_args: Vec<String>,
 }
@@ -44,6 +45,9 @@ pub struct GuestArgs {
     #[arg(last = true)]
     pub sgpath_args: Vec<String>,
 }
+
+/// First words that mean "these are sgpath's arguments".
+const SGPATH_COMMANDS: [&str; 5] = ["inspect", "trace", "help", "--help", "--version"];
 
 /// Host side of `cargo xtask lab`.
 ///
@@ -136,6 +140,24 @@ pub fn guest(args: GuestArgs) -> Result<()> {
             .env("SGPATH", &sgpath)
             .env("CNI_CONFIG", lab.cni_config())
             .status()?,
+        // Any COMMAND that is not an sgpath subcommand runs as is, sgpath on its PATH.
+        None if args
+            .sgpath_args
+            .first()
+            .is_some_and(|a| !SGPATH_COMMANDS.contains(&a.as_str())) =>
+        {
+            let bin_dir = sgpath
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &lab.layout.node()])
+                .args(&args.sgpath_args)
+                .env("PATH", path)
+                .env("CNI_CONFIG", lab.cni_config())
+                .status()?
+        }
         None => {
             let argv: Vec<&str> = if args.sgpath_args.is_empty() {
                 vec!["inspect"]

@@ -17,6 +17,13 @@ pub enum Proto {
 }
 
 impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
     pub fn number(self) -> u8 {
         match self {
             Proto::Tcp => 6,
@@ -39,6 +46,19 @@ pub enum Egress {
     Local,
     /// The kernel refused the lookup.
     Refused,
+}
+
+impl Egress {
+    /// For operators: where the packet goes.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Egress::BranchVlan => "leaves the node by a branch ENI",
+            Egress::NodeEni => "leaves the node by a node ENI",
+            Egress::PodVeth => "to a pod on this node",
+            Egress::Local => "delivered to the node itself",
+            Egress::Refused => "refused",
+        }
+    }
 }
 
 /// Whose security groups decide the flow.

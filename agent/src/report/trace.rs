@@ -31,9 +31,9 @@ fn leg(out: &mut String, title: &str, l: &Leg) {
             let _ = writeln!(out, "  route:   {}", l.route.as_deref().unwrap_or("-"));
             let _ = writeln!(
                 out,
-                "  out via: {} ({:?})",
+                "  out via: {} ({})",
                 l.egress.as_deref().unwrap_or("-"),
-                l.egress_kind
+                l.egress_kind.describe()
             );
         }
     }
@@ -45,12 +45,12 @@ pub fn render(t: &Trace) -> String {
     let port = t.port.map_or(String::new(), |p| format!(":{p}"));
     let _ = writeln!(
         out,
-        "{} ({}, {}) -> {}{port}/{:?}",
+        "{} ({}, {}) -> {}{port}/{}",
         t.from.pod_ip.map_or("?".into(), |i| i.to_string()),
         t.from.host_veth,
         t.from.kind.as_str(),
         t.to,
-        t.proto
+        t.proto.as_str()
     );
     leg(&mut out, "forward", &t.forward);
     let _ = writeln!(out, "security groups: {}", t.decided_by);

@@ -50,6 +50,16 @@ pub enum ModeName {
     None,
 }
 
+impl ModeName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModeName::Strict => "strict",
+            ModeName::Standard => "standard",
+            ModeName::None => "none",
+        }
+    }
+}
+
 impl From<Option<EnforcingMode>> for ModeName {
     fn from(m: Option<EnforcingMode>) -> Self {
         match m {

@@ -14,11 +14,12 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 /// Render a report as aligned text tables.
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
-    let mode = serde_json::to_value(r.mode)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default();
-    let _ = writeln!(out, "kernel {}   enforcing mode: {mode}", r.kernel);
+    let _ = writeln!(
+        out,
+        "kernel {}   enforcing mode: {}",
+        r.kernel,
+        r.mode.as_str()
+    );
     let _ = writeln!(out);
     let mut rows = vec![vec![
         "TRUNK".into(),
@@ -69,7 +70,7 @@ pub fn render(r: &Report) -> String {
             .to_vec(),
         ];
         for p in paths {
-            let mode = p.mode.map(|m| format!("{m:?}").to_lowercase());
+            let mode = p.mode.map(|m| m.as_str());
             let rules = p
                 .rules
                 .iter()

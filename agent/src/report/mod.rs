@@ -93,3 +93,42 @@ impl Report {
         serde_json::to_string_pretty(self).expect("report serializes")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Node, Topology};
+
+    fn report() -> Report {
+        let mut node = Node {
+            kernel: "6.12.117+deb12-amd64".into(),
+            ..Default::default()
+        };
+        node.sysctls.0.insert("net.ipv4.tcp_early_demux".into(), 0);
+        let topo = Topology::from_node(&node);
+        Report::new(&node, &topo, Vec::new())
+    }
+
+    #[test]
+    fn json_has_the_documented_keys() {
+        let v: serde_json::Value = serde_json::from_str(&report().to_json()).unwrap();
+        assert_eq!(v["schema"], "sgpath.report/v1");
+        assert_eq!(v["kernel"], "6.12.117+deb12-amd64");
+        assert_eq!(v["mode"], "none");
+        assert_eq!(v["sysctls"]["net.ipv4.tcp_early_demux"], 0);
+        for key in ["trunks", "paths", "findings"] {
+            assert!(v[key].as_array().is_some_and(|a| a.is_empty()), "{key}");
+        }
+    }
+
+    #[test]
+    fn text_says_the_mode_and_that_there_is_no_trunk() {
+        let t = text::render(&report());
+        assert!(
+            t.starts_with("kernel 6.12.117+deb12-amd64   enforcing mode: none\n"),
+            "{t}"
+        );
+        assert!(t.contains("(none: no vlan.eth.* link on this node)"));
+        assert!(t.contains("BRANCH-ENI PATHS (0)") && t.contains("FINDINGS (0)"));
+    }
+}

@@ -12,6 +12,26 @@ use super::{
     spec::{Fault, Mode, Pod, PodKind, Proto, RuleOn, SecurityGroup, Spec, VlanRoute},
 };
 
+/// Append one line to the script (writing to a String cannot fail).
+macro_rules! emit {
+    ($($arg:tt)*) => {
+        let _ = writeln!($($arg)*);
+    };
+}
+
+/// The two routes the CNI puts in an ENI's own table (secondary ENI or branch ENI):
+/// `<gw> dev <dev> scope link` and `default via <gw> dev <dev>`.
+fn eni_table_routes(s: &mut String, node: &str, gw: std::net::Ipv4Addr, dev: &str, table: u32) {
+    emit!(
+        s,
+        "ip -n {node} route add {gw} dev {dev} scope link table {table}"
+    );
+    emit!(
+        s,
+        "ip -n {node} route add default via {gw} dev {dev} table {table}"
+    );
+}
+
 /// Names of the lab's namespaces and links.
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -76,54 +96,54 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
     let gw = spec.vpc.gateway();
     let vpc_len = spec.vpc.cidr.prefix_len();
     for ns in l.namespaces(spec) {
-        let _ = writeln!(s, "ip netns add {ns}\nip -n {ns} link set lo up");
+        emit!(s, "ip netns add {ns}\nip -n {ns} link set lo up");
     }
-    let _ = writeln!(
+    emit!(
         s,
         "\n# VPC: the primary ENI eth0, the bastion's subnet, routing and forwarding"
     );
-    let _ = writeln!(
+    emit!(
         s,
         "ip -n {node} link add eth0 address {ETH0_MAC} mtu {mtu} type veth peer name {VPC_ENI0} netns {vpc} mtu {mtu}"
     );
-    let _ = writeln!(
+    emit!(
         s,
         "ip -n {node} addr add {}/{vpc_len} dev eth0",
         spec.node.primary_ip
     );
-    let _ = writeln!(s, "ip -n {node} link set eth0 up");
-    let _ = writeln!(
+    emit!(s, "ip -n {node} link set eth0 up");
+    emit!(
         s,
         "ip -n {vpc} addr add {gw}/{vpc_len} dev {VPC_ENI0}\nip -n {vpc} link set {VPC_ENI0} up"
     );
-    let _ = writeln!(s, "ip -n {node} route add default via {gw} dev eth0");
+    emit!(s, "ip -n {node} route add default via {gw} dev eth0");
     let bastion_gw = std::net::Ipv4Addr::from(u32::from(spec.vpc.bastion.network()) + 1);
-    let _ = writeln!(
+    emit!(
         s,
         "ip -n {bastion} link add eth0 type veth peer name bastion netns {vpc}"
     );
-    let _ = writeln!(
+    emit!(
         s,
         "ip -n {bastion} addr add {} dev eth0\nip -n {bastion} link set eth0 up",
         spec.vpc.bastion
     );
-    let _ = writeln!(s, "ip -n {bastion} route add default via {bastion_gw}");
-    let _ = writeln!(
+    emit!(s, "ip -n {bastion} route add default via {bastion_gw}");
+    emit!(
         s,
         "ip -n {vpc} addr add {bastion_gw}/{} dev bastion\nip -n {vpc} link set bastion up",
         spec.vpc.bastion.prefix_len()
     );
-    let _ = writeln!(s, "ip netns exec {vpc} sysctl -qw net.ipv4.ip_forward=1");
+    emit!(s, "ip netns exec {vpc} sysctl -qw net.ipv4.ip_forward=1");
     if let Some(trunk) = &spec.node.trunk {
-        let _ = writeln!(
+        emit!(
             s,
             "\n# Trunk ENI {trunk}: the VPC sees each branch ENI as an 802.1Q VLAN of it"
         );
-        let _ = writeln!(
+        emit!(
             s,
             "ip -n {node} link add {trunk} address 02:e0:00:00:00:02 mtu {mtu} type veth peer name {VPC_TRUNK} netns {vpc} mtu {mtu}"
         );
-        let _ = writeln!(
+        emit!(
             s,
             "ip -n {node} link set {trunk} up\nip -n {vpc} link set {VPC_TRUNK} up"
         );
@@ -131,42 +151,35 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
 
     for (k, eni) in spec.node.secondary_enis.iter().enumerate() {
         let (name, t, v) = (&eni.name, eni.table(), vpc_eni(&eni.name));
-        let _ = writeln!(
+        emit!(
             s,
             "\n# Secondary ENI {name} (device {}): table {t}, rule 32765 from its IP",
             eni.device_index
         );
-        let _ = writeln!(
+        emit!(
             s,
             "ip -n {node} link add {name} address {} mtu {mtu} type veth peer name {v} netns {vpc} mtu {mtu}",
             eni_mac(k)
         );
-        let _ = writeln!(
+        emit!(
             s,
             "ip -n {node} addr add {}/{vpc_len} dev {name}\nip -n {node} link set {name} up",
             eni.ip
         );
         // The CNI removes the connected route the kernel adds, so the main table keeps one.
-        let _ = writeln!(s, "ip -n {node} route del {} dev {name}", spec.vpc.cidr);
-        let _ = writeln!(
-            s,
-            "ip -n {node} route add {gw} dev {name} scope link table {t}"
-        );
-        let _ = writeln!(
-            s,
-            "ip -n {node} route add default via {gw} dev {name} table {t}"
-        );
-        let _ = writeln!(
+        emit!(s, "ip -n {node} route del {} dev {name}", spec.vpc.cidr);
+        eni_table_routes(&mut s, &node, gw, name, t);
+        emit!(
             s,
             "ip -n {node} rule add pref 32765 from {} table {t}",
             eni.ip
         );
-        let _ = writeln!(
+        emit!(
             s,
             "ip -n {vpc} addr add {gw}/32 dev {v}\nip -n {vpc} link set {v} up"
         );
-        let _ = writeln!(s, "ip -n {vpc} route add {}/32 dev {v}", eni.ip);
-        let _ = writeln!(
+        emit!(s, "ip -n {vpc} route add {}/32 dev {v}", eni.ip);
+        emit!(
             s,
             "ip -n {vpc} neigh add {} lladdr {} dev {v} nud permanent",
             eni.ip,
@@ -174,7 +187,7 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
         );
     }
 
-    let _ = writeln!(
+    emit!(
         s,
         "\n# Node sysctls as aws-node's init container and the AMI leave them"
     );
@@ -183,21 +196,21 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
     } else {
         1
     };
-    let _ = writeln!(
+    emit!(
         s,
         "ip netns exec {node} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.eth0.rp_filter=2 net.ipv4.tcp_early_demux={demux}"
     );
     // SetupHostNetwork: NodePort return traffic marked 0x80 goes out of the main ENI.
-    let _ = writeln!(
+    emit!(
         s,
         "ip -n {node} rule add pref 1024 fwmark 0x80/0x80 table main"
     );
     if spec.node.enforcing_mode == Mode::Strict {
-        let _ = writeln!(
+        emit!(
             s,
             "# strict mode (ENABLE_POD_ENI): SetupHostNetwork moves the local rule from 0 to 20, below the VLAN iif rules"
         );
-        let _ = writeln!(
+        emit!(
             s,
             "ip -n {node} rule add pref 20 lookup local\nip -n {node} rule del pref 0 lookup local"
         );
@@ -206,8 +219,8 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
     for (i, pod) in spec.pods.iter().enumerate() {
         pod_script(&mut s, spec, l, i, pod);
     }
-    let _ = writeln!(s, "\n# Security groups, enforced in the VPC as AWS does");
-    let _ = writeln!(
+    emit!(s, "\n# Security groups, enforced in the VPC as AWS does");
+    emit!(
         s,
         "ip netns exec {vpc} nft -f - <<'NFT'\n{}NFT",
         nft_ruleset(spec)
@@ -221,27 +234,30 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
     let mac = host_veth_mac(i);
     let ip = pod.ip;
     let gw = spec.vpc.gateway();
-    let _ = writeln!(
+    emit!(
         s,
         "\n# pod {}/{} ({:?}) on {veth}",
-        pod.namespace, pod.name, pod.kind
+        pod.namespace,
+        pod.name,
+        pod.kind
     );
-    let _ = writeln!(
+    emit!(
         s,
         "ip -n {node} link add {veth} address {mac} mtu {} type veth peer name eth0 netns {pns} mtu {}",
-        spec.node.mtu, spec.node.mtu
+        spec.node.mtu,
+        spec.node.mtu
     );
-    let _ = writeln!(s, "ip -n {node} link set {veth} up");
-    let _ = writeln!(
+    emit!(s, "ip -n {node} link set {veth} up");
+    emit!(
         s,
         "ip -n {pns} addr add {ip}/32 dev eth0\nip -n {pns} link set eth0 up"
     );
-    let _ = writeln!(s, "ip -n {pns} route add {POD_GATEWAY} dev eth0 scope link");
-    let _ = writeln!(
+    emit!(s, "ip -n {pns} route add {POD_GATEWAY} dev eth0 scope link");
+    emit!(
         s,
         "ip -n {pns} route add default via {POD_GATEWAY} dev eth0"
     );
-    let _ = writeln!(
+    emit!(
         s,
         "ip -n {pns} neigh add {POD_GATEWAY} lladdr {mac} dev eth0 nud permanent"
     );
@@ -251,55 +267,48 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
             let vl = names::vlan_link(vlan);
             if let Some(trunk) = &spec.node.trunk {
                 let bmac = branch_eni_mac(vlan);
-                let _ = writeln!(
+                emit!(
                     s,
                     "ip -n {node} link add link {trunk} name {vl} address {bmac} type vlan id {vlan}"
                 );
-                let _ = writeln!(s, "ip -n {node} link set {vl} up");
-                let _ = writeln!(
-                    s,
-                    "ip -n {node} route add {gw} dev {vl} scope link table {table}"
-                );
-                let _ = writeln!(
-                    s,
-                    "ip -n {node} route add default via {gw} dev {vl} table {table}"
-                );
+                emit!(s, "ip -n {node} link set {vl} up");
+                eni_table_routes(s, &node, gw, &vl, table);
                 // The VPC delivers to the branch ENI's MAC and answers ARP for the gateway on every VLAN.
-                let _ = writeln!(
+                emit!(
                     s,
                     "ip -n {vpc} link add link {VPC_TRUNK} name {VPC_TRUNK}.{vlan} type vlan id {vlan}"
                 );
-                let _ = writeln!(
+                emit!(
                     s,
                     "ip -n {vpc} addr add {gw}/32 dev {VPC_TRUNK}.{vlan}\nip -n {vpc} link set {VPC_TRUNK}.{vlan} up"
                 );
-                let _ = writeln!(s, "ip -n {vpc} route add {ip}/32 dev {VPC_TRUNK}.{vlan}");
-                let _ = writeln!(
+                emit!(s, "ip -n {vpc} route add {ip}/32 dev {VPC_TRUNK}.{vlan}");
+                emit!(
                     s,
                     "ip -n {vpc} neigh add {ip} lladdr {bmac} dev {VPC_TRUNK}.{vlan} nud permanent"
                 );
             }
             match spec.mode_of(pod) {
                 Mode::Strict => {
-                    let _ = writeln!(
+                    emit!(
                         s,
                         "ip -n {node} route add {ip} dev {veth} scope link table {table}"
                     );
                     if spec.node.trunk.is_some() {
-                        let _ = writeln!(s, "ip -n {node} rule add pref 10 iif {vl} table {table}");
+                        emit!(s, "ip -n {node} rule add pref 10 iif {vl} table {table}");
                     }
-                    let _ = writeln!(s, "ip -n {node} rule add pref 10 iif {veth} table {table}");
+                    emit!(s, "ip -n {node} rule add pref 10 iif {veth} table {table}");
                 }
                 Mode::Standard => {
-                    let _ = writeln!(s, "ip -n {node} route add {ip} dev {veth} scope link");
-                    let _ = writeln!(s, "ip -n {node} rule add pref 512 to {ip} table main");
-                    let _ = writeln!(s, "ip -n {node} rule add pref 1536 from {ip} table {table}");
+                    emit!(s, "ip -n {node} route add {ip} dev {veth} scope link");
+                    emit!(s, "ip -n {node} rule add pref 512 to {ip} table main");
+                    emit!(s, "ip -n {node} rule add pref 1536 from {ip} table {table}");
                 }
             }
         }
         _ => {
-            let _ = writeln!(s, "ip -n {node} route add {ip} dev {veth} scope link");
-            let _ = writeln!(s, "ip -n {node} rule add pref 512 to {ip} table main");
+            emit!(s, "ip -n {node} route add {ip} dev {veth} scope link");
+            emit!(s, "ip -n {node} rule add pref 512 to {ip} table main");
             // The VPC delivers an ENI's secondary IPs to that ENI's MAC.
             let (vdev, mac) = match spec.eni_of(pod) {
                 Some(eni) => {
@@ -309,7 +318,7 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
                         .iter()
                         .position(|e| e.name == eni.name)
                         .expect("validated");
-                    let _ = writeln!(
+                    emit!(
                         s,
                         "ip -n {node} rule add pref 1536 from {ip} table {}",
                         eni.table()
@@ -318,8 +327,8 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
                 }
                 None => (VPC_ENI0.to_string(), ETH0_MAC.to_string()),
             };
-            let _ = writeln!(s, "ip -n {vpc} route add {ip}/32 dev {vdev}");
-            let _ = writeln!(
+            emit!(s, "ip -n {vpc} route add {ip}/32 dev {vdev}");
+            emit!(
                 s,
                 "ip -n {vpc} neigh add {ip} lladdr {mac} dev {vdev} nud permanent"
             );
@@ -364,7 +373,7 @@ pub fn nft_ruleset(spec: &Spec) -> String {
         "flush ruleset\ntable inet sg {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n    ct state established,related accept\n",
     );
     for (id, dev, _) in &enis {
-        let _ = writeln!(
+        emit!(
             s,
             "    iifname \"{dev}\" jump out_{id}\n    oifname \"{dev}\" jump in_{id}"
         );
@@ -372,7 +381,7 @@ pub fn nft_ruleset(spec: &Spec) -> String {
     s.push_str("  }\n");
     for (id, _, gs) in &enis {
         for (dir, peer) in [("in", "saddr"), ("out", "daddr")] {
-            let _ = writeln!(s, "  chain {dir}_{id} {{");
+            emit!(s, "  chain {dir}_{id} {{");
             for g in gs {
                 let rules = if dir == "in" { &g.ingress } else { &g.egress };
                 for r in rules {
@@ -392,10 +401,10 @@ pub fn nft_ruleset(spec: &Spec) -> String {
                             }
                         }
                     };
-                    let _ = writeln!(s, "    ip {peer} {}{l4} return # {}", r.cidr, g.id);
+                    emit!(s, "    ip {peer} {}{l4} return # {}", r.cidr, g.id);
                 }
             }
-            let _ = writeln!(s, "    counter drop\n  }}");
+            emit!(s, "    counter drop\n  }}");
         }
     }
     s.push_str("}\n");

@@ -121,6 +121,11 @@ fn findings(node: &Node) -> Vec<(FindingId, Severity, String)> {
         .collect()
 }
 
+/// Assert that `node` has exactly one finding, with this id and subject.
+fn expect_only(node: &Node, id: FindingId, subject: &str) {
+    assert_eq!(only(node), (id, subject.to_string()));
+}
+
 /// The only finding of `node`, as (id, subject).
 fn only(node: &Node) -> (FindingId, String) {
     let f = findings(node);
@@ -137,12 +142,10 @@ fn healthy_node_has_no_findings() {
 fn tcp_early_demux_with_strict_pods() {
     let mut n = healthy();
     n.sysctls.0.insert("net.ipv4.tcp_early_demux".into(), 1);
-    assert_eq!(
-        only(&n),
-        (
-            FindingId::TcpEarlyDemuxEnabled,
-            "net.ipv4.tcp_early_demux".into()
-        )
+    expect_only(
+        &n,
+        FindingId::TcpEarlyDemuxEnabled,
+        "net.ipv4.tcp_early_demux",
     );
 }
 
@@ -165,14 +168,14 @@ fn tcp_early_demux_without_strict_pods_is_fine() {
 fn missing_iif_rule_of_the_veth() {
     let mut n = healthy();
     n.rules.retain(|r| r.iif.as_deref() != Some(STRICT_VETH));
-    assert_eq!(only(&n), (FindingId::VlanRuleMissing, STRICT_VETH.into()));
+    expect_only(&n, FindingId::VlanRuleMissing, STRICT_VETH);
 }
 
 #[test]
 fn missing_iif_rule_of_the_vlan_link() {
     let mut n = healthy();
     n.rules.retain(|r| r.iif.as_deref() != Some("vlan.eth.1"));
-    assert_eq!(only(&n), (FindingId::VlanRuleMissing, "vlan.eth.1".into()));
+    expect_only(&n, FindingId::VlanRuleMissing, "vlan.eth.1");
 }
 
 #[test]
@@ -180,10 +183,7 @@ fn stale_rule_for_a_deleted_veth() {
     let mut n = healthy();
     n.rules
         .push(rule(10, None, None, Some("vlan0000000000a"), 107));
-    assert_eq!(
-        only(&n),
-        (FindingId::VlanRuleStale, "vlan0000000000a".into())
-    );
+    expect_only(&n, FindingId::VlanRuleStale, "vlan0000000000a");
 }
 
 #[test]
@@ -199,17 +199,14 @@ fn stale_rule_sending_a_live_veth_to_the_wrong_table() {
         (p.route_table, p.vlan_id, p.vlan_link.as_deref()),
         (105, Some(1), Some("vlan.eth.1"))
     );
-    assert_eq!(only(&n), (FindingId::VlanRuleStale, STRICT_VETH.into()));
+    expect_only(&n, FindingId::VlanRuleStale, STRICT_VETH);
 }
 
 #[test]
 fn vlan_table_without_default_route() {
     let mut n = healthy();
     n.routes.retain(|r| !(r.table == 101 && r.is_default()));
-    assert_eq!(
-        only(&n),
-        (FindingId::VlanTableIncomplete, "vlan.eth.1".into())
-    );
+    expect_only(&n, FindingId::VlanTableIncomplete, "vlan.eth.1");
 }
 
 #[test]
@@ -217,20 +214,14 @@ fn vlan_table_without_gateway_route() {
     let mut n = healthy();
     n.routes
         .retain(|r| !(r.table == 101 && r.dst == net("192.168.0.1/32")));
-    assert_eq!(
-        only(&n),
-        (FindingId::VlanTableIncomplete, "vlan.eth.1".into())
-    );
+    expect_only(&n, FindingId::VlanTableIncomplete, "vlan.eth.1");
 }
 
 #[test]
 fn vlan_whose_trunk_is_gone() {
     let mut n = healthy();
     n.links.retain(|l| l.name != "eth1");
-    assert_eq!(
-        only(&n),
-        (FindingId::VlanParentMissing, "vlan.eth.1".into())
-    );
+    expect_only(&n, FindingId::VlanParentMissing, "vlan.eth.1");
 }
 
 #[test]
@@ -241,20 +232,14 @@ fn vlan_whose_trunk_is_down() {
         .find(|l| l.name == "eth1")
         .unwrap()
         .oper_state = OperState::Down;
-    assert_eq!(
-        only(&n),
-        (FindingId::VlanParentMissing, "vlan.eth.1".into())
-    );
+    expect_only(&n, FindingId::VlanParentMissing, "vlan.eth.1");
 }
 
 #[test]
 fn local_rule_still_at_zero() {
     let mut n = healthy();
     n.rules.push(rule(0, None, None, None, 255));
-    assert_eq!(
-        only(&n),
-        (FindingId::LocalRuleMisplaced, "rule lookup local".into())
-    );
+    expect_only(&n, FindingId::LocalRuleMisplaced, "rule lookup local");
 }
 
 #[test]
@@ -265,20 +250,14 @@ fn local_rule_not_moved_to_twenty() {
         .find(|r| r.priority == 20)
         .unwrap()
         .priority = 0;
-    assert_eq!(
-        only(&n),
-        (FindingId::LocalRuleMisplaced, "rule lookup local".into())
-    );
+    expect_only(&n, FindingId::LocalRuleMisplaced, "rule lookup local");
 }
 
 #[test]
 fn ordinary_pod_without_its_512_rule() {
     let mut n = healthy();
     n.rules.retain(|r| r.priority != 512);
-    assert_eq!(
-        only(&n),
-        (FindingId::PodRouteMissing, "192.168.7.31".into())
-    );
+    expect_only(&n, FindingId::PodRouteMissing, "192.168.7.31");
 }
 
 #[test]
@@ -289,22 +268,17 @@ fn ordinary_pod_without_its_route_known_from_its_namespace() {
         ENI_VETH.into(),
         vec![net("192.168.7.31/32"), net("fe80::1/64")],
     );
-    assert_eq!(
-        only(&n),
-        (FindingId::PodRouteMissing, "192.168.7.31".into())
-    );
+    expect_only(&n, FindingId::PodRouteMissing, "192.168.7.31");
 }
 
 #[test]
 fn rp_filter_strict_on_primary_eni() {
     let mut n = healthy();
     n.sysctls.0.insert("net.ipv4.conf.eth0.rp_filter".into(), 1);
-    assert_eq!(
-        only(&n),
-        (
-            FindingId::RpFilterStrictPrimary,
-            "net.ipv4.conf.eth0.rp_filter".into()
-        )
+    expect_only(
+        &n,
+        FindingId::RpFilterStrictPrimary,
+        "net.ipv4.conf.eth0.rp_filter",
     );
 }
 
@@ -313,12 +287,10 @@ fn rp_filter_all_overrides_loose_primary() {
     let mut n = healthy();
     n.sysctls.0.insert("net.ipv4.conf.all.rp_filter".into(), 1);
     n.sysctls.0.insert("net.ipv4.conf.eth0.rp_filter".into(), 0);
-    assert_eq!(
-        only(&n),
-        (
-            FindingId::RpFilterStrictPrimary,
-            "net.ipv4.conf.eth0.rp_filter".into()
-        )
+    expect_only(
+        &n,
+        FindingId::RpFilterStrictPrimary,
+        "net.ipv4.conf.eth0.rp_filter",
     );
 }
 
@@ -326,10 +298,7 @@ fn rp_filter_all_overrides_loose_primary() {
 fn ip_forward_off() {
     let mut n = healthy();
     n.sysctls.0.insert("net.ipv4.ip_forward".into(), 0);
-    assert_eq!(
-        only(&n),
-        (FindingId::IpForwardDisabled, "net.ipv4.ip_forward".into())
-    );
+    expect_only(&n, FindingId::IpForwardDisabled, "net.ipv4.ip_forward");
 }
 
 #[test]
@@ -338,10 +307,7 @@ fn nodelocal_dns_in_strict_mode() {
     let mut dummy = link(20, "nodelocaldns", LinkKind::Dummy, None);
     dummy.addresses.push(net("169.254.20.10/32"));
     n.links.push(dummy);
-    assert_eq!(
-        only(&n),
-        (FindingId::NodelocalDnsStrict, "169.254.20.10".into())
-    );
+    expect_only(&n, FindingId::NodelocalDnsStrict, "169.254.20.10");
 }
 
 #[test]
@@ -352,7 +318,7 @@ fn pod_veth_mtu_above_trunk() {
         .find(|l| l.name == STRICT_VETH)
         .unwrap()
         .mtu = Some(9100);
-    assert_eq!(only(&n), (FindingId::MtuMismatch, STRICT_VETH.into()));
+    expect_only(&n, FindingId::MtuMismatch, STRICT_VETH);
 }
 
 #[test]
@@ -380,10 +346,7 @@ fn vlan_link_down_while_trunk_up() {
         .find(|l| l.name == "vlan.eth.1")
         .unwrap()
         .oper_state = OperState::Down;
-    assert_eq!(
-        only(&n),
-        (FindingId::VlanParentMissing, "vlan.eth.1".into())
-    );
+    expect_only(&n, FindingId::VlanParentMissing, "vlan.eth.1");
 }
 
 #[test]
@@ -392,8 +355,5 @@ fn strict_pod_whose_vlan_link_does_not_exist() {
     n.links.retain(|l| l.name != "vlan.eth.1");
     n.routes.retain(|r| r.oif.as_deref() != Some("vlan.eth.1"));
     n.rules.retain(|r| r.iif.as_deref() != Some("vlan.eth.1"));
-    assert_eq!(
-        only(&n),
-        (FindingId::VlanParentMissing, "vlan.eth.1".into())
-    );
+    expect_only(&n, FindingId::VlanParentMissing, "vlan.eth.1");
 }

@@ -46,7 +46,9 @@ impl Default for Sources {
     }
 }
 
-/// Take a snapshot of the current network namespace.
+/// Take a snapshot of the current network namespace: dumps of links, addresses, routes
+/// and rules, pod addresses, sysctls, the CNI config, then the kernel's route lookups for
+/// every pod ([`route_get::pod_lookups`]), all on one rtnetlink connection.
 ///
 /// # Errors
 /// [`CollectError`] when netlink cannot be read at all. Unreadable sysctls and a bad CNI
@@ -55,15 +57,20 @@ pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|source| CollectError::Socket { source })?;
     let conn = tokio::spawn(conn);
-    let mut links = links::dump(&handle).await?;
-    let mut addrs = addresses::dump(&handle).await?;
+    let node = read(&handle, sources).await;
+    conn.abort();
+    node
+}
+
+async fn read(handle: &rtnetlink::Handle, sources: &Sources) -> Result<Node, CollectError> {
+    let mut links = links::dump(handle).await?;
+    let mut addrs = addresses::dump(handle).await?;
     for l in &mut links {
         l.addresses = addrs.remove(&l.ifindex).unwrap_or_default();
     }
     let names = links.iter().map(|l| (l.ifindex, l.name.clone())).collect();
-    let routes = routes::dump(&handle, &names).await?;
-    let rules = rules::dump(&handle).await?;
-    conn.abort();
+    let routes = routes::dump(handle, &names).await?;
+    let rules = rules::dump(handle).await?;
     let (pod_addresses, ns_warnings) = pod_addresses::dump(&links).await?;
 
     let (sysctls, mut read_warnings) = sysctls::read(&sources.proc_sys, &links);
@@ -76,16 +83,21 @@ pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
             None
         }
     };
-    Ok(Node {
+    let mut node = Node {
         kernel: kernel_release(),
         links,
         rules,
         routes,
         pod_addresses,
         sysctls,
+        lookups: Vec::new(),
         cni,
         read_warnings,
-    })
+    };
+    // Which pods exist and where their traffic matters comes from the snapshot itself.
+    let topo = crate::model::Topology::from_node(&node);
+    node.lookups = route_get::pod_lookups(handle, &node, &topo).await?;
+    Ok(node)
 }
 
 /// `uname -r`.

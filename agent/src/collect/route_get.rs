@@ -12,7 +12,7 @@ use netlink_packet_route::{
 use rtnetlink::Handle;
 
 use super::{CollectError, routes};
-use crate::model::Route;
+use crate::model::{Answer, Lookup, Node, Refusal, Topology, lookup};
 
 /// One flow to look up.
 #[derive(Clone, Debug)]
@@ -28,9 +28,9 @@ pub struct Flow {
     pub dport: Option<u16>,
 }
 
-/// The kernel's answer: the route the lookup matched (in its real table), or the errno
-/// the kernel returned (EXDEV: rp_filter refused it; ENETUNREACH: no route).
-pub type Answer = Result<Route, i32>;
+/// Lookups in flight at once on one connection: the kernel answers each RTM_GETROUTE as
+/// it reads it, so keeping a few queued saves a round trip through the runtime per lookup.
+const IN_FLIGHT: usize = 32;
 
 /// Look one flow up.
 ///
@@ -79,14 +79,31 @@ pub async fn lookup(
     {
         Ok(msgs) => match msgs.first().and_then(|m| routes::from_message(m, names)) {
             Some(r) => Ok(Ok(r)),
-            None => Ok(Err(libc::ENETUNREACH)),
+            None => Ok(Err(Refusal::NetUnreachable)),
         },
-        Err(rtnetlink::Error::NetlinkError(e)) => Ok(Err(-e.raw_code())),
+        Err(rtnetlink::Error::NetlinkError(e)) => Ok(Err(Refusal::from_errno(-e.raw_code()))),
         Err(source) => Err(CollectError::Netlink {
             what: "route lookup",
             source,
         }),
     }
+}
+
+/// Look several flows up on one connection, a few in flight at once; answers in order.
+///
+/// # Errors
+/// [`CollectError::Netlink`] when the socket fails.
+pub async fn lookup_many(
+    handle: &Handle,
+    names: &std::collections::BTreeMap<u32, String>,
+    flows: &[Flow],
+) -> Result<Vec<Answer>, CollectError> {
+    use futures::StreamExt;
+    futures::stream::iter(flows)
+        .map(|f| lookup(handle, names, f))
+        .buffered(IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// Open a connection, look several flows up, close it.
@@ -100,10 +117,62 @@ pub async fn lookup_all(
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|source| CollectError::Socket { source })?;
     let conn = tokio::spawn(conn);
-    let mut out = Vec::new();
-    for f in flows {
-        out.push(lookup(&handle, names, f).await?);
-    }
+    let out = lookup_many(&handle, names, flows).await;
     conn.abort();
+    out
+}
+
+/// Ask the kernel, for every pod, where its packets to the addresses that matter go
+/// ([`lookup::questions`]): `ip route get <addr> from <pod ip> iif <host veth>`, and for
+/// the node's service addresses also the answer, `ip route get <pod ip> from <addr>`.
+///
+/// # Errors
+/// [`CollectError::Netlink`] when the socket fails; refused lookups are answers.
+pub async fn pod_lookups(
+    handle: &Handle,
+    node: &Node,
+    topo: &Topology,
+) -> Result<Vec<Lookup>, CollectError> {
+    let names = node
+        .links
+        .iter()
+        .map(|l| (l.ifindex, l.name.clone()))
+        .collect();
+    let questions = lookup::questions(node, topo);
+    let mut flows = Vec::with_capacity(questions.len() * 2);
+    for q in &questions {
+        flows.push(Flow {
+            src: Some(q.pod_ip),
+            dst: q.addr,
+            iif: Some(q.ifindex),
+            mark: None,
+            ipproto: None,
+            dport: None,
+        });
+        if q.asks_reply() {
+            flows.push(Flow {
+                src: Some(q.addr),
+                dst: q.pod_ip,
+                iif: None,
+                mark: None,
+                ipproto: None,
+                dport: None,
+            });
+        }
+    }
+    let mut answers = lookup_many(handle, &names, &flows).await?.into_iter();
+    let mut out = Vec::with_capacity(questions.len());
+    for q in questions {
+        let Some(forward) = answers.next() else { break };
+        let reply = if q.asks_reply() { answers.next() } else { None };
+        out.push(Lookup {
+            host_veth: q.host_veth,
+            pod_ip: q.pod_ip,
+            target: q.target,
+            addr: q.addr,
+            forward,
+            reply,
+        });
+    }
     Ok(out)
 }

@@ -92,9 +92,12 @@ pub fn pod_eni(node: &Node, topo: &Topology, from: &Path) -> Option<String> {
     }
 }
 
-/// The ENI behind a link, `None` when the link is no ENI (a pod's veth, a dummy, `lo`).
-pub fn of_link(node: &Node, topo: &Topology, link: &str) -> Option<Eni> {
-    if let Some(v) = topo.vlan_links.iter().find(|v| v.name == link) {
+/// Every ENI of the node with the addresses it owns: one per `vlan.eth.N` (its branch
+/// pod's addresses) and one per node ENI (its own addresses and its ordinary pods').
+/// Computed once per snapshot into [`Topology::enis`].
+pub fn all(node: &Node, topo: &Topology) -> Vec<Eni> {
+    let mut out = Vec::new();
+    for v in &topo.vlan_links {
         let mut owns: Vec<IpAddr> = topo
             .paths
             .iter()
@@ -103,56 +106,70 @@ pub fn of_link(node: &Node, topo: &Topology, link: &str) -> Option<Eni> {
             .collect();
         owns.sort();
         owns.dedup();
-        return Some(Eni {
-            link: link.into(),
+        out.push(Eni {
+            link: v.name.clone(),
             kind: EniKind::Branch,
             vlan_id: Some(v.vlan_id),
             owns,
         });
     }
-    if !lookup::node_eni_links(node, topo).iter().any(|l| l == link) {
-        return None;
+    // Where each node-ENI pod's table leads, looked up once per table.
+    let mut default_of: std::collections::BTreeMap<u32, Option<String>> = Default::default();
+    for r in node.routes.iter().filter(|r| r.is_default()) {
+        default_of.entry(r.table).or_insert_with(|| r.oif.clone());
     }
-    let mut owns: Vec<IpAddr> = node
-        .link_by_name(link)
-        .map(|l| {
-            l.addresses
-                .iter()
-                .map(|a| a.addr())
-                .filter(|a| !lookup::is_link_local(*a))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut pods: Vec<(String, IpAddr)> = Vec::new();
     for p in topo.paths.iter().filter(|p| p.kind == PathKind::NodeEni) {
-        if pod_eni(node, topo, p).as_deref() == Some(link) {
-            owns.extend(pod_addresses(node, p));
+        let eni = default_of
+            .get(&p.route_table)
+            .cloned()
+            .flatten()
+            .or_else(|| topo.primary_eni.clone());
+        if let Some(eni) = eni {
+            pods.extend(pod_addresses(node, p).into_iter().map(|a| (eni.clone(), a)));
         }
     }
-    owns.sort();
-    owns.dedup();
-    Some(Eni {
-        link: link.into(),
-        kind: EniKind::Node,
-        vlan_id: None,
-        owns,
-    })
+    for link in lookup::node_eni_links(node, topo) {
+        let mut owns: Vec<IpAddr> = node
+            .link_by_name(&link)
+            .map(|l| {
+                l.addresses
+                    .iter()
+                    .map(|a| a.addr())
+                    .filter(|a| !lookup::is_link_local(*a))
+                    .collect()
+            })
+            .unwrap_or_default();
+        owns.extend(pods.iter().filter(|(l, _)| *l == link).map(|(_, a)| *a));
+        owns.sort();
+        owns.dedup();
+        out.push(Eni {
+            link,
+            kind: EniKind::Node,
+            vlan_id: None,
+            owns,
+        });
+    }
+    out
+}
+
+/// The ENI behind a link, `None` when the link is no ENI (a pod's veth, a dummy, `lo`).
+pub fn of_link<'a>(topo: &'a Topology, link: &str) -> Option<&'a Eni> {
+    topo.enis.iter().find(|e| e.link == link)
 }
 
 /// Whether the VPC delivers packets for `ip` to one of this node's ENIs (its own address
 /// or one of its pods'), so a packet for it that leaves the node comes back.
-pub fn vpc_delivers_here(node: &Node, topo: &Topology, ip: IpAddr) -> bool {
-    let links = lookup::node_eni_links(node, topo)
-        .into_iter()
-        .chain(topo.vlan_links.iter().map(|v| v.name.clone()));
-    links
-        .filter_map(|l| of_link(node, topo, &l))
-        .any(|e| e.owns.contains(&ip))
+pub fn vpc_delivers_here(topo: &Topology, ip: IpAddr) -> bool {
+    topo.enis.iter().any(|e| e.owns.contains(&ip))
 }
 
 /// The VPC's source/destination check of a packet with source `src` leaving by `link`:
 /// `Some(eni)` when `link` is an ENI that does not own `src` (the VPC drops the packet).
-pub fn source_check(node: &Node, topo: &Topology, link: &str, src: IpAddr) -> Option<Eni> {
-    of_link(node, topo, link).filter(|e| !e.owns.contains(&src))
+pub fn source_check(topo: &Topology, link: &str, src: IpAddr) -> Option<Eni> {
+    of_link(topo, link)
+        .filter(|e| !e.owns.contains(&src))
+        .cloned()
 }
 
 #[cfg(test)]
@@ -239,19 +256,19 @@ mod tests {
         let n = node();
         let topo = Topology::from_node(&n);
         assert_eq!(topo.paths[0].mode, Some(EnforcingMode::Strict));
-        let e = of_link(&n, &topo, "vlan.eth.7").unwrap();
+        let e = of_link(&topo, "vlan.eth.7").unwrap().clone();
         assert_eq!(e.owns, ["192.168.26.147".parse::<IpAddr>().unwrap()]);
         assert_eq!(e.describe(), "the branch ENI on VLAN 7 (vlan.eth.7)");
         let src: IpAddr = "192.168.3.219".parse().unwrap();
-        assert_eq!(source_check(&n, &topo, "vlan.eth.7", src), Some(e));
-        assert_eq!(source_check(&n, &topo, "vlan.eth.1", src), None);
+        assert_eq!(source_check(&topo, "vlan.eth.7", src), Some(e));
+        assert_eq!(source_check(&topo, "vlan.eth.1", src), None);
     }
 
     #[test]
     fn a_node_eni_owns_its_address_and_its_ordinary_pods() {
         let n = node();
         let topo = Topology::from_node(&n);
-        let e = of_link(&n, &topo, "eth0").unwrap();
+        let e = of_link(&topo, "eth0").unwrap();
         let want: Vec<IpAddr> = ["192.168.1.10", "192.168.7.31"]
             .iter()
             .map(|a| a.parse().unwrap())
@@ -259,21 +276,9 @@ mod tests {
         assert_eq!(e.owns, want);
         assert_eq!(e.owned(), "whose addresses are 192.168.1.10, 192.168.7.31");
         let bastion: IpAddr = "10.0.1.10".parse().unwrap();
-        assert!(source_check(&n, &topo, "eth0", bastion).is_some());
-        assert_eq!(
-            of_link(&n, &topo, "vlanaaaaaaaaaaa"),
-            None,
-            "a veth is no ENI"
-        );
-        assert!(vpc_delivers_here(
-            &n,
-            &topo,
-            "192.168.1.10".parse().unwrap()
-        ));
-        assert!(!vpc_delivers_here(
-            &n,
-            &topo,
-            "169.254.20.10".parse().unwrap()
-        ));
+        assert!(source_check(&topo, "eth0", bastion).is_some());
+        assert_eq!(of_link(&topo, "vlanaaaaaaaaaaa"), None, "a veth is no ENI");
+        assert!(vpc_delivers_here(&topo, "192.168.1.10".parse().unwrap()));
+        assert!(!vpc_delivers_here(&topo, "169.254.20.10".parse().unwrap()));
     }
 }

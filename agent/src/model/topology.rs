@@ -148,6 +148,8 @@ pub struct Topology {
     pub host_veths: Vec<HostVeth>,
     /// Branch paths first, then node-ENI paths; each group by pod IP.
     pub paths: Vec<Path>,
+    /// The node's ENIs and the addresses each owns (the VPC's source/destination check).
+    pub enis: Vec<super::eni::Eni>,
 }
 
 impl Topology {
@@ -183,14 +185,17 @@ impl Topology {
             .table(TABLE_MAIN)
             .find(|r| r.is_default() && r.family == super::Family::Ipv4)
             .and_then(|r| r.oif.clone());
-        Topology {
+        let mut topo = Topology {
             mode,
             primary_eni,
             trunks,
             vlan_links,
             host_veths,
             paths,
-        }
+            enis: Vec::new(),
+        };
+        topo.enis = super::eni::all(node, &topo);
+        topo
     }
 
     pub fn vlan_link(&self, vlan_id: u16) -> Option<&VlanLink> {

@@ -208,7 +208,7 @@ pub fn leg(node: &Node, topo: &Topology, flow: &Flow<'_>, answer: &Answer) -> Le
             let egress_kind = classify(node, topo, route);
             let vpc_drop = match (egress_kind, route.oif.as_deref(), flow.src) {
                 (Egress::BranchVlan | Egress::NodeEni, Some(dev), Some(src)) => {
-                    eni::source_check(node, topo, dev, src)
+                    eni::source_check(topo, dev, src)
                 }
                 _ => None,
             };
@@ -515,7 +515,7 @@ pub fn reaches(node: &Node, topo: &Topology, forward: &Leg, to: IpAddr) -> bool 
 
 /// The packet leaves the node for an address only this node has.
 fn lost_in_vpc(node: &Node, topo: &Topology, forward: &Leg, to: IpAddr) -> bool {
-    leaves_node(forward) && node.has_address(to) && !eni::vpc_delivers_here(node, topo, to)
+    leaves_node(forward) && node.has_address(to) && !eni::vpc_delivers_here(topo, to)
 }
 
 /// The VPC's source/destination check, as a clause ending in a full stop.

@@ -284,7 +284,15 @@ fn why_refused<'a>(
         return (text, Some(rule));
     }
     match refusal {
-        Refusal::ReversePath => reverse_path(node, flow, sel),
+        Refusal::ReversePath => reverse_path(node, flow, sel).unwrap_or_else(|| {
+            let src = flow.src.map_or("?".to_string(), |s| s.to_string());
+            (
+                format!(
+                    "rp_filter on {on} refused the source {src}: the kernel found no route back to it through {on}."
+                ),
+                None,
+            )
+        }),
         Refusal::NetUnreachable | Refusal::HostUnreachable if sel.route().is_none() => {
             let first = fib::ordered(node, family(dst)).into_iter().find(|r| {
                 r.lookup_table().is_some_and(|t| t != super::TABLE_LOCAL) && fib::selects(r, flow)
@@ -337,6 +345,21 @@ fn why_refused<'a>(
         }
         Refusal::Invalid => {
             let src = flow.src;
+            // Newer kernels answer EINVAL for every packet they drop on input, rp_filter's
+            // refusal included (drop reasons replaced the errnos of ip_route_input_slow).
+            let rp_on = node.sysctls.effective_rp_filter(on) != Some(0);
+            if let Some((why, cause)) = rp_on
+                .then(|| reverse_path(node, flow, sel))
+                .flatten()
+                .filter(|_| !src.is_some_and(|s| node.has_address(s)))
+            {
+                return (
+                    format!(
+                        "{why} Newer kernels report rp_filter's refusal as EINVAL rather than EXDEV."
+                    ),
+                    cause,
+                );
+            }
             let text = if let Some(s) = src.filter(|s| node.has_address(*s)) {
                 format!(
                     "The source {s} is an address of this node, so the kernel treats a packet from it coming in on {on} as a martian."
@@ -367,19 +390,16 @@ fn why_refused<'a>(
 /// EXDEV: the kernel checks the source with a reverse lookup, as for a packet to the
 /// source coming in on the interface the forward route leaves by (`fib_validate_source`);
 /// with rp_filter strict the answer must leave by the interface the packet came in on.
+/// `None` when the replayed reverse lookup passes (the refusal has another cause).
 fn reverse_path<'a>(
     node: &'a Node,
     flow: &Flow<'_>,
     sel: &Selection<'a>,
-) -> (String, Option<&'a Rule>) {
+) -> Option<(String, Option<&'a Rule>)> {
     let on = flow.iif.unwrap_or("lo");
-    let Some(src) = flow.src else {
-        return (
-            format!("rp_filter on {on} refused the packet's source."),
-            None,
-        );
-    };
-    let mode = match node.sysctls.effective_rp_filter(on) {
+    let src = flow.src?;
+    let rp = node.sysctls.effective_rp_filter(on);
+    let mode = match rp {
         Some(1) => "strict (1)",
         Some(2) => "loose (2)",
         _ => "on",
@@ -395,6 +415,15 @@ fn reverse_path<'a>(
         ipproto: flow.ipproto,
     };
     let rsel = fib::select(node, &reverse);
+    // Strict: the way back must leave by the interface the packet came in on; loose: there
+    // must be a way back at all.
+    let fails = match rp {
+        Some(2) => rsel.route().is_none(),
+        _ => !rsel.route().is_some_and(|r| r.goes_via(on)),
+    };
+    if !fails {
+        return None;
+    }
     let packet = back_in.map_or("a packet the node sends itself".to_string(), |d| {
         format!("a packet coming in on {d}")
     });
@@ -411,12 +440,26 @@ fn reverse_path<'a>(
         }
         _ => text += &format!("for {packet}, no rule leads to a route for {src}."),
     }
-    // The cause: the rule that sent the pod's traffic to a table with no way back to it,
-    // else the rule that sends the way back elsewhere.
+    // The cause: the rule that sent the pod's traffic to a table with no way back to it
+    // when the way back is looked up in that same table, or when another branch ENI table
+    // is the one that routes the pod (a stale `iif vlan<hash>` rule, VPC CNI #1375); else
+    // the rule that sends the way back elsewhere.
     let forward_rule = sel.rule;
     let returns = |t: u32| fib::route_in(node, t, src).is_some_and(|r| r.goes_via(on));
+    let home_is_a_branch_table = node.routes.iter().any(|r| {
+        r.is_host()
+            && r.dst.addr() == src
+            && r.goes_via(on)
+            && super::cni::vlan_of_table(r.table).is_some()
+    });
+    let forward_to_blame = forward_rule
+        .and_then(|r| r.lookup_table())
+        .is_some_and(|t| {
+            !returns(t)
+                && (rsel.rule.and_then(|r| r.lookup_table()) == Some(t) || home_is_a_branch_table)
+        });
     let cause = match forward_rule {
-        Some(r) if r.lookup_table().is_some_and(|t| !returns(t)) => {
+        Some(r) if forward_to_blame => {
             text += &format!(
                 " The cause is {}: it sends the pod's traffic to table {}, which does not route {src} back through {on}.",
                 quoted(r),
@@ -436,7 +479,7 @@ fn reverse_path<'a>(
             None => None,
         },
     };
-    (text, cause)
+    Some((text, cause))
 }
 
 fn family(ip: IpAddr) -> super::Family {
@@ -1073,6 +1116,56 @@ mod tests {
             )
         );
         assert!(t.reply.is_empty() && !t.works);
+    }
+
+    /// The stale rule's table has no `iif` rule for its VLAN: the way back is looked up in
+    /// main, yet the pod's own table 101 is the one that routes it, so the stale rule is
+    /// still the cause.
+    #[test]
+    fn reverse_path_refusal_blames_the_stale_rule_when_the_way_back_is_main() {
+        let mut n = stale(node());
+        n.rules.retain(|r| r.iif.as_deref() != Some("vlan.eth.7"));
+        n.sysctls.0.insert("net.ipv4.conf.all.rp_filter".into(), 1);
+        let t = trace_with(&n, POD_A, BASTION, Some(Err(Refusal::ReversePath)));
+        assert_eq!(
+            t.forward.cause.as_ref().map(|r| r.to_string()).as_deref(),
+            Some("10: from all iif vlanaaaaaaaaaaa lookup 107")
+        );
+        assert!(
+            t.forward.why.as_deref().unwrap().contains(
+                "rule \"32766: from all lookup main\" leads to \"192.168.0.0/16 dev eth0 scope link\", out through eth0."
+            ),
+            "{:?}",
+            t.forward.why
+        );
+    }
+
+    /// Kernels with drop reasons answer EINVAL where older ones answered EXDEV: the same
+    /// explanation, and a word on the errno.
+    #[test]
+    fn reverse_path_refusal_reported_as_einval() {
+        let mut n = stale(node());
+        n.sysctls.0.insert("net.ipv4.conf.all.rp_filter".into(), 1);
+        let t = trace_with(&n, POD_A, BASTION, Some(Err(Refusal::Invalid)));
+        let why = t.forward.why.as_deref().unwrap();
+        assert!(
+            why.starts_with("rp_filter is strict (1) on vlanaaaaaaaaaaa"),
+            "{why}"
+        );
+        assert!(
+            why.ends_with("Newer kernels report rp_filter's refusal as EINVAL rather than EXDEV."),
+            "{why}"
+        );
+        assert_eq!(t.forward.cause, t.forward.rule);
+        // rp_filter off: EINVAL is something else.
+        n.sysctls.0.insert("net.ipv4.conf.all.rp_filter".into(), 0);
+        let t = trace_with(&n, POD_A, BASTION, Some(Err(Refusal::Invalid)));
+        assert_eq!(
+            t.forward.why.as_deref(),
+            Some(
+                "The kernel treats the packet as a martian (an invalid source or destination address)."
+            )
+        );
     }
 
     /// A missing `iif vlan.eth.N` rule with rp_filter on: the forward table is right, the

@@ -87,8 +87,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             ipproto: flow.ipproto,
             dport,
         };
-        rt.block_on(collect::route_get::lookup_all(&names, &[flow]))
-            .map(|mut a| a.remove(0))
+        collect::route_get::lookup_all(&names, &[flow]).map(|mut a| a.remove(0))
     })?;
     let text = match args.output {
         Output::Json => serde_json::to_string_pretty(&t)? + "\n",

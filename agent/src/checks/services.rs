@@ -37,16 +37,22 @@ pub fn what_happens(node: &Node, topo: &Topology, l: &Lookup, what: &str) -> Str
 }
 
 pub fn unreachable(node: &Node, topo: &Topology) -> Vec<Finding> {
+    let failing: Vec<(&Lookup, &str)> = node
+        .lookups
+        .iter()
+        .filter_map(|l| match &l.target {
+            Target::Service { link } if l.addr != NODELOCAL_DNS && !reached(l) => {
+                Some((l, link.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
     let mut out = Vec::new();
-    for p in &topo.paths {
-        let failing: Vec<(&Lookup, &str)> = node
-            .lookups
+    for p in topo.paths.iter() {
+        let failing: Vec<(&Lookup, &str)> = failing
             .iter()
-            .filter(|l| l.host_veth == p.host_veth && l.addr != NODELOCAL_DNS && !reached(l))
-            .filter_map(|l| match &l.target {
-                Target::Service { link } => Some((l, link.as_str())),
-                _ => None,
-            })
+            .filter(|(l, _)| l.host_veth == p.host_veth)
+            .copied()
             .collect();
         let Some((first, _)) = failing.first() else {
             continue;

@@ -22,6 +22,11 @@ pub enum CollectError {
         #[source]
         source: std::io::Error,
     },
+    #[error("route lookups over rtnetlink failed: {source}")]
+    Lookups {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("rtnetlink dump of {what} failed: {source}")]
     Netlink {
         what: &'static str,
@@ -48,7 +53,7 @@ impl Default for Sources {
 
 /// Take a snapshot of the current network namespace: dumps of links, addresses, routes
 /// and rules, pod addresses, sysctls, the CNI config, then the kernel's route lookups for
-/// every pod ([`route_get::pod_lookups`]), all on one rtnetlink connection.
+/// every pod ([`route_get::pod_lookups`], batched on one rtnetlink socket).
 ///
 /// # Errors
 /// [`CollectError`] when netlink cannot be read at all. Unreadable sysctls and a bad CNI
@@ -96,7 +101,7 @@ async fn read(handle: &rtnetlink::Handle, sources: &Sources) -> Result<Node, Col
     };
     // Which pods exist and where their traffic matters comes from the snapshot itself.
     let topo = crate::model::Topology::from_node(&node);
-    node.lookups = route_get::pod_lookups(handle, &node, &topo).await?;
+    node.lookups = route_get::pod_lookups(&node, &topo)?;
     Ok(node)
 }
 

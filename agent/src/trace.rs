@@ -6,7 +6,7 @@ use std::{net::IpAddr, process::ExitCode};
 
 use sgpath::{
     collect::{self, route_get::Flow},
-    model::{Topology, trace},
+    model::trace,
     report,
 };
 
@@ -33,8 +33,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let rt = crate::runtime()?;
-    let node = rt.block_on(collect::node(&sources))?;
-    let topo = Topology::from_node(&node);
+    let (node, topo) = rt.block_on(collect::node_with_topology(&sources))?;
     let from = match args.from.parse::<IpAddr>() {
         Ok(ip) => topo.paths.iter().find(|p| p.pod_ip == Some(ip)),
         Err(_) => topo.path_of_veth(&args.from),

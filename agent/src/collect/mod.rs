@@ -59,6 +59,17 @@ impl Default for Sources {
 /// [`CollectError`] when netlink cannot be read at all. Unreadable sysctls and a bad CNI
 /// config do not fail the snapshot: they land in `Node::read_warnings`.
 pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
+    Ok(node_with_topology(sources).await?.0)
+}
+
+/// [`node`], with the [`Topology`](crate::model::Topology) it classified to know the pods
+/// (the route lookups do not change it), so callers need not classify twice.
+///
+/// # Errors
+/// As [`node`].
+pub async fn node_with_topology(
+    sources: &Sources,
+) -> Result<(Node, crate::model::Topology), CollectError> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|source| CollectError::Socket { source })?;
     let conn = tokio::spawn(conn);
@@ -67,7 +78,10 @@ pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
     node
 }
 
-async fn read(handle: &rtnetlink::Handle, sources: &Sources) -> Result<Node, CollectError> {
+async fn read(
+    handle: &rtnetlink::Handle,
+    sources: &Sources,
+) -> Result<(Node, crate::model::Topology), CollectError> {
     let mut links = links::dump(handle).await?;
     let mut addrs = addresses::dump(handle).await?;
     for l in &mut links {
@@ -102,7 +116,7 @@ async fn read(handle: &rtnetlink::Handle, sources: &Sources) -> Result<Node, Col
     // Which pods exist and where their traffic matters comes from the snapshot itself.
     let topo = crate::model::Topology::from_node(&node);
     node.lookups = route_get::pod_lookups(&node, &topo)?;
-    Ok(node)
+    Ok((node, topo))
 }
 
 /// `uname -r`.

@@ -12,7 +12,7 @@
 
 use std::{process::Command, time::Instant};
 
-use sgpath::{checks, collect, ebpf::IfProbes, model::Topology};
+use sgpath::{checks, collect, ebpf::IfProbes};
 use sgpath_tests::NetNs;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -92,8 +92,9 @@ fn snapshot(out: &mut String, pods: usize) {
         (0..15)
             .map(|_| {
                 let t = Instant::now();
-                let n = rt.block_on(collect::node(&sources)).expect("collect");
-                let topo = Topology::from_node(&n);
+                let (n, topo) = rt
+                    .block_on(collect::node_with_topology(&sources))
+                    .expect("collect");
                 let findings = checks::run(&n, &topo);
                 assert_eq!(topo.paths.len(), pods);
                 assert_eq!(n.lookups.len(), 4 * pods, "gateway, node, DNS, metadata");

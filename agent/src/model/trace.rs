@@ -1069,6 +1069,50 @@ mod tests {
     }
 
     #[test]
+    fn strict_pod_to_another_strict_pod_meets_both_branch_enis() {
+        let t = trace(&node(), POD_A, "192.168.26.147");
+        assert_eq!(t.receiver_security_groups, Some(Deciders::BranchEni));
+        assert_eq!(
+            t.decided_by,
+            "The security groups of the branch ENI on VLAN 1 (vlan.eth.1, trunk eth1) decide what leaves, and the target's branch ENI's inbound rules decide what comes in."
+        );
+        assert_eq!(
+            t.verdict,
+            "The packet reaches 192.168.26.147; the answer leaves by vlan.eth.7, hairpins through the VPC and comes back in through vlan.eth.1 to vlanaaaaaaaaaaa."
+        );
+    }
+
+    #[test]
+    fn without_an_answer_to_follow_the_verdict_says_so() {
+        let n = node();
+        let topo = Topology::from_node(&n);
+        let pod = topo
+            .paths
+            .iter()
+            .find(|p| p.pod_ip == Some(ip(POD_A)))
+            .unwrap();
+        let req = Request {
+            from: pod,
+            to: ip(BASTION),
+            proto: Proto::Udp,
+            port: Some(53),
+        };
+        let fwd = Flow {
+            iif: Some(A),
+            src: Some(ip(POD_A)),
+            dst: ip(BASTION),
+            ipproto: Some(17),
+        };
+        let forward = leg(&n, &topo, &fwd, &kernel(&n, &fwd));
+        let t = explain(&n, &topo, &req, forward, Vec::new());
+        assert_eq!(
+            t.verdict,
+            "The packet leaves through vlan.eth.1; sgpath has no answer to follow."
+        );
+        assert_eq!(t.same_path, None);
+    }
+
+    #[test]
     fn ordinary_pod_uses_the_node_eni() {
         let t = trace(&node(), "192.168.7.31", BASTION);
         assert_eq!(t.security_groups, Deciders::NodeEni);

@@ -16,6 +16,7 @@ pub const NODELOCAL_DNS: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 20, 10));
 /// Pods named in the evidence; the rest are counted.
 const SHOWN: usize = 3;
 
+/// One finding for the node when 169.254.20.10 is on it and some pod does not reach it.
 pub fn strict(node: &Node, topo: &Topology) -> Vec<Finding> {
     let Some(link) = node
         .links

@@ -36,6 +36,8 @@ pub fn what_happens(node: &Node, topo: &Topology, l: &Lookup, what: &str) -> Str
     }
 }
 
+/// One finding per pod that cannot reach some node-only address, with one evidence line
+/// per address naming the interface that owns it and what the kernel answered.
 pub fn unreachable(node: &Node, topo: &Topology) -> Vec<Finding> {
     let failing: Vec<(&Lookup, &str)> = node
         .lookups

@@ -244,9 +244,10 @@ fn trace_strict_pod_to_node_hairpins_through_the_vpc() {
 
 /// The NodeLocal DNSCache workaround of VPC CNI #1662 on a strict pod: `local
 /// 169.254.20.10` in its table 101 and a rule at 9 for the answers. The kernel delivers the
-/// query on the node and the answer goes back to the pod's veth.
+/// query on the node and the answer goes back to the pod's veth: `inspect` reports nothing
+/// (it did, re-deriving from table 101) and `trace` says local.
 #[test]
-fn trace_nodelocal_dns_workaround_is_delivered_locally() {
+fn nodelocal_dns_workaround_no_finding_and_trace_says_local() {
     let mut s = spec("small");
     let address = "169.254.20.10".parse().unwrap();
     s.faults.push(xtask::lab::Fault::NodelocalDns { address });
@@ -256,6 +257,26 @@ fn trace_nodelocal_dns_workaround_is_delivered_locally() {
     });
     let lab = xtask::lab::Lab::build(s, "sgt-tr5").unwrap();
     let strict_veth = xtask::lab::names::host_veth(&lab.spec, lab.spec.pod("strict-a").unwrap());
+
+    let (doc, code) = inspect(&lab);
+    let serious: Vec<&serde_json::Value> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] != "info")
+        .collect();
+    assert!(serious.is_empty(), "on {}: {serious:#?}", kernel());
+    let l = doc["lookups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["pod_ip"] == "192.168.3.219" && l["address"] == "169.254.20.10")
+        .expect("a lookup of 169.254.20.10 for the strict pod");
+    assert_eq!(l["forward"]["egress_kind"], "local", "{l:#}");
+    assert_eq!(l["forward"]["table"], 101);
+    assert_eq!(l["reply"]["egress"], strict_veth.as_str(), "{l:#}");
+    assert_eq!(code, 0);
+
     let (t, code) = trace(&lab, "192.168.3.219", "169.254.20.10:53", "udp");
     assert_eq!(
         t["forward"]["egress_kind"],

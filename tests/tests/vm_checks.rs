@@ -187,32 +187,6 @@ fn mtu_mismatch() {
     expect_finding("sgt-c11", f, "mtu-mismatch", &strict_veth());
 }
 
-/// The #1662 workaround makes NodeLocal DNSCache reachable for the strict pod: the kernel
-/// delivers 169.254.20.10 locally, so nothing is reported (it was, re-derived from table 101).
-#[test]
-fn nodelocal_dns_workaround_has_no_finding() {
-    let mut s = spec("small");
-    let address = "169.254.20.10".parse().unwrap();
-    s.faults.push(Fault::NodelocalDns { address });
-    s.faults.push(Fault::NodelocalDnsWorkaround {
-        pod: "strict-a".into(),
-        address,
-    });
-    let lab = Lab::build(s, "sgt-c13").unwrap();
-    let (doc, code) = inspect(&lab);
-    assert_eq!(serious(&doc), BTreeSet::new(), "{:#}", doc["findings"]);
-    let l = doc["lookups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["pod_ip"] == "192.168.3.219" && l["address"] == "169.254.20.10")
-        .expect("a lookup of 169.254.20.10 for the strict pod");
-    assert_eq!(l["forward"]["egress_kind"], "local", "{l:#}");
-    assert_eq!(l["forward"]["table"], 101);
-    assert_eq!(l["reply"]["egress"], strict_veth().as_str(), "{l:#}");
-    assert_eq!(code, 0);
-}
-
 /// The Pod Identity agent on a strict node (VPC CNI #2797): each strict branch pod gets
 /// `node-service-unreachable`; the standard-mode branch pod and the ordinary pods reach it.
 #[test]

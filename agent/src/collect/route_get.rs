@@ -92,6 +92,9 @@ pub fn lookup_all(
     names: &BTreeMap<u32, String>,
     flows: &[Flow],
 ) -> Result<Vec<Answer>, CollectError> {
+    if flows.is_empty() {
+        return Ok(Vec::new());
+    }
     let failed = |source: std::io::Error| CollectError::Lookups { source };
     let mut socket =
         Socket::new(NETLINK_ROUTE).map_err(|source| CollectError::Socket { source })?;

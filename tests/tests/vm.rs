@@ -1,5 +1,5 @@
 //! Integration tests that need 802.1Q VLANs: run by `cargo xtask test` inside virtme-ng
-//! VMs on Debian 6.1 and 6.12 (the kernels of Amazon Linux 2023), as root, with
+//! VMs on Debian 5.10, 6.1 and 6.12 (Amazon Linux 2 and 2023), as root, with
 //! `SGPATH_BIN` and `SGPATH_KERNEL` set. On a kernel without 802.1Q they fail loudly.
 
 use std::time::Duration;

@@ -19,7 +19,7 @@ pub struct Args {
     /// xtask/labs/default.toml.
     #[arg(long)]
     pub spec: Option<PathBuf>,
-    /// Kernel to boot ("6.1" or "6.12", the kernels of Amazon Linux 2023).
+    /// Kernel to boot: "5.10" (Amazon Linux 2), "6.1" or "6.12" (Amazon Linux 2023).
     #[arg(long, default_value = "6.12")]
     pub kernel: String,
     /// Run this shell command in the node's namespace instead of sgpath; `$SGPATH` names

@@ -3,6 +3,7 @@
 //! functions of these values and unit-tested without root.
 
 mod cni;
+mod counters;
 mod link;
 mod route;
 mod rule;
@@ -11,6 +12,7 @@ mod topology;
 pub mod trace;
 
 pub use cni::{CniConfig, EnforcingMode, VLAN_LINK_PREFIX, VLAN_TABLE_OFFSET, vlan_table};
+pub use counters::{DirectionCounters, Drop, PathCounters, TOP_LOCATIONS};
 pub use link::{Link, LinkKind, OperState};
 pub use route::{Route, RouteKind, RouteScope};
 pub use rule::{Rule, RuleAction, table_name};

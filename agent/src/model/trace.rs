@@ -428,6 +428,7 @@ mod tests {
             trunk: Some("eth1".into()),
             route_table: 101,
             rules: Vec::new(),
+            counters: None,
         }
     }
 

@@ -28,6 +28,12 @@ pub const SCHEMA: &str = "sgpath.report/v1";
 ///   "cni_config": { "path", "enforcing_mode", "veth_prefix", "mtu", "plugins" } | null,
 ///   "findings": [ { "id", "severity", "subject", "evidence": [..], "remediation" } ] }
 /// ```
+/// `sgpath observe` adds `"counters": { "to_pod": <dir>, "from_pod": <dir> }` to each path,
+/// where `<dir> = { "forwarded_packets", "forwarded_bytes", "dropped_packets",
+/// "drops_by_reason": { "NETFILTER_DROP": n, ... }, "drops_by_location": { "nf_hook_slow": n } }`
+/// (bytes are IP bytes), and at the top `"drop_source": "reason" | "location"` and
+/// `"probes": { "programs": { "<program>": "tp_btf/<hook>" }, "pod_namespaces": n,
+/// "errors": { "<ProgError>": n } }`.
 /// `paths` lists branch-ENI paths first, each group ordered by pod IP; `findings` worst first.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -39,6 +45,23 @@ pub struct Report {
     pub sysctls: BTreeMap<String, i64>,
     pub cni_config: Option<crate::model::CniConfig>,
     pub findings: Vec<Finding>,
+    /// How drops are named (`observe` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop_source: Option<crate::ebpf::paths::DropSource>,
+    /// What was attached (`observe` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<ProbeStatus>,
+}
+
+/// The probes `observe` attached.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProbeStatus {
+    /// Program name -> hook.
+    pub programs: BTreeMap<String, String>,
+    /// Pod namespaces whose drops count.
+    pub pod_namespaces: usize,
+    /// Errors the programs counted instead of failing (a full map), by kind.
+    pub errors: BTreeMap<String, u64>,
 }
 
 /// The node-wide enforcing mode; `none` when no branch ENI exists.
@@ -81,6 +104,8 @@ impl Report {
             sysctls: node.sysctls.0.clone(),
             cni_config: node.cni.clone(),
             findings,
+            drop_source: None,
+            probes: None,
         }
     }
 

@@ -467,3 +467,121 @@ pub fn observe_coexists_with_a_priority_1_filter(lab: &Lab, action: &str) {
     ];
     assert_eq!(before, after, "the priority-1 filters changed");
 }
+
+/// Datagrams each pod sends to the bastion on a port its security group does not let out.
+const TO_VPC: u64 = 20;
+
+/// A strict branch pod and an ordinary pod send datagrams the VPC's security groups drop
+/// (in the lab's VPC namespace, on a real node inside AWS): they leave their paths as
+/// forwarded and never count as kernel drops, exactly as a real node sees them.
+pub fn observe_never_sees_the_vpcs_drops(lab: &Lab) {
+    let bastion: Ipv4Addr = lab.spec.vpc.bastion.addr();
+    let strict = (0..lab.spec.pods.len())
+        .find(|&i| lab.spec.pods[i].vlan.is_some())
+        .expect("a branch pod");
+    let ordinary = (0..lab.spec.pods.len())
+        .find(|&i| lab.spec.pods[i].vlan.is_none())
+        .expect("an ordinary pod");
+    let senders: Vec<(Ipv4Addr, UdpSocket)> = [strict, ordinary]
+        .iter()
+        .map(|&i| {
+            let ip = lab.spec.pods[i].ip;
+            (ip, udp_in(&lab.layout.pod(i), (ip, 0).into()))
+        })
+        .collect();
+    let observer = Observer::start(lab, &[]);
+    for (_, sock) in &senders {
+        send(sock, (bastion, 9999).into(), TO_VPC, 64);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let doc = observer.stop();
+    for (ip, _) in &senders {
+        let c = counters(&doc, *ip);
+        let ctx = format!("pod {ip}: {}", serde_json::to_string_pretty(c).unwrap());
+        assert_eq!(c["from_pod"]["forwarded_packets"], TO_VPC, "{ctx}");
+        assert_eq!(c["from_pod"]["dropped_packets"], 0, "{ctx}");
+        assert_eq!(c["to_pod"]["dropped_packets"], 0, "{ctx}");
+    }
+    assert!(
+        !doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "path-drops"),
+        "{}",
+        doc["findings"]
+    );
+}
+
+/// Datagrams the pod created during the observation sends.
+const LATE_POD: u64 = 25;
+
+/// A pod whose namespace, veth, address, routes and rule appear while `observe` counts
+/// (as the CNI's ADD lays them out) is counted from its first packets after its veth
+/// appears: the netlink notification re-reads the node and puts the new path in the maps.
+pub fn observe_counts_a_pod_created_while_it_runs(lab: &Lab) {
+    let node = lab.layout.node();
+    let node_ip = lab.spec.node.primary_ip;
+    let ns = crate::NetNs::new(&format!("{}-late", lab.layout.prefix));
+    let ip = Ipv4Addr::new(192, 168, 33, 33);
+    let veth = format!("eni{}", xtask::lab::names::veth_suffix("default", "late-pod"));
+    let mac = "02:00:00:00:33:33";
+    let node_rx = udp_in(&node, (node_ip, 7001).into());
+    let observer = Observer::start(lab, &[]);
+    let created = std::time::Instant::now();
+    for argv in [
+        vec!["ip", "-n", &node, "link", "add", &veth, "address", mac, "type", "veth", "peer", "name", "eth0", "netns", &ns.0],
+        vec!["ip", "-n", &ns.0, "addr", "add", "192.168.33.33/32", "dev", "eth0"],
+        vec!["ip", "-n", &ns.0, "link", "set", "eth0", "up"],
+        vec!["ip", "-n", &ns.0, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"],
+        vec!["ip", "-n", &ns.0, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"],
+        vec!["ip", "-n", &ns.0, "neigh", "add", "169.254.1.1", "lladdr", mac, "dev", "eth0", "nud", "permanent"],
+        vec!["ip", "-n", &node, "link", "set", &veth, "up"],
+        vec!["ip", "-n", &node, "route", "add", "192.168.33.33", "dev", &veth, "scope", "link"],
+        vec!["ip", "-n", &node, "rule", "add", "to", "192.168.33.33", "lookup", "main", "prio", "512"],
+    ] {
+        run(&argv);
+    }
+    // The CNI is done; the pod starts talking at once, well within a second.
+    std::thread::sleep(Duration::from_millis(500));
+    let tx = udp_in(&ns.0, (ip, 0).into());
+    send(&tx, (node_ip, 7001).into(), LATE_POD, 32);
+    receive(&node_rx, LATE_POD);
+    let took = created.elapsed();
+    let doc = observer.stop();
+    let c = counters(&doc, ip);
+    assert_eq!(
+        c["from_pod"]["forwarded_packets"],
+        LATE_POD,
+        "pod created {took:?} before its last datagram: {c}"
+    );
+    assert_eq!(c["from_pod"]["forwarded_bytes"], LATE_POD * (20 + 8 + 32), "{c}");
+    drop(ns);
+}
+
+/// Two `observe` at once (a debugging session beside the DaemonSet): each counts every
+/// packet once, and stopping the first leaves the second counting.
+pub fn two_observers_count_the_same_packets(lab: &Lab) {
+    let node = lab.layout.node();
+    let node_ip = lab.spec.node.primary_ip;
+    let a = (0..lab.spec.pods.len())
+        .find(|&i| lab.spec.pods[i].vlan.is_none() && lab.spec.pods[i].eni.is_none())
+        .expect("an ordinary pod");
+    let a_ip = lab.spec.pods[a].ip;
+    let node_rx = udp_in(&node, (node_ip, 7001).into());
+    let a_tx = udp_in(&lab.layout.pod(a), (a_ip, 0).into());
+    let first = Observer::start(lab, &[]);
+    let second = Observer::start(lab, &[]);
+    send(&a_tx, (node_ip, 7001).into(), FROM_POD, 16);
+    receive(&node_rx, FROM_POD);
+    let one = first.stop();
+    send(&a_tx, (node_ip, 7001).into(), FROM_POD, 16);
+    receive(&node_rx, FROM_POD);
+    let two = second.stop();
+    assert_eq!(counters(&one, a_ip)["from_pod"]["forwarded_packets"], FROM_POD, "first");
+    assert_eq!(
+        counters(&two, a_ip)["from_pod"]["forwarded_packets"],
+        2 * FROM_POD,
+        "second, which kept counting after the first exited"
+    );
+}

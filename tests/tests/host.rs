@@ -222,3 +222,17 @@ fn observe_counts_exact_packets_by_location() {
 // the VM matrix only: this machine's kernel has no cls_matchall and no act_gact
 // (CONFIG_NET_CLS_MATCHALL and CONFIG_NET_ACT_GACT are not set), so `tc ... matchall action
 // ok|drop` cannot be built here.
+
+/// A pod that appears while observe runs is counted from its first packets.
+#[test]
+fn observe_counts_a_pod_created_while_it_runs() {
+    let lab = built("host", "sgt-lt");
+    sgpath_tests::observe::observe_counts_a_pod_created_while_it_runs(&lab);
+}
+
+/// Two observers neither double-count nor disturb each other.
+#[test]
+fn two_observers_count_the_same_packets() {
+    let lab = built("host", "sgt-2o");
+    sgpath_tests::observe::two_observers_count_the_same_packets(&lab);
+}

@@ -410,6 +410,8 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (Stage, String) {
             ("RUST_BACKTRACE".into(), "1".into()),
         ],
         verbose: opts.verbose_vm,
+        // Every VM test of one kernel in one boot; TCG on 2 shared cores.
+        timeout: Duration::from_secs(1200),
         ..Default::default()
     };
     let out = match vm::run_with(&kernel, &script, &vm_opts) {

@@ -28,6 +28,8 @@ pub const GUEST_MODULES: &[&str] = &[
     "bridge",
     "sch_ingress",
     "cls_bpf",
+    "cls_matchall",
+    "act_gact",
     "nf_tables",
     "nft_ct",
     "nft_chain_nat",

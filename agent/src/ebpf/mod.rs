@@ -1,5 +1,6 @@
 //! Userspace side of the eBPF probes: load the embedded object, attach the tc counters to
-//! interfaces, read the per-CPU maps, detach on drop.
+//! interfaces, read the per-CPU maps, detach on drop. The per-path counters and drops are in
+//! [`paths`].
 //!
 //! | program      | hook                 | minimum kernel | without it          |
 //! |--------------|----------------------|----------------|---------------------|

@@ -158,6 +158,33 @@ impl PathProbes {
         Ok(())
     }
 
+    /// The kernel's own accounting of each attached program: (name, runs, total run time).
+    /// Counts only while `aya::sys::enable_stats(Stats::RunTime)` holds its fd (or
+    /// `kernel.bpf_stats_enabled=1`). For benchmarks.
+    ///
+    /// # Errors
+    /// [`ProbeError::Program`] when the kernel refuses BPF_OBJ_GET_INFO_BY_FD.
+    pub fn run_stats(&self) -> Result<Vec<(&'static str, u64, std::time::Duration)>, ProbeError> {
+        let drop_prog = match self.drop_source {
+            DropSource::Reason => "kfree_skb_reason",
+            DropSource::Location => "kfree_skb_location",
+        };
+        let mut out = Vec::new();
+        for name in ["path_rx", "path_tx", drop_prog] {
+            let prog: &BtfTracePoint = self
+                .ebpf
+                .program(name)
+                .ok_or(ProbeError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            let info = prog
+                .info()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            out.push((name, info.run_count(), info.run_time()));
+        }
+        Ok(out)
+    }
+
     /// Counts by path id, summed over CPUs, and the programs' own error counts.
     ///
     /// # Errors

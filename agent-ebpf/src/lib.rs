@@ -92,7 +92,10 @@ pub struct ProbeConfig {
     pub skb_sk: u32,
     /// Offset of `__sk_common.skc_net` in `struct sock`.
     pub sk_net: u32,
-    pub _pad: u32,
+    /// `sk_buff.end`: the offset of `skb_shared_info` from `head` (64-bit kernels).
+    pub skb_end: u32,
+    /// `skb_shared_info.gso_segs`: how many wire packets a GSO/GRO skb stands for.
+    pub shinfo_gso_segs: u32,
 }
 
 impl ProbeConfig {
@@ -109,7 +112,8 @@ impl ProbeConfig {
             node_netns: 0,
             skb_sk: 0,
             sk_net: 0,
-            _pad: 0,
+            skb_end: 0,
+            shinfo_gso_segs: 0,
         }
     }
 }
@@ -141,7 +145,7 @@ pub struct DropKey {
 }
 
 const _: () = assert!(core::mem::size_of::<IfCounters>() == 40);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 52);
 const _: () = assert!(core::mem::size_of::<PathCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<DropKey>() == 24);
 const _: () = assert!(core::mem::size_of::<PodAddr>() == 16);

@@ -56,15 +56,16 @@ pub fn count(cfg: &ProbeConfig, skb: *const u8, dev: *const u8, dir: Direction) 
     let Some(c) = PATH_COUNTERS.get_ptr_mut(path) else {
         return;
     };
+    let segs = skb::segments(cfg, skb);
     // SAFETY: per-CPU value, only this CPU touches it during this run.
     let c = unsafe { &mut *c };
     match dir {
         Direction::ToPod => {
-            c.to_pod_packets += 1;
+            c.to_pod_packets += segs;
             c.to_pod_bytes += ip.len as u64;
         }
         Direction::FromPod => {
-            c.from_pod_packets += 1;
+            c.from_pod_packets += segs;
             c.from_pod_bytes += ip.len as u64;
         }
     }

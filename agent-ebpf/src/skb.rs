@@ -73,6 +73,22 @@ pub fn is_ip(cfg: &ProbeConfig, skb: *const u8) -> bool {
     )
 }
 
+/// How many wire packets the skb stands for: `skb_shinfo(skb)->gso_segs` for a GSO or GRO
+/// skb (a TCP stream crosses a veth as 64 KiB super-packets), else 1.
+#[inline(always)]
+pub fn segments(cfg: &ProbeConfig, skb: *const u8) -> u64 {
+    let head = unsafe { read::<*const u8>(skb, cfg.skb_head) };
+    let end = unsafe { read::<u32>(skb, cfg.skb_end) };
+    let (Some(head), Some(end)) = (head, end) else {
+        return 1;
+    };
+    if head.is_null() {
+        return 1;
+    }
+    let segs = unsafe { read::<u16>(head.add(end as usize), cfg.shinfo_gso_segs) };
+    segs.map_or(1, |s| s.max(1) as u64)
+}
+
 /// The IP header at `skb->data` (on receive, before the stack sets the network header).
 #[inline(always)]
 pub fn ip_at_data(cfg: &ProbeConfig, skb: *const u8) -> Option<IpHeader> {

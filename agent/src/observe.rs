@@ -162,9 +162,10 @@ impl PathIds {
                 veths.push((l.ifindex, id));
             }
         }
+        let veth_names: Vec<&str> = topo.paths.iter().map(|p| p.host_veth.as_str()).collect();
         let mut namespaces = vec![(node_netns, NetnsRole::Node)];
         namespaces.extend(
-            netns::pod_inodes(node)
+            netns::pod_inodes(node, &veth_names)
                 .await
                 .into_iter()
                 .map(|i| (i, NetnsRole::Pod)),

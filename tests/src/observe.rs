@@ -391,9 +391,18 @@ pub fn observe_coexists_with_a_priority_1_filter(lab: &Lab, action: &str) {
     let (a_ns, a_ip) = (lab.layout.pod(a), pod.ip);
     let veth = xtask::lab::names::host_veth(&lab.spec, pod);
     // `protocol all` drops ARP too: give the node the pod's MAC up front.
-    let mac = in_netns(&a_ns, || {
-        std::fs::read_to_string("/sys/class/net/eth0/address").expect("pod eth0 MAC")
-    });
+    // Not /sys/class/net: sysfs shows the namespace it was mounted in, not the thread's.
+    let link = Command::new("ip")
+        .args(["-n", &a_ns, "-o", "link", "show", "eth0"])
+        .output()
+        .expect("ip link show");
+    let link = String::from_utf8_lossy(&link.stdout).into_owned();
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {link}"))
+        .to_owned();
     ns_run(
         &node,
         &[
@@ -524,21 +533,94 @@ pub fn observe_counts_a_pod_created_while_it_runs(lab: &Lab) {
     let node_ip = lab.spec.node.primary_ip;
     let ns = crate::NetNs::new(&format!("{}-late", lab.layout.prefix));
     let ip = Ipv4Addr::new(192, 168, 33, 33);
-    let veth = format!("eni{}", xtask::lab::names::veth_suffix("default", "late-pod"));
+    let veth = format!(
+        "eni{}",
+        xtask::lab::names::veth_suffix("default", "late-pod")
+    );
     let mac = "02:00:00:00:33:33";
     let node_rx = udp_in(&node, (node_ip, 7001).into());
     let observer = Observer::start(lab, &[]);
     let created = std::time::Instant::now();
     for argv in [
-        vec!["ip", "-n", &node, "link", "add", &veth, "address", mac, "type", "veth", "peer", "name", "eth0", "netns", &ns.0],
-        vec!["ip", "-n", &ns.0, "addr", "add", "192.168.33.33/32", "dev", "eth0"],
+        vec![
+            "ip", "-n", &node, "link", "add", &veth, "address", mac, "type", "veth", "peer",
+            "name", "eth0", "netns", &ns.0,
+        ],
+        vec![
+            "ip",
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            "192.168.33.33/32",
+            "dev",
+            "eth0",
+        ],
         vec!["ip", "-n", &ns.0, "link", "set", "eth0", "up"],
-        vec!["ip", "-n", &ns.0, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"],
-        vec!["ip", "-n", &ns.0, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"],
-        vec!["ip", "-n", &ns.0, "neigh", "add", "169.254.1.1", "lladdr", mac, "dev", "eth0", "nud", "permanent"],
+        vec![
+            "ip",
+            "-n",
+            &ns.0,
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ],
+        vec![
+            "ip",
+            "-n",
+            &ns.0,
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ],
+        vec![
+            "ip",
+            "-n",
+            &ns.0,
+            "neigh",
+            "add",
+            "169.254.1.1",
+            "lladdr",
+            mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
         vec!["ip", "-n", &node, "link", "set", &veth, "up"],
-        vec!["ip", "-n", &node, "route", "add", "192.168.33.33", "dev", &veth, "scope", "link"],
-        vec!["ip", "-n", &node, "rule", "add", "to", "192.168.33.33", "lookup", "main", "prio", "512"],
+        vec![
+            "ip",
+            "-n",
+            &node,
+            "route",
+            "add",
+            "192.168.33.33",
+            "dev",
+            &veth,
+            "scope",
+            "link",
+        ],
+        vec![
+            "ip",
+            "-n",
+            &node,
+            "rule",
+            "add",
+            "to",
+            "192.168.33.33",
+            "lookup",
+            "main",
+            "prio",
+            "512",
+        ],
     ] {
         run(&argv);
     }
@@ -551,11 +633,14 @@ pub fn observe_counts_a_pod_created_while_it_runs(lab: &Lab) {
     let doc = observer.stop();
     let c = counters(&doc, ip);
     assert_eq!(
-        c["from_pod"]["forwarded_packets"],
-        LATE_POD,
+        c["from_pod"]["forwarded_packets"], LATE_POD,
         "pod created {took:?} before its last datagram: {c}"
     );
-    assert_eq!(c["from_pod"]["forwarded_bytes"], LATE_POD * (20 + 8 + 32), "{c}");
+    assert_eq!(
+        c["from_pod"]["forwarded_bytes"],
+        LATE_POD * (20 + 8 + 32),
+        "{c}"
+    );
     drop(ns);
 }
 
@@ -578,10 +663,48 @@ pub fn two_observers_count_the_same_packets(lab: &Lab) {
     send(&a_tx, (node_ip, 7001).into(), FROM_POD, 16);
     receive(&node_rx, FROM_POD);
     let two = second.stop();
-    assert_eq!(counters(&one, a_ip)["from_pod"]["forwarded_packets"], FROM_POD, "first");
+    assert_eq!(
+        counters(&one, a_ip)["from_pod"]["forwarded_packets"],
+        FROM_POD,
+        "first"
+    );
     assert_eq!(
         counters(&two, a_ip)["from_pod"]["forwarded_packets"],
         2 * FROM_POD,
         "second, which kept counting after the first exited"
     );
+}
+
+/// `--drop-source reason` where the kernel has no drop reasons (5.10) is refused with a
+/// message naming the kernel and the way out; where it has them, observe names drops so.
+pub fn drop_source_reason_is_refused_without_reasons() {
+    let ns = crate::NetNs::new("sgt-dsr");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(sgpath_bin())
+        .args([
+            "observe",
+            "--duration",
+            "1s",
+            "--drop-source",
+            "reason",
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("run observe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if has_drop_reasons() {
+        // 0 or 1: an empty namespace has findings (ip_forward off) but no error of sgpath's.
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{stderr}");
+        let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(doc["drop_source"], "reason");
+    } else {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr
+                .contains("has no drop reasons (they arrived in 5.17); use --drop-source location"),
+            "{stderr}"
+        );
+    }
 }

@@ -236,3 +236,9 @@ fn two_observers_count_the_same_packets() {
     let lab = built("host", "sgt-2o");
     sgpath_tests::observe::two_observers_count_the_same_packets(&lab);
 }
+
+/// `--drop-source reason` works here (6.18 has reasons); refused by name on 5.10 (VM test).
+#[test]
+fn observe_drop_source_reason() {
+    sgpath_tests::observe::drop_source_reason_is_refused_without_reasons();
+}

@@ -282,3 +282,9 @@ fn observe_behind_a_priority_1_filter_that_drops() {
     let lab = built("observe", "sgt-dr");
     sgpath_tests::observe::observe_coexists_with_a_priority_1_filter(&lab, "drop");
 }
+
+/// `--drop-source reason` is refused by name on 5.10 and honoured on 6.1 and 6.12.
+#[test]
+fn observe_drop_source_reason() {
+    sgpath_tests::observe::drop_source_reason_is_refused_without_reasons();
+}

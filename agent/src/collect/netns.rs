@@ -16,10 +16,15 @@ pub fn own_inode() -> std::io::Result<u32> {
 }
 
 /// Inodes of the namespaces under `/run/netns` whose netns id (as this namespace numbers
-/// them) is the peer namespace of a host veth of `node`. Unreadable entries are skipped.
-pub async fn pod_inodes(node: &Node) -> Vec<u32> {
-    let wanted: std::collections::BTreeSet<i32> =
-        node.links.iter().filter_map(|l| l.peer_netns_id).collect();
+/// them) is the peer namespace of one of `host_veths` (the pods' host veths: not every
+/// veth, a lab's or a tool's veth to some other namespace is no pod). Unreadable entries
+/// are skipped.
+pub async fn pod_inodes(node: &Node, host_veths: &[&str]) -> Vec<u32> {
+    let wanted: std::collections::BTreeSet<i32> = host_veths
+        .iter()
+        .filter_map(|v| node.link_by_name(v))
+        .filter_map(|l| l.peer_netns_id)
+        .collect();
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
         return Vec::new();
     };

@@ -61,7 +61,8 @@ pub fn probe_config(btf: &KernelBtf, node_netns: u32) -> Result<ProbeConfig, Btf
         skb_sk: btf.member_offset("sk_buff", "sk")?,
         // struct sock starts with its sock_common.
         sk_net: btf.member_offset("sock_common", "skc_net")?,
-        _pad: 0,
+        skb_end: btf.member_offset("sk_buff", "end")?,
+        shinfo_gso_segs: btf.member_offset("skb_shared_info", "gso_segs")?,
     })
 }
 
@@ -189,10 +190,7 @@ impl PathProbes {
     ///
     /// # Errors
     /// [`ProbeError::Map`] when a map cannot be read.
-    pub fn read(
-        &self,
-        paths: u32,
-    ) -> Result<Readings, ProbeError> {
+    pub fn read(&self, paths: u32) -> Result<Readings, ProbeError> {
         let map_err = |name| move |source| ProbeError::Map { name, source };
         let mut out: BTreeMap<u32, RawPathCounts> = BTreeMap::new();
         let map = self

@@ -84,7 +84,12 @@ fn path_probes(out: &mut String) {
         .spawn()
         .expect("ip -batch");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     assert!(child.wait().unwrap().success());
     for cmd in [
         "addr add 10.98.0.2/24 dev eth0",
@@ -113,7 +118,10 @@ fn path_probes(out: &mut String) {
         .sync(
             &[(PodAddr::v4([10, 98, 0, 2]), 0)],
             &[(ifindex, 0)],
-            &[(ino("sgb-pnode"), NetnsRole::Node), (ino("sgb-ppod"), NetnsRole::Pod)],
+            &[
+                (ino("sgb-pnode"), NetnsRole::Node),
+                (ino("sgb-ppod"), NetnsRole::Pod),
+            ],
         )
         .expect("maps");
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");

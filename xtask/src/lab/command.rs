@@ -102,7 +102,11 @@ pub fn run(args: Args) -> Result<()> {
         "lab: {spec_name} on kernel {} ({}), booting under TCG...",
         args.kernel, kernel.release
     );
-    let out = vm::run_with(&kernel, &script, &vm::VmOptions::default())?;
+    let opts = vm::VmOptions {
+        binaries: vec![crate::sgpath_bin()],
+        ..Default::default()
+    };
+    let out = vm::run_with(&kernel, &script, &opts)?;
     print!("{}", out.output);
     eprintln!(
         "lab: exit {} after {:.1} s",

@@ -8,7 +8,7 @@ mod trace;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sgpath::{checks, collect, model::Topology, report};
+use sgpath::{checks, collect, report};
 
 use cli::{Cli, Command, InspectArgs, Output};
 
@@ -42,11 +42,10 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         cni_config: args.cni_config,
         proc_sys: args.proc_sys,
     };
-    let node = runtime()?.block_on(collect::node(&sources))?;
+    let (node, topo) = runtime()?.block_on(collect::node_with_topology(&sources))?;
     for w in &node.read_warnings {
         eprintln!("sgpath: warning: {w}");
     }
-    let topo = Topology::from_node(&node);
     let findings = checks::run(&node, &topo);
     let report = report::Report::new(&node, &topo, findings);
     let text = match args.output {

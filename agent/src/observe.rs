@@ -27,11 +27,10 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         cni_config: args.cni_config,
         ..Default::default()
     };
-    let node = rt.block_on(collect::node(&sources))?;
+    let (node, topo) = rt.block_on(collect::node_with_topology(&sources))?;
     for w in &node.read_warnings {
         eprintln!("sgpath: warning: {w}");
     }
-    let topo = Topology::from_node(&node);
 
     let btf = Btf::from_kernel().context("observe needs the kernel's BTF")?;
     let reasons = btf.enum_variants("skb_drop_reason");
@@ -69,8 +68,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
                 r = &mut stop => { r?; break; }
                 alive = watch.changed() => {
                     if !alive { stop.await?; break; }
-                    node = collect::node(&sources).await?;
-                    topo = Topology::from_node(&node);
+                    (node, topo) = collect::node_with_topology(&sources).await?;
                     namespaces = ids.sync(&mut probes, &node, &topo, node_netns).await?;
                 }
             }

@@ -6,14 +6,11 @@ use std::{net::IpAddr, process::ExitCode};
 
 use sgpath::{
     collect::{self, route_get::Flow},
-    model::{Topology, trace},
+    model::trace,
     report,
 };
 
 use crate::cli::{Output, TraceArgs, TraceProto};
-
-/// A reply may leave the node and hairpin back through the VPC once; more is a loop.
-const MAX_REPLY_HOPS: usize = 3;
 
 /// `--to`: `<ip>`, `<ip>:<port>` or `[<ipv6>]:<port>`.
 fn parse_to(to: &str) -> anyhow::Result<(IpAddr, Option<u16>)> {
@@ -36,8 +33,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let rt = crate::runtime()?;
-    let node = rt.block_on(collect::node(&sources))?;
-    let topo = Topology::from_node(&node);
+    let (node, topo) = rt.block_on(collect::node_with_topology(&sources))?;
     let from = match args.from.parse::<IpAddr>() {
         Ok(ip) => topo.paths.iter().find(|p| p.pod_ip == Some(ip)),
         Err(_) => topo.path_of_veth(&args.from),
@@ -60,61 +56,38 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             known.join(", ")
         );
     };
-    let Some(pod_ip) = from.pod_ip else {
+    if from.pod_ip.is_none() {
         anyhow::bail!(
             "--from {}: the IP of the pod behind {} is unknown (no route, no rule and no readable pod namespace names it); pass its IP instead",
             args.from,
             from.host_veth
         );
-    };
+    }
     let names = node
         .links
         .iter()
         .map(|l| (l.ifindex, l.name.clone()))
         .collect();
-    let ifindex = |name: &str| node.link_by_name(name).map(|l| l.ifindex);
-    let lookup = |iif: Option<&str>, src: Option<IpAddr>, dst: IpAddr, dport: Option<u16>| {
-        let flow = Flow {
-            src,
-            dst,
-            iif: iif.and_then(ifindex),
-            mark: None,
-            ipproto: Some(proto.number()),
-            dport,
-        };
-        let answer = rt
-            .block_on(collect::route_get::lookup_all(&names, &[flow]))?
-            .remove(0);
-        anyhow::Ok(trace::leg(&node, &topo, iif, src, dst, proto, &answer))
-    };
-
-    let forward = lookup(Some(&from.host_veth), Some(pod_ip), to, port)?;
-    let mut reply = Vec::new();
-    let start = trace::reply_ingress(&node, &topo, &forward, to)
-        .filter(|_| trace::reaches(&node, &forward, to));
-    if let Some(mut ingress) = start {
-        // Follow the answer; when it leaves the node toward the pod, the VPC hands it back
-        // in through the pod's ENI (strict pods' answers from the node hairpin this way).
-        while reply.len() < MAX_REPLY_HOPS {
-            let leg = lookup(ingress.as_deref(), Some(to), pod_ip, None)?;
-            let again = trace::leaves_node(&leg);
-            reply.push(leg);
-            match trace::pod_eni(&node, &topo, from) {
-                // Back in where it just came from: it would loop, stop here.
-                Some(eni) if again && ingress.as_deref() != Some(eni.as_str()) => {
-                    ingress = Some(eni)
-                }
-                _ => break,
-            }
-        }
-    }
     let req = trace::Request {
         from,
         to,
         proto,
         port,
     };
-    let t = trace::explain(&node, &topo, &req, forward, reply);
+    let t = trace::run(&node, &topo, &req, |flow, dport| {
+        let flow = Flow {
+            src: flow.src,
+            dst: flow.dst,
+            iif: flow
+                .iif
+                .and_then(|name| node.link_by_name(name))
+                .map(|l| l.ifindex),
+            mark: None,
+            ipproto: flow.ipproto,
+            dport,
+        };
+        collect::route_get::lookup_all(&names, &[flow]).map(|mut a| a.remove(0))
+    })?;
     let text = match args.output {
         Output::Json => serde_json::to_string_pretty(&t)? + "\n",
         Output::Text => report::trace::render(&t),

@@ -242,6 +242,139 @@ fn trace_strict_pod_to_node_hairpins_through_the_vpc() {
     assert_eq!(code, 0);
 }
 
+/// The NodeLocal DNSCache workaround of VPC CNI #1662 on a strict pod: `local
+/// 169.254.20.10` in its table 101 and a rule at 9 for the answers. The kernel delivers the
+/// query on the node and the answer goes back to the pod's veth: `inspect` reports nothing
+/// (it did, re-deriving from table 101) and `trace` says local.
+#[test]
+fn nodelocal_dns_workaround_no_finding_and_trace_says_local() {
+    let mut s = spec("small");
+    let address = "169.254.20.10".parse().unwrap();
+    s.faults.push(xtask::lab::Fault::NodelocalDns { address });
+    s.faults.push(xtask::lab::Fault::NodelocalDnsWorkaround {
+        pod: "strict-a".into(),
+        address,
+    });
+    let lab = xtask::lab::Lab::build(s, "sgt-tr5").unwrap();
+    let strict_veth = xtask::lab::names::host_veth(&lab.spec, lab.spec.pod("strict-a").unwrap());
+
+    let (doc, code) = inspect(&lab);
+    let serious: Vec<&serde_json::Value> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] != "info")
+        .collect();
+    assert!(serious.is_empty(), "on {}: {serious:#?}", kernel());
+    let l = doc["lookups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["pod_ip"] == "192.168.3.219" && l["address"] == "169.254.20.10")
+        .expect("a lookup of 169.254.20.10 for the strict pod");
+    assert_eq!(l["forward"]["egress_kind"], "local", "{l:#}");
+    assert_eq!(l["forward"]["table"], 101);
+    assert_eq!(l["reply"]["egress"], strict_veth.as_str(), "{l:#}");
+    assert_eq!(code, 0);
+
+    let (t, code) = trace(&lab, "192.168.3.219", "169.254.20.10:53", "udp");
+    assert_eq!(
+        t["forward"]["egress_kind"],
+        "local",
+        "on {}: {t:#}",
+        kernel()
+    );
+    assert_eq!(t["forward"]["table"], 101);
+    assert_eq!(
+        t["forward"]["rule"]["selector"],
+        format!("from all iif {strict_veth}")
+    );
+    assert_eq!(t["reply"][0]["rule"]["priority"], 9, "{t:#}");
+    assert_eq!(t["reply"][0]["egress"], strict_veth.as_str());
+    assert_eq!(t["security_groups"], "none");
+    assert_eq!(
+        t["decided_by"],
+        "No security group: the flow stays on the node."
+    );
+    assert_eq!(
+        t["verdict"],
+        format!(
+            "The packet reaches 169.254.20.10, and the answer comes back the same way to {strict_veth}."
+        )
+    );
+    assert_eq!(code, 0);
+}
+
+/// A stale `iif vlan<hash>` rule (VPC CNI #1375) sends strict-a's traffic to strict-b's
+/// table 107. With rp_filter off the packet leaves by strict-b's VLAN and the VPC drops it
+/// by its source/destination check; with rp_filter on the kernel refuses it (EXDEV) and
+/// trace names the stale rule and table 107 as the cause.
+#[test]
+fn trace_stale_vlan_rule_vpc_drop_then_reverse_path_refusal() {
+    let mut s = spec("mixed");
+    let veth = xtask::lab::names::host_veth(&s, s.pod("strict-a").unwrap());
+    s.faults.push(xtask::lab::Fault::StaleVlanRule {
+        iif: veth.clone(),
+        table: 107,
+    });
+    let mut lab = xtask::lab::Lab::build(s, "sgt-tr6").unwrap();
+
+    let (t, code) = trace(&lab, "192.168.3.219", "10.0.1.10:80", "tcp");
+    assert_eq!(
+        t["forward"]["egress"],
+        "vlan.eth.7",
+        "on {}: {t:#}",
+        kernel()
+    );
+    assert_eq!(t["forward"]["table"], 107);
+    assert_eq!(t["forward"]["vpc_drop"]["link"], "vlan.eth.7", "{t:#}");
+    assert_eq!(
+        t["forward"]["vpc_drop"]["owns"],
+        serde_json::json!(["192.168.26.147"])
+    );
+    assert_eq!(
+        t["verdict"],
+        "The pod's packet goes no further: it leaves by the branch ENI on VLAN 7 (vlan.eth.7), whose only address is 192.168.26.147; its source 192.168.3.219 is not one of them, so the VPC's source/destination check drops it."
+    );
+    assert_eq!(
+        t["reply"],
+        serde_json::json!([]),
+        "not followed past the VPC"
+    );
+    assert_eq!(code, 1);
+
+    lab.inject(&xtask::lab::Fault::Sysctl {
+        name: "net.ipv4.conf.all.rp_filter".into(),
+        value: 1,
+    })
+    .unwrap();
+    let (t, code) = trace(&lab, "192.168.3.219", "10.0.1.10:80", "tcp");
+    let f = &t["forward"];
+    assert_eq!(
+        f["error"],
+        "EXDEV (reverse path filter)",
+        "on {}: {t:#}",
+        kernel()
+    );
+    assert_eq!(f["rule"]["priority"], 10);
+    assert_eq!(f["rule"]["selector"], format!("from all iif {veth}"));
+    assert_eq!(f["rule"]["table"], 107);
+    assert_eq!(f["table"], 107);
+    assert_eq!(
+        f["route"],
+        "default via 192.168.0.1 dev vlan.eth.7 table 107"
+    );
+    assert_eq!(f["cause"], f["rule"], "{t:#}");
+    let why = f["why"].as_str().unwrap();
+    assert!(
+        why.ends_with(&format!(
+            "The cause is rule \"10: from all iif {veth} lookup 107\": it sends the pod's traffic to table 107, which does not route 192.168.3.219 back through {veth}."
+        )),
+        "{why}"
+    );
+    assert_eq!(code, 1);
+}
+
 fn built(spec_name: &str, prefix: &str) -> xtask::lab::Lab {
     xtask::lab::Lab::build(spec(spec_name), prefix)
         .unwrap_or_else(|e| panic!("lab {prefix} did not come up on {}: {e:#}", kernel()))
@@ -272,14 +405,14 @@ fn observe_never_sees_the_vpcs_drops() {
 /// The network policy agent's priority-1 filter passes everything: counts stay exact.
 #[test]
 fn observe_behind_a_priority_1_filter_that_passes() {
-    let lab = built("observe", "sgt-ok");
+    let lab = built("observe", "sgt-pok");
     sgpath_tests::observe::observe_coexists_with_a_priority_1_filter(&lab, "ok");
 }
 
 /// The priority-1 filter drops everything: each packet is a drop in the right direction.
 #[test]
 fn observe_behind_a_priority_1_filter_that_drops() {
-    let lab = built("observe", "sgt-dr");
+    let lab = built("observe", "sgt-pdr");
     sgpath_tests::observe::observe_coexists_with_a_priority_1_filter(&lab, "drop");
 }
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sgpath_tests::{inspect, spec};
 use xtask::lab::{
     Fault, Lab, names,
-    spec::{RuleOn, VlanRoute},
+    spec::{Mode, RuleOn, VlanRoute},
 };
 
 /// (id, subject) of every finding of severity warning or error.
@@ -185,4 +185,57 @@ fn mtu_mismatch() {
         mtu: 9100,
     };
     expect_finding("sgt-c11", f, "mtu-mismatch", &strict_veth());
+}
+
+/// The Pod Identity agent on a strict node (VPC CNI #2797): each strict branch pod gets
+/// `node-service-unreachable`; the standard-mode branch pod and the ordinary pods reach it.
+#[test]
+fn node_service_unreachable_pod_identity_agent() {
+    let mut s = spec("mixed");
+    s.faults.push(Fault::PodIdentityAgent);
+    let lab = Lab::build(s, "sgt-c14").unwrap();
+    let (doc, code) = inspect(&lab);
+    let want: BTreeSet<_> = ["192.168.3.219", "192.168.26.147"]
+        .iter()
+        .map(|ip| ("node-service-unreachable".to_string(), ip.to_string()))
+        .collect();
+    assert_eq!(serious(&doc), want, "{:#}", doc["findings"]);
+    for f in doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == "node-service-unreachable")
+    {
+        let evidence = f["evidence"].to_string();
+        assert!(
+            evidence.contains("169.254.170.23 is on pod-id-link0"),
+            "names the address and its interface: {f:#}"
+        );
+    }
+    assert_eq!(code, 1);
+}
+
+/// Standard mode keeps the local rule first: branch pods reach the Pod Identity agent.
+#[test]
+fn pod_identity_agent_in_standard_mode_has_no_finding() {
+    let mut s = spec("small");
+    s.node.enforcing_mode = Mode::Standard;
+    s.faults.push(Fault::PodIdentityAgent);
+    let lab = Lab::build(s, "sgt-c15").unwrap();
+    let (doc, code) = inspect(&lab);
+    assert_eq!(doc["mode"], "standard");
+    assert_eq!(serious(&doc), BTreeSet::new(), "{:#}", doc["findings"]);
+    let local = doc["lookups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["address"] == "169.254.170.23")
+        .filter(|l| l["forward"]["egress_kind"] == "local")
+        .count();
+    assert_eq!(
+        local, 2,
+        "both pods' lookups are local: {:#}",
+        doc["lookups"]
+    );
+    assert_eq!(code, 0);
 }

@@ -308,7 +308,7 @@ sync
 /// library `ldd` names for them (the dynamic loader included), stored as `f<n>`, with a
 /// `binds` file of `f<n> <original path>` lines.
 fn fast_disk(image: &Path, binaries: &[PathBuf]) -> Result<()> {
-    let mut files: Vec<PathBuf> = GUEST_TOOLS.iter().filter_map(|t| cmd::which(t)).collect();
+    let mut files: Vec<PathBuf> = GUEST_TOOLS.iter().filter_map(cmd::which).collect();
     files.extend(binaries.iter().cloned());
     let mut all: Vec<PathBuf> = Vec::new();
     for f in &files {

@@ -6,6 +6,7 @@ mod mtu;
 mod nodelocal_dns;
 mod path_drops;
 mod pod_routes;
+mod services;
 mod sysctls;
 mod vlan_rules;
 mod vlan_tables;
@@ -45,8 +46,12 @@ pub enum FindingId {
     RpFilterStrictPrimary,
     /// `net.ipv4.ip_forward` = 0.
     IpForwardDisabled,
-    /// Strict mode with NodeLocal DNSCache's address on the node.
+    /// A pod whose packets to NodeLocal DNSCache's 169.254.20.10 the kernel does not
+    /// deliver on the node (in practice: strict branch pods).
     NodelocalDnsStrict,
+    /// A pod whose packets to another address only this node has (Pod Identity agent,
+    /// kube-ipvs0...) the kernel does not deliver on the node.
+    NodeServiceUnreachable,
     /// A VLAN link or pod veth MTU above its trunk's.
     MtuMismatch,
     /// The CNI config's enforcing mode disagrees with what the node's rules show.
@@ -59,7 +64,7 @@ pub enum FindingId {
 
 impl FindingId {
     /// Every id, for metrics that must export zeros.
-    pub const ALL: [FindingId; 14] = [
+    pub const ALL: [FindingId; 15] = [
         FindingId::TcpEarlyDemuxEnabled,
         FindingId::VlanRuleMissing,
         FindingId::VlanRuleStale,
@@ -70,6 +75,7 @@ impl FindingId {
         FindingId::RpFilterStrictPrimary,
         FindingId::IpForwardDisabled,
         FindingId::NodelocalDnsStrict,
+        FindingId::NodeServiceUnreachable,
         FindingId::MtuMismatch,
         FindingId::EnforcingModeMismatch,
         FindingId::NodeReadIncomplete,
@@ -89,6 +95,7 @@ impl FindingId {
             FindingId::RpFilterStrictPrimary => "rp-filter-strict-primary",
             FindingId::IpForwardDisabled => "ip-forward-disabled",
             FindingId::NodelocalDnsStrict => "nodelocal-dns-strict",
+            FindingId::NodeServiceUnreachable => "node-service-unreachable",
             FindingId::MtuMismatch => "mtu-mismatch",
             FindingId::EnforcingModeMismatch => "enforcing-mode-mismatch",
             FindingId::NodeReadIncomplete => "node-read-incomplete",
@@ -147,6 +154,7 @@ pub const REGISTRY: &[Check] = &[
     vlan_tables::parent_missing,
     pod_routes::missing,
     nodelocal_dns::strict,
+    services::unreachable,
     mtu::mismatch,
     mode::mismatch,
     path_drops::path_drops,

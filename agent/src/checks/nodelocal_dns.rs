@@ -1,17 +1,23 @@
 //! `nodelocal-dns-strict`: NodeLocal DNSCache listens on a link-local address of the node,
 //! but a strict branch pod's table N+100 sends everything, 169.254.20.10 included, out of
-//! its VLAN, where nothing answers (VPC CNI #1384, #1662).
+//! its VLAN, where nothing answers (VPC CNI #1384, #1662). Judged from the kernel's own
+//! answers for each pod ([`Lookup`]): no finding when the kernel delivers 169.254.20.10 on
+//! the node for the pod and routes the answer back into the pod's veth (the #1662
+//! workaround: a `local 169.254.20.10` route in table N+100 and a rule before priority 10).
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{Finding, FindingId, Severity};
-use crate::model::{Node, Topology, vlan_table};
+use super::{Finding, FindingId, Severity, services};
+use crate::model::{Lookup, Node, Topology};
 
 /// NodeLocal DNSCache's default listen address.
 pub const NODELOCAL_DNS: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 20, 10));
 
+/// Pods named in the evidence; the rest are counted.
+const SHOWN: usize = 3;
+
+/// One finding for the node when 169.254.20.10 is on it and some pod does not reach it.
 pub fn strict(node: &Node, topo: &Topology) -> Vec<Finding> {
-    let strict: Vec<_> = topo.strict_paths().collect();
     let Some(link) = node
         .links
         .iter()
@@ -19,7 +25,12 @@ pub fn strict(node: &Node, topo: &Topology) -> Vec<Finding> {
     else {
         return Vec::new();
     };
-    if strict.is_empty() {
+    let failing: Vec<&Lookup> = node
+        .lookups
+        .iter()
+        .filter(|l| l.addr == NODELOCAL_DNS && !services::reached(l))
+        .collect();
+    if failing.is_empty() {
         return Vec::new();
     }
     let mut f = Finding::new(
@@ -28,10 +39,19 @@ pub fn strict(node: &Node, topo: &Topology) -> Vec<Finding> {
         NODELOCAL_DNS.to_string(),
     )
     .evidence(format!("{NODELOCAL_DNS} is on {}", link.name));
-    for p in strict.iter().take(3) {
-        if let (Some(v), Some(l)) = (p.vlan_id, &p.vlan_link) {
-            f = f.evidence(format!("pod {} uses table {}: default via {l}, so its DNS to {NODELOCAL_DNS} leaves the node", p.pod_ip.map_or("?".into(), |i| i.to_string()), vlan_table(v)));
-        }
+    for l in failing.iter().take(SHOWN) {
+        f = f.evidence(format!(
+            "pod {} ({}): {}",
+            l.pod_ip,
+            l.host_veth,
+            services::what_happens(node, topo, l, "its DNS")
+        ));
+    }
+    if failing.len() > SHOWN {
+        f = f.evidence(format!(
+            "and {} more pods the same way",
+            failing.len() - SHOWN
+        ));
     }
     vec![f.fix("kubectl set env daemonset aws-node -n kube-system POD_SECURITY_GROUP_ENFORCING_MODE=standard  # or give branch pods the kube-dns Service IP as nameserver")]
 }

@@ -3,9 +3,10 @@
 use super::{Finding, FindingId, Severity};
 use crate::model::{Node, Sysctls, Topology};
 
-/// Strict branch pods with `tcp_early_demux` = 1: kubelet's probe SYN leaves eth0, comes
-/// back through the VLAN, and the early-demuxed SYN-ACK/ACK hit the wrong socket dst (VPC
-/// CNI PR #1212). The CNI's init container sets 0 only with DISABLE_TCP_EARLY_DEMUX=true.
+/// Strict branch pods with `tcp_early_demux` = 1 break kubelet's TCP and HTTP liveness
+/// and readiness probes to them: the probe leaves eth0 and returns through the trunk, and
+/// early demux hands the pod's connection the wrong cached route (VPC CNI PR #1212). The
+/// CNI's init container sets 0 only with DISABLE_TCP_EARLY_DEMUX=true.
 pub fn tcp_early_demux(node: &Node, topo: &Topology) -> Vec<Finding> {
     let strict: Vec<_> = topo.strict_paths().collect();
     if strict.is_empty() || node.sysctls.get(Sysctls::TCP_EARLY_DEMUX) != Some(1) {
@@ -26,7 +27,8 @@ pub fn tcp_early_demux(node: &Node, topo: &Topology) -> Vec<Finding> {
         .join(", ");
     vec![Finding::new(FindingId::TcpEarlyDemuxEnabled, Severity::Warning, Sysctls::TCP_EARLY_DEMUX)
         .evidence(format!("{} = 1", Sysctls::TCP_EARLY_DEMUX))
-        .evidence(format!("{} strict-mode branch pods: {pods}", strict.len()))
+        .evidence("it breaks TCP and HTTP liveness and readiness probes to strict branch pods: the probe leaves eth0 and returns through the trunk")
+        .evidence(format!("strict-mode branch pods ({}): {pods}", strict.len()))
         .fix("kubectl set env daemonset aws-node -n kube-system -c aws-vpc-cni-init DISABLE_TCP_EARLY_DEMUX=true")]
 }
 

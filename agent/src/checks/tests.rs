@@ -4,8 +4,8 @@ use ipnet::IpNet;
 
 use super::{FindingId, Severity, run};
 use crate::model::{
-    Family, Link, LinkKind, Node, OperState, Route, RouteKind, RouteScope, Rule, RuleAction,
-    Sysctls, Topology,
+    Family, Link, LinkKind, Lookup, Node, OperState, Refusal, Route, RouteKind, RouteScope, Rule,
+    RuleAction, Sysctls, Topology, fib, lookup,
 };
 
 fn net(s: &str) -> IpNet {
@@ -113,7 +113,54 @@ fn healthy() -> Node {
     }
 }
 
+/// What a kernel with these rules and routes would answer to sgpath's lookups: the
+/// questions `collect` asks, answered by walking the fixture's rules and tables.
+fn with_lookups(mut node: Node) -> Node {
+    let topo = Topology::from_node(&node);
+    let answer = |n: &Node, flow: &fib::Flow<'_>| match fib::select(n, flow).outcome {
+        fib::Outcome::Route(r) => Ok(r.clone()),
+        fib::Outcome::Refused(e) => Err(e),
+        fib::Outcome::NoRoute => Err(Refusal::NetUnreachable),
+    };
+    node.lookups = lookup::questions(&node, &topo)
+        .into_iter()
+        .map(|q| {
+            let mut l = Lookup {
+                host_veth: q.host_veth.clone(),
+                pod_ip: q.pod_ip,
+                target: q.target.clone(),
+                addr: q.addr,
+                forward: Err(Refusal::NetUnreachable),
+                reply: None,
+            };
+            l.forward = answer(&node, &l.forward_flow());
+            if q.asks_reply() {
+                l.reply = Some(answer(&node, &l.reply_flow()));
+            }
+            l
+        })
+        .collect();
+    node
+}
+
+fn local_route(table: u32, addr: &str, dev: &str) -> Route {
+    Route {
+        kind: RouteKind::Local,
+        scope: RouteScope::Host,
+        ..route(table, addr, None, dev, RouteScope::Host)
+    }
+}
+
+/// A dummy interface holding `addr`, with the kernel's local route for it.
+fn add_dummy(n: &mut Node, ifindex: u32, name: &str, addr: &str) {
+    let mut dummy = link(ifindex, name, LinkKind::Dummy, None);
+    dummy.addresses.push(net(&format!("{addr}/32")));
+    n.links.push(dummy);
+    n.routes.push(local_route(255, &format!("{addr}/32"), name));
+}
+
 fn findings(node: &Node) -> Vec<(FindingId, Severity, String)> {
+    let node = &with_lookups(node.clone());
     let topo = Topology::from_node(node);
     run(node, &topo)
         .into_iter()
@@ -304,10 +351,154 @@ fn ip_forward_off() {
 #[test]
 fn nodelocal_dns_in_strict_mode() {
     let mut n = healthy();
-    let mut dummy = link(20, "nodelocaldns", LinkKind::Dummy, None);
-    dummy.addresses.push(net("169.254.20.10/32"));
-    n.links.push(dummy);
+    add_dummy(&mut n, 20, "nodelocaldns", "169.254.20.10");
     expect_only(&n, FindingId::NodelocalDnsStrict, "169.254.20.10");
+    let n = with_lookups(n);
+    let f = run(&n, &Topology::from_node(&n));
+    assert_eq!(
+        f[0].evidence,
+        [
+            "169.254.20.10 is on nodelocaldns".to_string(),
+            format!(
+                "pod 192.168.3.219 ({STRICT_VETH}): rule \"10: from all iif {STRICT_VETH} lookup 101\" picks \"default via 192.168.0.1 dev vlan.eth.1 table 101\", so its DNS to 169.254.20.10 leaves the node through vlan.eth.1"
+            ),
+        ]
+    );
+}
+
+/// The #1662 workaround: `local 169.254.20.10` in the pod's table N+100 and a rule before
+/// priority 10 that sends the answer to that table. The kernel delivers it on the node, so
+/// the check must not say it leaves (it did, re-deriving from the table alone).
+#[test]
+fn nodelocal_dns_workaround_is_not_a_finding() {
+    let mut n = healthy();
+    add_dummy(&mut n, 20, "nodelocaldns", "169.254.20.10");
+    n.routes
+        .push(local_route(101, "169.254.20.10/32", "nodelocaldns"));
+    n.rules.insert(
+        0,
+        rule(
+            9,
+            Some("169.254.20.10/32"),
+            Some("192.168.3.219/32"),
+            None,
+            101,
+        ),
+    );
+    assert_eq!(findings(&n), []);
+}
+
+/// Half the workaround: the node delivers the query, but its answer follows the main
+/// table out of eth0 instead of going back to the pod.
+#[test]
+fn nodelocal_dns_without_the_answer_rule() {
+    let mut n = healthy();
+    add_dummy(&mut n, 20, "nodelocaldns", "169.254.20.10");
+    n.routes
+        .push(local_route(101, "169.254.20.10/32", "nodelocaldns"));
+    expect_only(&n, FindingId::NodelocalDnsStrict, "169.254.20.10");
+    let n = with_lookups(n);
+    let f = run(&n, &Topology::from_node(&n));
+    assert_eq!(
+        f[0].evidence[1],
+        format!(
+            "pod 192.168.3.219 ({STRICT_VETH}): the node delivers its DNS to 169.254.20.10 itself, but for the answer rule \"32766: from all lookup main\" picks \"default via 192.168.0.1 dev eth0\", so it does not go back to {STRICT_VETH}"
+        )
+    );
+}
+
+/// The Pod Identity agent on a strict node (VPC CNI #2797): the strict pod cannot reach
+/// it, the ordinary pod can.
+#[test]
+fn pod_identity_agent_unreachable_from_a_strict_pod() {
+    let mut n = healthy();
+    add_dummy(&mut n, 21, "pod-id-link0", "169.254.170.23");
+    expect_only(&n, FindingId::NodeServiceUnreachable, "192.168.3.219");
+    let n = with_lookups(n);
+    let f = run(&n, &Topology::from_node(&n));
+    assert_eq!(
+        f[0].evidence,
+        [
+            format!(
+                "pod 192.168.3.219 behind {STRICT_VETH} is a strict-mode branch pod on vlan.eth.1"
+            ),
+            format!(
+                "169.254.170.23 is on pod-id-link0: rule \"10: from all iif {STRICT_VETH} lookup 101\" picks \"default via 192.168.0.1 dev vlan.eth.1 table 101\", so the pod's traffic to 169.254.170.23 leaves the node through vlan.eth.1"
+            ),
+        ]
+    );
+    assert!(
+        f[0].remediation
+            .contains("POD_SECURITY_GROUP_ENFORCING_MODE=standard")
+    );
+}
+
+/// Standard mode keeps the local rule at 0: the node delivers node-local addresses to
+/// branch pods, so nothing is unreachable.
+#[test]
+fn pod_identity_agent_in_standard_mode_is_reachable() {
+    let mut n = healthy();
+    n.links.retain(|l| l.name != STRICT_VETH);
+    n.links
+        .push(link(11, "eni0a1b2c3d4e5", LinkKind::Veth, Some(2)));
+    n.routes.retain(|r| r.oif.as_deref() != Some(STRICT_VETH));
+    n.routes.push(route(
+        254,
+        "192.168.3.219/32",
+        None,
+        "eni0a1b2c3d4e5",
+        RouteScope::Link,
+    ));
+    n.rules.retain(|r| r.priority != 10 && r.priority != 20);
+    n.rules.insert(0, rule(0, None, None, None, 255));
+    n.rules
+        .push(rule(512, None, Some("192.168.3.219/32"), None, 254));
+    n.rules
+        .push(rule(1536, Some("192.168.3.219/32"), None, None, 101));
+    n.rules.sort_by_key(|r| r.priority);
+    add_dummy(&mut n, 21, "pod-id-link0", "169.254.170.23");
+    let topo = Topology::from_node(&n);
+    assert_eq!(topo.mode, Some(crate::model::EnforcingMode::Standard));
+    assert_eq!(findings(&n), []);
+}
+
+/// A refused lookup is a refusal, not a route: the evidence says what the kernel said.
+#[test]
+fn a_refused_service_lookup_is_named() {
+    let mut n = healthy();
+    add_dummy(&mut n, 21, "pod-id-link0", "169.254.170.23");
+    let mut n = with_lookups(n);
+    for l in n
+        .lookups
+        .iter_mut()
+        .filter(|l| l.addr.to_string() == "169.254.170.23")
+    {
+        l.forward = Err(Refusal::ReversePath);
+    }
+    let f: Vec<_> = run(&n, &Topology::from_node(&n))
+        .into_iter()
+        .filter(|f| f.id == FindingId::NodeServiceUnreachable)
+        .collect();
+    assert_eq!(f.len(), 2, "the ordinary pod is refused too: {f:?}");
+    assert!(
+        f.iter().all(|f| f.evidence[1].ends_with("the kernel refuses it with EXDEV (reverse path filter), so the pod's traffic to 169.254.170.23 is dropped on the node")),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn tcp_early_demux_says_what_it_breaks() {
+    let mut n = healthy();
+    n.sysctls.0.insert("net.ipv4.tcp_early_demux".into(), 1);
+    let f = run(&n, &Topology::from_node(&n));
+    assert_eq!(
+        f[0].evidence,
+        [
+            "net.ipv4.tcp_early_demux = 1".to_string(),
+            "it breaks TCP and HTTP liveness and readiness probes to strict branch pods: the probe leaves eth0 and returns through the trunk".to_string(),
+            format!("strict-mode branch pods (1): {STRICT_VETH} (192.168.3.219)"),
+        ]
+    );
 }
 
 #[test]

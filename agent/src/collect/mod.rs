@@ -26,6 +26,11 @@ pub enum CollectError {
         #[source]
         source: std::io::Error,
     },
+    #[error("route lookups over rtnetlink failed: {source}")]
+    Lookups {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("rtnetlink dump of {what} failed: {source}")]
     Netlink {
         what: &'static str,
@@ -50,24 +55,45 @@ impl Default for Sources {
     }
 }
 
-/// Take a snapshot of the current network namespace.
+/// Take a snapshot of the current network namespace: dumps of links, addresses, routes
+/// and rules, pod addresses, sysctls, the CNI config, then the kernel's route lookups for
+/// every pod ([`route_get::pod_lookups`], batched on one rtnetlink socket).
 ///
 /// # Errors
 /// [`CollectError`] when netlink cannot be read at all. Unreadable sysctls and a bad CNI
 /// config do not fail the snapshot: they land in `Node::read_warnings`.
 pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
+    Ok(node_with_topology(sources).await?.0)
+}
+
+/// [`node`], with the [`Topology`](crate::model::Topology) it classified to know the pods
+/// (the route lookups do not change it), so callers need not classify twice.
+///
+/// # Errors
+/// As [`node`].
+pub async fn node_with_topology(
+    sources: &Sources,
+) -> Result<(Node, crate::model::Topology), CollectError> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|source| CollectError::Socket { source })?;
     let conn = tokio::spawn(conn);
-    let mut links = links::dump(&handle).await?;
-    let mut addrs = addresses::dump(&handle).await?;
+    let node = read(&handle, sources).await;
+    conn.abort();
+    node
+}
+
+async fn read(
+    handle: &rtnetlink::Handle,
+    sources: &Sources,
+) -> Result<(Node, crate::model::Topology), CollectError> {
+    let mut links = links::dump(handle).await?;
+    let mut addrs = addresses::dump(handle).await?;
     for l in &mut links {
         l.addresses = addrs.remove(&l.ifindex).unwrap_or_default();
     }
     let names = links.iter().map(|l| (l.ifindex, l.name.clone())).collect();
-    let routes = routes::dump(&handle, &names).await?;
-    let rules = rules::dump(&handle).await?;
-    conn.abort();
+    let routes = routes::dump(handle, &names).await?;
+    let rules = rules::dump(handle).await?;
     let (pod_addresses, ns_warnings) = pod_addresses::dump(&links).await?;
 
     let (sysctls, mut read_warnings) = sysctls::read(&sources.proc_sys, &links);
@@ -80,16 +106,21 @@ pub async fn node(sources: &Sources) -> Result<Node, CollectError> {
             None
         }
     };
-    Ok(Node {
+    let mut node = Node {
         kernel: kernel_release(),
         links,
         rules,
         routes,
         pod_addresses,
         sysctls,
+        lookups: Vec::new(),
         cni,
         read_warnings,
-    })
+    };
+    // Which pods exist and where their traffic matters comes from the snapshot itself.
+    let topo = crate::model::Topology::from_node(&node);
+    node.lookups = route_get::pod_lookups(&node, &topo)?;
+    Ok((node, topo))
 }
 
 /// `uname -r`.

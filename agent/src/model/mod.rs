@@ -4,7 +4,10 @@
 
 mod cni;
 mod counters;
+pub mod eni;
+pub mod fib;
 mod link;
+pub mod lookup;
 mod route;
 mod rule;
 mod sysctl;
@@ -14,6 +17,7 @@ pub mod trace;
 pub use cni::{CniConfig, EnforcingMode, VLAN_LINK_PREFIX, VLAN_TABLE_OFFSET, vlan_table};
 pub use counters::{DirectionCounters, Drop, PathCounters, TOP_LOCATIONS};
 pub use link::{Link, LinkKind, OperState};
+pub use lookup::{Answer, Lookup, Refusal, Target};
 pub use route::{Route, RouteKind, RouteScope};
 pub use rule::{Rule, RuleAction, table_name};
 pub use sysctl::Sysctls;
@@ -85,6 +89,9 @@ pub struct Node {
     /// Addresses of each host veth's peer (the pod's `eth0`), by host veth name.
     pub pod_addresses: std::collections::BTreeMap<String, Vec<ipnet::IpNet>>,
     pub sysctls: Sysctls,
+    /// The kernel's route lookups for every pod (its gateway, the node, the node's
+    /// services, instance metadata), in pod order.
+    pub lookups: Vec<Lookup>,
     /// The CNI config, when the file exists and parses.
     pub cni: Option<CniConfig>,
     /// Problems met while reading that did not stop the snapshot (a malformed CNI config,

@@ -95,6 +95,29 @@ pub struct PathRule {
     pub table: u32,
 }
 
+impl std::fmt::Display for PathRule {
+    /// `10: from all iif vlan.eth.1 lookup 101`, as `ip rule` prints it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} lookup {}",
+            self.priority,
+            self.selector,
+            super::table_name(self.table)
+        )
+    }
+}
+
+impl From<&Rule> for PathRule {
+    fn from(r: &Rule) -> PathRule {
+        PathRule {
+            priority: r.priority,
+            selector: r.selector(),
+            table: r.table,
+        }
+    }
+}
+
 /// One pod's security-group path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Path {
@@ -128,6 +151,8 @@ pub struct Topology {
     pub host_veths: Vec<HostVeth>,
     /// Branch paths first, then node-ENI paths; each group by pod IP.
     pub paths: Vec<Path>,
+    /// The node's ENIs and the addresses each owns (the VPC's source/destination check).
+    pub enis: Vec<super::eni::Eni>,
 }
 
 impl Topology {
@@ -163,14 +188,17 @@ impl Topology {
             .table(TABLE_MAIN)
             .find(|r| r.is_default() && r.family == super::Family::Ipv4)
             .and_then(|r| r.oif.clone());
-        Topology {
+        let mut topo = Topology {
             mode,
             primary_eni,
             trunks,
             vlan_links,
             host_veths,
             paths,
-        }
+            enis: Vec::new(),
+        };
+        topo.enis = super::eni::all(node, &topo);
+        topo
     }
 
     pub fn vlan_link(&self, vlan_id: u16) -> Option<&VlanLink> {
@@ -369,11 +397,7 @@ fn steering_rules(
                 || (vlan.is_some() && iif == vlan)
                 || pod_ip.is_some_and(|ip| r.is_from_host(ip) || r.is_to_host(ip))
         })
-        .map(|r| PathRule {
-            priority: r.priority,
-            selector: r.selector(),
-            table: r.table,
-        })
+        .map(PathRule::from)
         .collect();
     out.sort_by(|a, b| (a.priority, &a.selector).cmp(&(b.priority, &b.selector)));
     out

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     checks::{Finding, Severity},
-    model::{EnforcingMode, Node, Path, Topology, Trunk},
+    model::{EnforcingMode, Node, Path, Target, Topology, Trunk, trace::Leg},
 };
 
 /// Schema id of the JSON report.
@@ -26,6 +26,10 @@ pub const SCHEMA: &str = "sgpath.report/v1";
 ///                "rules": [ { "priority", "selector", "table" } ] } ],
 ///   "sysctls": { "net.ipv4.tcp_early_demux": 1, ... },
 ///   "cni_config": { "path", "enforcing_mode", "veth_prefix", "mtu", "plugins" } | null,
+///   "lookups": [ { "host_veth", "pod_ip",
+///                  "kind": "gateway" | "node-ip" | "service" | "instance-metadata",
+///                  "link": <interface owning a service address>, "address",
+///                  "forward": <leg>, "reply": <leg> | null } ],
 ///   "findings": [ { "id", "severity", "subject", "evidence": [..], "remediation" } ] }
 /// ```
 /// `sgpath observe` adds `"counters": { "to_pod": <dir>, "from_pod": <dir> }` to each path,
@@ -35,6 +39,9 @@ pub const SCHEMA: &str = "sgpath.report/v1";
 /// `"probes": { "programs": { "<program>": "tp_btf/<hook>" }, "pod_namespaces": n,
 /// "errors": { "<ProgError>": n } }`.
 /// `paths` lists branch-ENI paths first, each group ordered by pod IP; `findings` worst first.
+/// `lookups` are the kernel's answers for each pod (`ip route get <address> from <pod ip>
+/// iif <host veth>`; `reply`: `ip route get <pod ip> from <address>` for service
+/// addresses), each `<leg>` as in the trace report (`agent/src/model/trace.rs::Trace`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub schema: &'static str,
@@ -44,6 +51,7 @@ pub struct Report {
     pub paths: Vec<Path>,
     pub sysctls: BTreeMap<String, i64>,
     pub cni_config: Option<crate::model::CniConfig>,
+    pub lookups: Vec<LookupReport>,
     pub findings: Vec<Finding>,
     /// How drops are named (`observe` only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,6 +70,19 @@ pub struct ProbeStatus {
     pub pod_namespaces: usize,
     /// Errors the programs counted instead of failing (a full map), by kind.
     pub errors: BTreeMap<String, u64>,
+}
+
+/// One of the kernel's route lookups for a pod, explained.
+#[derive(Clone, Debug, Serialize)]
+pub struct LookupReport {
+    pub host_veth: String,
+    pub pod_ip: std::net::IpAddr,
+    /// `"kind"` and, for a service address, `"link"`.
+    #[serde(flatten)]
+    pub target: Target,
+    pub address: std::net::IpAddr,
+    pub forward: Leg,
+    pub reply: Option<Leg>,
 }
 
 /// The node-wide enforcing mode; `none` when no branch ENI exists.
@@ -103,6 +124,18 @@ impl Report {
             paths: topo.paths.clone(),
             sysctls: node.sysctls.0.clone(),
             cni_config: node.cni.clone(),
+            lookups: node
+                .lookups
+                .iter()
+                .map(|l| LookupReport {
+                    host_veth: l.host_veth.clone(),
+                    pod_ip: l.pod_ip,
+                    target: l.target.clone(),
+                    address: l.addr,
+                    forward: l.forward_leg(node, topo),
+                    reply: l.reply_leg(node, topo),
+                })
+                .collect(),
             findings,
             drop_source: None,
             probes: None,
@@ -141,9 +174,40 @@ mod tests {
         assert_eq!(v["kernel"], "6.12.117+deb12-amd64");
         assert_eq!(v["mode"], "none");
         assert_eq!(v["sysctls"]["net.ipv4.tcp_early_demux"], 0);
-        for key in ["trunks", "paths", "findings"] {
+        for key in ["trunks", "paths", "lookups", "findings"] {
             assert!(v[key].as_array().is_some_and(|a| a.is_empty()), "{key}");
         }
+    }
+
+    #[test]
+    fn lookups_carry_the_target_and_the_explained_answer() {
+        use crate::model::{Lookup, Refusal};
+        let mut node = Node::default();
+        node.lookups.push(Lookup {
+            host_veth: "vlanaaaaaaaaaaa".into(),
+            pod_ip: "192.168.3.219".parse().unwrap(),
+            target: Target::Service {
+                link: "pod-id-link0".into(),
+            },
+            addr: "169.254.170.23".parse().unwrap(),
+            forward: Err(Refusal::ReversePath),
+            reply: None,
+        });
+        let topo = Topology::from_node(&node);
+        let r = Report::new(&node, &topo, Vec::new());
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let l = &v["lookups"][0];
+        assert_eq!(l["kind"], "service");
+        assert_eq!(l["link"], "pod-id-link0");
+        assert_eq!(l["address"], "169.254.170.23");
+        assert_eq!(l["forward"]["error"], "EXDEV (reverse path filter)");
+        assert_eq!(l["forward"]["ingress"], "vlanaaaaaaaaaaa");
+        assert!(l["reply"].is_null());
+        let t = text::render(&r);
+        assert!(
+            t.contains("ROUTE LOOKUPS (1 for 0 pods, 1 refused)\n  192.168.3.219 (vlanaaaaaaaaaaa) -> 169.254.170.23: the kernel refuses it with EXDEV (reverse path filter)\n"),
+            "{t}"
+        );
     }
 
     #[test]

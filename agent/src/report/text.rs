@@ -108,6 +108,28 @@ pub fn render(r: &Report) -> String {
     ] {
         let _ = writeln!(out, "  {name} = {}", opt(&r.sysctls.get(name)));
     }
+    let refused: Vec<_> = r
+        .lookups
+        .iter()
+        .filter(|l| l.forward.error.is_some())
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nROUTE LOOKUPS ({} for {} pods, {} refused)",
+        r.lookups.len(),
+        r.paths.iter().filter(|p| p.pod_ip.is_some()).count(),
+        refused.len()
+    );
+    for l in refused {
+        let _ = writeln!(
+            out,
+            "  {} ({}) -> {}: {}",
+            l.pod_ip,
+            l.host_veth,
+            l.address,
+            l.forward.summary()
+        );
+    }
     let _ = writeln!(out, "\nFINDINGS ({})", r.findings.len());
     for f in &r.findings {
         let sev = format!("{:?}", f.severity).to_uppercase();

@@ -8,7 +8,9 @@
 //!   shaped like a pod path each way, to a port nobody listens on (so every datagram is
 //!   also a drop).
 //! - Snapshot: `collect::node` + classification + checks of a node namespace with N pods
-//!   (veth pairs, main routes, 512 rules), median of 15 runs.
+//!   (veth pairs, main routes, 512 rules), an `eth0` with a default route and a NodeLocal
+//!   DNSCache address, so every pod gets its five route lookups (gateway, node IP,
+//!   169.254.20.10 and its answer, instance metadata); median of 15 runs.
 //!
 //! Side effects: loads BPF programs (not attached); creates namespaces `sgb-*` and deletes them.
 
@@ -21,7 +23,6 @@ use sgpath::{
         IfProbes,
         paths::{DropSource, PathProbes, probe_config},
     },
-    model::Topology,
 };
 use sgpath_ebpf::packet::{NetnsRole, PodAddr};
 use sgpath_tests::NetNs;
@@ -163,7 +164,10 @@ fn path_probes(out: &mut String) {
 fn snapshot(out: &mut String, pods: usize) {
     let node = NetNs::new("sgb-node");
     let peer = NetNs::new("sgb-pods");
-    let mut batch = String::new();
+    // The node's uplink and NodeLocal DNSCache (veths: this machine's kernel has no dummy).
+    let mut batch = String::from(
+        "link add eth0 type veth peer name uplink netns sgb-pods\naddr add 10.0.0.10/16 dev eth0\nlink set eth0 up\nroute add default via 10.0.0.1 dev eth0\nlink add nodelocaldns type veth peer name nld netns sgb-pods\naddr add 169.254.20.10/32 dev nodelocaldns\nlink set nodelocaldns up\n",
+    );
     for i in 0..pods {
         let ip = format!("192.168.{}.{}", i / 250, i % 250 + 2);
         batch.push_str(&format!("link add eni{i:011x} type veth peer name p{i} netns sgb-pods\nlink set eni{i:011x} up\n"));
@@ -193,10 +197,12 @@ fn snapshot(out: &mut String, pods: usize) {
         (0..15)
             .map(|_| {
                 let t = Instant::now();
-                let n = rt.block_on(collect::node(&sources)).expect("collect");
-                let topo = Topology::from_node(&n);
+                let (n, topo) = rt
+                    .block_on(collect::node_with_topology(&sources))
+                    .expect("collect");
                 let findings = checks::run(&n, &topo);
                 assert_eq!(topo.paths.len(), pods);
+                assert_eq!(n.lookups.len(), 4 * pods, "gateway, node, DNS, metadata");
                 std::hint::black_box(findings);
                 t.elapsed().as_secs_f64() * 1e3
             })
@@ -217,7 +223,7 @@ fn main() {
     packet_path(&mut out);
     out.push_str("\n## Path probes (`observe`)\n\nThe kernel's own accounting (BPF_ENABLE_STATS): run time over run count of each program\nwhile datagrams cross a pod-shaped veth pair; every datagram is also a drop (no listener).\nThe tracepoints fire for every packet of the machine, so a run includes the early exits.\n\n");
     path_probes(&mut out);
-    out.push_str("\n## Snapshot (`inspect` without output): collect + classify + check\n\n| pods | ms (median of 15) |\n|---|---|\n");
+    out.push_str("\n## Snapshot (`inspect` without output): collect (5 route lookups per pod) + classify + check\n\n| pods | ms (median of 15) |\n|---|---|\n");
     for pods in [10, 110, 250] {
         snapshot(&mut out, pods);
     }

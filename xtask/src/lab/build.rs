@@ -44,6 +44,10 @@ pub const VPC_ENI0: &str = "eni-node";
 pub const VPC_TRUNK: &str = "trunk";
 /// Where pods send everything: the CNI's link-local gateway.
 pub const POD_GATEWAY: &str = "169.254.1.1";
+/// The EKS Pod Identity agent's dummy interface and addresses.
+pub const POD_IDENTITY_LINK: &str = "pod-id-link0";
+pub const POD_IDENTITY_V4: &str = "169.254.170.23";
+pub const POD_IDENTITY_V6: &str = "fd00:ec2::23";
 
 impl Layout {
     pub fn node(&self) -> String {
@@ -484,6 +488,17 @@ pub fn fault_script(spec: &Spec, l: &Layout, fault: &Fault) -> anyhow::Result<St
                 "ip -n {node} link add nodelocaldns type dummy\nip -n {node} addr add {address}/32 dev nodelocaldns\nip -n {node} link set nodelocaldns up"
             )
         }
+        Fault::NodelocalDnsWorkaround { pod, address } => {
+            let (p, vlan) = pod_vlan(pod)?;
+            let t = names::vlan_table(vlan);
+            format!(
+                "ip -n {node} route add local {address} dev nodelocaldns table {t}\nip -n {node} rule add pref 9 from {address} to {} table {t}",
+                p.ip
+            )
+        }
+        Fault::PodIdentityAgent => format!(
+            "ip -n {node} link add {POD_IDENTITY_LINK} type dummy\nip -n {node} addr add {POD_IDENTITY_V4}/32 dev {POD_IDENTITY_LINK}\nip -n {node} addr add {POD_IDENTITY_V6}/128 dev {POD_IDENTITY_LINK}\nip -n {node} link set {POD_IDENTITY_LINK} up"
+        ),
         Fault::Mtu { link, mtu } => {
             let dev = match spec.pod(link) {
                 Ok(p) => names::host_veth(spec, p),
@@ -532,6 +547,44 @@ mod tests {
             s.contains("ip -n t-node route add default via 192.168.0.1 dev vlan.eth.1 table 101")
         );
         assert!(s.contains("ip -n t-node rule add pref 20 lookup local"));
+    }
+
+    #[test]
+    fn nodelocal_dns_workaround_routes_the_query_locally_and_the_answer_back() {
+        let spec = Spec::default_lab();
+        let f = Fault::NodelocalDnsWorkaround {
+            pod: spec.pods[1].name.clone(),
+            address: "169.254.20.10".parse().unwrap(),
+        };
+        let s = fault_script(&spec, &Layout { prefix: "t".into() }, &f).unwrap();
+        assert_eq!(
+            s,
+            "ip -n t-node route add local 169.254.20.10 dev nodelocaldns table 102\nip -n t-node rule add pref 9 from 169.254.20.10 to 192.168.26.147 table 102"
+        );
+        let ordinary = Fault::NodelocalDnsWorkaround {
+            pod: spec.pods[4].name.clone(),
+            address: "169.254.20.10".parse().unwrap(),
+        };
+        assert!(fault_script(&spec, &Layout { prefix: "t".into() }, &ordinary).is_err());
+    }
+
+    #[test]
+    fn pod_identity_agent_gets_both_addresses_on_its_dummy() {
+        let spec = Spec::default_lab();
+        let s = fault_script(
+            &spec,
+            &Layout { prefix: "t".into() },
+            &Fault::PodIdentityAgent,
+        )
+        .unwrap();
+        assert!(
+            s.contains("ip -n t-node addr add 169.254.170.23/32 dev pod-id-link0"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ip -n t-node addr add fd00:ec2::23/128 dev pod-id-link0"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -218,6 +218,17 @@ pub enum Fault {
     NodelocalDns {
         address: Ipv4Addr,
     },
+    /// The operator's NodeLocal DNSCache workaround for one strict branch pod (VPC CNI
+    /// #1662): `local <address> dev nodelocaldns` in the pod's table N+100, so its queries
+    /// stay on the node, and `9: from <address> to <pod ip> lookup N+100`, before the VLAN
+    /// rules, so the answers go back to its veth. Needs a `nodelocal-dns` fault before it.
+    NodelocalDnsWorkaround {
+        pod: String,
+        address: Ipv4Addr,
+    },
+    /// The EKS Pod Identity agent's link-local addresses, 169.254.170.23 and fd00:ec2::23,
+    /// on a `pod-id-link0` dummy interface of the node (VPC CNI #2797).
+    PodIdentityAgent,
     /// Set a link's MTU (`vlan.eth.1`, a pod's veth by pod name, ...).
     Mtu {
         link: String,

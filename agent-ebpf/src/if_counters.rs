@@ -85,7 +85,7 @@ fn count(ctx: &TcContext, dir: Direction) {
 }
 
 #[inline(always)]
-fn bump_error(e: ProgError) {
+pub fn bump_error(e: ProgError) {
     if let Some(slot) = PROG_ERRORS.get_ptr_mut(e as u32) {
         // SAFETY: per-CPU slot.
         unsafe { *slot += 1 };

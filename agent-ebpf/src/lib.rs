@@ -2,7 +2,11 @@
 //!
 //! Everything here crosses the kernel boundary: fixed-width integers and `#[repr(C)]`
 //! structs with explicit padding only, sizes asserted at compile time. No side effects.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+
+pub mod packet;
+
+use packet::PodAddr;
 
 /// Name of the per-CPU hash map `ifindex -> IfCounters` the tc programs fill.
 pub const IF_COUNTERS_MAP: &str = "IF_COUNTERS";
@@ -27,27 +31,137 @@ pub struct IfCounters {
 
 /// Errors a program counts instead of failing closed (index into `PROG_ERRORS`).
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ProgError {
     /// The per-interface counter map was full: the packet passed uncounted.
     MapFull = 0,
+    /// The drop map was full: a drop went uncounted.
+    DropMapFull = 1,
 }
 
 /// Number of [`ProgError`] slots.
-pub const PROG_ERROR_SLOTS: u32 = 1;
+pub const PROG_ERROR_SLOTS: u32 = 2;
 
 impl TryFrom<u32> for ProgError {
     type Error = u32;
     fn try_from(v: u32) -> Result<Self, u32> {
         match v {
             0 => Ok(ProgError::MapFull),
+            1 => Ok(ProgError::DropMapFull),
             other => Err(other),
         }
     }
 }
 
+/// Map `HOST_VETHS`: ifindex of a host veth in the node's namespace -> path id.
+pub const HOST_VETHS_MAP: &str = "HOST_VETHS";
+/// Map `POD_PATHS`: pod IP ([`PodAddr`]) -> path id.
+pub const POD_PATHS_MAP: &str = "POD_PATHS";
+/// Map `NETNS_ROLES`: network namespace inode -> [`packet::NetnsRole`].
+pub const NETNS_ROLES_MAP: &str = "NETNS_ROLES";
+/// Per-CPU array `PATH_COUNTERS`, indexed by path id.
+pub const PATH_COUNTERS_MAP: &str = "PATH_COUNTERS";
+/// Per-CPU hash `DROPS`: [`DropKey`] -> drops.
+pub const DROPS_MAP: &str = "DROPS";
+/// The global the programs read their [`ProbeConfig`] from.
+pub const CONFIG_GLOBAL: &str = "CONFIG";
+
+/// Paths (pods) counted at once; path ids are below this.
+pub const MAX_PATHS: u32 = 4096;
+/// Network namespaces (the node's and its pods') whose drops count.
+pub const MAX_NETNS: u32 = 4096;
+/// Distinct (path, direction, namespace, reason, location) drop keys.
+pub const MAX_DROP_KEYS: u32 = 8192;
+
+/// Kernel struct offsets (bytes) read from the running kernel's BTF, and the node's network
+/// namespace inode. Set once by userspace at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub skb_dev: u32,
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_network_header: u32,
+    pub skb_protocol: u32,
+    pub dev_ifindex: u32,
+    pub dev_nd_net: u32,
+    /// Offset of `ns.inum` in `struct net`.
+    pub net_ns_inum: u32,
+    /// Inode of the node's network namespace (`stat -L -c %i /proc/self/ns/net`).
+    pub node_netns: u32,
+    pub skb_sk: u32,
+    /// Offset of `__sk_common.skc_net` in `struct sock`.
+    pub sk_net: u32,
+    /// `sk_buff.end`: the offset of `skb_shared_info` from `head` (64-bit kernels).
+    pub skb_end: u32,
+    /// `skb_shared_info.gso_segs`: how many wire packets a GSO/GRO skb stands for.
+    pub shinfo_gso_segs: u32,
+}
+
+impl ProbeConfig {
+    pub const fn zeroed() -> ProbeConfig {
+        ProbeConfig {
+            skb_dev: 0,
+            skb_head: 0,
+            skb_data: 0,
+            skb_network_header: 0,
+            skb_protocol: 0,
+            dev_ifindex: 0,
+            dev_nd_net: 0,
+            net_ns_inum: 0,
+            node_netns: 0,
+            skb_sk: 0,
+            sk_net: 0,
+            skb_end: 0,
+            shinfo_gso_segs: 0,
+        }
+    }
+}
+
+/// Forwarded packets and IP bytes of one path, per CPU: `to_pod` what its host veth handed
+/// to the pod, `from_pod` what the host veth received from it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathCounters {
+    pub to_pod_packets: u64,
+    pub to_pod_bytes: u64,
+    pub from_pod_packets: u64,
+    pub from_pod_bytes: u64,
+}
+
+/// One kind of drop on one path. `direction` is a [`packet::Direction`], `netns_role` a
+/// [`packet::NetnsRole`]; `reason` is the kernel's `enum skb_drop_reason` value (0 when the
+/// program runs without reasons) and `location` the address that freed the skb.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    pub path: u32,
+    pub direction: u8,
+    pub netns_role: u8,
+    pub _pad: [u8; 2],
+    pub reason: u32,
+    pub _pad2: u32,
+    pub location: u64,
+}
+
 const _: () = assert!(core::mem::size_of::<IfCounters>() == 40);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 52);
+const _: () = assert!(core::mem::size_of::<PathCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<DropKey>() == 24);
+const _: () = assert!(core::mem::size_of::<PodAddr>() == 16);
 
 // SAFETY: plain #[repr(C)] integers without padding.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for IfCounters {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ProbeConfig {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PathCounters {}
+// SAFETY: as above; the padding fields are explicit and always zero.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for DropKey {}
+// SAFETY: 16 bytes.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PodAddr {}

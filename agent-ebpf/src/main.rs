@@ -7,6 +7,16 @@
 
 #[cfg(target_arch = "bpf")]
 mod if_counters;
+#[cfg(target_arch = "bpf")]
+mod kfree_skb;
+#[cfg(target_arch = "bpf")]
+mod path_counters;
+#[cfg(target_arch = "bpf")]
+mod path_rx;
+#[cfg(target_arch = "bpf")]
+mod path_tx;
+#[cfg(target_arch = "bpf")]
+mod skb;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

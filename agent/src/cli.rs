@@ -26,6 +26,55 @@ pub enum Command {
     /// Example: `sgpath trace --from 192.168.3.219 --to 169.254.20.10:53 --proto udp`.
     /// Exit status: 0 the flow works as far as the node can tell, 1 it does not, 2 error.
     Trace(TraceArgs),
+    /// Count, for a while, what the node forwards to and from every pod and what the kernel
+    /// drops on each path, with the kernel's reasons; then print the inspect report with
+    /// `counters` on each path. Attaches eBPF programs (needs CAP_BPF, CAP_PERFMON,
+    /// CAP_NET_ADMIN, or root) and detaches them all before it exits, also on Ctrl-C and
+    /// SIGTERM.
+    ///
+    /// Example: `sgpath observe --duration 10s`. Exit status as `inspect`.
+    Observe(ObserveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ObserveArgs {
+    /// How long to count: `10s`, `500ms`, `2m`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Name drops by the kernel's drop reason (5.17+) or by the kernel function that freed
+    /// the packet; `auto` takes reasons where the kernel has them.
+    #[arg(long, value_enum, default_value_t = DropSourceArg::Auto)]
+    pub drop_source: DropSourceArg,
+    /// The VPC CNI config to read.
+    #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
+    pub cni_config: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DropSourceArg {
+    Auto,
+    Reason,
+    Location,
+}
+
+/// `10s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 10s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -2,6 +2,7 @@
 //! exit status (0 healthy, 1 findings, 2 sgpath's own error).
 
 mod cli;
+mod observe;
 mod trace;
 
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect(args) => inspect(args),
         Command::Trace(args) => trace::run(args),
+        Command::Observe(args) => observe::run(args),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Fixtures shared by the integration tests: the sgpath binary, labs, namespace guards,
-//! and the test bodies that run on every kernel (host 6.18 and the VMs' 6.1 and 6.12).
+//! and the test bodies that run on every kernel (host 6.18 and the VMs' 5.10, 6.1 and 6.12).
 //!
 //! Side effects: creates network namespaces (`sgt-*`) and deletes them on drop. Never
 //! touches the caller's own namespace.
@@ -14,6 +14,8 @@ use std::{
 
 use serde_json::Value;
 use xtask::lab::{Lab, Spec, names};
+
+pub mod observe;
 
 /// The `sgpath` binary under test: `$SGPATH_BIN` (set by `cargo xtask test` in VMs) or
 /// the workspace's debug build.
@@ -202,6 +204,48 @@ pub fn run(argv: &[&str]) {
     );
 }
 
+/// The running kernel's (major, minor), from /proc/sys/kernel/osrelease.
+pub fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse().unwrap_or(0));
+    (nums.next().unwrap_or(0), nums.next().unwrap_or(0))
+}
+
+/// The documented attach mode (README, "Kernel support"): tcx on 6.6+, with no qdisc and
+/// no legacy filter; before 6.6 (5.10, 6.1) a clsact qdisc and a direct-action cls_bpf
+/// filter per direction. Called in the namespace of `iface`, while the probes are attached.
+fn assert_attach_mode(iface: &str) {
+    let tc = |args: &[&str]| {
+        let out = Command::new("tc").args(args).output().expect("tc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let qdiscs = tc(&["qdisc", "show", "dev", iface]);
+    let ingress = tc(&["filter", "show", "dev", iface, "ingress"]);
+    let egress = tc(&["filter", "show", "dev", iface, "egress"]);
+    let version = kernel_version();
+    if version >= (6, 6) {
+        assert!(
+            !qdiscs.contains("clsact") && ingress.is_empty() && egress.is_empty(),
+            "kernel {version:?} has tcx: expected no clsact and no legacy filter, got\n{qdiscs}\n{ingress}\n{egress}"
+        );
+    } else {
+        assert!(
+            qdiscs.contains("clsact"),
+            "kernel {version:?} has no tcx: expected a clsact qdisc, got {qdiscs}"
+        );
+        assert!(
+            ingress.contains("if_ingress") && ingress.contains("direct-action"),
+            "kernel {version:?}: expected cls_bpf if_ingress on ingress, got {ingress}"
+        );
+        assert!(
+            egress.contains("if_egress") && egress.contains("direct-action"),
+            "kernel {version:?}: expected cls_bpf if_egress on egress, got {egress}"
+        );
+    }
+}
+
 /// The eBPF smoke test: the tc counters attached to a veth count exactly the N UDP
 /// datagrams sent through it, and nothing else. IPv6 is off in both namespaces so no
 /// router solicitation or MLD report sneaks in; static neighbours keep ARP out.
@@ -297,6 +341,7 @@ pub fn ebpf_counts_exact_packets() {
         probes
             .attach("hv0")
             .unwrap_or_else(|e| panic!("attach: {e}"));
+        assert_attach_mode("hv0");
         let rx = UdpSocket::bind("10.99.0.1:9999").expect("bind receiver");
         pod.enter(|| {
             let tx = UdpSocket::bind("10.99.0.2:0").expect("bind sender");

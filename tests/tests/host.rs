@@ -198,3 +198,47 @@ fn missing_capability_is_named_and_inspect_goes_on() {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
     assert_eq!(doc["paths"].as_array().unwrap().len(), 4);
 }
+
+fn built(spec_name: &str, prefix: &str) -> xtask::lab::Lab {
+    xtask::lab::Lab::build(spec(spec_name), prefix)
+        .unwrap_or_else(|e| panic!("lab {prefix} did not come up: {e:#}"))
+}
+
+/// Exact forwarded and dropped counts per path and direction, drops named by reason.
+#[test]
+fn observe_counts_exact_packets_per_path() {
+    let lab = built("host", "sgt-o");
+    sgpath_tests::observe::observe_counts_exact_packets(&lab, None);
+}
+
+/// The same with drops named by location, as on 5.10, on a kernel that has reasons.
+#[test]
+fn observe_counts_exact_packets_by_location() {
+    let lab = built("host", "sgt-ol");
+    sgpath_tests::observe::observe_counts_exact_packets(&lab, Some("location"));
+}
+
+// The priority-1 filter coexistence cases (`observe_behind_a_priority_1_filter_*`) run in
+// the VM matrix only: this machine's kernel has no cls_matchall and no act_gact
+// (CONFIG_NET_CLS_MATCHALL and CONFIG_NET_ACT_GACT are not set), so `tc ... matchall action
+// ok|drop` cannot be built here.
+
+/// A pod that appears while observe runs is counted from its first packets.
+#[test]
+fn observe_counts_a_pod_created_while_it_runs() {
+    let lab = built("host", "sgt-lt");
+    sgpath_tests::observe::observe_counts_a_pod_created_while_it_runs(&lab);
+}
+
+/// Two observers neither double-count nor disturb each other.
+#[test]
+fn two_observers_count_the_same_packets() {
+    let lab = built("host", "sgt-2o");
+    sgpath_tests::observe::two_observers_count_the_same_packets(&lab);
+}
+
+/// `--drop-source reason` works here (6.18 has reasons); refused by name on 5.10 (VM test).
+#[test]
+fn observe_drop_source_reason() {
+    sgpath_tests::observe::drop_source_reason_is_refused_without_reasons();
+}

@@ -1,5 +1,5 @@
 //! Integration tests that need 802.1Q VLANs: run by `cargo xtask test` inside virtme-ng
-//! VMs on Debian 6.1 and 6.12 (the kernels of Amazon Linux 2023), as root, with
+//! VMs on Debian 5.10, 6.1 and 6.12 (Amazon Linux 2 and 2023), as root, with
 //! `SGPATH_BIN` and `SGPATH_KERNEL` set. On a kernel without 802.1Q they fail loudly.
 
 use std::time::Duration;
@@ -373,4 +373,51 @@ fn trace_stale_vlan_rule_vpc_drop_then_reverse_path_refusal() {
         "{why}"
     );
     assert_eq!(code, 1);
+}
+
+fn built(spec_name: &str, prefix: &str) -> xtask::lab::Lab {
+    xtask::lab::Lab::build(spec(spec_name), prefix)
+        .unwrap_or_else(|e| panic!("lab {prefix} did not come up on {}: {e:#}", kernel()))
+}
+
+/// Exact forwarded and dropped counts per path and direction; drops named by reason where
+/// the kernel has them (6.1, 6.12), by location on 5.10.
+#[test]
+fn observe_counts_exact_packets_per_path() {
+    let lab = built("observe", "sgt-o");
+    sgpath_tests::observe::observe_counts_exact_packets(&lab, None);
+}
+
+/// `--drop-source location`: the 5.10 way, on every kernel.
+#[test]
+fn observe_counts_exact_packets_by_location() {
+    let lab = built("observe", "sgt-ol");
+    sgpath_tests::observe::observe_counts_exact_packets(&lab, Some("location"));
+}
+
+/// Drops inside the lab's VPC namespace stay as invisible as AWS's.
+#[test]
+fn observe_never_sees_the_vpcs_drops() {
+    let lab = built("observe", "sgt-ov");
+    sgpath_tests::observe::observe_never_sees_the_vpcs_drops(&lab);
+}
+
+/// The network policy agent's priority-1 filter passes everything: counts stay exact.
+#[test]
+fn observe_behind_a_priority_1_filter_that_passes() {
+    let lab = built("observe", "sgt-pok");
+    sgpath_tests::observe::observe_coexists_with_a_priority_1_filter(&lab, "ok");
+}
+
+/// The priority-1 filter drops everything: each packet is a drop in the right direction.
+#[test]
+fn observe_behind_a_priority_1_filter_that_drops() {
+    let lab = built("observe", "sgt-pdr");
+    sgpath_tests::observe::observe_coexists_with_a_priority_1_filter(&lab, "drop");
+}
+
+/// `--drop-source reason` is refused by name on 5.10 and honoured on 6.1 and 6.12.
+#[test]
+fn observe_drop_source_reason() {
+    sgpath_tests::observe::drop_source_reason_is_refused_without_reasons();
 }

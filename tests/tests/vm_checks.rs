@@ -1,6 +1,6 @@
 //! One lab test per finding: inject the fault into a small strict node (xtask/labs/small.toml)
 //! and assert that `sgpath inspect` reports exactly that finding, with its exact subject,
-//! and exits 1. Needs 802.1Q: runs in the VM matrix (6.1, 6.12).
+//! and exits 1. Needs 802.1Q: runs in the VM matrix (5.10, 6.1, 6.12).
 
 use std::collections::BTreeSet;
 

@@ -1,9 +1,15 @@
 //! Debian kernels for the VMs: resolves the newest `-amd64-unsigned` package of each short
-//! name ("6.1", "6.12"), downloads it with `apt-get download`, unpacks it with `dpkg -x`,
-//! runs `depmod` on the unpacked tree and records it in a manifest.
+//! name ("5.10", "6.1", "6.12"), downloads it with `apt-get download`, unpacks it with
+//! `dpkg -x`, runs `depmod` on the unpacked tree and records it in a manifest.
+//!
+//! 6.1 and 6.12 come from the machine's own apt sources (bookworm, bookworm-backports). 5.10
+//! (Amazon Linux 2's series) comes from bullseye through a separate apt configuration under
+//! [`BULLSEYE_APT_DIR`] (its own sources list, lists, cache and an empty dpkg status), so
+//! bullseye never becomes a source of the machine's own packages.
 //!
 //! Side effects (install only): writes under `/opt/sgpath/kernels/` (the .deb, the
-//! unpacked tree `<release>/root/`, and `<short>.json`), and creates the symlink
+//! unpacked tree `<release>/root/`, and `<short>.json`), under [`BULLSEYE_APT_DIR`] (apt
+//! lists for bullseye), and creates the symlink
 //! `/lib/modules/<release>` -> the unpacked `lib/modules/<release>` (virtme-ng's guest loads
 //! modules from there). The cache is under /opt because virtme-ng's guest sees /opt as an
 //! overlay of the host's, but hides /tmp, /var/tmp and /var/cache behind empty tmpfs mounts.
@@ -15,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The short names of the kernels every VM test runs on, oldest first.
-pub const KERNELS: &[&str] = &["6.1", "6.12"];
+pub const KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
 
 /// Where downloaded and unpacked kernels and their manifests live.
 pub const CACHE_DIR: &str = "/opt/sgpath/kernels";
@@ -73,9 +79,79 @@ pub fn get(short: &str) -> Result<Kernel> {
     Ok(kernel)
 }
 
+/// Where apt resolves and downloads a kernel package from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AptSource {
+    /// The machine's own apt configuration.
+    Machine,
+    /// Debian 11 through its own apt configuration (see [`bullseye_apt`]).
+    Bullseye,
+}
+
+/// Private apt state for bullseye: `sources.list`, `sources.list.d/` (empty), `lists/`,
+/// `cache/` and an empty `status`.
+pub const BULLSEYE_APT_DIR: &str = "/opt/sgpath/apt-bullseye";
+
+const BULLSEYE_SOURCES: &str = "\
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bullseye-security main
+";
+
+impl AptSource {
+    /// `program` (apt-get or apt-cache) configured for this source.
+    fn command(self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        if self == AptSource::Bullseye {
+            let dir = Path::new(BULLSEYE_APT_DIR);
+            for (key, path) in [
+                ("Dir::Etc::sourcelist", dir.join("sources.list")),
+                ("Dir::Etc::sourceparts", dir.join("sources.list.d")),
+                ("Dir::State::Lists", dir.join("lists")),
+                ("Dir::Cache", dir.join("cache")),
+                ("Dir::State::status", dir.join("status")),
+            ] {
+                cmd.arg("-o").arg(format!("{key}={}", path.display()));
+            }
+        }
+        cmd
+    }
+
+    /// Makes the private apt tree exist; returns whether its lists must be fetched first.
+    fn prepare(self) -> Result<bool> {
+        if self == AptSource::Machine {
+            return Ok(false);
+        }
+        let dir = Path::new(BULLSEYE_APT_DIR);
+        for sub in ["sources.list.d", "lists/partial", "cache/archives/partial"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+        }
+        let status = dir.join("status");
+        if !status.exists() {
+            std::fs::write(&status, "")?;
+        }
+        let sources = dir.join("sources.list");
+        if std::fs::read_to_string(&sources).ok().as_deref() != Some(BULLSEYE_SOURCES) {
+            std::fs::write(&sources, BULLSEYE_SOURCES)
+                .with_context(|| format!("cannot write {}", sources.display()))?;
+            return Ok(true);
+        }
+        let has_lists = std::fs::read_dir(dir.join("lists"))?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"));
+        Ok(!has_lists)
+    }
+
+    fn update(self) -> Result<()> {
+        cmd::run(self.command("apt-get").arg("update"))
+    }
+}
+
 /// How to find the newest package of one short name.
 struct Spec {
     short: &'static str,
+    /// Which apt configuration knows the package.
+    apt: AptSource,
     /// Meta package whose `Depends:` names the current image package (without -unsigned).
     meta: &'static str,
     /// Prefix the resolved image package must have.
@@ -86,13 +162,22 @@ struct Spec {
 
 const SPECS: &[Spec] = &[
     Spec {
+        short: "5.10",
+        apt: AptSource::Bullseye,
+        meta: "linux-image-amd64",
+        prefix: "linux-image-5.10.0-",
+        search: r"^linux-image-5\.10\.0-[0-9]+-amd64-unsigned$",
+    },
+    Spec {
         short: "6.1",
+        apt: AptSource::Machine,
         meta: "linux-image-amd64",
         prefix: "linux-image-6.1.0-",
         search: r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
     },
     Spec {
         short: "6.12",
+        apt: AptSource::Machine,
         meta: "linux-image-6.12-amd64",
         prefix: "linux-image-6.12.",
         search: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
@@ -116,7 +201,7 @@ fn modules_link(release: &str) -> PathBuf {
 
 /// Newest `-amd64-unsigned` image package for `spec`, from the local apt lists.
 fn resolve(spec: &Spec) -> Result<String> {
-    if let Ok(deps) = cmd::output(Command::new("apt-cache").args(["depends", spec.meta])) {
+    if let Ok(deps) = cmd::output(spec.apt.command("apt-cache").args(["depends", spec.meta])) {
         let found = deps
             .lines()
             .filter_map(|l| l.trim().strip_prefix("Depends: "))
@@ -124,13 +209,17 @@ fn resolve(spec: &Spec) -> Result<String> {
             .find(|p| p.starts_with(spec.prefix) && p.ends_with("-amd64"));
         if let Some(image) = found {
             let unsigned = format!("{image}-unsigned");
-            if cmd::succeeds(Command::new("apt-cache").args(["show", &unsigned])) {
+            if cmd::succeeds(spec.apt.command("apt-cache").args(["show", &unsigned])) {
                 return Ok(unsigned);
             }
         }
     }
     let found =
-        cmd::output(Command::new("apt-cache").args(["search", "--names-only", spec.search]))?;
+        cmd::output(
+            spec.apt
+                .command("apt-cache")
+                .args(["search", "--names-only", spec.search]),
+        )?;
     found
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -138,8 +227,8 @@ fn resolve(spec: &Spec) -> Result<String> {
         .map(str::to_owned)
         .with_context(|| {
             format!(
-                "no package matches {} (is the bookworm-backports source set up and `apt-get update` run?)",
-                spec.search
+                "no package matches {} in the apt lists of {:?} (run `cargo xtask setup`)",
+                spec.search, spec.apt
             )
         })
 }
@@ -158,6 +247,9 @@ fn version_key(name: &str) -> Vec<u64> {
 pub fn install(short: &str) -> Result<Kernel> {
     let spec = spec(short)?;
     let existing = Kernel::load(short).ok();
+    if spec.apt.prepare()? {
+        spec.apt.update()?;
+    }
     let package = match resolve(spec) {
         Ok(p) => p,
         Err(e) => match existing {
@@ -192,13 +284,14 @@ pub fn install(short: &str) -> Result<Kernel> {
         None => {
             let download = || {
                 cmd::run(
-                    Command::new("apt-get")
+                    spec.apt
+                        .command("apt-get")
                         .args(["download", &package])
                         .current_dir(&dir),
                 )
             };
             if download().is_err() {
-                cmd::run(Command::new("apt-get").arg("update"))?;
+                spec.apt.update()?;
                 download()?;
             }
             find_deb(&dir, &package)?.with_context(|| {
@@ -289,4 +382,52 @@ fn link_modules(kernel: &Kernel) -> Result<()> {
         target.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_has_a_spec_oldest_first() {
+        let shorts: Vec<&str> = SPECS.iter().map(|s| s.short).collect();
+        assert_eq!(shorts, KERNELS);
+        let mut sorted = KERNELS.to_vec();
+        sorted.sort_by_key(|k| version_key(k));
+        assert_eq!(sorted, KERNELS);
+    }
+
+    #[test]
+    fn bullseye_apt_never_reads_the_machines_sources() {
+        let spec = spec("5.10").unwrap();
+        assert_eq!(spec.apt, AptSource::Bullseye);
+        let cmd = spec.apt.command("apt-get");
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for key in [
+            "Dir::Etc::sourcelist=/opt/sgpath/apt-bullseye/sources.list",
+            "Dir::Etc::sourceparts=/opt/sgpath/apt-bullseye/sources.list.d",
+            "Dir::State::Lists=/opt/sgpath/apt-bullseye/lists",
+            "Dir::Cache=/opt/sgpath/apt-bullseye/cache",
+            "Dir::State::status=/opt/sgpath/apt-bullseye/status",
+        ] {
+            assert!(args.iter().any(|a| a == key), "{key} missing from {args:?}");
+        }
+        assert!(BULLSEYE_SOURCES.lines().all(|l| l.contains(" bullseye")));
+        assert_eq!(AptSource::Machine.command("apt-get").get_args().count(), 0);
+    }
+
+    #[test]
+    fn newest_package_by_version_key() {
+        let newest = [
+            "linux-image-5.10.0-35-amd64-unsigned",
+            "linux-image-5.10.0-46-amd64-unsigned",
+            "linux-image-5.10.0-9-amd64-unsigned",
+        ]
+        .into_iter()
+        .max_by_key(|p| version_key(p));
+        assert_eq!(newest, Some("linux-image-5.10.0-46-amd64-unsigned"));
+    }
 }

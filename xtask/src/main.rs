@@ -23,7 +23,7 @@ enum Cmd {
     Test(test::Options),
     /// Boot a kernel in a VM and run one command inside (for debugging).
     Vm {
-        /// Kernel short name ("6.1" or "6.12").
+        /// Kernel short name ("5.10", "6.1" or "6.12").
         #[arg(long, default_value = "6.1")]
         kernel: String,
         /// Kill the VM after this many seconds.

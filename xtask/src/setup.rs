@@ -16,7 +16,8 @@ use std::process::Command;
 /// Debian packages installed from the default suites, and what uses them:
 /// `ip`/`tc` (iproute2), `nft`, busybox httpd in pods,
 /// curl from the bastion, `setpriv` (util-linux) for the missing-capability test,
-/// `sysctl` (procps), `sha1sum` (coreutils), and modprobe (kmod) in the guests.
+/// `sysctl` (procps), `sha1sum` (coreutils), modprobe (kmod) in the guests, and `mke2fs`
+/// (e2fsprogs) for the VMs' fast disk.
 pub const DEB_PACKAGES: &[&str] = &[
     "kmod",
     "iproute2",
@@ -26,6 +27,7 @@ pub const DEB_PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "coreutils",
+    "e2fsprogs",
     "python3",
     "python3-pip",
 ];

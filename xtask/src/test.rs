@@ -13,6 +13,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Tests run at once inside a VM: one per vCPU. TCG runs each vCPU on its own host thread,
+/// and a lab test spends most of its time in one process at a time, so two in parallel
+/// nearly halve a kernel's wall time. Safe: every test's lab has its own namespace prefix,
+/// and the datapath probes only count in their own lab's namespaces.
+pub const VM_TEST_THREADS: u32 = 2;
+
 /// Integration-test targets of `sgpath-tests` that run inside the VMs.
 pub const VM_TEST_TARGETS: &[&str] = &["vm", "vm_checks"];
 
@@ -394,7 +400,7 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (Stage, String) {
     let mut script = String::from("status=0\n");
     for b in bins {
         script.push_str(&format!(
-            "echo '### {name}'\n{exe} --test-threads=1 > \"$SGPATH_VM_DIR/{name}.out\" 2>&1\n\
+            "echo '### {name}'\n{exe} --test-threads={VM_TEST_THREADS} > \"$SGPATH_VM_DIR/{name}.out\" 2>&1\n\
              s=$?; echo $s > \"$SGPATH_VM_DIR/{name}.status\"; [ $s -eq 0 ] || status=1\n",
             name = b.name,
             exe = vm::shell_quote(&b.exe.to_string_lossy()),
@@ -412,6 +418,9 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (Stage, String) {
         verbose: opts.verbose_vm,
         // Every VM test of one kernel in one boot; TCG on 2 shared cores.
         timeout: Duration::from_secs(1200),
+        binaries: std::iter::once(crate::sgpath_bin())
+            .chain(bins.iter().map(|b| b.exe.clone()))
+            .collect(),
         ..Default::default()
     };
     let out = match vm::run_with(&kernel, &script, &vm_opts) {

@@ -4,6 +4,7 @@
 mod mode;
 mod mtu;
 mod nodelocal_dns;
+mod path_drops;
 mod pod_routes;
 mod services;
 mod sysctls;
@@ -57,11 +58,13 @@ pub enum FindingId {
     EnforcingModeMismatch,
     /// A sysctl or the CNI config could not be read.
     NodeReadIncomplete,
+    /// The kernel dropped packets on a pod's path while `observe` counted.
+    PathDrops,
 }
 
 impl FindingId {
     /// Every id, for metrics that must export zeros.
-    pub const ALL: [FindingId; 14] = [
+    pub const ALL: [FindingId; 15] = [
         FindingId::TcpEarlyDemuxEnabled,
         FindingId::VlanRuleMissing,
         FindingId::VlanRuleStale,
@@ -76,6 +79,7 @@ impl FindingId {
         FindingId::MtuMismatch,
         FindingId::EnforcingModeMismatch,
         FindingId::NodeReadIncomplete,
+        FindingId::PathDrops,
     ];
 
     /// The id as it appears in JSON and metrics.
@@ -95,6 +99,7 @@ impl FindingId {
             FindingId::MtuMismatch => "mtu-mismatch",
             FindingId::EnforcingModeMismatch => "enforcing-mode-mismatch",
             FindingId::NodeReadIncomplete => "node-read-incomplete",
+            FindingId::PathDrops => "path-drops",
         }
     }
 }
@@ -152,6 +157,7 @@ pub const REGISTRY: &[Check] = &[
     services::unreachable,
     mtu::mismatch,
     mode::mismatch,
+    path_drops::path_drops,
     read_warnings,
 ];
 

@@ -2,13 +2,17 @@
 //! [`Node`](crate::model::Node) snapshot of the calling thread's network namespace.
 
 pub mod addresses;
+pub mod btf;
 pub mod cni_config;
+pub mod kallsyms;
 pub mod links;
+pub mod netns;
 pub mod pod_addresses;
 pub mod route_get;
 pub mod routes;
 pub mod rules;
 pub mod sysctls;
+pub mod watch;
 
 use std::path::PathBuf;
 

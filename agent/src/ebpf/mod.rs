@@ -1,5 +1,6 @@
 //! Userspace side of the eBPF probes: load the embedded object, attach the tc counters to
-//! interfaces, read the per-CPU maps, detach on drop.
+//! interfaces, read the per-CPU maps, detach on drop. The per-path counters and drops are in
+//! [`paths`].
 //!
 //! | program      | hook                 | minimum kernel | without it          |
 //! |--------------|----------------------|----------------|---------------------|
@@ -21,6 +22,8 @@ use aya::{
 use sgpath_ebpf::{IF_COUNTERS_MAP, IfCounters};
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
+pub mod paths;
+
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sgpath-ebpf"));
 
 /// Why probes could not be loaded or attached.
@@ -28,6 +31,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg
 pub enum ProbeError {
     #[error("loading the eBPF object failed (needs CAP_BPF and CAP_PERFMON, or root): {0}")]
     Load(#[source] aya::EbpfError),
+    #[error("the kernel's BTF is unreadable (needs CONFIG_DEBUG_INFO_BTF): {0}")]
+    Btf(String),
     #[error("program {name} is missing from the eBPF object")]
     MissingProgram { name: &'static str },
     #[error("program {name}: {source}")]

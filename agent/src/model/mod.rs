@@ -3,6 +3,7 @@
 //! functions of these values and unit-tested without root.
 
 mod cni;
+mod counters;
 pub mod eni;
 pub mod fib;
 mod link;
@@ -14,6 +15,7 @@ mod topology;
 pub mod trace;
 
 pub use cni::{CniConfig, EnforcingMode, VLAN_LINK_PREFIX, VLAN_TABLE_OFFSET, vlan_table};
+pub use counters::{DirectionCounters, Drop, PathCounters, TOP_LOCATIONS};
 pub use link::{Link, LinkKind, OperState};
 pub use lookup::{Answer, Lookup, Refusal, Target};
 pub use route::{Route, RouteKind, RouteScope};

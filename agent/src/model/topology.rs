@@ -14,7 +14,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use serde::Serialize;
 
 use super::{
-    EnforcingMode, Link, LinkKind, Node, RouteKind, Rule, TABLE_MAIN,
+    EnforcingMode, Link, LinkKind, Node, PathCounters, RouteKind, Rule, TABLE_MAIN,
     cni::{self, CniConfig, STRICT_VETH_PREFIX, VLAN_LINK_PREFIX},
     priority,
 };
@@ -134,6 +134,9 @@ pub struct Path {
     /// The table that routes the pod's own outbound traffic.
     pub route_table: u32,
     pub rules: Vec<PathRule>,
+    /// What the datapath probes counted (`sgpath observe`); absent from `inspect`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<PathCounters>,
 }
 
 /// The node's security-group topology.
@@ -375,6 +378,7 @@ fn path(node: &Node, vlans: &[VlanLink], veth: &HostVeth) -> Path {
         trunk: vlan.and_then(|v| v.trunk.clone()),
         route_table,
         rules,
+        counters: None,
     }
 }
 

@@ -32,6 +32,12 @@ pub const SCHEMA: &str = "sgpath.report/v1";
 ///                  "forward": <leg>, "reply": <leg> | null } ],
 ///   "findings": [ { "id", "severity", "subject", "evidence": [..], "remediation" } ] }
 /// ```
+/// `sgpath observe` adds `"counters": { "to_pod": <dir>, "from_pod": <dir> }` to each path,
+/// where `<dir> = { "forwarded_packets", "forwarded_bytes", "dropped_packets",
+/// "drops_by_reason": { "NETFILTER_DROP": n, ... }, "drops_by_location": { "nf_hook_slow": n } }`
+/// (bytes are IP bytes), and at the top `"drop_source": "reason" | "location"` and
+/// `"probes": { "programs": { "<program>": "tp_btf/<hook>" }, "pod_namespaces": n,
+/// "errors": { "<ProgError>": n } }`.
 /// `paths` lists branch-ENI paths first, each group ordered by pod IP; `findings` worst first.
 /// `lookups` are the kernel's answers for each pod (`ip route get <address> from <pod ip>
 /// iif <host veth>`; `reply`: `ip route get <pod ip> from <address>` for service
@@ -47,6 +53,23 @@ pub struct Report {
     pub cni_config: Option<crate::model::CniConfig>,
     pub lookups: Vec<LookupReport>,
     pub findings: Vec<Finding>,
+    /// How drops are named (`observe` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop_source: Option<crate::ebpf::paths::DropSource>,
+    /// What was attached (`observe` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<ProbeStatus>,
+}
+
+/// The probes `observe` attached.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProbeStatus {
+    /// Program name -> hook.
+    pub programs: BTreeMap<String, String>,
+    /// Pod namespaces whose drops count.
+    pub pod_namespaces: usize,
+    /// Errors the programs counted instead of failing (a full map), by kind.
+    pub errors: BTreeMap<String, u64>,
 }
 
 /// One of the kernel's route lookups for a pod, explained.
@@ -114,6 +137,8 @@ impl Report {
                 })
                 .collect(),
             findings,
+            drop_source: None,
+            probes: None,
         }
     }
 

@@ -97,6 +97,9 @@ pub fn render(r: &Report) -> String {
         }
         table(&mut out, &rows);
     }
+    if let Some(source) = r.drop_source {
+        counters(&mut out, r, source);
+    }
     let _ = writeln!(out, "\nSYSCTLS");
     for name in [
         "net.ipv4.tcp_early_demux",
@@ -137,6 +140,65 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(out, "      fix: {}", f.remediation);
     }
     out
+}
+
+/// Per path kind: forwarded and dropped packets each way, and the top drop names.
+fn counters(out: &mut String, r: &Report, source: crate::ebpf::paths::DropSource) {
+    let by = match source {
+        crate::ebpf::paths::DropSource::Reason => "reason",
+        crate::ebpf::paths::DropSource::Location => "location",
+    };
+    for kind in [PathKind::BranchEni, PathKind::NodeEni] {
+        let _ = writeln!(
+            out,
+            "\n{} COUNTERS (drops by {by})",
+            kind.as_str().to_uppercase()
+        );
+        let mut rows = vec![
+            [
+                "POD IP",
+                "TO POD FWD",
+                "TO POD DROP",
+                "FROM POD FWD",
+                "FROM POD DROP",
+                "TOP DROPS",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for p in r.paths.iter().filter(|p| p.kind == kind) {
+            let Some(c) = &p.counters else { continue };
+            let mut names: Vec<(String, u64)> = Vec::new();
+            for d in [&c.to_pod, &c.from_pod] {
+                let named = match source {
+                    crate::ebpf::paths::DropSource::Reason => &d.drops_by_reason,
+                    crate::ebpf::paths::DropSource::Location => &d.drops_by_location,
+                };
+                for (k, v) in named {
+                    match names.iter_mut().find(|(n, _)| n == k) {
+                        Some((_, total)) => *total += v,
+                        None => names.push((k.clone(), *v)),
+                    }
+                }
+            }
+            names.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let top = names
+                .iter()
+                .take(3)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            rows.push(vec![
+                opt(&p.pod_ip),
+                c.to_pod.forwarded_packets.to_string(),
+                c.to_pod.dropped_packets.to_string(),
+                c.from_pod.forwarded_packets.to_string(),
+                c.from_pod.dropped_packets.to_string(),
+                top,
+            ]);
+        }
+        table(out, &rows);
+    }
 }
 
 fn table(out: &mut String, rows: &[Vec<String>]) {

@@ -120,6 +120,7 @@ mod tests {
                 trunk: Some("eth1".into()),
                 route_table: 107,
                 rules: Vec::new(),
+                counters: None,
             },
             to: "10.0.1.10".parse().unwrap(),
             proto: Proto::Tcp,

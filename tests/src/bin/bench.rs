@@ -3,6 +3,10 @@
 //!
 //! - Packet path: the kernel's mean run time of each tc hook per packet
 //!   (BPF_PROG_TEST_RUN, 1 000 000 runs, median of 5), for an IPv4/UDP frame and an ARP frame.
+//! - Path probes: the kernel's own accounting (BPF_ENABLE_STATS run time / run count) of
+//!   `path_rx`, `path_tx` and the drop handler while 200 000 datagrams cross a veth pair
+//!   shaped like a pod path each way, to a port nobody listens on (so every datagram is
+//!   also a drop).
 //! - Snapshot: `collect::node` + classification + checks of a node namespace with N pods
 //!   (veth pairs, main routes, 512 rules), an `eth0` with a default route and a NodeLocal
 //!   DNSCache address, so every pod gets its five route lookups (gateway, node IP,
@@ -12,7 +16,15 @@
 
 use std::{process::Command, time::Instant};
 
-use sgpath::{checks, collect, ebpf::IfProbes};
+use sgpath::{
+    checks,
+    collect::{self, btf::Btf},
+    ebpf::{
+        IfProbes,
+        paths::{DropSource, PathProbes, probe_config},
+    },
+};
+use sgpath_ebpf::packet::{NetnsRole, PodAddr};
 use sgpath_tests::NetNs;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -54,6 +66,99 @@ fn packet_path(out: &mut String) {
             out.push_str(&format!("| `{name}` | {label} | {:.0} |\n", median(runs)));
         }
     }
+}
+
+const FLOOD: u64 = 200_000;
+
+fn path_probes(out: &mut String) {
+    use std::os::unix::fs::MetadataExt;
+    let node = NetNs::new("sgb-pnode");
+    let pod = NetNs::new("sgb-ppod");
+    let script = "\
+        link add hv0 address 02:00:00:00:00:0a type veth peer name eth0 netns sgb-ppod address 02:00:00:00:00:0b\n\
+        addr add 10.98.0.1/24 dev hv0\n\
+        neigh add 10.98.0.2 lladdr 02:00:00:00:00:0b dev hv0 nud permanent\n\
+        link set hv0 up\n";
+    let mut child = Command::new("ip")
+        .args(["-n", "sgb-pnode", "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip -batch");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    for cmd in [
+        "addr add 10.98.0.2/24 dev eth0",
+        "neigh add 10.98.0.1 lladdr 02:00:00:00:00:0a dev eth0 nud permanent",
+        "link set eth0 up",
+    ] {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ip -n sgb-ppod {cmd}"))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{cmd}");
+    }
+    let ino = |ns: &str| std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino() as u32;
+    let btf = Btf::from_kernel().expect("BTF");
+    let source = if btf.enum_variants("skb_drop_reason").is_some() {
+        DropSource::Reason
+    } else {
+        DropSource::Location
+    };
+    let ifindex = node.enter(|| nix::net::if_::if_nametoindex("hv0").unwrap());
+    let mut probes =
+        PathProbes::attach(probe_config(&btf, ino("sgb-pnode")).unwrap(), source).expect("attach");
+    probes
+        .sync(
+            &[(PodAddr::v4([10, 98, 0, 2]), 0)],
+            &[(ifindex, 0)],
+            &[
+                (ino("sgb-pnode"), NetnsRole::Node),
+                (ino("sgb-ppod"), NetnsRole::Pod),
+            ],
+        )
+        .expect("maps");
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let flood = |ns: &NetNs, from: [u8; 4], to: [u8; 4]| {
+        ns.enter(|| {
+            let s = std::net::UdpSocket::bind((std::net::Ipv4Addr::from(from), 0)).unwrap();
+            let dst = (std::net::Ipv4Addr::from(to), 9999);
+            for _ in 0..FLOOD {
+                let _ = s.send_to(&[0u8; 18], dst);
+            }
+        })
+    };
+    let t = Instant::now();
+    flood(&pod, [10, 98, 0, 2], [10, 98, 0, 1]);
+    flood(&node, [10, 98, 0, 1], [10, 98, 0, 2]);
+    let secs = t.elapsed().as_secs_f64();
+    out.push_str(&format!(
+        "Drops named by {}; {FLOOD} datagrams each way in {secs:.1} s.\n\n| program | hook | runs | ns per run |\n|---|---|---|---|\n",
+        match source {
+            DropSource::Reason => "reason",
+            DropSource::Location => "location",
+        }
+    ));
+    for (name, runs, time) in probes.run_stats().expect("stats") {
+        let hook = match name {
+            "path_rx" => "tp_btf/netif_receive_skb",
+            "path_tx" => "tp_btf/net_dev_start_xmit",
+            _ => "tp_btf/kfree_skb",
+        };
+        out.push_str(&format!(
+            "| `{name}` | {hook} | {runs} | {:.0} |\n",
+            time.as_nanos() as f64 / runs.max(1) as f64
+        ));
+    }
+    drop(probes);
+    drop(pod);
 }
 
 fn snapshot(out: &mut String, pods: usize) {
@@ -116,6 +221,8 @@ fn main() {
     ));
     out.push_str("The kernel's own timer around the program (BPF_PROG_TEST_RUN), so a figure includes the\ntest-run loop; the hook is one per-CPU hash lookup and two adds, no lock, no event to userspace.\n\n");
     packet_path(&mut out);
+    out.push_str("\n## Path probes (`observe`)\n\nThe kernel's own accounting (BPF_ENABLE_STATS): run time over run count of each program\nwhile datagrams cross a pod-shaped veth pair; every datagram is also a drop (no listener).\nThe tracepoints fire for every packet of the machine, so a run includes the early exits.\n\n");
+    path_probes(&mut out);
     out.push_str("\n## Snapshot (`inspect` without output): collect (5 route lookups per pod) + classify + check\n\n| pods | ms (median of 15) |\n|---|---|\n");
     for pods in [10, 110, 250] {
         snapshot(&mut out, pods);

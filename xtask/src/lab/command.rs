@@ -19,7 +19,7 @@ pub struct Args {
     /// xtask/labs/default.toml.
     #[arg(long)]
     pub spec: Option<PathBuf>,
-    /// Kernel to boot ("6.1" or "6.12", the kernels of Amazon Linux 2023).
+    /// Kernel to boot: "5.10" (Amazon Linux 2), "6.1" or "6.12" (Amazon Linux 2023).
     #[arg(long, default_value = "6.12")]
     pub kernel: String,
     /// Run this shell command in the node's namespace instead of sgpath; `$SGPATH` names
@@ -102,7 +102,11 @@ pub fn run(args: Args) -> Result<()> {
         "lab: {spec_name} on kernel {} ({}), booting under TCG...",
         args.kernel, kernel.release
     );
-    let out = vm::run_with(&kernel, &script, &vm::VmOptions::default())?;
+    let opts = vm::VmOptions {
+        binaries: vec![crate::sgpath_bin()],
+        ..Default::default()
+    };
+    let out = vm::run_with(&kernel, &script, &opts)?;
     print!("{}", out.output);
     eprintln!(
         "lab: exit {} after {:.1} s",

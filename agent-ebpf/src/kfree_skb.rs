@@ -1,0 +1,90 @@
+//! `kfree_skb_reason` and `kfree_skb_location`: tp_btf `kfree_skb` (net/core/skbuff.c), the
+//! kernel's drop point. The reason argument exists from 5.17 (`enum skb_drop_reason`, values
+//! differ per kernel: userspace names them from BTF); 5.10 has only the freeing function
+//! (`location`), so userspace loads `kfree_skb_location` there or with
+//! `--drop-source location`.
+//!
+//! A drop is charged to the path of the pod IP in its header (source: `from_pod`,
+//! destination: `to_pod`), and only when the skb's device (or, before it has one, its
+//! socket) is in the node's namespace or a pod's (`NETNS_ROLES`): drops in any other
+//! namespace (the lab's VPC) stay invisible, as AWS's are on a real node.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, PerCpuHashMap},
+    programs::BtfTracePointContext,
+};
+use sgpath_ebpf::{DropKey, MAX_DROP_KEYS, MAX_NETNS, ProgError, packet::Direction};
+
+use crate::{if_counters::bump_error, path_counters::POD_PATHS, skb};
+
+#[map]
+static NETNS_ROLES: HashMap<u32, u8> = HashMap::with_max_entries(MAX_NETNS, 0);
+
+#[map]
+static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, 0);
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_reason(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u32 = ctx.arg(2);
+    charge(skb, location, reason);
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_location(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    charge(skb, location, 0);
+    0
+}
+
+#[inline(always)]
+fn charge(skb: *const u8, location: u64, reason: u32) {
+    let cfg = skb::config();
+    if skb.is_null() || !skb::is_ip(&cfg, skb) {
+        return;
+    }
+    let dev = skb::dev(&cfg, skb);
+    let inum = if dev.is_null() {
+        skb::sk_netns(&cfg, skb)
+    } else {
+        skb::netns(&cfg, dev)
+    };
+    let Some(inum) = inum else {
+        return;
+    };
+    // SAFETY: read-only use of a value userspace wrote.
+    let Some(&role) = (unsafe { NETNS_ROLES.get(&inum) }) else {
+        return;
+    };
+    let Some(ip) = skb::ip_at_network_header(&cfg, skb) else {
+        return;
+    };
+    for (addr, dir) in [(ip.src, Direction::FromPod), (ip.dst, Direction::ToPod)] {
+        // SAFETY: as above.
+        let Some(&path) = (unsafe { POD_PATHS.get(&addr) }) else {
+            continue;
+        };
+        let key = DropKey {
+            path,
+            direction: dir as u8,
+            netns_role: role,
+            _pad: [0; 2],
+            reason,
+            _pad2: 0,
+            location,
+        };
+        match DROPS.get_ptr_mut(&key) {
+            // SAFETY: per-CPU value.
+            Some(n) => unsafe { *n += 1 },
+            None => {
+                if DROPS.insert(&key, &1, 0).is_err() {
+                    bump_error(ProgError::DropMapFull);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Kernel text symbols from `/proc/kallsyms` (as `grep ' [tT] ' /proc/kallsyms` lists
+//! them), to name the function that freed a dropped packet. Side effects: reads one file.
+//! Addresses read as zero without CAP_SYSLOG (kptr_restrict): then nothing resolves.
+
+/// Sorted text symbols.
+#[derive(Debug, Default)]
+pub struct Kallsyms {
+    /// (address, name), ascending by address.
+    symbols: Vec<(u64, String)>,
+}
+
+impl Kallsyms {
+    /// Reads `/proc/kallsyms`.
+    ///
+    /// # Errors
+    /// The I/O error when the file cannot be read.
+    pub fn read() -> std::io::Result<Kallsyms> {
+        Ok(Kallsyms::parse(&std::fs::read_to_string("/proc/kallsyms")?))
+    }
+
+    /// Parses kallsyms text; keeps text symbols (`t`/`T`) with a nonzero address.
+    pub fn parse(text: &str) -> Kallsyms {
+        let mut symbols: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+                let kind = f.next()?;
+                let name = f.next()?;
+                (addr != 0 && (kind == "t" || kind == "T")).then(|| (addr, name.to_owned()))
+            })
+            .collect();
+        symbols.sort();
+        Kallsyms { symbols }
+    }
+
+    /// Whether any address was readable.
+    pub fn is_empty(&self) -> bool {
+        self.symbols.is_empty()
+    }
+
+    /// The function containing `addr`: the nearest symbol at or below it.
+    pub fn function(&self, addr: u64) -> Option<&str> {
+        let i = self.symbols.partition_point(|(a, _)| *a <= addr);
+        (i > 0).then(|| self.symbols[i - 1].1.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_an_address_inside_a_function() {
+        let k = Kallsyms::parse(
+            "ffffffff81a00000 T nf_hook_slow\n\
+             ffffffff81a00100 t nf_hook_slow_list\n\
+             ffffffff81a00200 D some_data\n\
+             ffffffff81b00000 T __udp4_lib_rcv\n",
+        );
+        assert_eq!(k.function(0xffffffff81a00042), Some("nf_hook_slow"));
+        assert_eq!(k.function(0xffffffff81a00100), Some("nf_hook_slow_list"));
+        assert_eq!(k.function(0xffffffff81b00010), Some("__udp4_lib_rcv"));
+        assert_eq!(k.function(0x1000), None);
+    }
+
+    #[test]
+    fn zeroed_addresses_resolve_nothing() {
+        let k = Kallsyms::parse("0000000000000000 T nf_hook_slow\n");
+        assert!(k.is_empty());
+    }
+}

@@ -1,0 +1,261 @@
+//! Per-path counters and kernel drops: loads the `tp_btf` programs with the running
+//! kernel's struct offsets, keeps their maps in step with the topology, reads them.
+//!
+//! | program              | hook (tp_btf)        | minimum kernel | without it                       |
+//! |----------------------|----------------------|----------------|----------------------------------|
+//! | `path_rx`            | `netif_receive_skb`  | 5.5            | no `from_pod` forwarded counts   |
+//! | `path_tx`            | `net_dev_start_xmit` | 5.5            | no `to_pod` forwarded counts     |
+//! | `kfree_skb_reason`   | `kfree_skb`          | 5.17 (reason)  | `kfree_skb_location` instead     |
+//! | `kfree_skb_location` | `kfree_skb`          | 5.5            | no drops                         |
+//!
+//! Tracepoints rather than tc filters for the counts: `netif_receive_skb` fires before
+//! tc/tcx ingress and `net_dev_start_xmit` after tc/tcx egress, so another program's
+//! priority-1 filter that returns a verdict (the AWS network policy agent's) can neither hide
+//! a packet from them nor make them count one it dropped, on 5.10, 6.1 and 6.12 alike.
+//!
+//! Side effects: loads BPF programs and maps and attaches four tracepoint links; dropping
+//! [`PathProbes`] detaches them all (links are owned by this process: nothing outlives it).
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::BtfTracePoint,
+};
+use sgpath_ebpf::{
+    CONFIG_GLOBAL, DROPS_MAP, DropKey, HOST_VETHS_MAP, NETNS_ROLES_MAP, PATH_COUNTERS_MAP,
+    POD_PATHS_MAP, PROG_ERRORS_MAP, PathCounters, ProbeConfig, ProgError,
+    packet::{NetnsRole, PodAddr},
+};
+
+use super::ProbeError;
+use crate::collect::btf::{Btf as KernelBtf, BtfError};
+
+/// Where drop names come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DropSource {
+    /// The kernel's `enum skb_drop_reason` (5.17+).
+    Reason,
+    /// The function that freed the packet.
+    Location,
+}
+
+/// Struct offsets the programs need, from the running kernel's BTF.
+///
+/// # Errors
+/// [`BtfError`] naming the struct or member the kernel lacks.
+pub fn probe_config(btf: &KernelBtf, node_netns: u32) -> Result<ProbeConfig, BtfError> {
+    Ok(ProbeConfig {
+        skb_dev: btf.member_offset("sk_buff", "dev")?,
+        skb_head: btf.member_offset("sk_buff", "head")?,
+        skb_data: btf.member_offset("sk_buff", "data")?,
+        skb_network_header: btf.member_offset("sk_buff", "network_header")?,
+        skb_protocol: btf.member_offset("sk_buff", "protocol")?,
+        dev_ifindex: btf.member_offset("net_device", "ifindex")?,
+        // possible_net_t holds one pointer, `net`, at its start.
+        dev_nd_net: btf.member_offset("net_device", "nd_net")?,
+        net_ns_inum: btf.member_offset("net", "ns")? + btf.member_offset("ns_common", "inum")?,
+        node_netns,
+        skb_sk: btf.member_offset("sk_buff", "sk")?,
+        // struct sock starts with its sock_common.
+        sk_net: btf.member_offset("sock_common", "skc_net")?,
+        skb_end: btf.member_offset("sk_buff", "end")?,
+        shinfo_gso_segs: btf.member_offset("skb_shared_info", "gso_segs")?,
+    })
+}
+
+/// One path's raw counts, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawPathCounts {
+    pub forwarded: PathCounters,
+    /// (direction, netns role, reason, location) -> drops.
+    pub drops: Vec<(DropKey, u64)>,
+}
+
+/// What [`PathProbes::read`] returns: counts by path id, and the programs' own errors.
+pub type Readings = (BTreeMap<u32, RawPathCounts>, BTreeMap<ProgError, u64>);
+
+/// The loaded and attached path programs.
+pub struct PathProbes {
+    ebpf: Ebpf,
+    pub drop_source: DropSource,
+}
+
+impl PathProbes {
+    /// Loads the programs with `config` and attaches them. `drop_source` picks the drop
+    /// program; `Reason` needs a kernel with drop reasons.
+    ///
+    /// # Errors
+    /// [`ProbeError`] naming the program and what the kernel refused.
+    pub fn attach(config: ProbeConfig, drop_source: DropSource) -> Result<PathProbes, ProbeError> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(CONFIG_GLOBAL, &config, true)
+            .load(super::OBJECT)
+            .map_err(ProbeError::Load)?;
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let drop_prog = match drop_source {
+            DropSource::Reason => "kfree_skb_reason",
+            DropSource::Location => "kfree_skb_location",
+        };
+        for (name, tracepoint) in [
+            ("path_rx", "netif_receive_skb"),
+            ("path_tx", "net_dev_start_xmit"),
+            (drop_prog, "kfree_skb"),
+        ] {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            prog.load(tracepoint, &btf)
+                .map_err(|source| ProbeError::Program { name, source })?;
+            prog.attach()
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
+        Ok(PathProbes { ebpf, drop_source })
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::MissingProgram { name })?;
+        HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
+    }
+
+    /// Tells the programs which pod IP and host veth belong to which path id, and which
+    /// namespaces are the node's and its pods': adds what is new, overwrites what changed and
+    /// removes what is gone, so the maps equal the arguments afterwards.
+    ///
+    /// # Errors
+    /// [`ProbeError::Map`] when a map refuses an entry (full).
+    pub fn sync(
+        &mut self,
+        pods: &[(PodAddr, u32)],
+        veths: &[(u32, u32)],
+        netns: &[(u32, NetnsRole)],
+    ) -> Result<(), ProbeError> {
+        sync_map(
+            self.hash::<PodAddr, u32>(POD_PATHS_MAP)?,
+            POD_PATHS_MAP,
+            pods,
+        )?;
+        sync_map(
+            self.hash::<u32, u32>(HOST_VETHS_MAP)?,
+            HOST_VETHS_MAP,
+            veths,
+        )?;
+        let roles: Vec<(u32, u8)> = netns.iter().map(|&(i, r)| (i, r as u8)).collect();
+        sync_map(
+            self.hash::<u32, u8>(NETNS_ROLES_MAP)?,
+            NETNS_ROLES_MAP,
+            &roles,
+        )?;
+        Ok(())
+    }
+
+    /// The kernel's own accounting of each attached program: (name, runs, total run time).
+    /// Counts only while `aya::sys::enable_stats(Stats::RunTime)` holds its fd (or
+    /// `kernel.bpf_stats_enabled=1`). For benchmarks.
+    ///
+    /// # Errors
+    /// [`ProbeError::Program`] when the kernel refuses BPF_OBJ_GET_INFO_BY_FD.
+    pub fn run_stats(&self) -> Result<Vec<(&'static str, u64, std::time::Duration)>, ProbeError> {
+        let drop_prog = match self.drop_source {
+            DropSource::Reason => "kfree_skb_reason",
+            DropSource::Location => "kfree_skb_location",
+        };
+        let mut out = Vec::new();
+        for name in ["path_rx", "path_tx", drop_prog] {
+            let prog: &BtfTracePoint = self
+                .ebpf
+                .program(name)
+                .ok_or(ProbeError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            let info = prog
+                .info()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            out.push((name, info.run_count(), info.run_time()));
+        }
+        Ok(out)
+    }
+
+    /// Counts by path id, summed over CPUs, and the programs' own error counts.
+    ///
+    /// # Errors
+    /// [`ProbeError::Map`] when a map cannot be read.
+    pub fn read(&self, paths: u32) -> Result<Readings, ProbeError> {
+        let map_err = |name| move |source| ProbeError::Map { name, source };
+        let mut out: BTreeMap<u32, RawPathCounts> = BTreeMap::new();
+        let map = self
+            .ebpf
+            .map(PATH_COUNTERS_MAP)
+            .ok_or(ProbeError::MissingProgram {
+                name: PATH_COUNTERS_MAP,
+            })?;
+        let counters: PerCpuArray<_, PathCounters> =
+            PerCpuArray::try_from(map).map_err(map_err(PATH_COUNTERS_MAP))?;
+        for id in 0..paths {
+            let per_cpu = counters.get(&id, 0).map_err(map_err(PATH_COUNTERS_MAP))?;
+            let f = &mut out.entry(id).or_default().forwarded;
+            for c in per_cpu.iter() {
+                f.to_pod_packets += c.to_pod_packets;
+                f.to_pod_bytes += c.to_pod_bytes;
+                f.from_pod_packets += c.from_pod_packets;
+                f.from_pod_bytes += c.from_pod_bytes;
+            }
+        }
+        let map = self
+            .ebpf
+            .map(DROPS_MAP)
+            .ok_or(ProbeError::MissingProgram { name: DROPS_MAP })?;
+        let drops: PerCpuHashMap<_, DropKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(map_err(DROPS_MAP))?;
+        for entry in drops.iter() {
+            let (key, per_cpu) = entry.map_err(map_err(DROPS_MAP))?;
+            let n: u64 = per_cpu.iter().sum();
+            out.entry(key.path).or_default().drops.push((key, n));
+        }
+        let mut errors = BTreeMap::new();
+        if let Some(map) = self.ebpf.map(PROG_ERRORS_MAP) {
+            let errs: PerCpuArray<_, u64> =
+                PerCpuArray::try_from(map).map_err(map_err(PROG_ERRORS_MAP))?;
+            for slot in 0..sgpath_ebpf::PROG_ERROR_SLOTS {
+                if let (Ok(kind), Ok(per_cpu)) = (ProgError::try_from(slot), errs.get(&slot, 0)) {
+                    let n: u64 = per_cpu.iter().sum();
+                    if n > 0 {
+                        errors.insert(kind, n);
+                    }
+                }
+            }
+        }
+        Ok((out, errors))
+    }
+}
+
+/// Makes `map` hold exactly `want`.
+fn sync_map<K: aya::Pod + PartialEq, V: aya::Pod>(
+    mut map: HashMap<&mut MapData, K, V>,
+    name: &'static str,
+    want: &[(K, V)],
+) -> Result<(), ProbeError> {
+    let err = |source| ProbeError::Map { name, source };
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.iter().any(|(w, _)| w == k))
+        .collect();
+    for k in stale {
+        map.remove(&k).map_err(err)?;
+    }
+    for (k, v) in want {
+        map.insert(k, v, 0).map_err(err)?;
+    }
+    Ok(())
+}

@@ -6,7 +6,6 @@
 
 use std::{
     collections::BTreeSet,
-    fs::File,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     path::PathBuf,
     process::Command,
@@ -172,16 +171,7 @@ impl NetNs {
 
     /// Run `f` on a thread that has entered this namespace.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            })
-            .join()
-            .expect("namespace thread panicked")
-        })
+        observe::in_netns(&self.0, f)
     }
 }
 

@@ -68,6 +68,26 @@ fn packet_path(out: &mut String) {
     }
 }
 
+/// `ip -n <ns> -batch -` with `script` on stdin; panics if any line fails.
+fn ip_batch(ns: &str, script: &str) {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip -batch");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "ip -n {ns} -batch:\n{script}"
+    );
+}
+
 const FLOOD: u64 = 200_000;
 
 fn path_probes(out: &mut String) {
@@ -79,32 +99,13 @@ fn path_probes(out: &mut String) {
         addr add 10.98.0.1/24 dev hv0\n\
         neigh add 10.98.0.2 lladdr 02:00:00:00:00:0b dev hv0 nud permanent\n\
         link set hv0 up\n";
-    let mut child = Command::new("ip")
-        .args(["-n", "sgb-pnode", "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("ip -batch");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    for cmd in [
-        "addr add 10.98.0.2/24 dev eth0",
-        "neigh add 10.98.0.1 lladdr 02:00:00:00:00:0a dev eth0 nud permanent",
-        "link set eth0 up",
-    ] {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("ip -n sgb-ppod {cmd}"))
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "{cmd}");
-    }
+    ip_batch("sgb-pnode", script);
+    ip_batch(
+        "sgb-ppod",
+        "addr add 10.98.0.2/24 dev eth0\n\
+         neigh add 10.98.0.1 lladdr 02:00:00:00:00:0a dev eth0 nud permanent\n\
+         link set eth0 up\n",
+    );
     let ino = |ns: &str| std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino() as u32;
     let btf = Btf::from_kernel().expect("BTF");
     let source = if btf.enum_variants("skb_drop_reason").is_some() {
@@ -175,19 +176,7 @@ fn snapshot(out: &mut String, pods: usize) {
             "route add {ip} dev eni{i:011x} scope link\nrule add pref 512 to {ip} table main\n"
         ));
     }
-    let mut child = Command::new("ip")
-        .args(["-n", "sgb-node", "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("ip -batch");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(batch.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "building {pods} pods");
+    ip_batch("sgb-node", &batch);
     let times = node.enter(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

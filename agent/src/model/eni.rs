@@ -175,33 +175,12 @@ pub fn source_check(topo: &Topology, link: &str, src: IpAddr) -> Option<Eni> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{
-        EnforcingMode, Family, Link, LinkKind, OperState, Route, RouteKind, RouteScope, Rule,
-        RuleAction,
-    };
+    use crate::model::{EnforcingMode, Family, LinkKind, Route, Rule, RuleAction};
 
-    fn link(ifindex: u32, name: &str, kind: LinkKind, parent: Option<u32>, addr: &[&str]) -> Link {
-        Link {
-            vlan_id: name.strip_prefix("vlan.eth.").and_then(|v| v.parse().ok()),
-            link_ifindex: parent,
-            oper_state: OperState::Up,
-            peer_netns_id: (kind == LinkKind::Veth).then_some(0),
-            addresses: addr.iter().map(|a| a.parse().unwrap()).collect(),
-            ..Link::new(ifindex, name, kind)
-        }
-    }
+    use crate::model::fixtures::link;
 
     fn route(table: u32, dst: &str, gw: Option<&str>, dev: &str) -> Route {
-        Route {
-            family: Family::Ipv4,
-            table,
-            dst: dst.parse().unwrap(),
-            gateway: gw.map(|g| g.parse().unwrap()),
-            oif: Some(dev.into()),
-            scope: RouteScope::Universe,
-            kind: RouteKind::Unicast,
-            prefsrc: None,
-        }
+        crate::model::fixtures::uni(table, dst, gw, dev)
     }
 
     fn iif_rule(iif: &str, table: u32) -> Rule {

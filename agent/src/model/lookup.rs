@@ -318,7 +318,7 @@ pub fn is_link_local(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Link, OperState, RouteKind, RouteScope};
+    use crate::model::{Link, OperState};
 
     fn link(ifindex: u32, name: &str, kind: LinkKind, addrs: &[&str]) -> Link {
         Link {
@@ -330,16 +330,7 @@ mod tests {
     }
 
     fn route(table: u32, dst: &str, gw: Option<&str>, dev: &str) -> Route {
-        Route {
-            family: Family::Ipv4,
-            table,
-            dst: dst.parse().unwrap(),
-            gateway: gw.map(|g| g.parse().unwrap()),
-            oif: Some(dev.into()),
-            scope: RouteScope::Universe,
-            kind: RouteKind::Unicast,
-            prefsrc: None,
-        }
+        crate::model::fixtures::uni(table, dst, gw, dev)
     }
 
     fn node() -> Node {

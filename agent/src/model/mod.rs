@@ -6,6 +6,8 @@ mod cni;
 mod counters;
 pub mod eni;
 pub mod fib;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod link;
 pub mod lookup;
 mod route;

@@ -801,9 +801,7 @@ mod tests {
     use std::convert::Infallible;
 
     use super::*;
-    use crate::model::{
-        Family, Link, LinkKind, OperState, RouteScope, RuleAction, TABLE_LOCAL, TABLE_MAIN,
-    };
+    use crate::model::{LinkKind, RouteScope, TABLE_LOCAL, TABLE_MAIN};
 
     const A: &str = "vlanaaaaaaaaaaa";
     const B: &str = "vlanbbbbbbbbbbb";
@@ -812,67 +810,10 @@ mod tests {
     const BASTION: &str = "10.0.1.10";
     const NODE_IP: &str = "192.168.1.10";
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    fn link(ifindex: u32, name: &str, kind: LinkKind, parent: Option<u32>, addr: &[&str]) -> Link {
-        Link {
-            vlan_id: name.strip_prefix("vlan.eth.").and_then(|v| v.parse().ok()),
-            link_ifindex: parent,
-            oper_state: OperState::Up,
-            peer_netns_id: (kind == LinkKind::Veth).then_some(0),
-            addresses: addr.iter().map(|a| a.parse().unwrap()).collect(),
-            ..Link::new(ifindex, name, kind)
-        }
-    }
-
-    fn route(table: u32, dst: &str, gw: Option<&str>, dev: Option<&str>, kind: RouteKind) -> Route {
-        Route {
-            family: Family::Ipv4,
-            table,
-            dst: dst.parse().unwrap(),
-            gateway: gw.map(ip),
-            oif: dev.map(String::from),
-            scope: if gw.is_some() {
-                RouteScope::Universe
-            } else {
-                RouteScope::Link
-            },
-            kind,
-            prefsrc: None,
-        }
-    }
-
-    fn uni(table: u32, dst: &str, gw: Option<&str>, dev: &str) -> Route {
-        route(table, dst, gw, Some(dev), RouteKind::Unicast)
-    }
+    use crate::model::fixtures::{ip, link, route, rule, uni};
 
     fn local(table: u32, dst: &str, dev: &str) -> Route {
         route(table, dst, None, Some(dev), RouteKind::Local)
-    }
-
-    fn rule(
-        priority: u32,
-        src: Option<&str>,
-        dst: Option<&str>,
-        iif: Option<&str>,
-        table: u32,
-    ) -> Rule {
-        Rule {
-            family: Family::Ipv4,
-            priority,
-            src: src.map(|s| s.parse().unwrap()),
-            dst: dst.map(|s| s.parse().unwrap()),
-            iif: iif.map(String::from),
-            oif: None,
-            fwmark: None,
-            fwmask: None,
-            ipproto: None,
-            action: RuleAction::Lookup,
-            invert: false,
-            table,
-        }
     }
 
     /// A strict node: pod A on VLAN 1, pod B on VLAN 7, ordinary pod O, NodeLocal DNSCache.

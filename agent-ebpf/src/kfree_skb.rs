@@ -43,15 +43,14 @@ pub fn kfree_skb_location(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn charge(skb: *const u8, location: u64, reason: u32) {
-    let cfg = skb::config();
-    if skb.is_null() || !skb::is_ip(&cfg, skb) {
+    if skb.is_null() || !skb::is_ip(skb) {
         return;
     }
-    let dev = skb::dev(&cfg, skb);
+    let dev = skb::dev(skb);
     let inum = if dev.is_null() {
-        skb::sk_netns(&cfg, skb)
+        skb::sk_netns(skb)
     } else {
-        skb::netns(&cfg, dev)
+        skb::netns(dev)
     };
     let Some(inum) = inum else {
         return;
@@ -60,7 +59,7 @@ fn charge(skb: *const u8, location: u64, reason: u32) {
     let Some(&role) = (unsafe { NETNS_ROLES.get(&inum) }) else {
         return;
     };
-    let Some(ip) = skb::ip_at_network_header(&cfg, skb) else {
+    let Some(ip) = skb::ip_at_network_header(skb) else {
         return;
     };
     for (addr, dir) in [(ip.src, Direction::FromPod), (ip.dst, Direction::ToPod)] {

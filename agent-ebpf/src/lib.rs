@@ -6,7 +6,7 @@
 
 pub mod packet;
 
-use packet::PodAddr;
+use packet::{ConnKey, PodAddr};
 
 /// Name of the per-CPU hash map `ifindex -> IfCounters` the tc programs fill.
 pub const IF_COUNTERS_MAP: &str = "IF_COUNTERS";
@@ -37,10 +37,14 @@ pub enum ProgError {
     MapFull = 0,
     /// The drop map was full: a drop went uncounted.
     DropMapFull = 1,
+    /// The connection map was full: a SYN or DNS query went untracked.
+    ConnMapFull = 2,
+    /// The `left_via` map was full: a packet leaving the node went uncounted.
+    LeftViaMapFull = 3,
 }
 
 /// Number of [`ProgError`] slots.
-pub const PROG_ERROR_SLOTS: u32 = 2;
+pub const PROG_ERROR_SLOTS: u32 = 4;
 
 impl TryFrom<u32> for ProgError {
     type Error = u32;
@@ -48,13 +52,20 @@ impl TryFrom<u32> for ProgError {
         match v {
             0 => Ok(ProgError::MapFull),
             1 => Ok(ProgError::DropMapFull),
+            2 => Ok(ProgError::ConnMapFull),
+            3 => Ok(ProgError::LeftViaMapFull),
             other => Err(other),
         }
     }
 }
 
-/// Map `HOST_VETHS`: ifindex of a host veth in the node's namespace -> path id.
-pub const HOST_VETHS_MAP: &str = "HOST_VETHS";
+/// Map `IFACES`: ifindex of an interface in the node's namespace -> [`IfaceRole`].
+pub const IFACES_MAP: &str = "IFACES";
+/// Hash `CONNS`: [`ConnKey`] -> [`ConnState`], the connections waiting for (or lingering
+/// after) their answer; userspace sweeps it.
+pub const CONNS_MAP: &str = "CONNS";
+/// Per-CPU hash `LEFT_VIA`: [`LeftViaKey`] -> packets.
+pub const LEFT_VIA_MAP: &str = "LEFT_VIA";
 /// Map `POD_PATHS`: pod IP ([`PodAddr`]) -> path id.
 pub const POD_PATHS_MAP: &str = "POD_PATHS";
 /// Map `NETNS_ROLES`: network namespace inode -> [`packet::NetnsRole`].
@@ -72,6 +83,54 @@ pub const MAX_PATHS: u32 = 4096;
 pub const MAX_NETNS: u32 = 4096;
 /// Distinct (path, direction, namespace, reason, location) drop keys.
 pub const MAX_DROP_KEYS: u32 = 8192;
+/// Connections tracked at once (waiting for an answer, or lingering so that retransmits are
+/// not new connections).
+pub const MAX_CONNS: u32 = 16384;
+/// Distinct (path, egress interface) pairs.
+pub const MAX_LEFT_VIA: u32 = 8192;
+/// `ConnState::path` of a connection no path opened.
+pub const NO_PATH: u32 = u32::MAX;
+
+/// What an interface of the node's namespace is to the path programs.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfaceRole {
+    /// A pod's host veth (`vlan<hash>`, `eni<hash>`): the path's own counters.
+    HostVeth = 1,
+    /// A way off the node (node ENI, trunk, `vlan.eth.N`): `left_via`, and the node's own
+    /// connections to pods.
+    Uplink = 2,
+}
+
+/// One tracked connection, written by the programs, read and swept by userspace. Plain
+/// stores without atomics: racing CPUs can only write the same values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    /// The path whose request it is ([`NO_PATH`]: none, e.g. the bastion's connection in).
+    pub path: u32,
+    /// The path whose pod the SYN was handed to (`syn_in`), or [`NO_PATH`].
+    pub in_path: u32,
+    /// [`packet::ConnKind`].
+    pub kind: u8,
+    /// [`packet::Direction`] of the request on `path`: `FromPod` (the pod's own) or `ToPod`
+    /// (the node's connection to the pod).
+    pub direction: u8,
+    /// 1 once the answer was seen.
+    pub answered: u8,
+    pub _pad: [u8; 5],
+    /// `bpf_ktime_get_ns` of the first request and of the latest (retransmits).
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+/// Key of `LEFT_VIA`: packets of `path`'s pod that left the node by `ifindex`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LeftViaKey {
+    pub path: u32,
+    pub ifindex: u32,
+}
 
 /// Kernel struct offsets (bytes) read from the running kernel's BTF, and the node's network
 /// namespace inode. Set once by userspace at load time.
@@ -149,6 +208,9 @@ const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 52);
 const _: () = assert!(core::mem::size_of::<PathCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<DropKey>() == 24);
 const _: () = assert!(core::mem::size_of::<PodAddr>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 40);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
+const _: () = assert!(core::mem::size_of::<LeftViaKey>() == 8);
 
 // SAFETY: plain #[repr(C)] integers without padding.
 #[cfg(feature = "user")]
@@ -165,3 +227,12 @@ unsafe impl aya::Pod for DropKey {}
 // SAFETY: 16 bytes.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PodAddr {}
+// SAFETY: as above; `_pad` is always zero.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ConnKey {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ConnState {}
+// SAFETY: two u32.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LeftViaKey {}

@@ -19,9 +19,18 @@ impl PodAddr {
     }
 }
 
-/// How many header bytes the programs copy out of a packet: an IPv6 header, and more than
-/// an IPv4 header without options.
-pub const HEADER_BYTES: usize = 40;
+/// How many header bytes the programs copy out of a packet: an IPv6 header plus the first
+/// 16 bytes of TCP (ports and flags), more than IPv4 without options needs.
+pub const HEADER_BYTES: usize = 56;
+
+/// IP protocol numbers the programs look into.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+/// The DNS port.
+pub const DNS_PORT: u16 = 53;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// Source, destination and length of one IP packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +40,127 @@ pub struct IpHeader {
     /// The packet's length by its own header (IPv4 total length, IPv6 40 + payload length),
     /// so bytes compare across hooks whatever link-layer header the skb still carries.
     pub len: u32,
+    /// Ports and flags of a TCP or UDP packet whose transport header follows the IP header
+    /// directly: IPv4 without options and not a later fragment, IPv6 without extension
+    /// headers. `None` for everything else (the connection probes skip it).
+    pub l4: Option<L4>,
+}
+
+/// The transport header fields the connection probes use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L4 {
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags byte (0 for UDP).
+    pub flags: u8,
+}
+
+/// What a packet means to the unanswered-connection probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Opens a connection that expects an answer: a TCP SYN (without ACK), or a DNS query
+    /// (UDP to port 53; TCP to 53 is a SYN of kind [`ConnKind::Dns`]).
+    Request(ConnKind),
+    /// Answers one: a SYN-ACK, or a UDP datagram from port 53.
+    Answer,
+}
+
+/// Which kind of connection a request opens.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ConnKind {
+    /// A TCP connection (SYN) to any port but 53.
+    Syn = 1,
+    /// A DNS query: UDP to 53, or a TCP SYN to 53.
+    Dns = 2,
+}
+
+impl TryFrom<u8> for ConnKind {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            1 => Ok(ConnKind::Syn),
+            2 => Ok(ConnKind::Dns),
+            other => Err(other),
+        }
+    }
+}
+
+impl L4 {
+    /// Whether this packet opens or answers a tracked connection; `None` for the rest of
+    /// the stream (the common case: no map is touched).
+    #[inline(always)]
+    pub fn signal(&self) -> Option<Signal> {
+        let kind = if self.dport == DNS_PORT {
+            ConnKind::Dns
+        } else {
+            ConnKind::Syn
+        };
+        match self.proto {
+            PROTO_TCP if self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN => Some(Signal::Request(kind)),
+            PROTO_TCP if self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK => {
+                Some(Signal::Answer)
+            }
+            PROTO_UDP if self.dport == DNS_PORT => Some(Signal::Request(ConnKind::Dns)),
+            PROTO_UDP if self.sport == DNS_PORT => Some(Signal::Answer),
+            _ => None,
+        }
+    }
+}
+
+/// A tracked connection, named from its client's side: the same key for the request and
+/// its answer, whichever way the packet goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub client: PodAddr,
+    pub server: PodAddr,
+    pub client_port: u16,
+    pub server_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl ConnKey {
+    /// The connection a request opens: its source is the client.
+    #[inline(always)]
+    pub fn of_request(ip: &IpHeader, l4: &L4) -> ConnKey {
+        ConnKey {
+            client: ip.src,
+            server: ip.dst,
+            client_port: l4.sport,
+            server_port: l4.dport,
+            proto: l4.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The connection an answer belongs to: its destination is the client.
+    #[inline(always)]
+    pub fn of_answer(ip: &IpHeader, l4: &L4) -> ConnKey {
+        ConnKey {
+            client: ip.dst,
+            server: ip.src,
+            client_port: l4.dport,
+            server_port: l4.sport,
+            proto: l4.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+#[inline(always)]
+fn l4_at(h: &[u8; HEADER_BYTES], at: usize, proto: u8) -> Option<L4> {
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    Some(L4 {
+        proto,
+        sport: u16::from_be_bytes([h[at], h[at + 1]]),
+        dport: u16::from_be_bytes([h[at + 2], h[at + 3]]),
+        flags: if proto == PROTO_TCP { h[at + 13] } else { 0 },
+    })
 }
 
 /// Parses the IP header at the start of `h` (the skb's network header). `None` for anything
@@ -38,11 +168,17 @@ pub struct IpHeader {
 #[inline(always)]
 pub fn parse_ip(h: &[u8; HEADER_BYTES]) -> Option<IpHeader> {
     match h[0] >> 4 {
-        4 => Some(IpHeader {
-            src: PodAddr::v4([h[12], h[13], h[14], h[15]]),
-            dst: PodAddr::v4([h[16], h[17], h[18], h[19]]),
-            len: u16::from_be_bytes([h[2], h[3]]) as u32,
-        }),
+        4 => {
+            // Constant offsets only (the verifier checks stack reads): IHL 5, fragment
+            // offset 0.
+            let plain = h[0] & 0x0f == 5 && h[6] & 0x1f == 0 && h[7] == 0;
+            Some(IpHeader {
+                src: PodAddr::v4([h[12], h[13], h[14], h[15]]),
+                dst: PodAddr::v4([h[16], h[17], h[18], h[19]]),
+                len: u16::from_be_bytes([h[2], h[3]]) as u32,
+                l4: if plain { l4_at(h, 20, h[9]) } else { None },
+            })
+        }
         6 => {
             let mut src = [0u8; 16];
             let mut dst = [0u8; 16];
@@ -56,6 +192,7 @@ pub fn parse_ip(h: &[u8; HEADER_BYTES]) -> Option<IpHeader> {
                 src: PodAddr { octets: src },
                 dst: PodAddr { octets: dst },
                 len: 40 + u16::from_be_bytes([h[4], h[5]]) as u32,
+                l4: l4_at(h, 40, h[6]),
             })
         }
         _ => None,
@@ -136,6 +273,99 @@ mod tests {
         assert_eq!(ip.src.octets, src);
         assert_eq!(ip.dst.octets, dst);
         assert_eq!(ip.len, 56);
+    }
+
+    /// 192.168.3.219:41234 -> 10.0.1.10:80, TCP SYN (IPv4, no options), then the SYN-ACK.
+    fn syn(flags: u8, sport: u16, dport: u16) -> [u8; HEADER_BYTES] {
+        let mut b = vec![
+            0x45, 0x00, 0x00, 0x3c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 192, 168, 3,
+            219, 10, 0, 1, 10,
+        ];
+        b.extend(sport.to_be_bytes());
+        b.extend(dport.to_be_bytes());
+        b.extend([0, 0, 0, 1, 0, 0, 0, 0, 0xa0, flags, 0xfa, 0xf0]);
+        pad(&b)
+    }
+
+    #[test]
+    fn tcp_syn_opens_and_syn_ack_answers() {
+        let ip = parse_ip(&syn(0x02, 41234, 80)).unwrap();
+        let l4 = ip.l4.unwrap();
+        assert_eq!((l4.proto, l4.sport, l4.dport), (PROTO_TCP, 41234, 80));
+        assert_eq!(l4.signal(), Some(Signal::Request(ConnKind::Syn)));
+        let ack_ip = parse_ip(&syn(0x12, 80, 41234)).unwrap();
+        let ack = ack_ip.l4.unwrap();
+        assert_eq!(ack.signal(), Some(Signal::Answer));
+        // The SYN-ACK (addresses swapped in the test packet too) keys the same connection.
+        let mut reply = ack_ip;
+        (reply.src, reply.dst) = (ip.dst, ip.src);
+        assert_eq!(
+            ConnKey::of_answer(&reply, &ack),
+            ConnKey::of_request(&ip, &l4)
+        );
+        assert_eq!(ConnKey::of_request(&ip, &l4).server_port, 80);
+        // The rest of the stream (ACK, PSH|ACK, FIN|ACK) is nothing to the probes.
+        for flags in [0x10, 0x18, 0x11, 0x04] {
+            assert_eq!(
+                parse_ip(&syn(flags, 41234, 80))
+                    .unwrap()
+                    .l4
+                    .unwrap()
+                    .signal(),
+                None
+            );
+        }
+        // A SYN to 53 opens a DNS connection.
+        assert_eq!(
+            parse_ip(&syn(0x02, 41234, 53))
+                .unwrap()
+                .l4
+                .unwrap()
+                .signal(),
+            Some(Signal::Request(ConnKind::Dns))
+        );
+    }
+
+    #[test]
+    fn udp_dns_query_and_answer() {
+        let query = parse_ip(&pad(&[
+            0x45, 0x00, 0x00, 0x5c, 0x1c, 0x46, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 192, 168, 3,
+            219, 169, 254, 20, 10, 0xd3, 0x3f, 0x00, 0x35,
+        ]))
+        .unwrap();
+        assert_eq!(
+            query.l4.unwrap().signal(),
+            Some(Signal::Request(ConnKind::Dns))
+        );
+        let answer = parse_ip(&pad(&[
+            0x45, 0x00, 0x00, 0x6c, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 169, 254, 20,
+            10, 192, 168, 3, 219, 0x00, 0x35, 0xd3, 0x3f,
+        ]))
+        .unwrap();
+        assert_eq!(answer.l4.unwrap().signal(), Some(Signal::Answer));
+    }
+
+    #[test]
+    fn no_transport_header_behind_options_or_fragments() {
+        let mut h = syn(0x02, 41234, 80);
+        h[0] = 0x46; // IHL 6: options
+        assert_eq!(parse_ip(&h).unwrap().l4, None);
+        let mut h = syn(0x02, 41234, 80);
+        h[7] = 0x10; // a later fragment
+        assert_eq!(parse_ip(&h).unwrap().l4, None);
+    }
+
+    #[test]
+    fn ipv6_tcp_ports() {
+        let mut b = vec![0x60, 0, 0, 0, 0x00, 0x14, PROTO_TCP, 64];
+        b.extend([0x20, 0x01, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        b.extend([0x20, 0x01, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        b.extend(443u16.to_be_bytes());
+        b.extend(8443u16.to_be_bytes());
+        b.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02]);
+        let l4 = parse_ip(&pad(&b)).unwrap().l4.unwrap();
+        assert_eq!((l4.sport, l4.dport), (443, 8443));
+        assert_eq!(l4.signal(), Some(Signal::Request(ConnKind::Syn)));
     }
 
     #[test]

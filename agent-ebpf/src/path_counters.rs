@@ -1,22 +1,28 @@
-//! Per-path forwarded counters shared by `path_rx` and `path_tx`: `HOST_VETHS` (ifindexes
-//! of host veths in the node's namespace, kept by userspace) selects the interface,
-//! `POD_PATHS` charges the packet to the path of the pod IP in its header (so a host veth's
-//! IPv6 link-local chatter counts nowhere), `PATH_COUNTERS` (per-CPU array indexed by path
-//! id) counts it. One map lookup for a packet on any other interface.
+//! What `path_rx` and `path_tx` do with a packet on an interface of the node's namespace.
+//! `IFACES` (kept by userspace) says what the interface is; everything else is one map
+//! lookup and out.
+//!
+//! | interface | receive (`path_rx`)             | transmit (`path_tx`)                      |
+//! |-----------|---------------------------------|-------------------------------------------|
+//! | host veth | `from_pod` of the source's path | `to_pod` of the destination's path        |
+//! | uplink    | -                               | `left_via` of the source's path           |
+//!
+//! The pod IP in the header picks the path (`POD_PATHS`), so a host veth's IPv6 link-local
+//! chatter counts nowhere. SYNs, SYN-ACKs and DNS packets also go to [`conns`].
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
 use sgpath_ebpf::{
-    MAX_PATHS, PathCounters, ProbeConfig,
+    IfaceRole, LeftViaKey, MAX_LEFT_VIA, MAX_PATHS, PathCounters, ProgError,
     packet::{Direction, PodAddr},
 };
 
-use crate::skb;
+use crate::{conns, if_counters::bump_error, skb};
 
 #[map]
-pub static HOST_VETHS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PATHS, 0);
+static IFACES: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PATHS, 0);
 
 #[map]
 pub static POD_PATHS: HashMap<PodAddr, u32> = HashMap::with_max_entries(MAX_PATHS, 0);
@@ -24,49 +30,116 @@ pub static POD_PATHS: HashMap<PodAddr, u32> = HashMap::with_max_entries(MAX_PATH
 #[map]
 static PATH_COUNTERS: PerCpuArray<PathCounters> = PerCpuArray::with_max_entries(MAX_PATHS, 0);
 
+#[map]
+static LEFT_VIA: PerCpuHashMap<LeftViaKey, u64> = PerCpuHashMap::with_max_entries(MAX_LEFT_VIA, 0);
+
+/// Which tracepoint saw the packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Receive,
+    Transmit,
+}
+
+/// Where a packet was seen: the interface's role and the hook.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// A pod's host veth received it: it comes from the pod.
+    VethReceive,
+    /// A pod's host veth sends it: it goes to the pod.
+    VethTransmit,
+    /// It leaves the node by a node ENI, trunk or `vlan.eth.N`.
+    UplinkTransmit,
+}
+
+/// The path of a pod IP.
 #[inline(always)]
-pub fn count(cfg: &ProbeConfig, skb: *const u8, dev: *const u8, dir: Direction) {
+pub fn path_of(addr: &PodAddr) -> Option<u32> {
+    // SAFETY: read-only use of a value userspace wrote.
+    unsafe { POD_PATHS.get(addr) }.copied()
+}
+
+// Out of line: one body for both tracepoints, in its own stack frame.
+#[inline(never)]
+pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
     if dev.is_null() {
         return;
     }
-    let Some(ifindex) = skb::ifindex(cfg, dev) else {
+    let Some(ifindex) = skb::ifindex(dev) else {
         return;
     };
     // SAFETY: read-only use of a value userspace wrote.
-    if unsafe { HOST_VETHS.get(&ifindex) }.is_none() {
+    let role = unsafe { IFACES.get(&ifindex) }.copied().unwrap_or(0);
+    let site = match hook {
+        Hook::Receive if role == IfaceRole::HostVeth as u8 => Site::VethReceive,
+        Hook::Transmit if role == IfaceRole::HostVeth as u8 => Site::VethTransmit,
+        Hook::Transmit if role == IfaceRole::Uplink as u8 => Site::UplinkTransmit,
+        // An uplink's receive side tells nothing (answers are matched on the host veth).
+        _ => return,
+    };
+    // ifindexes repeat across namespaces: only the node's own interfaces count.
+    if skb::netns(dev) != Some(skb::node_netns()) || !skb::is_ip(skb) {
         return;
     }
-    // ifindexes repeat across namespaces: only the node's own veths count.
-    if skb::netns(cfg, dev) != Some(cfg.node_netns) || !skb::is_ip(cfg, skb) {
-        return;
-    }
-    let ip = match dir {
-        Direction::FromPod => skb::ip_at_data(cfg, skb),
-        Direction::ToPod => skb::ip_at_network_header(cfg, skb),
+    let ip = match hook {
+        // On receive the stack has not set the network header yet: the IP header is at data.
+        Hook::Receive => skb::ip_at_data(skb),
+        Hook::Transmit => skb::ip_at_network_header(skb),
     };
     let Some(ip) = ip else { return };
-    let addr = match dir {
-        Direction::FromPod => ip.src,
-        Direction::ToPod => ip.dst,
-    };
-    // SAFETY: read-only use of a value userspace wrote.
-    let Some(&path) = (unsafe { POD_PATHS.get(&addr) }) else {
-        return;
-    };
+    match site {
+        Site::VethReceive => {
+            if let Some(path) = path_of(&ip.src) {
+                forwarded(skb, path, Direction::FromPod, ip.len);
+            }
+        }
+        Site::VethTransmit => {
+            if let Some(path) = path_of(&ip.dst) {
+                forwarded(skb, path, Direction::ToPod, ip.len);
+            }
+        }
+        Site::UplinkTransmit => {
+            if let Some(path) = path_of(&ip.src) {
+                left_via(path, ifindex, skb::segments(skb));
+            }
+        }
+    }
+    if let Some(l4) = ip.l4 {
+        if let Some(signal) = l4.signal() {
+            conns::track(skb, site, &ip, signal);
+        }
+    }
+}
+
+#[inline(always)]
+fn forwarded(skb: *const u8, path: u32, dir: Direction, len: u32) {
     let Some(c) = PATH_COUNTERS.get_ptr_mut(path) else {
         return;
     };
-    let segs = skb::segments(cfg, skb);
+    let segs = skb::segments(skb);
     // SAFETY: per-CPU value, only this CPU touches it during this run.
     let c = unsafe { &mut *c };
     match dir {
         Direction::ToPod => {
             c.to_pod_packets += segs;
-            c.to_pod_bytes += ip.len as u64;
+            c.to_pod_bytes += len as u64;
         }
         Direction::FromPod => {
             c.from_pod_packets += segs;
-            c.from_pod_bytes += ip.len as u64;
+            c.from_pod_bytes += len as u64;
+        }
+    }
+}
+
+#[inline(always)]
+fn left_via(path: u32, ifindex: u32, segs: u64) {
+    let key = LeftViaKey { path, ifindex };
+    match LEFT_VIA.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value.
+        Some(n) => unsafe { *n += segs },
+        None => {
+            if LEFT_VIA.insert(&key, &segs, 0).is_err() {
+                bump_error(ProgError::LeftViaMapFull);
+            }
         }
     }
 }

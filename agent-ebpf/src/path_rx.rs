@@ -6,16 +6,16 @@
 //! program (the AWS network policy agent's) cannot hide packets from it on any kernel; what
 //! such a filter drops is counted by `kfree_skb` and subtracted by userspace.
 
+use crate::{
+    path_counters::{self, Hook},
+    skb,
+};
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use sgpath_ebpf::packet::Direction;
-
-use crate::{path_counters, skb};
 
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn path_rx(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
-    let cfg = skb::config();
-    let dev = skb::dev(&cfg, skb);
-    path_counters::count(&cfg, skb, dev, Direction::FromPod);
+    let dev = skb::dev(skb);
+    path_counters::observe(skb, dev, Hook::Receive);
     0
 }

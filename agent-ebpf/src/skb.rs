@@ -12,10 +12,21 @@ use sgpath_ebpf::{
 #[unsafe(no_mangle)]
 static CONFIG: ProbeConfig = ProbeConfig::zeroed();
 
+/// One field of [`CONFIG`]. Field by field, not a copy of the struct: the BPF stack is
+/// 512 bytes.
+macro_rules! cfg {
+    ($field:ident) => {{
+        // SAFETY: a read-only global; volatile so the compiler does not fold the zeroed value.
+        #[allow(unused_unsafe)]
+        let v = unsafe { core::ptr::read_volatile(&CONFIG.$field) };
+        v
+    }};
+}
+
+/// Inode of the node's network namespace.
 #[inline(always)]
-pub fn config() -> ProbeConfig {
-    // SAFETY: a read-only global; volatile so the compiler does not fold the zeroed value.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
+pub fn node_netns() -> u32 {
+    cfg!(node_netns)
 }
 
 #[inline(always)]
@@ -26,49 +37,56 @@ unsafe fn read<T>(base: *const u8, offset: u32) -> Option<T> {
 
 /// The skb's device.
 #[inline(always)]
-pub fn dev(cfg: &ProbeConfig, skb: *const u8) -> *const u8 {
-    unsafe { read::<*const u8>(skb, cfg.skb_dev) }.unwrap_or(core::ptr::null())
+pub fn dev(skb: *const u8) -> *const u8 {
+    unsafe { read::<*const u8>(skb, cfg!(skb_dev)) }.unwrap_or(core::ptr::null())
 }
 
 /// `dev->ifindex`.
 #[inline(always)]
-pub fn ifindex(cfg: &ProbeConfig, dev: *const u8) -> Option<u32> {
-    unsafe { read::<u32>(dev, cfg.dev_ifindex) }
+pub fn ifindex(dev: *const u8) -> Option<u32> {
+    unsafe { read::<u32>(dev, cfg!(dev_ifindex)) }
 }
 
 /// Inode number of `dev`'s network namespace (`dev_net(dev)->ns.inum`), what
 /// `stat -L -c %i /proc/<pid>/ns/net` prints.
 #[inline(always)]
-pub fn netns(cfg: &ProbeConfig, dev: *const u8) -> Option<u32> {
-    let net = unsafe { read::<*const u8>(dev, cfg.dev_nd_net) }?;
-    net_inum(cfg, net)
+pub fn netns(dev: *const u8) -> Option<u32> {
+    let net = unsafe { read::<*const u8>(dev, cfg!(dev_nd_net)) }?;
+    net_inum(net)
 }
 
 /// The namespace of the socket that owns `skb`: a locally generated packet dropped before
 /// it has a device (the output hook of netfilter) still has its socket.
 #[inline(always)]
-pub fn sk_netns(cfg: &ProbeConfig, skb: *const u8) -> Option<u32> {
-    let sk = unsafe { read::<*const u8>(skb, cfg.skb_sk) }?;
+pub fn sk_netns(skb: *const u8) -> Option<u32> {
+    let sk = unsafe { read::<*const u8>(skb, cfg!(skb_sk)) }?;
     if sk.is_null() {
         return None;
     }
-    let net = unsafe { read::<*const u8>(sk, cfg.sk_net) }?;
-    net_inum(cfg, net)
+    let net = unsafe { read::<*const u8>(sk, cfg!(sk_net)) }?;
+    net_inum(net)
 }
 
 #[inline(always)]
-fn net_inum(cfg: &ProbeConfig, net: *const u8) -> Option<u32> {
+fn net_inum(net: *const u8) -> Option<u32> {
     if net.is_null() {
         return None;
     }
-    unsafe { read::<u32>(net, cfg.net_ns_inum) }
+    unsafe { read::<u32>(net, cfg!(net_ns_inum)) }
+}
+
+/// Whether the skb still belongs to a socket: on transmit, a packet the node itself sent
+/// (forwarded packets have none).
+#[inline(always)]
+pub fn has_socket(skb: *const u8) -> bool {
+    unsafe { read::<*const u8>(skb, cfg!(skb_sk)) }.is_some_and(|sk| !sk.is_null())
 }
 
 /// Whether `skb->protocol` is IPv4 or IPv6.
 #[inline(always)]
-pub fn is_ip(cfg: &ProbeConfig, skb: *const u8) -> bool {
+pub fn is_ip(skb: *const u8) -> bool {
     matches!(
-        unsafe { read::<u16>(skb, cfg.skb_protocol) }.map(u16::from_be),
+        unsafe { read::<u16>(skb, cfg!(skb_protocol)) }.map(u16::from_be),
         Some(0x0800 | 0x86dd)
     )
 }
@@ -76,31 +94,31 @@ pub fn is_ip(cfg: &ProbeConfig, skb: *const u8) -> bool {
 /// How many wire packets the skb stands for: `skb_shinfo(skb)->gso_segs` for a GSO or GRO
 /// skb (a TCP stream crosses a veth as 64 KiB super-packets), else 1.
 #[inline(always)]
-pub fn segments(cfg: &ProbeConfig, skb: *const u8) -> u64 {
-    let head = unsafe { read::<*const u8>(skb, cfg.skb_head) };
-    let end = unsafe { read::<u32>(skb, cfg.skb_end) };
+pub fn segments(skb: *const u8) -> u64 {
+    let head = unsafe { read::<*const u8>(skb, cfg!(skb_head)) };
+    let end = unsafe { read::<u32>(skb, cfg!(skb_end)) };
     let (Some(head), Some(end)) = (head, end) else {
         return 1;
     };
     if head.is_null() {
         return 1;
     }
-    let segs = unsafe { read::<u16>(head.add(end as usize), cfg.shinfo_gso_segs) };
+    let segs = unsafe { read::<u16>(head.add(end as usize), cfg!(shinfo_gso_segs)) };
     segs.map_or(1, |s| s.max(1) as u64)
 }
 
 /// The IP header at `skb->data` (on receive, before the stack sets the network header).
 #[inline(always)]
-pub fn ip_at_data(cfg: &ProbeConfig, skb: *const u8) -> Option<IpHeader> {
-    let data = unsafe { read::<*const u8>(skb, cfg.skb_data) }?;
+pub fn ip_at_data(skb: *const u8) -> Option<IpHeader> {
+    let data = unsafe { read::<*const u8>(skb, cfg!(skb_data)) }?;
     header(data)
 }
 
 /// The IP header at `skb->head + skb->network_header`.
 #[inline(always)]
-pub fn ip_at_network_header(cfg: &ProbeConfig, skb: *const u8) -> Option<IpHeader> {
-    let head = unsafe { read::<*const u8>(skb, cfg.skb_head) }?;
-    let nh = unsafe { read::<u16>(skb, cfg.skb_network_header) }?;
+pub fn ip_at_network_header(skb: *const u8) -> Option<IpHeader> {
+    let head = unsafe { read::<*const u8>(skb, cfg!(skb_head)) }?;
+    let nh = unsafe { read::<u16>(skb, cfg!(skb_network_header)) }?;
     if head.is_null() || nh == 0xffff {
         return None;
     }

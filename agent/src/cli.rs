@@ -48,6 +48,10 @@ pub struct ObserveArgs {
     /// the packet; `auto` takes reasons where the kernel has them.
     #[arg(long, value_enum, default_value_t = DropSourceArg::Auto)]
     pub drop_source: DropSourceArg,
+    /// How long a SYN or DNS query that left a path waits for its answer before it counts
+    /// as unanswered.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub syn_timeout: std::time::Duration,
     /// The VPC CNI config to read.
     #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
     pub cni_config: PathBuf,

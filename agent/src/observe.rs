@@ -11,10 +11,16 @@ use sgpath::{
     checks,
     collect::{self, btf::Btf, kallsyms::Kallsyms, netns},
     ebpf::paths::{DropSource, PathProbes, RawPathCounts, probe_config},
-    model::{Drop, PathCounters, Topology},
+    model::{
+        Drop, PathCounters, Topology,
+        conns::{ConnTracker, pod_addr},
+    },
     report::{self, ProbeStatus},
 };
-use sgpath_ebpf::packet::{Direction, NetnsRole, PodAddr};
+use sgpath_ebpf::{
+    IfaceRole,
+    packet::{Direction, NetnsRole},
+};
 
 use crate::cli::{DropSourceArg, ObserveArgs, Output};
 
@@ -57,17 +63,22 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
             DropSource::Location => "location",
         }
     );
+    let mut conns = ConnTracker::new(args.syn_timeout);
     // Pods that come and go while counting: re-read the node on every netlink change.
+    // Connections are swept on their own timer.
     let (node, topo_now, namespaces) = rt.block_on(async {
         let mut watch = collect::watch::Watch::new()?;
         let stop = wait(args.duration);
         tokio::pin!(stop);
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         let (mut node, mut topo, mut namespaces) = (node, topo, namespaces);
+        let mut watching = true;
         loop {
             tokio::select! {
                 r = &mut stop => { r?; break; }
-                alive = watch.changed() => {
-                    if !alive { stop.await?; break; }
+                _ = sweep.tick() => sweep_conns(&mut probes, &mut conns)?,
+                alive = watch.changed(), if watching => {
+                    if !alive { watching = false; continue; }
                     (node, topo) = collect::node_with_topology(&sources).await?;
                     namespaces = ids.sync(&mut probes, &node, &topo, node_netns).await?;
                 }
@@ -76,6 +87,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok((node, topo, namespaces))
     })?;
     let mut topo = topo_now;
+    sweep_conns(&mut probes, &mut conns)?;
     let (raw, errors) = probes.read(ids.next)?;
     drop(probes);
 
@@ -87,7 +99,17 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
             .copied()
             .unwrap_or(u32::MAX);
         let counts = raw.get(&id).cloned().unwrap_or_default();
-        path.counters = Some(counters(&counts, reasons.as_ref(), drop_source, &kallsyms));
+        let mut c = counters(&counts, reasons.as_ref(), drop_source, &kallsyms);
+        for &(ifindex, n) in &counts.left_via {
+            let name = node
+                .links
+                .iter()
+                .find(|l| l.ifindex == ifindex)
+                .map_or_else(|| format!("ifindex {ifindex}"), |l| l.name.clone());
+            *c.from_pod.left_via.entry(name).or_default() += n;
+        }
+        conns.apply(id, &mut c);
+        path.counters = Some(c);
     }
     let findings = checks::run(&node, &topo);
     let mut report = report::Report::new(&node, &topo, findings);
@@ -107,6 +129,23 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(|(p, h)| (p.to_owned(), h.to_owned()))
         .collect(),
+        interfaces: interface_roles(&node, &topo)
+            .into_iter()
+            .filter_map(|(ifindex, role)| {
+                let name = node
+                    .links
+                    .iter()
+                    .find(|l| l.ifindex == ifindex)?
+                    .name
+                    .clone();
+                let what = match role {
+                    IfaceRole::HostVeth => "host-veth: path_rx, path_tx (counters, connections)",
+                    IfaceRole::Uplink => "uplink: path_tx (left_via, the node's connections)",
+                };
+                Some((name, what.to_owned()))
+            })
+            .collect(),
+        connections_tracked: conns.tracked(),
         pod_namespaces: namespaces,
         errors: errors
             .into_iter()
@@ -142,7 +181,6 @@ impl PathIds {
         node_netns: u32,
     ) -> anyhow::Result<usize> {
         let mut pods = Vec::new();
-        let mut veths = Vec::new();
         for p in &topo.paths {
             let id = match self.by_veth.get(&p.host_veth) {
                 Some(&id) => id,
@@ -156,9 +194,6 @@ impl PathIds {
             if let Some(ip) = p.pod_ip {
                 pods.push((pod_addr(ip), id));
             }
-            if let Some(l) = node.link_by_name(&p.host_veth) {
-                veths.push((l.ifindex, id));
-            }
         }
         let veth_names: Vec<&str> = topo.paths.iter().map(|p| p.host_veth.as_str()).collect();
         let mut namespaces = vec![(node_netns, NetnsRole::Node)];
@@ -168,7 +203,7 @@ impl PathIds {
                 .into_iter()
                 .map(|i| (i, NetnsRole::Pod)),
         );
-        probes.sync(&pods, &veths, &namespaces)?;
+        probes.sync(&pods, &interface_roles(node, topo), &namespaces)?;
         Ok(namespaces.len() - 1)
     }
 }
@@ -184,13 +219,41 @@ async fn wait(duration: std::time::Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pod_addr(ip: std::net::IpAddr) -> PodAddr {
-    match ip {
-        std::net::IpAddr::V4(v4) => PodAddr::v4(v4.octets()),
-        std::net::IpAddr::V6(v6) => PodAddr {
-            octets: v6.octets(),
-        },
-    }
+/// How often the connection map is swept: a connection counts at most this late after its
+/// timeout.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Counts what the connection map newly says and forgets what the tracker is done with.
+fn sweep_conns(probes: &mut PathProbes, conns: &mut ConnTracker) -> anyhow::Result<()> {
+    let entries = probes.conns()?;
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    let now = std::time::Duration::from(now);
+    let forget = conns.sweep(&entries, now);
+    probes.forget_conns(&forget)?;
+    Ok(())
+}
+
+/// What each probed interface of the node is: every pod's host veth, and every way off the
+/// node (node ENIs, trunks, `vlan.eth.N`), by ifindex.
+fn interface_roles(node: &sgpath::model::Node, topo: &Topology) -> Vec<(u32, IfaceRole)> {
+    let veths = topo
+        .paths
+        .iter()
+        .map(|p| (&p.host_veth, IfaceRole::HostVeth));
+    let uplinks = topo
+        .enis
+        .iter()
+        .map(|e| &e.link)
+        .chain(topo.trunks.iter().map(|t| &t.name))
+        .chain(topo.vlan_links.iter().map(|v| &v.name))
+        .map(|n| (n, IfaceRole::Uplink));
+    let mut out: Vec<(u32, IfaceRole)> = veths
+        .chain(uplinks)
+        .filter_map(|(name, role)| Some((node.link_by_name(name)?.ifindex, role)))
+        .collect();
+    out.sort_by_key(|&(i, _)| i);
+    out.dedup_by_key(|&mut (i, _)| i);
+    out
 }
 
 /// Names the raw drops (reason from BTF, location from kallsyms) and builds the counters.

@@ -3,8 +3,8 @@
 //!
 //! | program              | hook (tp_btf)        | minimum kernel | without it                       |
 //! |----------------------|----------------------|----------------|----------------------------------|
-//! | `path_rx`            | `netif_receive_skb`  | 5.5            | no `from_pod` forwarded counts   |
-//! | `path_tx`            | `net_dev_start_xmit` | 5.5            | no `to_pod` forwarded counts     |
+//! | `path_rx`            | `netif_receive_skb`  | 5.5            | no `from_pod` counts, no SYNs    |
+//! | `path_tx`            | `net_dev_start_xmit` | 5.5            | no `to_pod` counts, no `left_via`|
 //! | `kfree_skb_reason`   | `kfree_skb`          | 5.17 (reason)  | `kfree_skb_location` instead     |
 //! | `kfree_skb_location` | `kfree_skb`          | 5.5            | no drops                         |
 //!
@@ -24,9 +24,10 @@ use aya::{
     programs::BtfTracePoint,
 };
 use sgpath_ebpf::{
-    CONFIG_GLOBAL, DROPS_MAP, DropKey, HOST_VETHS_MAP, NETNS_ROLES_MAP, PATH_COUNTERS_MAP,
-    POD_PATHS_MAP, PROG_ERRORS_MAP, PathCounters, ProbeConfig, ProgError,
-    packet::{NetnsRole, PodAddr},
+    CONFIG_GLOBAL, CONNS_MAP, ConnState, DROPS_MAP, DropKey, IFACES_MAP, IfaceRole, LEFT_VIA_MAP,
+    LeftViaKey, NETNS_ROLES_MAP, PATH_COUNTERS_MAP, POD_PATHS_MAP, PROG_ERRORS_MAP, PathCounters,
+    ProbeConfig, ProgError,
+    packet::{ConnKey, NetnsRole, PodAddr},
 };
 
 use super::ProbeError;
@@ -72,6 +73,8 @@ pub struct RawPathCounts {
     pub forwarded: PathCounters,
     /// (direction, netns role, reason, location) -> drops.
     pub drops: Vec<(DropKey, u64)>,
+    /// Egress ifindex -> packets of the pod that left the node there.
+    pub left_via: Vec<(u32, u64)>,
 }
 
 /// What [`PathProbes::read`] returns: counts by path id, and the programs' own errors.
@@ -128,16 +131,17 @@ impl PathProbes {
         HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
 
-    /// Tells the programs which pod IP and host veth belong to which path id, and which
-    /// namespaces are the node's and its pods': adds what is new, overwrites what changed and
-    /// removes what is gone, so the maps equal the arguments afterwards.
+    /// Tells the programs which pod IP belongs to which path id, what each interface of the
+    /// node is (host veth or uplink, by ifindex), and which namespaces are the node's and its
+    /// pods': adds what is new, overwrites what changed and removes what is gone, so the maps
+    /// equal the arguments afterwards.
     ///
     /// # Errors
     /// [`ProbeError::Map`] when a map refuses an entry (full).
     pub fn sync(
         &mut self,
         pods: &[(PodAddr, u32)],
-        veths: &[(u32, u32)],
+        ifaces: &[(u32, IfaceRole)],
         netns: &[(u32, NetnsRole)],
     ) -> Result<(), ProbeError> {
         sync_map(
@@ -145,17 +149,40 @@ impl PathProbes {
             POD_PATHS_MAP,
             pods,
         )?;
-        sync_map(
-            self.hash::<u32, u32>(HOST_VETHS_MAP)?,
-            HOST_VETHS_MAP,
-            veths,
-        )?;
+        let ifaces: Vec<(u32, u8)> = ifaces.iter().map(|&(i, r)| (i, r as u8)).collect();
+        sync_map(self.hash::<u32, u8>(IFACES_MAP)?, IFACES_MAP, &ifaces)?;
         let roles: Vec<(u32, u8)> = netns.iter().map(|&(i, r)| (i, r as u8)).collect();
         sync_map(
             self.hash::<u32, u8>(NETNS_ROLES_MAP)?,
             NETNS_ROLES_MAP,
             &roles,
         )?;
+        Ok(())
+    }
+
+    /// The connection map's entries (see `model::conns`).
+    ///
+    /// # Errors
+    /// [`ProbeError::Map`] when the map cannot be read.
+    pub fn conns(&mut self) -> Result<Vec<(ConnKey, ConnState)>, ProbeError> {
+        let map = self.hash::<ConnKey, ConnState>(CONNS_MAP)?;
+        map.iter()
+            .collect::<Result<_, _>>()
+            .map_err(|source| ProbeError::Map {
+                name: CONNS_MAP,
+                source,
+            })
+    }
+
+    /// Deletes swept connections; one already gone is fine.
+    ///
+    /// # Errors
+    /// [`ProbeError::Map`] when the map cannot be opened.
+    pub fn forget_conns(&mut self, keys: &[ConnKey]) -> Result<(), ProbeError> {
+        let mut map = self.hash::<ConnKey, ConnState>(CONNS_MAP)?;
+        for k in keys {
+            let _ = map.remove(k);
+        }
         Ok(())
     }
 
@@ -221,6 +248,20 @@ impl PathProbes {
             let (key, per_cpu) = entry.map_err(map_err(DROPS_MAP))?;
             let n: u64 = per_cpu.iter().sum();
             out.entry(key.path).or_default().drops.push((key, n));
+        }
+        let map = self
+            .ebpf
+            .map(LEFT_VIA_MAP)
+            .ok_or(ProbeError::MissingProgram { name: LEFT_VIA_MAP })?;
+        let left: PerCpuHashMap<_, LeftViaKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(map_err(LEFT_VIA_MAP))?;
+        for entry in left.iter() {
+            let (key, per_cpu) = entry.map_err(map_err(LEFT_VIA_MAP))?;
+            let n: u64 = per_cpu.iter().sum();
+            out.entry(key.path)
+                .or_default()
+                .left_via
+                .push((key.ifindex, n));
         }
         let mut errors = BTreeMap::new();
         if let Some(map) = self.ebpf.map(PROG_ERRORS_MAP) {

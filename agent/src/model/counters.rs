@@ -22,6 +22,23 @@ pub struct DirectionCounters {
     pub drops_by_reason: BTreeMap<String, u64>,
     /// Kernel function that freed the packet -> drops, the [`TOP_LOCATIONS`] most frequent.
     pub drops_by_location: BTreeMap<String, u64>,
+    /// Connections (TCP SYNs) that left the node on this path and were answered (SYN-ACK)
+    /// within `--syn-timeout`, by destination port. From the pod: its own; to the pod: the
+    /// node's (kubelet probes).
+    pub syn_answered: BTreeMap<u16, u64>,
+    /// Those that were not, by destination port; retransmits are one connection.
+    pub syn_unanswered: BTreeMap<u16, u64>,
+    /// To the pod: SYNs its host veth handed to it, by port (a retransmit is not a new one).
+    pub syn_in: BTreeMap<u16, u64>,
+    /// DNS queries (UDP or TCP 53) answered within the timeout.
+    pub dns_answered: u64,
+    /// DNS queries not answered within it.
+    pub dns_unanswered: u64,
+    /// From the pod: its packets that left the node, by egress interface.
+    pub left_via: BTreeMap<String, u64>,
+    /// The most frequent unanswered (source, destination, port), at most
+    /// [`super::conns::TOP_UNANSWERED`].
+    pub unanswered: Vec<super::conns::Unanswered>,
 }
 
 /// Both directions of a path, as the report's `counters` shows them.

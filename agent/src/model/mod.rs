@@ -3,6 +3,7 @@
 //! functions of these values and unit-tested without root.
 
 mod cni;
+pub mod conns;
 mod counters;
 pub mod eni;
 pub mod fib;

@@ -66,6 +66,13 @@ pub struct Report {
 pub struct ProbeStatus {
     /// Program name -> hook.
     pub programs: BTreeMap<String, String>,
+    /// Interface -> what the programs do on it (`host-veth`: the path's counters and
+    /// connections; `uplink`: `left_via` and the node's connections to pods). Tracepoints
+    /// see every interface: nothing is attached per interface, so an interface counts from
+    /// the moment its ifindex is in the map (one netlink event plus one map update).
+    pub interfaces: BTreeMap<String, String>,
+    /// Connections waiting for an answer, or lingering, at the end.
+    pub connections_tracked: usize,
     /// Pod namespaces whose drops count.
     pub pod_namespaces: usize,
     /// Errors the programs counted instead of failing (a full map), by kind.

@@ -119,7 +119,7 @@ fn path_probes(out: &mut String) {
     probes
         .sync(
             &[(PodAddr::v4([10, 98, 0, 2]), 0)],
-            &[(ifindex, 0)],
+            &[(ifindex, sgpath_ebpf::IfaceRole::HostVeth)],
             &[
                 (ino("sgb-pnode"), NetnsRole::Node),
                 (ino("sgb-ppod"), NetnsRole::Pod),

@@ -1,0 +1,106 @@
+//! Unanswered connections: SYNs and DNS queries that leave a path, matched with their
+//! answers in `CONNS`. Userspace sweeps the map: an entry older than `--syn-timeout`
+//! without an answer is an unanswered connection, counted once; retransmits find their
+//! entry and are not new ones.
+//!
+//! | packet                    | where                          | entry                         |
+//! |---------------------------|--------------------------------|-------------------------------|
+//! | request from a pod        | its host veth, receive         | `path` = its path, `FromPod`  |
+//! | request from the node     | any transmit, with a socket    | `path` = dest's path, `ToPod` |
+//! | SYN handed to a pod       | its host veth, transmit        | `in_path` = its path          |
+//! | answer (SYN-ACK, DNS)     | a host veth, either way        | `answered` = 1                |
+//!
+//! A plain hash, not an LRU: an LRU would silently evict the oldest entries, which are
+//! exactly the unanswered connections this is for. A full map is counted instead.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap};
+use sgpath_ebpf::{
+    ConnState, MAX_CONNS, NO_PATH, ProgError,
+    packet::{ConnKey, ConnKind, Direction, IpHeader, L4, PROTO_TCP, Signal},
+};
+
+use crate::{
+    if_counters::bump_error,
+    path_counters::{Site, path_of},
+    skb,
+};
+
+/// BPF_NOEXIST: the first CPU to insert wins; the others update.
+const NOEXIST: u64 = 1;
+
+#[map]
+static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(MAX_CONNS, 0);
+
+// Out of line: its own stack frame (LLVM does not share stack slots between inlined
+// bodies, and the BPF stack is 512 bytes).
+#[inline(never)]
+pub fn track(skb: *const u8, site: Site, ip: &IpHeader, signal: Signal) {
+    let Some(l4) = ip.l4 else { return };
+    match signal {
+        Signal::Request(kind) => request(skb, site, ip, &l4, kind),
+        Signal::Answer if site != Site::UplinkTransmit => {
+            let key = ConnKey::of_answer(ip, &l4);
+            if let Some(st) = CONNS.get_ptr_mut(&key) {
+                // SAFETY: a map value; a racing write stores the same byte.
+                unsafe { (*st).answered = 1 };
+            }
+        }
+        Signal::Answer => {}
+    }
+}
+
+#[inline(always)]
+fn request(skb: *const u8, site: Site, ip: &IpHeader, l4: &L4, kind: ConnKind) {
+    // Whose request, and is it handed to a pod here?
+    let (path, direction, in_path) = match site {
+        Site::VethReceive => (path_of(&ip.src), Direction::FromPod, None),
+        Site::VethTransmit | Site::UplinkTransmit => {
+            let dst = path_of(&ip.dst);
+            // Only the node's own packets still carry their socket here; forwarded ones
+            // (the bastion's, another pod's) do not.
+            let own = if dst.is_some() && skb::has_socket(skb) {
+                dst
+            } else {
+                None
+            };
+            let handed = if site == Site::VethTransmit && l4.proto == PROTO_TCP {
+                dst
+            } else {
+                None
+            };
+            (own, Direction::ToPod, handed)
+        }
+    };
+    if path.is_none() && in_path.is_none() {
+        return;
+    }
+    let key = ConnKey::of_request(ip, l4);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(st) = CONNS.get_ptr_mut(&key) {
+        // SAFETY: a map value; racing CPUs write the same values.
+        let st = unsafe { &mut *st };
+        st.last_ns = now;
+        if let (Some(p), NO_PATH) = (path, st.path) {
+            st.path = p;
+            st.direction = direction as u8;
+        }
+        if let (Some(p), NO_PATH) = (in_path, st.in_path) {
+            st.in_path = p;
+        }
+        return;
+    }
+    let st = ConnState {
+        path: path.unwrap_or(NO_PATH),
+        in_path: in_path.unwrap_or(NO_PATH),
+        kind: kind as u8,
+        direction: direction as u8,
+        answered: 0,
+        _pad: [0; 5],
+        first_ns: now,
+        last_ns: now,
+    };
+    if CONNS.insert(&key, &st, NOEXIST).is_err() && CONNS.get_ptr_mut(&key).is_none() {
+        bump_error(ProgError::ConnMapFull);
+    }
+}

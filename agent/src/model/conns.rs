@@ -1,0 +1,314 @@
+//! Unanswered connections: what the sweep of the probes' connection map makes of it. The
+//! probes record each SYN and DNS query that leaves a path and mark it when its answer
+//! comes; [`ConnTracker::sweep`] turns entries into counts, once per connection, and says
+//! which entries the map can forget. Pure logic over the raw entries, unit-tested.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
+
+use serde::Serialize;
+use sgpath_ebpf::{
+    ConnState, NO_PATH,
+    packet::{ConnKey, ConnKind, Direction, PodAddr},
+};
+
+use super::{DirectionCounters, PathCounters};
+
+/// How many unanswered (source, destination, port) a direction lists.
+pub const TOP_UNANSWERED: usize = 10;
+
+/// How long an unanswered entry stays after its latest retransmit, so that the next one
+/// (Linux backs off 1, 2, 4, 8, 16 s) finds it and is not a new connection.
+pub const UNANSWERED_LINGER: Duration = Duration::from_secs(35);
+
+/// A kind of tracked connection, as reports name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Conn {
+    /// A TCP connection (SYN), any port but 53.
+    Syn,
+    /// A DNS query over UDP or TCP.
+    Dns,
+}
+
+/// Unanswered connections between two addresses to one port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Unanswered {
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub port: u16,
+    pub kind: Conn,
+    pub count: u64,
+}
+
+/// What one direction of a path counted of its connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    syn_answered: BTreeMap<u16, u64>,
+    syn_unanswered: BTreeMap<u16, u64>,
+    syn_in: BTreeMap<u16, u64>,
+    dns_answered: u64,
+    dns_unanswered: u64,
+    unanswered: BTreeMap<(IpAddr, IpAddr, u16, Conn), u64>,
+}
+
+/// What has been counted of one entry.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counted {
+    request: bool,
+    syn_in: bool,
+}
+
+/// Counts connections from the probes' map, each once, across sweeps.
+#[derive(Debug)]
+pub struct ConnTracker {
+    timeout: Duration,
+    counted: HashMap<ConnKey, Counted>,
+    /// (path id, to the pod?) -> tally.
+    tallies: BTreeMap<(u32, bool), Tally>,
+}
+
+impl ConnTracker {
+    /// `timeout`: how long a request waits for its answer (`--syn-timeout`).
+    pub fn new(timeout: Duration) -> ConnTracker {
+        ConnTracker {
+            timeout,
+            counted: HashMap::new(),
+            tallies: BTreeMap::new(),
+        }
+    }
+
+    /// Counts what `entries` (the map's content at `now`, same clock as
+    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC) newly say, and returns the keys to delete:
+    /// answered or unknown entries once idle for the timeout, unanswered ones once idle for
+    /// [`UNANSWERED_LINGER`].
+    pub fn sweep(&mut self, entries: &[(ConnKey, ConnState)], now: Duration) -> Vec<ConnKey> {
+        let mut forget = Vec::new();
+        for (key, st) in entries {
+            let c = self.counted.entry(*key).or_default();
+            let first = Duration::from_nanos(st.first_ns);
+            let last = Duration::from_nanos(st.last_ns);
+            let kind = match ConnKind::try_from(st.kind) {
+                Ok(ConnKind::Dns) => Conn::Dns,
+                _ => Conn::Syn,
+            };
+            if st.in_path != NO_PATH && !c.syn_in {
+                c.syn_in = true;
+                let t = self.tallies.entry((st.in_path, true)).or_default();
+                *t.syn_in.entry(key.server_port).or_default() += 1;
+            }
+            let waited = now.saturating_sub(first) >= self.timeout;
+            if st.path != NO_PATH && !c.request && (st.answered != 0 || waited) {
+                c.request = true;
+                let to_pod = Direction::try_from(st.direction) == Ok(Direction::ToPod);
+                let t = self.tallies.entry((st.path, to_pod)).or_default();
+                let port = key.server_port;
+                match (kind, st.answered != 0) {
+                    (Conn::Syn, true) => *t.syn_answered.entry(port).or_default() += 1,
+                    (Conn::Dns, true) => t.dns_answered += 1,
+                    (Conn::Syn, false) => *t.syn_unanswered.entry(port).or_default() += 1,
+                    (Conn::Dns, false) => t.dns_unanswered += 1,
+                }
+                if st.answered == 0 {
+                    let k = (ip(&key.client), ip(&key.server), port, kind);
+                    *t.unanswered.entry(k).or_default() += 1;
+                }
+            }
+            let pending = st.path != NO_PATH && !c.request;
+            let linger = if st.path != NO_PATH && st.answered == 0 {
+                UNANSWERED_LINGER.max(self.timeout)
+            } else {
+                self.timeout
+            };
+            if !pending && now.saturating_sub(last) >= linger {
+                forget.push(*key);
+            }
+        }
+        for k in &forget {
+            self.counted.remove(k);
+        }
+        forget
+    }
+
+    /// Adds what was counted for path `id` to its counters.
+    pub fn apply(&self, id: u32, counters: &mut PathCounters) {
+        for (to_pod, dir) in [
+            (true, &mut counters.to_pod),
+            (false, &mut counters.from_pod),
+        ] {
+            if let Some(t) = self.tallies.get(&(id, to_pod)) {
+                fill(dir, t);
+            }
+        }
+    }
+
+    /// Entries waiting for an answer or lingering.
+    pub fn tracked(&self) -> usize {
+        self.counted.len()
+    }
+}
+
+fn fill(dir: &mut DirectionCounters, t: &Tally) {
+    dir.syn_answered = t.syn_answered.clone();
+    dir.syn_unanswered = t.syn_unanswered.clone();
+    dir.syn_in = t.syn_in.clone();
+    dir.dns_answered = t.dns_answered;
+    dir.dns_unanswered = t.dns_unanswered;
+    let mut top: Vec<_> = t.unanswered.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    dir.unanswered = top
+        .into_iter()
+        .take(TOP_UNANSWERED)
+        .map(|(&(source, destination, port, kind), &count)| Unanswered {
+            source,
+            destination,
+            port,
+            kind,
+            count,
+        })
+        .collect();
+}
+
+/// The probes' address form back to an `IpAddr` (IPv4-mapped to IPv4).
+pub fn ip(a: &PodAddr) -> IpAddr {
+    let v6 = Ipv6Addr::from(a.octets);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The probes' address form of an `IpAddr`.
+pub fn pod_addr(ip: IpAddr) -> PodAddr {
+    match ip {
+        IpAddr::V4(v4) => PodAddr::v4(v4.octets()),
+        IpAddr::V6(v6) => PodAddr {
+            octets: v6.octets(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn key(client: [u8; 4], server: [u8; 4], port: u16) -> ConnKey {
+        ConnKey {
+            client: PodAddr::v4(client),
+            server: PodAddr::v4(server),
+            client_port: 40000,
+            server_port: port,
+            proto: 6,
+            _pad: [0; 3],
+        }
+    }
+
+    fn state(path: u32, dir: Direction, kind: ConnKind, first: u64, last: u64) -> ConnState {
+        ConnState {
+            path,
+            in_path: NO_PATH,
+            kind: kind as u8,
+            direction: dir as u8,
+            answered: 0,
+            _pad: [0; 5],
+            first_ns: first * S,
+            last_ns: last * S,
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn an_unanswered_syn_counts_once_after_the_timeout_whatever_its_retransmits() {
+        let mut t = ConnTracker::new(secs(3));
+        let k = key([192, 168, 3, 219], [10, 0, 1, 10], 8080);
+        let mut st = state(0, Direction::FromPod, ConnKind::Syn, 100, 100);
+        // Before the timeout: pending, nothing counted, nothing forgotten.
+        assert!(t.sweep(&[(k, st)], secs(102)).is_empty());
+        // After it: one unanswered; the entry stays for the retransmits.
+        assert!(t.sweep(&[(k, st)], secs(103)).is_empty());
+        st.last_ns = 107 * S; // retransmits at 101, 103, 107
+        assert!(t.sweep(&[(k, st)], secs(110)).is_empty());
+        let mut c = PathCounters::default();
+        t.apply(0, &mut c);
+        assert_eq!(c.from_pod.syn_unanswered, BTreeMap::from([(8080, 1)]));
+        assert_eq!(c.from_pod.syn_answered, BTreeMap::new());
+        assert_eq!(
+            c.from_pod.unanswered,
+            [Unanswered {
+                source: "192.168.3.219".parse().unwrap(),
+                destination: "10.0.1.10".parse().unwrap(),
+                port: 8080,
+                kind: Conn::Syn,
+                count: 1
+            }]
+        );
+        // Forgotten once idle for the linger time, and then not counted again.
+        assert_eq!(t.sweep(&[(k, st)], secs(107 + 35)), [k]);
+        t.apply(0, &mut c);
+        assert_eq!(c.from_pod.syn_unanswered[&8080], 1);
+        assert_eq!(t.tracked(), 0);
+    }
+
+    #[test]
+    fn answered_requests_count_at_once_per_kind_and_direction() {
+        let mut t = ConnTracker::new(secs(3));
+        let pod = [192, 168, 3, 219];
+        let node = [192, 168, 1, 10];
+        let mut probe = state(4, Direction::ToPod, ConnKind::Syn, 10, 10);
+        probe.answered = 1;
+        probe.in_path = 4;
+        let mut dns = state(4, Direction::FromPod, ConnKind::Dns, 10, 10);
+        let lost_dns = state(4, Direction::FromPod, ConnKind::Dns, 10, 10);
+        dns.answered = 1;
+        let entries = [
+            (key(node, pod, 80), probe),
+            (key(pod, [192, 168, 7, 31], 53), dns),
+            (key(pod, [192, 168, 7, 32], 53), lost_dns),
+        ];
+        assert!(t.sweep(&entries, secs(11)).is_empty());
+        // Answered entries go once idle for the timeout; the lost query waits longer.
+        let gone = t.sweep(&entries, secs(13));
+        assert_eq!(gone.len(), 2);
+        let mut c = PathCounters::default();
+        t.apply(4, &mut c);
+        assert_eq!(c.to_pod.syn_answered, BTreeMap::from([(80, 1)]));
+        assert_eq!(c.to_pod.syn_in, BTreeMap::from([(80, 1)]));
+        assert_eq!((c.from_pod.dns_answered, c.from_pod.dns_unanswered), (1, 1));
+        assert!(c.from_pod.syn_unanswered.is_empty());
+        // Another path's counters are untouched.
+        let mut other = PathCounters::default();
+        t.apply(5, &mut other);
+        assert_eq!(other, PathCounters::default());
+    }
+
+    #[test]
+    fn a_syn_handed_in_counts_once_with_no_request_path() {
+        let mut t = ConnTracker::new(secs(3));
+        let mut st = state(NO_PATH, Direction::ToPod, ConnKind::Syn, 10, 10);
+        st.in_path = 2;
+        let k = key([10, 0, 1, 10], [192, 168, 7, 31], 80);
+        t.sweep(&[(k, st)], secs(10));
+        st.last_ns = 11 * S; // a retransmit
+        t.sweep(&[(k, st)], secs(12));
+        assert_eq!(t.sweep(&[(k, st)], secs(14)), [k]);
+        let mut c = PathCounters::default();
+        t.apply(2, &mut c);
+        assert_eq!(c.to_pod.syn_in, BTreeMap::from([(80, 1)]));
+    }
+
+    #[test]
+    fn addresses_round_trip() {
+        for a in ["192.168.3.219", "2001:db8::1"] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(super::ip(&pod_addr(ip)), ip);
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Checks turn a [`Topology`] and its [`Node`] into [`Finding`]s an operator can act on.
 //! Every check is a pure function listed in [`REGISTRY`]; one file per finding family.
 
+mod connections;
 mod mode;
 mod mtu;
 mod nodelocal_dns;
@@ -60,11 +61,20 @@ pub enum FindingId {
     NodeReadIncomplete,
     /// The kernel dropped packets on a pod's path while `observe` counted.
     PathDrops,
+    /// A branch pod's connections out of its VLAN went unanswered: its branch ENI's
+    /// outbound rules, or the peer's inbound rules, likely drop them.
+    SgSuspectedBlock,
+    /// The node's connections to a branch pod went unanswered (kubelet probes fail).
+    ProbePathBroken,
+    /// A branch pod's DNS queries went unanswered.
+    DnsPathBroken,
+    /// A branch pod's packets left the node by an interface other than its VLAN.
+    BranchTrafficOffVlan,
 }
 
 impl FindingId {
     /// Every id, for metrics that must export zeros.
-    pub const ALL: [FindingId; 15] = [
+    pub const ALL: [FindingId; 19] = [
         FindingId::TcpEarlyDemuxEnabled,
         FindingId::VlanRuleMissing,
         FindingId::VlanRuleStale,
@@ -80,6 +90,10 @@ impl FindingId {
         FindingId::EnforcingModeMismatch,
         FindingId::NodeReadIncomplete,
         FindingId::PathDrops,
+        FindingId::SgSuspectedBlock,
+        FindingId::ProbePathBroken,
+        FindingId::DnsPathBroken,
+        FindingId::BranchTrafficOffVlan,
     ];
 
     /// The id as it appears in JSON and metrics.
@@ -100,6 +114,10 @@ impl FindingId {
             FindingId::EnforcingModeMismatch => "enforcing-mode-mismatch",
             FindingId::NodeReadIncomplete => "node-read-incomplete",
             FindingId::PathDrops => "path-drops",
+            FindingId::SgSuspectedBlock => "sg-suspected-block",
+            FindingId::ProbePathBroken => "probe-path-broken",
+            FindingId::DnsPathBroken => "dns-path-broken",
+            FindingId::BranchTrafficOffVlan => "branch-traffic-off-vlan",
         }
     }
 }
@@ -158,6 +176,10 @@ pub const REGISTRY: &[Check] = &[
     mtu::mismatch,
     mode::mismatch,
     path_drops::path_drops,
+    connections::sg_suspected_block,
+    connections::probe_path_broken,
+    connections::dns_path_broken,
+    connections::off_vlan,
     read_warnings,
 ];
 

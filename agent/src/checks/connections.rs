@@ -1,0 +1,272 @@
+//! Drops inside the VPC, inferred from what a node can see: connections that left a branch
+//! pod's path and were never answered, and branch traffic that left by the wrong interface.
+//! Only `observe` fills the counters these read; `inspect` raises none of them.
+//!
+//! | finding                    | path        | counter                                   |
+//! |----------------------------|-------------|-------------------------------------------|
+//! | `sg-suspected-block`       | branch      | `from_pod.syn_unanswered` (any port)      |
+//! | `dns-path-broken`          | branch      | `from_pod.dns_unanswered`                 |
+//! | `probe-path-broken`        | branch      | `to_pod.syn_unanswered` (the node's SYNs) |
+//! | `branch-traffic-off-vlan`  | branch      | `from_pod.left_via` not its `vlan.eth.N`  |
+//!
+//! An ordinary pod's unanswered connections are decided by the node ENI's groups, which the
+//! node's own traffic shares: they stay counters, not findings.
+
+use super::{Finding, FindingId, Severity};
+use crate::model::{
+    Node, Path, PathKind, Topology,
+    conns::{Conn, Unanswered},
+};
+
+pub fn sg_suspected_block(_: &Node, topo: &Topology) -> Vec<Finding> {
+    branch_paths(topo)
+        .filter_map(|(p, subject)| {
+            let c = p.counters.as_ref()?;
+            let lost = lost(&c.from_pod.unanswered, Conn::Syn);
+            if lost.is_empty() {
+                return None;
+            }
+            let mut f = Finding::new(FindingId::SgSuspectedBlock, Severity::Warning, subject);
+            for u in &lost {
+                f = f.evidence(format!(
+                    "{} TCP connection(s) from {} to {}:{} left {} and got no SYN-ACK",
+                    u.count,
+                    u.source,
+                    u.destination,
+                    u.port,
+                    via(p)
+                ));
+            }
+            f = f.evidence(answered(&c.from_pod.syn_answered));
+            let u = lost[0];
+            Some(f.fix(format!(
+                "the branch ENI's security groups must allow this out, and the peer's in: \
+                 aws ec2 authorize-security-group-egress --group-id <the pod's security group> \
+                 --ip-permissions 'IpProtocol=tcp,FromPort={port},ToPort={port},IpRanges=[{{CidrIp={dst}/32}}]' \
+                 (and the same as ingress on {dst}'s security group)",
+                port = u.port,
+                dst = u.destination
+            )))
+        })
+        .collect()
+}
+
+pub fn dns_path_broken(_: &Node, topo: &Topology) -> Vec<Finding> {
+    branch_paths(topo)
+        .filter_map(|(p, subject)| {
+            let c = p
+                .counters
+                .as_ref()
+                .filter(|c| c.from_pod.dns_unanswered > 0)?;
+            let mut f = Finding::new(FindingId::DnsPathBroken, Severity::Warning, subject)
+                .evidence(format!(
+                    "{} of {} DNS queries left {} unanswered",
+                    c.from_pod.dns_unanswered,
+                    c.from_pod.dns_unanswered + c.from_pod.dns_answered,
+                    via(p)
+                ));
+            for u in lost(&c.from_pod.unanswered, Conn::Dns) {
+                f = f.evidence(format!(
+                    "{} quer(ies) from {} to {}:53 unanswered",
+                    u.count, u.source, u.destination
+                ));
+            }
+            Some(f.fix(
+                "the pod's security group must allow UDP and TCP 53 out to CoreDNS (and CoreDNS's \
+                 security group them in): aws ec2 authorize-security-group-egress --group-id \
+                 <the pod's security group> --ip-permissions \
+                 'IpProtocol=udp,FromPort=53,ToPort=53,IpRanges=[{CidrIp=<VPC CIDR>}]' \
+                 'IpProtocol=tcp,FromPort=53,ToPort=53,IpRanges=[{CidrIp=<VPC CIDR>}]'",
+            ))
+        })
+        .collect()
+}
+
+pub fn probe_path_broken(node: &Node, topo: &Topology) -> Vec<Finding> {
+    branch_paths(topo)
+        .filter_map(|(p, subject)| {
+            let c = p.counters.as_ref()?;
+            let lost = lost(&c.to_pod.unanswered, Conn::Syn);
+            if lost.is_empty() {
+                return None;
+            }
+            let mut f = Finding::new(FindingId::ProbePathBroken, Severity::Error, subject);
+            for u in &lost {
+                f = f.evidence(format!(
+                    "{} TCP connection(s) from the node ({}) to {}:{} got no SYN-ACK",
+                    u.count, u.source, u.destination, u.port
+                ));
+            }
+            if node.sysctls.get(crate::model::Sysctls::TCP_EARLY_DEMUX) == Some(1) {
+                f = f.evidence("net.ipv4.tcp_early_demux = 1 (the answers of a strict pod come back through the VPC and are dropped)");
+            }
+            let u = lost[0];
+            Some(f.fix(format!(
+                "kubelet probes fail: the pod's security group must admit the node's: aws ec2 \
+                 authorize-security-group-ingress --group-id <the pod's security group> \
+                 --ip-permissions 'IpProtocol=tcp,FromPort={port},ToPort={port},IpRanges=[{{CidrIp={src}/32}}]' \
+                 (or the node's security group as the source); with tcp_early_demux on, also \
+                 kubectl set env daemonset aws-node -n kube-system -c aws-vpc-cni-init DISABLE_TCP_EARLY_DEMUX=true",
+                port = u.port,
+                src = u.source
+            )))
+        })
+        .collect()
+}
+
+pub fn off_vlan(_: &Node, topo: &Topology) -> Vec<Finding> {
+    branch_paths(topo)
+        .filter_map(|(p, subject)| {
+            let c = p.counters.as_ref()?;
+            let off: Vec<(&String, &u64)> = c
+                .from_pod
+                .left_via
+                .iter()
+                .filter(|(dev, n)| Some(dev.as_str()) != p.vlan_link.as_deref() && **n > 0)
+                .collect();
+            if off.is_empty() {
+                return None;
+            }
+            let mut f = Finding::new(FindingId::BranchTrafficOffVlan, Severity::Error, subject);
+            for (dev, n) in off {
+                f = f.evidence(format!(
+                    "{n} packet(s) from the pod left the node by {dev}, not by {}",
+                    p.vlan_link.as_deref().unwrap_or("its VLAN (missing)")
+                ));
+            }
+            Some(f.fix(format!(
+                "the branch ENI's security groups are bypassed and the VPC judges these packets \
+                 as the node's (or drops them): restore the pod's rule `ip rule add iif {} \
+                 table {} prio 10` (the VPC CNI adds it; recreate the pod)",
+                p.host_veth, p.route_table
+            )))
+        })
+        .collect()
+}
+
+/// Branch paths with their subject (the pod IP, else the host veth).
+fn branch_paths(topo: &Topology) -> impl Iterator<Item = (&Path, String)> {
+    topo.paths
+        .iter()
+        .filter(|p| p.kind == PathKind::BranchEni)
+        .map(|p| {
+            let subject = p
+                .pod_ip
+                .map_or_else(|| p.host_veth.clone(), |ip| ip.to_string());
+            (p, subject)
+        })
+}
+
+fn lost(list: &[Unanswered], kind: Conn) -> Vec<&Unanswered> {
+    list.iter().filter(|u| u.kind == kind).collect()
+}
+
+fn via(p: &Path) -> String {
+    match &p.vlan_link {
+        Some(v) => format!("the pod's path ({} on {v})", p.host_veth),
+        None => format!("the pod's path ({})", p.host_veth),
+    }
+}
+
+fn answered(by_port: &std::collections::BTreeMap<u16, u64>) -> String {
+    if by_port.is_empty() {
+        return "no connection out of this path was answered".into();
+    }
+    let ports: Vec<String> = by_port.iter().map(|(p, n)| format!("{p}: {n}")).collect();
+    format!("answered connections by port: {}", ports.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PathCounters, conns::Unanswered};
+
+    fn path(kind: PathKind, ip: &str, counters: PathCounters) -> Path {
+        Path {
+            kind,
+            mode: None,
+            pod_ip: Some(ip.parse().unwrap()),
+            host_veth: "vlan0123456789a".into(),
+            vlan_id: (kind == PathKind::BranchEni).then_some(1),
+            vlan_link: (kind == PathKind::BranchEni).then(|| "vlan.eth.1".into()),
+            trunk: None,
+            route_table: 101,
+            rules: Vec::new(),
+            counters: Some(counters),
+        }
+    }
+
+    fn lost_syn(src: &str, dst: &str, port: u16, count: u64) -> Unanswered {
+        Unanswered {
+            source: src.parse().unwrap(),
+            destination: dst.parse().unwrap(),
+            port,
+            kind: Conn::Syn,
+            count,
+        }
+    }
+
+    #[test]
+    fn unanswered_out_of_a_branch_path_only() {
+        let mut c = PathCounters::default();
+        c.from_pod.syn_unanswered.insert(8080, 3);
+        c.from_pod.syn_answered.insert(80, 2);
+        c.from_pod.unanswered = vec![lost_syn("192.168.3.219", "10.0.1.10", 8080, 3)];
+        let mut ordinary = c.clone();
+        ordinary.from_pod.unanswered[0].source = "192.168.7.31".parse().unwrap();
+        let topo = Topology {
+            paths: vec![
+                path(PathKind::BranchEni, "192.168.3.219", c),
+                path(PathKind::NodeEni, "192.168.7.31", ordinary),
+            ],
+            ..Default::default()
+        };
+        let f = sg_suspected_block(&Node::default(), &topo);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].subject, "192.168.3.219");
+        assert_eq!(
+            f[0].evidence,
+            [
+                "3 TCP connection(s) from 192.168.3.219 to 10.0.1.10:8080 left the pod's path \
+                 (vlan0123456789a on vlan.eth.1) and got no SYN-ACK",
+                "answered connections by port: 80: 2"
+            ]
+        );
+        assert!(f[0].remediation.contains("FromPort=8080"));
+        assert!(probe_path_broken(&Node::default(), &topo).is_empty());
+        assert!(dns_path_broken(&Node::default(), &topo).is_empty());
+    }
+
+    #[test]
+    fn node_probes_and_dns_and_off_vlan() {
+        let mut c = PathCounters::default();
+        c.to_pod.syn_unanswered.insert(80, 4);
+        c.to_pod.unanswered = vec![lost_syn("192.168.1.10", "192.168.3.219", 80, 4)];
+        c.from_pod.dns_unanswered = 2;
+        c.from_pod.dns_answered = 1;
+        c.from_pod.left_via.insert("vlan.eth.1".into(), 9);
+        c.from_pod.left_via.insert("eth0".into(), 5);
+        let topo = Topology {
+            paths: vec![path(PathKind::BranchEni, "192.168.3.219", c)],
+            ..Default::default()
+        };
+        let n = Node::default();
+        let probe = probe_path_broken(&n, &topo);
+        assert_eq!(
+            probe[0].evidence,
+            ["4 TCP connection(s) from the node (192.168.1.10) to 192.168.3.219:80 got no SYN-ACK"]
+        );
+        assert!(probe[0].remediation.contains("CidrIp=192.168.1.10/32"));
+        let dns = dns_path_broken(&n, &topo);
+        assert_eq!(
+            dns[0].evidence[0],
+            "2 of 3 DNS queries left the pod's path (vlan0123456789a on vlan.eth.1) unanswered"
+        );
+        let off = off_vlan(&n, &topo);
+        assert_eq!(
+            off[0].evidence,
+            ["5 packet(s) from the pod left the node by eth0, not by vlan.eth.1"]
+        );
+        assert_eq!(off[0].severity, Severity::Error);
+    }
+}

@@ -14,6 +14,7 @@ use std::{
 use serde_json::Value;
 use xtask::lab::{Lab, Spec, names};
 
+pub mod conns;
 pub mod observe;
 
 /// The `sgpath` binary under test: `$SGPATH_BIN` (set by `cargo xtask test` in VMs) or

@@ -421,3 +421,40 @@ fn observe_behind_a_priority_1_filter_that_drops() {
 fn observe_drop_source_reason() {
     sgpath_tests::observe::drop_source_reason_is_refused_without_reasons();
 }
+
+/// A strict pod's blocked connections out: exact unanswered counts (retransmits once) and
+/// `sg-suspected-block`; an ordinary pod's the same counts and no finding.
+#[test]
+fn conns_pod_connections_out() {
+    let lab = built("observe", "sgt-co");
+    sgpath_tests::conns::pod_connections_out(&lab);
+}
+
+/// The node's probes to a strict pod its group does not admit: `probe-path-broken`.
+#[test]
+fn conns_node_probes_to_a_branch_pod() {
+    let mut lab = built("observe", "sgt-cp");
+    sgpath_tests::conns::node_probes_to_a_branch_pod(&mut lab);
+}
+
+/// DNS to dnsmasq on an ordinary pod, blocked for the strict pod: `dns-path-broken`.
+#[test]
+fn conns_dns_from_a_branch_pod() {
+    let mut lab = built("observe", "sgt-cd");
+    sgpath_tests::conns::dns_from_a_branch_pod(&mut lab);
+}
+
+/// A deleted `iif vlan<hash>` rule sends the strict pod out of eth0: `left_via`, finding.
+#[test]
+fn conns_branch_traffic_off_vlan() {
+    let mut lab = built("observe", "sgt-cv");
+    sgpath_tests::conns::branch_traffic_off_vlan(&mut lab);
+}
+
+/// The seed's experiment: who the bastion reaches, as `syn_in` per path.
+#[test]
+fn conns_seed_experiment() {
+    let mut lab = xtask::lab::Lab::up(spec("default"), "sgt-cs")
+        .unwrap_or_else(|e| panic!("lab did not come up on {}: {e:#}", kernel()));
+    sgpath_tests::conns::seed_experiment(&mut lab);
+}

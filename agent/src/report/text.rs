@@ -161,6 +161,11 @@ fn counters(out: &mut String, r: &Report, source: crate::ebpf::paths::DropSource
                 "TO POD DROP",
                 "FROM POD FWD",
                 "FROM POD DROP",
+                "SYN IN",
+                "SYN OUT OK/LOST",
+                "NODE SYN OK/LOST",
+                "DNS OK/LOST",
+                "LEFT VIA",
                 "TOP DROPS",
             ]
             .map(String::from)
@@ -194,11 +199,33 @@ fn counters(out: &mut String, r: &Report, source: crate::ebpf::paths::DropSource
                 c.to_pod.dropped_packets.to_string(),
                 c.from_pod.forwarded_packets.to_string(),
                 c.from_pod.dropped_packets.to_string(),
+                sum(&c.to_pod.syn_in).to_string(),
+                format!(
+                    "{}/{}",
+                    sum(&c.from_pod.syn_answered),
+                    sum(&c.from_pod.syn_unanswered)
+                ),
+                format!(
+                    "{}/{}",
+                    sum(&c.to_pod.syn_answered),
+                    sum(&c.to_pod.syn_unanswered)
+                ),
+                format!("{}/{}", c.from_pod.dns_answered, c.from_pod.dns_unanswered),
+                c.from_pod
+                    .left_via
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 top,
             ]);
         }
         table(out, &rows);
     }
+}
+
+fn sum<K>(m: &std::collections::BTreeMap<K, u64>) -> u64 {
+    m.values().sum()
 }
 
 fn table(out: &mut String, rows: &[Vec<String>]) {

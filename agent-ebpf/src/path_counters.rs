@@ -80,12 +80,12 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
     if skb::netns(dev) != Some(skb::node_netns()) || !skb::is_ip(skb) {
         return;
     }
-    let ip = match hook {
+    let at = match hook {
         // On receive the stack has not set the network header yet: the IP header is at data.
-        Hook::Receive => skb::ip_at_data(skb),
-        Hook::Transmit => skb::ip_at_network_header(skb),
+        Hook::Receive => skb::data(skb),
+        Hook::Transmit => skb::network_header(skb),
     };
-    let Some(ip) = ip else { return };
+    let Some(ip) = skb::header(at) else { return };
     match site {
         Site::VethReceive => {
             if let Some(path) = path_of(&ip.src) {

@@ -107,26 +107,36 @@ pub fn segments(skb: *const u8) -> u64 {
     segs.map_or(1, |s| s.max(1) as u64)
 }
 
-/// The IP header at `skb->data` (on receive, before the stack sets the network header).
+/// `skb->data`: where the IP header is on receive, before the stack sets the network
+/// header. Null when unreadable.
 #[inline(always)]
-pub fn ip_at_data(skb: *const u8) -> Option<IpHeader> {
-    let data = unsafe { read::<*const u8>(skb, cfg!(skb_data)) }?;
-    header(data)
+pub fn data(skb: *const u8) -> *const u8 {
+    unsafe { read::<*const u8>(skb, cfg!(skb_data)) }.unwrap_or(core::ptr::null())
+}
+
+/// `skb->head + skb->network_header`; null when unset or unreadable.
+#[inline(always)]
+pub fn network_header(skb: *const u8) -> *const u8 {
+    let head = unsafe { read::<*const u8>(skb, cfg!(skb_head)) };
+    let nh = unsafe { read::<u16>(skb, cfg!(skb_network_header)) };
+    match (head, nh) {
+        (Some(head), Some(nh)) if !head.is_null() && nh != 0xffff => unsafe {
+            head.add(nh as usize)
+        },
+        _ => core::ptr::null(),
+    }
 }
 
 /// The IP header at `skb->head + skb->network_header`.
 #[inline(always)]
 pub fn ip_at_network_header(skb: *const u8) -> Option<IpHeader> {
-    let head = unsafe { read::<*const u8>(skb, cfg!(skb_head)) }?;
-    let nh = unsafe { read::<u16>(skb, cfg!(skb_network_header)) }?;
-    if head.is_null() || nh == 0xffff {
-        return None;
-    }
-    header(unsafe { head.add(nh as usize) })
+    header(network_header(skb))
 }
 
-#[inline(always)]
-fn header(at: *const u8) -> Option<IpHeader> {
+/// The IP header at `at`. Out of line: the copied bytes get their own stack frame, and
+/// every caller shares one body.
+#[inline(never)]
+pub fn header(at: *const u8) -> Option<IpHeader> {
     if at.is_null() {
         return None;
     }

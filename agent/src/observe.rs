@@ -234,7 +234,8 @@ fn sweep_conns(probes: &mut PathProbes, conns: &mut ConnTracker) -> anyhow::Resu
 }
 
 /// What each probed interface of the node is: every pod's host veth, and every way off the
-/// node (node ENIs, trunks, `vlan.eth.N`), by ifindex.
+/// node (node ENIs, `vlan.eth.N`), by ifindex. Not the trunk: every frame a `vlan.eth.N`
+/// sends crosses it again, tagged, and was counted where it left.
 fn interface_roles(node: &sgpath::model::Node, topo: &Topology) -> Vec<(u32, IfaceRole)> {
     let veths = topo
         .paths
@@ -244,8 +245,8 @@ fn interface_roles(node: &sgpath::model::Node, topo: &Topology) -> Vec<(u32, Ifa
         .enis
         .iter()
         .map(|e| &e.link)
-        .chain(topo.trunks.iter().map(|t| &t.name))
         .chain(topo.vlan_links.iter().map(|v| &v.name))
+        .filter(|n| !topo.trunks.iter().any(|t| &t.name == *n))
         .map(|n| (n, IfaceRole::Uplink));
     let mut out: Vec<(u32, IfaceRole)> = veths
         .chain(uplinks)

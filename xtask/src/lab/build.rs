@@ -137,7 +137,13 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
         "ip -n {vpc} addr add {bastion_gw}/{} dev bastion\nip -n {vpc} link set bastion up",
         spec.vpc.bastion.prefix_len()
     );
-    emit!(s, "ip netns exec {vpc} sysctl -qw net.ipv4.ip_forward=1");
+    // The VPC answers ARP for every address of the subnet, as AWS does: the node's packets
+    // to a branch pod's address (on-link on eth0) reach the VPC, which routes them to the
+    // branch ENI through its VLAN. Without delay: proxy answers wait 0.8 s by default.
+    emit!(
+        s,
+        "ip netns exec {vpc} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.{VPC_ENI0}.proxy_arp=1 net.ipv4.neigh.{VPC_ENI0}.proxy_delay=0"
+    );
     if let Some(trunk) = &spec.node.trunk {
         emit!(
             s,

@@ -47,7 +47,7 @@ pub struct GuestArgs {
 }
 
 /// First words that mean "these are sgpath's arguments".
-const SGPATH_COMMANDS: [&str; 5] = ["inspect", "trace", "help", "--help", "--version"];
+const SGPATH_COMMANDS: [&str; 6] = ["inspect", "trace", "observe", "help", "--help", "--version"];
 
 /// Host side of `cargo xtask lab`.
 ///

@@ -2,7 +2,11 @@
 //! running kernel's BTF (they differ between kernels; [`CONFIG`] holds them).
 //! bpf_probe_read_kernel: 5.5+.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    macros::map,
+    maps::PerCpuArray,
+};
 use sgpath_ebpf::{
     ProbeConfig,
     packet::{HEADER_BYTES, IpHeader, parse_ip},
@@ -140,6 +144,14 @@ pub fn header(at: *const u8) -> Option<IpHeader> {
     if at.is_null() {
         return None;
     }
-    let h = unsafe { bpf_probe_read_kernel(at as *const [u8; HEADER_BYTES]) }.ok()?;
-    parse_ip(&h)
+    let buf = HEADER.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; bpf_probe_read_kernel fails cleanly on a bad address.
+    let h = unsafe { &mut *buf };
+    unsafe { bpf_probe_read_kernel_buf(at, h) }.ok()?;
+    parse_ip(h)
 }
+
+/// Scratch space for the copied header bytes, per CPU: off the 512-byte stack, which 5.10
+/// counts generously (every frame rounded up to 32 bytes).
+#[map]
+static HEADER: PerCpuArray<[u8; HEADER_BYTES]> = PerCpuArray::with_max_entries(1, 0);

@@ -43,6 +43,8 @@ pub struct DirectionView {
     pub forwarded_packets: u64,
     pub dropped_packets: u64,
     pub drops_by_reason: BTreeMap<String, u64>,
+    /// Kernel function -> drops (what a kernel without drop reasons names).
+    pub drops_by_location: BTreeMap<String, u64>,
     /// Destination port -> SYNs.
     pub syn_in: Option<BTreeMap<String, u64>>,
     pub syn_unanswered: Option<BTreeMap<String, u64>>,
@@ -85,6 +87,7 @@ impl DirectionView {
             forwarded_packets: v["forwarded_packets"].as_u64().unwrap_or(0),
             dropped_packets: v["dropped_packets"].as_u64().unwrap_or(0),
             drops_by_reason: port_counts(&v["drops_by_reason"]).unwrap_or_default(),
+            drops_by_location: port_counts(&v["drops_by_location"]).unwrap_or_default(),
             syn_in: port_counts(&v["syn_in"]),
             syn_unanswered: port_counts(&v["syn_unanswered"]),
             dns_answered: v["dns_answered"].as_u64(),

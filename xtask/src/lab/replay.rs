@@ -146,7 +146,7 @@ fn ports(m: &BTreeMap<String, u64>) -> String {
         .join(",")
 }
 
-/// The newer counters and the drop reasons of one direction, `""` when there are none.
+/// The newer counters and the drops of one direction, empty when there are none.
 fn extras(d: &DirectionView) -> Vec<String> {
     let mut v = Vec::new();
     for (name, m) in [("syn_in", &d.syn_in), ("syn_unanswered", &d.syn_unanswered)] {
@@ -160,7 +160,11 @@ fn extras(d: &DirectionView) -> Vec<String> {
     if let Some(n) = d.dns_unanswered.filter(|n| *n > 0) {
         v.push(format!("dns_unanswered {n}"));
     }
-    let r = ports(&d.drops_by_reason);
+    // Reasons where the kernel has them (5.17+), else the functions that dropped.
+    let mut r = ports(&d.drops_by_reason);
+    if r.is_empty() {
+        r = ports(&d.drops_by_location);
+    }
     if !r.is_empty() {
         v.push(format!("drops {r}"));
     }
@@ -217,10 +221,13 @@ fn unanswered_note(
                 to.map_or(0, |d| d.dropped_packets)
             )
         }
-        None => format!(
-            "the node handed the pod {} packets (other traffic too); this sgpath counts no SYNs per port, so it cannot tell whether the GETs arrived",
-            to.map_or(0, |d| d.forwarded_packets)
-        ),
+        None => {
+            let n = to.map_or(0, |d| d.forwarded_packets);
+            format!(
+                "the node handed the pod {n} packet{} (other traffic too); this sgpath counts no SYNs per port, so it cannot tell whether the GETs arrived",
+                if n == 1 { "" } else { "s" }
+            )
+        }
     }
 }
 

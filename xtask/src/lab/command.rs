@@ -144,9 +144,9 @@ pub fn guest(args: GuestArgs) -> Result<()> {
     let sgpath = crate::sgpath_bin();
     if args.shell.is_none() && args.sgpath_args.is_empty() && !lab.spec.steps.is_empty() {
         eprintln!(
-            "lab: replaying {} steps, each under `sgpath observe --duration {}s` in the node",
+            "lab: replaying {} steps, each under `sgpath observe` in the node (stopped {} s after the step's traffic)",
             lab.spec.steps.len(),
-            super::replay::STEP_OBSERVE.as_secs()
+            super::replay::SETTLE.as_secs()
         );
         lab.replay(&sgpath, &mut std::io::stdout())?;
         return Ok(());

@@ -3,7 +3,8 @@
 //! sgpath lacks are `None` and simply not shown.
 //!
 //! Side effects: [`Lab::observe_during`] runs `sgpath observe` in the node's namespace
-//! (it attaches eBPF programs for the duration and detaches them before it exits).
+//! (it attaches eBPF programs while it counts and detaches them before it exits) and
+//! stops it with SIGTERM.
 
 use std::{
     collections::BTreeMap,
@@ -22,6 +23,10 @@ use super::Lab;
 
 /// What `sgpath observe` prints on stderr once its probes are attached and counting.
 pub const COUNTING: &str = "sgpath: observing";
+
+/// Observe's `--duration`: only a bound; [`Lab::observe_during`] stops it when the
+/// traffic is done.
+pub const OBSERVE_CAP: Duration = Duration::from_secs(600);
 
 /// How long attaching may take under TCG before the lab gives up.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(180);
@@ -145,17 +150,19 @@ pub fn findings(report: &Value) -> Vec<FindingView> {
 }
 
 impl Lab {
-    /// Run `sgpath observe --duration <duration> --output json <extra>` in the node, wait
-    /// until it says it is counting ([`COUNTING`] on stderr), run `traffic`, and wait for
-    /// observe to finish and report. `duration` must cover the traffic (and, for unanswered
-    /// connections, sgpath's `--syn-timeout` after the last one); [`Observed::covered`] is
-    /// false when the traffic outlasted it.
+    /// Run `sgpath observe --output json <extra>` in the node, wait until it says it is
+    /// counting ([`COUNTING`] on stderr), run `traffic`, wait `settle` more (for answers
+    /// still on their way and for sgpath to call a connection unanswered: its `--syn-timeout`
+    /// is 3 s by default), then stop observe with SIGTERM, on which it detaches and prints
+    /// what it counted. Observe runs with `--duration` [`OBSERVE_CAP`], so a fixed time
+    /// never cuts the traffic short, however slow TCG is; [`Observed::covered`] is false
+    /// only when the traffic outlasted that cap.
     ///
     /// ```no_run
     /// # fn f(lab: &mut xtask::lab::Lab, step: &xtask::lab::Step) -> anyhow::Result<()> {
     /// let bin = xtask::sgpath_bin();
-    /// let (outcome, observed) =
-    ///     lab.observe_during(&bin, std::time::Duration::from_secs(10), &[], |lab| lab.run_step(step))?;
+    /// let settle = std::time::Duration::from_secs(4);
+    /// let (outcome, observed) = lab.observe_during(&bin, settle, &[], |lab| lab.run_step(step))?;
     /// let path = observed.path_of(lab.pod_ip("my-deployment-5b7f8c9d6-2xk4p").into());
     /// # Ok(()) }
     /// ```
@@ -167,11 +174,11 @@ impl Lab {
     pub fn observe_during<T>(
         &mut self,
         bin: &Path,
-        duration: Duration,
+        settle: Duration,
         extra: &[&str],
         traffic: impl FnOnce(&mut Lab) -> Result<T>,
     ) -> Result<(T, Observed)> {
-        let secs = format!("{}s", duration.as_secs().max(1));
+        let secs = format!("{}s", OBSERVE_CAP.as_secs());
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.layout.node()])
             .arg(bin)
@@ -211,7 +218,11 @@ impl Lab {
         }
         let started = Instant::now();
         let result = traffic(self);
-        let covered = started.elapsed() < duration;
+        std::thread::sleep(settle);
+        let covered = started.elapsed() < OBSERVE_CAP;
+        // SAFETY: kill(2) on our own child (`ip netns exec` execs sgpath in place), not yet
+        // reaped, so the pid is still ours.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let status = child.wait().context("waiting for sgpath observe")?;
         let stderr = reader.join().unwrap_or_default();
         let stdout = out.join().unwrap_or_default();

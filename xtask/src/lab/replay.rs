@@ -28,9 +28,10 @@ use super::{
     step::{Seen, StepOutcome},
 };
 
-/// How long observe counts for each step: the traffic ([`super::step::TRAFFIC_TIMEOUT`]
-/// plus process start under TCG) and sgpath's default `--syn-timeout` (3 s) after it.
-pub const STEP_OBSERVE: Duration = Duration::from_secs(12);
+/// How long observe keeps counting after a step's traffic is done: sgpath's default
+/// `--syn-timeout` (3 s), so a SYN sent last is already unanswered, and a second for
+/// late answers.
+pub const SETTLE: Duration = Duration::from_secs(4);
 
 /// The port the replay's HTTP goes to (and `sgpath trace` is asked about).
 const HTTP_PORT: u16 = 80;
@@ -56,7 +57,7 @@ impl Lab {
         let mut done = Vec::new();
         for (i, step) in steps.iter().enumerate() {
             let (outcome, observed) =
-                self.observe_during(bin, STEP_OBSERVE, &[], |lab| lab.run_step(step))?;
+                self.observe_during(bin, SETTLE, &[], |lab| lab.run_step(step))?;
             let mut deciders = BTreeMap::new();
             for p in &self.spec.pods {
                 if outcome.http_answered(&Host::Bastion, &p.name) == Some(false)
@@ -359,7 +360,7 @@ pub fn render(spec: &Spec, n: usize, total: usize, r: &Replayed) -> String {
         let _ = writeln!(
             s,
             "  note: the traffic outlasted observe's {} s; counts may miss its end",
-            STEP_OBSERVE.as_secs()
+            super::observe::OBSERVE_CAP.as_secs()
         );
     }
     s

@@ -30,6 +30,9 @@ pub const DEB_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "python3",
     "python3-pip",
+    // dnsmasq's binary alone: the lab's CoreDNS. The `dnsmasq` package would add a system
+    // service that starts on the host and takes port 53.
+    "dnsmasq-base",
 ];
 
 /// Debian packages installed from bookworm-backports (the preinstalled qemu-utils is a

@@ -47,7 +47,7 @@ pub const GUEST_MODULES: &[&str] = &[
 /// libraries (looked up on PATH; absent ones are skipped).
 pub const GUEST_TOOLS: &[&str] = &[
     "ip", "tc", "nft", "sysctl", "busybox", "curl", "nsenter", "setpriv", "sha1sum", "bash", "sh",
-    "grep", "cat", "xargs", "kill", "sleep",
+    "grep", "cat", "xargs", "kill", "sleep", "dnsmasq",
 ];
 
 /// How to boot the VM.

@@ -137,9 +137,8 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
         "ip -n {vpc} addr add {bastion_gw}/{} dev bastion\nip -n {vpc} link set bastion up",
         spec.vpc.bastion.prefix_len()
     );
-    // The VPC answers ARP for every address of the subnet, as AWS does: the node's packets
-    // to a branch pod's address (on-link on eth0) reach the VPC, which routes them to the
-    // branch ENI through its VLAN. Without delay: proxy answers wait 0.8 s by default.
+    // AWS answers ARP for every address of the subnet (the node ARPs on eth0 for a branch
+    // pod's IP, which sits in the same subnet, and for other nodes): proxy ARP, at once.
     emit!(
         s,
         "ip netns exec {vpc} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.{VPC_ENI0}.proxy_arp=1 net.ipv4.neigh.{VPC_ENI0}.proxy_delay=0"
@@ -189,6 +188,10 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
             "ip -n {vpc} addr add {gw}/32 dev {v}\nip -n {vpc} link set {v} up"
         );
         emit!(s, "ip -n {vpc} route add {}/32 dev {v}", eni.ip);
+        emit!(
+            s,
+            "ip netns exec {vpc} sysctl -qw net.ipv4.conf.{v}.proxy_arp=1 net.ipv4.neigh.{v}.proxy_delay=0"
+        );
         emit!(
             s,
             "ip -n {vpc} neigh add {} lladdr {} dev {v} nud permanent",

@@ -1,5 +1,7 @@
-//! `cargo xtask lab`: boot a VM on a Debian kernel, build the lab in it and run `sgpath`
-//! (default `inspect`) or a shell command in the lab's node namespace.
+//! `cargo xtask lab`: boot a VM on a Debian kernel, build the lab in it and, with no
+//! command, replay the spec's `[[steps]]` while `sgpath observe` watches the node (a spec
+//! without steps: `sgpath inspect`); or run the given sgpath arguments or shell command in
+//! the lab's node namespace.
 //!
 //! The host side ([`run`]) validates the spec and boots the VM; inside the VM, the same
 //! xtask binary runs [`guest`] (`xtask lab-guest`), which builds the lab, runs the
@@ -29,8 +31,9 @@ pub struct Args {
     /// Print the script that builds the lab and exit, without booting anything.
     #[arg(long)]
     pub dry_run: bool,
-    /// What to run in the node: sgpath arguments (`inspect ...`, `trace ...`; default
-    /// `inspect`), or any COMMAND (`ip rule`, `sgpath trace ...`), run with `sgpath` on PATH.
+    /// What to run in the node: sgpath arguments (`inspect ...`, `trace ...`), or any
+    /// COMMAND (`ip rule`, `sgpath trace ...`), run with `sgpath` on PATH. Without one, the
+    /// spec's steps are replayed under `sgpath observe` (`inspect` if it has none).
     #[arg(last = true)]
     pub sgpath_args: Vec<String>,
 }
@@ -123,13 +126,14 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Guest side: build the lab, run the command in the node namespace, tear down.
+/// Guest side: build the lab, replay its steps or run the command in the node namespace,
+/// tear down.
 ///
 /// # Errors
-/// When the lab cannot be built or the command fails.
+/// When the lab cannot be built, a step fails to run, or the command fails.
 pub fn guest(args: GuestArgs) -> Result<()> {
     let spec = Spec::load(&args.spec)?;
-    let lab = Lab::up(spec, "lab")?;
+    let mut lab = Lab::up(spec, "lab")?;
     eprintln!(
         "lab: node namespace {}, {} pods, VPC {}, bastion {}",
         lab.layout.node(),
@@ -138,6 +142,15 @@ pub fn guest(args: GuestArgs) -> Result<()> {
         lab.layout.bastion()
     );
     let sgpath = crate::sgpath_bin();
+    if args.shell.is_none() && args.sgpath_args.is_empty() && !lab.spec.steps.is_empty() {
+        eprintln!(
+            "lab: replaying {} steps, each under `sgpath observe` in the node (stopped {} s after the step's traffic)",
+            lab.spec.steps.len(),
+            super::replay::SETTLE.as_secs()
+        );
+        lab.replay(&sgpath, &mut std::io::stdout())?;
+        return Ok(());
+    }
     let status = match &args.shell {
         Some(shell) => std::process::Command::new("ip")
             .args(["netns", "exec", &lab.layout.node(), "bash", "-c", shell])

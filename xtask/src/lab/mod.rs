@@ -4,13 +4,20 @@
 //! real node is at hand.
 //!
 //! Side effects: [`Lab::up`] creates namespaces `<prefix>-*`, veths, VLANs, rules, routes,
-//! an nftables ruleset in the VPC namespace and one `busybox httpd` per pod; dropping the
-//! [`Lab`] kills the servers and deletes the namespaces.
+//! an nftables ruleset in the VPC namespace, one `busybox httpd` per pod and, when the spec
+//! has `[dns]`, dnsmasq on that pod and `/etc/netns/<ns>/resolv.conf` for the node and every
+//! pod; dropping the [`Lab`] kills the servers and deletes the namespaces and those files.
+//! [`Lab::run_step`] and [`Lab::observe_during`] (in `step.rs`, `observe.rs`) send traffic
+//! and run `sgpath observe`; `replay.rs` prints what both saw.
 
 pub mod build;
 pub mod command;
+pub mod dns;
 pub mod names;
+pub mod observe;
+pub mod replay;
 pub mod spec;
+pub mod step;
 
 use std::{
     net::Ipv4Addr,
@@ -22,7 +29,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 pub use build::Layout;
-pub use spec::{Fault, Spec};
+pub use observe::Observed;
+pub use spec::{Action, Fault, Host, Spec, Step};
+pub use step::{Seen, StepOutcome};
 
 /// A running lab. Dropping it tears everything down.
 pub struct Lab {
@@ -34,8 +43,8 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Build the lab and start one HTTP server on port 80 per pod; returns once every
-    /// server listens.
+    /// Build the lab and start one HTTP server on port 80 per pod and the DNS server of
+    /// `[dns]`; returns once every server listens.
     ///
     /// # Errors
     /// The failing command and its stderr; whatever was built is torn down.
@@ -123,21 +132,65 @@ impl Lab {
                 )?;
             self.servers.push(child);
         }
+        let mut waits: Vec<(String, u16, String)> = (0..self.spec.pods.len())
+            .map(|i| {
+                (
+                    self.layout.pod(i),
+                    80,
+                    format!("httpd of pod {}", self.spec.pods[i].name),
+                )
+            })
+            .collect();
+        if let Some(w) = self.start_dns()? {
+            waits.push(w);
+        }
         // Wait for the sockets, not for a fixed time: process start is slow under TCG.
-        for (i, pod) in self.spec.pods.iter().enumerate() {
-            let ns = self.layout.pod(i);
+        for (ns, port, what) in waits {
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !listening(&ns, 80) {
+            while !listening(&ns, port) {
                 if Instant::now() > deadline {
-                    bail!(
-                        "httpd of pod {} did not listen on :80 within 30 s",
-                        pod.name
-                    );
+                    bail!("{what} did not listen on :{port} within 30 s");
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
         Ok(())
+    }
+
+    /// Start dnsmasq on the `[dns]` pod and point the node's and every pod's resolver at it;
+    /// returns the socket to wait for.
+    fn start_dns(&mut self) -> Result<Option<(String, u16, String)>> {
+        let (Some(dns), Some((i, pod))) = (self.spec.dns.clone(), self.spec.dns_pod()) else {
+            return Ok(None);
+        };
+        let server = pod.ip;
+        let mut namespaces: Vec<(String, &str)> = vec![(self.layout.node(), "kube-system")];
+        namespaces.extend(
+            self.spec
+                .pods
+                .iter()
+                .enumerate()
+                .map(|(k, p)| (self.layout.pod(k), p.namespace.as_str())),
+        );
+        for (ns, namespace) in namespaces {
+            let etc = dns::netns_etc(&ns);
+            std::fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
+            std::fs::write(
+                etc.join("resolv.conf"),
+                dns::resolv_conf(&dns, namespace, server),
+            )?;
+        }
+        let args = dns::dnsmasq_args(&self.spec, &dns, server, &self.dir.join("dnsmasq.pid"));
+        let ns = self.layout.pod(i);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "dnsmasq"])
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting dnsmasq (is dnsmasq-base installed? run `cargo xtask setup`)")?;
+        self.servers.push(child);
+        Ok(Some((ns, 53, format!("dnsmasq on pod {}", pod.name))))
     }
 
     /// HTTP GET `http://<pod ip>/` from the bastion, all pods at once; `true` for each pod
@@ -179,7 +232,9 @@ impl Lab {
         cmd.args(["netns", "exec", &self.layout.node()])
             .arg(bin)
             .args(args);
-        if matches!(args.first(), Some(&"inspect" | &"trace")) {
+        if matches!(args.first(), Some(&"inspect" | &"trace" | &"observe"))
+            && !args.contains(&"--cni-config")
+        {
             cmd.arg("--cni-config").arg(self.cni_config());
         }
         cmd.output().expect("running sgpath")
@@ -200,7 +255,12 @@ impl Lab {
             .layout
             .namespaces(&self.spec)
             .iter()
-            .map(|ns| format!("ip netns pids {ns} 2>/dev/null | xargs -r kill -9; ip netns del {ns} 2>/dev/null\n"))
+            .map(|ns| {
+                format!(
+                    "ip netns pids {ns} 2>/dev/null | xargs -r kill -9; ip netns del {ns} 2>/dev/null; rm -rf {}\n",
+                    dns::netns_etc(ns).display()
+                )
+            })
             .collect();
         let _ = Command::new("bash").arg("-c").arg(script).status();
     }

@@ -33,6 +33,21 @@
 //! kind = "sysctl"
 //! name = "net.ipv4.tcp_early_demux"
 //! value = 1
+//!
+//! [dns]                          # dnsmasq playing CoreDNS on an ordinary pod; every pod's
+//! pod = "my-deployment2-7d4c6b8f9-5hfzq"  # resolv.conf names it
+//! domain = "cluster.local"       # default; each pod is `<name>.<namespace>.svc.<domain>`
+//!
+//! [[steps]]                      # what `cargo xtask lab` replays; see `Action`
+//! title = "Port 80 removed from the pod security group"
+//! actions = [
+//!   { kind = "remove-rule", group = "sg-pod", direction = "ingress",
+//!     rule = { proto = "tcp", ports = "80", cidr = "0.0.0.0/0" } },
+//!   { kind = "http", from = "bastion" },                  # GET :80 of every pod (or `pods`)
+//!   { kind = "dns", from = { pod = "my-deployment-6c7d9f8b5-4xq2z" },
+//!     name = "my-deployment2-7d4c6b8f9-5hfzq.sg-test.svc.cluster.local" },
+//!   { kind = "connect", from = "node", to = "192.168.3.219:80" },  # a kubelet probe
+//! ]
 //! ```
 
 use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
@@ -54,6 +69,122 @@ pub struct Spec {
     pub pods: Vec<Pod>,
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// The cluster DNS server, if the lab has one.
+    pub dns: Option<Dns>,
+    /// The experiment `cargo xtask lab` replays, in order.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+/// The lab's cluster DNS: dnsmasq on an ordinary pod, answering A records for every pod
+/// (`<name>.<namespace>.svc.<domain>`) on UDP and TCP 53, as CoreDNS would for services.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// The pod that runs it.
+    pub pod: String,
+    #[serde(default = "default_domain")]
+    pub domain: String,
+}
+
+fn default_domain() -> String {
+    "cluster.local".into()
+}
+
+impl Dns {
+    /// The name the DNS server gives a pod.
+    pub fn name_of(&self, pod: &Pod) -> String {
+        format!("{}.{}.svc.{}", pod.name, pod.namespace, self.domain)
+    }
+}
+
+/// One step of an experiment: what changes and what traffic a user sends afterwards.
+/// Actions run in order; consecutive traffic actions run at once.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub title: String,
+    pub actions: Vec<Action>,
+}
+
+/// Where traffic starts.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Host {
+    /// The bastion, outside the cluster (`"bastion"`).
+    Bastion,
+    /// The node's own namespace, as the kubelet (`"node"`).
+    Node,
+    /// A pod, by name (`{ pod = "<name>" }`).
+    Pod(String),
+}
+
+impl Host {
+    /// How the step table names it.
+    pub fn describe(&self) -> String {
+        match self {
+            Host::Bastion => "the bastion".into(),
+            Host::Node => "the node".into(),
+            Host::Pod(p) => p.clone(),
+        }
+    }
+}
+
+fn bastion() -> Host {
+    Host::Bastion
+}
+
+/// Which rules of a security group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SgDirection {
+    Ingress,
+    Egress,
+}
+
+/// One thing a step does.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Action {
+    /// HTTP GET `http://<pod ip>:80/` of every pod (or of `pods`), answered when the pod's
+    /// server sends its own name back.
+    Http {
+        #[serde(default = "bastion")]
+        from: Host,
+        /// Pod names; empty: every pod.
+        #[serde(default)]
+        pods: Vec<String>,
+    },
+    /// An A query to the lab's DNS server (`[dns]`), from a pod or the node.
+    Dns { from: Host, name: String },
+    /// A TCP connect (SYN, SYN-ACK, ACK, close), from a pod or the node: a kubelet probe
+    /// is `{ kind = "connect", from = "node", to = "<pod ip>:80" }`.
+    Connect {
+        from: Host,
+        to: std::net::SocketAddrV4,
+    },
+    /// Add an allow rule to a security group; the VPC enforces it at once.
+    AddRule {
+        group: String,
+        direction: SgDirection,
+        rule: SgRule,
+    },
+    /// Remove an allow rule (it must be there) from a security group.
+    RemoveRule {
+        group: String,
+        direction: SgDirection,
+        rule: SgRule,
+    },
+}
+
+impl Action {
+    /// True for the actions that send traffic (the rest edit the lab).
+    pub fn is_traffic(&self) -> bool {
+        matches!(
+            self,
+            Action::Http { .. } | Action::Dns { .. } | Action::Connect { .. }
+        )
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -349,6 +480,75 @@ impl Spec {
                     .with_context(|| format!("security group {}", g.id))?;
             }
         }
+        if let Some(dns) = &self.dns {
+            let p = self.pod(&dns.pod).context("[dns] pod")?;
+            if p.kind != PodKind::Ordinary {
+                bail!(
+                    "[dns] pod {}: CoreDNS runs on an ordinary pod here; {} is a branch pod",
+                    dns.pod,
+                    dns.pod
+                );
+            }
+        }
+        self.validate_steps()
+    }
+
+    /// Steps are checked in order against the groups as the earlier steps leave them, so a
+    /// rule removed twice or added twice is an error.
+    fn validate_steps(&self) -> Result<()> {
+        let mut groups = self.security_groups.clone();
+        for (i, step) in self.steps.iter().enumerate() {
+            let at = || format!("step {} ({:?})", i + 1, step.title);
+            if step.actions.is_empty() {
+                bail!("{}: no actions", at());
+            }
+            for a in &step.actions {
+                self.validate_action(a, &mut groups).with_context(at)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_action(&self, a: &Action, groups: &mut [SecurityGroup]) -> Result<()> {
+        let from_pod_or_node = |from: &Host, what: &str| -> Result<()> {
+            match from {
+                Host::Bastion => bail!(
+                    "{what} from the bastion: the bastion is outside the cluster; send it from a pod or the node"
+                ),
+                Host::Node => Ok(()),
+                Host::Pod(p) => self.pod(p).map(|_| ()),
+            }
+        };
+        match a {
+            Action::Http { from, pods } => {
+                if let Host::Pod(p) = from {
+                    self.pod(p)?;
+                }
+                for p in pods {
+                    self.pod(p).context("http")?;
+                }
+            }
+            Action::Dns { from, name } => {
+                if self.dns.is_none() {
+                    bail!("dns query for {name:?}: the spec has no [dns] server");
+                }
+                if name.is_empty() || name.len() > 253 {
+                    bail!("dns query: bad name {name:?}");
+                }
+                from_pod_or_node(from, "dns query")?;
+            }
+            Action::Connect { from, to } => {
+                if to.port() == 0 {
+                    bail!("connect to {to}: bad port 0");
+                }
+                from_pod_or_node(from, "connect")?;
+            }
+            Action::AddRule { group, rule, .. } | Action::RemoveRule { group, rule, .. } => {
+                rule.port_range()
+                    .with_context(|| format!("rule of security group {group}"))?;
+                edit_groups(groups, a)?;
+            }
+        }
         Ok(())
     }
 
@@ -366,6 +566,24 @@ impl Spec {
             .with_context(|| format!("no pod named {name:?} in the lab"))
     }
 
+    /// Apply a security-group edit to the spec (the VPC's rules follow with
+    /// [`super::Lab::apply_security_groups`]); traffic actions change nothing.
+    ///
+    /// # Errors
+    /// An unknown group, a rule added twice or a rule that is not there.
+    pub fn edit(&mut self, action: &Action) -> Result<()> {
+        edit_groups(&mut self.security_groups, action)
+    }
+
+    /// The DNS server's pod and its namespace index, if the lab has one.
+    pub fn dns_pod(&self) -> Option<(usize, &Pod)> {
+        let dns = self.dns.as_ref()?;
+        self.pods
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name == dns.pod)
+    }
+
     pub fn group_mut(&mut self, id: &str) -> Result<&mut SecurityGroup> {
         self.security_groups
             .iter_mut()
@@ -379,7 +597,71 @@ impl Spec {
     }
 }
 
+/// Apply an add-rule or remove-rule action to `groups`; other actions change nothing.
+fn edit_groups(groups: &mut [SecurityGroup], action: &Action) -> Result<()> {
+    let (group, direction, rule, add) = match action {
+        Action::AddRule {
+            group,
+            direction,
+            rule,
+        } => (group, *direction, rule, true),
+        Action::RemoveRule {
+            group,
+            direction,
+            rule,
+        } => (group, *direction, rule, false),
+        _ => return Ok(()),
+    };
+    let g = groups
+        .iter_mut()
+        .find(|g| &g.id == group)
+        .with_context(|| format!("no security group {group:?}"))?;
+    let rules = match direction {
+        SgDirection::Ingress => &mut g.ingress,
+        SgDirection::Egress => &mut g.egress,
+    };
+    let what = rule.describe(direction);
+    match (add, rules.iter().position(|r| r == rule)) {
+        (true, None) => rules.push(rule.clone()),
+        (true, Some(_)) => bail!("{group} already has the {direction} rule {what}"),
+        (false, Some(k)) => {
+            rules.remove(k);
+        }
+        (false, None) => bail!("{group} has no {direction} rule {what} to remove"),
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for SgDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SgDirection::Ingress => "ingress",
+            SgDirection::Egress => "egress",
+        })
+    }
+}
+
 impl SgRule {
+    /// `tcp 80 from 0.0.0.0/0` (ingress) or `all to 0.0.0.0/0` (egress), as the console
+    /// lists a group's rules.
+    pub fn describe(&self, direction: SgDirection) -> String {
+        let proto = match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+            Proto::All => "all",
+        };
+        let ports = self
+            .ports
+            .as_deref()
+            .map_or(String::new(), |p| format!(" {p}"));
+        let peer = match direction {
+            SgDirection::Ingress => "from",
+            SgDirection::Egress => "to",
+        };
+        format!("{proto}{ports} {peer} {}", self.cidr)
+    }
+
     /// The port range, `None` for protocols without ports.
     pub fn port_range(&self) -> Result<Option<(u16, u16)>> {
         match (&self.ports, self.proto) {
@@ -429,5 +711,157 @@ mod tests {
         text.push('\n');
         let e = format!("{:#}", Spec::parse(&text).unwrap_err());
         assert!(e.contains("sg-nope"), "{e}");
+    }
+
+    /// The default lab plus `extra` TOML (steps, dns) at the end.
+    fn with(extra: &str) -> Result<Spec> {
+        Spec::parse(&format!("{DEFAULT_SPEC}\n{extra}"))
+    }
+
+    fn err(extra: &str) -> String {
+        format!("{:#}", with(extra).unwrap_err())
+    }
+
+    #[test]
+    fn default_lab_replays_the_seeds_three_steps() {
+        let s = Spec::default_lab();
+        assert_eq!(s.steps.len(), 3);
+        let (_, dns) = s.dns_pod().expect("the default lab has a DNS server");
+        assert_eq!(dns.kind, PodKind::Ordinary);
+        let port80 = SgRule {
+            proto: Proto::Tcp,
+            ports: Some("80".into()),
+            cidr: "0.0.0.0/0".parse().unwrap(),
+        };
+        let edits: Vec<(bool, &str)> = s
+            .steps
+            .iter()
+            .flat_map(|st| &st.actions)
+            .filter_map(|a| match a {
+                Action::AddRule { group, rule, .. } if *rule == port80 => {
+                    Some((true, group.as_str()))
+                }
+                Action::RemoveRule { group, rule, .. } if *rule == port80 => {
+                    Some((false, group.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            edits,
+            [(false, "sg-pod"), (true, "sg-pod"), (false, "sg-node")]
+        );
+        for st in &s.steps {
+            assert!(
+                st.actions.iter().any(
+                    |a| matches!(a, Action::Http { from: Host::Bastion, pods } if pods.is_empty())
+                ),
+                "{}",
+                st.title
+            );
+        }
+    }
+
+    #[test]
+    fn actions_parse_into_typed_variants() {
+        let s = with(
+            r#"
+[[steps]]
+title = "probe"
+actions = [
+  { kind = "connect", from = "node", to = "192.168.3.219:80" },
+  { kind = "dns", from = { pod = "my-deployment-5b7f8c9d6-2xk4p" }, name = "x.sg-test.svc.cluster.local" },
+  { kind = "http", from = { pod = "my-deployment2-7d4c6b8f9-wp6tb" }, pods = ["my-deployment-5b7f8c9d6-tj9rl"] },
+  { kind = "add-rule", group = "sg-node", direction = "egress", rule = { proto = "udp", ports = "53", cidr = "10.0.0.0/8" } },
+]
+"#,
+        )
+        .unwrap();
+        let a = &s.steps[3].actions;
+        assert_eq!(
+            a[0],
+            Action::Connect {
+                from: Host::Node,
+                to: "192.168.3.219:80".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            a[1],
+            Action::Dns {
+                from: Host::Pod("my-deployment-5b7f8c9d6-2xk4p".into()),
+                name: "x.sg-test.svc.cluster.local".into()
+            }
+        );
+        assert!(a[0].is_traffic() && !a[3].is_traffic());
+        assert_eq!(
+            s.dns.as_ref().unwrap().name_of(&s.pods[0]),
+            "my-deployment-5b7f8c9d6-2xk4p.sg-test.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn steps_name_what_is_wrong() {
+        let step = |action: &str| format!("[[steps]]\ntitle = \"t\"\nactions = [{action}]\n");
+        let e = err(&step(r#"{ kind = "http", pods = ["nope"] }"#));
+        assert!(e.contains("step 4") && e.contains("\"nope\""), "{e}");
+        let e = err(&step(
+            r#"{ kind = "remove-rule", group = "sg-nope", direction = "ingress", rule = { proto = "all", cidr = "0.0.0.0/0" } }"#,
+        ));
+        assert!(e.contains("no security group \"sg-nope\""), "{e}");
+        let e = err(&step(
+            r#"{ kind = "connect", from = "node", to = "192.168.3.219:0" }"#,
+        ));
+        assert!(e.contains("bad port 0"), "{e}");
+        let e = err(&step(
+            r#"{ kind = "connect", from = "node", to = "192.168.3.219:99999" }"#,
+        ));
+        assert!(e.contains("not valid"), "{e}");
+        let e = err(&step(
+            r#"{ kind = "add-rule", group = "sg-pod", direction = "ingress", rule = { proto = "tcp", ports = "80-70", cidr = "0.0.0.0/0" } }"#,
+        ));
+        assert!(e.contains("reversed"), "{e}");
+        let e = err(&step(r#"{ kind = "dns", from = "bastion", name = "a" }"#));
+        assert!(e.contains("outside the cluster"), "{e}");
+        let e = err(&step(r#"{ kind = "ping", from = "node" }"#));
+        assert!(e.contains("ping"), "{e}");
+        let e = err("[[steps]]\ntitle = \"empty\"\nactions = []\n");
+        assert!(e.contains("no actions"), "{e}");
+    }
+
+    #[test]
+    fn rule_edits_are_checked_against_the_earlier_steps() {
+        // Step 2 of the default lab already removed port 80 from sg-pod.
+        let remove = r#"{ kind = "remove-rule", group = "sg-node", direction = "ingress", rule = { proto = "tcp", ports = "80", cidr = "0.0.0.0/0" } }"#;
+        let e = err(&format!(
+            "[[steps]]\ntitle = \"again\"\nactions = [{remove}]\n"
+        ));
+        assert!(
+            e.contains("sg-node has no ingress rule tcp 80 from 0.0.0.0/0 to remove"),
+            "{e}"
+        );
+        let mut s = Spec::default_lab();
+        let add = Action::AddRule {
+            group: "sg-node".into(),
+            direction: SgDirection::Ingress,
+            rule: s.security_groups[0].ingress[0].clone(),
+        };
+        let e = format!("{:#}", s.edit(&add).unwrap_err());
+        assert!(e.contains("already has the ingress rule"), "{e}");
+    }
+
+    #[test]
+    fn dns_server_must_be_an_ordinary_pod_of_the_lab() {
+        let text = DEFAULT_SPEC.replace(
+            "pod = \"my-deployment2-7d4c6b8f9-5hfzq\"",
+            "pod = \"my-deployment-5b7f8c9d6-2xk4p\"",
+        );
+        let e = format!("{:#}", Spec::parse(&text).unwrap_err());
+        assert!(e.contains("is a branch pod"), "{e}");
+        let text = DEFAULT_SPEC.replace(
+            "pod = \"my-deployment2-7d4c6b8f9-5hfzq\"",
+            "pod = \"ghost\"",
+        );
+        let e = format!("{:#}", Spec::parse(&text).unwrap_err());
+        assert!(e.contains("[dns] pod") && e.contains("ghost"), "{e}");
     }
 }

@@ -8,11 +8,36 @@ use crate::model::{DirectionCounters, Node, Topology};
 /// How many reasons and locations the evidence names per direction.
 const TOP: usize = 3;
 
+/// Drops that are a socket's teardown, not the network: a socket closed with data still
+/// queued (`QUEUE_PURGE`; freed in `sk_stream_kill_queues` on kernels without reasons). Still
+/// counted; alone they raise nothing.
+const TEARDOWN_REASONS: [&str; 1] = ["QUEUE_PURGE"];
+const TEARDOWN_LOCATIONS: [&str; 2] = ["sk_stream_kill_queues", "skb_queue_purge_reason"];
+
+/// A direction's drops other than socket teardown.
+fn network_drops(d: &DirectionCounters) -> u64 {
+    let teardown = if d.drops_by_reason.is_empty() {
+        TEARDOWN_LOCATIONS
+            .iter()
+            .filter_map(|l| d.drops_by_location.get(*l))
+            .sum::<u64>()
+    } else {
+        TEARDOWN_REASONS
+            .iter()
+            .filter_map(|r| d.drops_by_reason.get(*r))
+            .sum::<u64>()
+    };
+    d.dropped_packets.saturating_sub(teardown)
+}
+
 pub fn path_drops(_: &Node, topo: &Topology) -> Vec<Finding> {
     topo.paths
         .iter()
         .filter_map(|p| {
-            let c = p.counters.as_ref().filter(|c| c.dropped() > 0)?;
+            let c = p
+                .counters
+                .as_ref()
+                .filter(|c| network_drops(&c.to_pod) + network_drops(&c.from_pod) > 0)?;
             let subject = p
                 .pod_ip
                 .map_or_else(|| p.host_veth.clone(), |ip| ip.to_string());
@@ -102,5 +127,24 @@ mod tests {
         let mut quiet = topo.clone();
         quiet.paths[0].counters = Some(PathCounters::default());
         assert!(path_drops(&Node::default(), &quiet).is_empty());
+        // A socket closed with data queued is not the network's doing.
+        let teardown = |reason: Option<&str>, location: &str| {
+            let mut t = topo.clone();
+            t.paths[0].counters = Some(PathCounters::build(
+                (5, 500),
+                (0, 0),
+                &[Drop {
+                    to_pod: true,
+                    in_node: false,
+                    reason: reason.map(String::from),
+                    location: Some(location.into()),
+                    count: 1,
+                }],
+            ));
+            path_drops(&Node::default(), &t)
+        };
+        assert!(teardown(Some("QUEUE_PURGE"), "skb_queue_purge_reason").is_empty());
+        assert!(teardown(None, "sk_stream_kill_queues").is_empty());
+        assert_eq!(teardown(Some("NO_SOCKET"), "__udp4_lib_rcv").len(), 1);
     }
 }

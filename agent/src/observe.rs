@@ -54,6 +54,16 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
     let mut probes = PathProbes::attach(config, drop_source)?;
     let mut ids = PathIds::default();
     let namespaces = rt.block_on(ids.sync(&mut probes, &node, &topo, node_netns))?;
+    // Signal handlers before "observing" is printed: a SIGTERM right after it must end the
+    // count, not the process (the default action would leave no report).
+    let (mut term, mut interrupt) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _rt = rt.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
+    };
     eprintln!(
         "sgpath: observing {} paths ({namespaces} pod namespaces) for {:?}; drops named by {}",
         topo.paths.len(),
@@ -68,7 +78,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
     // Connections are swept on their own timer.
     let (node, topo_now, namespaces) = rt.block_on(async {
         let mut watch = collect::watch::Watch::new()?;
-        let stop = wait(args.duration);
+        let stop = wait(args.duration, &mut term, &mut interrupt);
         tokio::pin!(stop);
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         let (mut node, mut topo, mut namespaces) = (node, topo, namespaces);
@@ -209,11 +219,14 @@ impl PathIds {
 }
 
 /// Sleeps for `duration`, or until Ctrl-C or SIGTERM.
-async fn wait(duration: std::time::Duration) -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+async fn wait(
+    duration: std::time::Duration,
+    term: &mut tokio::signal::unix::Signal,
+    interrupt: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::time::sleep(duration) => {}
-        _ = tokio::signal::ctrl_c() => eprintln!("sgpath: interrupted; reporting what was counted"),
+        _ = interrupt.recv() => eprintln!("sgpath: interrupted; reporting what was counted"),
         _ = term.recv() => eprintln!("sgpath: SIGTERM; reporting what was counted"),
     }
     Ok(())

@@ -3,9 +3,10 @@
 use ipnet::IpNet;
 
 use super::{FindingId, Severity, run};
+use crate::model::fixtures::rule;
 use crate::model::{
-    Family, Link, LinkKind, Lookup, Node, OperState, Refusal, Route, RouteKind, RouteScope, Rule,
-    RuleAction, Sysctls, Topology, fib, lookup,
+    Family, Link, LinkKind, Lookup, Node, OperState, Refusal, Route, RouteKind, RouteScope,
+    Sysctls, Topology, fib, lookup,
 };
 
 fn net(s: &str) -> IpNet {
@@ -33,29 +34,6 @@ fn route(table: u32, dst: &str, gw: Option<&str>, dev: &str, scope: RouteScope) 
         scope,
         kind: RouteKind::Unicast,
         prefsrc: None,
-    }
-}
-
-fn rule(
-    priority: u32,
-    src: Option<&str>,
-    dst: Option<&str>,
-    iif: Option<&str>,
-    table: u32,
-) -> Rule {
-    Rule {
-        family: Family::Ipv4,
-        priority,
-        src: src.map(net),
-        dst: dst.map(net),
-        iif: iif.map(String::from),
-        oif: None,
-        fwmark: None,
-        fwmask: None,
-        ipproto: None,
-        action: RuleAction::Lookup,
-        invert: false,
-        table,
     }
 }
 

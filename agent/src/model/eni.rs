@@ -175,7 +175,7 @@ pub fn source_check(topo: &Topology, link: &str, src: IpAddr) -> Option<Eni> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EnforcingMode, Family, LinkKind, Route, Rule, RuleAction};
+    use crate::model::{EnforcingMode, LinkKind, Route, Rule};
 
     use crate::model::fixtures::link;
 
@@ -184,20 +184,7 @@ mod tests {
     }
 
     fn iif_rule(iif: &str, table: u32) -> Rule {
-        Rule {
-            family: Family::Ipv4,
-            priority: 10,
-            src: None,
-            dst: None,
-            iif: Some(iif.into()),
-            oif: None,
-            fwmark: None,
-            fwmask: None,
-            ipproto: None,
-            action: RuleAction::Lookup,
-            invert: false,
-            table,
-        }
+        crate::model::fixtures::rule(10, None, None, Some(iif), table)
     }
 
     /// Two strict pods on VLANs 1 and 7, one ordinary pod in the main table.

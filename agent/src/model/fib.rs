@@ -161,20 +161,7 @@ mod tests {
     use crate::model::{RouteScope, TABLE_LOCAL, TABLE_MAIN};
 
     fn rule(priority: u32, iif: Option<&str>, table: u32) -> Rule {
-        Rule {
-            family: Family::Ipv4,
-            priority,
-            src: None,
-            dst: None,
-            iif: iif.map(String::from),
-            oif: None,
-            fwmark: None,
-            fwmask: None,
-            ipproto: None,
-            action: RuleAction::Lookup,
-            invert: false,
-            table,
-        }
+        crate::model::fixtures::rule(priority, None, None, iif, table)
     }
 
     fn route(table: u32, dst: &str, dev: &str, kind: RouteKind) -> Route {

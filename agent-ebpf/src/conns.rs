@@ -34,12 +34,11 @@ static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(MAX_CONNS,
 // Out of line: its own stack frame (LLVM does not share stack slots between inlined
 // bodies, and the BPF stack is 512 bytes).
 #[inline(never)]
-pub fn track(skb: *const u8, site: Site, ip: &IpHeader, signal: Signal) {
-    let Some(l4) = ip.l4 else { return };
+pub fn track(skb: *const u8, site: Site, ip: &IpHeader, l4: &L4, signal: Signal) {
     match signal {
-        Signal::Request(kind) => request(skb, site, ip, &l4, kind),
+        Signal::Request(kind) => request(skb, site, ip, l4, kind),
         Signal::Answer if site != Site::UplinkTransmit => {
-            let key = ConnKey::of_answer(ip, &l4);
+            let key = ConnKey::of_answer(ip, l4);
             if let Some(st) = CONNS.get_ptr_mut(&key) {
                 // SAFETY: a map value; a racing write stores the same byte.
                 unsafe { (*st).answered = 1 };

@@ -105,7 +105,7 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
     }
     if let Some(l4) = ip.l4 {
         if let Some(signal) = l4.signal() {
-            conns::track(skb, site, &ip, signal);
+            conns::track(skb, site, &ip, &l4, signal);
         }
     }
 }

@@ -112,9 +112,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         let mut c = counters(&counts, reasons.as_ref(), drop_source, &kallsyms);
         for &(ifindex, n) in &counts.left_via {
             let name = node
-                .links
-                .iter()
-                .find(|l| l.ifindex == ifindex)
+                .link(ifindex)
                 .map_or_else(|| format!("ifindex {ifindex}"), |l| l.name.clone());
             *c.from_pod.left_via.entry(name).or_default() += n;
         }
@@ -142,12 +140,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         interfaces: interface_roles(&node, &topo)
             .into_iter()
             .filter_map(|(ifindex, role)| {
-                let name = node
-                    .links
-                    .iter()
-                    .find(|l| l.ifindex == ifindex)?
-                    .name
-                    .clone();
+                let name = node.link(ifindex)?.name.clone();
                 let what = match role {
                     IfaceRole::HostVeth => "host-veth: path_rx, path_tx (counters, connections)",
                     IfaceRole::Uplink => "uplink: path_tx (left_via, the node's connections)",

@@ -182,6 +182,27 @@ impl Drop for NetNs {
     }
 }
 
+/// Runs `argv` with `input` on its stdin; panics naming the command if it fails.
+pub fn feed(argv: &[&str], input: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", argv.join(" ")));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "{} failed on:\n{input}",
+        argv.join(" ")
+    );
+}
+
 /// Run a command, panicking with its stderr if it fails.
 pub fn run(argv: &[&str]) {
     let out = Command::new(argv[0])

@@ -6,14 +6,13 @@
 //! lab's namespaces, all gone with the lab.
 
 use std::{
-    io::{BufRead, BufReader},
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
-use xtask::lab::Lab;
+use xtask::lab::{Lab, observe::Observing};
 
 use crate::{kernel_version, run, sgpath_bin};
 
@@ -65,67 +64,25 @@ pub fn receive(sock: &UdpSocket, n: u64) {
     }
 }
 
-/// A running `sgpath observe` in the lab's node.
-pub struct Observer {
-    child: Child,
-}
+/// A running `sgpath observe` in the lab's node (the lab's [`Observing`], panicking).
+pub struct Observer(Observing);
 
 impl Observer {
     /// Starts `sgpath observe --output json <extra>` in the node and returns once it says it
     /// is counting.
     pub fn start(lab: &Lab, extra: &[&str]) -> Observer {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &lab.layout.node()])
-            .arg(sgpath_bin())
-            .args(["observe", "--duration", "10m", "--output", "json"])
-            .arg("--cni-config")
-            .arg(lab.cni_config())
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sgpath observe");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let mut seen = Vec::new();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.starts_with("sgpath: observing") => break,
-                Some(Ok(line)) => seen.push(line),
-                _ => {
-                    let _ = child.kill();
-                    panic!(
-                        "sgpath observe stopped before counting: {}",
-                        seen.join("\n")
-                    );
-                }
-            }
-        }
-        // Keep draining stderr so observe never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Observer { child }
+        Observer(
+            Observing::start(lab, &sgpath_bin(), extra)
+                .unwrap_or_else(|e| panic!("sgpath observe did not start counting: {e:#}")),
+        )
     }
 
     /// SIGTERM, then the report it prints (exit status 0 or 1).
     pub fn stop(self) -> Value {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("SIGTERM observe");
-        let out = self.child.wait_with_output().expect("wait observe");
-        let code = out.status.code();
-        assert!(
-            matches!(code, Some(0 | 1)),
-            "observe exited {code:?}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "observe printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        self.0
+            .stop()
+            .unwrap_or_else(|e| panic!("sgpath observe: {e:#}"))
+            .report
     }
 }
 
@@ -155,19 +112,7 @@ pub fn drops_named(dir: &Value, name: &str) -> u64 {
 
 /// `nft -f -` in namespace `ns`.
 pub fn nft(ns: &str, script: &str) {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft in {ns}: {script}");
+    crate::feed(&["ip", "netns", "exec", ns, "nft", "-f", "-"], script);
 }
 
 /// `tc filter show dev <dev> <dir>` in `ns`.

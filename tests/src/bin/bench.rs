@@ -14,7 +14,7 @@
 //!
 //! Side effects: loads BPF programs (not attached); creates namespaces `sgb-*` and deletes them.
 
-use std::{process::Command, time::Instant};
+use std::time::Instant;
 
 use sgpath::{
     checks,
@@ -70,22 +70,7 @@ fn packet_path(out: &mut String) {
 
 /// `ip -n <ns> -batch -` with `script` on stdin; panics if any line fails.
 fn ip_batch(ns: &str, script: &str) {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["-n", ns, "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("ip -batch");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "ip -n {ns} -batch:\n{script}"
-    );
+    sgpath_tests::feed(&["ip", "-n", ns, "-batch", "-"], script);
 }
 
 const FLOOD: u64 = 200_000;

@@ -149,14 +149,103 @@ pub fn findings(report: &Value) -> Vec<FindingView> {
         .collect()
 }
 
+/// A running `sgpath observe --output json` in the lab's node, counting.
+pub struct Observing {
+    child: std::process::Child,
+    stderr: std::thread::JoinHandle<String>,
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    started: Instant,
+}
+
+impl Observing {
+    /// Starts `sgpath observe --output json <extra>` in the node and returns once it says
+    /// it is counting ([`COUNTING`] on stderr). It runs with `--duration` [`OBSERVE_CAP`],
+    /// so a fixed time never cuts traffic short, however slow TCG is.
+    ///
+    /// # Errors
+    /// When observe cannot start, or stops or hangs before counting (with what it said).
+    pub fn start(lab: &Lab, bin: &Path, extra: &[&str]) -> Result<Observing> {
+        let secs = format!("{}s", OBSERVE_CAP.as_secs());
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.layout.node()])
+            .arg(bin)
+            .args(["observe", "--duration", &secs, "--output", "json"])
+            .arg("--cni-config")
+            .arg(lab.cni_config())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} observe", bin.display()))?;
+        let stderr = child.stderr.take().expect("piped");
+        let mut stdout = child.stdout.take().expect("piped");
+        // Read stderr on a thread: it says when counting starts, and must never fill up.
+        let (tx, rx) = mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with(COUNTING) {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let stdout = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = stdout.read_to_end(&mut s);
+            s
+        });
+        if rx.recv_timeout(ATTACH_TIMEOUT).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let said = stderr.join().unwrap_or_default();
+            bail!("sgpath observe stopped or hung before counting:\n{said}");
+        }
+        Ok(Observing {
+            child,
+            stderr,
+            stdout,
+            started: Instant::now(),
+        })
+    }
+
+    /// SIGTERM (observe detaches and prints what it counted), then its report.
+    ///
+    /// # Errors
+    /// When observe exits with a status other than 0 or 1 (1 only says a finding is a
+    /// warning or error), or prints no JSON.
+    pub fn stop(mut self) -> Result<Observed> {
+        let covered = self.started.elapsed() < OBSERVE_CAP;
+        // SAFETY: kill(2) on our own child (`ip netns exec` execs sgpath in place), not yet
+        // reaped, so the pid is still ours.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait().context("waiting for sgpath observe")?;
+        let stderr = self.stderr.join().unwrap_or_default();
+        let stdout = self.stdout.join().unwrap_or_default();
+        if !matches!(status.code(), Some(0 | 1)) {
+            bail!("sgpath observe exited {status}:\n{stderr}");
+        }
+        let report: Value = serde_json::from_slice(&stdout).with_context(|| {
+            format!(
+                "sgpath observe printed no JSON report:\n{}\n{stderr}",
+                String::from_utf8_lossy(&stdout)
+            )
+        })?;
+        Ok(Observed {
+            report,
+            stderr,
+            covered,
+        })
+    }
+}
+
 impl Lab {
-    /// Run `sgpath observe --output json <extra>` in the node, wait until it says it is
-    /// counting ([`COUNTING`] on stderr), run `traffic`, wait `settle` more (for answers
-    /// still on their way and for sgpath to call a connection unanswered: its `--syn-timeout`
-    /// is 3 s by default), then stop observe with SIGTERM, on which it detaches and prints
-    /// what it counted. Observe runs with `--duration` [`OBSERVE_CAP`], so a fixed time
-    /// never cuts the traffic short, however slow TCG is; [`Observed::covered`] is false
-    /// only when the traffic outlasted that cap.
+    /// Runs `traffic` while `sgpath observe` counts ([`Observing`]), waits `settle` more
+    /// (for answers still on their way and for sgpath to call a connection unanswered: its
+    /// `--syn-timeout` is 3 s by default), then stops observe. [`Observed::covered`] is
+    /// false only when the traffic outlasted [`OBSERVE_CAP`].
     ///
     /// ```no_run
     /// # fn f(lab: &mut xtask::lab::Lab, step: &xtask::lab::Step) -> anyhow::Result<()> {
@@ -168,9 +257,7 @@ impl Lab {
     /// ```
     ///
     /// # Errors
-    /// When observe cannot start, stops before counting, exits with a status other than 0
-    /// or 1 (1 only says a finding is a warning or error), or prints no JSON; and whatever
-    /// `traffic` returns.
+    /// As [`Observing::start`] and [`Observing::stop`], and whatever `traffic` returns.
     pub fn observe_during<T>(
         &mut self,
         bin: &Path,
@@ -178,72 +265,11 @@ impl Lab {
         extra: &[&str],
         traffic: impl FnOnce(&mut Lab) -> Result<T>,
     ) -> Result<(T, Observed)> {
-        let secs = format!("{}s", OBSERVE_CAP.as_secs());
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.layout.node()])
-            .arg(bin)
-            .args(["observe", "--duration", &secs, "--output", "json"])
-            .arg("--cni-config")
-            .arg(self.cni_config())
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {} observe", bin.display()))?;
-        let stderr = child.stderr.take().expect("piped");
-        let mut stdout = child.stdout.take().expect("piped");
-        // Read stderr on a thread: it says when counting starts, and must never fill up.
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.starts_with(COUNTING) {
-                    let _ = tx.send(());
-                }
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        });
-        let out = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = stdout.read_to_end(&mut s);
-            s
-        });
-        if rx.recv_timeout(ATTACH_TIMEOUT).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let said = reader.join().unwrap_or_default();
-            bail!("sgpath observe stopped or hung before counting:\n{said}");
-        }
-        let started = Instant::now();
+        let observing = Observing::start(self, bin, extra)?;
         let result = traffic(self);
         std::thread::sleep(settle);
-        let covered = started.elapsed() < OBSERVE_CAP;
-        // SAFETY: kill(2) on our own child (`ip netns exec` execs sgpath in place), not yet
-        // reaped, so the pid is still ours.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let status = child.wait().context("waiting for sgpath observe")?;
-        let stderr = reader.join().unwrap_or_default();
-        let stdout = out.join().unwrap_or_default();
-        let value = result?;
-        if !matches!(status.code(), Some(0 | 1)) {
-            bail!("sgpath observe exited {status}:\n{stderr}");
-        }
-        let report: Value = serde_json::from_slice(&stdout).with_context(|| {
-            format!(
-                "sgpath observe printed no JSON report:\n{}\n{stderr}",
-                String::from_utf8_lossy(&stdout)
-            )
-        })?;
-        Ok((
-            value,
-            Observed {
-                report,
-                stderr,
-                covered,
-            },
-        ))
+        let observed = observing.stop()?;
+        Ok((result?, observed))
     }
 }
 

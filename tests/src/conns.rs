@@ -34,23 +34,25 @@ fn listen(ns: &str, addr: SocketAddr) -> TcpListener {
     })
 }
 
-/// `n` TCP connects from `ns` to `to`, all at once; how many succeeded.
-fn connects(ns: &str, to: SocketAddr, n: usize) -> usize {
+/// Runs `attempt(i)` for `i` in `0..n` on `n` threads at once; how many returned true.
+fn at_once(n: u16, attempt: impl Fn(u16) -> bool + Sync) -> u16 {
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|_| {
-                s.spawn(|| {
-                    in_netns(ns, || {
-                        TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).is_ok()
-                    })
-                })
-            })
-            .collect();
+        let attempt = &attempt;
+        let handles: Vec<_> = (0..n).map(|i| s.spawn(move || attempt(i))).collect();
         handles
             .into_iter()
             .filter_map(|h| h.join().ok())
             .filter(|&ok| ok)
-            .count()
+            .count() as u16
+    })
+}
+
+/// `n` TCP connects from `ns` to `to`, all at once; how many succeeded.
+fn connects(ns: &str, to: SocketAddr, n: u16) -> u16 {
+    at_once(n, |_| {
+        in_netns(ns, || {
+            TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).is_ok()
+        })
     })
 }
 
@@ -68,25 +70,18 @@ fn dns_query(id: u16, name: &str) -> Vec<u8> {
 
 /// `n` DNS queries from `ns`, each from its own socket (its own connection, as separate
 /// lookups are), to `server`:53; how many got an answer.
-fn dns_queries(ns: &str, server: Ipv4Addr, n: u16) -> usize {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|i| {
-                s.spawn(move || {
-                    let sock: UdpSocket = in_netns(ns, || UdpSocket::bind("0.0.0.0:0").unwrap());
-                    sock.set_read_timeout(Some(CONNECT_TIMEOUT)).unwrap();
-                    sock.send_to(&dns_query(0x4000 + i, "web.sg-test.svc.cluster.local"), (server, 53))
-                        .unwrap();
-                    let mut buf = [0u8; 512];
-                    matches!(sock.recv(&mut buf), Ok(len) if len > 12 && buf[..2] == (0x4000 + i).to_be_bytes())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().ok())
-            .filter(|&ok| ok)
-            .count()
+fn dns_queries(ns: &str, server: Ipv4Addr, n: u16) -> u16 {
+    at_once(n, |i| {
+        let sock: UdpSocket = in_netns(ns, || UdpSocket::bind("0.0.0.0:0").unwrap());
+        sock.set_read_timeout(Some(CONNECT_TIMEOUT)).unwrap();
+        let id = 0x4000 + i;
+        sock.send_to(
+            &dns_query(id, "web.sg-test.svc.cluster.local"),
+            (server, 53),
+        )
+        .unwrap();
+        let mut buf = [0u8; 512];
+        matches!(sock.recv(&mut buf), Ok(len) if len > 12 && buf[..2] == id.to_be_bytes())
     })
 }
 
@@ -185,8 +180,8 @@ fn pods(lab: &Lab) -> Pods {
     }
 }
 
-const ANSWERED: usize = 3;
-const BLOCKED: usize = 2;
+const ANSWERED: u16 = 3;
+const BLOCKED: u16 = 2;
 
 /// A strict pod's connections out: those its security group lets out are answered, those
 /// it blocks (TCP 8080) count once each despite their retransmitted SYNs, and
@@ -317,11 +312,7 @@ pub fn dns_from_a_branch_pod(lab: &mut Lab) {
     let _dns = Dnsmasq::start(&p.other.0, p.other.1);
     let observer = Observer::start(lab, &["--syn-timeout", SYN_TIMEOUT]);
     for (ns, _) in [&p.strict, &p.ordinary] {
-        assert_eq!(
-            dns_queries(ns, p.other.1, QUERIES),
-            QUERIES as usize,
-            "{ns}"
-        );
+        assert_eq!(dns_queries(ns, p.other.1, QUERIES), QUERIES, "{ns}");
     }
     lab.spec
         .group_mut("sg-pod")
@@ -330,10 +321,7 @@ pub fn dns_from_a_branch_pod(lab: &mut Lab) {
         .retain(|r| r.ports.as_deref() != Some("53"));
     lab.apply_security_groups().unwrap();
     assert_eq!(dns_queries(&p.strict.0, p.other.1, QUERIES), 0);
-    assert_eq!(
-        dns_queries(&p.ordinary.0, p.other.1, QUERIES),
-        QUERIES as usize
-    );
+    assert_eq!(dns_queries(&p.ordinary.0, p.other.1, QUERIES), QUERIES);
     std::thread::sleep(SETTLE);
     let doc = observer.stop();
     let a = &counters(&doc, p.strict.1)["from_pod"];

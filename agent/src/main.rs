@@ -3,6 +3,7 @@
 
 mod cli;
 mod observe;
+mod session;
 mod trace;
 
 use std::process::ExitCode;

@@ -21,7 +21,7 @@ use sgpath::{
     report::{self, ProbeStatus, Report},
 };
 use sgpath_ebpf::{
-    IfaceRole,
+    IfaceRole, MAX_PATHS,
     packet::{Direction, NetnsRole},
 };
 
@@ -81,13 +81,16 @@ impl Session {
         let config = probe_config(&btf, node_netns)?;
         let mut probes = PathProbes::attach(config, drop_source)?;
         let mut ids = PathIds::default();
-        let namespaces = ids.sync(&mut probes, &node, &topo, node_netns).await?;
+        let mut conns = ConnTracker::new(opts.syn_timeout);
+        let namespaces = ids
+            .sync(&mut probes, &mut conns, &node, &topo, node_netns)
+            .await?;
         Ok(Session {
             sources: opts.sources.clone(),
             node_netns,
             probes,
             ids,
-            conns: ConnTracker::new(opts.syn_timeout),
+            conns,
             node,
             topo,
             namespaces,
@@ -127,8 +130,8 @@ impl Session {
     }
 
     /// Re-reads the node (after a netlink change, or to resync after a lost one) and puts
-    /// new paths in the probes' maps, removing gone ones. A path keeps its id, and so its
-    /// counters, for as long as its host veth's name comes back.
+    /// new paths in the probes' maps, removing gone ones. A path keeps its counters while
+    /// its host veth exists; one that goes and comes back starts again from zero.
     ///
     /// # Errors
     /// When the node cannot be read or a map refuses an entry; the session keeps its
@@ -137,7 +140,13 @@ impl Session {
         let (node, topo) = collect::node_with_topology(&self.sources).await?;
         self.namespaces = self
             .ids
-            .sync(&mut self.probes, &node, &topo, self.node_netns)
+            .sync(
+                &mut self.probes,
+                &mut self.conns,
+                &node,
+                &topo,
+                self.node_netns,
+            )
             .await?;
         (self.node, self.topo) = (node, topo);
         Ok(())
@@ -219,30 +228,58 @@ impl Session {
     }
 }
 
-/// Path ids the probes charge to, stable while pods come and go: by host veth name.
+/// Path ids the probes charge to, by host veth name. An id stays with its path while the
+/// veth exists; when the veth goes, the id is reset and, later, given to a new path: a
+/// daemon sees far more pods come and go than the maps have slots ([`MAX_PATHS`]).
 #[derive(Default)]
 struct PathIds {
     by_veth: BTreeMap<String, u32>,
+    /// One past the highest id ever given.
     next: u32,
+    /// Reset ids, oldest first: reused as late as possible, so a connection of the old
+    /// path still lingering in the map is long swept before its id counts for another.
+    free: std::collections::VecDeque<u32>,
 }
 
 impl PathIds {
     /// Gives every path of `topo` an id and puts the pods, host veths and namespaces in the
-    /// probes' maps; returns how many pod namespaces count.
+    /// probes' maps; resets the ids of the paths that went. Returns how many pod namespaces
+    /// count.
     async fn sync(
         &mut self,
         probes: &mut PathProbes,
+        conns: &mut ConnTracker,
         node: &Node,
         topo: &Topology,
         node_netns: u32,
     ) -> anyhow::Result<usize> {
+        let gone: Vec<(String, u32)> = self
+            .by_veth
+            .iter()
+            .filter(|(veth, _)| !topo.paths.iter().any(|p| &p.host_veth == *veth))
+            .map(|(v, &id)| (v.clone(), id))
+            .collect();
+        for (veth, _) in &gone {
+            self.by_veth.remove(veth);
+        }
         let mut pods = Vec::new();
         for p in &topo.paths {
             let id = match self.by_veth.get(&p.host_veth) {
                 Some(&id) => id,
                 None => {
-                    let id = self.next;
-                    self.next += 1;
+                    let Some(id) = self.free.pop_front().or_else(|| {
+                        (self.next < MAX_PATHS).then(|| {
+                            self.next += 1;
+                            self.next - 1
+                        })
+                    }) else {
+                        tracing::warn!(
+                            event = "paths-full",
+                            path = %p.host_veth,
+                            "{MAX_PATHS} paths counted already: this one is not"
+                        );
+                        continue;
+                    };
                     self.by_veth.insert(p.host_veth.clone(), id);
                     id
                 }
@@ -260,6 +297,12 @@ impl PathIds {
                 .map(|i| (i, NetnsRole::Pod)),
         );
         probes.sync(&pods, &interface_roles(node, topo), &namespaces)?;
+        // Nothing charges the gone paths any more: forget them.
+        for (_, id) in gone {
+            probes.reset_path(id)?;
+            conns.forget_path(id);
+            self.free.push_back(id);
+        }
         Ok(namespaces.len() - 1)
     }
 }

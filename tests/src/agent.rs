@@ -384,6 +384,10 @@ pub fn agent_counts_serves_and_stops(lab: &Lab) {
     // leaves the report and a `path gone` line names it.
     drop((tx, node_rx));
     drop(ns);
+    // The CNI's DEL also removes the pod's rule.
+    crate::run(&[
+        "ip", "-n", &node, "rule", "del", "to", &ip_s, "lookup", "main", "prio", "512",
+    ]);
     let gone = Instant::now();
     loop {
         let doc = agent.report(&[]);
@@ -411,6 +415,30 @@ pub fn agent_counts_serves_and_stops(lab: &Lab) {
         "{}",
         agent.log_text()
     );
+
+    // The same pod again (a StatefulSet's pod keeps its name, so its veth's): a new path,
+    // counted from zero, not the old one's counters.
+    let ns = crate::NetNs::new(&format!("{}-late", lab.layout.prefix));
+    crate::observe::create_pod(lab, &ns);
+    let again = Instant::now();
+    let c = loop {
+        let doc = agent.report(&[]);
+        if doc["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pod_ip"] == ip_s)
+        {
+            break counters(&doc, ip).clone();
+        }
+        assert!(
+            again.elapsed() < Duration::from_secs(5),
+            "no path for {ip} 5 s after its pod came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(c["from_pod"]["forwarded_packets"], 0, "{c}");
+    drop(ns);
 
     let log = agent.log.clone();
     let status = agent.terminate();

@@ -259,7 +259,15 @@ pub fn agent_counts_serves_and_stops(lab: &Lab) {
         .expect("an ordinary pod");
     let (a_ns, a_ip) = (lab.layout.pod(a), lab.spec.pods[a].ip);
     let cni = lab.cni_config();
-    let agent = Agent::start(&node, &["--cni-config", cni.to_str().unwrap()]);
+    let agent = Agent::start(
+        &node,
+        &[
+            "--cni-config",
+            cni.to_str().unwrap(),
+            "--summary-interval",
+            "1s",
+        ],
+    );
 
     let node_tx = udp_in(&node, (node_ip, 0).into());
     let a_rx = udp_in(&a_ns, (Ipv4Addr::UNSPECIFIED, 7002).into());
@@ -440,6 +448,58 @@ pub fn agent_counts_serves_and_stops(lab: &Lab) {
     assert_eq!(c["from_pod"]["forwarded_packets"], 0, "{c}");
     drop(ns);
 
+    // A fault no netlink event announces (a sysctl): raised and cleared by the summaries'
+    // re-checks, each logged once.
+    let sysctl = |v: &str| {
+        crate::run(&[
+            "ip",
+            "netns",
+            "exec",
+            &node,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.ip_forward={v}"),
+        ])
+    };
+    let finding_event = |event: &str| {
+        agent
+            .log_events()
+            .iter()
+            .filter(|e| e["event"] == event && e["finding"] == "ip-forward-disabled")
+            .count()
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !done() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "no {what} within 5 s:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    sysctl("0");
+    wait_for("finding-raised ip-forward-disabled", &|| {
+        finding_event("finding-raised") == 1
+    });
+    sysctl("1");
+    wait_for("finding-cleared ip-forward-disabled", &|| {
+        finding_event("finding-cleared") == 1
+    });
+    assert_eq!(finding_event("finding-raised"), 1, "{}", agent.log_text());
+    let summaries: Vec<Value> = agent
+        .log_events()
+        .into_iter()
+        .filter(|e| e["event"] == "summary")
+        .collect();
+    assert!(
+        summaries.iter().any(|e| e["path_kind"] == "node-eni"
+            && e["to_pod_forwarded"].as_u64() >= Some(TO_POD)),
+        "{}",
+        agent.log_text()
+    );
+
     let log = agent.log.clone();
     let status = agent.terminate();
     assert!(
@@ -491,6 +551,17 @@ pub fn agent_token_guards_all_but_health_checks() {
     for path in ["/healthz", "/readyz"] {
         assert_eq!(agent.request("GET", path, &[]).0, 200, "{path}");
     }
+    // Bounded request heads: hyper answers 431 beyond 32 headers or 8 KiB.
+    let many: Vec<(String, String)> = (0..40).map(|i| (format!("X-H{i}"), "1".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(agent.request("GET", "/healthz", &many).0, 431);
+    let big = "x".repeat(10_000);
+    assert_eq!(
+        agent
+            .request("GET", "/healthz", &[("X-Big", big.as_str())])
+            .0,
+        431
+    );
     // Unknown paths are 404 with or without the token.
     assert_eq!(agent.request("GET", "/secret", &[]).0, 404);
     assert_eq!(agent.report(&good)["schema"], "sgpath.report/v1");

@@ -49,10 +49,19 @@ impl Agent {
     /// Starts `sgpath agent --listen 127.0.0.1:<free port> <extra>` in namespace `ns` and
     /// waits for `/readyz` to answer 200.
     pub fn start(ns: &str, extra: &[&str]) -> Agent {
+        let mut agent = Agent::spawn(ns, &[], extra);
+        agent.wait_for("/readyz", 200);
+        agent
+    }
+
+    /// Starts `<wrapper> sgpath agent --listen 127.0.0.1:<free port> <extra>` in namespace
+    /// `ns`, without waiting for anything.
+    pub fn spawn(ns: &str, wrapper: &[&str], extra: &[&str]) -> Agent {
         let port = free_port(ns);
         let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
+            .args(wrapper)
             .arg(sgpath_bin())
             .args(["agent", "--listen", &listen])
             .args(extra)
@@ -74,29 +83,34 @@ impl Agent {
             let _ = stderr.read_to_string(&mut s);
             s
         });
-        let mut agent = Agent {
+        Agent {
             child: Some(child),
             ns: ns.to_owned(),
             port,
             log,
             stderr: Some(stderr),
-        };
+        }
+    }
+
+    /// Waits until GET `path` answers `status` (panics if the agent exits or it takes
+    /// longer than [`READY_TIMEOUT`]).
+    pub fn wait_for(&mut self, path: &str, status: u16) {
         let start = Instant::now();
         loop {
-            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(exit) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
-                    "sgpath agent exited {status} before it was ready:\n{}\n{}",
-                    agent.log_text(),
-                    agent.stderr.take().unwrap().join().unwrap_or_default()
+                    "sgpath agent exited {exit} before GET {path} answered {status}:\n{}\n{}",
+                    self.log_text(),
+                    self.stderr.take().unwrap().join().unwrap_or_default()
                 );
             }
-            if let Ok((200, _)) = agent.try_request("GET", "/readyz", &[]) {
-                return agent;
+            if matches!(self.try_request("GET", path, &[]), Ok((s, _)) if s == status) {
+                return;
             }
             assert!(
                 start.elapsed() < READY_TIMEOUT,
-                "sgpath agent not ready after {READY_TIMEOUT:?}:\n{}",
-                agent.log_text()
+                "GET {path} not {status} after {READY_TIMEOUT:?}:\n{}",
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -567,4 +581,45 @@ pub fn agent_token_guards_all_but_health_checks() {
     assert_eq!(agent.report(&good)["schema"], "sgpath.report/v1");
     assert!(agent.terminate().success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Without the capabilities to load programs the agent still serves its health checks:
+/// `/healthz` 200, `/readyz` 503 naming what failed, `/v1/report` 503, a `probes-failed`
+/// log line; and SIGTERM still ends it with 0.
+pub fn agent_without_capabilities_is_alive_but_not_ready() {
+    let ns = crate::NetNs::new("sgt-agcap");
+    crate::run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+    let mut agent = Agent::spawn(
+        &ns.0,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ],
+        &[],
+    );
+    agent.wait_for("/healthz", 200);
+    agent.wait_for("/readyz", 503);
+    let (_, reason) = agent.request("GET", "/readyz", &[]);
+    let mut t = Instant::now();
+    while !agent
+        .log_events()
+        .iter()
+        .any(|e| e["event"] == "probes-failed")
+    {
+        assert!(t.elapsed() < READY_TIMEOUT, "{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, reason_after) = agent.request("GET", "/readyz", &[]);
+    assert!(
+        reason_after.contains("attaching probes") && reason_after.contains("CAP_BPF"),
+        "{reason} / {reason_after}"
+    );
+    let (status, body) = agent.request("GET", "/v1/report", &[]);
+    assert_eq!(status, 503, "{body}");
+    t = Instant::now();
+    let status = agent.terminate();
+    assert!(status.success(), "exit {status} after {:?}", t.elapsed());
 }

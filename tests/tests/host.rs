@@ -256,3 +256,9 @@ fn agent_counts_serves_and_stops() {
 fn agent_token_guards_all_but_health_checks() {
     sgpath_tests::agent::agent_token_guards_all_but_health_checks();
 }
+
+/// Without CAP_BPF: alive (`/healthz`), not ready (`/readyz` 503 with the reason), exit 0.
+#[test]
+fn agent_without_capabilities_is_alive_but_not_ready() {
+    sgpath_tests::agent::agent_without_capabilities_is_alive_but_not_ready();
+}

@@ -5,7 +5,9 @@
 //!
 //! Log events (`event` field, stable; other fields flat):
 //! `listening` (`address`), `probes-attached` (`drop_source`, `paths`, `pod_namespaces`),
-//! `probes-failed` / `snapshot-failed` / `resync-failed` / `sweep-failed` (`error`),
+//! `probes-failed` / `snapshot-failed` / `resync-failed` / `sweep-failed` / `report-failed` /
+//! `accept-failed` (`error`), `read-warning` (`subject`, `error`), `watch-closed`,
+//! `paths-full` (`path`: no id left for it, see `session.rs`),
 //! `path-appeared` / `path-gone` (`path` = host veth, `pod_ip`, `path_kind`, `vlan`),
 //! `finding-raised` / `finding-cleared` (`finding`, `severity`, `subject`, `evidence`),
 //! `summary` (one line per path kind: `path_kind`, `paths`, `to_pod_forwarded`,

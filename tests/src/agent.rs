@@ -351,8 +351,9 @@ pub fn agent_counts_serves_and_stops(lab: &Lab) {
 
     // A pod created while it runs: in the report and the log within a second or so.
     let ns = crate::NetNs::new(&format!("{}-late", lab.layout.prefix));
-    let created = Instant::now();
     let ip = crate::observe::create_pod(lab, &ns);
+    // The CNI is done: the promise is a path in the report within a second.
+    let created = Instant::now();
     let ip_s = ip.to_string();
     let doc = loop {
         let doc = agent.report(&[]);
@@ -372,6 +373,10 @@ pub fn agent_counts_serves_and_stops(lab: &Lab) {
         std::thread::sleep(Duration::from_millis(100));
     };
     let appeared = created.elapsed();
+    assert!(
+        appeared < Duration::from_secs(1),
+        "path of {ip} in the report only {appeared:?} after its pod was laid out"
+    );
     assert_eq!(counters(&doc, ip)["from_pod"]["forwarded_packets"], 0);
     let node_rx = udp_in(&node, (node_ip, 7001).into());
     let tx = udp_in(&ns.0, (ip, 0).into());
@@ -502,17 +507,14 @@ pub fn agent_counts_serves_and_stops(lab: &Lab) {
         finding_event("finding-cleared") == 1
     });
     assert_eq!(finding_event("finding-raised"), 1, "{}", agent.log_text());
-    let summaries: Vec<Value> = agent
-        .log_events()
-        .into_iter()
-        .filter(|e| e["event"] == "summary")
-        .collect();
-    assert!(
-        summaries.iter().any(|e| e["path_kind"] == "node-eni"
-            && e["to_pod_forwarded"].as_u64() >= Some(TO_POD)),
-        "{}",
-        agent.log_text()
-    );
+    // Summaries every second, totals since start: one counts the datagrams sent above.
+    wait_for("a node-eni summary counting the datagrams", &|| {
+        agent.log_events().iter().any(|e| {
+            e["event"] == "summary"
+                && e["path_kind"] == "node-eni"
+                && e["to_pod_forwarded"].as_u64() >= Some(TO_POD)
+        })
+    });
 
     let log = agent.log.clone();
     let status = agent.terminate();

@@ -34,6 +34,47 @@ pub enum Command {
     ///
     /// Example: `sgpath observe --duration 10s`. Exit status as `inspect`.
     Observe(ObserveArgs),
+    /// Run as the node's daemon until SIGTERM or Ctrl-C: count every pod's path, follow
+    /// pods as they come and go (netlink notifications), log events as JSON lines on stdout,
+    /// and serve `/metrics` (Prometheus), `/v1/report` (the observe JSON document, counters
+    /// since start), `/healthz` and `/readyz` on `--listen`. Needs what `observe` needs.
+    ///
+    /// Example: `sgpath agent --listen 0.0.0.0:9464`. Exits 0 after detaching everything.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Address and port of the HTTP server (the DaemonSet sets the pod IP or 0.0.0.0).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// How often to log a summary (totals per path kind) and re-run the checks.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub summary_interval: std::time::Duration,
+    /// Log format on stdout: one JSON object per line, or text for a terminal.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// As `observe --drop-source`.
+    #[arg(long, value_enum, default_value_t = DropSourceArg::Auto)]
+    pub drop_source: DropSourceArg,
+    /// As `observe --syn-timeout`.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub syn_timeout: std::time::Duration,
+    /// The VPC CNI config to read.
+    #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
+    pub cni_config: PathBuf,
+    /// A file holding a bearer token: requests other than `/healthz` and `/readyz` must send
+    /// `Authorization: Bearer <token>`. Without it, every endpoint is open.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// tracing's JSON lines, fields flattened (`kubectl logs ... | jq`).
+    Json,
+    /// Human-readable lines.
+    Text,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,8 +1,10 @@
 //! The `sgpath` binary: parse the command line, run one command, map the outcome to an
 //! exit status (0 healthy, 1 findings, 2 sgpath's own error).
 
+mod agent;
 mod cli;
 mod observe;
+mod session;
 mod trace;
 
 use std::process::ExitCode;
@@ -28,6 +30,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect(args),
         Command::Trace(args) => trace::run(args),
         Command::Observe(args) => observe::run(args),
+        Command::Agent(args) => agent::run(args),
     }
 }
 

@@ -14,6 +14,7 @@ use std::{
 use serde_json::Value;
 use xtask::lab::{Lab, Spec, names};
 
+pub mod agent;
 pub mod conns;
 pub mod observe;
 

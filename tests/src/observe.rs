@@ -467,25 +467,17 @@ pub fn observe_never_sees_the_vpcs_drops(lab: &Lab) {
     );
 }
 
-/// Datagrams the pod created during the observation sends.
-const LATE_POD: u64 = 25;
-
-/// A pod whose namespace, veth, address, routes and rule appear while `observe` counts
-/// (as the CNI's ADD lays them out) is counted from its first packets after its veth
-/// appears: the netlink notification re-reads the node and puts the new path in the maps.
-pub fn observe_counts_a_pod_created_while_it_runs(lab: &Lab) {
+/// Lays out a pod in `ns` as the CNI's ADD does (veth `eni<hash of default/late-pod>`,
+/// address 192.168.33.33/32, routes, the node's route and `512: to <ip>` rule) and returns
+/// its address.
+pub fn create_pod(lab: &Lab, ns: &crate::NetNs) -> Ipv4Addr {
     let node = lab.layout.node();
-    let node_ip = lab.spec.node.primary_ip;
-    let ns = crate::NetNs::new(&format!("{}-late", lab.layout.prefix));
     let ip = Ipv4Addr::new(192, 168, 33, 33);
     let veth = format!(
         "eni{}",
         xtask::lab::names::veth_suffix("default", "late-pod")
     );
     let mac = "02:00:00:00:33:33";
-    let node_rx = udp_in(&node, (node_ip, 7001).into());
-    let observer = Observer::start(lab, &[]);
-    let created = std::time::Instant::now();
     for argv in [
         vec![
             "ip", "-n", &node, "link", "add", &veth, "address", mac, "type", "veth", "peer",
@@ -569,6 +561,23 @@ pub fn observe_counts_a_pod_created_while_it_runs(lab: &Lab) {
     ] {
         run(&argv);
     }
+    ip
+}
+
+/// Datagrams the pod created during the observation sends.
+const LATE_POD: u64 = 25;
+
+/// A pod whose namespace, veth, address, routes and rule appear while `observe` counts
+/// (as the CNI's ADD lays them out) is counted from its first packets after its veth
+/// appears: the netlink notification re-reads the node and puts the new path in the maps.
+pub fn observe_counts_a_pod_created_while_it_runs(lab: &Lab) {
+    let node = lab.layout.node();
+    let node_ip = lab.spec.node.primary_ip;
+    let ns = crate::NetNs::new(&format!("{}-late", lab.layout.prefix));
+    let node_rx = udp_in(&node, (node_ip, 7001).into());
+    let observer = Observer::start(lab, &[]);
+    let created = std::time::Instant::now();
+    let ip = create_pod(lab, &ns);
     // The CNI is done; the pod starts talking at once, well within a second.
     std::thread::sleep(Duration::from_millis(500));
     let tx = udp_in(&ns.0, (ip, 0).into());

@@ -242,3 +242,23 @@ fn two_observers_count_the_same_packets() {
 fn observe_drop_source_reason() {
     sgpath_tests::observe::drop_source_reason_is_refused_without_reasons();
 }
+
+/// `sgpath agent` in the host lab: exact counts in `/v1/report` and `/metrics`, 404, 405,
+/// a pod created and removed while it runs (report, metrics, log lines), SIGTERM -> 0.
+#[test]
+fn agent_counts_serves_and_stops() {
+    let lab = built("host", "sgt-ag");
+    sgpath_tests::agent::agent_counts_serves_and_stops(&lab);
+}
+
+/// `--token-file` guards `/metrics` and `/v1/report`, never the health checks.
+#[test]
+fn agent_token_guards_all_but_health_checks() {
+    sgpath_tests::agent::agent_token_guards_all_but_health_checks();
+}
+
+/// Without CAP_BPF: alive (`/healthz`), not ready (`/readyz` 503 with the reason), exit 0.
+#[test]
+fn agent_without_capabilities_is_alive_but_not_ready() {
+    sgpath_tests::agent::agent_without_capabilities_is_alive_but_not_ready();
+}

@@ -33,6 +33,10 @@ pub const DEB_PACKAGES: &[&str] = &[
     // dnsmasq's binary alone: the lab's CoreDNS. The `dnsmasq` package would add a system
     // service that starts on the host and takes port 53.
     "dnsmasq-base",
+    // `promtool check metrics` on the agent's /metrics (and later a real Prometheus that
+    // scrapes it in the lab VM). On a host with systemd the package also starts a
+    // prometheus service on :9090; the tests never use that one.
+    "prometheus",
 ];
 
 /// Debian packages installed from bookworm-backports (the preinstalled qemu-utils is a

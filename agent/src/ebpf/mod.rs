@@ -48,6 +48,8 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("cannot count the possible CPUs (/sys/devices/system/cpu/possible): {0}")]
+    Cpus(#[source] std::io::Error),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,

@@ -213,6 +213,61 @@ impl PathProbes {
         Ok(out)
     }
 
+    /// Forgets everything counted for path `id`, so the id can be given to another path:
+    /// zeroes its counters and removes its drops and `left_via` entries. Call it once the
+    /// path's pod is out of the maps ([`PathProbes::sync`]), so nothing charges it any more.
+    ///
+    /// # Errors
+    /// [`ProbeError::Map`] when a map refuses the update, [`ProbeError::Cpus`] when the
+    /// number of CPUs is unknown.
+    pub fn reset_path(&mut self, id: u32) -> Result<(), ProbeError> {
+        let map_err = |name| move |source| ProbeError::Map { name, source };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| ProbeError::Cpus(e))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![PathCounters::default(); cpus])
+            .map_err(ProbeError::Cpus)?;
+        let map = self
+            .ebpf
+            .map_mut(PATH_COUNTERS_MAP)
+            .ok_or(ProbeError::MissingProgram {
+                name: PATH_COUNTERS_MAP,
+            })?;
+        let mut counters: PerCpuArray<_, PathCounters> =
+            PerCpuArray::try_from(map).map_err(map_err(PATH_COUNTERS_MAP))?;
+        counters
+            .set(id, zeros, 0)
+            .map_err(map_err(PATH_COUNTERS_MAP))?;
+        let map = self
+            .ebpf
+            .map_mut(DROPS_MAP)
+            .ok_or(ProbeError::MissingProgram { name: DROPS_MAP })?;
+        let mut drops: PerCpuHashMap<_, DropKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(map_err(DROPS_MAP))?;
+        let stale: Vec<DropKey> = drops
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.path == id)
+            .collect();
+        for k in stale {
+            // Gone already is fine.
+            let _ = drops.remove(&k);
+        }
+        let map = self
+            .ebpf
+            .map_mut(LEFT_VIA_MAP)
+            .ok_or(ProbeError::MissingProgram { name: LEFT_VIA_MAP })?;
+        let mut left: PerCpuHashMap<_, LeftViaKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(map_err(LEFT_VIA_MAP))?;
+        let stale: Vec<LeftViaKey> = left
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.path == id)
+            .collect();
+        for k in stale {
+            let _ = left.remove(&k);
+        }
+        Ok(())
+    }
+
     /// Counts by path id, summed over CPUs, and the programs' own error counts.
     ///
     /// # Errors

@@ -145,6 +145,11 @@ impl ConnTracker {
         }
     }
 
+    /// Forgets what was counted for path `id` (its id goes to another path).
+    pub fn forget_path(&mut self, id: u32) {
+        self.tallies.retain(|&(path, _), _| path != id);
+    }
+
     /// Entries waiting for an answer or lingering.
     pub fn tracked(&self) -> usize {
         self.counted.len()

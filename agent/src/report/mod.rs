@@ -1,6 +1,7 @@
 //! Report sinks: the document every sink renders ([`Report`]), JSON and text.
 //! A printer never looks anything up: everything it prints is a field of [`Report`].
 
+pub mod prometheus;
 pub mod text;
 pub mod trace;
 

@@ -1,0 +1,338 @@
+//! `sgpath agent`: the node's daemon. One [`Session`] for the life of the process: re-read
+//! on every netlink change (a lost notification is a change too: a full resync), swept on
+//! its own timer, checked on every change and every summary. Events go to stdout as JSON
+//! lines (or text); the HTTP server ([`http`]) asks the loop for a fresh report per request.
+//!
+//! Log events (`event` field, stable; other fields flat):
+//! `listening` (`address`), `probes-attached` (`drop_source`, `paths`, `pod_namespaces`),
+//! `probes-failed` / `snapshot-failed` / `resync-failed` / `sweep-failed` / `report-failed` /
+//! `accept-failed` (`error`), `read-warning` (`subject`, `error`), `watch-closed`,
+//! `paths-full` (`path`: no id left for it, see `session.rs`),
+//! `path-appeared` / `path-gone` (`path` = host veth, `pod_ip`, `path_kind`, `vlan`),
+//! `finding-raised` / `finding-cleared` (`finding`, `severity`, `subject`, `evidence`),
+//! `summary` (one line per path kind: `path_kind`, `paths`, `to_pod_forwarded`,
+//! `to_pod_dropped`, `from_pod_forwarded`, `from_pod_dropped`, `syn_unanswered`,
+//! `dns_unanswered`, `findings`), `stopping`, `stopped`.
+//!
+//! Side effects: binds `--listen`; attaches the eBPF programs until SIGTERM or SIGINT, then
+//! detaches them all and exits 0.
+
+mod http;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use sgpath::{checks::Severity, collect, ebpf::paths::DropSource, model::PathKind, report::Report};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::{
+    cli::{AgentArgs, LogFormat},
+    session::{self, Session},
+};
+
+/// The first retry after a failed attach; doubles up to [`ATTACH_RETRY_MAX`].
+const ATTACH_RETRY: Duration = Duration::from_secs(5);
+const ATTACH_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// A request of the HTTP server to the loop: a fresh report, or why there is none.
+pub type ReportRequest = oneshot::Sender<Result<Arc<Report>, String>>;
+
+pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    init_logs(args.log_format);
+    let token = match &args.token_file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("--token-file {}", path.display()))?;
+            let t = t.trim().to_owned();
+            anyhow::ensure!(!t.is_empty(), "--token-file {} is empty", path.display());
+            Some(t)
+        }
+        None => None,
+    };
+    let opts = session::Options {
+        sources: collect::Sources {
+            cni_config: args.cni_config.clone(),
+            ..Default::default()
+        },
+        drop_source: args.drop_source,
+        syn_timeout: args.syn_timeout,
+    };
+    let rt = crate::runtime()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("--listen {}", args.listen))?;
+        info!(event = "listening", address = %args.listen, "listening");
+        let (requests, mut incoming) = mpsc::channel::<ReportRequest>(16);
+        let (ready_tx, ready) = watch::channel(Some("taking the first snapshot".to_owned()));
+        let server = tokio::spawn(http::serve(
+            listener,
+            Arc::new(http::Shared {
+                token,
+                requests,
+                ready,
+            }),
+        ));
+        let mut daemon = Daemon::default();
+        let mut watch = collect::watch::Watch::new()?;
+        let mut watching = true;
+        let mut sweep = tokio::time::interval(session::SWEEP_INTERVAL);
+        let start = tokio::time::Instant::now();
+        let mut summary = tokio::time::interval_at(
+            start + args.summary_interval,
+            args.summary_interval,
+        );
+        let mut next_attach = start;
+        let mut retry = ATTACH_RETRY;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!(event = "stopping", signal = "SIGTERM", "stopping"); break; }
+                _ = interrupt.recv() => { info!(event = "stopping", signal = "SIGINT", "stopping"); break; }
+                () = tokio::time::sleep_until(next_attach), if daemon.session.is_none() => {
+                    match daemon.start(&opts).await {
+                        Ok(()) => { let _ = ready_tx.send(None); }
+                        Err(reason) => {
+                            let _ = ready_tx.send(Some(reason));
+                            next_attach = tokio::time::Instant::now() + retry;
+                            retry = (retry * 2).min(ATTACH_RETRY_MAX);
+                        }
+                    }
+                }
+                _ = sweep.tick() => daemon.sweep(),
+                alive = watch.changed(), if watching => {
+                    if !alive {
+                        warn!(event = "watch-closed", "netlink notifications stopped; summaries still resync");
+                        watching = false;
+                        continue;
+                    }
+                    daemon.resync().await;
+                }
+                _ = summary.tick() => {
+                    if !watching { daemon.resync().await; }
+                    daemon.summary();
+                }
+                Some(reply) = incoming.recv() => {
+                    let _ = reply.send(daemon.report().map(Arc::new));
+                }
+            }
+        }
+        server.abort();
+        // Detaches every program and closes every map.
+        drop(daemon);
+        info!(event = "stopped", "stopped: probes detached");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// tracing to stdout: JSON lines with the event's fields at the top level, or text.
+fn init_logs(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stdout)
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// A path as the logs name it: (host veth, pod IP, kind, VLAN).
+type PathName = (String, String, PathKind, Option<u16>);
+
+/// The loop's state: the session once attached, and what was last logged.
+#[derive(Default)]
+struct Daemon {
+    session: Option<Session>,
+    paths: BTreeSet<PathName>,
+    /// (id, subject) -> severity of the findings raised.
+    findings: BTreeMap<(String, String), Severity>,
+}
+
+impl Daemon {
+    /// Takes the first snapshot and attaches; `Err` says why not, for `/readyz`.
+    async fn start(&mut self, opts: &session::Options) -> Result<(), String> {
+        let (node, topo) = match collect::node_with_topology(&opts.sources).await {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = format!("taking the first snapshot: {e}");
+                error!(event = "snapshot-failed", error = %e, "{reason}");
+                return Err(reason);
+            }
+        };
+        for w in &node.read_warnings {
+            warn!(event = "read-warning", subject = %w.subject, error = %w.message, "node read incomplete");
+        }
+        match Session::attach(node, topo, opts).await {
+            Ok(s) => {
+                info!(
+                    event = "probes-attached",
+                    drop_source = match s.drop_source() {
+                        DropSource::Reason => "reason",
+                        DropSource::Location => "location",
+                    },
+                    programs = %s.programs().map(|(p, h)| format!("{p}={h}")).join(","),
+                    paths = s.topology().paths.len(),
+                    pod_namespaces = s.pod_namespaces(),
+                    "probes attached"
+                );
+                self.session = Some(s);
+                self.paths_changed();
+                self.recheck();
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("attaching probes: {e:#}");
+                error!(event = "probes-failed", error = %format!("{e:#}"), "probes failed");
+                Err(reason)
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        if let Some(s) = &mut self.session
+            && let Err(e) = s.sweep()
+        {
+            warn!(event = "sweep-failed", error = %format!("{e:#}"), "connection sweep failed");
+        }
+    }
+
+    async fn resync(&mut self) {
+        let Some(s) = &mut self.session else { return };
+        if let Err(e) = s.resync().await {
+            warn!(event = "resync-failed", error = %format!("{e:#}"), "re-reading the node failed");
+            return;
+        }
+        self.paths_changed();
+        self.recheck();
+    }
+
+    /// Logs the paths that appeared or went since the last call.
+    fn paths_changed(&mut self) {
+        let Some(s) = &self.session else { return };
+        let now: BTreeSet<PathName> = s
+            .topology()
+            .paths
+            .iter()
+            .map(|p| {
+                (
+                    p.host_veth.clone(),
+                    p.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    p.kind,
+                    p.vlan_id,
+                )
+            })
+            .collect();
+        for (veth, ip, kind, vlan) in now.difference(&self.paths) {
+            info!(event = "path-appeared", path = %veth, pod_ip = %ip, path_kind = kind.as_str(),
+                vlan = vlan.map(|v| v.to_string()).unwrap_or_default(), "path appeared");
+        }
+        for (veth, ip, kind, vlan) in self.paths.difference(&now) {
+            info!(event = "path-gone", path = %veth, pod_ip = %ip, path_kind = kind.as_str(),
+                vlan = vlan.map(|v| v.to_string()).unwrap_or_default(), "path gone");
+        }
+        self.paths = now;
+    }
+
+    /// A fresh report; logs the findings raised and cleared since the last one.
+    fn report(&mut self) -> Result<Report, String> {
+        let Some(s) = &mut self.session else {
+            return Err("probes not attached yet".to_owned());
+        };
+        let report = s.report().map_err(|e| format!("{e:#}"))?;
+        let now: BTreeMap<(String, String), Severity> = report
+            .findings
+            .iter()
+            .map(|f| ((f.id.as_str().to_owned(), f.subject.clone()), f.severity))
+            .collect();
+        for f in &report.findings {
+            let key = (f.id.as_str().to_owned(), f.subject.clone());
+            if self.findings.contains_key(&key) {
+                continue;
+            }
+            let evidence = f.evidence.join("; ");
+            let (finding, subject) = (f.id.as_str(), f.subject.as_str());
+            match f.severity {
+                Severity::Error => error!(event = "finding-raised", finding, severity = "error",
+                    subject, evidence, remediation = %f.remediation, "finding raised"),
+                Severity::Warning => warn!(event = "finding-raised", finding, severity = "warning",
+                    subject, evidence, remediation = %f.remediation, "finding raised"),
+                Severity::Info => info!(event = "finding-raised", finding, severity = "info",
+                    subject, evidence, remediation = %f.remediation, "finding raised"),
+            }
+        }
+        for ((finding, subject), severity) in &self.findings {
+            if !now.contains_key(&(finding.clone(), subject.clone())) {
+                info!(event = "finding-cleared", finding = %finding, severity = severity_name(*severity),
+                    subject = %subject, "finding cleared");
+            }
+        }
+        self.findings = now;
+        Ok(report)
+    }
+
+    /// Re-runs the checks (over the counters too), logging what changed.
+    fn recheck(&mut self) -> Option<Report> {
+        match self.report() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                if self.session.is_some() {
+                    warn!(event = "report-failed", error = %e, "reading the counters failed");
+                }
+                None
+            }
+        }
+    }
+
+    /// One `summary` line per path kind, totals since start; re-checks on the way.
+    fn summary(&mut self) {
+        let Some(report) = self.recheck() else { return };
+        for kind in [PathKind::BranchEni, PathKind::NodeEni] {
+            let paths: Vec<_> = report.paths.iter().filter(|p| p.kind == kind).collect();
+            let mut t = [0u64; 6];
+            for c in paths.iter().filter_map(|p| p.counters.as_ref()) {
+                t[0] += c.to_pod.forwarded_packets;
+                t[1] += c.to_pod.dropped_packets;
+                t[2] += c.from_pod.forwarded_packets;
+                t[3] += c.from_pod.dropped_packets;
+                t[4] += c.to_pod.syn_unanswered.values().sum::<u64>()
+                    + c.from_pod.syn_unanswered.values().sum::<u64>();
+                t[5] += c.to_pod.dns_unanswered + c.from_pod.dns_unanswered;
+            }
+            info!(
+                event = "summary",
+                path_kind = kind.as_str(),
+                paths = paths.len(),
+                to_pod_forwarded = t[0],
+                to_pod_dropped = t[1],
+                from_pod_forwarded = t[2],
+                from_pod_dropped = t[3],
+                syn_unanswered = t[4],
+                dns_unanswered = t[5],
+                findings = report.findings.len(),
+                "summary"
+            );
+        }
+    }
+}
+
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Info => "info",
+        Severity::Warning => "warning",
+        Severity::Error => "error",
+    }
+}

@@ -1,0 +1,204 @@
+//! The agent's HTTP server (HTTP/1.1, hyper): `/metrics`, `/v1/report`, `/healthz`,
+//! `/readyz`. GET and HEAD only (405 otherwise), unknown paths 404, no request body (413).
+//! With a token, every path but the health checks needs `Authorization: Bearer <token>`
+//! (401 otherwise).
+//!
+//! Bounds: [`MAX_CONNECTIONS`] at once (the rest wait in the listen backlog), request head
+//! within [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] headers, read within [`HEAD_TIMEOUT`],
+//! and a connection lives at most [`CONNECTION_TIME`].
+//!
+//! Side effects: accepts connections on the listener it is given.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sgpath::report::prometheus;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::warn;
+
+use super::ReportRequest;
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Request line and headers, bytes (hyper's smallest read buffer).
+pub const MAX_HEAD_BYTES: usize = 8192;
+/// Headers per request.
+pub const MAX_HEADERS: usize = 32;
+/// Time to read a request's head (also how long an idle keep-alive connection stays).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a connection may live, however busy.
+pub const CONNECTION_TIME: Duration = Duration::from_secs(60);
+/// Time the loop has to answer a report request.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handlers share with the agent's loop.
+pub struct Shared {
+    pub token: Option<String>,
+    /// Asks the loop for a fresh report.
+    pub requests: mpsc::Sender<ReportRequest>,
+    /// `None` when ready, else why not.
+    pub ready: watch::Receiver<Option<String>>,
+}
+
+/// Accepts and serves connections until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(event = "accept-failed", error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .max_headers(MAX_HEADERS)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIME, conn).await;
+        });
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn plain(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut body = body.into();
+    body.push('\n');
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Healthz,
+    Readyz,
+    Metrics,
+    Report,
+}
+
+async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let endpoint = match req.uri().path() {
+        "/healthz" => Endpoint::Healthz,
+        "/readyz" => Endpoint::Readyz,
+        "/metrics" => Endpoint::Metrics,
+        "/v1/report" => Endpoint::Report,
+        _ => return plain(StatusCode::NOT_FOUND, "not found"),
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "no request body is accepted");
+    }
+    if let (Some(token), Endpoint::Metrics | Endpoint::Report) = (&shared.token, endpoint)
+        && !authorized(&req, token)
+    {
+        let mut r = plain(StatusCode::UNAUTHORIZED, "a bearer token is required");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    match endpoint {
+        Endpoint::Healthz => plain(StatusCode::OK, "ok"),
+        Endpoint::Readyz => match shared.ready.borrow().clone() {
+            None => plain(StatusCode::OK, "ready"),
+            Some(reason) => plain(StatusCode::SERVICE_UNAVAILABLE, reason),
+        },
+        Endpoint::Metrics | Endpoint::Report => {
+            let report = match fresh_report(shared).await {
+                Ok(r) => r,
+                Err(reason) => return plain(StatusCode::SERVICE_UNAVAILABLE, reason),
+            };
+            if endpoint == Endpoint::Report {
+                return respond(StatusCode::OK, "application/json", report.to_json() + "\n");
+            }
+            let version = env!("CARGO_PKG_VERSION");
+            let openmetrics = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("application/openmetrics-text"));
+            if openmetrics {
+                respond(
+                    StatusCode::OK,
+                    prometheus::OPENMETRICS,
+                    prometheus::render_openmetrics(&report, version),
+                )
+            } else {
+                respond(
+                    StatusCode::OK,
+                    prometheus::TEXT,
+                    prometheus::render_text(&report, version),
+                )
+            }
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>`, compared in time independent of where it differs.
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(got) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    got.len() == token.len()
+        && got
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn fresh_report(shared: &Shared) -> Result<Arc<sgpath::report::Report>, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    shared
+        .requests
+        .send(tx)
+        .await
+        .map_err(|_| "the agent is stopping".to_owned())?;
+    match tokio::time::timeout(REPORT_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err("the agent is stopping".to_owned()),
+        Err(_) => Err("the agent did not answer in time".to_owned()),
+    }
+}

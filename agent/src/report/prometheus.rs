@@ -1,0 +1,306 @@
+//! Prometheus sink: the metrics of a [`Report`] with counters (`sgpath agent`'s `/metrics`),
+//! built with `prometheus-client` into a fresh registry per scrape, so a path that goes
+//! takes its series with it.
+//!
+//! Series (all counters are since the agent attached; `namespace` and `pod` are empty until
+//! the agent knows the cluster):
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `sgpath_path_packets_total` | `path_kind, direction, verdict, interface, pod_ip, vlan, namespace, pod` |
+//! | `sgpath_path_bytes_total` | the same, `verdict="forwarded"` only (IP bytes) |
+//! | `sgpath_path_drops_total` | the path labels and `reason` (a drop reason, or the freeing function with `--drop-source location`, `other` for the rest) |
+//! | `sgpath_path_syn_unanswered_total` | the path labels and `port` |
+//! | `sgpath_path_dns_unanswered_total` | the path labels |
+//! | `sgpath_path_left_via_packets_total` | the path labels and `egress` |
+//! | `sgpath_finding` | `id, severity, subject`: 1 while raised |
+//! | `sgpath_probe_errors_total` | `kind` |
+//! | `sgpath_build_info` | `version`: 1 |
+//!
+//! `direction` is `to_pod` or `from_pod`, `verdict` `forwarded` or `dropped`. No side effects.
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use super::Report;
+use crate::model::DirectionCounters;
+
+/// Content type of [`render_openmetrics`].
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of [`render_text`].
+pub const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+type Labels = Vec<(String, String)>;
+
+/// The metrics of `report` in the OpenMetrics text format (what Prometheus asks for first).
+pub fn render_openmetrics(report: &Report, version: &str) -> String {
+    let registry = registry(report, version);
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+/// The metrics of `report` in the Prometheus text format 0.0.4 (for clients that do not ask
+/// for OpenMetrics, and `promtool check metrics`): the same samples, with each counter's
+/// `# HELP` and `# TYPE` naming the `_total` sample and no `# EOF`.
+pub fn render_text(report: &Report, version: &str) -> String {
+    let open = render_openmetrics(report, version);
+    let counters: Vec<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Per-path families, one registry per scrape.
+#[derive(Default)]
+struct PathFamilies {
+    packets: Family<Labels, Counter>,
+    bytes: Family<Labels, Counter>,
+    drops: Family<Labels, Counter>,
+    syn_unanswered: Family<Labels, Counter>,
+    dns_unanswered: Family<Labels, Counter>,
+    left_via: Family<Labels, Counter>,
+}
+
+fn with(base: &Labels, extra: &[(&str, &str)]) -> Labels {
+    let mut l = base.clone();
+    l.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    l
+}
+
+impl PathFamilies {
+    fn add(&self, base: &Labels, direction: &str, d: &DirectionCounters) {
+        let dir = [("direction", direction)];
+        let base = with(base, &dir);
+        for (verdict, n) in [
+            ("forwarded", d.forwarded_packets),
+            ("dropped", d.dropped_packets),
+        ] {
+            self.packets
+                .get_or_create(&with(&base, &[("verdict", verdict)]))
+                .inc_by(n);
+        }
+        self.bytes
+            .get_or_create(&with(&base, &[("verdict", "forwarded")]))
+            .inc_by(d.forwarded_bytes);
+        // Reasons name every drop; locations only the most frequent: the rest is `other`.
+        let named = if d.drops_by_reason.is_empty() {
+            &d.drops_by_location
+        } else {
+            &d.drops_by_reason
+        };
+        let mut rest = d.dropped_packets;
+        for (reason, &n) in named {
+            rest = rest.saturating_sub(n);
+            self.drops
+                .get_or_create(&with(&base, &[("reason", reason)]))
+                .inc_by(n);
+        }
+        if rest > 0 {
+            self.drops
+                .get_or_create(&with(&base, &[("reason", "other")]))
+                .inc_by(rest);
+        }
+        for (port, &n) in &d.syn_unanswered {
+            self.syn_unanswered
+                .get_or_create(&with(&base, &[("port", &port.to_string())]))
+                .inc_by(n);
+        }
+        self.dns_unanswered
+            .get_or_create(&base)
+            .inc_by(d.dns_unanswered);
+        for (egress, &n) in &d.left_via {
+            self.left_via
+                .get_or_create(&with(&base, &[("egress", egress)]))
+                .inc_by(n);
+        }
+    }
+}
+
+fn registry(report: &Report, version: &str) -> Registry {
+    let mut registry = Registry::default();
+    let paths = PathFamilies::default();
+    for p in &report.paths {
+        let Some(c) = &p.counters else { continue };
+        let base: Labels = [
+            ("path_kind", p.kind.as_str().to_owned()),
+            ("interface", p.host_veth.clone()),
+            (
+                "pod_ip",
+                p.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            ),
+            ("vlan", p.vlan_id.map(|v| v.to_string()).unwrap_or_default()),
+            ("namespace", String::new()),
+            ("pod", String::new()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        paths.add(&base, "to_pod", &c.to_pod);
+        paths.add(&base, "from_pod", &c.from_pod);
+    }
+    registry.register(
+        "sgpath_path_packets",
+        "Packets a pod's host veth handed to it (to_pod) or received from it (from_pod), forwarded or dropped by the kernel",
+        paths.packets,
+    );
+    registry.register(
+        "sgpath_path_bytes",
+        "IP bytes forwarded on a pod's path",
+        paths.bytes,
+    );
+    registry.register(
+        "sgpath_path_drops",
+        "Kernel drops on a pod's path, by drop reason (or freeing function)",
+        paths.drops,
+    );
+    registry.register(
+        "sgpath_path_syn_unanswered",
+        "TCP connections that left a path and got no SYN-ACK within the timeout, by destination port",
+        paths.syn_unanswered,
+    );
+    registry.register(
+        "sgpath_path_dns_unanswered",
+        "DNS queries that left a path and got no answer within the timeout",
+        paths.dns_unanswered,
+    );
+    registry.register(
+        "sgpath_path_left_via_packets",
+        "A pod's packets that left the node, by egress interface",
+        paths.left_via,
+    );
+    let findings = Family::<Labels, Gauge>::default();
+    for f in &report.findings {
+        let severity = serde_json::to_value(f.severity)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        findings
+            .get_or_create(&vec![
+                ("id".to_owned(), f.id.as_str().to_owned()),
+                ("severity".to_owned(), severity),
+                ("subject".to_owned(), f.subject.clone()),
+            ])
+            .set(1);
+    }
+    registry.register("sgpath_finding", "1 while a finding is raised", findings);
+    let errors = Family::<Labels, Counter>::default();
+    if let Some(p) = &report.probes {
+        for (kind, &n) in &p.errors {
+            errors
+                .get_or_create(&vec![("kind".to_owned(), kind.clone())])
+                .inc_by(n);
+        }
+    }
+    registry.register(
+        "sgpath_probe_errors",
+        "Errors the eBPF programs counted instead of failing (a full map), by kind",
+        errors,
+    );
+    let build = Family::<Labels, Gauge>::default();
+    build
+        .get_or_create(&vec![("version".to_owned(), version.to_owned())])
+        .set(1);
+    registry.register(
+        "sgpath_build_info",
+        "The sgpath build (value 1) and its version",
+        build,
+    );
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        checks::{Finding, FindingId, Severity},
+        model::{Node, PathCounters, PathKind, Topology},
+    };
+
+    fn report() -> Report {
+        let mut topo = Topology::default();
+        let mut c = PathCounters::default();
+        c.to_pod.forwarded_packets = 7;
+        c.to_pod.forwarded_bytes = 700;
+        c.to_pod.dropped_packets = 3;
+        c.to_pod.drops_by_reason.insert("NO_SOCKET".into(), 3);
+        c.from_pod.syn_unanswered.insert(443, 2);
+        c.from_pod.left_via.insert("eth0".into(), 5);
+        topo.paths.push(crate::model::Path {
+            kind: PathKind::BranchEni,
+            mode: None,
+            pod_ip: Some("192.168.3.219".parse().unwrap()),
+            host_veth: "vlan0123456789a".into(),
+            vlan_id: Some(5),
+            vlan_link: None,
+            trunk: None,
+            route_table: 105,
+            rules: Vec::new(),
+            counters: Some(c),
+        });
+        let findings = vec![Finding::new(
+            FindingId::PathDrops,
+            Severity::Warning,
+            "192.168.3.219",
+        )];
+        Report::new(&Node::default(), &topo, findings)
+    }
+
+    #[test]
+    fn text_names_the_documented_series() {
+        let t = render_text(&report(), "0.1.0");
+        let labels = "path_kind=\"branch-eni\",interface=\"vlan0123456789a\",pod_ip=\"192.168.3.219\",vlan=\"5\",namespace=\"\",pod=\"\"";
+        for line in [
+            "# TYPE sgpath_path_packets_total counter".to_owned(),
+            format!(
+                "sgpath_path_packets_total{{{labels},direction=\"to_pod\",verdict=\"forwarded\"}} 7"
+            ),
+            format!(
+                "sgpath_path_packets_total{{{labels},direction=\"to_pod\",verdict=\"dropped\"}} 3"
+            ),
+            format!(
+                "sgpath_path_bytes_total{{{labels},direction=\"to_pod\",verdict=\"forwarded\"}} 700"
+            ),
+            format!(
+                "sgpath_path_drops_total{{{labels},direction=\"to_pod\",reason=\"NO_SOCKET\"}} 3"
+            ),
+            format!(
+                "sgpath_path_syn_unanswered_total{{{labels},direction=\"from_pod\",port=\"443\"}} 2"
+            ),
+            format!(
+                "sgpath_path_left_via_packets_total{{{labels},direction=\"from_pod\",egress=\"eth0\"}} 5"
+            ),
+            "sgpath_finding{id=\"path-drops\",severity=\"warning\",subject=\"192.168.3.219\"} 1"
+                .to_owned(),
+            "sgpath_build_info{version=\"0.1.0\"} 1".to_owned(),
+        ] {
+            assert!(t.lines().any(|l| l == line), "no line {line:?} in\n{t}");
+        }
+        assert!(!t.contains("# EOF"), "{t}");
+        let open = render_openmetrics(&report(), "0.1.0");
+        assert!(open.ends_with("# EOF\n") && open.contains("# TYPE sgpath_path_packets counter"));
+    }
+}

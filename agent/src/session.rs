@@ -1,0 +1,366 @@
+//! A counting session: the node's latest snapshot, the attached path and drop probes, the
+//! path ids they charge to, and the connection tracker. `observe` runs one for a while and
+//! prints its report; `agent` runs one until it is told to stop and reports on request.
+//!
+//! Side effects: [`Session::attach`] loads and attaches the eBPF programs; dropping the
+//! [`Session`] detaches them all. [`Session::resync`] re-reads the node over rtnetlink and
+//! enters pod namespaces (to learn their inodes); [`Session::sweep`] and [`Session::report`]
+//! read and prune the probes' maps.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::Context;
+use sgpath::{
+    checks,
+    collect::{self, btf::Btf, kallsyms::Kallsyms, netns},
+    ebpf::paths::{DropSource, PathProbes, RawPathCounts, probe_config},
+    model::{
+        Drop, Node, PathCounters, Topology,
+        conns::{ConnTracker, pod_addr},
+    },
+    report::{self, ProbeStatus, Report},
+};
+use sgpath_ebpf::{
+    IfaceRole, MAX_PATHS,
+    packet::{Direction, NetnsRole},
+};
+
+use crate::cli::DropSourceArg;
+
+/// Prefix the kernel's drop reason names carry.
+const REASON_PREFIX: &str = "SKB_DROP_REASON_";
+
+/// How often the connection map should be swept ([`Session::sweep`]): a connection counts
+/// at most this late after its timeout.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What a session counts with.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub sources: collect::Sources,
+    pub drop_source: DropSourceArg,
+    /// How long a SYN or DNS query waits for its answer (`--syn-timeout`).
+    pub syn_timeout: Duration,
+}
+
+/// The probes attached to the node, and what they count for.
+pub struct Session {
+    sources: collect::Sources,
+    node_netns: u32,
+    probes: PathProbes,
+    ids: PathIds,
+    conns: ConnTracker,
+    node: Node,
+    topo: Topology,
+    namespaces: usize,
+    reasons: Option<BTreeMap<i64, String>>,
+    /// Read on the first report: a module loaded before then is named.
+    kallsyms: Option<Kallsyms>,
+}
+
+impl Session {
+    /// Attaches the probes for the snapshot `node` and `topo` (taken with `opts.sources`) and
+    /// puts its pods, interfaces and namespaces in their maps.
+    ///
+    /// # Errors
+    /// When the kernel has no BTF, refuses a program or a map entry, or lacks drop reasons
+    /// while `opts.drop_source` asks for them.
+    pub async fn attach(node: Node, topo: Topology, opts: &Options) -> anyhow::Result<Session> {
+        let btf = Btf::from_kernel().context("counting needs the kernel's BTF")?;
+        let reasons = btf.enum_variants("skb_drop_reason");
+        let drop_source = match (opts.drop_source, &reasons) {
+            (DropSourceArg::Location, _) | (DropSourceArg::Auto, None) => DropSource::Location,
+            (DropSourceArg::Reason | DropSourceArg::Auto, Some(_)) => DropSource::Reason,
+            (DropSourceArg::Reason, None) => anyhow::bail!(
+                "--drop-source reason: kernel {} has no drop reasons (they arrived in 5.17); use \
+                 --drop-source location",
+                node.kernel
+            ),
+        };
+        let node_netns = netns::own_inode().context("cannot stat /proc/thread-self/ns/net")?;
+        let config = probe_config(&btf, node_netns)?;
+        let mut probes = PathProbes::attach(config, drop_source)?;
+        let mut ids = PathIds::default();
+        let mut conns = ConnTracker::new(opts.syn_timeout);
+        let namespaces = ids
+            .sync(&mut probes, &mut conns, &node, &topo, node_netns)
+            .await?;
+        Ok(Session {
+            sources: opts.sources.clone(),
+            node_netns,
+            probes,
+            ids,
+            conns,
+            node,
+            topo,
+            namespaces,
+            reasons,
+            kallsyms: None,
+        })
+    }
+
+    /// How drops are named.
+    pub fn drop_source(&self) -> DropSource {
+        self.probes.drop_source
+    }
+
+    /// The latest snapshot's topology.
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    /// Pod namespaces whose drops count.
+    pub fn pod_namespaces(&self) -> usize {
+        self.namespaces
+    }
+
+    /// The names of the programs attached, with their hooks.
+    pub fn programs(&self) -> [(&'static str, &'static str); 3] {
+        [
+            ("path_rx", "tp_btf/netif_receive_skb"),
+            ("path_tx", "tp_btf/net_dev_start_xmit"),
+            (
+                match self.drop_source() {
+                    DropSource::Reason => "kfree_skb_reason",
+                    DropSource::Location => "kfree_skb_location",
+                },
+                "tp_btf/kfree_skb",
+            ),
+        ]
+    }
+
+    /// Re-reads the node (after a netlink change, or to resync after a lost one) and puts
+    /// new paths in the probes' maps, removing gone ones. A path keeps its counters while
+    /// its host veth exists; one that goes and comes back starts again from zero.
+    ///
+    /// # Errors
+    /// When the node cannot be read or a map refuses an entry; the session keeps its
+    /// previous snapshot.
+    pub async fn resync(&mut self) -> anyhow::Result<()> {
+        let (node, topo) = collect::node_with_topology(&self.sources).await?;
+        self.namespaces = self
+            .ids
+            .sync(
+                &mut self.probes,
+                &mut self.conns,
+                &node,
+                &topo,
+                self.node_netns,
+            )
+            .await?;
+        (self.node, self.topo) = (node, topo);
+        Ok(())
+    }
+
+    /// Counts what the connection map newly says and forgets what the tracker is done with.
+    ///
+    /// # Errors
+    /// When the connection map cannot be read.
+    pub fn sweep(&mut self) -> anyhow::Result<()> {
+        let entries = self.probes.conns()?;
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+        let forget = self.conns.sweep(&entries, Duration::from(now));
+        self.probes.forget_conns(&forget)?;
+        Ok(())
+    }
+
+    /// The inspect report of the latest snapshot, with each path's counters since the
+    /// session attached and the findings of the checks over both.
+    ///
+    /// # Errors
+    /// When a map cannot be read.
+    pub fn report(&mut self) -> anyhow::Result<Report> {
+        let (raw, errors) = self.probes.read(self.ids.next)?;
+        let kallsyms = self
+            .kallsyms
+            .get_or_insert_with(|| Kallsyms::read().unwrap_or_default());
+        let drop_source = self.probes.drop_source;
+        let node = &self.node;
+        let mut topo = self.topo.clone();
+        for path in topo.paths.iter_mut() {
+            let id = self
+                .ids
+                .by_veth
+                .get(&path.host_veth)
+                .copied()
+                .unwrap_or(u32::MAX);
+            let counts = raw.get(&id).cloned().unwrap_or_default();
+            let mut c = counters(&counts, self.reasons.as_ref(), drop_source, kallsyms);
+            for &(ifindex, n) in &counts.left_via {
+                let name = node
+                    .link(ifindex)
+                    .map_or_else(|| format!("ifindex {ifindex}"), |l| l.name.clone());
+                *c.from_pod.left_via.entry(name).or_default() += n;
+            }
+            self.conns.apply(id, &mut c);
+            path.counters = Some(c);
+        }
+        let findings = checks::run(node, &topo);
+        let mut report = report::Report::new(node, &topo, findings);
+        report.drop_source = Some(drop_source);
+        report.probes = Some(ProbeStatus {
+            programs: self
+                .programs()
+                .into_iter()
+                .map(|(p, h)| (p.to_owned(), h.to_owned()))
+                .collect(),
+            interfaces: interface_roles(node, &topo)
+                .into_iter()
+                .filter_map(|(ifindex, role)| {
+                    let name = node.link(ifindex)?.name.clone();
+                    let what = match role {
+                        IfaceRole::HostVeth => {
+                            "host-veth: path_rx, path_tx (counters, connections)"
+                        }
+                        IfaceRole::Uplink => "uplink: path_tx (left_via, the node's connections)",
+                    };
+                    Some((name, what.to_owned()))
+                })
+                .collect(),
+            connections_tracked: self.conns.tracked(),
+            pod_namespaces: self.namespaces,
+            errors: errors
+                .into_iter()
+                .map(|(k, v)| (format!("{k:?}"), v))
+                .collect(),
+        });
+        Ok(report)
+    }
+}
+
+/// Path ids the probes charge to, by host veth name. An id stays with its path while the
+/// veth exists; when the veth goes, the id is reset and, later, given to a new path: a
+/// daemon sees far more pods come and go than the maps have slots ([`MAX_PATHS`]).
+#[derive(Default)]
+struct PathIds {
+    by_veth: BTreeMap<String, u32>,
+    /// One past the highest id ever given.
+    next: u32,
+    /// Reset ids, oldest first: reused as late as possible, so a connection of the old
+    /// path still lingering in the map is long swept before its id counts for another.
+    free: std::collections::VecDeque<u32>,
+}
+
+impl PathIds {
+    /// Gives every path of `topo` an id and puts the pods, host veths and namespaces in the
+    /// probes' maps; resets the ids of the paths that went. Returns how many pod namespaces
+    /// count.
+    async fn sync(
+        &mut self,
+        probes: &mut PathProbes,
+        conns: &mut ConnTracker,
+        node: &Node,
+        topo: &Topology,
+        node_netns: u32,
+    ) -> anyhow::Result<usize> {
+        let gone: Vec<(String, u32)> = self
+            .by_veth
+            .iter()
+            .filter(|(veth, _)| !topo.paths.iter().any(|p| &p.host_veth == *veth))
+            .map(|(v, &id)| (v.clone(), id))
+            .collect();
+        for (veth, _) in &gone {
+            self.by_veth.remove(veth);
+        }
+        let mut pods = Vec::new();
+        for p in &topo.paths {
+            let id = match self.by_veth.get(&p.host_veth) {
+                Some(&id) => id,
+                None => {
+                    let Some(id) = self.free.pop_front().or_else(|| {
+                        (self.next < MAX_PATHS).then(|| {
+                            self.next += 1;
+                            self.next - 1
+                        })
+                    }) else {
+                        tracing::warn!(
+                            event = "paths-full",
+                            path = %p.host_veth,
+                            "{MAX_PATHS} paths counted already: this one is not"
+                        );
+                        continue;
+                    };
+                    self.by_veth.insert(p.host_veth.clone(), id);
+                    id
+                }
+            };
+            if let Some(ip) = p.pod_ip {
+                pods.push((pod_addr(ip), id));
+            }
+        }
+        let veth_names: Vec<&str> = topo.paths.iter().map(|p| p.host_veth.as_str()).collect();
+        let mut namespaces = vec![(node_netns, NetnsRole::Node)];
+        namespaces.extend(
+            netns::pod_inodes(node, &veth_names)
+                .await
+                .into_iter()
+                .map(|i| (i, NetnsRole::Pod)),
+        );
+        probes.sync(&pods, &interface_roles(node, topo), &namespaces)?;
+        // Nothing charges the gone paths any more: forget them.
+        for (_, id) in gone {
+            probes.reset_path(id)?;
+            conns.forget_path(id);
+            self.free.push_back(id);
+        }
+        Ok(namespaces.len() - 1)
+    }
+}
+
+/// What each probed interface of the node is: every pod's host veth, and every way off the
+/// node (node ENIs, `vlan.eth.N`), by ifindex. Not the trunk: every frame a `vlan.eth.N`
+/// sends crosses it again, tagged, and was counted where it left.
+fn interface_roles(node: &Node, topo: &Topology) -> Vec<(u32, IfaceRole)> {
+    let veths = topo
+        .paths
+        .iter()
+        .map(|p| (&p.host_veth, IfaceRole::HostVeth));
+    let uplinks = topo
+        .enis
+        .iter()
+        .map(|e| &e.link)
+        .chain(topo.vlan_links.iter().map(|v| &v.name))
+        .filter(|n| !topo.trunks.iter().any(|t| &t.name == *n))
+        .map(|n| (n, IfaceRole::Uplink));
+    let mut out: Vec<(u32, IfaceRole)> = veths
+        .chain(uplinks)
+        .filter_map(|(name, role)| Some((node.link_by_name(name)?.ifindex, role)))
+        .collect();
+    out.sort_by_key(|&(i, _)| i);
+    out.dedup_by_key(|&mut (i, _)| i);
+    out
+}
+
+/// Names the raw drops (reason from BTF, location from kallsyms) and builds the counters.
+fn counters(
+    raw: &RawPathCounts,
+    reasons: Option<&BTreeMap<i64, String>>,
+    source: DropSource,
+    kallsyms: &Kallsyms,
+) -> PathCounters {
+    let drops: Vec<Drop> = raw
+        .drops
+        .iter()
+        .map(|(key, count)| Drop {
+            to_pod: Direction::try_from(key.direction) == Ok(Direction::ToPod),
+            in_node: NetnsRole::try_from(key.netns_role) == Ok(NetnsRole::Node),
+            reason: match (source, reasons) {
+                (DropSource::Reason, Some(names)) => Some(
+                    names
+                        .get(&(key.reason as i64))
+                        .map(|n| n.strip_prefix(REASON_PREFIX).unwrap_or(n).to_owned())
+                        .unwrap_or_else(|| format!("reason-{}", key.reason)),
+                ),
+                _ => None,
+            },
+            location: kallsyms.function(key.location).map(str::to_owned),
+            count: *count,
+        })
+        .collect();
+    let f = &raw.forwarded;
+    PathCounters::build(
+        (f.to_pod_packets, f.to_pod_bytes),
+        (f.from_pod_packets, f.from_pod_bytes),
+        &drops,
+    )
+}

@@ -625,3 +625,421 @@ pub fn agent_without_capabilities_is_alive_but_not_ready() {
     let status = agent.terminate();
     assert!(status.success(), "exit {status} after {:?}", t.elapsed());
 }
+
+/// Datagrams the node sends to each lab pod in [`agent_scraped_by_prometheus`].
+const SCRAPED: u64 = 23;
+
+/// BPF object ids (programs and links) that process `pid` holds open, from its fdinfo.
+fn bpf_ids(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let (mut progs, mut links) = (Vec::new(), Vec::new());
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+        let Ok(text) = std::fs::read_to_string(entry.unwrap().path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let id = |key: &str| {
+                line.strip_prefix(key)
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+            };
+            // A link's fdinfo names its program too: count the program once, as a program.
+            if let Some(id) = id("link_id:") {
+                links.push(id);
+            } else if let Some(id) = id("prog_id:")
+                && !text.contains("link_id:")
+            {
+                progs.push(id);
+            }
+        }
+    }
+    progs.sort_unstable();
+    progs.dedup();
+    (progs, links)
+}
+
+/// Whether the kernel still has the BPF object `id` (`BPF_PROG_GET_FD_BY_ID` = 13,
+/// `BPF_LINK_GET_FD_BY_ID` = 30): ENOENT once its last reference is gone.
+fn bpf_object_exists(cmd: libc::c_long, id: u32) -> bool {
+    // union bpf_attr for *_GET_FD_BY_ID: { u32 id; u32 next_id; u32 open_flags; }
+    let attr: [u32; 3] = [id, 0, 0];
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), 12usize) };
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+        return true;
+    }
+    let err = std::io::Error::last_os_error();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOENT),
+        "bpf({cmd}, id {id}): {err}"
+    );
+    false
+}
+
+/// What a process could leave behind in namespace `ns`: every qdisc and tc filter (ingress
+/// and egress) on every link, and the pinned objects under /sys/fs/bpf.
+fn kernel_leftovers(ns: &str) -> String {
+    let out = |argv: &[&str]| {
+        let o = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let mut s = out(&["ip", "-n", ns, "-o", "link", "show"]);
+    s += &out(&["tc", "-n", ns, "qdisc", "show"]);
+    for line in out(&["ip", "-n", ns, "-o", "link", "show"]).lines() {
+        let Some(dev) = line
+            .split(": ")
+            .nth(1)
+            .map(|d| d.split('@').next().unwrap())
+        else {
+            continue;
+        };
+        for hook in ["ingress", "egress"] {
+            s += &out(&["tc", "-n", ns, "filter", "show", "dev", dev, hook]);
+        }
+    }
+    s += &out(&["find", "/sys/fs/bpf"]);
+    s
+}
+
+/// A real Prometheus (Debian's `prometheus`) in namespace `ns`, scraping `target` every
+/// second into a throwaway TSDB; killed and its data removed on drop.
+struct Prometheus {
+    child: Child,
+    ns: String,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn start(ns: &str, target: u16) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("sgt-prom-{ns}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
+                 scrape_configs:\n  - job_name: sgpath\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port(ns);
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "prometheus"])
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`, see `cargo xtask setup`)");
+        let p = Prometheus {
+            child,
+            ns: ns.to_owned(),
+            port,
+            dir,
+        };
+        let t = Instant::now();
+        while !matches!(http_get(&p.ns, p.port, "/-/ready"), Ok((200, _))) {
+            assert!(
+                t.elapsed() < READY_TIMEOUT,
+                "prometheus not ready: {}",
+                std::fs::read_to_string(p.dir.join("stderr")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    /// An instant query through the HTTP API: each result's labels and value.
+    fn query(&self, promql: &str) -> Vec<(Value, f64)> {
+        let (status, body) = http_get(
+            &self.ns,
+            self.port,
+            &format!("/api/v1/query?query={}", url_encode(promql)),
+        )
+        .unwrap_or_else(|e| panic!("query {promql}: {e}"));
+        assert_eq!(status, 200, "{promql}: {body}");
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["status"], "success", "{body}");
+        doc["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let v = r["value"][1].as_str().unwrap().parse().unwrap();
+                (r["metric"].clone(), v)
+            })
+            .collect()
+    }
+
+    /// Polls `promql` until `want(results)` holds, for up to 20 s (a few scrapes under TCG).
+    fn wait(&self, promql: &str, what: &str, want: impl Fn(&[(Value, f64)]) -> bool) {
+        let t = Instant::now();
+        loop {
+            let got = self.query(promql);
+            if want(&got) {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "Prometheus: {what}: `{promql}` gave {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// GET `path` from 127.0.0.1:`port` in namespace `ns` (HTTP/1.1, `Connection: close`).
+fn http_get(ns: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let to: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+    let mut stream = in_netns(ns, || TcpStream::connect(to))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    Ok((status.unwrap_or(0), body.to_owned()))
+}
+
+/// The agent on a lab node with a branch pod (VM: 802.1Q), scraped by a real Prometheus:
+/// exact per-path counts in `/v1/report`, `/metrics` and Prometheus's stored series (with
+/// the branch path's VLAN); `promtool check metrics`; a pod created and deleted while it
+/// runs (report, metrics, log lines, and its series gone stale in Prometheus); a fault
+/// raised and cleared (log events and the `sgpath_finding` series); 404/405; and SIGTERM:
+/// exit 0 within 5 s, every BPF program and link it held gone, and no link, qdisc, tc
+/// filter or pinned object different from before it started.
+pub fn agent_scraped_by_prometheus(lab: &Lab) {
+    let node = lab.layout.node();
+    let node_ip = lab.spec.node.primary_ip;
+    let strict = lab
+        .spec
+        .pods
+        .iter()
+        .position(|p| p.vlan.is_some())
+        .expect("a branch pod");
+    let ordinary = lab
+        .spec
+        .pods
+        .iter()
+        .position(|p| p.vlan.is_none() && p.eni.is_none())
+        .expect("an ordinary pod");
+    let before = kernel_leftovers(&node);
+    let cni = lab.cni_config();
+    let agent = Agent::start(
+        &node,
+        &[
+            "--cni-config",
+            cni.to_str().unwrap(),
+            "--summary-interval",
+            "1s",
+        ],
+    );
+    let pid = agent.child.as_ref().unwrap().id();
+    let prometheus = Prometheus::start(&node, agent.port);
+    prometheus.wait("up{job=\"sgpath\"}", "the agent scraped", |r| {
+        r.len() == 1 && r[0].1 == 1.0
+    });
+
+    // Exact counts on both kinds of path: the bastion to the strict pod (the node's own
+    // group lets out only TCP 80 and UDP 53), the node to the ordinary pod.
+    let bastion_tx = udp_in(
+        &lab.layout.bastion(),
+        (lab.spec.vpc.bastion.addr(), 0).into(),
+    );
+    let node_tx = udp_in(&node, (node_ip, 0).into());
+    let mut expected = Vec::new();
+    for (i, port, tx) in [(strict, 7011, &bastion_tx), (ordinary, 7012, &node_tx)] {
+        let (ns, ip) = (lab.layout.pod(i), lab.spec.pods[i].ip);
+        let rx = udp_in(&ns, (Ipv4Addr::UNSPECIFIED, port).into());
+        send(tx, (ip, port).into(), SCRAPED, PAYLOAD);
+        receive(&rx, SCRAPED);
+        expected.push((ip.to_string(), lab.spec.pods[i].vlan));
+    }
+    let doc = agent.report(&[]);
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    promtool_check(&metrics);
+    for (ip, vlan) in &expected {
+        let c = counters(&doc, ip.parse().unwrap());
+        assert_eq!(c["to_pod"]["forwarded_packets"], SCRAPED, "{ip}: {c}");
+        let kind = if vlan.is_some() {
+            "branch-eni"
+        } else {
+            "node-eni"
+        };
+        let vlan = vlan.map(|v| v.to_string()).unwrap_or_default();
+        let labels = [
+            ("pod_ip", ip.as_str()),
+            ("path_kind", kind),
+            ("vlan", vlan.as_str()),
+            ("direction", "to_pod"),
+            ("verdict", "forwarded"),
+        ];
+        assert_eq!(
+            sample(&metrics, "sgpath_path_packets_total", &labels),
+            Some(SCRAPED),
+            "{metrics}"
+        );
+        let promql = format!(
+            "sgpath_path_packets_total{{job=\"sgpath\",pod_ip=\"{ip}\",path_kind=\"{kind}\",\
+             vlan=\"{vlan}\",direction=\"to_pod\",verdict=\"forwarded\"}}"
+        );
+        prometheus.wait(&promql, "the exact count stored", |r| {
+            r.len() == 1 && r[0].1 == SCRAPED as f64
+        });
+    }
+
+    // The contract, briefly (the host test has all of it).
+    assert_eq!(agent.request("GET", "/nope", &[]).0, 404);
+    assert_eq!(agent.request("POST", "/metrics", &[]).0, 405);
+
+    // A pod created and deleted while it runs.
+    let ns = crate::NetNs::new(&format!("{}-late", lab.layout.prefix));
+    let ip = crate::observe::create_pod(lab, &ns);
+    let ip_s = ip.to_string();
+    let created = Instant::now();
+    let has_path = |doc: &Value| {
+        doc["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pod_ip"] == ip_s)
+    };
+    while !has_path(&agent.report(&[])) {
+        assert!(
+            created.elapsed() < Duration::from_secs(5),
+            "no path for {ip}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let appeared = created.elapsed();
+    let late_series = format!("sgpath_path_packets_total{{pod_ip=\"{ip_s}\"}}");
+    prometheus.wait(&late_series, "the new pod's series", |r| !r.is_empty());
+    drop(ns);
+    crate::run(&[
+        "ip", "-n", &node, "rule", "del", "to", &ip_s, "lookup", "main", "prio", "512",
+    ]);
+    let deleted = Instant::now();
+    while has_path(&agent.report(&[])) {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(5),
+            "{ip} still there"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone = deleted.elapsed();
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    assert!(
+        !metrics.contains(&format!("pod_ip=\"{ip_s}\"")),
+        "{metrics}"
+    );
+    // The next scrape lacks the series: Prometheus marks it stale, so no instant result.
+    prometheus.wait(&late_series, "the deleted pod's series stale", |r| {
+        r.is_empty()
+    });
+    let events = agent.log_events();
+    for event in ["path-appeared", "path-gone"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == event && e["pod_ip"] == ip_s),
+            "no {event} for {ip}:\n{}",
+            agent.log_text()
+        );
+    }
+    assert!(
+        appeared < Duration::from_secs(1) && gone < Duration::from_secs(1),
+        "path of {ip} appeared after {appeared:?}, went after {gone:?}"
+    );
+
+    // A fault raised and cleared: the strict pod's `iif vlan<hash>` rule.
+    let veth = format!(
+        "vlan{}",
+        xtask::lab::names::veth_suffix(
+            &lab.spec.pods[strict].namespace,
+            &lab.spec.pods[strict].name
+        )
+    );
+    let table = (100 + lab.spec.pods[strict].vlan.unwrap() as u32).to_string();
+    let rule = ["prio", "10", "iif", veth.as_str(), "lookup", table.as_str()];
+    let ip_rule = |verb: &str| {
+        let mut argv = vec!["ip", "-n", node.as_str(), "rule", verb];
+        argv.extend(rule);
+        crate::run(&argv);
+    };
+    let finding = format!("sgpath_finding{{id=\"vlan-rule-missing\",subject=\"{veth}\"}}");
+    let count = |event: &str| {
+        agent
+            .log_events()
+            .iter()
+            .filter(|e| {
+                e["event"] == event && e["finding"] == "vlan-rule-missing" && e["subject"] == veth
+            })
+            .count()
+    };
+    ip_rule("del");
+    prometheus.wait(&finding, "vlan-rule-missing raised", |r| {
+        r.len() == 1 && r[0].1 == 1.0 && r[0].0["severity"] == "error"
+    });
+    ip_rule("add");
+    prometheus.wait(&finding, "vlan-rule-missing cleared", |r| r.is_empty());
+    assert_eq!(
+        (count("finding-raised"), count("finding-cleared")),
+        (1, 1),
+        "{}",
+        agent.log_text()
+    );
+
+    // SIGTERM: everything it held is gone, nothing else changed.
+    let (progs, links) = bpf_ids(pid);
+    assert!(
+        progs.len() + links.len() >= 2,
+        "the agent holds no BPF programs or links: {progs:?} {links:?}"
+    );
+    drop(prometheus);
+    let log = agent.log.clone();
+    let status = agent.terminate();
+    assert!(
+        status.success(),
+        "exit {status}:\n{}",
+        log.lock().unwrap().join("\n")
+    );
+    for id in &progs {
+        assert!(!bpf_object_exists(13, *id), "program {id} left behind");
+    }
+    for id in &links {
+        assert!(!bpf_object_exists(30, *id), "link {id} left behind");
+    }
+    assert_eq!(kernel_leftovers(&node), before, "kernel state changed");
+}

@@ -697,8 +697,23 @@ fn kernel_leftovers(ns: &str) -> String {
             s += &out(&["tc", "-n", ns, "filter", "show", "dev", dev, hook]);
         }
     }
-    s += &out(&["find", "/sys/fs/bpf"]);
+    pinned(std::path::Path::new("/sys/fs/bpf"), &mut s);
     s
+}
+
+/// Appends every path under `dir` (bpffs: pinned programs, maps and links), recursively.
+fn pinned(dir: &std::path::Path, out: &mut String) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for p in paths {
+        out.push_str(&format!("{}\n", p.display()));
+        if p.is_dir() {
+            pinned(&p, out);
+        }
+    }
 }
 
 /// A real Prometheus (Debian's `prometheus`) in namespace `ns`, scraping `target` every

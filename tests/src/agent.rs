@@ -1058,3 +1058,155 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
     }
     assert_eq!(kernel_leftovers(&node), before, "kernel state changed");
 }
+
+/// Resident and peak memory of process `pid`, KiB (`VmRSS`, `VmHWM`).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Slow-loris connections opened in [`agent_survives_hostile_clients`].
+const LORIS: usize = 300;
+/// Concurrent scrapes in [`agent_survives_hostile_clients`].
+const SCRAPES: usize = 1000;
+/// Worst `/healthz` answer allowed while under attack (issue 12).
+const HEALTHZ_WITHIN: Duration = Duration::from_millis(100);
+
+/// Whether the server has closed `stream` (EOF or reset), waiting up to `within`.
+fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Hostile clients on the agent's port: hundreds of slow-loris connections sending a byte a
+/// second, non-HTTP bytes, an oversized body, and a thousand scrapes at once. `/healthz`
+/// answers within 100 ms throughout, every hostile connection is closed by the server
+/// within its limits, and the agent's peak memory grows by less than 32 MiB.
+pub fn agent_survives_hostile_clients() {
+    let ns = crate::NetNs::new("sgt-aghostile");
+    crate::run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+    let agent = Agent::start(&ns.0, &[]);
+    let pid = agent.child.as_ref().unwrap().id();
+    let to: SocketAddr = (Ipv4Addr::LOCALHOST, agent.port).into();
+    let connect = || in_netns(&ns.0, || TcpStream::connect(to)).expect("connect");
+    let (_, hwm_before) = memory_kib(pid);
+    let healthz = |what: &str| {
+        for _ in 0..10 {
+            let t = Instant::now();
+            let (status, _) = agent.request("GET", "/healthz", &[]);
+            let took = t.elapsed();
+            assert_eq!(status, 200, "{what}");
+            assert!(took < HEALTHZ_WITHIN, "/healthz took {took:?} {what}");
+        }
+    };
+
+    // Slow loris: each connection sends a byte of its request head a second.
+    let started = Instant::now();
+    let mut loris: Vec<TcpStream> = (0..LORIS).map(|_| connect()).collect();
+    for second in 0..3 {
+        for s in &mut loris {
+            let _ = s.write_all(&[b"GET /metrics HTTP/1.1\r\n"[second]]);
+        }
+        healthz("under slow loris");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // The server's head timeout (10 s) ends the last of them.
+    let deadline = started + Duration::from_secs(13);
+    let open = loris
+        .iter_mut()
+        .map(|s| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            closed_by_server(s, left.max(Duration::from_millis(1)))
+        })
+        .filter(|closed| !closed)
+        .count();
+    assert_eq!(open, 0, "slow-loris connections the server never closed");
+
+    // Non-HTTP bytes: 400, then closed.
+    let mut garbage = connect();
+    garbage
+        .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = garbage.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    // A body: 413.
+    let (status, _) = agent.request("GET", "/metrics", &[("Content-Length", "1000000")]);
+    assert_eq!(status, 413);
+
+    // A thousand scrapes at once: each answered 200 or closed, none left hanging.
+    let outcomes: Vec<Option<u16>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..SCRAPES)
+            .map(|_| {
+                std::thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn_scoped(s, || {
+                        let mut c = connect();
+                        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                        let _ = c.write_all(
+                            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                        );
+                        let mut raw = Vec::new();
+                        match c.read_to_end(&mut raw) {
+                            Ok(_) | Err(_) if raw.is_empty() => None,
+                            _ => String::from_utf8_lossy(&raw)
+                                .split_whitespace()
+                                .nth(1)
+                                .and_then(|s| s.parse().ok()),
+                        }
+                    })
+                    .expect("spawn")
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let answered = outcomes.iter().filter(|o| **o == Some(200)).count();
+    let refused = outcomes.iter().filter(|o| o.is_none()).count();
+    assert_eq!(
+        answered + refused,
+        SCRAPES,
+        "scrapes neither answered 200 nor closed: {:?}",
+        outcomes
+            .iter()
+            .filter(|o| !matches!(o, None | Some(200)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        answered >= MAX_CONNECTIONS_AT_LEAST,
+        "only {answered} scrapes answered"
+    );
+    healthz("after a thousand scrapes");
+    let (_, hwm_after) = memory_kib(pid);
+    eprintln!(
+        "hostile clients: {answered} of {SCRAPES} scrapes answered, {refused} closed; \
+         peak RSS {hwm_before} -> {hwm_after} KiB"
+    );
+    assert!(
+        hwm_after < hwm_before + 32 * 1024,
+        "peak memory grew from {hwm_before} to {hwm_after} KiB"
+    );
+    assert!(agent.terminate().success());
+}
+
+/// Scrapes at least this many of [`SCRAPES`] get answered: the server serves 32 at once and
+/// closes a newcomer only when all 32 are busy.
+const MAX_CONNECTIONS_AT_LEAST: usize = 32;

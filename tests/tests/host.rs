@@ -262,3 +262,10 @@ fn agent_token_guards_all_but_health_checks() {
 fn agent_without_capabilities_is_alive_but_not_ready() {
     sgpath_tests::agent::agent_without_capabilities_is_alive_but_not_ready();
 }
+
+/// Slow loris, non-HTTP bytes, a body, a thousand scrapes at once: `/healthz` within 100 ms,
+/// every hostile connection closed by the server, peak memory bounded.
+#[test]
+fn agent_survives_hostile_clients() {
+    sgpath_tests::agent::agent_survives_hostile_clients();
+}

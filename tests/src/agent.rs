@@ -676,6 +676,34 @@ fn bpf_object_exists(cmd: libc::c_long, id: u32) -> bool {
     false
 }
 
+/// Waits until none of the BPF `progs` and `links` exists (the kernel frees them after
+/// their last file descriptor closes, through deferred work); panics after 5 s naming them.
+fn wait_bpf_gone(progs: &[u32], links: &[u32], whose: &str) {
+    let t = Instant::now();
+    loop {
+        let left: Vec<String> = progs
+            .iter()
+            .filter(|&&id| bpf_object_exists(13, id))
+            .map(|id| format!("program {id}"))
+            .chain(
+                links
+                    .iter()
+                    .filter(|&&id| bpf_object_exists(30, id))
+                    .map(|id| format!("link {id}")),
+            )
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{} outlived {whose} by 5 s",
+            left.join(", ")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What a process could leave behind in namespace `ns`: every qdisc and tc filter (ingress
 /// and egress) on every link, and the pinned objects under /sys/fs/bpf.
 fn kernel_leftovers(ns: &str) -> String {
@@ -1050,12 +1078,7 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
         "exit {status}:\n{}",
         log.lock().unwrap().join("\n")
     );
-    for id in &progs {
-        assert!(!bpf_object_exists(13, *id), "program {id} left behind");
-    }
-    for id in &links {
-        assert!(!bpf_object_exists(30, *id), "link {id} left behind");
-    }
+    wait_bpf_gone(&progs, &links, "the agent's SIGTERM");
     assert_eq!(kernel_leftovers(&node), before, "kernel state changed");
 }
 
@@ -1210,3 +1233,86 @@ pub fn agent_survives_hostile_clients() {
 /// Scrapes at least this many of [`SCRAPES`] get answered: the server serves 32 at once and
 /// closes a newcomer only when all 32 are busy.
 const MAX_CONNECTIONS_AT_LEAST: usize = 32;
+
+impl Agent {
+    /// SIGKILL, as a crash or an OOM kill: no handler runs. Waits for the process to be
+    /// gone.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// `to_pod.forwarded_packets` of `ip`'s path in its report.
+    fn to_pod(&self, ip: Ipv4Addr) -> u64 {
+        counters(&self.report(&[]), ip)["to_pod"]["forwarded_packets"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+/// Datagrams of [`agent_crash_restart_and_overlap`], one batch per phase.
+const BEFORE_OVERLAP: u64 = 17;
+const DURING_OVERLAP: u64 = 11;
+const AFTER_OLD_KILLED: u64 = 5;
+const AFTER_RESTART: u64 = 7;
+
+/// What a DaemonSet does to the agent: a rolling update with overlap (two agents at once,
+/// both exact), the old one SIGKILLed (the new one loses nothing; every BPF program and
+/// link of the dead one gone), and a restart after a crash (counts from zero, nothing
+/// counted twice). Nothing is left in the node's namespace at the end.
+pub fn agent_crash_restart_and_overlap(lab: &Lab) {
+    let node = lab.layout.node();
+    let node_ip = lab.spec.node.primary_ip;
+    let a = (0..lab.spec.pods.len())
+        .find(|&i| lab.spec.pods[i].vlan.is_none() && lab.spec.pods[i].eni.is_none())
+        .expect("an ordinary pod");
+    let (a_ns, a_ip) = (lab.layout.pod(a), lab.spec.pods[a].ip);
+    let cni = lab.cni_config();
+    let args = ["--cni-config", cni.to_str().unwrap()];
+    let before = kernel_leftovers(&node);
+    let tx = udp_in(&node, (node_ip, 0).into());
+    let rx = udp_in(&a_ns, (Ipv4Addr::UNSPECIFIED, 7021).into());
+    let batch = |n| {
+        send(&tx, (a_ip, 7021).into(), n, 16);
+        receive(&rx, n);
+    };
+
+    let old = Agent::start(&node, &args);
+    batch(BEFORE_OVERLAP);
+    assert_eq!(old.to_pod(a_ip), BEFORE_OVERLAP);
+    let new = Agent::start(&node, &args);
+    batch(DURING_OVERLAP);
+    assert_eq!(
+        old.to_pod(a_ip),
+        BEFORE_OVERLAP + DURING_OVERLAP,
+        "old agent"
+    );
+    assert_eq!(new.to_pod(a_ip), DURING_OVERLAP, "new agent");
+
+    let (progs, links) = bpf_ids(old.pid());
+    assert!(
+        !progs.is_empty() || !links.is_empty(),
+        "old agent holds no BPF objects"
+    );
+    old.kill();
+    wait_bpf_gone(&progs, &links, "its SIGKILLed agent");
+    batch(AFTER_OLD_KILLED);
+    assert_eq!(
+        new.to_pod(a_ip),
+        DURING_OVERLAP + AFTER_OLD_KILLED,
+        "the new agent after the old one died"
+    );
+
+    // A crash, then the DaemonSet's restart.
+    new.kill();
+    let restarted = Agent::start(&node, &args);
+    batch(AFTER_RESTART);
+    assert_eq!(restarted.to_pod(a_ip), AFTER_RESTART, "restarted agent");
+    assert!(restarted.terminate().success());
+    assert_eq!(kernel_leftovers(&node), before, "kernel state changed");
+}

@@ -269,3 +269,11 @@ fn agent_without_capabilities_is_alive_but_not_ready() {
 fn agent_survives_hostile_clients() {
     sgpath_tests::agent::agent_survives_hostile_clients();
 }
+
+/// Two agents at once (a rolling update), the old one SIGKILLed, a restart after a crash:
+/// exact counts throughout, nothing of a dead agent left in the kernel.
+#[test]
+fn agent_crash_restart_and_overlap() {
+    let lab = built("host", "sgt-agr");
+    sgpath_tests::agent::agent_crash_restart_and_overlap(&lab);
+}

@@ -1316,3 +1316,116 @@ pub fn agent_crash_restart_and_overlap(lab: &Lab) {
     assert!(restarted.terminate().success());
     assert_eq!(kernel_leftovers(&node), before, "kernel state changed");
 }
+
+/// Route and rule changes in each burst of [`agent_resyncs_after_netlink_overflow`].
+const BURST: u32 = 5000;
+
+/// The parts of a report a re-read determines (no counters, no probes): what the agent's
+/// `/v1/report` must share with a fresh `sgpath inspect`.
+fn topology_of(doc: &Value) -> Value {
+    let mut paths = doc["paths"].clone();
+    for p in paths.as_array_mut().unwrap() {
+        p.as_object_mut().unwrap().remove("counters");
+    }
+    let findings: std::collections::BTreeSet<String> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| format!("{} {}", f["id"], f["subject"]))
+        .collect();
+    serde_json::json!({
+        "mode": doc["mode"], "trunks": doc["trunks"], "paths": paths,
+        "sysctls": doc["sysctls"], "lookups": doc["lookups"], "findings": findings,
+    })
+}
+
+/// A burst of [`BURST`] route and rule changes at once (`ip -batch`) while the agent is
+/// stopped (SIGSTOP, as CPU throttling does) with, in the middle,
+/// the deletion of a pod's `to <pod> lookup main` rule: the agent's notification socket
+/// overflows (`netlink-overrun` logged), it re-reads the node, and its report equals a
+/// fresh `sgpath inspect` (the pod's `pod-route-missing` finding included); the same after a
+/// second burst that undoes it all.
+pub fn agent_resyncs_after_netlink_overflow(lab: &Lab) {
+    let node = lab.layout.node();
+    let pod = lab
+        .spec
+        .pods
+        .iter()
+        .find(|p| p.vlan.is_none() && p.eni.is_none())
+        .expect("an ordinary pod");
+    let pod_rule = format!("rule del to {} lookup main prio 512\n", pod.ip);
+    let cni = lab.cni_config();
+    let agent = Agent::start(&node, &["--cni-config", cni.to_str().unwrap()]);
+    let pid = agent.pid();
+    let burst = |verb: &str, middle: &str| {
+        let mut script = String::new();
+        for i in 0..BURST / 2 {
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            script += &format!("route {verb} 10.123.{hi}.{lo}/32 dev lo table 4000\n");
+            script += &format!("rule {verb} to 10.124.{hi}.{lo}/32 lookup 4000 prio 40000\n");
+            if i == BURST / 4 {
+                script += middle;
+            }
+        }
+        // The agent stopped meanwhile, as a CPU-throttled container is: the kernel queues
+        // notifications on its socket until the receive buffer is full, then drops them.
+        let signal = |s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), s);
+        signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
+        crate::feed(&["ip", "-n", &node, "-batch", "-"], &script);
+        signal(nix::sys::signal::Signal::SIGCONT).unwrap();
+    };
+    let converged = |what: &str| {
+        let t = Instant::now();
+        loop {
+            let (fresh, _) = crate::inspect(lab);
+            let got = topology_of(&agent.report(&[]));
+            if got == topology_of(&fresh) {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{what}: the agent's report differs from a fresh inspect 20 s on:\n\
+                 agent: {got}\ninspect: {}",
+                topology_of(&fresh)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let overruns = || {
+        agent
+            .log_events()
+            .iter()
+            .filter(|e| e["event"] == "netlink-overrun")
+            .count()
+    };
+
+    burst("add", &pod_rule);
+    let took = converged("after the burst");
+    let has_finding = |doc: &Value| {
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "pod-route-missing")
+    };
+    assert!(has_finding(&agent.report(&[])), "no pod-route-missing");
+    let first = overruns();
+    assert!(
+        first >= 1,
+        "no netlink-overrun logged:\n{}",
+        agent.log_text()
+    );
+
+    burst(
+        "del",
+        &format!("rule add to {} lookup main prio 512\n", pod.ip),
+    );
+    let took_back = converged("after the burst that undid it");
+    assert!(!has_finding(&agent.report(&[])), "pod-route-missing stayed");
+    eprintln!(
+        "netlink overflow: {first} overrun(s) in the first burst, {} in all; converged in \
+         {took:?} and {took_back:?}",
+        overruns()
+    );
+    assert!(agent.terminate().success());
+}

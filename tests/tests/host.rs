@@ -277,3 +277,11 @@ fn agent_crash_restart_and_overlap() {
     let lab = built("host", "sgt-agr");
     sgpath_tests::agent::agent_crash_restart_and_overlap(&lab);
 }
+
+/// 5,000 route and rule changes at once overflow the agent's netlink socket: it says so,
+/// re-reads the node, and its report equals a fresh `inspect`.
+#[test]
+fn agent_resyncs_after_netlink_overflow() {
+    let lab = built("host", "sgt-agn");
+    sgpath_tests::agent::agent_resyncs_after_netlink_overflow(&lab);
+}

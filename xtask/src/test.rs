@@ -192,6 +192,10 @@ pub fn run(opts: &Options) -> Result<()> {
                     "sgpath-tests",
                     "--test",
                     "host",
+                    // Fuzz targets (tests/tests/fuzz.rs): seconds each, the HTTP one needs
+                    // root and a namespace like the host tests.
+                    "--test",
+                    "fuzz",
                     "--",
                     "--test-threads=1",
                 ]),

@@ -1429,3 +1429,192 @@ pub fn agent_resyncs_after_netlink_overflow(lab: &Lab) {
     );
     assert!(agent.terminate().success());
 }
+
+/// How long [`agent_under_pod_churn`] churns, and how many pods it creates a second.
+const CHURN: Duration = Duration::from_secs(60);
+const PODS_PER_SECOND: u32 = 20;
+/// Churned pods alive at once; the oldest goes when a new one comes.
+const CHURN_ALIVE: usize = 10;
+
+/// A churned pod: its namespace (deleted on drop), veth and address.
+struct ChurnPod {
+    ns: crate::NetNs,
+    veth: String,
+    ip: Ipv4Addr,
+}
+
+/// Lays out pod `i` as the CNI's ADD does, in two `ip -batch` runs (node side, pod side).
+fn churn_pod(node: &str, i: u32) -> ChurnPod {
+    let ns = crate::NetNs::new(&format!("sgt-churn-{i}"));
+    let ip = Ipv4Addr::new(192, 168, 100 + (i / 250) as u8, (i % 250 + 1) as u8);
+    let veth = format!(
+        "eni{}",
+        xtask::lab::names::veth_suffix("churn", &format!("pod-{i}"))
+    );
+    let mac = format!("02:00:00:00:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff);
+    crate::feed(
+        &["ip", "-n", node, "-batch", "-"],
+        &format!(
+            "link add {veth} address {mac} type veth peer name eth0 netns {ns}\n\
+             link set {veth} up\n\
+             route add {ip} dev {veth} scope link\n\
+             rule add to {ip} lookup main prio 512\n",
+            ns = ns.0
+        ),
+    );
+    crate::feed(
+        &["ip", "-n", &ns.0, "-batch", "-"],
+        &format!(
+            "addr add {ip}/32 dev eth0\nlink set eth0 up\n\
+             route add 169.254.1.1 dev eth0 scope link\n\
+             route add default via 169.254.1.1 dev eth0\n\
+             neigh add 169.254.1.1 lladdr {mac} dev eth0 nud permanent\n"
+        ),
+    );
+    ChurnPod { ns, veth, ip }
+}
+
+/// The CNI's DEL: the pod's namespace (and so its veth) and its rule.
+fn delete_churn_pod(node: &str, pod: ChurnPod) {
+    drop(pod.ns);
+    crate::run(&[
+        "ip",
+        "-n",
+        node,
+        "rule",
+        "del",
+        "to",
+        &pod.ip.to_string(),
+        "lookup",
+        "main",
+        "prio",
+        "512",
+    ]);
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// 20 pods a second created and deleted for 60 s, as the CNI does: the agent never dies;
+/// its file descriptors are as many and its resident memory within 8 MiB of what they were
+/// before; at the end its paths and probed interfaces are exactly the live pods', no
+/// series names a deleted pod, and the report is right within a second.
+pub fn agent_under_pod_churn(lab: &Lab) {
+    let node = lab.layout.node();
+    let cni = lab.cni_config();
+    let mut agent = Agent::start(&node, &["--cni-config", cni.to_str().unwrap()]);
+    let pid = agent.pid();
+    let _ = agent.request("GET", "/metrics", &[]);
+    let (fds_before, (rss_before, _)) = (open_fds(pid), memory_kib(pid));
+
+    let started = Instant::now();
+    let mut alive: std::collections::VecDeque<ChurnPod> = Default::default();
+    let mut created = 0u32;
+    while started.elapsed() < CHURN {
+        let due = started + Duration::from_millis(1000 / PODS_PER_SECOND as u64) * created;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        alive.push_back(churn_pod(&node, created));
+        created += 1;
+        if alive.len() > CHURN_ALIVE {
+            delete_churn_pod(&node, alive.pop_front().unwrap());
+        }
+        if created % 100 == 0 {
+            // Reports and scrapes during the churn, as a Prometheus would.
+            let _ = agent.request("GET", "/metrics", &[]);
+            assert!(
+                agent.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+                "agent died"
+            );
+        }
+    }
+    let rate = f64::from(created) / started.elapsed().as_secs_f64();
+    // Three stay; the report must be right within a second of the churn's end.
+    while alive.len() > 3 {
+        delete_churn_pod(&node, alive.pop_front().unwrap());
+    }
+    let stopped = Instant::now();
+    let live: std::collections::BTreeSet<String> = alive.iter().map(|p| p.ip.to_string()).collect();
+    let churned = |doc: &Value| -> std::collections::BTreeSet<String> {
+        doc["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["pod_ip"].as_str())
+            .filter(|ip| ip.starts_with("192.168.10"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let doc = loop {
+        let doc = agent.report(&[]);
+        if churned(&doc) == live {
+            break doc;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(1),
+            "report not right 1 s after the churn: {:?} vs live {live:?}",
+            churned(&doc)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let settled = stopped.elapsed();
+    let probed: Vec<&String> = doc["probes"]["interfaces"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("eni"))
+        .collect();
+    let mut want: Vec<String> = doc["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["host_veth"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("eni"))
+        })
+        .map(|p| p["host_veth"].as_str().unwrap().to_owned())
+        .collect();
+    want.sort();
+    assert_eq!(probed, want.iter().collect::<Vec<_>>(), "probed interfaces");
+    for p in &alive {
+        assert!(want.contains(&p.veth), "{} not probed", p.veth);
+    }
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    let stale: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("pod_ip=\"192.168.10"))
+        .filter(|l| {
+            !live
+                .iter()
+                .any(|ip| l.contains(&format!("pod_ip=\"{ip}\"")))
+        })
+        .collect();
+    assert!(stale.is_empty(), "series of deleted pods: {stale:?}");
+    // Let the last deletions' work finish before measuring.
+    std::thread::sleep(Duration::from_secs(1));
+    let (fds_after, (rss_after, hwm)) = (open_fds(pid), memory_kib(pid));
+    eprintln!(
+        "pod churn: {created} pods in {:?} ({rate:.1}/s); report right {settled:?} after; \
+         fds {fds_before} -> {fds_after}; RSS {rss_before} -> {rss_after} KiB (peak {hwm})",
+        CHURN
+    );
+    assert!(
+        rate >= f64::from(PODS_PER_SECOND) * 0.9,
+        "only {rate:.1} pods/s"
+    );
+    assert_eq!(
+        fds_after, fds_before,
+        "file descriptors before and after the churn"
+    );
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "resident memory grew from {rss_before} to {rss_after} KiB"
+    );
+    for p in alive {
+        delete_churn_pod(&node, p);
+    }
+    assert!(agent.terminate().success());
+}

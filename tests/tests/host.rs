@@ -285,3 +285,11 @@ fn agent_resyncs_after_netlink_overflow() {
     let lab = built("host", "sgt-agn");
     sgpath_tests::agent::agent_resyncs_after_netlink_overflow(&lab);
 }
+
+/// 20 pods a second created and deleted for 60 s: the agent stays up, its descriptors and
+/// memory flat, its report exactly the live pods within a second of the end.
+#[test]
+fn agent_under_pod_churn() {
+    let lab = built("host", "sgt-agc");
+    sgpath_tests::agent::agent_under_pod_churn(&lab);
+}

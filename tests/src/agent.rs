@@ -1618,3 +1618,114 @@ pub fn agent_under_pod_churn(lab: &Lab) {
     }
     assert!(agent.terminate().success());
 }
+
+/// DNS queries of [`agent_under_map_pressure`]: more than the connection map holds.
+const FLOOD: u32 = sgpath_ebpf::MAX_CONNS + 616;
+/// Queries after the map has emptied again.
+const AFTER_FLOOD: u32 = 10;
+
+/// More DNS queries waiting for an answer than the connection map holds (a pod querying
+/// 17,000 addresses the node blackholes): every query is either counted unanswered or
+/// counted as a `ConnMapFull` error (together exactly what was sent), `probe-map-full`
+/// names the map, the metric says the same, and once the entries have lingered out,
+/// queries are tracked again with no new error.
+pub fn agent_under_map_pressure(lab: &Lab) {
+    let node = lab.layout.node();
+    let a = (0..lab.spec.pods.len())
+        .find(|&i| lab.spec.pods[i].vlan.is_none() && lab.spec.pods[i].eni.is_none())
+        .expect("an ordinary pod");
+    let (a_ns, a_ip) = (lab.layout.pod(a), lab.spec.pods[a].ip);
+    crate::run(&[
+        "ip",
+        "-n",
+        &node,
+        "route",
+        "add",
+        "blackhole",
+        "10.99.0.0/16",
+    ]);
+    let cni = lab.cni_config();
+    let agent = Agent::start(
+        &node,
+        &["--cni-config", cni.to_str().unwrap(), "--syn-timeout", "1s"],
+    );
+    let sock = udp_in(&a_ns, (a_ip, 0).into());
+    let query = |i: u32| {
+        let to = Ipv4Addr::new(10, 99, (i / 250) as u8, (i % 250 + 1) as u8);
+        sock.send_to(
+            b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00",
+            (to, 53),
+        )
+        .unwrap();
+    };
+    (0..FLOOD).for_each(query);
+    let errors = |doc: &Value| doc["probes"]["errors"]["ConnMapFull"].as_u64().unwrap();
+    let unanswered = |doc: &Value| counters(doc, a_ip)["from_pod"]["dns_unanswered"].as_u64();
+    // After the timeout and a sweep, every query is accounted for, one way or the other.
+    let t = Instant::now();
+    let doc = loop {
+        let doc = agent.report(&[]);
+        if unanswered(&doc).unwrap_or(0) + errors(&doc) == u64::from(FLOOD) {
+            break doc;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "{FLOOD} queries: {:?} unanswered + {} ConnMapFull",
+            unanswered(&doc),
+            errors(&doc)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let lost = errors(&doc);
+    assert!(
+        lost >= u64::from(FLOOD - sgpath_ebpf::MAX_CONNS),
+        "only {lost} ConnMapFull"
+    );
+    let f = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "probe-map-full")
+        .unwrap_or_else(|| panic!("no probe-map-full: {}", doc["findings"]));
+    assert_eq!(
+        (&f["subject"], &f["severity"]),
+        (&"CONNS".into(), &"warning".into())
+    );
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    assert_eq!(
+        sample(
+            &metrics,
+            "sgpath_probe_errors_total",
+            &[("kind", "ConnMapFull")]
+        ),
+        Some(lost),
+        "{metrics}"
+    );
+    // The entries linger 35 s after their last packet, then free their slots.
+    let before = unanswered(&doc).unwrap();
+    let t = Instant::now();
+    while agent.report(&[])["probes"]["connections_tracked"].as_u64() != Some(0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(45),
+            "the map never emptied"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    (FLOOD..FLOOD + AFTER_FLOOD).for_each(query);
+    let t = Instant::now();
+    loop {
+        let doc = agent.report(&[]);
+        if unanswered(&doc) == Some(before + u64::from(AFTER_FLOOD)) {
+            assert_eq!(errors(&doc), lost, "new ConnMapFull after the map emptied");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            unanswered(&doc)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("map pressure: {FLOOD} queries, {before} tracked, {lost} ConnMapFull");
+    assert!(agent.terminate().success());
+}

@@ -293,3 +293,12 @@ fn agent_under_pod_churn() {
     let lab = built("host", "sgt-agc");
     sgpath_tests::agent::agent_under_pod_churn(&lab);
 }
+
+/// More DNS queries awaiting an answer than the connection map holds: each is counted
+/// unanswered or as a `ConnMapFull` error, `probe-map-full` is raised, and tracking
+/// resumes once the map empties.
+#[test]
+fn agent_under_map_pressure() {
+    let lab = built("host", "sgt-agm");
+    sgpath_tests::agent::agent_under_map_pressure(&lab);
+}

@@ -1521,7 +1521,7 @@ pub fn agent_under_pod_churn(lab: &Lab) {
         if alive.len() > CHURN_ALIVE {
             delete_churn_pod(&node, alive.pop_front().unwrap());
         }
-        if created % 100 == 0 {
+        if created.is_multiple_of(100) {
             // Reports and scrapes during the churn, as a Prometheus would.
             let _ = agent.request("GET", "/metrics", &[]);
             assert!(

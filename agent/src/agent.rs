@@ -7,6 +7,7 @@
 //! `listening` (`address`), `probes-attached` (`drop_source`, `paths`, `pod_namespaces`),
 //! `probes-failed` / `snapshot-failed` / `resync-failed` / `sweep-failed` / `report-failed` /
 //! `accept-failed` (`error`), `read-warning` (`subject`, `error`), `watch-closed`,
+//! `capability-missing` (`capability`, `without`: once per missing one, at start),
 //! `netlink-overrun` (notifications lost to ENOBUFS: a full re-read follows),
 //! `paths-full` (`path`: no id left for it, see `session.rs`),
 //! `path-appeared` / `path-gone` (`path` = host veth, `pod_ip`, `path_kind`, `vlan`),
@@ -49,6 +50,15 @@ pub type ReportRequest = oneshot::Sender<Result<Arc<Report>, String>>;
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     init_logs(args.log_format);
+    // Said once, at start: what this process cannot do for want of a capability.
+    for cap in collect::caps::missing(collect::caps::effective()) {
+        warn!(
+            event = "capability-missing",
+            capability = cap.name(),
+            without = cap.without(),
+            "a capability is missing"
+        );
+    }
     let token = match &args.token_file {
         Some(path) => {
             let t = std::fs::read_to_string(path)

@@ -30,7 +30,11 @@ use std::{
 
 use anyhow::Context;
 use sgpath::{
-    checks::Severity, collect, collect::watch::Tick, ebpf::paths::DropSource, model::PathKind,
+    checks::{self, Severity},
+    collect,
+    collect::watch::Tick,
+    ebpf::paths::DropSource,
+    model::{Node, PathKind, Topology},
     report::Report,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -135,10 +139,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                         ),
                         Some(Tick::Changed) => {}
                     }
-                    daemon.resync().await;
+                    daemon.resync(&opts.sources).await;
                 }
                 _ = summary.tick() => {
-                    if !watching { daemon.resync().await; }
+                    if !watching { daemon.resync(&opts.sources).await; }
                     daemon.summary();
                 }
                 Some(reply) = incoming.recv() => {
@@ -178,13 +182,18 @@ type PathName = (String, String, PathKind, Option<u16>);
 #[derive(Default)]
 struct Daemon {
     session: Option<Session>,
+    /// Degraded mode, while the probes are not attached (a missing capability, no BTF, a
+    /// kernel that refuses the programs): the latest snapshot, re-read on every change, so
+    /// the topology, the checks and their metrics still work.
+    bare: Option<(Node, Topology)>,
     paths: BTreeSet<PathName>,
     /// (id, subject) -> severity of the findings raised.
     findings: BTreeMap<(String, String), Severity>,
 }
 
 impl Daemon {
-    /// Takes the first snapshot and attaches; `Err` says why not, for `/readyz`.
+    /// Takes the first snapshot and attaches; `Err` says why not, for `/readyz`. Without
+    /// probes the snapshot is kept: the agent runs degraded (topology and checks only).
     async fn start(&mut self, opts: &session::Options) -> Result<(), String> {
         let (node, topo) = match collect::node_with_topology(&opts.sources).await {
             Ok(s) => s,
@@ -197,6 +206,7 @@ impl Daemon {
         for w in &node.read_warnings {
             warn!(event = "read-warning", subject = %w.subject, error = %w.message, "node read incomplete");
         }
+        let snapshot = (node.clone(), topo.clone());
         match Session::attach(node, topo, opts).await {
             Ok(s) => {
                 info!(
@@ -211,13 +221,20 @@ impl Daemon {
                     "probes attached"
                 );
                 self.session = Some(s);
+                self.bare = None;
                 self.paths_changed();
                 self.recheck();
                 Ok(())
             }
             Err(e) => {
-                let reason = format!("attaching probes: {e:#}");
-                error!(event = "probes-failed", error = %format!("{e:#}"), "probes failed");
+                let reason = format!(
+                    "degraded: topology and checks only, no counters; attaching probes: {e:#}"
+                );
+                error!(event = "probes-failed", error = %format!("{e:#}"),
+                    "probes failed: running degraded (topology and checks only)");
+                self.bare = Some(snapshot);
+                self.paths_changed();
+                self.recheck();
                 Err(reason)
             }
         }
@@ -231,9 +248,18 @@ impl Daemon {
         }
     }
 
-    async fn resync(&mut self) {
-        let Some(s) = &mut self.session else { return };
-        if let Err(e) = s.resync().await {
+    async fn resync(&mut self, sources: &collect::Sources) {
+        let read = if let Some(s) = &mut self.session {
+            s.resync().await
+        } else if self.bare.is_some() {
+            collect::node_with_topology(sources)
+                .await
+                .map(|snapshot| self.bare = Some(snapshot))
+                .map_err(anyhow::Error::from)
+        } else {
+            return;
+        };
+        if let Err(e) = read {
             warn!(event = "resync-failed", error = %format!("{e:#}"), "re-reading the node failed");
             return;
         }
@@ -241,11 +267,19 @@ impl Daemon {
         self.recheck();
     }
 
+    /// The latest snapshot's topology, attached or degraded.
+    fn topology(&self) -> Option<&Topology> {
+        match (&self.session, &self.bare) {
+            (Some(s), _) => Some(s.topology()),
+            (None, Some((_, topo))) => Some(topo),
+            (None, None) => None,
+        }
+    }
+
     /// Logs the paths that appeared or went since the last call.
     fn paths_changed(&mut self) {
-        let Some(s) = &self.session else { return };
-        let now: BTreeSet<PathName> = s
-            .topology()
+        let Some(topo) = self.topology() else { return };
+        let now: BTreeSet<PathName> = topo
             .paths
             .iter()
             .map(|p| {
@@ -270,10 +304,11 @@ impl Daemon {
 
     /// A fresh report; logs the findings raised and cleared since the last one.
     fn report(&mut self) -> Result<Report, String> {
-        let Some(s) = &mut self.session else {
-            return Err("probes not attached yet".to_owned());
+        let report = match (&mut self.session, &self.bare) {
+            (Some(s), _) => s.report().map_err(|e| format!("{e:#}"))?,
+            (None, Some((node, topo))) => Report::new(node, topo, checks::run(node, topo)),
+            (None, None) => return Err("taking the first snapshot".to_owned()),
         };
-        let report = s.report().map_err(|e| format!("{e:#}"))?;
         let now: BTreeMap<(String, String), Severity> = report
             .findings
             .iter()
@@ -310,7 +345,7 @@ impl Daemon {
         match self.report() {
             Ok(r) => Some(r),
             Err(e) => {
-                if self.session.is_some() {
+                if self.session.is_some() || self.bare.is_some() {
                     warn!(event = "report-failed", error = %e, "reading the counters failed");
                 }
                 None

@@ -302,3 +302,11 @@ fn agent_under_map_pressure() {
     let lab = built("host", "sgt-agm");
     sgpath_tests::agent::agent_under_map_pressure(&lab);
 }
+
+/// Exactly the DaemonSet's capabilities, then without CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN in
+/// turn: each named once, degraded or partial, never dead.
+#[test]
+fn agent_names_each_missing_capability() {
+    let lab = built("host", "sgt-agk");
+    sgpath_tests::agent::agent_names_each_missing_capability(&lab);
+}

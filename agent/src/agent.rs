@@ -186,6 +186,8 @@ struct Daemon {
     /// kernel that refuses the programs): the latest snapshot, re-read on every change, so
     /// the topology, the checks and their metrics still work.
     bare: Option<(Node, Topology)>,
+    /// The last attach failure logged: a retry that fails the same way is not logged again.
+    failure: Option<String>,
     paths: BTreeSet<PathName>,
     /// (id, subject) -> severity of the findings raised.
     findings: BTreeMap<(String, String), Severity>,
@@ -230,8 +232,12 @@ impl Daemon {
                 let reason = format!(
                     "degraded: topology and checks only, no counters; attaching probes: {e:#}"
                 );
-                error!(event = "probes-failed", error = %format!("{e:#}"),
-                    "probes failed: running degraded (topology and checks only)");
+                let error = format!("{e:#}");
+                if self.failure.as_ref() != Some(&error) {
+                    error!(event = "probes-failed", error = %error,
+                        "probes failed: running degraded (topology and checks only)");
+                    self.failure = Some(error);
+                }
                 self.bare = Some(snapshot);
                 self.paths_changed();
                 self.recheck();

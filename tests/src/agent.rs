@@ -1869,3 +1869,50 @@ pub fn agent_names_each_missing_capability(lab: &Lab) {
         assert!(agent.terminate().success(), "{dropped:?}");
     }
 }
+
+/// A kernel without BTF (an empty tmpfs over /sys/kernel/btf in the agent's own mount
+/// namespace): the agent says so once, exactly, and runs degraded with the topology, the
+/// checks and their metrics.
+pub fn agent_without_btf_runs_degraded(lab: &Lab) {
+    let node = lab.layout.node();
+    let cni = lab.cni_config();
+    let mut agent = Agent::spawn(
+        &node,
+        &[
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"",
+        ],
+        &["--cni-config", cni.to_str().unwrap()],
+    );
+    agent.wait_for("/healthz", 200);
+    let t = Instant::now();
+    let why = loop {
+        let (_, why) = agent.request("GET", "/readyz", &[]);
+        if why.starts_with("degraded") {
+            break why;
+        }
+        assert!(t.elapsed() < READY_TIMEOUT, "{why}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        why.contains("counting needs the kernel's BTF") && why.contains("/sys/kernel/btf/vmlinux"),
+        "{why}"
+    );
+    let failed: Vec<Value> = agent
+        .log_events()
+        .into_iter()
+        .filter(|e| e["event"] == "probes-failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", agent.log_text());
+    let doc = agent.report(&[]);
+    assert!(!doc["paths"].as_array().unwrap().is_empty(), "{doc}");
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    assert!(
+        metrics.contains("\nsgpath_probes_attached 0\n"),
+        "{metrics}"
+    );
+    assert!(agent.terminate().success());
+}

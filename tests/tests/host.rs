@@ -310,3 +310,10 @@ fn agent_names_each_missing_capability() {
     let lab = built("host", "sgt-agk");
     sgpath_tests::agent::agent_names_each_missing_capability(&lab);
 }
+
+/// No BTF: named once, degraded, topology and checks still served.
+#[test]
+fn agent_without_btf_runs_degraded() {
+    let lab = built("host", "sgt-agb");
+    sgpath_tests::agent::agent_without_btf_runs_degraded(&lab);
+}

@@ -116,6 +116,11 @@ impl Agent {
         }
     }
 
+    /// The agent's pid (`ip netns exec` and `setpriv` exec it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }

@@ -245,7 +245,7 @@ pub fn deploy_daemonset_holds_only_the_named_capabilities() {
             m["mountPropagation"]
         );
     }
-    assert_eq!(host_paths, HOST_PATHS.into_iter().collect());
+    assert_eq!(host_paths, HOST_PATHS.into_iter().collect::<BTreeSet<_>>());
     assert_eq!(volumes.len(), HOST_PATHS.len(), "every volume is mounted");
 
     // Downward API.
@@ -331,7 +331,7 @@ pub fn deploy_rbac_reads_exactly_what_the_agent_watches() {
     let all = ["get", "list", "watch"];
     assert_eq!(
         grants(find(&docs, "ClusterRole", "sgpath")),
-        [
+        BTreeSet::from([
             g("", "pods", &all),
             g("", "services", &["list", "watch"]),
             g("", "serviceaccounts", &["list", "watch"]),
@@ -341,12 +341,14 @@ pub fn deploy_rbac_reads_exactly_what_the_agent_watches() {
                 "securitygrouppolicies",
                 &["list", "watch"]
             ),
-        ]
-        .into()
+        ])
     );
     let role = find(&docs, "Role", "sgpath");
     assert_eq!(role["metadata"]["namespace"], "kube-system");
-    assert_eq!(grants(role), [g("apps", "daemonsets", &all)].into());
+    assert_eq!(
+        grants(role),
+        BTreeSet::from([g("apps", "daemonsets", &all)])
+    );
     for (kind, role_kind) in [
         ("ClusterRoleBinding", "ClusterRole"),
         ("RoleBinding", "Role"),

@@ -293,7 +293,8 @@ fn deploy_alert_rules_pass_promtool() {
 /// The dashboard's and the alerts' PromQL names only families a running agent exports.
 #[test]
 fn deploy_queries_name_only_exported_metrics() {
-    sgpath_tests::deploy::deploy_queries_name_only_exported_metrics();
+    let lab = built("host", "sgt-dq");
+    sgpath_tests::deploy::deploy_queries_name_only_exported_metrics(&lab);
 }
 
 /// The agent with exactly the DaemonSet's capabilities is ready, counts, reads pod

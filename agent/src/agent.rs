@@ -7,6 +7,7 @@
 //! `listening` (`address`), `probes-attached` (`drop_source`, `paths`, `pod_namespaces`),
 //! `probes-failed` / `snapshot-failed` / `resync-failed` / `sweep-failed` / `report-failed` /
 //! `accept-failed` (`error`), `read-warning` (`subject`, `error`), `watch-closed`,
+//! `netlink-overrun` (notifications lost to ENOBUFS: a full re-read follows),
 //! `paths-full` (`path`: no id left for it, see `session.rs`),
 //! `path-appeared` / `path-gone` (`path` = host veth, `pod_ip`, `path_kind`, `vlan`),
 //! `finding-raised` / `finding-cleared` (`finding`, `severity`, `subject`, `evidence`),
@@ -27,7 +28,10 @@ use std::{
 };
 
 use anyhow::Context;
-use sgpath::{checks::Severity, collect, ebpf::paths::DropSource, model::PathKind, report::Report};
+use sgpath::{
+    checks::Severity, collect, collect::watch::Tick, ebpf::paths::DropSource, model::PathKind,
+    report::Report,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -108,11 +112,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 _ = sweep.tick() => daemon.sweep(),
-                alive = watch.changed(), if watching => {
-                    if !alive {
-                        warn!(event = "watch-closed", "netlink notifications stopped; summaries still resync");
-                        watching = false;
-                        continue;
+                tick = watch.changed(), if watching => {
+                    match tick {
+                        None => {
+                            warn!(event = "watch-closed", "netlink notifications stopped; summaries still resync");
+                            watching = false;
+                            continue;
+                        }
+                        Some(Tick::Overrun) => warn!(
+                            event = "netlink-overrun",
+                            "netlink notifications were lost (ENOBUFS): re-reading the whole node"
+                        ),
+                        Some(Tick::Changed) => {}
                     }
                     daemon.resync().await;
                 }

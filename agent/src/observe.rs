@@ -61,8 +61,8 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 () = &mut stop => break,
                 _ = sweep.tick() => session.sweep()?,
-                alive = watch.changed(), if watching => {
-                    if !alive { watching = false; continue; }
+                tick = watch.changed(), if watching => {
+                    if tick.is_none() { watching = false; continue; }
                     session.resync().await?;
                 }
             }

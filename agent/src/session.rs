@@ -7,11 +7,14 @@
 //! enters pod namespaces (to learn their inodes); [`Session::sweep`] and [`Session::report`]
 //! read and prune the probes' maps.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use sgpath::{
-    checks,
+    checks::{self, Finding},
     collect::{self, btf::Btf, kallsyms::Kallsyms, netns},
     ebpf::paths::{DropSource, PathProbes, RawPathCounts, probe_config},
     model::{
@@ -21,7 +24,7 @@ use sgpath::{
     report::{self, ProbeStatus, Report},
 };
 use sgpath_ebpf::{
-    IfaceRole, MAX_PATHS,
+    IfaceRole, MAX_PATHS, ProgError,
     packet::{Direction, NetnsRole},
 };
 
@@ -56,7 +59,12 @@ pub struct Session {
     reasons: Option<BTreeMap<i64, String>>,
     /// Read on the first report: a module loaded before then is named.
     kallsyms: Option<Kallsyms>,
+    /// Per kind of program error: the count last seen, and when it last grew.
+    overflow: BTreeMap<ProgError, (u64, Instant)>,
 }
+
+/// How long `probe-map-full` stays raised after a map last overflowed.
+const MAP_FULL_WINDOW: Duration = Duration::from_secs(60);
 
 impl Session {
     /// Attaches the probes for the snapshot `node` and `topo` (taken with `opts.sources`) and
@@ -96,6 +104,7 @@ impl Session {
             namespaces,
             reasons,
             kallsyms: None,
+            overflow: BTreeMap::new(),
         })
     }
 
@@ -195,7 +204,10 @@ impl Session {
             self.conns.apply(id, &mut c);
             path.counters = Some(c);
         }
-        let findings = checks::run(node, &topo);
+        let mut findings = checks::run(node, &topo);
+        findings.extend(overflowing(&mut self.overflow, &errors));
+        findings
+            .sort_by(|a, b| (b.severity, a.id, &a.subject).cmp(&(a.severity, b.id, &b.subject)));
         let mut report = report::Report::new(node, &topo, findings);
         report.drop_source = Some(drop_source);
         report.probes = Some(ProbeStatus {
@@ -226,6 +238,27 @@ impl Session {
         });
         Ok(report)
     }
+}
+
+/// `probe-map-full` for each kind of program error whose count grew within the last
+/// [`MAP_FULL_WINDOW`]; `seen` is each kind's count last seen and when it last grew.
+fn overflowing(
+    seen: &mut BTreeMap<ProgError, (u64, Instant)>,
+    errors: &BTreeMap<ProgError, u64>,
+) -> Vec<Finding> {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for (&kind, &total) in errors.iter().filter(|(_, n)| **n > 0) {
+        let (count, grew) = seen.entry(kind).or_insert((0, now));
+        if total > *count {
+            (*count, *grew) = (total, now);
+        }
+        let ago = now.duration_since(*grew);
+        if ago < MAP_FULL_WINDOW {
+            out.push(checks::map_full(kind, total, ago.as_secs()));
+        }
+    }
+    out
 }
 
 /// Path ids the probes charge to, by host veth name. An id stays with its path while the

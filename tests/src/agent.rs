@@ -630,3 +630,1107 @@ pub fn agent_without_capabilities_is_alive_but_not_ready() {
     let status = agent.terminate();
     assert!(status.success(), "exit {status} after {:?}", t.elapsed());
 }
+
+/// Datagrams the node sends to each lab pod in [`agent_scraped_by_prometheus`].
+const SCRAPED: u64 = 23;
+
+/// BPF object ids (programs and links) that process `pid` holds open, from its fdinfo.
+fn bpf_ids(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let (mut progs, mut links) = (Vec::new(), Vec::new());
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+        let Ok(text) = std::fs::read_to_string(entry.unwrap().path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let id = |key: &str| {
+                line.strip_prefix(key)
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+            };
+            // A link's fdinfo names its program too: count the program once, as a program.
+            if let Some(id) = id("link_id:") {
+                links.push(id);
+            } else if let Some(id) = id("prog_id:")
+                && !text.contains("link_id:")
+            {
+                progs.push(id);
+            }
+        }
+    }
+    progs.sort_unstable();
+    progs.dedup();
+    (progs, links)
+}
+
+/// Whether the kernel still has the BPF object `id` (`BPF_PROG_GET_FD_BY_ID` = 13,
+/// `BPF_LINK_GET_FD_BY_ID` = 30): ENOENT once its last reference is gone.
+fn bpf_object_exists(cmd: libc::c_long, id: u32) -> bool {
+    // union bpf_attr for *_GET_FD_BY_ID: { u32 id; u32 next_id; u32 open_flags; }
+    let attr: [u32; 3] = [id, 0, 0];
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), 12usize) };
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+        return true;
+    }
+    let err = std::io::Error::last_os_error();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOENT),
+        "bpf({cmd}, id {id}): {err}"
+    );
+    false
+}
+
+/// Waits until none of the BPF `progs` and `links` exists (the kernel frees them after
+/// their last file descriptor closes, through deferred work); panics after 5 s naming them.
+fn wait_bpf_gone(progs: &[u32], links: &[u32], whose: &str) {
+    let t = Instant::now();
+    loop {
+        let left: Vec<String> = progs
+            .iter()
+            .filter(|&&id| bpf_object_exists(13, id))
+            .map(|id| format!("program {id}"))
+            .chain(
+                links
+                    .iter()
+                    .filter(|&&id| bpf_object_exists(30, id))
+                    .map(|id| format!("link {id}")),
+            )
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{} outlived {whose} by 5 s",
+            left.join(", ")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a process could leave behind in namespace `ns`: every qdisc and tc filter (ingress
+/// and egress) on every link, and the pinned objects under /sys/fs/bpf.
+fn kernel_leftovers(ns: &str) -> String {
+    let out = |argv: &[&str]| {
+        let o = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let mut s = out(&["ip", "-n", ns, "-o", "link", "show"]);
+    s += &out(&["tc", "-n", ns, "qdisc", "show"]);
+    for line in out(&["ip", "-n", ns, "-o", "link", "show"]).lines() {
+        let Some(dev) = line
+            .split(": ")
+            .nth(1)
+            .map(|d| d.split('@').next().unwrap())
+        else {
+            continue;
+        };
+        for hook in ["ingress", "egress"] {
+            s += &out(&["tc", "-n", ns, "filter", "show", "dev", dev, hook]);
+        }
+    }
+    pinned(std::path::Path::new("/sys/fs/bpf"), &mut s);
+    s
+}
+
+/// Appends every path under `dir` (bpffs: pinned programs, maps and links), recursively.
+fn pinned(dir: &std::path::Path, out: &mut String) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for p in paths {
+        out.push_str(&format!("{}\n", p.display()));
+        if p.is_dir() {
+            pinned(&p, out);
+        }
+    }
+}
+
+/// A real Prometheus (Debian's `prometheus`) in namespace `ns`, scraping `target` every
+/// second into a throwaway TSDB; killed and its data removed on drop.
+struct Prometheus {
+    child: Child,
+    ns: String,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn start(ns: &str, target: u16) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("sgt-prom-{ns}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
+                 scrape_configs:\n  - job_name: sgpath\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port(ns);
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "prometheus"])
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`, see `cargo xtask setup`)");
+        let p = Prometheus {
+            child,
+            ns: ns.to_owned(),
+            port,
+            dir,
+        };
+        let t = Instant::now();
+        while !matches!(http_get(&p.ns, p.port, "/-/ready"), Ok((200, _))) {
+            assert!(
+                t.elapsed() < READY_TIMEOUT,
+                "prometheus not ready: {}",
+                std::fs::read_to_string(p.dir.join("stderr")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    /// An instant query through the HTTP API: each result's labels and value.
+    fn query(&self, promql: &str) -> Vec<(Value, f64)> {
+        let (status, body) = http_get(
+            &self.ns,
+            self.port,
+            &format!("/api/v1/query?query={}", url_encode(promql)),
+        )
+        .unwrap_or_else(|e| panic!("query {promql}: {e}"));
+        assert_eq!(status, 200, "{promql}: {body}");
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["status"], "success", "{body}");
+        doc["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let v = r["value"][1].as_str().unwrap().parse().unwrap();
+                (r["metric"].clone(), v)
+            })
+            .collect()
+    }
+
+    /// Polls `promql` until `want(results)` holds, for up to 20 s (a few scrapes under TCG).
+    fn wait(&self, promql: &str, what: &str, want: impl Fn(&[(Value, f64)]) -> bool) {
+        let t = Instant::now();
+        loop {
+            let got = self.query(promql);
+            if want(&got) {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "Prometheus: {what}: `{promql}` gave {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// GET `path` from 127.0.0.1:`port` in namespace `ns` (HTTP/1.1, `Connection: close`).
+fn http_get(ns: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let to: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+    let mut stream = in_netns(ns, || TcpStream::connect(to))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    Ok((status.unwrap_or(0), body.to_owned()))
+}
+
+/// The agent on a lab node with a branch pod (VM: 802.1Q), scraped by a real Prometheus:
+/// exact per-path counts in `/v1/report`, `/metrics` and Prometheus's stored series (with
+/// the branch path's VLAN); `promtool check metrics`; a pod created and deleted while it
+/// runs (report, metrics, log lines, and its series gone stale in Prometheus); a fault
+/// raised and cleared (log events and the `sgpath_finding` series); 404/405; and SIGTERM:
+/// exit 0 within 5 s, every BPF program and link it held gone, and no link, qdisc, tc
+/// filter or pinned object different from before it started.
+pub fn agent_scraped_by_prometheus(lab: &Lab) {
+    let node = lab.layout.node();
+    let node_ip = lab.spec.node.primary_ip;
+    let strict = lab
+        .spec
+        .pods
+        .iter()
+        .position(|p| p.vlan.is_some())
+        .expect("a branch pod");
+    let ordinary = lab
+        .spec
+        .pods
+        .iter()
+        .position(|p| p.vlan.is_none() && p.eni.is_none())
+        .expect("an ordinary pod");
+    let before = kernel_leftovers(&node);
+    let cni = lab.cni_config();
+    let agent = Agent::start(
+        &node,
+        &[
+            "--cni-config",
+            cni.to_str().unwrap(),
+            "--summary-interval",
+            "1s",
+        ],
+    );
+    let pid = agent.child.as_ref().unwrap().id();
+    let prometheus = Prometheus::start(&node, agent.port);
+    prometheus.wait("up{job=\"sgpath\"}", "the agent scraped", |r| {
+        r.len() == 1 && r[0].1 == 1.0
+    });
+
+    // Exact counts on both kinds of path: the bastion to the strict pod (the node's own
+    // group lets out only TCP 80 and UDP 53), the node to the ordinary pod.
+    let bastion_tx = udp_in(
+        &lab.layout.bastion(),
+        (lab.spec.vpc.bastion.addr(), 0).into(),
+    );
+    let node_tx = udp_in(&node, (node_ip, 0).into());
+    let mut expected = Vec::new();
+    for (i, port, tx) in [(strict, 7011, &bastion_tx), (ordinary, 7012, &node_tx)] {
+        let (ns, ip) = (lab.layout.pod(i), lab.spec.pods[i].ip);
+        let rx = udp_in(&ns, (Ipv4Addr::UNSPECIFIED, port).into());
+        send(tx, (ip, port).into(), SCRAPED, PAYLOAD);
+        receive(&rx, SCRAPED);
+        expected.push((ip.to_string(), lab.spec.pods[i].vlan));
+    }
+    let doc = agent.report(&[]);
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    promtool_check(&metrics);
+    for (ip, vlan) in &expected {
+        let c = counters(&doc, ip.parse().unwrap());
+        assert_eq!(c["to_pod"]["forwarded_packets"], SCRAPED, "{ip}: {c}");
+        let kind = if vlan.is_some() {
+            "branch-eni"
+        } else {
+            "node-eni"
+        };
+        let vlan = vlan.map(|v| v.to_string()).unwrap_or_default();
+        let labels = [
+            ("pod_ip", ip.as_str()),
+            ("path_kind", kind),
+            ("vlan", vlan.as_str()),
+            ("direction", "to_pod"),
+            ("verdict", "forwarded"),
+        ];
+        assert_eq!(
+            sample(&metrics, "sgpath_path_packets_total", &labels),
+            Some(SCRAPED),
+            "{metrics}"
+        );
+        let promql = format!(
+            "sgpath_path_packets_total{{job=\"sgpath\",pod_ip=\"{ip}\",path_kind=\"{kind}\",\
+             vlan=\"{vlan}\",direction=\"to_pod\",verdict=\"forwarded\"}}"
+        );
+        prometheus.wait(&promql, "the exact count stored", |r| {
+            r.len() == 1 && r[0].1 == SCRAPED as f64
+        });
+    }
+
+    // The contract, briefly (the host test has all of it).
+    assert_eq!(agent.request("GET", "/nope", &[]).0, 404);
+    assert_eq!(agent.request("POST", "/metrics", &[]).0, 405);
+
+    // A pod created and deleted while it runs.
+    let ns = crate::NetNs::new(&format!("{}-late", lab.layout.prefix));
+    let ip = crate::observe::create_pod(lab, &ns);
+    let ip_s = ip.to_string();
+    let created = Instant::now();
+    let has_path = |doc: &Value| {
+        doc["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pod_ip"] == ip_s)
+    };
+    while !has_path(&agent.report(&[])) {
+        assert!(
+            created.elapsed() < Duration::from_secs(5),
+            "no path for {ip}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let appeared = created.elapsed();
+    let late_series = format!("sgpath_path_packets_total{{pod_ip=\"{ip_s}\"}}");
+    prometheus.wait(&late_series, "the new pod's series", |r| !r.is_empty());
+    drop(ns);
+    crate::run(&[
+        "ip", "-n", &node, "rule", "del", "to", &ip_s, "lookup", "main", "prio", "512",
+    ]);
+    let deleted = Instant::now();
+    while has_path(&agent.report(&[])) {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(5),
+            "{ip} still there"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone = deleted.elapsed();
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    assert!(
+        !metrics.contains(&format!("pod_ip=\"{ip_s}\"")),
+        "{metrics}"
+    );
+    // The next scrape lacks the series: Prometheus marks it stale, so no instant result.
+    prometheus.wait(&late_series, "the deleted pod's series stale", |r| {
+        r.is_empty()
+    });
+    let events = agent.log_events();
+    for event in ["path-appeared", "path-gone"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == event && e["pod_ip"] == ip_s),
+            "no {event} for {ip}:\n{}",
+            agent.log_text()
+        );
+    }
+    assert!(
+        appeared < Duration::from_secs(1) && gone < Duration::from_secs(1),
+        "path of {ip} appeared after {appeared:?}, went after {gone:?}"
+    );
+
+    // A fault raised and cleared: the strict pod's `iif vlan<hash>` rule.
+    let veth = format!(
+        "vlan{}",
+        xtask::lab::names::veth_suffix(
+            &lab.spec.pods[strict].namespace,
+            &lab.spec.pods[strict].name
+        )
+    );
+    let table = (100 + lab.spec.pods[strict].vlan.unwrap() as u32).to_string();
+    let rule = ["prio", "10", "iif", veth.as_str(), "lookup", table.as_str()];
+    let ip_rule = |verb: &str| {
+        let mut argv = vec!["ip", "-n", node.as_str(), "rule", verb];
+        argv.extend(rule);
+        crate::run(&argv);
+    };
+    let finding = format!("sgpath_finding{{id=\"vlan-rule-missing\",subject=\"{veth}\"}}");
+    let count = |event: &str| {
+        agent
+            .log_events()
+            .iter()
+            .filter(|e| {
+                e["event"] == event && e["finding"] == "vlan-rule-missing" && e["subject"] == veth
+            })
+            .count()
+    };
+    ip_rule("del");
+    prometheus.wait(&finding, "vlan-rule-missing raised", |r| {
+        r.len() == 1 && r[0].1 == 1.0 && r[0].0["severity"] == "error"
+    });
+    ip_rule("add");
+    prometheus.wait(&finding, "vlan-rule-missing cleared", |r| r.is_empty());
+    assert_eq!(
+        (count("finding-raised"), count("finding-cleared")),
+        (1, 1),
+        "{}",
+        agent.log_text()
+    );
+
+    // SIGTERM: everything it held is gone, nothing else changed.
+    let (progs, links) = bpf_ids(pid);
+    assert!(
+        progs.len() + links.len() >= 2,
+        "the agent holds no BPF programs or links: {progs:?} {links:?}"
+    );
+    drop(prometheus);
+    let log = agent.log.clone();
+    let status = agent.terminate();
+    assert!(
+        status.success(),
+        "exit {status}:\n{}",
+        log.lock().unwrap().join("\n")
+    );
+    wait_bpf_gone(&progs, &links, "the agent's SIGTERM");
+    assert_eq!(kernel_leftovers(&node), before, "kernel state changed");
+}
+
+/// Resident and peak memory of process `pid`, KiB (`VmRSS`, `VmHWM`).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Slow-loris connections opened in [`agent_survives_hostile_clients`].
+const LORIS: usize = 300;
+/// Concurrent scrapes in [`agent_survives_hostile_clients`].
+const SCRAPES: usize = 1000;
+/// Worst `/healthz` answer allowed while under attack (issue 12).
+const HEALTHZ_WITHIN: Duration = Duration::from_millis(100);
+
+/// Whether the server has closed `stream` (EOF or reset), waiting up to `within`.
+fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Hostile clients on the agent's port: hundreds of slow-loris connections sending a byte a
+/// second, non-HTTP bytes, an oversized body, and a thousand scrapes at once. `/healthz`
+/// answers within 100 ms throughout, every hostile connection is closed by the server
+/// within its limits, and the agent's peak memory grows by less than 32 MiB.
+pub fn agent_survives_hostile_clients() {
+    let ns = crate::NetNs::new("sgt-aghostile");
+    crate::run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+    let agent = Agent::start(&ns.0, &[]);
+    let pid = agent.child.as_ref().unwrap().id();
+    let to: SocketAddr = (Ipv4Addr::LOCALHOST, agent.port).into();
+    let connect = || in_netns(&ns.0, || TcpStream::connect(to)).expect("connect");
+    let (_, hwm_before) = memory_kib(pid);
+    let healthz = |what: &str| {
+        for _ in 0..10 {
+            let t = Instant::now();
+            let (status, _) = agent.request("GET", "/healthz", &[]);
+            let took = t.elapsed();
+            assert_eq!(status, 200, "{what}");
+            assert!(took < HEALTHZ_WITHIN, "/healthz took {took:?} {what}");
+        }
+    };
+
+    // Slow loris: each connection sends a byte of its request head a second.
+    let started = Instant::now();
+    let mut loris: Vec<TcpStream> = (0..LORIS).map(|_| connect()).collect();
+    for second in 0..3 {
+        for s in &mut loris {
+            let _ = s.write_all(&[b"GET /metrics HTTP/1.1\r\n"[second]]);
+        }
+        healthz("under slow loris");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // The server's head timeout (10 s) ends the last of them.
+    let deadline = started + Duration::from_secs(13);
+    let open = loris
+        .iter_mut()
+        .map(|s| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            closed_by_server(s, left.max(Duration::from_millis(1)))
+        })
+        .filter(|closed| !closed)
+        .count();
+    assert_eq!(open, 0, "slow-loris connections the server never closed");
+
+    // Non-HTTP bytes: 400, then closed.
+    let mut garbage = connect();
+    garbage
+        .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = garbage.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    // A body: 413.
+    let (status, _) = agent.request("GET", "/metrics", &[("Content-Length", "1000000")]);
+    assert_eq!(status, 413);
+
+    // A thousand scrapes at once: each answered 200 or closed, none left hanging.
+    let outcomes: Vec<Option<u16>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..SCRAPES)
+            .map(|_| {
+                std::thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn_scoped(s, || {
+                        let mut c = connect();
+                        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                        let _ = c.write_all(
+                            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                        );
+                        let mut raw = Vec::new();
+                        match c.read_to_end(&mut raw) {
+                            Ok(_) | Err(_) if raw.is_empty() => None,
+                            _ => String::from_utf8_lossy(&raw)
+                                .split_whitespace()
+                                .nth(1)
+                                .and_then(|s| s.parse().ok()),
+                        }
+                    })
+                    .expect("spawn")
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let answered = outcomes.iter().filter(|o| **o == Some(200)).count();
+    let refused = outcomes.iter().filter(|o| o.is_none()).count();
+    assert_eq!(
+        answered + refused,
+        SCRAPES,
+        "scrapes neither answered 200 nor closed: {:?}",
+        outcomes
+            .iter()
+            .filter(|o| !matches!(o, None | Some(200)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        answered >= MAX_CONNECTIONS_AT_LEAST,
+        "only {answered} scrapes answered"
+    );
+    healthz("after a thousand scrapes");
+    let (_, hwm_after) = memory_kib(pid);
+    eprintln!(
+        "hostile clients: {answered} of {SCRAPES} scrapes answered, {refused} closed; \
+         peak RSS {hwm_before} -> {hwm_after} KiB"
+    );
+    assert!(
+        hwm_after < hwm_before + 32 * 1024,
+        "peak memory grew from {hwm_before} to {hwm_after} KiB"
+    );
+    assert!(agent.terminate().success());
+}
+
+/// Scrapes at least this many of [`SCRAPES`] get answered: the server serves 32 at once and
+/// closes a newcomer only when all 32 are busy.
+const MAX_CONNECTIONS_AT_LEAST: usize = 32;
+
+impl Agent {
+    /// SIGKILL, as a crash or an OOM kill: no handler runs. Waits for the process to be
+    /// gone.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// `to_pod.forwarded_packets` of `ip`'s path in its report.
+    fn to_pod(&self, ip: Ipv4Addr) -> u64 {
+        counters(&self.report(&[]), ip)["to_pod"]["forwarded_packets"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+/// Datagrams of [`agent_crash_restart_and_overlap`], one batch per phase.
+const BEFORE_OVERLAP: u64 = 17;
+const DURING_OVERLAP: u64 = 11;
+const AFTER_OLD_KILLED: u64 = 5;
+const AFTER_RESTART: u64 = 7;
+
+/// What a DaemonSet does to the agent: a rolling update with overlap (two agents at once,
+/// both exact), the old one SIGKILLed (the new one loses nothing; every BPF program and
+/// link of the dead one gone), and a restart after a crash (counts from zero, nothing
+/// counted twice). Nothing is left in the node's namespace at the end.
+pub fn agent_crash_restart_and_overlap(lab: &Lab) {
+    let node = lab.layout.node();
+    let node_ip = lab.spec.node.primary_ip;
+    let a = (0..lab.spec.pods.len())
+        .find(|&i| lab.spec.pods[i].vlan.is_none() && lab.spec.pods[i].eni.is_none())
+        .expect("an ordinary pod");
+    let (a_ns, a_ip) = (lab.layout.pod(a), lab.spec.pods[a].ip);
+    let cni = lab.cni_config();
+    let args = ["--cni-config", cni.to_str().unwrap()];
+    let before = kernel_leftovers(&node);
+    let tx = udp_in(&node, (node_ip, 0).into());
+    let rx = udp_in(&a_ns, (Ipv4Addr::UNSPECIFIED, 7021).into());
+    let batch = |n| {
+        send(&tx, (a_ip, 7021).into(), n, 16);
+        receive(&rx, n);
+    };
+
+    let old = Agent::start(&node, &args);
+    batch(BEFORE_OVERLAP);
+    assert_eq!(old.to_pod(a_ip), BEFORE_OVERLAP);
+    let new = Agent::start(&node, &args);
+    batch(DURING_OVERLAP);
+    assert_eq!(
+        old.to_pod(a_ip),
+        BEFORE_OVERLAP + DURING_OVERLAP,
+        "old agent"
+    );
+    assert_eq!(new.to_pod(a_ip), DURING_OVERLAP, "new agent");
+
+    let (progs, links) = bpf_ids(old.pid());
+    assert!(
+        !progs.is_empty() || !links.is_empty(),
+        "old agent holds no BPF objects"
+    );
+    old.kill();
+    wait_bpf_gone(&progs, &links, "its SIGKILLed agent");
+    batch(AFTER_OLD_KILLED);
+    assert_eq!(
+        new.to_pod(a_ip),
+        DURING_OVERLAP + AFTER_OLD_KILLED,
+        "the new agent after the old one died"
+    );
+
+    // A crash, then the DaemonSet's restart.
+    new.kill();
+    let restarted = Agent::start(&node, &args);
+    batch(AFTER_RESTART);
+    assert_eq!(restarted.to_pod(a_ip), AFTER_RESTART, "restarted agent");
+    assert!(restarted.terminate().success());
+    assert_eq!(kernel_leftovers(&node), before, "kernel state changed");
+}
+
+/// Route and rule changes in each burst of [`agent_resyncs_after_netlink_overflow`].
+const BURST: u32 = 5000;
+
+/// The parts of a report a re-read determines (no counters, no probes): what the agent's
+/// `/v1/report` must share with a fresh `sgpath inspect`.
+fn topology_of(doc: &Value) -> Value {
+    let mut paths = doc["paths"].clone();
+    for p in paths.as_array_mut().unwrap() {
+        p.as_object_mut().unwrap().remove("counters");
+    }
+    let findings: std::collections::BTreeSet<String> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| format!("{} {}", f["id"], f["subject"]))
+        .collect();
+    serde_json::json!({
+        "mode": doc["mode"], "trunks": doc["trunks"], "paths": paths,
+        "sysctls": doc["sysctls"], "lookups": doc["lookups"], "findings": findings,
+    })
+}
+
+/// A burst of [`BURST`] route and rule changes at once (`ip -batch`) while the agent is
+/// stopped (SIGSTOP, as CPU throttling does) with, in the middle,
+/// the deletion of a pod's `to <pod> lookup main` rule: the agent's notification socket
+/// overflows (`netlink-overrun` logged), it re-reads the node, and its report equals a
+/// fresh `sgpath inspect` (the pod's `pod-route-missing` finding included); the same after a
+/// second burst that undoes it all.
+pub fn agent_resyncs_after_netlink_overflow(lab: &Lab) {
+    let node = lab.layout.node();
+    let pod = lab
+        .spec
+        .pods
+        .iter()
+        .find(|p| p.vlan.is_none() && p.eni.is_none())
+        .expect("an ordinary pod");
+    let pod_rule = format!("rule del to {} lookup main prio 512\n", pod.ip);
+    let cni = lab.cni_config();
+    let agent = Agent::start(&node, &["--cni-config", cni.to_str().unwrap()]);
+    let pid = agent.pid();
+    let burst = |verb: &str, middle: &str| {
+        let mut script = String::new();
+        for i in 0..BURST / 2 {
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            script += &format!("route {verb} 10.123.{hi}.{lo}/32 dev lo table 4000\n");
+            script += &format!("rule {verb} to 10.124.{hi}.{lo}/32 lookup 4000 prio 40000\n");
+            if i == BURST / 4 {
+                script += middle;
+            }
+        }
+        // The agent stopped meanwhile, as a CPU-throttled container is: the kernel queues
+        // notifications on its socket until the receive buffer is full, then drops them.
+        let signal = |s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), s);
+        signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
+        crate::feed(&["ip", "-n", &node, "-batch", "-"], &script);
+        signal(nix::sys::signal::Signal::SIGCONT).unwrap();
+    };
+    let converged = |what: &str| {
+        let t = Instant::now();
+        loop {
+            let (fresh, _) = crate::inspect(lab);
+            let got = topology_of(&agent.report(&[]));
+            if got == topology_of(&fresh) {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{what}: the agent's report differs from a fresh inspect 20 s on:\n\
+                 agent: {got}\ninspect: {}",
+                topology_of(&fresh)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let overruns = || {
+        agent
+            .log_events()
+            .iter()
+            .filter(|e| e["event"] == "netlink-overrun")
+            .count()
+    };
+
+    burst("add", &pod_rule);
+    let took = converged("after the burst");
+    let has_finding = |doc: &Value| {
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "pod-route-missing")
+    };
+    assert!(has_finding(&agent.report(&[])), "no pod-route-missing");
+    let first = overruns();
+    assert!(
+        first >= 1,
+        "no netlink-overrun logged:\n{}",
+        agent.log_text()
+    );
+
+    burst(
+        "del",
+        &format!("rule add to {} lookup main prio 512\n", pod.ip),
+    );
+    let took_back = converged("after the burst that undid it");
+    assert!(!has_finding(&agent.report(&[])), "pod-route-missing stayed");
+    eprintln!(
+        "netlink overflow: {first} overrun(s) in the first burst, {} in all; converged in \
+         {took:?} and {took_back:?}",
+        overruns()
+    );
+    assert!(agent.terminate().success());
+}
+
+/// How long [`agent_under_pod_churn`] churns, and how many pods it creates a second.
+const CHURN: Duration = Duration::from_secs(60);
+const PODS_PER_SECOND: u32 = 20;
+/// Churned pods alive at once; the oldest goes when a new one comes.
+const CHURN_ALIVE: usize = 10;
+
+/// A churned pod: its namespace (deleted on drop), veth and address.
+struct ChurnPod {
+    ns: crate::NetNs,
+    veth: String,
+    ip: Ipv4Addr,
+}
+
+/// Lays out pod `i` as the CNI's ADD does, in two `ip -batch` runs (node side, pod side).
+fn churn_pod(node: &str, i: u32) -> ChurnPod {
+    let ns = crate::NetNs::new(&format!("sgt-churn-{i}"));
+    let ip = Ipv4Addr::new(192, 168, 100 + (i / 250) as u8, (i % 250 + 1) as u8);
+    let veth = format!(
+        "eni{}",
+        xtask::lab::names::veth_suffix("churn", &format!("pod-{i}"))
+    );
+    let mac = format!("02:00:00:00:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff);
+    crate::feed(
+        &["ip", "-n", node, "-batch", "-"],
+        &format!(
+            "link add {veth} address {mac} type veth peer name eth0 netns {ns}\n\
+             link set {veth} up\n\
+             route add {ip} dev {veth} scope link\n\
+             rule add to {ip} lookup main prio 512\n",
+            ns = ns.0
+        ),
+    );
+    crate::feed(
+        &["ip", "-n", &ns.0, "-batch", "-"],
+        &format!(
+            "addr add {ip}/32 dev eth0\nlink set eth0 up\n\
+             route add 169.254.1.1 dev eth0 scope link\n\
+             route add default via 169.254.1.1 dev eth0\n\
+             neigh add 169.254.1.1 lladdr {mac} dev eth0 nud permanent\n"
+        ),
+    );
+    ChurnPod { ns, veth, ip }
+}
+
+/// The CNI's DEL: the pod's namespace (and so its veth) and its rule.
+fn delete_churn_pod(node: &str, pod: ChurnPod) {
+    drop(pod.ns);
+    crate::run(&[
+        "ip",
+        "-n",
+        node,
+        "rule",
+        "del",
+        "to",
+        &pod.ip.to_string(),
+        "lookup",
+        "main",
+        "prio",
+        "512",
+    ]);
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// 20 pods a second created and deleted for 60 s, as the CNI does: the agent never dies;
+/// its file descriptors are as many and its resident memory within 8 MiB of what they were
+/// before; at the end its paths and probed interfaces are exactly the live pods', no
+/// series names a deleted pod, and the report is right within a second.
+pub fn agent_under_pod_churn(lab: &Lab) {
+    let node = lab.layout.node();
+    let cni = lab.cni_config();
+    let mut agent = Agent::start(&node, &["--cni-config", cni.to_str().unwrap()]);
+    let pid = agent.pid();
+    let _ = agent.request("GET", "/metrics", &[]);
+    let (fds_before, (rss_before, _)) = (open_fds(pid), memory_kib(pid));
+
+    let started = Instant::now();
+    let mut alive: std::collections::VecDeque<ChurnPod> = Default::default();
+    let mut created = 0u32;
+    while started.elapsed() < CHURN {
+        let due = started + Duration::from_millis(1000 / PODS_PER_SECOND as u64) * created;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        alive.push_back(churn_pod(&node, created));
+        created += 1;
+        if alive.len() > CHURN_ALIVE {
+            delete_churn_pod(&node, alive.pop_front().unwrap());
+        }
+        if created.is_multiple_of(100) {
+            // Reports and scrapes during the churn, as a Prometheus would.
+            let _ = agent.request("GET", "/metrics", &[]);
+            assert!(
+                agent.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+                "agent died"
+            );
+        }
+    }
+    let rate = f64::from(created) / started.elapsed().as_secs_f64();
+    // Three stay; the report must be right within a second of the churn's end.
+    while alive.len() > 3 {
+        delete_churn_pod(&node, alive.pop_front().unwrap());
+    }
+    let stopped = Instant::now();
+    let live: std::collections::BTreeSet<String> = alive.iter().map(|p| p.ip.to_string()).collect();
+    let churned = |doc: &Value| -> std::collections::BTreeSet<String> {
+        doc["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["pod_ip"].as_str())
+            .filter(|ip| ip.starts_with("192.168.10"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let doc = loop {
+        let doc = agent.report(&[]);
+        if churned(&doc) == live {
+            break doc;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(1),
+            "report not right 1 s after the churn: {:?} vs live {live:?}",
+            churned(&doc)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let settled = stopped.elapsed();
+    let probed: Vec<&String> = doc["probes"]["interfaces"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("eni"))
+        .collect();
+    let mut want: Vec<String> = doc["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["host_veth"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("eni"))
+        })
+        .map(|p| p["host_veth"].as_str().unwrap().to_owned())
+        .collect();
+    want.sort();
+    assert_eq!(probed, want.iter().collect::<Vec<_>>(), "probed interfaces");
+    for p in &alive {
+        assert!(want.contains(&p.veth), "{} not probed", p.veth);
+    }
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    let stale: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("pod_ip=\"192.168.10"))
+        .filter(|l| {
+            !live
+                .iter()
+                .any(|ip| l.contains(&format!("pod_ip=\"{ip}\"")))
+        })
+        .collect();
+    assert!(stale.is_empty(), "series of deleted pods: {stale:?}");
+    // Let the last deletions' work finish before measuring.
+    std::thread::sleep(Duration::from_secs(1));
+    let (fds_after, (rss_after, hwm)) = (open_fds(pid), memory_kib(pid));
+    eprintln!(
+        "pod churn: {created} pods in {:?} ({rate:.1}/s); report right {settled:?} after; \
+         fds {fds_before} -> {fds_after}; RSS {rss_before} -> {rss_after} KiB (peak {hwm})",
+        CHURN
+    );
+    assert!(
+        rate >= f64::from(PODS_PER_SECOND) * 0.9,
+        "only {rate:.1} pods/s"
+    );
+    assert_eq!(
+        fds_after, fds_before,
+        "file descriptors before and after the churn"
+    );
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "resident memory grew from {rss_before} to {rss_after} KiB"
+    );
+    for p in alive {
+        delete_churn_pod(&node, p);
+    }
+    assert!(agent.terminate().success());
+}
+
+/// DNS queries of [`agent_under_map_pressure`]: more than the connection map holds.
+const FLOOD: u32 = sgpath_ebpf::MAX_CONNS + 616;
+/// Queries after the map has emptied again.
+const AFTER_FLOOD: u32 = 10;
+
+/// More DNS queries waiting for an answer than the connection map holds (a pod querying
+/// 17,000 addresses the node blackholes): every query is either counted unanswered or
+/// counted as a `ConnMapFull` error (together exactly what was sent), `probe-map-full`
+/// names the map, the metric says the same, and once the entries have lingered out,
+/// queries are tracked again with no new error.
+pub fn agent_under_map_pressure(lab: &Lab) {
+    let node = lab.layout.node();
+    let a = (0..lab.spec.pods.len())
+        .find(|&i| lab.spec.pods[i].vlan.is_none() && lab.spec.pods[i].eni.is_none())
+        .expect("an ordinary pod");
+    let (a_ns, a_ip) = (lab.layout.pod(a), lab.spec.pods[a].ip);
+    crate::run(&[
+        "ip",
+        "-n",
+        &node,
+        "route",
+        "add",
+        "blackhole",
+        "10.99.0.0/16",
+    ]);
+    let cni = lab.cni_config();
+    let agent = Agent::start(
+        &node,
+        &["--cni-config", cni.to_str().unwrap(), "--syn-timeout", "1s"],
+    );
+    let sock = udp_in(&a_ns, (a_ip, 0).into());
+    let query = |i: u32| {
+        let to = Ipv4Addr::new(10, 99, (i / 250) as u8, (i % 250 + 1) as u8);
+        sock.send_to(
+            b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00",
+            (to, 53),
+        )
+        .unwrap();
+    };
+    (0..FLOOD).for_each(query);
+    let errors = |doc: &Value| doc["probes"]["errors"]["ConnMapFull"].as_u64().unwrap();
+    let unanswered = |doc: &Value| counters(doc, a_ip)["from_pod"]["dns_unanswered"].as_u64();
+    // After the timeout and a sweep, every query is accounted for, one way or the other.
+    let t = Instant::now();
+    let doc = loop {
+        let doc = agent.report(&[]);
+        if unanswered(&doc).unwrap_or(0) + errors(&doc) == u64::from(FLOOD) {
+            break doc;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "{FLOOD} queries: {:?} unanswered + {} ConnMapFull",
+            unanswered(&doc),
+            errors(&doc)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let lost = errors(&doc);
+    assert!(
+        lost >= u64::from(FLOOD - sgpath_ebpf::MAX_CONNS),
+        "only {lost} ConnMapFull"
+    );
+    let f = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "probe-map-full")
+        .unwrap_or_else(|| panic!("no probe-map-full: {}", doc["findings"]));
+    assert_eq!(
+        (&f["subject"], &f["severity"]),
+        (&"CONNS".into(), &"warning".into())
+    );
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    assert_eq!(
+        sample(
+            &metrics,
+            "sgpath_probe_errors_total",
+            &[("kind", "ConnMapFull")]
+        ),
+        Some(lost),
+        "{metrics}"
+    );
+    // The entries linger 35 s after their last packet, then free their slots.
+    let before = unanswered(&doc).unwrap();
+    let t = Instant::now();
+    while agent.report(&[])["probes"]["connections_tracked"].as_u64() != Some(0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(45),
+            "the map never emptied"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    (FLOOD..FLOOD + AFTER_FLOOD).for_each(query);
+    let t = Instant::now();
+    loop {
+        let doc = agent.report(&[]);
+        if unanswered(&doc) == Some(before + u64::from(AFTER_FLOOD)) {
+            assert_eq!(errors(&doc), lost, "new ConnMapFull after the map emptied");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            unanswered(&doc)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("map pressure: {FLOOD} queries, {before} tracked, {lost} ConnMapFull");
+    assert!(agent.terminate().success());
+}

@@ -263,6 +263,45 @@ fn agent_without_capabilities_is_alive_but_not_ready() {
     sgpath_tests::agent::agent_without_capabilities_is_alive_but_not_ready();
 }
 
+/// Slow loris, non-HTTP bytes, a body, a thousand scrapes at once: `/healthz` within 100 ms,
+/// every hostile connection closed by the server, peak memory bounded.
+#[test]
+fn agent_survives_hostile_clients() {
+    sgpath_tests::agent::agent_survives_hostile_clients();
+}
+
+/// Two agents at once (a rolling update), the old one SIGKILLed, a restart after a crash:
+/// exact counts throughout, nothing of a dead agent left in the kernel.
+#[test]
+fn agent_crash_restart_and_overlap() {
+    let lab = built("host", "sgt-agr");
+    sgpath_tests::agent::agent_crash_restart_and_overlap(&lab);
+}
+
+/// 5,000 route and rule changes at once overflow the agent's netlink socket: it says so,
+/// re-reads the node, and its report equals a fresh `inspect`.
+#[test]
+fn agent_resyncs_after_netlink_overflow() {
+    let lab = built("host", "sgt-agn");
+    sgpath_tests::agent::agent_resyncs_after_netlink_overflow(&lab);
+}
+
+/// 20 pods a second created and deleted for 60 s: the agent stays up, its descriptors and
+/// memory flat, its report exactly the live pods within a second of the end.
+#[test]
+fn agent_under_pod_churn() {
+    let lab = built("host", "sgt-agc");
+    sgpath_tests::agent::agent_under_pod_churn(&lab);
+}
+
+/// More DNS queries awaiting an answer than the connection map holds: each is counted
+/// unanswered or as a `ConnMapFull` error, `probe-map-full` is raised, and tracking
+/// resumes once the map empties.
+#[test]
+fn agent_under_map_pressure() {
+    let lab = built("host", "sgt-agm");
+    sgpath_tests::agent::agent_under_map_pressure(&lab);
+
 // deploy/ (tests/src/deploy.rs): the manifests, the alerts, the dashboard, the image.
 
 /// Every YAML and JSON file under deploy/ parses; `kubectl kustomize` renders each part.

@@ -458,3 +458,12 @@ fn conns_seed_experiment() {
         .unwrap_or_else(|e| panic!("lab did not come up on {}: {e:#}", kernel()));
     sgpath_tests::conns::seed_experiment(&mut lab);
 }
+
+/// `sgpath agent` on a node with a branch pod, scraped by a real Prometheus: exact counts
+/// stored, a pod's series appearing and going stale, a finding raised and cleared, and
+/// nothing left in the kernel after SIGTERM.
+#[test]
+fn agent_scraped_by_prometheus() {
+    let lab = built("observe", "sgt-ap");
+    sgpath_tests::agent::agent_scraped_by_prometheus(&lab);
+}

@@ -54,12 +54,14 @@ pub enum Outcome {
 }
 
 /// One `test NAME ... RESULT` line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Case {
     /// Test path, e.g. `kernel_boots_with_vlan_support`.
     pub name: String,
     /// What happened to it.
     pub outcome: Outcome,
+    /// Its wall time, where libtest reported it (`--report-time`: `ok <1.234s>`).
+    pub secs: Option<f64>,
 }
 
 /// Totals from libtest's `test result:` lines (summed over all binaries in the text).
@@ -115,9 +117,14 @@ pub fn parse_libtest(text: &str) -> (Vec<Case>, Totals) {
                 Some("ignored") => Outcome::Ignored,
                 _ => continue,
             };
+            let secs = result
+                .split_once('<')
+                .and_then(|(_, t)| t.strip_suffix("s>"))
+                .and_then(|t| t.parse().ok());
             cases.push(Case {
                 name: name.to_owned(),
                 outcome,
+                secs,
             });
         }
     }
@@ -185,6 +192,10 @@ pub fn run(opts: &Options) -> Result<()> {
                     "sgpath-tests",
                     "--test",
                     "host",
+                    // Fuzz targets (tests/tests/fuzz.rs): seconds each, the HTTP one needs
+                    // root and a namespace like the host tests.
+                    "--test",
+                    "fuzz",
                     "--",
                     "--test-threads=1",
                 ]),
@@ -399,8 +410,11 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (Stage, String) {
     };
     let mut script = String::from("status=0\n");
     for b in bins {
+        // Per-test wall times (`ok <12.3s>`) are an unstable libtest option; RUSTC_BOOTSTRAP
+        // at run time unlocks it in the stable toolchain's libtest (nothing is built with it).
         script.push_str(&format!(
-            "echo '### {name}'\n{exe} --test-threads={VM_TEST_THREADS} > \"$SGPATH_VM_DIR/{name}.out\" 2>&1\n\
+            "echo '### {name}'\n\
+             RUSTC_BOOTSTRAP=1 {exe} -Z unstable-options --report-time --test-threads={VM_TEST_THREADS} > \"$SGPATH_VM_DIR/{name}.out\" 2>&1\n\
              s=$?; echo $s > \"$SGPATH_VM_DIR/{name}.status\"; [ $s -eq 0 ] || status=1\n",
             name = b.name,
             exe = vm::shell_quote(&b.exe.to_string_lossy()),
@@ -450,7 +464,11 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (Stage, String) {
                 Outcome::Failed => "FAILED",
                 Outcome::Ignored => "ignored",
             };
-            table.push_str(&format!("  {:<10} {:<50} {result}\n", b.name, c.name));
+            let secs = c.secs.map(|t| format!("{t:7.1} s")).unwrap_or_default();
+            table.push_str(&format!(
+                "  {:<10} {:<50} {result:<7} {secs}\n",
+                b.name, c.name
+            ));
         }
         let exited_0 = matches!(status.as_deref().map(str::trim), Ok("0"));
         match status.as_deref().map(str::trim) {
@@ -506,7 +524,7 @@ mod tests {
 
     #[test]
     fn parses_libtest_output() {
-        let text = "\nrunning 3 tests\ntest a::b ... ok\ntest c ... FAILED\n\
+        let text = "\nrunning 3 tests\ntest a::b ... ok <12.345s>\ntest c ... FAILED\n\
                     test d ... ignored, needs root\n\nfailures:\n\n\
                     test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s\n";
         let (cases, totals) = parse_libtest(text);
@@ -515,6 +533,10 @@ mod tests {
             [Outcome::Ok, Outcome::Failed, Outcome::Ignored]
         );
         assert_eq!(cases[0].name, "a::b");
+        assert_eq!(
+            cases.iter().map(|c| c.secs).collect::<Vec<_>>(),
+            [Some(12.345), None, None]
+        );
         assert_eq!(
             totals,
             Totals {

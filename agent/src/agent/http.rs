@@ -3,13 +3,24 @@
 //! With a token, every path but the health checks needs `Authorization: Bearer <token>`
 //! (401 otherwise).
 //!
-//! Bounds: [`MAX_CONNECTIONS`] at once (the rest wait in the listen backlog), request head
-//! within [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] headers, read within [`HEAD_TIMEOUT`],
-//! and a connection lives at most [`CONNECTION_TIME`].
+//! Bounds: [`MAX_CONNECTIONS`] at once, request head within [`MAX_HEAD_BYTES`] and
+//! [`MAX_HEADERS`] headers, read within [`HEAD_TIMEOUT`], and a connection lives at most
+//! [`CONNECTION_TIME`]. A new connection beyond the limit closes the oldest one that is not
+//! in the middle of a request (one still sending its head, or idle between requests): a
+//! slow-loris client cannot hold the port, and the kubelet's probes, which send their head
+//! at once, still get through. When every connection is serving, the new one is closed.
 //!
 //! Side effects: accepts connections on the listener it is given.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -22,7 +33,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sgpath::report::prometheus;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::warn;
 
 use super::ReportRequest;
@@ -49,13 +60,53 @@ pub struct Shared {
     pub ready: watch::Receiver<Option<String>>,
 }
 
+/// One open connection, as the accept loop sees it.
+struct Conn {
+    id: u64,
+    /// Between a request's head and its response.
+    busy: AtomicBool,
+    /// Tells the connection's task to close it.
+    evict: Notify,
+}
+
+/// The open connections, oldest first.
+#[derive(Default)]
+struct Conns {
+    next_id: u64,
+    open: VecDeque<Arc<Conn>>,
+}
+
+impl Conns {
+    /// Makes room for a new connection (evicting the oldest one not serving a request if
+    /// the table is full) and registers it; `None` when every connection is serving.
+    fn admit(&mut self) -> Option<Arc<Conn>> {
+        if self.open.len() >= MAX_CONNECTIONS {
+            let idle = self
+                .open
+                .iter()
+                .position(|c| !c.busy.load(Ordering::Relaxed))?;
+            let evicted = self.open.remove(idle).expect("in range");
+            evicted.evict.notify_one();
+        }
+        self.next_id += 1;
+        let conn = Arc::new(Conn {
+            id: self.next_id,
+            busy: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        self.open.push_back(conn.clone());
+        Some(conn)
+    }
+
+    fn close(&mut self, id: u64) {
+        self.open.retain(|c| c.id != id);
+    }
+}
+
 /// Accepts and serves connections until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let conns = Arc::new(Mutex::new(Conns::default()));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -65,20 +116,34 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        let Some(conn) = conns.lock().expect("not poisoned").admit() else {
+            // Every slot is answering a request: this one is closed unanswered.
+            continue;
+        };
+        let (shared, conns) = (shared.clone(), conns.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let state = conn.clone();
             let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
+                let (shared, state) = (shared.clone(), state.clone());
+                async move {
+                    state.busy.store(true, Ordering::Relaxed);
+                    let response = handle(req, &shared).await;
+                    state.busy.store(false, Ordering::Relaxed);
+                    Ok::<_, Infallible>(response)
+                }
             });
-            let conn = http1::Builder::new()
+            let served = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .max_headers(MAX_HEADERS)
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIME, conn).await;
+            tokio::select! {
+                _ = served => {}
+                _ = conn.evict.notified() => {}
+                _ = tokio::time::sleep(CONNECTION_TIME) => {}
+            }
+            conns.lock().expect("not poisoned").close(conn.id);
         });
     }
 }
@@ -200,5 +265,33 @@ async fn fresh_report(shared: &Shared) -> Result<Arc<sgpath::report::Report>, St
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => Err("the agent is stopping".to_owned()),
         Err(_) => Err("the agent did not answer in time".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_idle_connection_or_refuses() {
+        let mut conns = Conns::default();
+        let first: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| conns.admit().unwrap())
+            .collect();
+        first[0].busy.store(true, Ordering::Relaxed);
+        // Full: the oldest idle one (the second) makes room.
+        let new = conns.admit().unwrap();
+        assert_eq!(conns.open.len(), MAX_CONNECTIONS);
+        assert!(!conns.open.iter().any(|c| c.id == first[1].id));
+        assert!(conns.open.iter().any(|c| c.id == first[0].id));
+        assert_eq!(conns.open.back().unwrap().id, new.id);
+        // All serving: nothing is evicted, the newcomer is refused.
+        for c in &conns.open {
+            c.busy.store(true, Ordering::Relaxed);
+        }
+        assert!(conns.admit().is_none());
+        conns.close(new.id);
+        assert_eq!(conns.open.len(), MAX_CONNECTIONS - 1);
+        assert!(conns.admit().is_some());
     }
 }

@@ -7,12 +7,15 @@ mod mtu;
 mod nodelocal_dns;
 mod path_drops;
 mod pod_routes;
+mod probe_maps;
 mod services;
 mod sysctls;
 mod vlan_rules;
 mod vlan_tables;
 
 use serde::Serialize;
+
+pub use probe_maps::map_full;
 
 use crate::model::{Node, Topology};
 
@@ -70,11 +73,13 @@ pub enum FindingId {
     DnsPathBroken,
     /// A branch pod's packets left the node by an interface other than its VLAN.
     BranchTrafficOffVlan,
+    /// An eBPF map was full: some packets, drops or connections went uncounted.
+    ProbeMapFull,
 }
 
 impl FindingId {
     /// Every id, for metrics that must export zeros.
-    pub const ALL: [FindingId; 19] = [
+    pub const ALL: [FindingId; 20] = [
         FindingId::TcpEarlyDemuxEnabled,
         FindingId::VlanRuleMissing,
         FindingId::VlanRuleStale,
@@ -94,6 +99,7 @@ impl FindingId {
         FindingId::ProbePathBroken,
         FindingId::DnsPathBroken,
         FindingId::BranchTrafficOffVlan,
+        FindingId::ProbeMapFull,
     ];
 
     /// The id as it appears in JSON and metrics.
@@ -118,6 +124,7 @@ impl FindingId {
             FindingId::ProbePathBroken => "probe-path-broken",
             FindingId::DnsPathBroken => "dns-path-broken",
             FindingId::BranchTrafficOffVlan => "branch-traffic-off-vlan",
+            FindingId::ProbeMapFull => "probe-map-full",
         }
     }
 }

@@ -47,16 +47,36 @@ impl Watch {
     }
 
     /// Waits for the next notification, then drains whatever else is already queued, so a
-    /// burst (a pod's veth, addresses, routes and rules) is one tick. `false` when the socket
+    /// burst (a pod's veth, addresses, routes and rules) is one tick. `None` when the socket
     /// closed.
-    pub async fn changed(&mut self) -> bool {
-        if self.messages.next().await.is_none() {
-            return false;
-        }
+    pub async fn changed(&mut self) -> Option<Tick> {
+        let first = self.messages.next().await?;
+        let mut tick = Tick::of(&first.0);
         // The CNI adds a pod's veth, address, routes and rules within milliseconds.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        while self.messages.try_recv().is_ok() {}
-        true
+        while let Ok((message, _)) = self.messages.try_recv() {
+            tick = tick.max(Tick::of(&message));
+        }
+        Some(tick)
+    }
+}
+
+/// What a [`Watch::changed`] tick says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tick {
+    /// Notifications arrived: something changed.
+    Changed,
+    /// The socket overflowed (ENOBUFS, which netlink-proto turns into an `NLMSG_OVERRUN`
+    /// message): notifications were lost, only a full re-read is right.
+    Overrun,
+}
+
+impl Tick {
+    fn of<T>(message: &rtnetlink::packet_core::NetlinkMessage<T>) -> Tick {
+        match message.payload {
+            rtnetlink::packet_core::NetlinkPayload::Overrun(_) => Tick::Overrun,
+            _ => Tick::Changed,
+        }
     }
 }
 

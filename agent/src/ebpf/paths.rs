@@ -324,10 +324,9 @@ impl PathProbes {
                 PerCpuArray::try_from(map).map_err(map_err(PROG_ERRORS_MAP))?;
             for slot in 0..sgpath_ebpf::PROG_ERROR_SLOTS {
                 if let (Ok(kind), Ok(per_cpu)) = (ProgError::try_from(slot), errs.get(&slot, 0)) {
-                    let n: u64 = per_cpu.iter().sum();
-                    if n > 0 {
-                        errors.insert(kind, n);
-                    }
+                    // Zeros too: every kind is a series from the start, so `increase()`
+                    // sees its first error.
+                    errors.insert(kind, per_cpu.iter().sum());
                 }
             }
         }

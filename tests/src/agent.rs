@@ -116,11 +116,6 @@ impl Agent {
         }
     }
 
-    /// The agent's pid (`ip netns exec` and `setpriv` exec it in place).
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -1248,7 +1243,8 @@ impl Agent {
         child.wait().unwrap();
     }
 
-    fn pid(&self) -> u32 {
+    /// The agent's pid (`ip netns exec` and `setpriv` exec it in place).
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 

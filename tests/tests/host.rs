@@ -301,6 +301,7 @@ fn agent_under_pod_churn() {
 fn agent_under_map_pressure() {
     let lab = built("host", "sgt-agm");
     sgpath_tests::agent::agent_under_map_pressure(&lab);
+}
 
 // deploy/ (tests/src/deploy.rs): the manifests, the alerts, the dashboard, the image.
 

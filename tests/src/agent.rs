@@ -1252,7 +1252,8 @@ impl Agent {
         child.wait().unwrap();
     }
 
-    fn pid(&self) -> u32 {
+    /// The agent's pid (`ip netns exec` and `setpriv` exec it in place).
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 

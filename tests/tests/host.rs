@@ -317,3 +317,61 @@ fn agent_without_btf_runs_degraded() {
     let lab = built("host", "sgt-agb");
     sgpath_tests::agent::agent_without_btf_runs_degraded(&lab);
 }
+
+// deploy/ (tests/src/deploy.rs): the manifests, the alerts, the dashboard, the image.
+
+/// Every YAML and JSON file under deploy/ parses; `kubectl kustomize` renders each part.
+#[test]
+fn deploy_manifests_parse_and_render() {
+    sgpath_tests::deploy::deploy_manifests_parse_and_render();
+}
+
+/// The rendered DaemonSet: no privileged, exactly the named capabilities over drop ALL,
+/// read-only root and host mounts, downward API, probes, image.
+#[test]
+fn deploy_daemonset_holds_only_the_named_capabilities() {
+    sgpath_tests::deploy::deploy_daemonset_holds_only_the_named_capabilities();
+}
+
+/// The ClusterRole and Role: get/list/watch of exactly what the agent watches.
+#[test]
+fn deploy_rbac_reads_exactly_what_the_agent_watches() {
+    sgpath_tests::deploy::deploy_rbac_reads_exactly_what_the_agent_watches();
+}
+
+/// `promtool check rules` and `promtool test rules` on the PrometheusRule's groups.
+#[test]
+fn deploy_alert_rules_pass_promtool() {
+    sgpath_tests::deploy::deploy_alert_rules_pass_promtool();
+}
+
+/// The dashboard's and the alerts' PromQL names only families a running agent exports.
+#[test]
+fn deploy_queries_name_only_exported_metrics() {
+    let lab = built("host", "sgt-dq");
+    sgpath_tests::deploy::deploy_queries_name_only_exported_metrics(&lab);
+}
+
+/// The agent with exactly the DaemonSet's capabilities is ready, counts, reads pod
+/// namespaces and names drops; prints the resource figures (`SGPATH_MEASURE_SECS`).
+#[test]
+fn deploy_agent_runs_with_the_daemonset_capabilities() {
+    let lab = built("host", "sgt-dc");
+    sgpath_tests::deploy::deploy_agent_runs_with_the_daemonset_capabilities(&lab);
+}
+
+/// Without any one of BPF, PERFMON, NET_ADMIN, SYSLOG the agent loses what it is for.
+#[test]
+fn deploy_agent_needs_each_capability() {
+    let lab = built("host", "sgt-dn");
+    sgpath_tests::deploy::deploy_agent_needs_each_capability(&lab);
+}
+
+/// `cargo xtask image`'s config (entrypoint, user, tag) matches the DaemonSet. Ignored by
+/// default: a cold release build for musl takes minutes on 2 cores; run it with
+/// `cargo test -p sgpath-tests --test host -- --ignored deploy_image`.
+#[test]
+#[ignore = "builds the release musl binary (minutes when cold)"]
+fn deploy_image_matches_the_daemonset() {
+    sgpath_tests::deploy::deploy_image_matches_the_daemonset();
+}

@@ -1,10 +1,11 @@
 //! Library half of `cargo xtask`: machine setup, Debian kernels for VMs, the virtme-ng VM
-//! runner, the test matrix and the lab. `main.rs` only parses the command line.
+//! runner, the test matrix, the lab and the container image. `main.rs` only parses the command line.
 //!
 //! Side effects live in the modules (installing packages, writing under /var/cache/sgpath,
 //! /lib/modules and `target/`); this file only computes paths.
 
 pub mod cmd;
+pub mod image;
 pub mod kernel;
 pub mod lab;
 pub mod setup;

@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use std::time::Duration;
-use xtask::{kernel, setup, test, vm};
+use xtask::{image, kernel, setup, test, vm};
 
 /// Developer tasks for sgpath.
 #[derive(Debug, Parser)]
@@ -45,6 +45,9 @@ enum Cmd {
     /// Measure the packet-path cost of the eBPF hooks and the snapshot time for 10/110/250
     /// pods on this machine's kernel; writes BENCHMARKS.md.
     Bench,
+    /// Build the static `sgpath` (musl) and its OCI image (umoci, no daemon) under
+    /// target/image/, the one deploy/agent/daemonset.yaml runs; prints its digest and size.
+    Image,
     /// Inside the lab VM: build the lab and run the command (used by `lab`).
     #[command(hide = true)]
     LabGuest(xtask::lab::command::GuestArgs),
@@ -82,6 +85,10 @@ fn run(command: Cmd) -> Result<()> {
         }
         Cmd::Lab(args) => xtask::lab::command::run(args),
         Cmd::Bench => bench(),
+        Cmd::Image => {
+            setup::ensure()?;
+            image::run()
+        }
         Cmd::LabGuest(args) => xtask::lab::command::guest(args),
     }
 }

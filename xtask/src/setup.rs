@@ -4,7 +4,9 @@
 //! Side effects (only for missing pieces; needs root): writes
 //! `/etc/apt/sources.list.d/bookworm-backports.sources`, runs `apt-get update` and
 //! `apt-get install` (qemu-system-x86 from bookworm-backports, kmod, iproute2, ...), runs
-//! `rustup component add rust-src --toolchain nightly`, builds bpf-linker with
+//! `rustup component add rust-src --toolchain nightly`, `rustup target add
+//! x86_64-unknown-linux-musl` (the image's static binary), Debian's kubernetes-client when
+//! no kubectl is on PATH, builds bpf-linker with
 //! `cargo +nightly install` against rustc's own libLLVM (symlinked under [`LLVM_PREFIX`]),
 //! `pip install virtme-ng`, and installs the VM kernels (see [`crate::kernel`]).
 
@@ -16,8 +18,9 @@ use std::process::Command;
 /// Debian packages installed from the default suites, and what uses them:
 /// `ip`/`tc` (iproute2), `nft`, busybox httpd in pods,
 /// curl from the bastion, `setpriv` (util-linux) for the missing-capability test,
-/// `sysctl` (procps), `sha1sum` (coreutils), modprobe (kmod) in the guests, and `mke2fs`
-/// (e2fsprogs) for the VMs' fast disk.
+/// `sysctl` (procps), `sha1sum` (coreutils), modprobe (kmod) in the guests, `mke2fs`
+/// (e2fsprogs) for the VMs' fast disk, `promtool` (prometheus) for the metrics and alert
+/// rule tests, umoci and skopeo for `cargo xtask image`.
 pub const DEB_PACKAGES: &[&str] = &[
     "kmod",
     "iproute2",
@@ -37,7 +40,19 @@ pub const DEB_PACKAGES: &[&str] = &[
     // scrapes it in the lab VM). On a host with systemd the package also starts a
     // prometheus service on :9090; the tests never use that one.
     "prometheus",
+    // `cargo xtask image`: umoci builds the OCI image without a daemon, skopeo packs it
+    // into an oci-archive (and pushes it).
+    "umoci",
+    "skopeo",
 ];
+
+/// Installed only when no `kubectl` is on PATH (the machine image's own kubectl, with
+/// kustomize v5, comes first): the deploy tests render `deploy/base` with
+/// `kubectl kustomize`.
+pub const KUBECTL_PACKAGE: &str = "kubernetes-client";
+
+/// Rust target of the image's static binary (`cargo xtask image`).
+pub const MUSL_TARGET: &str = crate::image::MUSL_TARGET;
 
 /// Debian packages installed from bookworm-backports (the preinstalled qemu-utils is a
 /// backports version; bookworm's own qemu-system-x86 conflicts with it).
@@ -60,8 +75,14 @@ pub fn missing() -> Vec<String> {
     for pkg in uninstalled_debs(&all_debs()) {
         missing.push(format!("Debian package {pkg}"));
     }
+    if cmd::which("kubectl").is_none() {
+        missing.push(format!("kubectl (Debian package {KUBECTL_PACKAGE})"));
+    }
     if !has_rust_src() {
         missing.push("rust-src for the nightly toolchain".into());
+    }
+    if !has_musl_target() {
+        missing.push(format!("the stable toolchain's {MUSL_TARGET} target"));
     }
     if !has_bpf_linker() {
         missing.push("bpf-linker".into());
@@ -94,7 +115,9 @@ pub fn ensure() -> Result<()> {
 /// Full setup: every step checks before it installs.
 pub fn run() -> Result<()> {
     debs()?;
+    kubectl()?;
     rust_src()?;
+    musl_target()?;
     bpf_linker()?;
     virtme_ng()?;
     for short in kernel::KERNELS {
@@ -178,6 +201,36 @@ fn debs() -> Result<()> {
         install(&["-t", "bookworm-backports"], &backports)?;
     }
     println!("apt: installed {}", [plain, backports].concat().join(" "));
+    Ok(())
+}
+
+fn kubectl() -> Result<()> {
+    if cmd::which("kubectl").is_some() {
+        println!("kubectl: present");
+        return Ok(());
+    }
+    cmd::run(Command::new("apt-get").arg("update"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends", KUBECTL_PACKAGE]),
+    )?;
+    println!("apt: installed {KUBECTL_PACKAGE}");
+    Ok(())
+}
+
+fn has_musl_target() -> bool {
+    cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .is_ok_and(|out| out.lines().any(|l| l.trim() == MUSL_TARGET))
+}
+
+fn musl_target() -> Result<()> {
+    if has_musl_target() {
+        println!("rustup: {MUSL_TARGET} present");
+        return Ok(());
+    }
+    cmd::run(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
+    println!("rustup: installed {MUSL_TARGET}");
     Ok(())
 }
 

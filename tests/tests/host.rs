@@ -262,3 +262,13 @@ fn agent_token_guards_all_but_health_checks() {
 fn agent_without_capabilities_is_alive_but_not_ready() {
     sgpath_tests::agent::agent_without_capabilities_is_alive_but_not_ready();
 }
+
+/// `sgpath agent --kubeconfig` against the fake API server (no real one can be installed
+/// here, see tests/src/kube.rs): paths named after pods in `/v1/report` and `/metrics`,
+/// malformed annotation and policy as findings, a policy's pod without branch ENI, the API
+/// server going away and coming back with `410 Gone` (no stale labels after the relist).
+#[test]
+fn agent_names_paths_after_pods() {
+    let lab = built("host", "sgt-k8");
+    sgpath_tests::kube::agent_names_paths_after_pods(&lab);
+}

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{Node, Path, PathKind, Topology, lookup};
+use super::{Node, Path, PathKind, Topology, ipamd::IpamdEni, lookup};
 
 /// What kind of ENI a link is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -30,15 +30,20 @@ pub struct Eni {
     pub vlan_id: Option<u16>,
     /// Addresses the ENI owns, ascending.
     pub owns: Vec<IpAddr>,
+    /// The ENI id, when IPAMD (node ENIs) or the pod's annotation (branch ENIs) names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl Eni {
     /// `the branch ENI on VLAN 7 (vlan.eth.7)`, `the node ENI eth0`.
     pub fn describe(&self) -> String {
+        let id = self.id.as_deref().map(|i| format!(" {i}")).unwrap_or_default();
         match (self.kind, self.vlan_id) {
-            (EniKind::Branch, Some(v)) => format!("the branch ENI on VLAN {v} ({})", self.link),
-            (EniKind::Branch, None) => format!("the branch ENI of {}", self.link),
-            (EniKind::Node, _) => format!("the node ENI {}", self.link),
+            (EniKind::Branch, Some(v)) => format!("the branch ENI{id} on VLAN {v} ({})", self.link),
+            (EniKind::Branch, None) => format!("the branch ENI{id} of {}", self.link),
+            (EniKind::Node, _) if id.is_empty() => format!("the node ENI {}", self.link),
+            (EniKind::Node, _) => format!("the node ENI {} ({})", self.link, id.trim()),
         }
     }
 
@@ -111,6 +116,7 @@ pub fn all(node: &Node, topo: &Topology) -> Vec<Eni> {
             kind: EniKind::Branch,
             vlan_id: Some(v.vlan_id),
             owns,
+            id: None,
         });
     }
     // Where each node-ENI pod's table leads, looked up once per table.
@@ -141,6 +147,12 @@ pub fn all(node: &Node, topo: &Topology) -> Vec<Eni> {
             })
             .unwrap_or_default();
         owns.extend(pods.iter().filter(|(l, _)| *l == link).map(|(_, a)| *a));
+        // IPAMD knows every secondary address the VPC gave this ENI, the pods on it
+        // whatever their rules say, and the ENI's id.
+        let ipamd = ipamd_eni(node, topo, &link);
+        if let Some(e) = ipamd {
+            owns.extend(e.addresses.iter().copied());
+        }
         owns.sort();
         owns.dedup();
         out.push(Eni {
@@ -148,9 +160,28 @@ pub fn all(node: &Node, topo: &Topology) -> Vec<Eni> {
             kind: EniKind::Node,
             vlan_id: None,
             owns,
+            id: ipamd.map(|e| e.id.clone()),
         });
     }
     out
+}
+
+/// The IPAMD ENI behind a node link: the primary ENI is the primary link, the trunk the
+/// parent of the `vlan.eth.*` links, any other the device of its table's default route
+/// (table device index + 1).
+fn ipamd_eni<'a>(node: &'a Node, topo: &Topology, link: &str) -> Option<&'a IpamdEni> {
+    node.ipamd.as_ref()?.iter().find(|e| {
+        if e.is_primary {
+            return topo.primary_eni.as_deref() == Some(link);
+        }
+        if e.is_trunk && topo.trunks.len() == 1 {
+            return topo.trunks[0].name == link;
+        }
+        node.table(super::ipamd::route_table(e))
+            .find(|r| r.is_default())
+            .and_then(|r| r.oif.as_deref())
+            == Some(link)
+    })
 }
 
 /// The ENI behind a link, `None` when the link is no ENI (a pod's veth, a dummy, `lo`).

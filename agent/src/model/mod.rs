@@ -7,6 +7,8 @@ pub mod conns;
 mod counters;
 pub mod eni;
 pub mod fib;
+pub mod ipamd;
+pub mod k8s;
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod link;
@@ -100,6 +102,12 @@ pub struct Node {
     /// Problems met while reading that did not stop the snapshot (a malformed CNI config,
     /// an unreadable sysctl). Reported as warnings.
     pub read_warnings: Vec<ReadWarning>,
+    /// The node ENIs IPAMD reported (`/v1/enis`), when it answered.
+    #[serde(skip)]
+    pub ipamd: Option<Vec<ipamd::IpamdEni>>,
+    /// The Kubernetes context (`sgpath agent` with a cluster), as last watched.
+    #[serde(skip)]
+    pub cluster: Option<std::sync::Arc<k8s::Cluster>>,
 }
 
 impl Node {

@@ -164,7 +164,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 async fn kube_context(
     args: &AgentArgs,
 ) -> anyhow::Result<Option<watch::Receiver<Option<Arc<Cluster>>>>> {
-    let client = match collect::kube::client(args.kubeconfig.as_deref()).await {
+    watch_cluster(args.kubeconfig.as_deref(), args.node_name.clone()).await
+}
+
+/// Starts the Kubernetes watches (see [`kube_context`]) for `agent` and `observe`.
+///
+/// # Errors
+/// When `kubeconfig` cannot be read.
+pub(crate) async fn watch_cluster(
+    kubeconfig: Option<&std::path::Path>,
+    node_name: Option<String>,
+) -> anyhow::Result<Option<watch::Receiver<Option<Arc<Cluster>>>>> {
+    let client = match collect::kube::client(kubeconfig).await {
         Ok(Some(c)) => c,
         Ok(None) => return Ok(None),
         Err(e @ collect::kube::KubeError::Kubeconfig { .. }) => return Err(e.into()),
@@ -173,19 +184,15 @@ async fn kube_context(
             return Ok(None);
         }
     };
-    let node = args
-        .node_name
-        .clone()
+    let node = node_name
         .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
         .unwrap_or_else(|| {
             nix::sys::utsname::uname()
                 .map(|u| u.nodename().to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-    let source = args
-        .kubeconfig
-        .as_ref()
-        .map_or_else(|| "in-cluster".to_owned(), |p| p.display().to_string());
+    let source =
+        kubeconfig.map_or_else(|| "in-cluster".to_owned(), |p| p.display().to_string());
     info!(event = "kube-watching", node = %node, source = %source, "watching the cluster");
     let (tx, rx) = watch::channel(None);
     tokio::spawn(collect::kube::watch(client, node, tx));

@@ -112,6 +112,13 @@ pub struct ObserveArgs {
     /// The VPC CNI config to read.
     #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
     pub cni_config: PathBuf,
+    /// As `agent --kubeconfig`: name the paths after their pods with what the watches
+    /// have by the end of the count (in-cluster config when KUBERNETES_SERVICE_HOST is set).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// As `agent --node-name`.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -269,15 +269,16 @@ pub fn trunk_unavailable(node: &Node, topo: &Topology) -> Vec<Finding> {
         ),
     );
     let mut fixes = Vec::new();
-    match &c.aws_node {
-        Some(a) if !a.pod_eni_enabled() => {
-            f = f.evidence(format!(
-                "the aws-node DaemonSet's ENABLE_POD_ENI is {}",
-                a.enable_pod_eni.as_deref().map_or("unset".to_owned(), |v| format!("{v:?}"))
-            ));
-            fixes.push(ENABLE_POD_ENI.to_owned());
-        }
-        _ => {}
+    if let Some(a) = &c.aws_node
+        && !a.pod_eni_enabled()
+    {
+        f = f.evidence(format!(
+            "the aws-node DaemonSet's ENABLE_POD_ENI is {}",
+            a.enable_pod_eni
+                .as_deref()
+                .map_or("unset".to_owned(), |v| format!("{v:?}"))
+        ));
+        fixes.push(ENABLE_POD_ENI.to_owned());
     }
     if let Some(n) = &c.node {
         if let Some(v) = n.has_trunk_attached()

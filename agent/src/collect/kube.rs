@@ -334,7 +334,7 @@ fn service(s: &K8sService) -> Option<Service> {
 }
 
 fn aws_node(d: &DaemonSet) -> AwsNode {
-    let pod_spec = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    let pod_spec = d.spec.template.spec.as_ref();
     let env_of = |c: &k8s_openapi::api::core::v1::Container| -> BTreeMap<String, String> {
         c.env
             .iter()

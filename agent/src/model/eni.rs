@@ -278,4 +278,41 @@ mod tests {
         assert!(vpc_delivers_here(&topo, "192.168.1.10".parse().unwrap()));
         assert!(!vpc_delivers_here(&topo, "169.254.20.10".parse().unwrap()));
     }
+
+    #[test]
+    fn ipamd_names_node_enis_and_adds_their_addresses() {
+        use crate::model::ipamd::parse_enis;
+        let mut n = node();
+        n.links.push(link(4, "eth2", LinkKind::Device, None, &["192.168.2.20/16"]));
+        n.routes.push(route(3, "0.0.0.0/0", Some("192.168.0.1"), "eth2"));
+        n.ipamd = Some(
+            parse_enis(
+                r#"{"0": {"ENIs": {
+                "eni-0prim": {"ID": "eni-0prim", "IsPrimary": true, "DeviceNumber": 0,
+                  "AvailableIPv4Cidrs": {"192.168.7.31/32": {"IPAddresses": {"192.168.7.31": {"IPAMMetadata": {"k8sPodNamespace": "default", "k8sPodName": "a"}}}}}},
+                "eni-0trunk": {"ID": "eni-0trunk", "IsTrunk": true, "DeviceNumber": 1},
+                "eni-0sec": {"ID": "eni-0sec", "DeviceNumber": 2,
+                  "AvailableIPv4Cidrs": {"192.168.60.6/32": {"IPAddresses": {"192.168.60.6": {}}}}}}}}"#,
+            )
+            .unwrap(),
+        );
+        let topo = Topology::from_node(&n);
+        let eth0 = of_link(&topo, "eth0").unwrap();
+        assert_eq!(eth0.id.as_deref(), Some("eni-0prim"));
+        assert_eq!(eth0.describe(), "the node ENI eth0 (eni-0prim)");
+        let eth2 = of_link(&topo, "eth2").unwrap();
+        assert_eq!(eth2.id.as_deref(), Some("eni-0sec"));
+        // An address IPAMD holds on eth2 is eth2's for the VPC, whatever the rules say.
+        let held: IpAddr = "192.168.60.6".parse().unwrap();
+        assert!(eth2.owns.contains(&held));
+        assert_eq!(source_check(&topo, "eth2", held), None);
+        assert!(source_check(&topo, "eth0", held).is_some());
+        // The ordinary pod's path is named after the ENI holding its address.
+        let p = topo
+            .paths
+            .iter()
+            .find(|p| p.kind == PathKind::NodeEni)
+            .unwrap();
+        assert_eq!(p.eni_id.as_deref(), Some("eni-0prim"));
+    }
 }

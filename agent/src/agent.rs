@@ -191,8 +191,7 @@ pub(crate) async fn watch_cluster(
                 .map(|u| u.nodename().to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-    let source =
-        kubeconfig.map_or_else(|| "in-cluster".to_owned(), |p| p.display().to_string());
+    let source = kubeconfig.map_or_else(|| "in-cluster".to_owned(), |p| p.display().to_string());
     info!(event = "kube-watching", node = %node, source = %source, "watching the cluster");
     let (tx, rx) = watch::channel(None);
     tokio::spawn(collect::kube::watch(client, node, tx));

@@ -84,9 +84,7 @@ impl Kind {
             "/api/v1/services" => Kind::Service,
             "/api/v1/serviceaccounts" => Kind::ServiceAccount,
             "/apis/apps/v1/namespaces/kube-system/daemonsets" => Kind::DaemonSet,
-            "/apis/vpcresources.k8s.aws/v1beta1/securitygrouppolicies" => {
-                Kind::SecurityGroupPolicy
-            }
+            "/apis/vpcresources.k8s.aws/v1beta1/securitygrouppolicies" => Kind::SecurityGroupPolicy,
             _ => return None,
         })
     }
@@ -160,8 +158,9 @@ impl State {
         let line = json!({"type": event, "object": with_type(kind, &obj)});
         self.history.push((self.rv, kind, line.clone()));
         let bytes = Bytes::from(format!("{line}\n"));
-        self.watchers
-            .retain(|w| w.kind != kind || !selects(&w.selector, &obj) || w.tx.send(bytes.clone()).is_ok());
+        self.watchers.retain(|w| {
+            w.kind != kind || !selects(&w.selector, &obj) || w.tx.send(bytes.clone()).is_ok()
+        });
     }
 }
 
@@ -262,7 +261,10 @@ impl FakeApi {
     /// How many requests of `verb` (`list`, `watch`, `watch-410`) were served for `kind`.
     pub fn requests(&self, kind: Kind, verb: &str) -> u64 {
         let s = self.state.lock().unwrap();
-        s.requests.get(&format!("{kind:?} {verb}")).copied().unwrap_or(0)
+        s.requests
+            .get(&format!("{kind:?} {verb}"))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// A kubeconfig naming this server, written to `path`.
@@ -348,7 +350,14 @@ fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response
         return full(405, &status(405, "MethodNotAllowed", "the fake only reads"));
     }
     let Some(kind) = Kind::of_path(&path) else {
-        return full(404, &status(404, "NotFound", &format!("the server could not find {path}")));
+        return full(
+            404,
+            &status(
+                404,
+                "NotFound",
+                &format!("the server could not find {path}"),
+            ),
+        );
     };
     let selector = query
         .get("fieldSelector")
@@ -381,11 +390,7 @@ fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response
                                  "annotations": {"k8s.io/initial-events-end": "true"}}}});
                 let _ = tx.send(Bytes::from(format!("{b}\n")));
             }
-            s.watchers.push(Watcher {
-                kind,
-                selector,
-                tx,
-            });
+            s.watchers.push(Watcher { kind, selector, tx });
         }
         let stream = futures::stream::unfold(rx, |mut rx| async move {
             let b = rx.recv().await?;
@@ -431,39 +436,106 @@ fn policy(ns: &str, name: &str, spec: Value) -> Value {
 /// The host lab's pods as the API server would have them, a pod of another node, the node,
 /// aws-node, the default ServiceAccounts and three policies (one malformed).
 fn populate(api: &FakeApi, lab: &Lab) {
-    let ip = |name: &str| lab.spec.pods.iter().find(|p| p.name == name).unwrap().ip.to_string();
-    api.put(Kind::Pod, pod("default", "ordinary-a", NODE, &ip("ordinary-a"), json!({"app": "a"}), json!({})));
+    let ip = |name: &str| {
+        lab.spec
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .ip
+            .to_string()
+    };
     api.put(
         Kind::Pod,
-        pod("default", "ordinary-b", NODE, &ip("ordinary-b"), json!({"app": "b"}),
-            json!({"vpc.amazonaws.com/pod-eni": "[{\"eniId\":\"eni-0bbb\",\"ifAddress\":"})),
+        pod(
+            "default",
+            "ordinary-a",
+            NODE,
+            &ip("ordinary-a"),
+            json!({"app": "a"}),
+            json!({}),
+        ),
+    );
+    api.put(
+        Kind::Pod,
+        pod(
+            "default",
+            "ordinary-b",
+            NODE,
+            &ip("ordinary-b"),
+            json!({"app": "b"}),
+            json!({"vpc.amazonaws.com/pod-eni": "[{\"eniId\":\"eni-0bbb\",\"ifAddress\":"}),
+        ),
     );
     api.put(
         Kind::Pod,
         pod("sg-test", "standard-c", NODE, &ip("standard-c"), json!({"app": "c"}),
             json!({"vpc.amazonaws.com/pod-eni": "[{\"eniId\":\"eni-0c5\",\"ifAddress\":\"02:00:00:00:00:c5\",\"privateIp\":\"192.168.41.23\",\"vlanId\":5,\"subnetCidr\":\"192.168.0.0/16\"}]"})),
     );
-    api.put(Kind::Pod, pod("default", "secondary-d", NODE, &ip("secondary-d"), json!({"role": "db"}), json!({})));
+    api.put(
+        Kind::Pod,
+        pod(
+            "default",
+            "secondary-d",
+            NODE,
+            &ip("secondary-d"),
+            json!({"role": "db"}),
+            json!({}),
+        ),
+    );
     // Same IP as ordinary-a, on another node: the field selector keeps it out.
-    api.put(Kind::Pod, pod("default", "elsewhere", "ip-10-0-0-1.ec2.internal", &ip("ordinary-a"), json!({}), json!({})));
-    api.put(Kind::Node, json!({"metadata": {"name": NODE, "labels": {
+    api.put(
+        Kind::Pod,
+        pod(
+            "default",
+            "elsewhere",
+            "ip-10-0-0-1.ec2.internal",
+            &ip("ordinary-a"),
+            json!({}),
+            json!({}),
+        ),
+    );
+    api.put(
+        Kind::Node,
+        json!({"metadata": {"name": NODE, "labels": {
         "node.kubernetes.io/instance-type": "m5.large", "kubernetes.io/os": "linux",
-        "vpc.amazonaws.com/has-trunk-attached": "false"}}}));
+        "vpc.amazonaws.com/has-trunk-attached": "false"}}}),
+    );
     api.put(Kind::DaemonSet, json!({"metadata": {"name": "aws-node", "namespace": "kube-system"},
         "spec": {"selector": {"matchLabels": {"k8s-app": "aws-node"}}, "template": {"spec": {
             "containers": [{"name": "aws-node", "image": "602401143452.dkr.ecr.us-west-2.amazonaws.com/amazon-k8s-cni:v1.19.2-eksbuild.1",
                 "env": [{"name": "ENABLE_POD_ENI", "value": "true"},
                         {"name": "POD_SECURITY_GROUP_ENFORCING_MODE", "value": "standard"}]}]}}}}));
     for ns in ["default", "sg-test"] {
-        api.put(Kind::ServiceAccount, json!({"metadata": {"name": "default", "namespace": ns}}));
+        api.put(
+            Kind::ServiceAccount,
+            json!({"metadata": {"name": "default", "namespace": ns}}),
+        );
     }
-    api.put(Kind::Service, json!({"metadata": {"name": "kubernetes", "namespace": "default"},
-        "spec": {"type": "ClusterIP", "clusterIP": "10.100.0.1", "ports": [{"port": 443}]}}));
-    api.put(Kind::SecurityGroupPolicy, policy("sg-test", "c", json!({
-        "podSelector": {"matchLabels": {"app": "c"}}, "securityGroups": {"groupIds": ["sg-0c5"]}})));
-    api.put(Kind::SecurityGroupPolicy, policy("default", "db", json!({
+    api.put(
+        Kind::Service,
+        json!({"metadata": {"name": "kubernetes", "namespace": "default"},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.100.0.1", "ports": [{"port": 443}]}}),
+    );
+    api.put(
+        Kind::SecurityGroupPolicy,
+        policy(
+            "sg-test",
+            "c",
+            json!({
+        "podSelector": {"matchLabels": {"app": "c"}}, "securityGroups": {"groupIds": ["sg-0c5"]}}),
+        ),
+    );
+    api.put(
+        Kind::SecurityGroupPolicy,
+        policy(
+            "default",
+            "db",
+            json!({
         "podSelector": {"matchExpressions": [{"key": "role", "operator": "In", "values": ["db"]}]},
-        "securityGroups": {"groupIds": ["sg-0db"]}})));
+        "securityGroups": {"groupIds": ["sg-0db"]}}),
+        ),
+    );
     api.put(Kind::SecurityGroupPolicy, policy("default", "broken", json!({
         "podSelector": {"matchExpressions": [{"key": "role", "operator": "Equals", "values": ["x"]}]},
         "securityGroups": {"groupIds": ["sg-0bad"]}})));
@@ -485,7 +557,12 @@ fn findings(doc: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["id"].as_str().unwrap().to_owned(), f["subject"].as_str().unwrap().to_owned()))
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().to_owned(),
+                f["subject"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -540,13 +617,35 @@ pub fn agent_names_paths_after_pods(lab: &Lab) {
             "1s",
         ],
     );
-    let ip = |name: &str| lab.spec.pods.iter().find(|p| p.name == name).unwrap().ip.to_string();
-    let (a, b, c, d) = (ip("ordinary-a"), ip("ordinary-b"), ip("standard-c"), ip("secondary-d"));
+    let ip = |name: &str| {
+        lab.spec
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .ip
+            .to_string()
+    };
+    let (a, b, c, d) = (
+        ip("ordinary-a"),
+        ip("ordinary-b"),
+        ip("standard-c"),
+        ip("secondary-d"),
+    );
 
-    let doc = wait_report(&agent, Duration::from_secs(20), "paths named after their pods", |doc| {
-        labelled(doc, &a, "default", "ordinary-a") && labelled(doc, &d, "default", "secondary-d")
-    });
-    assert!(labelled(&doc, &b, "default", "ordinary-b"), "a malformed annotation still names the path");
+    let doc = wait_report(
+        &agent,
+        Duration::from_secs(20),
+        "paths named after their pods",
+        |doc| {
+            labelled(doc, &a, "default", "ordinary-a")
+                && labelled(doc, &d, "default", "secondary-d")
+        },
+    );
+    assert!(
+        labelled(&doc, &b, "default", "ordinary-b"),
+        "a malformed annotation still names the path"
+    );
     let pc = path_of(&doc, &c);
     assert_eq!(pc["pod"]["name"], "standard-c");
     assert_eq!(pc["pod"]["branch_eni"], "eni-0c5");
@@ -562,11 +661,21 @@ pub fn agent_names_paths_after_pods(lab: &Lab) {
         ("sgp-pod-without-branch-eni", "default/secondary-d"),
         ("trunk-unavailable", NODE),
     ] {
-        assert!(got.iter().any(|(i, s)| (i.as_str(), s.as_str()) == want), "no {want:?} in {got:?}");
+        assert!(
+            got.iter().any(|(i, s)| (i.as_str(), s.as_str()) == want),
+            "no {want:?} in {got:?}"
+        );
     }
-    assert!(!got.iter().any(|(i, _)| i == "veth-name-mismatch"), "{got:?}");
+    assert!(
+        !got.iter().any(|(i, _)| i == "veth-name-mismatch"),
+        "{got:?}"
+    );
     // Everything else still works: the lab's own finding is there too.
-    assert!(got.iter().any(|(i, s)| i == "vlan-parent-missing" && s == "vlan.eth.5"), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|(i, s)| i == "vlan-parent-missing" && s == "vlan.eth.5"),
+        "{got:?}"
+    );
 
     let (status, metrics) = agent.request("GET", "/metrics", &[]);
     assert_eq!(status, 200);
@@ -577,22 +686,48 @@ pub fn agent_names_paths_after_pods(lab: &Lab) {
         ("direction", "to_pod"),
         ("verdict", "forwarded"),
     ];
-    assert!(sample(&metrics, "sgpath_path_packets_total", &labels).is_some(), "{metrics}");
+    assert!(
+        sample(&metrics, "sgpath_path_packets_total", &labels).is_some(),
+        "{metrics}"
+    );
     assert_eq!(
-        sample(&metrics, "sgpath_path_info", &[("pod_ip", c.as_str()), ("pod", "standard-c"), ("eni", "eni-0c5"), ("security_groups", "sg-0c5")]),
+        sample(
+            &metrics,
+            "sgpath_path_info",
+            &[
+                ("pod_ip", c.as_str()),
+                ("pod", "standard-c"),
+                ("eni", "eni-0c5"),
+                ("security_groups", "sg-0c5")
+            ]
+        ),
         Some(1),
         "{metrics}"
     );
     assert_eq!(
-        sample(&metrics, "sgpath_finding", &[("id", "sgp-pod-without-branch-eni"), ("subject", "default/secondary-d")]),
+        sample(
+            &metrics,
+            "sgpath_finding",
+            &[
+                ("id", "sgp-pod-without-branch-eni"),
+                ("subject", "default/secondary-d")
+            ]
+        ),
         Some(1)
     );
 
     // A watch event: the policy goes, its finding clears.
     api.delete(Kind::SecurityGroupPolicy, "default", "db");
-    wait_report(&agent, Duration::from_secs(10), "sgp-pod-without-branch-eni cleared", |doc| {
-        !findings(doc).iter().any(|(i, _)| i == "sgp-pod-without-branch-eni")
-    });
+    wait_report(
+        &agent,
+        Duration::from_secs(10),
+        "sgp-pod-without-branch-eni cleared",
+        |doc| {
+            !findings(doc)
+                .iter()
+                .any(|(i, _)| i == "sgp-pod-without-branch-eni")
+        },
+    );
 
     // The API server goes away; a pod is deleted meanwhile; the agent keeps working.
     api.stop();
@@ -601,7 +736,10 @@ pub fn agent_names_paths_after_pods(lab: &Lab) {
     let (status, _) = agent.request("GET", "/readyz", &[]);
     assert_eq!(status, 200, "the agent is ready without its API server");
     let doc = agent.report(&[]);
-    assert!(labelled(&doc, &a, "default", "ordinary-a"), "the last known context stays while the API server is away");
+    assert!(
+        labelled(&doc, &a, "default", "ordinary-a"),
+        "the last known context stays while the API server is away"
+    );
     let events = agent.log_events();
     assert!(
         events.iter().any(|e| e["event"] == "kube-watch-failed"),
@@ -611,18 +749,31 @@ pub fn agent_names_paths_after_pods(lab: &Lab) {
 
     // It comes back compacted: 410 Gone, relist, ordinary-a is gone and its labels too.
     let _api = api.restart();
-    let doc = wait_report(&agent, Duration::from_secs(60), "ordinary-a unlabelled after the relist", |doc| {
-        path_of(doc, &a)["pod"].is_null()
-    });
-    assert!(labelled(&doc, &b, "default", "ordinary-b"), "the others keep their labels");
-    assert!(api.requests(Kind::Pod, "watch-410") >= 1, "the pods' watch was never answered 410");
+    let doc = wait_report(
+        &agent,
+        Duration::from_secs(60),
+        "ordinary-a unlabelled after the relist",
+        |doc| path_of(doc, &a)["pod"].is_null(),
+    );
+    assert!(
+        labelled(&doc, &b, "default", "ordinary-b"),
+        "the others keep their labels"
+    );
+    assert!(
+        api.requests(Kind::Pod, "watch-410") >= 1,
+        "the pods' watch was never answered 410"
+    );
     let (_, metrics) = agent.request("GET", "/metrics", &[]);
     assert!(
         !metrics.contains("pod=\"ordinary-a\""),
         "stale label in /metrics:\n{metrics}"
     );
     let events = agent.log_events();
-    assert!(events.iter().any(|e| e["event"] == "kube-watch-resumed"), "{}", agent.log_text());
+    assert!(
+        events.iter().any(|e| e["event"] == "kube-watch-resumed"),
+        "{}",
+        agent.log_text()
+    );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(agent.terminate().success());
     api.stop();

@@ -310,9 +310,11 @@ mod tests {
             paths: vec![p.clone()],
             ..Default::default()
         };
-        assert!(probe_path_broken(&n, &topo(&p))[0]
-            .remediation
-            .contains("--group-id <the pod's security group>"));
+        assert!(
+            probe_path_broken(&n, &topo(&p))[0]
+                .remediation
+                .contains("--group-id <the pod's security group>")
+        );
         p.pod = Some(crate::model::k8s::PodRef {
             namespace: "sg-test".into(),
             name: "web".into(),
@@ -327,14 +329,26 @@ mod tests {
             &sg_suspected_block(&n, &t)[0],
             &dns_path_broken(&n, &t)[0],
         ] {
-            assert!(f.remediation.contains("--group-id sg-0pod "), "{}", f.remediation);
-            assert!(f.remediation.contains("also has sg-0extra"), "{}", f.remediation);
+            assert!(
+                f.remediation.contains("--group-id sg-0pod "),
+                "{}",
+                f.remediation
+            );
+            assert!(
+                f.remediation.contains("also has sg-0extra"),
+                "{}",
+                f.remediation
+            );
         }
-        assert!(probe_path_broken(&n, &t)[0]
-            .remediation
-            .contains("aws ec2 authorize-security-group-ingress --group-id sg-0pod"));
-        assert!(sg_suspected_block(&n, &t)[0]
-            .remediation
-            .contains("aws ec2 authorize-security-group-egress --group-id sg-0pod"));
+        assert!(
+            probe_path_broken(&n, &t)[0]
+                .remediation
+                .contains("aws ec2 authorize-security-group-ingress --group-id sg-0pod")
+        );
+        assert!(
+            sg_suspected_block(&n, &t)[0]
+                .remediation
+                .contains("aws ec2 authorize-security-group-egress --group-id sg-0pod")
+        );
     }
 }

@@ -49,7 +49,9 @@ fn quote(raw: &str) -> String {
 }
 
 pub fn malformed_annotation(node: &Node, _: &Topology) -> Vec<Finding> {
-    let Some(c) = cluster(node) else { return Vec::new() };
+    let Some(c) = cluster(node) else {
+        return Vec::new();
+    };
     pods(c)
         .filter_map(|p| {
             let e = p.branch_enis().err()?;
@@ -73,7 +75,9 @@ pub fn malformed_annotation(node: &Node, _: &Topology) -> Vec<Finding> {
 }
 
 pub fn malformed_policy(node: &Node, _: &Topology) -> Vec<Finding> {
-    let Some(c) = cluster(node) else { return Vec::new() };
+    let Some(c) = cluster(node) else {
+        return Vec::new();
+    };
     c.policies
         .iter()
         .filter_map(|p| {
@@ -98,11 +102,16 @@ pub fn malformed_policy(node: &Node, _: &Topology) -> Vec<Finding> {
 }
 
 pub fn pod_eni_mismatch(node: &Node, topo: &Topology) -> Vec<Finding> {
-    let Some(c) = cluster(node) else { return Vec::new() };
+    let Some(c) = cluster(node) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for path in &topo.paths {
         let Some(r) = &path.pod else { continue };
-        let Some(pod) = c.pods.iter().find(|p| p.namespace == r.namespace && p.name == r.name)
+        let Some(pod) = c
+            .pods
+            .iter()
+            .find(|p| p.namespace == r.namespace && p.name == r.name)
         else {
             continue;
         };
@@ -137,7 +146,9 @@ pub fn pod_eni_mismatch(node: &Node, topo: &Topology) -> Vec<Finding> {
                 let mac = topo.vlan_link(v).and_then(|l| l.mac.as_deref());
                 match mac {
                     Some(m) if !m.eq_ignore_ascii_case(&eni.if_address) => {
-                        f = f.evidence(said).evidence(format!("vlan.eth.{v} has MAC {m}"));
+                        f = f
+                            .evidence(said)
+                            .evidence(format!("vlan.eth.{v} has MAC {m}"));
                     }
                     _ => continue,
                 }
@@ -210,7 +221,12 @@ fn selected_without_branch(c: &Cluster) -> Vec<(&Pod, Vec<String>)> {
             let by: Vec<String> = c
                 .policies_for(p)
                 .map(|(sgp, spec)| {
-                    format!("{}/{} ({})", sgp.namespace, sgp.name, spec.group_ids.join(", "))
+                    format!(
+                        "{}/{} ({})",
+                        sgp.namespace,
+                        sgp.name,
+                        spec.group_ids.join(", ")
+                    )
                 })
                 .collect();
             (!by.is_empty()).then_some((p, by))
@@ -219,7 +235,9 @@ fn selected_without_branch(c: &Cluster) -> Vec<(&Pod, Vec<String>)> {
 }
 
 pub fn policy_without_branch(node: &Node, topo: &Topology) -> Vec<Finding> {
-    let Some(c) = cluster(node) else { return Vec::new() };
+    let Some(c) = cluster(node) else {
+        return Vec::new();
+    };
     selected_without_branch(c)
         .into_iter()
         .map(|(p, by)| {
@@ -251,7 +269,9 @@ pub fn policy_without_branch(node: &Node, topo: &Topology) -> Vec<Finding> {
 }
 
 pub fn trunk_unavailable(node: &Node, topo: &Topology) -> Vec<Finding> {
-    let Some(c) = cluster(node) else { return Vec::new() };
+    let Some(c) = cluster(node) else {
+        return Vec::new();
+    };
     if !topo.trunks.is_empty() || !topo.vlan_links.is_empty() {
         return Vec::new();
     }
@@ -259,15 +279,21 @@ pub fn trunk_unavailable(node: &Node, topo: &Topology) -> Vec<Finding> {
     if wanted.is_empty() {
         return Vec::new();
     }
-    let subject = c.node.as_ref().map_or_else(|| "node".to_owned(), |n| n.name.clone());
-    let mut f = Finding::new(FindingId::TrunkUnavailable, Severity::Warning, subject).evidence(
-        format!(
+    let subject = c
+        .node
+        .as_ref()
+        .map_or_else(|| "node".to_owned(), |n| n.name.clone());
+    let mut f =
+        Finding::new(FindingId::TrunkUnavailable, Severity::Warning, subject).evidence(format!(
             "{} pod(s) on this node are selected by a SecurityGroupPolicy ({}) and no vlan.eth.* \
              link or trunk ENI exists",
             wanted.len(),
-            wanted.iter().map(|(p, _)| p.key()).collect::<Vec<_>>().join(", ")
-        ),
-    );
+            wanted
+                .iter()
+                .map(|(p, _)| p.key())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     let mut fixes = Vec::new();
     if let Some(a) = &c.aws_node
         && !a.pod_eni_enabled()
@@ -300,7 +326,8 @@ pub fn trunk_unavailable(node: &Node, topo: &Topology) -> Vec<Finding> {
             );
         }
         if n.os() == Some("windows") {
-            f = f.evidence("a Windows node (kubernetes.io/os=windows): no branch ENIs for its pods");
+            f = f
+                .evidence("a Windows node (kubernetes.io/os=windows): no branch ENIs for its pods");
             fixes.push("schedule these pods on Linux nodes".to_owned());
         }
     }
@@ -345,7 +372,9 @@ fn env_mode(c: &Cluster) -> Option<(EnforcingMode, bool)> {
 }
 
 pub fn enforcing_mode_env(node: &Node, topo: &Topology) -> Vec<Finding> {
-    let Some(c) = cluster(node) else { return Vec::new() };
+    let Some(c) = cluster(node) else {
+        return Vec::new();
+    };
     let (Some((wanted, set)), Some(seen)) = (env_mode(c), topo.mode) else {
         return Vec::new();
     };
@@ -358,20 +387,36 @@ pub fn enforcing_mode_env(node: &Node, topo: &Topology) -> Vec<Finding> {
         .filter(|p| p.mode == Some(seen))
         .map(|p| p.host_veth.as_str())
         .collect();
-    vec![Finding::new(FindingId::EnforcingModeEnvMismatch, Severity::Info, "aws-node")
+    vec![
+        Finding::new(
+            FindingId::EnforcingModeEnvMismatch,
+            Severity::Info,
+            "aws-node",
+        )
         .evidence(format!(
             "aws-node's POD_SECURITY_GROUP_ENFORCING_MODE is {}",
-            if set { wanted.as_str().to_owned() } else { "unset (strict)".to_owned() }
+            if set {
+                wanted.as_str().to_owned()
+            } else {
+                "unset (strict)".to_owned()
+            }
         ))
-        .evidence(format!("branch pods set up in {} mode: {}", seen.as_str(), odd.join(", ")))
+        .evidence(format!(
+            "branch pods set up in {} mode: {}",
+            seen.as_str(),
+            odd.join(", ")
+        ))
         .fix(
             "pods keep the mode they were set up in: recreate them (kubectl rollout restart \
              deployment/...) after changing the mode, or set the mode the node needs on aws-node",
-        )]
+        ),
+    ]
 }
 
 pub fn strict_unsupported(node: &Node, topo: &Topology) -> Vec<Finding> {
-    let Some(c) = cluster(node) else { return Vec::new() };
+    let Some(c) = cluster(node) else {
+        return Vec::new();
+    };
     let strict = match topo.mode {
         Some(m) => m == EnforcingMode::Strict,
         None => {
@@ -396,7 +441,9 @@ pub fn strict_unsupported(node: &Node, topo: &Topology) -> Vec<Finding> {
             p.branch_enis().is_ok_and(|v| !v.is_empty())
                 || topo.paths.iter().any(|x| {
                     x.kind == PathKind::BranchEni
-                        && x.pod.as_ref().is_some_and(|r| r.namespace == p.namespace && r.name == p.name)
+                        && x.pod
+                            .as_ref()
+                            .is_some_and(|r| r.namespace == p.namespace && r.name == p.name)
                 })
         })
         .collect();
@@ -422,7 +469,11 @@ pub fn strict_unsupported(node: &Node, topo: &Topology) -> Vec<Finding> {
         Some(v) => format!(" (this node runs VPC CNI {v}; the standard mode needs 1.11 or later)"),
         None => " (the standard mode needs VPC CNI 1.11 or later)".to_owned(),
     };
-    let mut f = Finding::new(FindingId::StrictModeUnsupported, Severity::Warning, "aws-node");
+    let mut f = Finding::new(
+        FindingId::StrictModeUnsupported,
+        Severity::Warning,
+        "aws-node",
+    );
     for e in evidence {
         f = f.evidence(e);
     }
@@ -439,7 +490,10 @@ mod tests {
     use crate::model::k8s::{AwsNode, KubeNode, PolicySpec, SecurityGroupPolicy, Service};
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     fn pod(ns: &str, name: &str, ip: &str, l: &[(&str, &str)], eni: Option<&str>) -> Pod {
@@ -506,11 +560,22 @@ mod tests {
     #[test]
     fn paths_are_labelled_and_a_consistent_cluster_raises_nothing() {
         let mut c = Cluster::default();
-        c.pods.push(pod("sg-test", "web", "192.168.3.219", &[("app", "web")], Some(ANN_VLAN1)));
-        c.pods.push(pod("default", "plain", "192.168.7.31", &[], None));
+        c.pods.push(pod(
+            "sg-test",
+            "web",
+            "192.168.3.219",
+            &[("app", "web")],
+            Some(ANN_VLAN1),
+        ));
+        c.pods
+            .push(pod("default", "plain", "192.168.7.31", &[], None));
         c.policies.push(policy("sg-test", "p", serde_json::json!({"podSelector": {"matchLabels": {"app": "web"}}, "securityGroups": {"groupIds": ["sg-0pod"]}})));
         let (n, t) = node_with(c);
-        let branch = t.paths.iter().find(|p| p.kind == PathKind::BranchEni).unwrap();
+        let branch = t
+            .paths
+            .iter()
+            .find(|p| p.kind == PathKind::BranchEni)
+            .unwrap();
         let r = branch.pod.as_ref().unwrap();
         assert_eq!((r.namespace.as_str(), r.name.as_str()), ("sg-test", "web"));
         assert_eq!(r.branch_eni.as_deref(), Some("eni-0b1"));
@@ -518,33 +583,60 @@ mod tests {
         assert_eq!(r.security_groups, ["sg-0pod"]);
         assert_eq!(branch.eni_id.as_deref(), Some("eni-0b1"));
         assert_eq!(
-            crate::model::eni::of_link(&t, "vlan.eth.1").unwrap().describe(),
+            crate::model::eni::of_link(&t, "vlan.eth.1")
+                .unwrap()
+                .describe(),
             "the branch ENI eni-0b1 on VLAN 1 (vlan.eth.1)"
         );
-        let plain = t.paths.iter().find(|p| p.kind == PathKind::NodeEni).unwrap();
+        let plain = t
+            .paths
+            .iter()
+            .find(|p| p.kind == PathKind::NodeEni)
+            .unwrap();
         assert_eq!(plain.pod.as_ref().unwrap().name, "plain");
         // veths of the fixture are not the CNI's hashes of these names.
         let got = ids(&n, &t);
-        assert!(got.iter().all(|(id, _)| *id == "veth-name-mismatch"), "{got:?}");
+        assert!(
+            got.iter().all(|(id, _)| *id == "veth-name-mismatch"),
+            "{got:?}"
+        );
         assert_eq!(got.len(), 2);
     }
 
     #[test]
     fn annotation_vlan_or_mac_that_the_node_does_not_use() {
         let mut c = Cluster::default();
-        c.pods.push(pod("sg-test", "web", "192.168.3.219", &[], Some(&ANN_VLAN1.replace("\"vlanId\":1", "\"vlanId\":4"))));
+        c.pods.push(pod(
+            "sg-test",
+            "web",
+            "192.168.3.219",
+            &[],
+            Some(&ANN_VLAN1.replace("\"vlanId\":1", "\"vlanId\":4")),
+        ));
         let (n, t) = node_with(c);
         let f = pod_eni_mismatch(&n, &t);
         assert_eq!(f.len(), 1);
         assert!(f[0].evidence[1].contains("VLAN 1"), "{:?}", f[0].evidence);
         let mut c = Cluster::default();
-        c.pods.push(pod("sg-test", "web", "192.168.3.219", &[], Some(&ANN_VLAN1.replace("06:00:00:00:00:01", "06:00:00:00:00:99"))));
+        c.pods.push(pod(
+            "sg-test",
+            "web",
+            "192.168.3.219",
+            &[],
+            Some(&ANN_VLAN1.replace("06:00:00:00:00:01", "06:00:00:00:00:99")),
+        ));
         let (n, t) = node_with(c);
         let f = pod_eni_mismatch(&n, &t);
         assert_eq!(f[0].evidence[1], "vlan.eth.1 has MAC 06:00:00:00:00:01");
         // An annotated pod on a node-ENI path.
         let mut c = Cluster::default();
-        c.pods.push(pod("default", "plain", "192.168.7.31", &[], Some(ANN_VLAN1)));
+        c.pods.push(pod(
+            "default",
+            "plain",
+            "192.168.7.31",
+            &[],
+            Some(ANN_VLAN1),
+        ));
         let (n, t) = node_with(c);
         assert_eq!(pod_eni_mismatch(&n, &t)[0].subject, "default/plain");
     }
@@ -554,7 +646,8 @@ mod tests {
         use crate::model::{LinkKind, fixtures::*};
         let veth = k8s::veth_name("eni", "default", "plain");
         let mut c = Cluster::default();
-        c.pods.push(pod("default", "plain", "192.168.7.31", &[], None));
+        c.pods
+            .push(pod("default", "plain", "192.168.7.31", &[], None));
         let n = Node {
             links: vec![
                 link(2, "eth0", LinkKind::Device, None, &["192.168.1.10/16"]),
@@ -570,20 +663,44 @@ mod tests {
         };
         let t = Topology::from_node(&n);
         assert!(veth_name_mismatch(&n, &t).is_empty());
-        assert_eq!(t.path_of_veth(&veth).unwrap().pod.as_ref().unwrap().matched_by, k8s::MatchedBy::PodIp);
+        assert_eq!(
+            t.path_of_veth(&veth)
+                .unwrap()
+                .pod
+                .as_ref()
+                .unwrap()
+                .matched_by,
+            k8s::MatchedBy::PodIp
+        );
     }
 
     #[test]
     fn malformed_annotation_and_policy_are_findings() {
         let mut c = Cluster::default();
-        c.pods.push(pod("sg-test", "web", "192.168.3.219", &[], Some("[{\"eniId\": ")));
+        c.pods.push(pod(
+            "sg-test",
+            "web",
+            "192.168.3.219",
+            &[],
+            Some("[{\"eniId\": "),
+        ));
         c.policies.push(policy("sg-test", "bad", serde_json::json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["b"]}]}, "securityGroups": {"groupIds": ["sg-1"]}})));
         let (n, t) = node_with(c);
         let got = ids(&n, &t);
-        assert!(got.contains(&("malformed-pod-eni-annotation", "sg-test/web".into())), "{got:?}");
-        assert!(got.contains(&("malformed-security-group-policy", "sg-test/bad".into())), "{got:?}");
+        assert!(
+            got.contains(&("malformed-pod-eni-annotation", "sg-test/web".into())),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("malformed-security-group-policy", "sg-test/bad".into())),
+            "{got:?}"
+        );
         // The path is still labelled, without branch ENI.
-        let p = t.paths.iter().find(|p| p.pod_ip == Some("192.168.3.219".parse().unwrap())).unwrap();
+        let p = t
+            .paths
+            .iter()
+            .find(|p| p.pod_ip == Some("192.168.3.219".parse().unwrap()))
+            .unwrap();
         assert_eq!(p.pod.as_ref().unwrap().branch_eni, None);
     }
 
@@ -591,12 +708,24 @@ mod tests {
     fn selected_pod_without_branch_eni_and_no_trunk() {
         use crate::model::{LinkKind, fixtures::*};
         let mut c = Cluster::default();
-        c.pods.push(pod("default", "plain", "192.168.7.31", &[("app", "db")], None));
+        c.pods.push(pod(
+            "default",
+            "plain",
+            "192.168.7.31",
+            &[("app", "db")],
+            None,
+        ));
         c.policies.push(policy("default", "db", serde_json::json!({"podSelector": {"matchLabels": {"app": "db"}}, "securityGroups": {"groupIds": ["sg-0db"]}})));
-        c.aws_node = Some(AwsNode { image: Some("x/amazon-k8s-cni:v1.18.0".into()), ..Default::default() });
+        c.aws_node = Some(AwsNode {
+            image: Some("x/amazon-k8s-cni:v1.18.0".into()),
+            ..Default::default()
+        });
         c.node = Some(KubeNode {
             name: "ip-192-168-1-10".into(),
-            labels: labels(&[(k8s::INSTANCE_TYPE_LABEL, "t3.medium"), (k8s::HAS_TRUNK_LABEL, "false")]),
+            labels: labels(&[
+                (k8s::INSTANCE_TYPE_LABEL, "t3.medium"),
+                (k8s::HAS_TRUNK_LABEL, "false"),
+            ]),
         });
         let n = Node {
             links: vec![
@@ -654,7 +783,13 @@ mod tests {
             }),
             ..Default::default()
         };
-        c.pods.push(pod("sg-test", "web", "192.168.3.219", &[("app", "web")], Some(ANN_VLAN1)));
+        c.pods.push(pod(
+            "sg-test",
+            "web",
+            "192.168.3.219",
+            &[("app", "web")],
+            Some(ANN_VLAN1),
+        ));
         let mut calico = pod("calico-system", "calico-node-x7", "192.168.1.10", &[], None);
         calico.host_network = true;
         c.pods.push(calico);

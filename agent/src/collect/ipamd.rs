@@ -54,9 +54,12 @@ async fn get(url: &str) -> Result<String, IpamdFetchError> {
     };
     let host = authority(url);
     let mut s = tokio::net::TcpStream::connect(host).await.map_err(io)?;
-    s.write_all(format!("GET /v1/enis HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n").as_bytes())
-        .await
-        .map_err(io)?;
+    s.write_all(
+        format!("GET /v1/enis HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .map_err(io)?;
     let mut buf = Vec::new();
     s.take(MAX_BODY).read_to_end(&mut buf).await.map_err(io)?;
     let text = String::from_utf8_lossy(&buf);
@@ -94,7 +97,9 @@ pub async fn read(url: &str, warnings: &mut Vec<ReadWarning>) -> Option<Vec<Ipam
             return None;
         }
         Err(_) => {
-            let e = IpamdFetchError::Timeout { url: url.to_owned() };
+            let e = IpamdFetchError::Timeout {
+                url: url.to_owned(),
+            };
             warnings.push(ReadWarning::new(format!("{url}/v1/enis"), e.to_string()));
             return None;
         }
@@ -112,8 +117,14 @@ pub async fn read(url: &str, warnings: &mut Vec<ReadWarning>) -> Option<Vec<Ipam
 mod tests {
     #[test]
     fn authority_of_urls() {
-        assert_eq!(super::authority("http://127.0.0.1:61679"), "127.0.0.1:61679");
-        assert_eq!(super::authority("http://127.0.0.1:61679/"), "127.0.0.1:61679");
+        assert_eq!(
+            super::authority("http://127.0.0.1:61679"),
+            "127.0.0.1:61679"
+        );
+        assert_eq!(
+            super::authority("http://127.0.0.1:61679/"),
+            "127.0.0.1:61679"
+        );
         assert_eq!(super::authority("[::1]:61679"), "[::1]:61679");
     }
 }

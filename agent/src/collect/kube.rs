@@ -39,8 +39,8 @@ use tokio::sync::watch as channel;
 use tracing::{info, warn};
 
 use crate::model::k8s::{
-    AwsNode, Cluster, KubeNode, POD_ENI_ANNOTATION, Pod, PolicySpec, SecurityGroupPolicy,
-    Service, ServiceAccount,
+    AwsNode, Cluster, KubeNode, POD_ENI_ANNOTATION, Pod, PolicySpec, SecurityGroupPolicy, Service,
+    ServiceAccount,
 };
 
 /// The VPC CNI's DaemonSet and its containers.
@@ -165,7 +165,12 @@ pub async fn watch(client: Client, node_name: String, tx: channel::Sender<Option
         all.clone(),
         (),
     );
-    let (services, s4) = reflect("services", Api::<K8sService>::all(client.clone()), all.clone(), ());
+    let (services, s4) = reflect(
+        "services",
+        Api::<K8sService>::all(client.clone()),
+        all.clone(),
+        (),
+    );
     let (nodes, s5) = reflect(
         "nodes",
         Api::<K8sNode>::all(client.clone()),
@@ -242,7 +247,12 @@ fn snapshot(s: &Stores, node_name: &str) -> Cluster {
         })
         .collect();
     service_accounts.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let mut services: Vec<Service> = s.services.state().iter().filter_map(|x| service(x)).collect();
+    let mut services: Vec<Service> = s
+        .services
+        .state()
+        .iter()
+        .filter_map(|x| service(x))
+        .collect();
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let node = s
         .nodes
@@ -310,7 +320,11 @@ fn pod(p: &K8sPod) -> Pod {
 }
 
 fn policy(o: &DynamicObject) -> SecurityGroupPolicy {
-    let spec = o.data.get("spec").cloned().unwrap_or(serde_json::Value::Null);
+    let spec = o
+        .data
+        .get("spec")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
     SecurityGroupPolicy {
         namespace: o.metadata.namespace.clone().unwrap_or_default(),
         name: o.metadata.name.clone().unwrap_or_default(),

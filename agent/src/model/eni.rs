@@ -38,7 +38,11 @@ pub struct Eni {
 impl Eni {
     /// `the branch ENI on VLAN 7 (vlan.eth.7)`, `the node ENI eth0`.
     pub fn describe(&self) -> String {
-        let id = self.id.as_deref().map(|i| format!(" {i}")).unwrap_or_default();
+        let id = self
+            .id
+            .as_deref()
+            .map(|i| format!(" {i}"))
+            .unwrap_or_default();
         match (self.kind, self.vlan_id) {
             (EniKind::Branch, Some(v)) => format!("the branch ENI{id} on VLAN {v} ({})", self.link),
             (EniKind::Branch, None) => format!("the branch ENI{id} of {}", self.link),
@@ -283,8 +287,15 @@ mod tests {
     fn ipamd_names_node_enis_and_adds_their_addresses() {
         use crate::model::ipamd::parse_enis;
         let mut n = node();
-        n.links.push(link(4, "eth2", LinkKind::Device, None, &["192.168.2.20/16"]));
-        n.routes.push(route(3, "0.0.0.0/0", Some("192.168.0.1"), "eth2"));
+        n.links.push(link(
+            4,
+            "eth2",
+            LinkKind::Device,
+            None,
+            &["192.168.2.20/16"],
+        ));
+        n.routes
+            .push(route(3, "0.0.0.0/0", Some("192.168.0.1"), "eth2"));
         n.ipamd = Some(
             parse_enis(
                 r#"{"0": {"ENIs": {

@@ -84,7 +84,10 @@ pub fn parse_enis(body: &str) -> Result<Vec<IpamdEni>, IpamdError> {
     let err = |message: String| IpamdError { message };
     let value: serde_json::Value = serde_json::from_str(body).map_err(|e| err(e.to_string()))?;
     let cards: Vec<(u32, RawInfos)> = if value.get("ENIs").is_some() {
-        vec![(0, serde_json::from_value(value).map_err(|e| err(e.to_string()))?)]
+        vec![(
+            0,
+            serde_json::from_value(value).map_err(|e| err(e.to_string()))?,
+        )]
     } else {
         let map: BTreeMap<String, RawInfos> =
             serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
@@ -165,9 +168,16 @@ mod tests {
         let ids: Vec<&str> = enis.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["eni-0aaa", "eni-0ccc", "eni-0bbb"]);
         assert!(enis[0].is_primary && enis[1].is_trunk);
-        assert_eq!(enis[0].addresses.len(), 1, "the unassigned /32 has no address entry");
         assert_eq!(
-            enis[0].pods.get(&"192.168.7.31".parse().unwrap()).map(String::as_str),
+            enis[0].addresses.len(),
+            1,
+            "the unassigned /32 has no address entry"
+        );
+        assert_eq!(
+            enis[0]
+                .pods
+                .get(&"192.168.7.31".parse().unwrap())
+                .map(String::as_str),
             Some("default/ordinary-a")
         );
         assert_eq!(route_table(&enis[2]), 3);
@@ -191,7 +201,8 @@ mod tests {
         ] {
             assert!(parse_enis(body).is_err(), "{body:?}");
         }
-        let multi = parse_enis(r#"{"1": {"ENIs": {"eni-9": {"ID": "eni-9", "DeviceNumber": 0}}}}"#).unwrap();
+        let multi = parse_enis(r#"{"1": {"ENIs": {"eni-9": {"ID": "eni-9", "DeviceNumber": 0}}}}"#)
+            .unwrap();
         assert_eq!(route_table(&multi[0]), 10_000 + 100);
     }
 }

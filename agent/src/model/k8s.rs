@@ -65,8 +65,8 @@ impl KubeNode {
 pub fn trunking_compatible(instance_type: &str) -> bool {
     let family = instance_type.split('.').next().unwrap_or_default();
     let old = [
-        "t1", "t2", "t3", "t3a", "t4g", "m1", "m2", "m3", "m4", "c1", "c3", "c4", "r3", "r4",
-        "i2", "i3", "d2", "g2", "g3", "p2", "x1", "x1e", "h1", "f1", "cc2", "cr1", "hs1",
+        "t1", "t2", "t3", "t3a", "t4g", "m1", "m2", "m3", "m4", "c1", "c3", "c4", "r3", "r4", "i2",
+        "i3", "d2", "g2", "g3", "p2", "x1", "x1e", "h1", "f1", "cc2", "cr1", "hs1",
     ];
     !family.starts_with('t') && !old.contains(&family)
 }
@@ -254,7 +254,10 @@ pub enum Operator {
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum PolicyError {
     #[error("{field} is not a label selector: {message}")]
-    Selector { field: &'static str, message: String },
+    Selector {
+        field: &'static str,
+        message: String,
+    },
     #[error("{field}: unknown operator {operator:?} (In, NotIn, Exists, DoesNotExist)")]
     Operator {
         field: &'static str,
@@ -513,7 +516,9 @@ impl Cluster {
             return Some((p, MatchedBy::PodIp));
         }
         live()
-            .find(|p| veth_names(veth_prefix, &p.namespace, &p.name).contains(&host_veth.to_owned()))
+            .find(|p| {
+                veth_names(veth_prefix, &p.namespace, &p.name).contains(&host_veth.to_owned())
+            })
             .map(|p| (p, MatchedBy::VethName))
     }
 }
@@ -578,13 +583,13 @@ mod tests {
         assert_eq!(enis[0].eni_id, "eni-05fea37c9708913d7");
         assert_eq!(enis[0].if_address, "06:74:5b:7b:54:3a");
         assert_eq!(enis[0].vlan_id, 2);
-        assert_eq!(
-            enis[0].private_ip,
-            Some("10.105.49.186".parse().unwrap())
-        );
+        assert_eq!(enis[0].private_ip, Some("10.105.49.186".parse().unwrap()));
         // IPv6 and association fields, unknown fields ignored.
         let v6 = r#"[{"eniId":"eni-1","ifAddress":"06:00:00:00:00:01","ipv6Addr":"2600::1","vlanId":7,"associationID":"x"}]"#;
-        assert_eq!(parse_pod_eni(v6).unwrap()[0].ipv6_addr, Some("2600::1".parse().unwrap()));
+        assert_eq!(
+            parse_pod_eni(v6).unwrap()[0].ipv6_addr,
+            Some("2600::1".parse().unwrap())
+        );
     }
 
     #[test]
@@ -645,11 +650,32 @@ mod tests {
         assert!(sel.matches(&labels(&base)));
         assert!(!sel.matches(&labels(&[("role", "web"), ("env", "prod"), ("team", "a")])));
         assert!(!sel.matches(&labels(&[("role", "db"), ("env", "dev"), ("team", "a")])));
-        assert!(!sel.matches(&labels(&[("role", "db"), ("team", "a")])), "In needs the key");
-        assert!(!sel.matches(&labels(&[("role", "db"), ("env", "prod"), ("team", "a"), ("tier", "cache")])));
-        assert!(sel.matches(&labels(&[("role", "db"), ("env", "prod"), ("team", "a"), ("tier", "web")])));
-        assert!(!sel.matches(&labels(&[("role", "db"), ("env", "prod")])), "Exists");
-        assert!(!sel.matches(&labels(&[("role", "db"), ("env", "prod"), ("team", "a"), ("legacy", "")])));
+        assert!(
+            !sel.matches(&labels(&[("role", "db"), ("team", "a")])),
+            "In needs the key"
+        );
+        assert!(!sel.matches(&labels(&[
+            ("role", "db"),
+            ("env", "prod"),
+            ("team", "a"),
+            ("tier", "cache")
+        ])));
+        assert!(sel.matches(&labels(&[
+            ("role", "db"),
+            ("env", "prod"),
+            ("team", "a"),
+            ("tier", "web")
+        ])));
+        assert!(
+            !sel.matches(&labels(&[("role", "db"), ("env", "prod")])),
+            "Exists"
+        );
+        assert!(!sel.matches(&labels(&[
+            ("role", "db"),
+            ("env", "prod"),
+            ("team", "a"),
+            ("legacy", "")
+        ])));
         // An empty selector selects everything.
         let all = LabelSelector::parse("spec.podSelector", &json!({})).unwrap();
         assert!(all.matches(&labels(&[])) && all.matches(&labels(&base)));
@@ -659,15 +685,24 @@ mod tests {
     fn malformed_selectors_are_typed_errors() {
         let f = "spec.podSelector";
         assert!(matches!(
-            LabelSelector::parse(f, &json!({"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["x"]}]})),
+            LabelSelector::parse(
+                f,
+                &json!({"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["x"]}]})
+            ),
             Err(PolicyError::Operator { .. })
         ));
         assert!(matches!(
-            LabelSelector::parse(f, &json!({"matchExpressions": [{"key": "a", "operator": "In"}]})),
+            LabelSelector::parse(
+                f,
+                &json!({"matchExpressions": [{"key": "a", "operator": "In"}]})
+            ),
             Err(PolicyError::Values { .. })
         ));
         assert!(matches!(
-            LabelSelector::parse(f, &json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]})),
+            LabelSelector::parse(
+                f,
+                &json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]})
+            ),
             Err(PolicyError::Values { .. })
         ));
         assert!(matches!(
@@ -702,8 +737,13 @@ mod tests {
             Err(PolicyError::NoSelector)
         );
         assert!(matches!(
-            PolicySpec::parse(&json!({"serviceAccountSelector": 3, "securityGroups": {"groupIds": ["sg-1"]}})),
-            Err(PolicyError::Selector { field: "spec.serviceAccountSelector", .. })
+            PolicySpec::parse(
+                &json!({"serviceAccountSelector": 3, "securityGroups": {"groupIds": ["sg-1"]}})
+            ),
+            Err(PolicyError::Selector {
+                field: "spec.serviceAccountSelector",
+                ..
+            })
         ));
     }
 
@@ -737,11 +777,31 @@ mod tests {
             labels: labels(&[("sg", "yes")]),
         });
         c.policies = vec![
-            policy("sg-test", "by-pod", json!({"podSelector": {"matchLabels": {"app": "x"}}, "securityGroups": {"groupIds": ["sg-1"]}})),
-            policy("sg-test", "by-sa", json!({"serviceAccountSelector": {"matchLabels": {"sg": "yes"}}, "securityGroups": {"groupIds": ["sg-2", "sg-1"]}})),
-            policy("sg-test", "both-one-fails", json!({"podSelector": {"matchLabels": {"app": "x"}}, "serviceAccountSelector": {"matchLabels": {"sg": "no"}}, "securityGroups": {"groupIds": ["sg-3"]}})),
-            policy("other", "elsewhere", json!({"podSelector": {}, "securityGroups": {"groupIds": ["sg-4"]}})),
-            policy("sg-test", "broken", json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}, "securityGroups": {"groupIds": ["sg-5"]}})),
+            policy(
+                "sg-test",
+                "by-pod",
+                json!({"podSelector": {"matchLabels": {"app": "x"}}, "securityGroups": {"groupIds": ["sg-1"]}}),
+            ),
+            policy(
+                "sg-test",
+                "by-sa",
+                json!({"serviceAccountSelector": {"matchLabels": {"sg": "yes"}}, "securityGroups": {"groupIds": ["sg-2", "sg-1"]}}),
+            ),
+            policy(
+                "sg-test",
+                "both-one-fails",
+                json!({"podSelector": {"matchLabels": {"app": "x"}}, "serviceAccountSelector": {"matchLabels": {"sg": "no"}}, "securityGroups": {"groupIds": ["sg-3"]}}),
+            ),
+            policy(
+                "other",
+                "elsewhere",
+                json!({"podSelector": {}, "securityGroups": {"groupIds": ["sg-4"]}}),
+            ),
+            policy(
+                "sg-test",
+                "broken",
+                json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}, "securityGroups": {"groupIds": ["sg-5"]}}),
+            ),
         ];
         assert_eq!(c.security_groups(&p), ["sg-1", "sg-2"]);
         let names: Vec<&str> = c.policies_for(&p).map(|(p, _)| p.name.as_str()).collect();
@@ -761,21 +821,33 @@ mod tests {
         let mut host = pod("kube-system", "aws-node-x", "192.168.1.10", &[]);
         host.host_network = true;
         c.pods.push(host);
-        let (p, by) = c.pod_of(Some("192.168.7.31".parse().unwrap()), "whatever", "eni").unwrap();
+        let (p, by) = c
+            .pod_of(Some("192.168.7.31".parse().unwrap()), "whatever", "eni")
+            .unwrap();
         assert_eq!((p.name.as_str(), by), ("a", MatchedBy::PodIp));
         let veth = veth_name("eni", "default", "a");
         let (p, by) = c.pod_of(None, &veth, "eni").unwrap();
         assert_eq!((p.name.as_str(), by), ("a", MatchedBy::VethName));
         let strict = veth_name("vlan", "default", "a");
         assert!(c.pod_of(None, &strict, "eni").is_some());
-        assert!(c.pod_of(Some("192.168.1.10".parse().unwrap()), "eni00000000000", "eni").is_none());
+        assert!(
+            c.pod_of(
+                Some("192.168.1.10".parse().unwrap()),
+                "eni00000000000",
+                "eni"
+            )
+            .is_none()
+        );
     }
 
     #[test]
     fn aws_node_version_and_flags() {
         let a = AwsNode {
             enable_pod_eni: Some("TRUE".into()),
-            image: Some("602401143452.dkr.ecr.us-west-2.amazonaws.com/amazon-k8s-cni:v1.19.2-eksbuild.1".into()),
+            image: Some(
+                "602401143452.dkr.ecr.us-west-2.amazonaws.com/amazon-k8s-cni:v1.19.2-eksbuild.1"
+                    .into(),
+            ),
             ..Default::default()
         };
         assert!(a.pod_eni_enabled());
@@ -798,10 +870,22 @@ mod tests {
 
     #[test]
     fn trunking_by_instance_family() {
-        for t in ["m5.large", "c6g.xlarge", "m5.metal", "r6i.2xlarge", "m6g.medium"] {
+        for t in [
+            "m5.large",
+            "c6g.xlarge",
+            "m5.metal",
+            "r6i.2xlarge",
+            "m6g.medium",
+        ] {
             assert!(trunking_compatible(t), "{t}");
         }
-        for t in ["t3.medium", "t3a.large", "t4g.small", "m4.large", "c4.xlarge"] {
+        for t in [
+            "t3.medium",
+            "t3a.large",
+            "t4g.small",
+            "m4.large",
+            "c4.xlarge",
+        ] {
             assert!(!trunking_compatible(t), "{t}");
         }
     }

@@ -7,10 +7,10 @@ pub mod conns;
 mod counters;
 pub mod eni;
 pub mod fib;
-pub mod ipamd;
-pub mod k8s;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod ipamd;
+pub mod k8s;
 mod link;
 pub mod lookup;
 mod route;

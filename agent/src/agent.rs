@@ -180,7 +180,8 @@ pub(crate) async fn watch_cluster(
         Ok(None) => return Ok(None),
         Err(e @ collect::kube::KubeError::Kubeconfig { .. }) => return Err(e.into()),
         Err(e) => {
-            error!(event = "kube-config-failed", error = %e, "running without the cluster");
+            let e = anyhow::Error::from(e);
+            error!(event = "kube-config-failed", error = %format!("{e:#}"), "running without the cluster");
             return Ok(None);
         }
     };

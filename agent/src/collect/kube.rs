@@ -55,18 +55,18 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(200);
 /// Why there is no client.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("--kubeconfig {path}: {source}")]
+    #[error("--kubeconfig {path}")]
     Kubeconfig {
         path: String,
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("the in-cluster config (KUBERNETES_SERVICE_HOST is set): {source}")]
+    #[error("the in-cluster config (KUBERNETES_SERVICE_HOST is set)")]
     InCluster {
         #[source]
         source: kube::config::InClusterError,
     },
-    #[error("cannot build the Kubernetes client: {source}")]
+    #[error("cannot build the Kubernetes client")]
     Client {
         #[source]
         source: kube::Error,

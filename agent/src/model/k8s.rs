@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::cni::{DEFAULT_VETH_PREFIX, STRICT_VETH_PREFIX};
+use super::cni::STRICT_VETH_PREFIX;
 
 /// The annotation the VPC resource controller puts on a pod that got a branch ENI.
 pub const POD_ENI_ANNOTATION: &str = "vpc.amazonaws.com/pod-eni";
@@ -559,9 +559,6 @@ pub fn pod_ref(cluster: &Cluster, pod: &Pod, matched_by: MatchedBy) -> PodRef {
         security_groups: cluster.security_groups(pod),
     }
 }
-
-/// The default veth prefix, for callers without a CNI config.
-pub const VETH_PREFIX: &str = DEFAULT_VETH_PREFIX;
 
 #[cfg(test)]
 mod tests {

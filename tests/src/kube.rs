@@ -35,7 +35,7 @@ use crate::{
     observe::in_netns,
 };
 
-/// The resources the fake serves: (path after the API prefix, list kind, item kind, apiVersion).
+/// The resources the fake serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Pod,
@@ -47,15 +47,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
-        Kind::Pod,
-        Kind::Node,
-        Kind::Service,
-        Kind::ServiceAccount,
-        Kind::DaemonSet,
-        Kind::SecurityGroupPolicy,
-    ];
-
     fn api_version(self) -> &'static str {
         match self {
             Kind::DaemonSet => "apps/v1",

@@ -65,7 +65,7 @@ async fn get(url: &str) -> Result<String, IpamdFetchError> {
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.lines().next().unwrap_or_default();
-    if !status.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if status.split_whitespace().nth(1) != Some("200") {
         return Err(IpamdFetchError::Status {
             url: url.to_owned(),
             status: status.to_owned(),

@@ -4,7 +4,9 @@
 pub mod addresses;
 pub mod btf;
 pub mod cni_config;
+pub mod ipamd;
 pub mod kallsyms;
+pub mod kube;
 pub mod links;
 pub mod netns;
 pub mod pod_addresses;
@@ -44,6 +46,8 @@ pub enum CollectError {
 pub struct Sources {
     pub cni_config: PathBuf,
     pub proc_sys: PathBuf,
+    /// IPAMD's introspection endpoint (`http://127.0.0.1:61679`); empty: not asked.
+    pub ipamd: String,
 }
 
 impl Default for Sources {
@@ -51,6 +55,7 @@ impl Default for Sources {
         Sources {
             cni_config: PathBuf::from("/etc/cni/net.d/10-aws.conflist"),
             proc_sys: PathBuf::from("/proc/sys"),
+            ipamd: ipamd::DEFAULT_URL.to_owned(),
         }
     }
 }
@@ -106,6 +111,7 @@ async fn read(
             None
         }
     };
+    let ipamd = ipamd::read(&sources.ipamd, &mut read_warnings).await;
     let mut node = Node {
         kernel: kernel_release(),
         links,
@@ -116,6 +122,8 @@ async fn read(
         lookups: Vec::new(),
         cni,
         read_warnings,
+        ipamd,
+        cluster: None,
     };
     // Which pods exist and where their traffic matters comes from the snapshot itself.
     let topo = crate::model::Topology::from_node(&node);

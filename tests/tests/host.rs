@@ -301,6 +301,8 @@ fn agent_under_pod_churn() {
 fn agent_under_map_pressure() {
     let lab = built("host", "sgt-agm");
     sgpath_tests::agent::agent_under_map_pressure(&lab);
+}
+
 /// `sgpath agent --kubeconfig` against the fake API server (no real one can be installed
 /// here, see tests/src/kube.rs): paths named after pods in `/v1/report` and `/metrics`,
 /// malformed annotation and policy as findings, a policy's pod without branch ENI, the API

@@ -7,6 +7,7 @@
 //! `listening` (`address`), `probes-attached` (`drop_source`, `paths`, `pod_namespaces`),
 //! `probes-failed` / `snapshot-failed` / `resync-failed` / `sweep-failed` / `report-failed` /
 //! `accept-failed` (`error`), `read-warning` (`subject`, `error`), `watch-closed`,
+//! `capability-missing` (`capability`, `without`: once per missing one, at start),
 //! `netlink-overrun` (notifications lost to ENOBUFS: a full re-read follows),
 //! `paths-full` (`path`: no id left for it, see `session.rs`),
 //! `path-appeared` / `path-gone` (`path` = host veth, `pod_ip`, `path_kind`, `vlan`),
@@ -32,11 +33,11 @@ use std::{
 
 use anyhow::Context;
 use sgpath::{
-    checks::Severity,
+    checks::{self, Severity},
     collect,
     collect::watch::Tick,
     ebpf::paths::DropSource,
-    model::{PathKind, k8s::Cluster},
+    model::{Node, PathKind, Topology, k8s::Cluster},
     report::Report,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -56,6 +57,15 @@ pub type ReportRequest = oneshot::Sender<Result<Arc<Report>, String>>;
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     init_logs(args.log_format);
+    // Said once, at start: what this process cannot do for want of a capability.
+    for cap in collect::caps::missing(collect::caps::effective()) {
+        warn!(
+            event = "capability-missing",
+            capability = cap.name(),
+            without = cap.without(),
+            "a capability is missing"
+        );
+    }
     let token = match &args.token_file {
         Some(path) => {
             let t = std::fs::read_to_string(path)
@@ -134,10 +144,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                         ),
                         Some(Tick::Changed) => {}
                     }
-                    daemon.resync().await;
+                    daemon.resync(&opts.sources).await;
                 }
                 _ = summary.tick() => {
-                    if !watching { daemon.resync().await; }
+                    if !watching { daemon.resync(&opts.sources).await; }
                     daemon.summary();
                 }
                 Ok(()) = async { cluster.as_mut().expect("guarded").changed().await },
@@ -233,13 +243,20 @@ struct Daemon {
     session: Option<Session>,
     /// The Kubernetes context, kept across (re)attaches.
     cluster: Option<Arc<Cluster>>,
+    /// Degraded mode, while the probes are not attached (a missing capability, no BTF, a
+    /// kernel that refuses the programs): the latest snapshot, re-read on every change, so
+    /// the topology, the checks and their metrics still work.
+    bare: Option<(Node, Topology)>,
+    /// The last attach failure logged: a retry that fails the same way is not logged again.
+    failure: Option<String>,
     paths: BTreeSet<PathName>,
     /// (id, subject) -> severity of the findings raised.
     findings: BTreeMap<(String, String), Severity>,
 }
 
 impl Daemon {
-    /// Takes the first snapshot and attaches; `Err` says why not, for `/readyz`.
+    /// Takes the first snapshot and attaches; `Err` says why not, for `/readyz`. Without
+    /// probes the snapshot is kept: the agent runs degraded (topology and checks only).
     async fn start(&mut self, opts: &session::Options) -> Result<(), String> {
         let (node, topo) = match collect::node_with_topology(&opts.sources).await {
             Ok(s) => s,
@@ -252,6 +269,7 @@ impl Daemon {
         for w in &node.read_warnings {
             warn!(event = "read-warning", subject = %w.subject, error = %w.message, "node read incomplete");
         }
+        let snapshot = (node.clone(), topo.clone());
         match Session::attach(node, topo, opts).await {
             Ok(s) => {
                 info!(
@@ -271,13 +289,27 @@ impl Daemon {
                 {
                     s.set_cluster(self.cluster.clone());
                 }
+                self.bare = None;
                 self.paths_changed();
                 self.recheck();
                 Ok(())
             }
             Err(e) => {
-                let reason = format!("attaching probes: {e:#}");
-                error!(event = "probes-failed", error = %format!("{e:#}"), "probes failed");
+                let reason = format!(
+                    "degraded: topology and checks only, no counters; attaching probes: {e:#}"
+                );
+                let error = format!("{e:#}");
+                if self.failure.as_ref() != Some(&error) {
+                    error!(event = "probes-failed", error = %error,
+                        "probes failed: running degraded (topology and checks only)");
+                    self.failure = Some(error);
+                }
+                let (mut node, _) = snapshot;
+                node.cluster = self.cluster.clone();
+                let topo = Topology::from_node(&node);
+                self.bare = Some((node, topo));
+                self.paths_changed();
+                self.recheck();
                 Err(reason)
             }
         }
@@ -288,6 +320,10 @@ impl Daemon {
         self.cluster = cluster;
         if let Some(s) = &mut self.session {
             s.set_cluster(self.cluster.clone());
+            self.recheck();
+        } else if let Some((node, topo)) = &mut self.bare {
+            node.cluster = self.cluster.clone();
+            *topo = Topology::from_node(node);
             self.recheck();
         }
     }
@@ -300,9 +336,22 @@ impl Daemon {
         }
     }
 
-    async fn resync(&mut self) {
-        let Some(s) = &mut self.session else { return };
-        if let Err(e) = s.resync().await {
+    async fn resync(&mut self, sources: &collect::Sources) {
+        let read = if let Some(s) = &mut self.session {
+            s.resync().await
+        } else if self.bare.is_some() {
+            collect::node_with_topology(sources)
+                .await
+                .map(|(mut node, _)| {
+                    node.cluster = self.cluster.clone();
+                    let topo = Topology::from_node(&node);
+                    self.bare = Some((node, topo));
+                })
+                .map_err(anyhow::Error::from)
+        } else {
+            return;
+        };
+        if let Err(e) = read {
             warn!(event = "resync-failed", error = %format!("{e:#}"), "re-reading the node failed");
             return;
         }
@@ -310,11 +359,19 @@ impl Daemon {
         self.recheck();
     }
 
+    /// The latest snapshot's topology, attached or degraded.
+    fn topology(&self) -> Option<&Topology> {
+        match (&self.session, &self.bare) {
+            (Some(s), _) => Some(s.topology()),
+            (None, Some((_, topo))) => Some(topo),
+            (None, None) => None,
+        }
+    }
+
     /// Logs the paths that appeared or went since the last call.
     fn paths_changed(&mut self) {
-        let Some(s) = &self.session else { return };
-        let now: BTreeSet<PathName> = s
-            .topology()
+        let Some(topo) = self.topology() else { return };
+        let now: BTreeSet<PathName> = topo
             .paths
             .iter()
             .map(|p| {
@@ -339,10 +396,11 @@ impl Daemon {
 
     /// A fresh report; logs the findings raised and cleared since the last one.
     fn report(&mut self) -> Result<Report, String> {
-        let Some(s) = &mut self.session else {
-            return Err("probes not attached yet".to_owned());
+        let report = match (&mut self.session, &self.bare) {
+            (Some(s), _) => s.report().map_err(|e| format!("{e:#}"))?,
+            (None, Some((node, topo))) => Report::new(node, topo, checks::run(node, topo)),
+            (None, None) => return Err("taking the first snapshot".to_owned()),
         };
-        let report = s.report().map_err(|e| format!("{e:#}"))?;
         let now: BTreeMap<(String, String), Severity> = report
             .findings
             .iter()
@@ -379,7 +437,7 @@ impl Daemon {
         match self.report() {
             Ok(r) => Some(r),
             Err(e) => {
-                if self.session.is_some() {
+                if self.session.is_some() || self.bare.is_some() {
                     warn!(event = "report-failed", error = %e, "reading the counters failed");
                 }
                 None

@@ -585,9 +585,10 @@ pub fn agent_token_guards_all_but_health_checks() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Without the capabilities to load programs the agent still serves its health checks:
-/// `/healthz` 200, `/readyz` 503 naming what failed, `/v1/report` 503, a `probes-failed`
-/// log line; and SIGTERM still ends it with 0.
+/// Without the capabilities to load programs the agent runs degraded: `/healthz` 200,
+/// `/readyz` 503 naming the degraded mode and what failed, `/v1/report` 200 (topology and
+/// checks, no counters), `sgpath_probes_attached 0`, a `probes-failed` log line; and
+/// SIGTERM still ends it with 0.
 pub fn agent_without_capabilities_is_alive_but_not_ready() {
     let ns = crate::NetNs::new("sgt-agcap");
     crate::run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
@@ -616,11 +617,19 @@ pub fn agent_without_capabilities_is_alive_but_not_ready() {
     }
     let (_, reason_after) = agent.request("GET", "/readyz", &[]);
     assert!(
-        reason_after.contains("attaching probes") && reason_after.contains("CAP_BPF"),
+        reason_after.starts_with("degraded: topology and checks only")
+            && reason_after.contains("attaching probes")
+            && reason_after.contains("CAP_BPF"),
         "{reason} / {reason_after}"
     );
-    let (status, body) = agent.request("GET", "/v1/report", &[]);
-    assert_eq!(status, 503, "{body}");
+    let doc = agent.report(&[]);
+    assert!(doc["probes"].is_null(), "{}", doc["probes"]);
+    let (status, metrics) = agent.request("GET", "/metrics", &[]);
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("\nsgpath_probes_attached 0\n"),
+        "{metrics}"
+    );
     t = Instant::now();
     let status = agent.terminate();
     assert!(status.success(), "exit {status} after {:?}", t.elapsed());
@@ -1727,5 +1736,183 @@ pub fn agent_under_map_pressure(lab: &Lab) {
         std::thread::sleep(Duration::from_millis(250));
     }
     eprintln!("map pressure: {FLOOD} queries, {before} tracked, {lost} ConnMapFull");
+    assert!(agent.terminate().success());
+}
+
+/// The DaemonSet's capabilities (deploy/), as `setpriv` names them, and their bits.
+const DAEMONSET_CAPS: [&str; 5] = ["bpf", "perfmon", "net_admin", "sys_resource", "syslog"];
+const DAEMONSET_CAP_BITS: [u32; 5] = [39, 38, 12, 24, 34];
+
+/// This process's capability bounding set (CapBnd).
+fn own_bounding_set() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .expect("CapBnd");
+    u64::from_str_radix(hex.trim(), 16).unwrap()
+}
+
+/// The agent in the host lab with exactly the DaemonSet's capabilities, then without each of
+/// CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN in turn (root's other capabilities dropped too:
+/// CAP_SYS_ADMIN would stand in for the first two). It names the missing one once
+/// (`capability-missing`), keeps the topology, the checks and the metrics of what works, and
+/// `/readyz` says what it is: ready with all five; degraded (503) without CAP_BPF or
+/// CAP_PERFMON, with no counters; ready without CAP_NET_ADMIN, counting, with the pod
+/// namespaces unread (`node-read-incomplete`).
+pub fn agent_names_each_missing_capability(lab: &Lab) {
+    let node = lab.layout.node();
+    let cni = lab.cni_config();
+    let ordinary = lab
+        .spec
+        .pods
+        .iter()
+        .find(|p| p.vlan.is_none() && p.eni.is_none())
+        .expect("an ordinary pod")
+        .ip
+        .to_string();
+    for dropped in [None, Some("bpf"), Some("perfmon"), Some("net_admin")] {
+        let keep: Vec<String> = DAEMONSET_CAPS
+            .iter()
+            .filter(|c| Some(**c) != dropped)
+            .map(|c| format!("+{c}"))
+            .collect();
+        let bounding = format!("--bounding-set=-all,{}", keep.join(","));
+        let mut agent = Agent::spawn(
+            &node,
+            &["setpriv", "--inh-caps=-all", &bounding],
+            &["--cni-config", cni.to_str().unwrap()],
+        );
+        agent.wait_for("/healthz", 200);
+        let t = Instant::now();
+        // Ready, or degraded once the attach has failed.
+        let (status, why) = loop {
+            let (status, why) = agent.request("GET", "/readyz", &[]);
+            if status == 200 || why.starts_with("degraded") {
+                break (status, why);
+            }
+            assert!(
+                t.elapsed() < READY_TIMEOUT,
+                "{dropped:?}: /readyz {status} {why}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let missing: Vec<String> = agent
+            .log_events()
+            .iter()
+            .filter(|e| e["event"] == "capability-missing")
+            .map(|e| e["capability"].as_str().unwrap().to_owned())
+            .collect();
+        // What this machine withholds from the test itself (this sandbox's bounding set has
+        // no CAP_SYS_RESOURCE) is missing for the agent too.
+        let own = own_bounding_set();
+        let mut want: Vec<String> = DAEMONSET_CAPS
+            .iter()
+            .zip(DAEMONSET_CAP_BITS)
+            .filter(|(c, bit)| Some(**c) == dropped || own & (1 << bit) == 0)
+            .map(|(c, _)| format!("CAP_{}", c.to_uppercase()))
+            .collect();
+        // The agent's order: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_RESOURCE, CAP_SYSLOG.
+        want.sort_by_key(|c| {
+            DAEMONSET_CAPS
+                .iter()
+                .position(|d| c[4..].eq_ignore_ascii_case(d))
+        });
+        if dropped.is_none() && !want.is_empty() {
+            eprintln!(
+                "\n*** this machine withholds {want:?} from the tests: the agent runs without them ***\n"
+            );
+        }
+        assert_eq!(missing, want, "{dropped:?}: {}", agent.log_text());
+        let doc = agent.report(&[]);
+        let (_, metrics) = agent.request("GET", "/metrics", &[]);
+        // The topology is there in every case.
+        assert!(
+            doc["paths"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["pod_ip"] == ordinary),
+            "{dropped:?}: {}",
+            doc["paths"]
+        );
+        let read_incomplete = doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "node-read-incomplete" && f["subject"] == "pod namespaces");
+        match dropped {
+            None => {
+                assert_eq!(status, 200, "{why}");
+                assert!(metrics.contains("\nsgpath_probes_attached 1\n"));
+                assert!(!read_incomplete, "{}", doc["findings"]);
+            }
+            Some("net_admin") => {
+                assert_eq!(status, 200, "{why}");
+                assert!(metrics.contains("\nsgpath_probes_attached 1\n"));
+                assert!(read_incomplete, "{}", doc["findings"]);
+            }
+            Some(cap) => {
+                assert_eq!(status, 503, "{why}");
+                assert!(
+                    why.starts_with("degraded: topology and checks only"),
+                    "{cap}: {why}"
+                );
+                assert!(doc["probes"].is_null() && doc["paths"][0]["counters"].is_null());
+                assert!(
+                    metrics.contains("\nsgpath_probes_attached 0\n"),
+                    "{metrics}"
+                );
+                assert!(metrics.contains("sgpath_finding{"), "{metrics}");
+            }
+        }
+        assert!(agent.terminate().success(), "{dropped:?}");
+    }
+}
+
+/// A kernel without BTF (an empty tmpfs over /sys/kernel/btf in the agent's own mount
+/// namespace): the agent says so once, exactly, and runs degraded with the topology, the
+/// checks and their metrics.
+pub fn agent_without_btf_runs_degraded(lab: &Lab) {
+    let node = lab.layout.node();
+    let cni = lab.cni_config();
+    let mut agent = Agent::spawn(
+        &node,
+        &[
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"",
+        ],
+        &["--cni-config", cni.to_str().unwrap()],
+    );
+    agent.wait_for("/healthz", 200);
+    let t = Instant::now();
+    let why = loop {
+        let (_, why) = agent.request("GET", "/readyz", &[]);
+        if why.starts_with("degraded") {
+            break why;
+        }
+        assert!(t.elapsed() < READY_TIMEOUT, "{why}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        why.contains("counting needs the kernel's BTF") && why.contains("/sys/kernel/btf/vmlinux"),
+        "{why}"
+    );
+    let failed: Vec<Value> = agent
+        .log_events()
+        .into_iter()
+        .filter(|e| e["event"] == "probes-failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", agent.log_text());
+    let doc = agent.report(&[]);
+    assert!(!doc["paths"].as_array().unwrap().is_empty(), "{doc}");
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    assert!(
+        metrics.contains("\nsgpath_probes_attached 0\n"),
+        "{metrics}"
+    );
     assert!(agent.terminate().success());
 }

@@ -312,3 +312,18 @@ fn agent_names_paths_after_pods() {
     let lab = built("host", "sgt-k8");
     sgpath_tests::kube::agent_names_paths_after_pods(&lab);
 }
+
+/// Exactly the DaemonSet's capabilities, then without CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN in
+/// turn: each named once, degraded or partial, never dead.
+#[test]
+fn agent_names_each_missing_capability() {
+    let lab = built("host", "sgt-agk");
+    sgpath_tests::agent::agent_names_each_missing_capability(&lab);
+}
+
+/// No BTF: named once, degraded, topology and checks still served.
+#[test]
+fn agent_without_btf_runs_degraded() {
+    let lab = built("host", "sgt-agb");
+    sgpath_tests::agent::agent_without_btf_runs_degraded(&lab);
+}

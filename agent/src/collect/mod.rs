@@ -3,6 +3,7 @@
 
 pub mod addresses;
 pub mod btf;
+pub mod caps;
 pub mod cni_config;
 pub mod ipamd;
 pub mod kallsyms;

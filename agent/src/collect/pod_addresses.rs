@@ -23,7 +23,7 @@ pub async fn dump(
         .count();
     // Without CAP_NET_ADMIN the kernel does not fail the dump: it ends it empty (the
     // EPERM hides in NLMSG_DONE), so ask for the capability up front.
-    if veths_with_peers > 0 && !has_cap_net_admin() {
+    if veths_with_peers > 0 && !super::caps::has(super::caps::Capability::NetAdmin) {
         let msg = format!(
             "pod namespaces of {veths_with_peers} veths not read: reading another namespace needs CAP_NET_ADMIN"
         );
@@ -81,17 +81,4 @@ pub async fn dump(
     }
     conn.abort();
     Ok((out, warnings))
-}
-
-/// Whether this process has CAP_NET_ADMIN (bit 12 of CapEff in /proc/self/status).
-fn has_cap_net_admin() -> bool {
-    const CAP_NET_ADMIN: u32 = 12;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .is_some_and(|eff| eff & (1 << CAP_NET_ADMIN) != 0)
 }

@@ -16,6 +16,8 @@
 //! | `sgpath_path_info` | `path_kind, interface, pod_ip, vlan, namespace, pod, eni, security_groups`: 1 per path (`eni`: the branch ENI of the pod's annotation or the node ENI IPAMD holds its address on; `security_groups`: the groups of the policies selecting the pod, comma-separated) |
 //! | `sgpath_finding` | `id, severity, subject`: 1 while raised |
 //! | `sgpath_probe_errors_total` | `kind` |
+//! | `sgpath_probes_attached` | none: 1 when counting, 0 when degraded |
+//! | `sgpath_probes_attached` | none: 1 when counting, 0 when degraded |
 //! | `sgpath_build_info` | `version`: 1 |
 //!
 //! `direction` is `to_pod` or `from_pod`, `verdict` `forwarded` or `dropped`. No side effects.
@@ -244,6 +246,13 @@ fn registry(report: &Report, version: &str) -> Registry {
         "sgpath_probe_errors",
         "Errors the eBPF programs counted instead of failing (a full map), by kind",
         errors,
+    );
+    let attached = Gauge::<i64>::default();
+    attached.set(i64::from(report.probes.is_some()));
+    registry.register(
+        "sgpath_probes_attached",
+        "1 when the eBPF probes count, 0 while the agent runs degraded (topology and checks only)",
+        attached,
     );
     let build = Family::<Labels, Gauge>::default();
     build

@@ -12,6 +12,9 @@
 //! `paths-full` (`path`: no id left for it, see `session.rs`),
 //! `path-appeared` / `path-gone` (`path` = host veth, `pod_ip`, `path_kind`, `vlan`),
 //! `finding-raised` / `finding-cleared` (`finding`, `severity`, `subject`, `evidence`),
+//! `kube-watching` (`node`, `source`), `kube-config-failed` (`error`), `kube-watch-failed` /
+//! `kube-watch-resumed` (`resource`, `error`), `kube-context` (`pods`, `policies`: a new
+//! context from the API server), `ipamd-absent` (`error`, once),
 //! `summary` (one line per path kind: `path_kind`, `paths`, `to_pod_forwarded`,
 //! `to_pod_dropped`, `from_pod_forwarded`, `from_pod_dropped`, `syn_unanswered`,
 //! `dns_unanswered`, `findings`), `stopping`, `stopped`.
@@ -34,7 +37,7 @@ use sgpath::{
     collect,
     collect::watch::Tick,
     ebpf::paths::DropSource,
-    model::{Node, PathKind, Topology},
+    model::{Node, PathKind, Topology, k8s::Cluster},
     report::Report,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -76,6 +79,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let opts = session::Options {
         sources: collect::Sources {
             cni_config: args.cni_config.clone(),
+            ipamd: args.ipamd_url.clone(),
             ..Default::default()
         },
         drop_source: args.drop_source,
@@ -100,6 +104,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 ready,
             }),
         ));
+        let mut cluster = kube_context(&args).await?;
         let mut daemon = Daemon::default();
         let mut watch = collect::watch::Watch::new()?;
         let mut watching = true;
@@ -145,6 +150,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     if !watching { daemon.resync(&opts.sources).await; }
                     daemon.summary();
                 }
+                Ok(()) = async { cluster.as_mut().expect("guarded").changed().await },
+                    if cluster.is_some() =>
+                {
+                    let next = cluster.as_mut().expect("guarded").borrow_and_update().clone();
+                    if let Some(c) = &next {
+                        info!(event = "kube-context", pods = c.pods.len(), policies = c.policies.len(),
+                            "new Kubernetes context");
+                    }
+                    daemon.set_cluster(next);
+                }
                 Some(reply) = incoming.recv() => {
                     let _ = reply.send(daemon.report().map(Arc::new));
                 }
@@ -157,6 +172,50 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts watching the cluster when there is one (`--kubeconfig`, or in-cluster); the
+/// receiver of its snapshots.
+///
+/// # Errors
+/// When `--kubeconfig` cannot be read. An incomplete in-cluster config is logged and the
+/// agent runs without a cluster.
+async fn kube_context(
+    args: &AgentArgs,
+) -> anyhow::Result<Option<watch::Receiver<Option<Arc<Cluster>>>>> {
+    watch_cluster(args.kubeconfig.as_deref(), args.node_name.clone()).await
+}
+
+/// Starts the Kubernetes watches (see [`kube_context`]) for `agent` and `observe`.
+///
+/// # Errors
+/// When `kubeconfig` cannot be read.
+pub(crate) async fn watch_cluster(
+    kubeconfig: Option<&std::path::Path>,
+    node_name: Option<String>,
+) -> anyhow::Result<Option<watch::Receiver<Option<Arc<Cluster>>>>> {
+    let client = match collect::kube::client(kubeconfig).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(None),
+        Err(e @ collect::kube::KubeError::Kubeconfig { .. }) => return Err(e.into()),
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            error!(event = "kube-config-failed", error = %format!("{e:#}"), "running without the cluster");
+            return Ok(None);
+        }
+    };
+    let node = node_name
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| {
+            nix::sys::utsname::uname()
+                .map(|u| u.nodename().to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    let source = kubeconfig.map_or_else(|| "in-cluster".to_owned(), |p| p.display().to_string());
+    info!(event = "kube-watching", node = %node, source = %source, "watching the cluster");
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(collect::kube::watch(client, node, tx));
+    Ok(Some(rx))
 }
 
 /// tracing to stdout: JSON lines with the event's fields at the top level, or text.
@@ -182,6 +241,8 @@ type PathName = (String, String, PathKind, Option<u16>);
 #[derive(Default)]
 struct Daemon {
     session: Option<Session>,
+    /// The Kubernetes context, kept across (re)attaches.
+    cluster: Option<Arc<Cluster>>,
     /// Degraded mode, while the probes are not attached (a missing capability, no BTF, a
     /// kernel that refuses the programs): the latest snapshot, re-read on every change, so
     /// the topology, the checks and their metrics still work.
@@ -223,6 +284,11 @@ impl Daemon {
                     "probes attached"
                 );
                 self.session = Some(s);
+                if let Some(s) = &mut self.session
+                    && self.cluster.is_some()
+                {
+                    s.set_cluster(self.cluster.clone());
+                }
                 self.bare = None;
                 self.paths_changed();
                 self.recheck();
@@ -238,11 +304,27 @@ impl Daemon {
                         "probes failed: running degraded (topology and checks only)");
                     self.failure = Some(error);
                 }
-                self.bare = Some(snapshot);
+                let (mut node, _) = snapshot;
+                node.cluster = self.cluster.clone();
+                let topo = Topology::from_node(&node);
+                self.bare = Some((node, topo));
                 self.paths_changed();
                 self.recheck();
                 Err(reason)
             }
+        }
+    }
+
+    /// A new Kubernetes context: relabel the paths and re-run the checks.
+    fn set_cluster(&mut self, cluster: Option<Arc<Cluster>>) {
+        self.cluster = cluster;
+        if let Some(s) = &mut self.session {
+            s.set_cluster(self.cluster.clone());
+            self.recheck();
+        } else if let Some((node, topo)) = &mut self.bare {
+            node.cluster = self.cluster.clone();
+            *topo = Topology::from_node(node);
+            self.recheck();
         }
     }
 
@@ -260,7 +342,11 @@ impl Daemon {
         } else if self.bare.is_some() {
             collect::node_with_topology(sources)
                 .await
-                .map(|snapshot| self.bare = Some(snapshot))
+                .map(|(mut node, _)| {
+                    node.cluster = self.cluster.clone();
+                    let topo = Topology::from_node(&node);
+                    self.bare = Some((node, topo));
+                })
                 .map_err(anyhow::Error::from)
         } else {
             return;

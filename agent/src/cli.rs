@@ -67,6 +67,22 @@ pub struct AgentArgs {
     /// `Authorization: Bearer <token>`. Without it, every endpoint is open.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Watch the cluster through this kubeconfig (its current context). Without it, the
+    /// agent uses the in-cluster config when KUBERNETES_SERVICE_HOST is set (a pod's service
+    /// account), and runs without a cluster otherwise: paths are then not named after pods
+    /// and the Kubernetes findings stay silent. Reads pods on this node, SecurityGroupPolicies,
+    /// ServiceAccounts, Services, this Node and the aws-node DaemonSet; an API server that does
+    /// not answer is retried with backoff while everything else works.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name, to watch only its pods (`spec.nodeName`). Default: the NODE_NAME
+    /// environment variable (the DaemonSet sets it from the downward API), else the hostname.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// The VPC CNI's IPAMD introspection endpoint: which node ENI (id) holds which pod
+    /// address, and which one is the trunk. Not answering is normal off EKS; "" disables it.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:61679")]
+    pub ipamd_url: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -96,6 +112,13 @@ pub struct ObserveArgs {
     /// The VPC CNI config to read.
     #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
     pub cni_config: PathBuf,
+    /// As `agent --kubeconfig`: name the paths after their pods with what the watches
+    /// have by the end of the count (in-cluster config when KUBERNETES_SERVICE_HOST is set).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// As `agent --node-name`.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

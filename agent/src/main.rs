@@ -44,6 +44,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let sources = collect::Sources {
         cni_config: args.cni_config,
         proc_sys: args.proc_sys,
+        ..Default::default()
     };
     let (node, topo) = runtime()?.block_on(collect::node_with_topology(&sources))?;
     for w in &node.read_warnings {

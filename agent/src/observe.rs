@@ -29,6 +29,10 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         eprintln!("sgpath: warning: {w}");
     }
     let mut session = rt.block_on(Session::attach(node, topo, &opts))?;
+    let cluster = rt.block_on(crate::agent::watch_cluster(
+        args.kubeconfig.as_deref(),
+        args.node_name.clone(),
+    ))?;
     // Signal handlers before "observing" is printed: a SIGTERM right after it must end the
     // count, not the process (the default action would leave no report).
     let (mut term, mut interrupt) = {
@@ -70,6 +74,10 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     session.sweep()?;
+    if let Some(rx) = &cluster {
+        // What the watches had by the end; nothing when the API server never answered.
+        session.set_cluster(rx.borrow().clone());
+    }
     let report = session.report()?;
     drop(session);
 

@@ -146,7 +146,11 @@ impl Session {
     /// When the node cannot be read or a map refuses an entry; the session keeps its
     /// previous snapshot.
     pub async fn resync(&mut self) -> anyhow::Result<()> {
-        let (node, topo) = collect::node_with_topology(&self.sources).await?;
+        let (mut node, mut topo) = collect::node_with_topology(&self.sources).await?;
+        if self.node.cluster.is_some() {
+            node.cluster = self.node.cluster.clone();
+            topo = Topology::from_node(&node);
+        }
         self.namespaces = self
             .ids
             .sync(
@@ -159,6 +163,13 @@ impl Session {
             .await?;
         (self.node, self.topo) = (node, topo);
         Ok(())
+    }
+
+    /// Takes a new Kubernetes context: the paths are labelled again (pods, ENIs, groups),
+    /// and the next report's checks see it. The paths themselves do not change.
+    pub fn set_cluster(&mut self, cluster: Option<std::sync::Arc<sgpath::model::k8s::Cluster>>) {
+        self.node.cluster = cluster;
+        self.topo = Topology::from_node(&self.node);
     }
 
     /// Counts what the connection map newly says and forgets what the tracker is done with.

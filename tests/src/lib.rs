@@ -17,6 +17,7 @@ use xtask::lab::{Lab, Spec, names};
 pub mod agent;
 pub mod conns;
 pub mod deploy;
+pub mod kube;
 pub mod observe;
 
 /// The `sgpath` binary under test: `$SGPATH_BIN` (set by `cargo xtask test` in VMs) or

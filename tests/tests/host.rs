@@ -303,6 +303,16 @@ fn agent_under_map_pressure() {
     sgpath_tests::agent::agent_under_map_pressure(&lab);
 }
 
+/// `sgpath agent --kubeconfig` against the fake API server (no real one can be installed
+/// here, see tests/src/kube.rs): paths named after pods in `/v1/report` and `/metrics`,
+/// malformed annotation and policy as findings, a policy's pod without branch ENI, the API
+/// server going away and coming back with `410 Gone` (no stale labels after the relist).
+#[test]
+fn agent_names_paths_after_pods() {
+    let lab = built("host", "sgt-k8");
+    sgpath_tests::kube::agent_names_paths_after_pods(&lab);
+}
+
 /// Exactly the DaemonSet's capabilities, then without CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN in
 /// turn: each named once, degraded or partial, never dead.
 #[test]

@@ -18,6 +18,26 @@ use crate::model::{
     conns::{Conn, Unanswered},
 };
 
+/// The pod's first security group from the policies selecting it (`sgpath agent` with a
+/// cluster), or a placeholder.
+fn group(p: &Path) -> String {
+    p.pod
+        .as_ref()
+        .and_then(|r| r.security_groups.first().cloned())
+        .unwrap_or_else(|| "<the pod's security group>".to_owned())
+}
+
+/// ` (the pod also has sg-2, sg-3: any of them may hold the rule)` when it has several.
+fn other_groups(p: &Path) -> String {
+    match p.pod.as_ref().map(|r| &r.security_groups[..]) {
+        Some([_, rest @ ..]) if !rest.is_empty() => format!(
+            " (the pod also has {}: any of its groups may hold the rule)",
+            rest.join(", ")
+        ),
+        _ => String::new(),
+    }
+}
+
 pub fn sg_suspected_block(_: &Node, topo: &Topology) -> Vec<Finding> {
     branch_paths(topo)
         .filter_map(|(p, subject)| {
@@ -41,11 +61,13 @@ pub fn sg_suspected_block(_: &Node, topo: &Topology) -> Vec<Finding> {
             let u = lost[0];
             Some(f.fix(format!(
                 "the branch ENI's security groups must allow this out, and the peer's in: \
-                 aws ec2 authorize-security-group-egress --group-id <the pod's security group> \
+                 aws ec2 authorize-security-group-egress --group-id {group} \
                  --ip-permissions 'IpProtocol=tcp,FromPort={port},ToPort={port},IpRanges=[{{CidrIp={dst}/32}}]' \
-                 (and the same as ingress on {dst}'s security group)",
+                 (and the same as ingress on {dst}'s security group){others}",
                 port = u.port,
-                dst = u.destination
+                dst = u.destination,
+                group = group(p),
+                others = other_groups(p),
             )))
         })
         .collect()
@@ -71,13 +93,15 @@ pub fn dns_path_broken(_: &Node, topo: &Topology) -> Vec<Finding> {
                     u.count, u.source, u.destination
                 ));
             }
-            Some(f.fix(
+            Some(f.fix(format!(
                 "the pod's security group must allow UDP and TCP 53 out to CoreDNS (and CoreDNS's \
                  security group them in): aws ec2 authorize-security-group-egress --group-id \
-                 <the pod's security group> --ip-permissions \
-                 'IpProtocol=udp,FromPort=53,ToPort=53,IpRanges=[{CidrIp=<VPC CIDR>}]' \
-                 'IpProtocol=tcp,FromPort=53,ToPort=53,IpRanges=[{CidrIp=<VPC CIDR>}]'",
-            ))
+                 {} --ip-permissions \
+                 'IpProtocol=udp,FromPort=53,ToPort=53,IpRanges=[{{CidrIp=<VPC CIDR>}}]' \
+                 'IpProtocol=tcp,FromPort=53,ToPort=53,IpRanges=[{{CidrIp=<VPC CIDR>}}]'{}",
+                group(p),
+                other_groups(p)
+            )))
         })
         .collect()
 }
@@ -103,12 +127,14 @@ pub fn probe_path_broken(node: &Node, topo: &Topology) -> Vec<Finding> {
             let u = lost[0];
             Some(f.fix(format!(
                 "kubelet probes fail: the pod's security group must admit the node's: aws ec2 \
-                 authorize-security-group-ingress --group-id <the pod's security group> \
+                 authorize-security-group-ingress --group-id {group} \
                  --ip-permissions 'IpProtocol=tcp,FromPort={port},ToPort={port},IpRanges=[{{CidrIp={src}/32}}]' \
                  (or the node's security group as the source); with tcp_early_demux on, also \
-                 kubectl set env daemonset aws-node -n kube-system -c aws-vpc-cni-init DISABLE_TCP_EARLY_DEMUX=true",
+                 kubectl set env daemonset aws-node -n kube-system -c aws-vpc-cni-init DISABLE_TCP_EARLY_DEMUX=true{others}",
                 port = u.port,
-                src = u.source
+                src = u.source,
+                group = group(p),
+                others = other_groups(p),
             )))
         })
         .collect()
@@ -192,6 +218,8 @@ mod tests {
             trunk: None,
             route_table: 101,
             rules: Vec::new(),
+            eni_id: None,
+            pod: None,
             counters: Some(counters),
         }
     }
@@ -268,5 +296,59 @@ mod tests {
             ["5 packet(s) from the pod left the node by eth0, not by vlan.eth.1"]
         );
         assert_eq!(off[0].severity, Severity::Error);
+    }
+
+    #[test]
+    fn remediations_name_the_pods_security_groups_when_known() {
+        let mut c = PathCounters::default();
+        c.to_pod.unanswered = vec![lost_syn("192.168.1.10", "192.168.3.219", 80, 4)];
+        c.from_pod.unanswered = vec![lost_syn("192.168.3.219", "10.0.1.10", 8080, 3)];
+        c.from_pod.dns_unanswered = 2;
+        let mut p = path(PathKind::BranchEni, "192.168.3.219", c);
+        let n = Node::default();
+        let topo = |p: &Path| Topology {
+            paths: vec![p.clone()],
+            ..Default::default()
+        };
+        assert!(
+            probe_path_broken(&n, &topo(&p))[0]
+                .remediation
+                .contains("--group-id <the pod's security group>")
+        );
+        p.pod = Some(crate::model::k8s::PodRef {
+            namespace: "sg-test".into(),
+            name: "web".into(),
+            matched_by: crate::model::k8s::MatchedBy::PodIp,
+            branch_eni: Some("eni-1".into()),
+            branch_vlan: Some(1),
+            security_groups: vec!["sg-0pod".into(), "sg-0extra".into()],
+        });
+        let t = topo(&p);
+        for f in [
+            &probe_path_broken(&n, &t)[0],
+            &sg_suspected_block(&n, &t)[0],
+            &dns_path_broken(&n, &t)[0],
+        ] {
+            assert!(
+                f.remediation.contains("--group-id sg-0pod "),
+                "{}",
+                f.remediation
+            );
+            assert!(
+                f.remediation.contains("also has sg-0extra"),
+                "{}",
+                f.remediation
+            );
+        }
+        assert!(
+            probe_path_broken(&n, &t)[0]
+                .remediation
+                .contains("aws ec2 authorize-security-group-ingress --group-id sg-0pod")
+        );
+        assert!(
+            sg_suspected_block(&n, &t)[0]
+                .remediation
+                .contains("aws ec2 authorize-security-group-egress --group-id sg-0pod")
+        );
     }
 }

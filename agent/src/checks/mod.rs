@@ -2,6 +2,7 @@
 //! Every check is a pure function listed in [`REGISTRY`]; one file per finding family.
 
 mod connections;
+mod kube;
 mod mode;
 mod mtu;
 mod nodelocal_dns;
@@ -75,11 +76,29 @@ pub enum FindingId {
     BranchTrafficOffVlan,
     /// An eBPF map was full: some packets, drops or connections went uncounted.
     ProbeMapFull,
+    /// A pod's `vpc.amazonaws.com/pod-eni` annotation is not the resource controller's JSON.
+    MalformedPodEniAnnotation,
+    /// A SecurityGroupPolicy whose selectors or group ids cannot be read.
+    MalformedSecurityGroupPolicy,
+    /// The annotation's VLAN or MAC is not the `vlan.eth.N` the pod's path uses.
+    PodEniMismatch,
+    /// The host veth carrying a pod's IP is not the CNI's name for the pod.
+    VethNameMismatch,
+    /// A SecurityGroupPolicy selects a pod that has no branch ENI.
+    SgpPodWithoutBranchEni,
+    /// Branch pods are wanted and the node has no trunk ENI.
+    TrunkUnavailable,
+    /// VPC CNI < 1.11 with pod ENIs and `tcp_early_demux` = 1.
+    OldCniTcpEarlyDemux,
+    /// `POD_SECURITY_GROUP_ENFORCING_MODE` on aws-node is not the mode the node shows.
+    EnforcingModeEnvMismatch,
+    /// Strict mode where standard is needed (Calico, externalTrafficPolicy Local).
+    StrictModeUnsupported,
 }
 
 impl FindingId {
     /// Every id, for metrics that must export zeros.
-    pub const ALL: [FindingId; 20] = [
+    pub const ALL: [FindingId; 29] = [
         FindingId::TcpEarlyDemuxEnabled,
         FindingId::VlanRuleMissing,
         FindingId::VlanRuleStale,
@@ -100,6 +119,15 @@ impl FindingId {
         FindingId::DnsPathBroken,
         FindingId::BranchTrafficOffVlan,
         FindingId::ProbeMapFull,
+        FindingId::MalformedPodEniAnnotation,
+        FindingId::MalformedSecurityGroupPolicy,
+        FindingId::PodEniMismatch,
+        FindingId::VethNameMismatch,
+        FindingId::SgpPodWithoutBranchEni,
+        FindingId::TrunkUnavailable,
+        FindingId::OldCniTcpEarlyDemux,
+        FindingId::EnforcingModeEnvMismatch,
+        FindingId::StrictModeUnsupported,
     ];
 
     /// The id as it appears in JSON and metrics.
@@ -125,6 +153,15 @@ impl FindingId {
             FindingId::DnsPathBroken => "dns-path-broken",
             FindingId::BranchTrafficOffVlan => "branch-traffic-off-vlan",
             FindingId::ProbeMapFull => "probe-map-full",
+            FindingId::MalformedPodEniAnnotation => "malformed-pod-eni-annotation",
+            FindingId::MalformedSecurityGroupPolicy => "malformed-security-group-policy",
+            FindingId::PodEniMismatch => "pod-eni-mismatch",
+            FindingId::VethNameMismatch => "veth-name-mismatch",
+            FindingId::SgpPodWithoutBranchEni => "sgp-pod-without-branch-eni",
+            FindingId::TrunkUnavailable => "trunk-unavailable",
+            FindingId::OldCniTcpEarlyDemux => "old-cni-tcp-early-demux",
+            FindingId::EnforcingModeEnvMismatch => "enforcing-mode-env-mismatch",
+            FindingId::StrictModeUnsupported => "strict-mode-unsupported",
         }
     }
 }
@@ -187,6 +224,15 @@ pub const REGISTRY: &[Check] = &[
     connections::probe_path_broken,
     connections::dns_path_broken,
     connections::off_vlan,
+    kube::malformed_annotation,
+    kube::malformed_policy,
+    kube::pod_eni_mismatch,
+    kube::veth_name_mismatch,
+    kube::policy_without_branch,
+    kube::trunk_unavailable,
+    kube::old_cni_early_demux,
+    kube::enforcing_mode_env,
+    kube::strict_unsupported,
     read_warnings,
 ];
 

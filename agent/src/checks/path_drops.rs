@@ -110,6 +110,8 @@ mod tests {
                 trunk: None,
                 route_table: 254,
                 rules: Vec::new(),
+                eni_id: None,
+                pod: None,
                 counters: Some(counters),
             }],
             ..Default::default()

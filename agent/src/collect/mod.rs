@@ -5,7 +5,9 @@ pub mod addresses;
 pub mod btf;
 pub mod caps;
 pub mod cni_config;
+pub mod ipamd;
 pub mod kallsyms;
+pub mod kube;
 pub mod links;
 pub mod netns;
 pub mod pod_addresses;
@@ -45,6 +47,8 @@ pub enum CollectError {
 pub struct Sources {
     pub cni_config: PathBuf,
     pub proc_sys: PathBuf,
+    /// IPAMD's introspection endpoint (`http://127.0.0.1:61679`); empty: not asked.
+    pub ipamd: String,
 }
 
 impl Default for Sources {
@@ -52,6 +56,7 @@ impl Default for Sources {
         Sources {
             cni_config: PathBuf::from("/etc/cni/net.d/10-aws.conflist"),
             proc_sys: PathBuf::from("/proc/sys"),
+            ipamd: ipamd::DEFAULT_URL.to_owned(),
         }
     }
 }
@@ -107,6 +112,7 @@ async fn read(
             None
         }
     };
+    let ipamd = ipamd::read(&sources.ipamd, &mut read_warnings).await;
     let mut node = Node {
         kernel: kernel_release(),
         links,
@@ -117,6 +123,8 @@ async fn read(
         lookups: Vec::new(),
         cni,
         read_warnings,
+        ipamd,
+        cluster: None,
     };
     // Which pods exist and where their traffic matters comes from the snapshot itself.
     let topo = crate::model::Topology::from_node(&node);

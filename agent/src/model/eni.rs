@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{Node, Path, PathKind, Topology, lookup};
+use super::{Node, Path, PathKind, Topology, ipamd::IpamdEni, lookup};
 
 /// What kind of ENI a link is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -30,15 +30,24 @@ pub struct Eni {
     pub vlan_id: Option<u16>,
     /// Addresses the ENI owns, ascending.
     pub owns: Vec<IpAddr>,
+    /// The ENI id, when IPAMD (node ENIs) or the pod's annotation (branch ENIs) names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl Eni {
     /// `the branch ENI on VLAN 7 (vlan.eth.7)`, `the node ENI eth0`.
     pub fn describe(&self) -> String {
+        let id = self
+            .id
+            .as_deref()
+            .map(|i| format!(" {i}"))
+            .unwrap_or_default();
         match (self.kind, self.vlan_id) {
-            (EniKind::Branch, Some(v)) => format!("the branch ENI on VLAN {v} ({})", self.link),
-            (EniKind::Branch, None) => format!("the branch ENI of {}", self.link),
-            (EniKind::Node, _) => format!("the node ENI {}", self.link),
+            (EniKind::Branch, Some(v)) => format!("the branch ENI{id} on VLAN {v} ({})", self.link),
+            (EniKind::Branch, None) => format!("the branch ENI{id} of {}", self.link),
+            (EniKind::Node, _) if id.is_empty() => format!("the node ENI {}", self.link),
+            (EniKind::Node, _) => format!("the node ENI {} ({})", self.link, id.trim()),
         }
     }
 
@@ -111,6 +120,7 @@ pub fn all(node: &Node, topo: &Topology) -> Vec<Eni> {
             kind: EniKind::Branch,
             vlan_id: Some(v.vlan_id),
             owns,
+            id: None,
         });
     }
     // Where each node-ENI pod's table leads, looked up once per table.
@@ -141,6 +151,12 @@ pub fn all(node: &Node, topo: &Topology) -> Vec<Eni> {
             })
             .unwrap_or_default();
         owns.extend(pods.iter().filter(|(l, _)| *l == link).map(|(_, a)| *a));
+        // IPAMD knows every secondary address the VPC gave this ENI, the pods on it
+        // whatever their rules say, and the ENI's id.
+        let ipamd = ipamd_eni(node, topo, &link);
+        if let Some(e) = ipamd {
+            owns.extend(e.addresses.iter().copied());
+        }
         owns.sort();
         owns.dedup();
         out.push(Eni {
@@ -148,9 +164,28 @@ pub fn all(node: &Node, topo: &Topology) -> Vec<Eni> {
             kind: EniKind::Node,
             vlan_id: None,
             owns,
+            id: ipamd.map(|e| e.id.clone()),
         });
     }
     out
+}
+
+/// The IPAMD ENI behind a node link: the primary ENI is the primary link, the trunk the
+/// parent of the `vlan.eth.*` links, any other the device of its table's default route
+/// (table device index + 1).
+fn ipamd_eni<'a>(node: &'a Node, topo: &Topology, link: &str) -> Option<&'a IpamdEni> {
+    node.ipamd.as_ref()?.iter().find(|e| {
+        if e.is_primary {
+            return topo.primary_eni.as_deref() == Some(link);
+        }
+        if e.is_trunk && topo.trunks.len() == 1 {
+            return topo.trunks[0].name == link;
+        }
+        node.table(super::ipamd::route_table(e))
+            .find(|r| r.is_default())
+            .and_then(|r| r.oif.as_deref())
+            == Some(link)
+    })
 }
 
 /// The ENI behind a link, `None` when the link is no ENI (a pod's veth, a dummy, `lo`).
@@ -246,5 +281,49 @@ mod tests {
         assert_eq!(of_link(&topo, "vlanaaaaaaaaaaa"), None, "a veth is no ENI");
         assert!(vpc_delivers_here(&topo, "192.168.1.10".parse().unwrap()));
         assert!(!vpc_delivers_here(&topo, "169.254.20.10".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipamd_names_node_enis_and_adds_their_addresses() {
+        use crate::model::ipamd::parse_enis;
+        let mut n = node();
+        n.links.push(link(
+            4,
+            "eth2",
+            LinkKind::Device,
+            None,
+            &["192.168.2.20/16"],
+        ));
+        n.routes
+            .push(route(3, "0.0.0.0/0", Some("192.168.0.1"), "eth2"));
+        n.ipamd = Some(
+            parse_enis(
+                r#"{"0": {"ENIs": {
+                "eni-0prim": {"ID": "eni-0prim", "IsPrimary": true, "DeviceNumber": 0,
+                  "AvailableIPv4Cidrs": {"192.168.7.31/32": {"IPAddresses": {"192.168.7.31": {"IPAMMetadata": {"k8sPodNamespace": "default", "k8sPodName": "a"}}}}}},
+                "eni-0trunk": {"ID": "eni-0trunk", "IsTrunk": true, "DeviceNumber": 1},
+                "eni-0sec": {"ID": "eni-0sec", "DeviceNumber": 2,
+                  "AvailableIPv4Cidrs": {"192.168.60.6/32": {"IPAddresses": {"192.168.60.6": {}}}}}}}}"#,
+            )
+            .unwrap(),
+        );
+        let topo = Topology::from_node(&n);
+        let eth0 = of_link(&topo, "eth0").unwrap();
+        assert_eq!(eth0.id.as_deref(), Some("eni-0prim"));
+        assert_eq!(eth0.describe(), "the node ENI eth0 (eni-0prim)");
+        let eth2 = of_link(&topo, "eth2").unwrap();
+        assert_eq!(eth2.id.as_deref(), Some("eni-0sec"));
+        // An address IPAMD holds on eth2 is eth2's for the VPC, whatever the rules say.
+        let held: IpAddr = "192.168.60.6".parse().unwrap();
+        assert!(eth2.owns.contains(&held));
+        assert_eq!(source_check(&topo, "eth2", held), None);
+        assert!(source_check(&topo, "eth0", held).is_some());
+        // The ordinary pod's path is named after the ENI holding its address.
+        let p = topo
+            .paths
+            .iter()
+            .find(|p| p.kind == PathKind::NodeEni)
+            .unwrap();
+        assert_eq!(p.eni_id.as_deref(), Some("eni-0prim"));
     }
 }

@@ -9,6 +9,8 @@ pub mod eni;
 pub mod fib;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod ipamd;
+pub mod k8s;
 mod link;
 pub mod lookup;
 mod route;
@@ -100,6 +102,12 @@ pub struct Node {
     /// Problems met while reading that did not stop the snapshot (a malformed CNI config,
     /// an unreadable sysctl). Reported as warnings.
     pub read_warnings: Vec<ReadWarning>,
+    /// The node ENIs IPAMD reported (`/v1/enis`), when it answered.
+    #[serde(skip)]
+    pub ipamd: Option<Vec<ipamd::IpamdEni>>,
+    /// The Kubernetes context (`sgpath agent` with a cluster), as last watched.
+    #[serde(skip)]
+    pub cluster: Option<std::sync::Arc<k8s::Cluster>>,
 }
 
 impl Node {

@@ -134,6 +134,15 @@ pub struct Path {
     /// The table that routes the pod's own outbound traffic.
     pub route_table: u32,
     pub rules: Vec<PathRule>,
+    /// The ENI whose security groups decide: the branch ENI of the pod's
+    /// `vpc.amazonaws.com/pod-eni` annotation, or the node ENI IPAMD holds the pod's
+    /// address on. Absent when neither the cluster nor IPAMD says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eni_id: Option<String>,
+    /// The pod behind the path (`sgpath agent` with a cluster): namespace, name, the branch
+    /// ENI and VLAN of its annotation, the groups of the policies selecting it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<super::k8s::PodRef>,
     /// What the datapath probes counted (`sgpath observe`); absent from `inspect`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<PathCounters>,
@@ -198,7 +207,39 @@ impl Topology {
             enis: Vec::new(),
         };
         topo.enis = super::eni::all(node, &topo);
+        topo.label(node, veth_prefix);
         topo
+    }
+
+    /// Names each path's pod (from the cluster) and ENI (from the annotation or IPAMD),
+    /// and each branch ENI by its pod's annotation.
+    fn label(&mut self, node: &Node, veth_prefix: &str) {
+        for p in &mut self.paths {
+            if let Some(cluster) = node.cluster.as_deref()
+                && let Some((pod, by)) = cluster.pod_of(p.pod_ip, &p.host_veth, veth_prefix)
+            {
+                p.pod = Some(super::k8s::pod_ref(cluster, pod, by));
+            }
+            p.eni_id = match p.kind {
+                PathKind::BranchEni => p.pod.as_ref().and_then(|r| r.branch_eni.clone()),
+                PathKind::NodeEni => p.pod_ip.and_then(|ip| {
+                    node.ipamd
+                        .iter()
+                        .flatten()
+                        .find(|e| e.addresses.contains(&ip))
+                        .map(|e| e.id.clone())
+                }),
+            };
+            if p.kind == PathKind::BranchEni
+                && let (Some(id), Some(vlan)) = (&p.eni_id, p.vlan_id)
+                && let Some(e) = self
+                    .enis
+                    .iter_mut()
+                    .find(|e| e.vlan_id == Some(vlan) && e.kind == super::eni::EniKind::Branch)
+            {
+                e.id = Some(id.clone());
+            }
+        }
     }
 
     pub fn vlan_link(&self, vlan_id: u16) -> Option<&VlanLink> {
@@ -378,6 +419,8 @@ fn path(node: &Node, vlans: &[VlanLink], veth: &HostVeth) -> Path {
         trunk: vlan.and_then(|v| v.trunk.clone()),
         route_table,
         rules,
+        eni_id: None,
+        pod: None,
         counters: None,
     }
 }

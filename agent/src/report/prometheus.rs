@@ -2,8 +2,8 @@
 //! built with `prometheus-client` into a fresh registry per scrape, so a path that goes
 //! takes its series with it.
 //!
-//! Series (all counters are since the agent attached; `namespace` and `pod` are empty until
-//! the agent knows the cluster):
+//! Series (all counters are since the agent attached; `namespace` and `pod` are empty
+//! without a cluster, or for a path no pod of the node claims):
 //!
 //! | metric | labels |
 //! |---|---|
@@ -13,6 +13,7 @@
 //! | `sgpath_path_syn_unanswered_total` | the path labels and `port` |
 //! | `sgpath_path_dns_unanswered_total` | the path labels |
 //! | `sgpath_path_left_via_packets_total` | the path labels and `egress` |
+//! | `sgpath_path_info` | `path_kind, interface, pod_ip, vlan, namespace, pod, eni, security_groups`: 1 per path (`eni`: the branch ENI of the pod's annotation or the node ENI IPAMD holds its address on; `security_groups`: the groups of the policies selecting the pod, comma-separated) |
 //! | `sgpath_finding` | `id, severity, subject`: 1 while raised |
 //! | `sgpath_probe_errors_total` | `kind` |
 //! | `sgpath_probes_attached` | none: 1 when counting, 0 when degraded |
@@ -145,8 +146,13 @@ impl PathFamilies {
 fn registry(report: &Report, version: &str) -> Registry {
     let mut registry = Registry::default();
     let paths = PathFamilies::default();
+    let info = Family::<Labels, Gauge>::default();
     for p in &report.paths {
-        let Some(c) = &p.counters else { continue };
+        let (namespace, pod) = p
+            .pod
+            .as_ref()
+            .map(|r| (r.namespace.clone(), r.name.clone()))
+            .unwrap_or_default();
         let base: Labels = [
             ("path_kind", p.kind.as_str().to_owned()),
             ("interface", p.host_veth.clone()),
@@ -155,12 +161,26 @@ fn registry(report: &Report, version: &str) -> Registry {
                 p.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             ),
             ("vlan", p.vlan_id.map(|v| v.to_string()).unwrap_or_default()),
-            ("namespace", String::new()),
-            ("pod", String::new()),
+            ("namespace", namespace),
+            ("pod", pod),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        let groups = p
+            .pod
+            .as_ref()
+            .map(|r| r.security_groups.join(","))
+            .unwrap_or_default();
+        info.get_or_create(&with(
+            &base,
+            &[
+                ("eni", p.eni_id.as_deref().unwrap_or_default()),
+                ("security_groups", &groups),
+            ],
+        ))
+        .set(1);
+        let Some(c) = &p.counters else { continue };
         paths.add(&base, "to_pod", &c.to_pod);
         paths.add(&base, "from_pod", &c.from_pod);
     }
@@ -193,6 +213,11 @@ fn registry(report: &Report, version: &str) -> Registry {
         "sgpath_path_left_via_packets",
         "A pod's packets that left the node, by egress interface",
         paths.left_via,
+    );
+    registry.register(
+        "sgpath_path_info",
+        "One series per path (value 1): its pod, ENI and the security groups of the policies selecting the pod",
+        info,
     );
     let findings = Family::<Labels, Gauge>::default();
     for f in &report.findings {
@@ -268,6 +293,15 @@ mod tests {
             trunk: None,
             route_table: 105,
             rules: Vec::new(),
+            eni_id: Some("eni-0b1".into()),
+            pod: Some(crate::model::k8s::PodRef {
+                namespace: "sg-test".into(),
+                name: "web-1".into(),
+                matched_by: crate::model::k8s::MatchedBy::PodIp,
+                branch_eni: Some("eni-0b1".into()),
+                branch_vlan: Some(5),
+                security_groups: vec!["sg-1".into(), "sg-2".into()],
+            }),
             counters: Some(c),
         });
         let findings = vec![Finding::new(
@@ -281,7 +315,7 @@ mod tests {
     #[test]
     fn text_names_the_documented_series() {
         let t = render_text(&report(), "0.1.0");
-        let labels = "path_kind=\"branch-eni\",interface=\"vlan0123456789a\",pod_ip=\"192.168.3.219\",vlan=\"5\",namespace=\"\",pod=\"\"";
+        let labels = "path_kind=\"branch-eni\",interface=\"vlan0123456789a\",pod_ip=\"192.168.3.219\",vlan=\"5\",namespace=\"sg-test\",pod=\"web-1\"";
         for line in [
             "# TYPE sgpath_path_packets_total counter".to_owned(),
             format!(
@@ -305,6 +339,7 @@ mod tests {
             "sgpath_finding{id=\"path-drops\",severity=\"warning\",subject=\"192.168.3.219\"} 1"
                 .to_owned(),
             "sgpath_build_info{version=\"0.1.0\"} 1".to_owned(),
+            format!("sgpath_path_info{{{labels},eni=\"eni-0b1\",security_groups=\"sg-1,sg-2\"}} 1"),
         ] {
             assert!(t.lines().any(|l| l == line), "no line {line:?} in\n{t}");
         }

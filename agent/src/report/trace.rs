@@ -120,6 +120,8 @@ mod tests {
                 trunk: Some("eth1".into()),
                 route_table: 107,
                 rules: Vec::new(),
+                eni_id: None,
+                pod: None,
                 counters: None,
             },
             to: "10.0.1.10".parse().unwrap(),
@@ -164,6 +166,7 @@ mod tests {
             kind: EniKind::Branch,
             vlan_id: Some(7),
             owns: vec!["192.168.26.147".parse().unwrap()],
+            id: None,
         });
         let t = render(&trace(l));
         assert!(

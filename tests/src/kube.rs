@@ -1,0 +1,771 @@
+//! `sgpath agent` with a Kubernetes context, against a fake API server.
+//!
+//! No Kubernetes API server can be installed on these machines (no kube-apiserver, etcd or
+//! kind, and no registry to pull one from), so [`FakeApi`] stands in: a small hyper server
+//! that answers the list and watch requests kube-rs's watcher makes for exactly the
+//! resources the agent reads (pods with a `spec.nodeName` field selector, nodes and the
+//! aws-node DaemonSet by `metadata.name`, ServiceAccounts, Services, SecurityGroupPolicies),
+//! with JSON in the API server's shapes: `<Kind>List` with `metadata.resourceVersion` and
+//! items without `kind`; `?watch=true` as a chunked stream of `{"type": "ADDED" | "MODIFIED" |
+//! "DELETED" | "BOOKMARK" | "ERROR", "object": ...}` lines, bookmarks when asked
+//! (`allowWatchBookmarks`), and for a `resourceVersion` older than the last compaction the
+//! `ERROR` event with a `410` `Expired` Status, which makes the client relist. It can be
+//! stopped (connections reset, the port refused) and started again on the same port.
+//!
+//! Side effects: binds 127.0.0.1:<port> in the lab's node namespace; runs one thread with
+//! a tokio runtime until dropped.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::{Request, Response, body::Frame, server::conn::http1, service::service_fn};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use xtask::lab::Lab;
+
+use crate::{
+    agent::{Agent, sample},
+    observe::in_netns,
+};
+
+/// The resources the fake serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Pod,
+    Node,
+    Service,
+    ServiceAccount,
+    DaemonSet,
+    SecurityGroupPolicy,
+}
+
+impl Kind {
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::DaemonSet => "apps/v1",
+            Kind::SecurityGroupPolicy => "vpcresources.k8s.aws/v1beta1",
+            _ => "v1",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Pod => "Pod",
+            Kind::Node => "Node",
+            Kind::Service => "Service",
+            Kind::ServiceAccount => "ServiceAccount",
+            Kind::DaemonSet => "DaemonSet",
+            Kind::SecurityGroupPolicy => "SecurityGroupPolicy",
+        }
+    }
+
+    /// The kind a request path names: `/api/v1/pods`,
+    /// `/apis/apps/v1/namespaces/kube-system/daemonsets`, `/apis/vpcresources.k8s.aws/v1beta1/securitygrouppolicies`.
+    fn of_path(path: &str) -> Option<Kind> {
+        Some(match path {
+            "/api/v1/pods" => Kind::Pod,
+            "/api/v1/nodes" => Kind::Node,
+            "/api/v1/services" => Kind::Service,
+            "/api/v1/serviceaccounts" => Kind::ServiceAccount,
+            "/apis/apps/v1/namespaces/kube-system/daemonsets" => Kind::DaemonSet,
+            "/apis/vpcresources.k8s.aws/v1beta1/securitygrouppolicies" => Kind::SecurityGroupPolicy,
+            _ => return None,
+        })
+    }
+}
+
+/// An open watch: its kind, its field selector, where its lines go.
+struct Watcher {
+    kind: Kind,
+    selector: Option<(String, String)>,
+    tx: mpsc::UnboundedSender<Bytes>,
+}
+
+#[derive(Default)]
+struct State {
+    /// (kind, namespace/name) -> object (with metadata.resourceVersion).
+    objects: BTreeMap<(Kind, String), Value>,
+    /// The cluster's resource version: bumped by every change.
+    rv: u64,
+    /// Watches from a resource version below this answer 410 Gone.
+    compacted: u64,
+    /// Changes since `compacted`: (rv, kind, event line).
+    history: Vec<(u64, Kind, Value)>,
+    watchers: Vec<Watcher>,
+    /// Requests served, by kind and verb, for the test's own checks.
+    requests: BTreeMap<String, u64>,
+}
+
+fn key(obj: &Value) -> String {
+    format!(
+        "{}/{}",
+        obj["metadata"]["namespace"].as_str().unwrap_or_default(),
+        obj["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// The value of a `fieldSelector` `a.b=c` on an object.
+fn field(obj: &Value, path: &str) -> Option<String> {
+    let mut v = obj;
+    for part in path.split('.') {
+        v = v.get(part)?;
+    }
+    v.as_str().map(str::to_owned)
+}
+
+fn selects(selector: &Option<(String, String)>, obj: &Value) -> bool {
+    selector
+        .as_ref()
+        .is_none_or(|(path, want)| field(obj, path).as_deref() == Some(want.as_str()))
+}
+
+fn with_type(kind: Kind, obj: &Value) -> Value {
+    let mut o = obj.clone();
+    o["kind"] = json!(kind.name());
+    o["apiVersion"] = json!(kind.api_version());
+    o
+}
+
+impl State {
+    fn change(&mut self, kind: Kind, event: &str, mut obj: Value) {
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let k = (kind, key(&obj));
+        match event {
+            "DELETED" => {
+                self.objects.remove(&k);
+            }
+            _ => {
+                self.objects.insert(k, obj.clone());
+            }
+        }
+        let line = json!({"type": event, "object": with_type(kind, &obj)});
+        self.history.push((self.rv, kind, line.clone()));
+        let bytes = Bytes::from(format!("{line}\n"));
+        self.watchers.retain(|w| {
+            w.kind != kind || !selects(&w.selector, &obj) || w.tx.send(bytes.clone()).is_ok()
+        });
+    }
+}
+
+/// The fake API server. Cloned handles share the state; it runs until [`FakeApi::stop`]
+/// (or the test process ends).
+#[derive(Clone)]
+pub struct FakeApi {
+    state: Arc<Mutex<State>>,
+    ns: String,
+    pub port: u16,
+    stop: Arc<Mutex<Option<tokio::sync::oneshot::Sender<()>>>>,
+}
+
+impl FakeApi {
+    /// Starts the server on a free port of 127.0.0.1 in namespace `ns`.
+    pub fn start(ns: &str) -> FakeApi {
+        let api = FakeApi {
+            state: Arc::default(),
+            ns: ns.to_owned(),
+            port: 0,
+            stop: Arc::default(),
+        };
+        api.listen(0)
+    }
+
+    fn listen(mut self, port: u16) -> FakeApi {
+        let listener = in_netns(&self.ns, || {
+            std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+                .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port} in the lab: {e}"))
+        });
+        listener.set_nonblocking(true).unwrap();
+        self.port = listener.local_addr().unwrap().port();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        *self.stop.lock().unwrap() = Some(stop_tx);
+        let state = self.state.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(serve(listener, state, stop_rx));
+            // Dropping the runtime resets every open connection.
+        });
+        self
+    }
+
+    /// The server goes away: the port refuses connections and every watch is cut.
+    pub fn stop(&self) {
+        if let Some(tx) = self.stop.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        let mut s = self.state.lock().unwrap();
+        s.watchers.clear();
+        drop(s);
+        // The listener closes when the server's runtime is dropped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let refused = in_netns(&self.ns, || {
+                std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err()
+            });
+            if refused {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the fake API server still accepts after stop");
+    }
+
+    /// The server comes back on the same port, its history compacted: every watch from
+    /// before gets `410 Gone` and relists.
+    pub fn restart(&self) -> FakeApi {
+        {
+            let mut s = self.state.lock().unwrap();
+            s.compacted = s.rv;
+            s.history.clear();
+        }
+        self.clone().listen(self.port)
+    }
+
+    /// Adds or replaces an object (`ADDED` or `MODIFIED` to the watches).
+    pub fn put(&self, kind: Kind, obj: Value) {
+        let mut s = self.state.lock().unwrap();
+        let exists = s.objects.contains_key(&(kind, key(&obj)));
+        s.change(kind, if exists { "MODIFIED" } else { "ADDED" }, obj);
+    }
+
+    /// Deletes an object (`DELETED` to the watches).
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
+        let mut s = self.state.lock().unwrap();
+        let obj = s
+            .objects
+            .get(&(kind, format!("{namespace}/{name}")))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind:?} {namespace}/{name} to delete"));
+        s.change(kind, "DELETED", obj);
+    }
+
+    /// How many requests of `verb` (`list`, `watch`, `watch-410`) were served for `kind`.
+    pub fn requests(&self, kind: Kind, verb: &str) -> u64 {
+        let s = self.state.lock().unwrap();
+        s.requests
+            .get(&format!("{kind:?} {verb}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A kubeconfig naming this server, written to `path`.
+    pub fn kubeconfig(&self, path: &std::path::Path) {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
+             current-context: fake\nusers:\n- name: fake\n  user:\n    token: not-a-real-token\n",
+            self.port
+        );
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+async fn serve(
+    listener: std::net::TcpListener,
+    state: Arc<Mutex<State>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let svc = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(&state, req)) }
+                    });
+                    let _ = http1::Builder::new().serve_connection(io, svc).await;
+                });
+            }
+        }
+    }
+}
+
+fn full(status: u16, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string())).boxed_unsync())
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+/// `a%3Db` -> `a=b` (what kube-rs escapes in field selectors).
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let h: String = bytes.by_ref().take(2).map(char::from).collect();
+                out.push(u8::from_str_radix(&h, 16).map(char::from).unwrap_or('?'));
+            }
+            b'+' => out.push(' '),
+            _ => out.push(char::from(b)),
+        }
+    }
+    out
+}
+
+fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let query: BTreeMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), unescape(v)))
+        .collect();
+    if req.method() != hyper::Method::GET {
+        return full(405, &status(405, "MethodNotAllowed", "the fake only reads"));
+    }
+    let Some(kind) = Kind::of_path(&path) else {
+        return full(
+            404,
+            &status(
+                404,
+                "NotFound",
+                &format!("the server could not find {path}"),
+            ),
+        );
+    };
+    let selector = query
+        .get("fieldSelector")
+        .and_then(|f| f.split_once('='))
+        .map(|(a, b)| (a.to_owned(), b.to_owned()));
+    let mut s = state.lock().unwrap();
+    if query.get("watch").map(String::as_str) == Some("true") {
+        let from: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(s.rv);
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        if from < s.compacted {
+            *s.requests.entry(format!("{kind:?} watch-410")).or_default() += 1;
+            let e = json!({"type": "ERROR", "object": status(410, "Expired",
+                &format!("too old resource version: {from} ({})", s.compacted))});
+            let _ = tx.send(Bytes::from(format!("{e}\n")));
+            drop(tx);
+        } else {
+            *s.requests.entry(format!("{kind:?} watch")).or_default() += 1;
+            for (rv, k, line) in &s.history {
+                if *k == kind && *rv > from && selects(&selector, &line["object"]) {
+                    let _ = tx.send(Bytes::from(format!("{line}\n")));
+                }
+            }
+            if query.get("allowWatchBookmarks").map(String::as_str) == Some("true") {
+                let b = json!({"type": "BOOKMARK", "object": {"kind": kind.name(),
+                    "apiVersion": kind.api_version(),
+                    "metadata": {"resourceVersion": s.rv.to_string(),
+                                 "annotations": {"k8s.io/initial-events-end": "true"}}}});
+                let _ = tx.send(Bytes::from(format!("{b}\n")));
+            }
+            s.watchers.push(Watcher { kind, selector, tx });
+        }
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            let b = rx.recv().await?;
+            Some((Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        return Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
+            .unwrap();
+    }
+    *s.requests.entry(format!("{kind:?} list")).or_default() += 1;
+    let items: Vec<Value> = s
+        .objects
+        .iter()
+        .filter(|((k, _), o)| *k == kind && selects(&selector, o))
+        .map(|(_, o)| o.clone())
+        .collect();
+    full(
+        200,
+        &json!({"kind": format!("{}List", kind.name()), "apiVersion": kind.api_version(),
+                "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+    )
+}
+
+/// The node's name in the fake cluster.
+pub const NODE: &str = "ip-192-168-1-10.ec2.internal";
+
+fn pod(ns: &str, name: &str, node: &str, ip: &str, labels: Value, annotations: Value) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
+                     "labels": labels, "annotations": annotations},
+        "spec": {"nodeName": node, "serviceAccountName": "default",
+                 "containers": [{"name": "app", "image": "public.ecr.aws/nginx/nginx:1.27"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    })
+}
+
+fn policy(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// The host lab's pods as the API server would have them, a pod of another node, the node,
+/// aws-node, the default ServiceAccounts and three policies (one malformed).
+fn populate(api: &FakeApi, lab: &Lab) {
+    let ip = |name: &str| {
+        lab.spec
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .ip
+            .to_string()
+    };
+    api.put(
+        Kind::Pod,
+        pod(
+            "default",
+            "ordinary-a",
+            NODE,
+            &ip("ordinary-a"),
+            json!({"app": "a"}),
+            json!({}),
+        ),
+    );
+    api.put(
+        Kind::Pod,
+        pod(
+            "default",
+            "ordinary-b",
+            NODE,
+            &ip("ordinary-b"),
+            json!({"app": "b"}),
+            json!({"vpc.amazonaws.com/pod-eni": "[{\"eniId\":\"eni-0bbb\",\"ifAddress\":"}),
+        ),
+    );
+    api.put(
+        Kind::Pod,
+        pod("sg-test", "standard-c", NODE, &ip("standard-c"), json!({"app": "c"}),
+            json!({"vpc.amazonaws.com/pod-eni": "[{\"eniId\":\"eni-0c5\",\"ifAddress\":\"02:00:00:00:00:c5\",\"privateIp\":\"192.168.41.23\",\"vlanId\":5,\"subnetCidr\":\"192.168.0.0/16\"}]"})),
+    );
+    api.put(
+        Kind::Pod,
+        pod(
+            "default",
+            "secondary-d",
+            NODE,
+            &ip("secondary-d"),
+            json!({"role": "db"}),
+            json!({}),
+        ),
+    );
+    // Same IP as ordinary-a, on another node: the field selector keeps it out.
+    api.put(
+        Kind::Pod,
+        pod(
+            "default",
+            "elsewhere",
+            "ip-10-0-0-1.ec2.internal",
+            &ip("ordinary-a"),
+            json!({}),
+            json!({}),
+        ),
+    );
+    api.put(
+        Kind::Node,
+        json!({"metadata": {"name": NODE, "labels": {
+        "node.kubernetes.io/instance-type": "m5.large", "kubernetes.io/os": "linux",
+        "vpc.amazonaws.com/has-trunk-attached": "false"}}}),
+    );
+    api.put(Kind::DaemonSet, json!({"metadata": {"name": "aws-node", "namespace": "kube-system"},
+        "spec": {"selector": {"matchLabels": {"k8s-app": "aws-node"}}, "template": {"spec": {
+            "containers": [{"name": "aws-node", "image": "602401143452.dkr.ecr.us-west-2.amazonaws.com/amazon-k8s-cni:v1.19.2-eksbuild.1",
+                "env": [{"name": "ENABLE_POD_ENI", "value": "true"},
+                        {"name": "POD_SECURITY_GROUP_ENFORCING_MODE", "value": "standard"}]}]}}}}));
+    for ns in ["default", "sg-test"] {
+        api.put(
+            Kind::ServiceAccount,
+            json!({"metadata": {"name": "default", "namespace": ns}}),
+        );
+    }
+    api.put(
+        Kind::Service,
+        json!({"metadata": {"name": "kubernetes", "namespace": "default"},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.100.0.1", "ports": [{"port": 443}]}}),
+    );
+    api.put(
+        Kind::SecurityGroupPolicy,
+        policy(
+            "sg-test",
+            "c",
+            json!({
+        "podSelector": {"matchLabels": {"app": "c"}}, "securityGroups": {"groupIds": ["sg-0c5"]}}),
+        ),
+    );
+    api.put(
+        Kind::SecurityGroupPolicy,
+        policy(
+            "default",
+            "db",
+            json!({
+        "podSelector": {"matchExpressions": [{"key": "role", "operator": "In", "values": ["db"]}]},
+        "securityGroups": {"groupIds": ["sg-0db"]}}),
+        ),
+    );
+    api.put(Kind::SecurityGroupPolicy, policy("default", "broken", json!({
+        "podSelector": {"matchExpressions": [{"key": "role", "operator": "Equals", "values": ["x"]}]},
+        "securityGroups": {"groupIds": ["sg-0bad"]}})));
+}
+
+/// The report's path of `ip`.
+fn path_of(doc: &Value, ip: &str) -> Value {
+    doc["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pod_ip"] == ip)
+        .cloned()
+        .unwrap_or_else(|| panic!("no path of {ip} in {doc}"))
+}
+
+fn findings(doc: &Value) -> Vec<(String, String)> {
+    doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().to_owned(),
+                f["subject"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Polls the agent's report until `ok` holds (or panics after `timeout` with the last one).
+fn wait_report(agent: &Agent, timeout: Duration, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let doc = agent.report(&[]);
+        if ok(&doc) {
+            return doc;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: not within {timeout:?}:\n{}\n{}",
+            serde_json::to_string_pretty(&doc["paths"]).unwrap(),
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn labelled(doc: &Value, ip: &str, ns: &str, name: &str) -> bool {
+    let p = path_of(doc, ip);
+    p["pod"]["namespace"] == ns && p["pod"]["name"] == name
+}
+
+/// The agent with `--kubeconfig` in the host lab: pods name their paths in `/v1/report` and
+/// `/metrics`; the malformed annotation and policy and the selected pod without branch ENI
+/// are findings while everything else works; watch events (a policy deleted) clear a
+/// finding; the API server going away keeps the agent ready, and when it comes back
+/// (every watch answered `410 Gone`, so the agent relists) a pod deleted meanwhile has
+/// lost its labels.
+pub fn agent_names_paths_after_pods(lab: &Lab) {
+    let node = lab.layout.node();
+    let api = FakeApi::start(&node);
+    populate(&api, lab);
+    let dir = std::env::temp_dir().join(format!("sgpath-kube-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let cni = lab.cni_config();
+    let agent = Agent::start(
+        &node,
+        &[
+            "--cni-config",
+            cni.to_str().unwrap(),
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-name",
+            NODE,
+            "--summary-interval",
+            "1s",
+        ],
+    );
+    let ip = |name: &str| {
+        lab.spec
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .ip
+            .to_string()
+    };
+    let (a, b, c, d) = (
+        ip("ordinary-a"),
+        ip("ordinary-b"),
+        ip("standard-c"),
+        ip("secondary-d"),
+    );
+
+    let doc = wait_report(
+        &agent,
+        Duration::from_secs(20),
+        "paths named after their pods",
+        |doc| {
+            labelled(doc, &a, "default", "ordinary-a")
+                && labelled(doc, &d, "default", "secondary-d")
+        },
+    );
+    assert!(
+        labelled(&doc, &b, "default", "ordinary-b"),
+        "a malformed annotation still names the path"
+    );
+    let pc = path_of(&doc, &c);
+    assert_eq!(pc["pod"]["name"], "standard-c");
+    assert_eq!(pc["pod"]["branch_eni"], "eni-0c5");
+    assert_eq!(pc["pod"]["branch_vlan"], 5);
+    assert_eq!(pc["pod"]["security_groups"], json!(["sg-0c5"]));
+    assert_eq!(pc["eni_id"], "eni-0c5");
+    // The lab names host veths as the CNI does: matched by IP, and the names agree.
+    assert_eq!(path_of(&doc, &a)["pod"]["matched_by"], "pod-ip");
+    let got = findings(&doc);
+    for want in [
+        ("malformed-pod-eni-annotation", "default/ordinary-b"),
+        ("malformed-security-group-policy", "default/broken"),
+        ("sgp-pod-without-branch-eni", "default/secondary-d"),
+        ("trunk-unavailable", NODE),
+    ] {
+        assert!(
+            got.iter().any(|(i, s)| (i.as_str(), s.as_str()) == want),
+            "no {want:?} in {got:?}"
+        );
+    }
+    assert!(
+        !got.iter().any(|(i, _)| i == "veth-name-mismatch"),
+        "{got:?}"
+    );
+    // Everything else still works: the lab's own finding is there too.
+    assert!(
+        got.iter()
+            .any(|(i, s)| i == "vlan-parent-missing" && s == "vlan.eth.5"),
+        "{got:?}"
+    );
+
+    let (status, metrics) = agent.request("GET", "/metrics", &[]);
+    assert_eq!(status, 200);
+    let labels = [
+        ("pod_ip", a.as_str()),
+        ("namespace", "default"),
+        ("pod", "ordinary-a"),
+        ("direction", "to_pod"),
+        ("verdict", "forwarded"),
+    ];
+    assert!(
+        sample(&metrics, "sgpath_path_packets_total", &labels).is_some(),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "sgpath_path_info",
+            &[
+                ("pod_ip", c.as_str()),
+                ("pod", "standard-c"),
+                ("eni", "eni-0c5"),
+                ("security_groups", "sg-0c5")
+            ]
+        ),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "sgpath_finding",
+            &[
+                ("id", "sgp-pod-without-branch-eni"),
+                ("subject", "default/secondary-d")
+            ]
+        ),
+        Some(1)
+    );
+
+    // A watch event: the policy goes, its finding clears.
+    api.delete(Kind::SecurityGroupPolicy, "default", "db");
+    wait_report(
+        &agent,
+        Duration::from_secs(10),
+        "sgp-pod-without-branch-eni cleared",
+        |doc| {
+            !findings(doc)
+                .iter()
+                .any(|(i, _)| i == "sgp-pod-without-branch-eni")
+        },
+    );
+
+    // The API server goes away; a pod is deleted meanwhile; the agent keeps working.
+    api.stop();
+    api.delete(Kind::Pod, "default", "ordinary-a");
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, _) = agent.request("GET", "/readyz", &[]);
+    assert_eq!(status, 200, "the agent is ready without its API server");
+    let doc = agent.report(&[]);
+    assert!(
+        labelled(&doc, &a, "default", "ordinary-a"),
+        "the last known context stays while the API server is away"
+    );
+    let events = agent.log_events();
+    assert!(
+        events.iter().any(|e| e["event"] == "kube-watch-failed"),
+        "no kube-watch-failed event:\n{}",
+        agent.log_text()
+    );
+
+    // It comes back compacted: 410 Gone, relist, ordinary-a is gone and its labels too.
+    let _api = api.restart();
+    let doc = wait_report(
+        &agent,
+        Duration::from_secs(60),
+        "ordinary-a unlabelled after the relist",
+        |doc| path_of(doc, &a)["pod"].is_null(),
+    );
+    assert!(
+        labelled(&doc, &b, "default", "ordinary-b"),
+        "the others keep their labels"
+    );
+    assert!(
+        api.requests(Kind::Pod, "watch-410") >= 1,
+        "the pods' watch was never answered 410"
+    );
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    assert!(
+        !metrics.contains("pod=\"ordinary-a\""),
+        "stale label in /metrics:\n{metrics}"
+    );
+    let events = agent.log_events();
+    assert!(
+        events.iter().any(|e| e["event"] == "kube-watch-resumed"),
+        "{}",
+        agent.log_text()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(agent.terminate().success());
+    api.stop();
+}

@@ -1,4 +1,5 @@
-//! Fuzzing of everything sgpath parses from outside: the CNI config, netlink messages (and
+//! Fuzzing of everything sgpath parses from outside: the CNI config, the `pod-eni`
+//! annotation, SecurityGroupPolicies, IPAMD's `/v1/enis`, netlink messages (and
 //! the classification, checks and report built from them), HTTP requests to the agent, and
 //! lab specs. Each target mutates the seeds of its corpus (`tests/corpus/<target>/`, real
 //! inputs kept in the repo) with random byte edits and splices (proptest, which shrinks a
@@ -430,4 +431,56 @@ fn capture_netlink_corpus() {
         std::fs::write(out.join(name), b).unwrap();
     }
     eprintln!("{} messages written to {}", files.len(), out.display());
+}
+
+/// Runs `parse` on mutated seeds of corpus `target` (each seed must parse), `cases(scale)`
+/// times; nothing may panic and every error must say something.
+fn fuzz_text<E: std::fmt::Display>(
+    target: &str,
+    scale: u32,
+    parse: impl Fn(&str) -> Result<(), E>,
+) {
+    let seeds: Vec<Vec<u8>> = corpus(target).into_iter().map(|(_, s)| s).collect();
+    for s in &seeds {
+        if let Err(e) = parse(std::str::from_utf8(s).unwrap()) {
+            panic!("seed of {target} does not parse: {e}");
+        }
+    }
+    runner(cases(scale))
+        .run(&mutated(seeds, 6), |bytes| {
+            if let Err(e) = parse(&String::from_utf8_lossy(&bytes)) {
+                let msg = e.to_string();
+                prop_assert!(!msg.is_empty(), "an empty error");
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// The `vpc.amazonaws.com/pod-eni` annotation.
+#[test]
+fn fuzz_pod_eni_annotation() {
+    fuzz_text("pod-eni", 1, |raw| {
+        sgpath::model::k8s::parse_pod_eni(raw).map(|_| ())
+    });
+}
+
+/// A SecurityGroupPolicy's spec (selectors, group ids), from its JSON.
+#[test]
+fn fuzz_security_group_policy() {
+    fuzz_text("sgp", 1, |raw| {
+        let spec: serde_json::Value =
+            serde_json::from_str(raw).map_err(|e| format!("not JSON: {e}"))?;
+        sgpath::model::k8s::PolicySpec::parse(&spec)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+}
+
+/// IPAMD's `/v1/enis` answer, both shapes.
+#[test]
+fn fuzz_ipamd_enis() {
+    fuzz_text("ipamd", 1, |raw| {
+        sgpath::model::ipamd::parse_enis(raw).map(|_| ())
+    });
 }

@@ -268,10 +268,7 @@ const LATE_POD: u64 = 9;
 pub fn agent_counts_serves_and_stops(lab: &Lab) {
     let node = lab.layout.node();
     let node_ip = lab.spec.node.primary_ip;
-    let a = (0..lab.spec.pods.len())
-        .find(|&i| lab.spec.pods[i].vlan.is_none() && lab.spec.pods[i].eni.is_none())
-        .expect("an ordinary pod");
-    let (a_ns, a_ip) = (lab.layout.pod(a), lab.spec.pods[a].ip);
+    let (a_ns, a_ip) = crate::ordinary_pod(lab);
     let cni = lab.cni_config();
     let agent = Agent::start(
         &node,
@@ -1278,10 +1275,7 @@ const AFTER_RESTART: u64 = 7;
 pub fn agent_crash_restart_and_overlap(lab: &Lab) {
     let node = lab.layout.node();
     let node_ip = lab.spec.node.primary_ip;
-    let a = (0..lab.spec.pods.len())
-        .find(|&i| lab.spec.pods[i].vlan.is_none() && lab.spec.pods[i].eni.is_none())
-        .expect("an ordinary pod");
-    let (a_ns, a_ip) = (lab.layout.pod(a), lab.spec.pods[a].ip);
+    let (a_ns, a_ip) = crate::ordinary_pod(lab);
     let cni = lab.cni_config();
     let args = ["--cni-config", cni.to_str().unwrap()];
     let before = kernel_leftovers(&node);
@@ -1641,10 +1635,7 @@ const AFTER_FLOOD: u32 = 10;
 /// queries are tracked again with no new error.
 pub fn agent_under_map_pressure(lab: &Lab) {
     let node = lab.layout.node();
-    let a = (0..lab.spec.pods.len())
-        .find(|&i| lab.spec.pods[i].vlan.is_none() && lab.spec.pods[i].eni.is_none())
-        .expect("an ordinary pod");
-    let (a_ns, a_ip) = (lab.layout.pod(a), lab.spec.pods[a].ip);
+    let (a_ns, a_ip) = crate::ordinary_pod(lab);
     crate::run(&[
         "ip",
         "-n",

@@ -491,10 +491,7 @@ fn selectors(expr: &str) -> Vec<VectorSelector> {
 pub fn exported_families(lab: &Lab) -> BTreeSet<String> {
     let node = lab.layout.node();
     let node_ip = lab.spec.node.primary_ip;
-    let a = (0..lab.spec.pods.len())
-        .find(|&i| lab.spec.pods[i].vlan.is_none() && lab.spec.pods[i].eni.is_none())
-        .expect("an ordinary pod");
-    let (a_ns, a_ip) = (lab.layout.pod(a), lab.spec.pods[a].ip);
+    let (a_ns, a_ip) = crate::ordinary_pod(lab);
     let cni = lab.cni_config();
     let agent = Agent::start(
         &node,
@@ -781,10 +778,7 @@ pub fn deploy_agent_runs_with_the_daemonset_capabilities(lab: &Lab) {
     );
     let node = lab.layout.node();
     let node_ip = lab.spec.node.primary_ip;
-    let a = (0..lab.spec.pods.len())
-        .find(|&i| lab.spec.pods[i].vlan.is_none() && lab.spec.pods[i].eni.is_none())
-        .expect("an ordinary pod");
-    let (a_ns, a_ip) = (lab.layout.pod(a), lab.spec.pods[a].ip);
+    let (a_ns, a_ip) = crate::ordinary_pod(lab);
     let cni = lab.cni_config();
     let wrapper = with_caps(&caps);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();

@@ -36,6 +36,14 @@ pub fn spec(name: &str) -> Spec {
     Spec::load(&path).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// The first ordinary pod (primary ENI, no VLAN) of `lab`: its namespace and address.
+pub fn ordinary_pod(lab: &Lab) -> (String, std::net::Ipv4Addr) {
+    let i = (0..lab.spec.pods.len())
+        .find(|&i| lab.spec.pods[i].vlan.is_none() && lab.spec.pods[i].eni.is_none())
+        .expect("an ordinary pod");
+    (lab.layout.pod(i), lab.spec.pods[i].ip)
+}
+
 /// Bring a lab up or fail the test with the builder's error.
 pub fn lab(spec: Spec, prefix: &str) -> Lab {
     Lab::up(spec, prefix).unwrap_or_else(|e| panic!("lab {prefix} did not come up: {e:#}"))

@@ -117,7 +117,14 @@ pub fn run() -> Result<()> {
     debs()?;
     kubectl()?;
     rust_src()?;
-    musl_target()?;
+    // Only `cargo xtask image` needs it (its test is ignored in the suite): a toolchain
+    // server that refuses the target must not stop the tests.
+    if let Err(e) = musl_target() {
+        eprintln!(
+            "\n*** rustup could not add {MUSL_TARGET}: `cargo xtask image` will not build \
+             ({e:#}) ***\n"
+        );
+    }
     bpf_linker()?;
     virtme_ng()?;
     for short in kernel::KERNELS {

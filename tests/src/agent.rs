@@ -54,6 +54,15 @@ impl Agent {
         agent
     }
 
+    /// Starts `sgpath agent --cni-config <the lab's> <extra>` in `lab`'s node namespace and
+    /// waits for `/readyz` to answer 200.
+    pub fn in_lab(lab: &Lab, extra: &[&str]) -> Agent {
+        let cni = lab.cni_config();
+        let mut args = vec!["--cni-config", cni.to_str().unwrap()];
+        args.extend(extra);
+        Agent::start(&lab.layout.node(), &args)
+    }
+
     /// Starts `<wrapper> sgpath agent --listen 127.0.0.1:<free port> <extra>` in namespace
     /// `ns`, without waiting for anything.
     pub fn spawn(ns: &str, wrapper: &[&str], extra: &[&str]) -> Agent {
@@ -269,16 +278,7 @@ pub fn agent_counts_serves_and_stops(lab: &Lab) {
     let node = lab.layout.node();
     let node_ip = lab.spec.node.primary_ip;
     let (a_ns, a_ip) = crate::ordinary_pod(lab);
-    let cni = lab.cni_config();
-    let agent = Agent::start(
-        &node,
-        &[
-            "--cni-config",
-            cni.to_str().unwrap(),
-            "--summary-interval",
-            "1s",
-        ],
-    );
+    let agent = Agent::in_lab(lab, &["--summary-interval", "1s"]);
 
     let node_tx = udp_in(&node, (node_ip, 0).into());
     let a_rx = udp_in(&a_ns, (Ipv4Addr::UNSPECIFIED, 7002).into());
@@ -905,16 +905,7 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
         .position(|p| p.vlan.is_none() && p.eni.is_none())
         .expect("an ordinary pod");
     let before = kernel_leftovers(&node);
-    let cni = lab.cni_config();
-    let agent = Agent::start(
-        &node,
-        &[
-            "--cni-config",
-            cni.to_str().unwrap(),
-            "--summary-interval",
-            "1s",
-        ],
-    );
+    let agent = Agent::in_lab(lab, &["--summary-interval", "1s"]);
     let pid = agent.child.as_ref().unwrap().id();
     let prometheus = Prometheus::start(&node, agent.port);
     prometheus.wait("up{job=\"sgpath\"}", "the agent scraped", |r| {
@@ -1358,8 +1349,7 @@ pub fn agent_resyncs_after_netlink_overflow(lab: &Lab) {
         .find(|p| p.vlan.is_none() && p.eni.is_none())
         .expect("an ordinary pod");
     let pod_rule = format!("rule del to {} lookup main prio 512\n", pod.ip);
-    let cni = lab.cni_config();
-    let agent = Agent::start(&node, &["--cni-config", cni.to_str().unwrap()]);
+    let agent = Agent::in_lab(lab, &[]);
     let pid = agent.pid();
     let burst = |verb: &str, middle: &str| {
         let mut script = String::new();
@@ -1508,8 +1498,7 @@ fn open_fds(pid: u32) -> usize {
 /// series names a deleted pod, and the report is right within a second.
 pub fn agent_under_pod_churn(lab: &Lab) {
     let node = lab.layout.node();
-    let cni = lab.cni_config();
-    let mut agent = Agent::start(&node, &["--cni-config", cni.to_str().unwrap()]);
+    let mut agent = Agent::in_lab(lab, &[]);
     let pid = agent.pid();
     let _ = agent.request("GET", "/metrics", &[]);
     let (fds_before, (rss_before, _)) = (open_fds(pid), memory_kib(pid));
@@ -1645,11 +1634,7 @@ pub fn agent_under_map_pressure(lab: &Lab) {
         "blackhole",
         "10.99.0.0/16",
     ]);
-    let cni = lab.cni_config();
-    let agent = Agent::start(
-        &node,
-        &["--cni-config", cni.to_str().unwrap(), "--syn-timeout", "1s"],
-    );
+    let agent = Agent::in_lab(lab, &["--syn-timeout", "1s"]);
     let sock = udp_in(&a_ns, (a_ip, 0).into());
     let query = |i: u32| {
         let to = Ipv4Addr::new(10, 99, (i / 250) as u8, (i % 250 + 1) as u8);

@@ -492,11 +492,7 @@ pub fn exported_families(lab: &Lab) -> BTreeSet<String> {
     let node = lab.layout.node();
     let node_ip = lab.spec.node.primary_ip;
     let (a_ns, a_ip) = crate::ordinary_pod(lab);
-    let cni = lab.cni_config();
-    let agent = Agent::start(
-        &node,
-        &["--cni-config", cni.to_str().unwrap(), "--syn-timeout", "1s"],
-    );
+    let agent = Agent::in_lab(lab, &["--syn-timeout", "1s"]);
     let node_tx = udp_in(&node, (node_ip, 0).into());
     send(&node_tx, (a_ip, 7033).into(), 3, 10);
     crate::observe::in_netns(&a_ns, || {

@@ -64,9 +64,12 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
     if dev.is_null() {
         return;
     }
-    let Some(ifindex) = skb::ifindex(dev) else {
+    // ifindexes repeat across namespaces: only the node's own interfaces count. Two loads,
+    // so first: a pod's own packets leave before any map lookup.
+    if skb::netns(dev) != Some(skb::node_netns()) {
         return;
-    };
+    }
+    let ifindex = skb::ifindex(dev);
     // SAFETY: read-only use of a value userspace wrote.
     let role = unsafe { IFACES.get(&ifindex) }.copied().unwrap_or(0);
     let site = match hook {
@@ -76,8 +79,7 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
         // An uplink's receive side tells nothing (answers are matched on the host veth).
         _ => return,
     };
-    // ifindexes repeat across namespaces: only the node's own interfaces count.
-    if skb::netns(dev) != Some(skb::node_netns()) || !skb::is_ip(skb) {
+    if !skb::is_ip(skb) {
         return;
     }
     let at = match hook {

@@ -1,6 +1,7 @@
 //! Reading a `struct sk_buff` from a `tp_btf` program by the offsets userspace found in the
 //! running kernel's BTF (they differ between kernels; [`CONFIG`] holds them).
-//! bpf_probe_read_kernel: 5.5+.
+//! Fields are direct loads (see [`field`]); packet bytes are helper reads
+//! (bpf_probe_read_kernel: 5.5+).
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
@@ -33,42 +34,45 @@ pub fn node_netns() -> u32 {
     cfg!(node_netns)
 }
 
+/// A field of a BTF-typed kernel object (`ctx.arg` of a tp_btf program, or a pointer loaded
+/// from one), loaded directly: `CONFIG` is a frozen read-only map, so the verifier knows each
+/// offset as a constant and checks the load against the running kernel's BTF. The JIT turns it
+/// into a plain load whose fault (a null `dev`, say) reads as 0: no helper call per field.
+/// Pointers to non-struct types (`head`, `data`) load as plain numbers, not dereferencable.
 #[inline(always)]
-unsafe fn read<T>(base: *const u8, offset: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
-    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T).ok() }
+unsafe fn field<T>(base: *const u8, offset: u32) -> T {
+    // SAFETY: see above; the verifier rejects the program rather than let a bad load through.
+    unsafe { core::ptr::read_volatile(base.add(offset as usize) as *const T) }
 }
 
 /// The skb's device.
 #[inline(always)]
 pub fn dev(skb: *const u8) -> *const u8 {
-    unsafe { read::<*const u8>(skb, cfg!(skb_dev)) }.unwrap_or(core::ptr::null())
+    unsafe { field(skb, cfg!(skb_dev)) }
 }
 
 /// `dev->ifindex`.
 #[inline(always)]
-pub fn ifindex(dev: *const u8) -> Option<u32> {
-    unsafe { read::<u32>(dev, cfg!(dev_ifindex)) }
+pub fn ifindex(dev: *const u8) -> u32 {
+    unsafe { field(dev, cfg!(dev_ifindex)) }
 }
 
 /// Inode number of `dev`'s network namespace (`dev_net(dev)->ns.inum`), what
 /// `stat -L -c %i /proc/<pid>/ns/net` prints.
 #[inline(always)]
 pub fn netns(dev: *const u8) -> Option<u32> {
-    let net = unsafe { read::<*const u8>(dev, cfg!(dev_nd_net)) }?;
-    net_inum(net)
+    net_inum(unsafe { field(dev, cfg!(dev_nd_net)) })
 }
 
 /// The namespace of the socket that owns `skb`: a locally generated packet dropped before
 /// it has a device (the output hook of netfilter) still has its socket.
 #[inline(always)]
 pub fn sk_netns(skb: *const u8) -> Option<u32> {
-    let sk = unsafe { read::<*const u8>(skb, cfg!(skb_sk)) }?;
+    let sk: *const u8 = unsafe { field(skb, cfg!(skb_sk)) };
     if sk.is_null() {
         return None;
     }
-    let net = unsafe { read::<*const u8>(sk, cfg!(sk_net)) }?;
-    net_inum(net)
+    net_inum(unsafe { field(sk, cfg!(sk_net)) })
 }
 
 #[inline(always)]
@@ -76,59 +80,57 @@ fn net_inum(net: *const u8) -> Option<u32> {
     if net.is_null() {
         return None;
     }
-    unsafe { read::<u32>(net, cfg!(net_ns_inum)) }
+    Some(unsafe { field(net, cfg!(net_ns_inum)) })
 }
 
 /// Whether the skb still belongs to a socket: on transmit, a packet the node itself sent
 /// (forwarded packets have none).
 #[inline(always)]
 pub fn has_socket(skb: *const u8) -> bool {
-    unsafe { read::<*const u8>(skb, cfg!(skb_sk)) }.is_some_and(|sk| !sk.is_null())
+    !unsafe { field::<*const u8>(skb, cfg!(skb_sk)) }.is_null()
 }
 
 /// Whether `skb->protocol` is IPv4 or IPv6.
 #[inline(always)]
 pub fn is_ip(skb: *const u8) -> bool {
     matches!(
-        unsafe { read::<u16>(skb, cfg!(skb_protocol)) }.map(u16::from_be),
-        Some(0x0800 | 0x86dd)
+        u16::from_be(unsafe { field(skb, cfg!(skb_protocol)) }),
+        0x0800 | 0x86dd
     )
 }
 
 /// How many wire packets the skb stands for: `skb_shinfo(skb)->gso_segs` for a GSO or GRO
-/// skb (a TCP stream crosses a veth as 64 KiB super-packets), else 1.
+/// skb (a TCP stream crosses a veth as 64 KiB super-packets), else 1. `skb_shared_info` has
+/// no BTF pointer to it (`head + end`), so this one is a helper read.
 #[inline(always)]
 pub fn segments(skb: *const u8) -> u64 {
-    let head = unsafe { read::<*const u8>(skb, cfg!(skb_head)) };
-    let end = unsafe { read::<u32>(skb, cfg!(skb_end)) };
-    let (Some(head), Some(end)) = (head, end) else {
-        return 1;
-    };
-    if head.is_null() {
+    let head: u64 = unsafe { field(skb, cfg!(skb_head)) };
+    let end: u32 = unsafe { field(skb, cfg!(skb_end)) };
+    if head == 0 {
         return 1;
     }
-    let segs = unsafe { read::<u16>(head.add(end as usize), cfg!(shinfo_gso_segs)) };
+    let at = (head + end as u64 + cfg!(shinfo_gso_segs) as u64) as *const u16;
+    // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
+    let segs = unsafe { bpf_probe_read_kernel(at) };
     segs.map_or(1, |s| s.max(1) as u64)
 }
 
 /// `skb->data`: where the IP header is on receive, before the stack sets the network
-/// header. Null when unreadable.
+/// header. Null when unset.
 #[inline(always)]
 pub fn data(skb: *const u8) -> *const u8 {
-    unsafe { read::<*const u8>(skb, cfg!(skb_data)) }.unwrap_or(core::ptr::null())
+    unsafe { field(skb, cfg!(skb_data)) }
 }
 
-/// `skb->head + skb->network_header`; null when unset or unreadable.
+/// `skb->head + skb->network_header`; null when unset.
 #[inline(always)]
 pub fn network_header(skb: *const u8) -> *const u8 {
-    let head = unsafe { read::<*const u8>(skb, cfg!(skb_head)) };
-    let nh = unsafe { read::<u16>(skb, cfg!(skb_network_header)) };
-    match (head, nh) {
-        (Some(head), Some(nh)) if !head.is_null() && nh != 0xffff => unsafe {
-            head.add(nh as usize)
-        },
-        _ => core::ptr::null(),
+    let head: u64 = unsafe { field(skb, cfg!(skb_head)) };
+    let nh: u16 = unsafe { field(skb, cfg!(skb_network_header)) };
+    if head == 0 || nh == 0xffff {
+        return core::ptr::null();
     }
+    (head + nh as u64) as *const u8
 }
 
 /// The IP header at `skb->head + skb->network_header`.

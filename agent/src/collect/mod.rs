@@ -9,6 +9,7 @@ pub mod ipamd;
 pub mod kallsyms;
 pub mod kube;
 pub mod links;
+pub mod netconf;
 pub mod netns;
 pub mod pod_addresses;
 pub mod route_get;
@@ -125,6 +126,7 @@ async fn read(
         read_warnings,
         ipamd,
         cluster: None,
+        index: Default::default(),
     };
     // Which pods exist and where their traffic matters comes from the snapshot itself.
     let topo = crate::model::Topology::from_node(&node);

@@ -85,12 +85,8 @@ pub fn selects(rule: &Rule, flow: &Flow<'_>) -> bool {
 
 /// The rules of a family in the order the kernel walks them (by priority; rules of equal
 /// priority in the order the kernel lists them).
-pub fn ordered(node: &Node, family: Family) -> Vec<&Rule> {
-    let mut rules: Vec<&Rule> = node.rules.iter().filter(|r| r.family == family).collect();
-    if !rules.is_sorted_by_key(|r| r.priority) {
-        rules.sort_by_key(|r| r.priority);
-    }
-    rules
+pub fn ordered(node: &Node, family: Family) -> impl Iterator<Item = &Rule> {
+    node.rules_in_order(family)
 }
 
 /// The longest-prefix route for `dst` in one table; among routes of equal prefix the

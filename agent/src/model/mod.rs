@@ -108,6 +108,63 @@ pub struct Node {
     /// The Kubernetes context (`sgpath agent` with a cluster), as last watched.
     #[serde(skip)]
     pub cluster: Option<std::sync::Arc<k8s::Cluster>>,
+    /// Routes by table and rules in priority order, built on first use.
+    #[serde(skip)]
+    pub index: FibIndex,
+}
+
+/// The node's routes by table and its rules by family in priority order, built the first
+/// time a lookup needs them. The model walks rules and tables as the kernel does, once per
+/// pod and target: scanning 10,000 routes per table visited was most of `inspect`'s time
+/// on a large node. A `Node` is not changed once read; should a test change its routes or
+/// rules after a lookup, the index notices the different counts and scans instead.
+#[derive(Debug, Default)]
+pub struct FibIndex(std::sync::OnceLock<Index>);
+
+/// A clone starts without an index: its routes and rules may be changed before use.
+impl Clone for FibIndex {
+    fn clone(&self) -> FibIndex {
+        FibIndex::default()
+    }
+}
+
+#[derive(Debug)]
+pub struct Index {
+    routes: usize,
+    rules: usize,
+    /// Positions in `Node::routes`, per table, in the kernel's order.
+    tables: std::collections::HashMap<u32, Vec<u32>>,
+    /// Positions in `Node::rules` of each family, by priority (stable: the kernel's order
+    /// among equal priorities).
+    ipv4_rules: Vec<u32>,
+    ipv6_rules: Vec<u32>,
+}
+
+impl Index {
+    fn build(node: &Node) -> Index {
+        let mut tables: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+        for (i, r) in node.routes.iter().enumerate() {
+            tables.entry(r.table).or_default().push(i as u32);
+        }
+        let by_priority = |family: Family| {
+            let mut v: Vec<u32> = (0..node.rules.len() as u32)
+                .filter(|&i| node.rules[i as usize].family == family)
+                .collect();
+            v.sort_by_key(|&i| node.rules[i as usize].priority);
+            v
+        };
+        Index {
+            routes: node.routes.len(),
+            rules: node.rules.len(),
+            tables,
+            ipv4_rules: by_priority(Family::Ipv4),
+            ipv6_rules: by_priority(Family::Ipv6),
+        }
+    }
+
+    fn fits(&self, node: &Node) -> bool {
+        self.routes == node.routes.len() && self.rules == node.rules.len()
+    }
 }
 
 impl Node {
@@ -126,8 +183,39 @@ impl Node {
             .any(|l| l.addresses.iter().any(|a| a.addr() == ip))
     }
 
-    /// Routes in one table.
+    fn index(&self) -> Option<&Index> {
+        let index = self.index.0.get_or_init(|| Index::build(self));
+        index.fits(self).then_some(index)
+    }
+
+    /// Routes in one table, in the kernel's order.
     pub fn table(&self, table: u32) -> impl Iterator<Item = &Route> {
-        self.routes.iter().filter(move |r| r.table == table)
+        let (indexed, scan) = match self.index() {
+            Some(ix) => (
+                ix.tables.get(&table).map_or(&[][..], Vec::as_slice),
+                &[][..],
+            ),
+            None => (&[][..], self.routes.as_slice()),
+        };
+        let indexed = indexed.iter().map(|&i| &self.routes[i as usize]);
+        indexed.chain(scan.iter().filter(move |r| r.table == table))
+    }
+
+    /// Rules of one family in the order the kernel walks them (by priority).
+    pub fn rules_in_order(&self, family: Family) -> impl Iterator<Item = &Rule> {
+        let (indexed, sorted) = match self.index() {
+            Some(ix) => match family {
+                Family::Ipv4 => (ix.ipv4_rules.as_slice(), Vec::new()),
+                Family::Ipv6 => (ix.ipv6_rules.as_slice(), Vec::new()),
+            },
+            None => {
+                let mut rules: Vec<&Rule> =
+                    self.rules.iter().filter(|r| r.family == family).collect();
+                rules.sort_by_key(|r| r.priority);
+                (&[][..], rules)
+            }
+        };
+        let indexed = indexed.iter().map(|&i| &self.rules[i as usize]);
+        indexed.chain(sorted)
     }
 }

@@ -10,7 +10,8 @@
 //! "DELETED" | "BOOKMARK" | "ERROR", "object": ...}` lines, bookmarks when asked
 //! (`allowWatchBookmarks`), and for a `resourceVersion` older than the last compaction the
 //! `ERROR` event with a `410` `Expired` Status, which makes the client relist. It can be
-//! stopped (connections reset, the port refused) and started again on the same port.
+//! stopped (connections reset, the port refused) and started again on the same port, told
+//! to answer every request with an error status, or to hang (accept requests, answer none).
 //!
 //! Side effects: binds 127.0.0.1:<port> in the lab's node namespace; runs one thread with
 //! a tokio runtime until dropped.
@@ -101,6 +102,12 @@ struct State {
     watchers: Vec<Watcher>,
     /// Requests served, by kind and verb, for the test's own checks.
     requests: BTreeMap<String, u64>,
+    /// Answer every request with this status (an overloaded or misconfigured server).
+    fail: Option<u16>,
+    /// Accept requests but answer none until this clears (a hung server).
+    hang: bool,
+    /// Requests that waited on `hang`.
+    hung: u64,
 }
 
 fn key(obj: &Value) -> String {
@@ -231,6 +238,26 @@ impl FakeApi {
         self.clone().listen(self.port)
     }
 
+    /// From now on every request is answered `code`, and every open watch is cut.
+    pub fn fail(&self, code: Option<u16>) {
+        let mut s = self.state.lock().unwrap();
+        s.fail = code;
+        s.watchers.clear();
+    }
+
+    /// From now on requests are accepted and left unanswered (open watches are cut), until
+    /// `hang(false)`: then the waiting ones are answered with the state of that moment.
+    pub fn hang(&self, on: bool) {
+        let mut s = self.state.lock().unwrap();
+        s.hang = on;
+        s.watchers.clear();
+    }
+
+    /// How many requests were left waiting by [`FakeApi::hang`].
+    pub fn hung(&self) -> u64 {
+        self.state.lock().unwrap().hung
+    }
+
     /// Adds or replaces an object (`ADDED` or `MODIFIED` to the watches).
     pub fn put(&self, kind: Kind, obj: Value) {
         let mut s = self.state.lock().unwrap();
@@ -288,7 +315,15 @@ async fn serve(
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let svc = service_fn(move |req| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, req)) }
+                        async move {
+                            if state.lock().unwrap().hang {
+                                state.lock().unwrap().hung += 1;
+                            }
+                            while state.lock().unwrap().hang {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Ok::<_, Infallible>(handle(&state, req))
+                        }
                     });
                     let _ = http1::Builder::new().serve_connection(io, svc).await;
                 });
@@ -339,6 +374,12 @@ fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response
         .collect();
     if req.method() != hyper::Method::GET {
         return full(405, &status(405, "MethodNotAllowed", "the fake only reads"));
+    }
+    if let Some(code) = state.lock().unwrap().fail {
+        return full(
+            code,
+            &status(code, "InternalError", "the fake was told to fail"),
+        );
     }
     let Some(kind) = Kind::of_path(&path) else {
         return full(
@@ -575,6 +616,15 @@ fn wait_report(agent: &Agent, timeout: Duration, what: &str, ok: impl Fn(&Value)
     }
 }
 
+/// How many times the agent logged `event`.
+fn count_events(agent: &Agent, event: &str) -> usize {
+    agent
+        .log_events()
+        .iter()
+        .filter(|e| e["event"] == event)
+        .count()
+}
+
 fn labelled(doc: &Value, ip: &str, ns: &str, name: &str) -> bool {
     let p = path_of(doc, ip);
     p["pod"]["namespace"] == ns && p["pod"]["name"] == name
@@ -764,6 +814,69 @@ pub fn agent_names_paths_after_pods(lab: &Lab) {
         events.iter().any(|e| e["event"] == "kube-watch-resumed"),
         "{}",
         agent.log_text()
+    );
+
+    // It answers 500 to everything: each failure is told, the agent stays ready and keeps
+    // what it knew.
+    let failed_before = count_events(&agent, "kube-watch-failed");
+    api.fail(Some(500));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count_events(&agent, "kube-watch-failed") == failed_before {
+        assert!(
+            Instant::now() < deadline,
+            "500s not told:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(api.requests(Kind::Pod, "list") + api.requests(Kind::Pod, "watch") > 0);
+    let (status, _) = agent.request("GET", "/readyz", &[]);
+    assert_eq!(status, 200, "ready while the API server fails");
+    assert!(labelled(&agent.report(&[]), &b, "default", "ordinary-b"));
+
+    // It hangs: requests accepted, never answered. The agent's own server stays prompt and
+    // its labels stay; ordinary-b is deleted meanwhile.
+    api.hang(true);
+    api.fail(None);
+    api.delete(Kind::Pod, "default", "ordinary-b");
+    for _ in 0..20 {
+        let t = Instant::now();
+        let (status, _) = agent.request("GET", "/healthz", &[]);
+        assert_eq!(status, 200);
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "/healthz took {:?} while the API server hangs",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while api.hung() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent sent nothing to the hung server"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let doc = agent.report(&[]);
+    assert!(
+        labelled(&doc, &b, "default", "ordinary-b"),
+        "last known labels kept"
+    );
+    assert_eq!(path_of(&doc, &c)["pod"]["name"], "standard-c");
+
+    // It answers again: the waiting requests relist, ordinary-b's labels go, no stale set.
+    api.hang(false);
+    wait_report(
+        &agent,
+        Duration::from_secs(60),
+        "ordinary-b unlabelled after the hang",
+        |doc| path_of(doc, &b)["pod"].is_null() && path_of(doc, &c)["pod"]["name"] == "standard-c",
+    );
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    assert!(
+        !metrics.contains("pod=\"ordinary-b\""),
+        "stale label in /metrics:\n{metrics}"
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(agent.terminate().success());

@@ -84,6 +84,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         },
         drop_source: args.drop_source,
         syn_timeout: args.syn_timeout,
+        map_sizes: args.maps.sizes(),
     };
     let rt = crate::runtime()?;
     rt.block_on(async {

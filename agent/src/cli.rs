@@ -57,6 +57,8 @@ pub struct AgentArgs {
     /// As `observe --drop-source`.
     #[arg(long, value_enum, default_value_t = DropSourceArg::Auto)]
     pub drop_source: DropSourceArg,
+    #[command(flatten)]
+    pub maps: MapSizeArgs,
     /// As `observe --syn-timeout`.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub syn_timeout: std::time::Duration,
@@ -105,6 +107,8 @@ pub struct ObserveArgs {
     /// the packet; `auto` takes reasons where the kernel has them.
     #[arg(long, value_enum, default_value_t = DropSourceArg::Auto)]
     pub drop_source: DropSourceArg,
+    #[command(flatten)]
+    pub maps: MapSizeArgs,
     /// How long a SYN or DNS query that left a path waits for its answer before it counts
     /// as unanswered.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
@@ -119,6 +123,36 @@ pub struct ObserveArgs {
     /// As `agent --node-name`.
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
+}
+
+/// Sizes of the probes' maps that grow with the node (`agent` and `observe`).
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct MapSizeArgs {
+    /// How many pod paths the probes count at most (POD_PATHS, PATH_COUNTERS: 32 bytes per
+    /// path per CPU). A path beyond it is still inspected and checked, and raises
+    /// `probe-map-full`.
+    #[arg(long, default_value_t = sgpath_ebpf::MAX_PATHS,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_paths: u32,
+    /// How many connections (SYNs, DNS queries) awaiting an answer are tracked at most.
+    #[arg(long, default_value_t = sgpath_ebpf::MAX_CONNS,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_conns: u32,
+    /// How many distinct (path, direction, namespace, reason, location) drop counters exist
+    /// at most (per CPU).
+    #[arg(long, default_value_t = sgpath_ebpf::MAX_DROP_KEYS,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_drop_keys: u32,
+}
+
+impl MapSizeArgs {
+    pub fn sizes(&self) -> sgpath::ebpf::paths::MapSizes {
+        sgpath::ebpf::paths::MapSizes {
+            paths: self.max_paths,
+            conns: self.max_conns,
+            drop_keys: self.max_drop_keys,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -16,7 +16,7 @@ use anyhow::Context;
 use sgpath::{
     checks::{self, Finding},
     collect::{self, btf::Btf, kallsyms::Kallsyms, netns},
-    ebpf::paths::{DropSource, PathProbes, RawPathCounts, probe_config},
+    ebpf::paths::{DropSource, MapSizes, PathProbes, RawPathCounts, probe_config},
     model::{
         Drop, Node, PathCounters, Topology,
         conns::{ConnTracker, pod_addr},
@@ -24,7 +24,7 @@ use sgpath::{
     report::{self, ProbeStatus, Report},
 };
 use sgpath_ebpf::{
-    IfaceRole, MAX_PATHS, ProgError,
+    IfaceRole, ProgError,
     packet::{Direction, NetnsRole},
 };
 
@@ -44,6 +44,8 @@ pub struct Options {
     pub drop_source: DropSourceArg,
     /// How long a SYN or DNS query waits for its answer (`--syn-timeout`).
     pub syn_timeout: Duration,
+    /// Entries of the maps that grow with the node (`--max-paths` ...).
+    pub map_sizes: MapSizes,
 }
 
 /// The probes attached to the node, and what they count for.
@@ -87,8 +89,11 @@ impl Session {
         };
         let node_netns = netns::own_inode().context("cannot stat /proc/thread-self/ns/net")?;
         let config = probe_config(&btf, node_netns)?;
-        let mut probes = PathProbes::attach(config, drop_source)?;
-        let mut ids = PathIds::default();
+        let mut probes = PathProbes::attach(config, drop_source, opts.map_sizes)?;
+        let mut ids = PathIds {
+            max: opts.map_sizes.paths,
+            ..Default::default()
+        };
         let mut conns = ConnTracker::new(opts.syn_timeout);
         let namespaces = ids
             .sync(&mut probes, &mut conns, &node, &topo, node_netns)
@@ -198,12 +203,11 @@ impl Session {
         let node = &self.node;
         let mut topo = self.topo.clone();
         for path in topo.paths.iter_mut() {
-            let id = self
-                .ids
-                .by_veth
-                .get(&path.host_veth)
-                .copied()
-                .unwrap_or(u32::MAX);
+            // A path without a slot (`--max-paths` reached) has no counters, not zeros.
+            let Some(&id) = self.ids.by_veth.get(&path.host_veth) else {
+                path.counters = None;
+                continue;
+            };
             let counts = raw.get(&id).cloned().unwrap_or_default();
             let mut c = counters(&counts, self.reasons.as_ref(), drop_source, kallsyms);
             for &(ifindex, n) in &counts.left_via {
@@ -216,7 +220,11 @@ impl Session {
             path.counters = Some(c);
         }
         let mut findings = checks::run(node, &topo);
-        findings.extend(overflowing(&mut self.overflow, &errors));
+        findings.extend(overflowing(&mut self.overflow, &errors, &self.probes.sizes));
+        if !self.ids.uncounted.is_empty() {
+            let veths: Vec<String> = self.ids.uncounted.iter().cloned().collect();
+            findings.push(checks::paths_uncounted(&veths, self.ids.max));
+        }
         findings
             .sort_by(|a, b| (b.severity, a.id, &a.subject).cmp(&(a.severity, b.id, &b.subject)));
         let mut report = report::Report::new(node, &topo, findings);
@@ -241,6 +249,7 @@ impl Session {
                 })
                 .collect(),
             connections_tracked: self.conns.tracked(),
+            paths_uncounted: self.ids.uncounted.len(),
             pod_namespaces: self.namespaces,
             errors: errors
                 .into_iter()
@@ -256,6 +265,7 @@ impl Session {
 fn overflowing(
     seen: &mut BTreeMap<ProgError, (u64, Instant)>,
     errors: &BTreeMap<ProgError, u64>,
+    sizes: &MapSizes,
 ) -> Vec<Finding> {
     let now = Instant::now();
     let mut out = Vec::new();
@@ -266,7 +276,7 @@ fn overflowing(
         }
         let ago = now.duration_since(*grew);
         if ago < MAP_FULL_WINDOW {
-            out.push(checks::map_full(kind, total, ago.as_secs()));
+            out.push(checks::map_full(kind, sizes.of(kind), total, ago.as_secs()));
         }
     }
     out
@@ -274,10 +284,14 @@ fn overflowing(
 
 /// Path ids the probes charge to, by host veth name. An id stays with its path while the
 /// veth exists; when the veth goes, the id is reset and, later, given to a new path: a
-/// daemon sees far more pods come and go than the maps have slots ([`MAX_PATHS`]).
+/// daemon sees far more pods come and go than the maps have slots (`max`).
 #[derive(Default)]
 struct PathIds {
+    /// Ids given at most: the path maps' size.
+    max: u32,
     by_veth: BTreeMap<String, u32>,
+    /// Paths left without an id at the last sync: the maps were full.
+    uncounted: std::collections::BTreeSet<String>,
     /// One past the highest id ever given.
     next: u32,
     /// Reset ids, oldest first: reused as late as possible, so a connection of the old
@@ -307,21 +321,27 @@ impl PathIds {
             self.by_veth.remove(veth);
         }
         let mut pods = Vec::new();
+        let mut uncounted = std::collections::BTreeSet::new();
         for p in &topo.paths {
             let id = match self.by_veth.get(&p.host_veth) {
                 Some(&id) => id,
                 None => {
                     let Some(id) = self.free.pop_front().or_else(|| {
-                        (self.next < MAX_PATHS).then(|| {
+                        (self.next < self.max).then(|| {
                             self.next += 1;
                             self.next - 1
                         })
                     }) else {
-                        tracing::warn!(
-                            event = "paths-full",
-                            path = %p.host_veth,
-                            "{MAX_PATHS} paths counted already: this one is not"
-                        );
+                        // Told once per path, not at every sync while the maps stay full.
+                        if !self.uncounted.contains(&p.host_veth) {
+                            tracing::warn!(
+                                event = "paths-full",
+                                path = %p.host_veth,
+                                "{} paths counted already: this one is not (--max-paths)",
+                                self.max
+                            );
+                        }
+                        uncounted.insert(p.host_veth.clone());
                         continue;
                     };
                     self.by_veth.insert(p.host_veth.clone(), id);
@@ -332,7 +352,13 @@ impl PathIds {
                 pods.push((pod_addr(ip), id));
             }
         }
-        let veth_names: Vec<&str> = topo.paths.iter().map(|p| p.host_veth.as_str()).collect();
+        // Only counted paths go in the maps, which are sized for them.
+        let veth_names: Vec<&str> = topo
+            .paths
+            .iter()
+            .map(|p| p.host_veth.as_str())
+            .filter(|v| !uncounted.contains(*v))
+            .collect();
         let mut namespaces = vec![(node_netns, NetnsRole::Node)];
         namespaces.extend(
             netns::pod_inodes(node, &veth_names)
@@ -340,12 +366,24 @@ impl PathIds {
                 .into_iter()
                 .map(|i| (i, NetnsRole::Pod)),
         );
-        probes.sync(&pods, &interface_roles(node, topo), &namespaces)?;
+        let mut roles = interface_roles(node, topo);
+        roles.retain(|&(ifindex, _)| {
+            !node
+                .link(ifindex)
+                .is_some_and(|l| uncounted.contains(&l.name))
+        });
+        probes.sync(&pods, &roles, &namespaces)?;
         // Nothing charges the gone paths any more: forget them.
+        let freed = !gone.is_empty();
         for (_, id) in gone {
             probes.reset_path(id)?;
             conns.forget_path(id);
             self.free.push_back(id);
+        }
+        self.uncounted = uncounted;
+        // Slots freed while paths wait for one: they take them now, not at the next change.
+        if freed && !self.uncounted.is_empty() {
+            return Box::pin(self.sync(probes, conns, node, topo, node_netns)).await;
         }
         Ok(namespaces.len() - 1)
     }

@@ -224,7 +224,7 @@ impl Drop for Agent {
 pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
     let mut found = metrics.lines().filter(|l| {
         l.strip_prefix(name)
-            .is_some_and(|rest| rest.starts_with('{'))
+            .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
             && labels
                 .iter()
                 .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
@@ -1892,4 +1892,172 @@ pub fn agent_without_btf_runs_degraded(lab: &Lab) {
         "{metrics}"
     );
     assert!(agent.terminate().success());
+}
+
+/// Datagrams of [`agent_with_small_maps_counts_what_fits`].
+const TO_COUNTED: u64 = 5;
+const TO_UNCOUNTED: u64 = 6;
+const DROPPED_FIRST: u64 = 3;
+const DROPPED_OVERFLOW: u64 = 4;
+
+/// `--max-paths 2 --max-drop-keys 1` on a lab of four pods: two paths are counted exactly,
+/// two are named uncounted (finding, metric, no counters); drops beyond the one drop slot
+/// are counted as `DropMapFull`, exactly; when a counted pod goes, an uncounted path takes
+/// its slot and the drop slot frees, and both count from then on.
+pub fn agent_with_small_maps_counts_what_fits(lab: &Lab) {
+    let node = lab.layout.node();
+    let node_ip = lab.spec.node.primary_ip;
+    let agent = Agent::in_lab(lab, &["--max-paths", "2", "--max-drop-keys", "1"]);
+    let doc = agent.report(&[]);
+    let paths = doc["paths"].as_array().unwrap();
+    let ip_of = |p: &Value| p["pod_ip"].as_str().unwrap().parse::<Ipv4Addr>().unwrap();
+    let counted: Vec<Ipv4Addr> = paths
+        .iter()
+        .filter(|p| !p["counters"].is_null())
+        .map(ip_of)
+        .collect();
+    let uncounted: Vec<&Value> = paths.iter().filter(|p| p["counters"].is_null()).collect();
+    assert_eq!(
+        (counted.len(), uncounted.len()),
+        (2, lab.spec.pods.len() - 2),
+        "{doc:#}"
+    );
+    let f = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "probe-map-full" && f["subject"] == "POD_PATHS")
+        .unwrap_or_else(|| panic!("no probe-map-full for POD_PATHS: {}", doc["findings"]));
+    for p in &uncounted {
+        let veth = p["host_veth"].as_str().unwrap();
+        assert!(f["evidence"][0].as_str().unwrap().contains(veth), "{f}");
+    }
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    let gauge = sample(&metrics, "sgpath_paths_uncounted", &[]);
+    assert_eq!(gauge, Some(uncounted.len() as u64), "{metrics}");
+
+    // Only ordinary pods are reachable from the node in this lab: pick one counted and one
+    // uncounted among them.
+    let pod_ns = |ip: Ipv4Addr| {
+        let i = lab.spec.pods.iter().position(|p| p.ip == ip).unwrap();
+        let p = &lab.spec.pods[i];
+        (p.vlan.is_none() && p.eni.is_none()).then(|| lab.layout.pod(i))
+    };
+    let (a_ip, a_ns) = counted
+        .iter()
+        .find_map(|&ip| Some((ip, pod_ns(ip)?)))
+        .expect("a counted ordinary pod");
+    let (u_ip, u_ns) = uncounted
+        .iter()
+        .find_map(|p| Some((ip_of(p), pod_ns(ip_of(p))?)))
+        .expect("an uncounted ordinary pod");
+    let tx = udp_in(&node, (node_ip, 0).into());
+    let rx_a = udp_in(&a_ns, (Ipv4Addr::UNSPECIFIED, 7031).into());
+    let rx_u = udp_in(&u_ns, (Ipv4Addr::UNSPECIFIED, 7031).into());
+    send(&tx, (a_ip, 7031).into(), TO_COUNTED, 16);
+    receive(&rx_a, TO_COUNTED);
+    send(&tx, (u_ip, 7031).into(), TO_UNCOUNTED, 16);
+    receive(&rx_u, TO_UNCOUNTED);
+    assert_eq!(agent.to_pod(a_ip), TO_COUNTED);
+    assert!(counters(&agent.report(&[]), u_ip).is_null());
+
+    // Drops: the first (path, reason) pair takes the one slot; the other path's overflow.
+    let b_ip = *counted.iter().find(|&&ip| ip != a_ip).unwrap();
+    send(&tx, (a_ip, 7032).into(), DROPPED_FIRST, 16);
+    let dropped = |doc: &Value, ip| counters(doc, ip)["to_pod"]["dropped_packets"].as_u64();
+    let map_full = |doc: &Value| doc["probes"]["errors"]["DropMapFull"].as_u64().unwrap();
+    let doc = wait_doc(&agent, "the first drops", |d| {
+        dropped(d, a_ip) == Some(DROPPED_FIRST)
+    });
+    assert_eq!(map_full(&doc), 0);
+    // The other counted pod may not be reachable from the node (a branch pod): its drops
+    // come from its own namespace then, towards the node.
+    let b_ns = lab
+        .layout
+        .pod(lab.spec.pods.iter().position(|p| p.ip == b_ip).unwrap());
+    let tx_b = udp_in(&b_ns, (b_ip, 0).into());
+    let rx_node_closed = (node_ip, 7033).into();
+    send(&tx_b, rx_node_closed, DROPPED_OVERFLOW, 16);
+    let doc = wait_doc(&agent, "DropMapFull", |d| map_full(d) == DROPPED_OVERFLOW);
+    assert_eq!(dropped(&doc, a_ip), Some(DROPPED_FIRST));
+    assert_eq!(counters(&doc, b_ip)["from_pod"]["dropped_packets"], 0);
+    assert!(
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "probe-map-full" && f["subject"] == "DROPS"),
+        "{}",
+        doc["findings"]
+    );
+
+    // Pod A goes: its slot goes to an uncounted path, its drop entry frees.
+    let a_veth = counters_path(&doc, a_ip)["host_veth"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    crate::run(&["ip", "-n", &node, "link", "del", &a_veth]);
+    let doc = wait_doc(&agent, "an uncounted path takes the freed slot", |d| {
+        d["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["counters"].is_null())
+            .count()
+            == uncounted.len() - 1
+    });
+    let newly: Vec<Ipv4Addr> = uncounted
+        .iter()
+        .map(|p| ip_of(p))
+        .filter(|&ip| !counters(&doc, ip).is_null())
+        .collect();
+    assert_eq!(newly.len(), 1, "{doc:#}");
+    eprintln!("small maps: counted {counted:?}, then {newly:?} took {a_ip}'s slot");
+    send(&tx_b, rx_node_closed, DROPPED_OVERFLOW, 16);
+    let doc = wait_doc(&agent, "B's drops counted in the freed slot", |d| {
+        counters(d, b_ip)["from_pod"]["dropped_packets"].as_u64() == Some(DROPPED_OVERFLOW)
+    });
+    assert_eq!(map_full(&doc), DROPPED_OVERFLOW, "no new DropMapFull");
+    // The newly counted path counts from its first packet (an ordinary pod here).
+    if newly[0] == u_ip {
+        send(&tx, (u_ip, 7031).into(), TO_UNCOUNTED, 16);
+        receive(&rx_u, TO_UNCOUNTED);
+        assert_eq!(agent.to_pod(u_ip), TO_UNCOUNTED, "the newly counted path");
+    }
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    assert_eq!(
+        sample(&metrics, "sgpath_paths_uncounted", &[]),
+        Some(uncounted.len() as u64 - 1),
+        "{metrics}"
+    );
+    let warned = agent
+        .log_events()
+        .iter()
+        .filter(|e| e["event"] == "paths-full")
+        .count();
+    assert_eq!(warned, uncounted.len(), "paths-full once per path");
+    assert!(agent.terminate().success());
+}
+
+/// The report's path of `pod_ip`.
+fn counters_path(doc: &Value, pod_ip: Ipv4Addr) -> &Value {
+    doc["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pod_ip"] == pod_ip.to_string())
+        .unwrap()
+}
+
+/// Polls the agent's report until `ok`, for up to 10 s.
+fn wait_doc(agent: &Agent, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let doc = agent.report(&[]);
+        if ok(&doc) {
+            return doc;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{what}: {doc:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -297,6 +297,14 @@ fn agent_under_pod_churn() {
 /// More DNS queries awaiting an answer than the connection map holds: each is counted
 /// unanswered or as a `ConnMapFull` error, `probe-map-full` is raised, and tracking
 /// resumes once the map empties.
+/// `--max-paths 2 --max-drop-keys 1` on four pods: what fits counts exactly, the rest is
+/// named (finding, metric) and counted as errors, and a freed slot is taken at once.
+#[test]
+fn agent_with_small_maps_counts_what_fits() {
+    let lab = built("host", "sgt-ags");
+    sgpath_tests::agent::agent_with_small_maps_counts_what_fits(&lab);
+}
+
 #[test]
 fn agent_under_map_pressure() {
     let lab = built("host", "sgt-agm");

@@ -16,7 +16,7 @@ mod vlan_tables;
 
 use serde::Serialize;
 
-pub use probe_maps::map_full;
+pub use probe_maps::{map_full, paths_uncounted};
 
 use crate::model::{Node, Topology};
 

@@ -25,8 +25,8 @@ use aya::{
 };
 use sgpath_ebpf::{
     CONFIG_GLOBAL, CONNS_MAP, ConnState, DROPS_MAP, DropKey, IFACES_MAP, IfaceRole, LEFT_VIA_MAP,
-    LeftViaKey, NETNS_ROLES_MAP, PATH_COUNTERS_MAP, POD_PATHS_MAP, PROG_ERRORS_MAP, PathCounters,
-    ProbeConfig, ProgError,
+    LeftViaKey, MAX_CONNS, MAX_DROP_KEYS, MAX_INTERFACES, MAX_LEFT_VIA, MAX_PATHS, NETNS_ROLES_MAP,
+    PATH_COUNTERS_MAP, POD_PATHS_MAP, PROG_ERRORS_MAP, PathCounters, ProbeConfig, ProgError,
     packet::{ConnKey, NetnsRole, PodAddr},
 };
 
@@ -67,6 +67,41 @@ pub fn probe_config(btf: &KernelBtf, node_netns: u32) -> Result<ProbeConfig, Btf
     })
 }
 
+/// How many entries the maps that grow with the node hold (`--max-paths`, `--max-conns`,
+/// `--max-drop-keys`); the programs' own definitions are the defaults. `PATH_COUNTERS` is
+/// per CPU: on a 96-CPU node each path costs 3 KiB, so a node with few pods may want less.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Paths (`POD_PATHS`, `PATH_COUNTERS`).
+    pub paths: u32,
+    /// Connections awaiting an answer (`CONNS`).
+    pub conns: u32,
+    /// (path, direction, namespace, reason, location) pairs with drops (`DROPS`).
+    pub drop_keys: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> MapSizes {
+        MapSizes {
+            paths: MAX_PATHS,
+            conns: MAX_CONNS,
+            drop_keys: MAX_DROP_KEYS,
+        }
+    }
+}
+
+impl MapSizes {
+    /// The map a kind of program error is about, and how many entries it holds.
+    pub fn of(&self, kind: ProgError) -> (&'static str, u32) {
+        match kind {
+            ProgError::MapFull => ("IF_COUNTERS", MAX_INTERFACES),
+            ProgError::DropMapFull => (DROPS_MAP, self.drop_keys),
+            ProgError::ConnMapFull => (CONNS_MAP, self.conns),
+            ProgError::LeftViaMapFull => (LEFT_VIA_MAP, MAX_LEFT_VIA),
+        }
+    }
+}
+
 /// One path's raw counts, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RawPathCounts {
@@ -84,6 +119,7 @@ pub type Readings = (BTreeMap<u32, RawPathCounts>, BTreeMap<ProgError, u64>);
 pub struct PathProbes {
     ebpf: Ebpf,
     pub drop_source: DropSource,
+    pub sizes: MapSizes,
 }
 
 impl PathProbes {
@@ -92,9 +128,22 @@ impl PathProbes {
     ///
     /// # Errors
     /// [`ProbeError`] naming the program and what the kernel refused.
-    pub fn attach(config: ProbeConfig, drop_source: DropSource) -> Result<PathProbes, ProbeError> {
+    pub fn attach(
+        config: ProbeConfig,
+        drop_source: DropSource,
+        sizes: MapSizes,
+    ) -> Result<PathProbes, ProbeError> {
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG_GLOBAL, &config, true)
+            .map_max_entries(POD_PATHS_MAP, sizes.paths)
+            // Host veths of the counted paths, and room for the uplinks (node ENIs and
+            // `vlan.eth.N`: a few dozen at most).
+            .map_max_entries(IFACES_MAP, sizes.paths.saturating_add(1024))
+            // The counted paths' namespaces and the node's.
+            .map_max_entries(NETNS_ROLES_MAP, sizes.paths.saturating_add(1))
+            .map_max_entries(PATH_COUNTERS_MAP, sizes.paths)
+            .map_max_entries(CONNS_MAP, sizes.conns)
+            .map_max_entries(DROPS_MAP, sizes.drop_keys)
             .load(super::OBJECT)
             .map_err(ProbeError::Load)?;
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
@@ -117,7 +166,11 @@ impl PathProbes {
             prog.attach()
                 .map_err(|source| ProbeError::Program { name, source })?;
         }
-        Ok(PathProbes { ebpf, drop_source })
+        Ok(PathProbes {
+            ebpf,
+            drop_source,
+            sizes,
+        })
     }
 
     fn hash<K: aya::Pod, V: aya::Pod>(

@@ -76,6 +76,8 @@ pub struct ProbeStatus {
     pub connections_tracked: usize,
     /// Pod namespaces whose drops count.
     pub pod_namespaces: usize,
+    /// Paths with no slot in the path maps (`--max-paths` reached): not counted.
+    pub paths_uncounted: usize,
     /// Errors the programs counted instead of failing (a full map), by kind.
     pub errors: BTreeMap<String, u64>,
 }

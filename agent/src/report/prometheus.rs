@@ -247,6 +247,15 @@ fn registry(report: &Report, version: &str) -> Registry {
         "Errors the eBPF programs counted instead of failing (a full map), by kind",
         errors,
     );
+    let uncounted = Gauge::<i64>::default();
+    if let Some(p) = &report.probes {
+        uncounted.set(p.paths_uncounted as i64);
+    }
+    registry.register(
+        "sgpath_paths_uncounted",
+        "Paths the probes do not count: the path maps are full (--max-paths)",
+        uncounted,
+    );
     let attached = Gauge::<i64>::default();
     attached.set(i64::from(report.probes.is_some()));
     registry.register(

@@ -99,8 +99,12 @@ fn path_probes(out: &mut String) {
         DropSource::Location
     };
     let ifindex = node.enter(|| nix::net::if_::if_nametoindex("hv0").unwrap());
-    let mut probes =
-        PathProbes::attach(probe_config(&btf, ino("sgb-pnode")).unwrap(), source).expect("attach");
+    let mut probes = PathProbes::attach(
+        probe_config(&btf, ino("sgb-pnode")).unwrap(),
+        source,
+        Default::default(),
+    )
+    .expect("attach");
     probes
         .sync(
             &[(PodAddr::v4([10, 98, 0, 2]), 0)],

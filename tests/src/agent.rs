@@ -1269,7 +1269,22 @@ pub fn agent_crash_restart_and_overlap(lab: &Lab) {
     let (a_ns, a_ip) = crate::ordinary_pod(lab);
     let cni = lab.cni_config();
     let args = ["--cni-config", cni.to_str().unwrap()];
+    // Another program's filters at priority 1 on the pod's veth, as the AWS network policy
+    // agent installs them (legacy tc on 5.10 and 6.1): they must come out of every crash
+    // and restart untouched (`kernel_leftovers` compares them).
+    let pod = lab.spec.pods.iter().find(|p| p.ip == a_ip).unwrap();
+    let veth = xtask::lab::names::host_veth(&lab.spec, pod);
+    crate::run(&["tc", "-n", &node, "qdisc", "add", "dev", &veth, "clsact"]);
+    for dir in ["ingress", "egress"] {
+        // u32 with a class id: a pass-through filter this sandbox's kernel has (it lacks
+        // cls_matchall and act_gact).
+        crate::run(&[
+            "tc", "-n", &node, "filter", "add", "dev", &veth, dir, "prio", "1", "protocol", "all",
+            "u32", "match", "u32", "0", "0", "classid", "1:1",
+        ]);
+    }
     let before = kernel_leftovers(&node);
+    assert!(before.matches("flowid 1:1").count() >= 2, "{before}");
     let tx = udp_in(&node, (node_ip, 0).into());
     let rx = udp_in(&a_ns, (Ipv4Addr::UNSPECIFIED, 7021).into());
     let batch = |n| {

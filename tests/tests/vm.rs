@@ -459,6 +459,15 @@ fn conns_seed_experiment() {
     sgpath_tests::conns::seed_experiment(&mut lab);
 }
 
+/// SIGKILL and restart, and two agents at once, on this kernel: exact counts in each, the
+/// killed agent's programs and links freed, and the node's links, qdiscs, filters (another
+/// program's priority-1 filters included) and pins as before.
+#[test]
+fn agent_crash_restart_and_overlap() {
+    let lab = built("observe", "sgt-acr");
+    sgpath_tests::agent::agent_crash_restart_and_overlap(&lab);
+}
+
 /// `sgpath agent` on a node with a branch pod, scraped by a real Prometheus: exact counts
 /// stored, a pod's series appearing and going stale, a finding raised and cleared, and
 /// nothing left in the kernel after SIGTERM.

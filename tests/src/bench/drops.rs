@@ -17,7 +17,9 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    RUNS, ns_per_run,
+    RUNS,
+    flood::Flooded,
+    ns_per_run,
     packet_path::{Costs, FLOOD_PACKETS, udp_flood},
     pod_node::PodNode,
     prog_stats, start_agent,
@@ -149,7 +151,7 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
             }
         },
         |_| {
-            let mut f = Default::default();
+            let mut f = Flooded::default();
             let counted = with_bpftrace(&names, || {
                 reset();
                 f = flood.run();

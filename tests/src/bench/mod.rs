@@ -87,9 +87,25 @@ pub fn wait_paths(agent: &Agent, n: usize, within: Duration) {
     }
 }
 
+/// The ids of the BPF programs `pid` holds a descriptor of (`prog_id:` in
+/// /proc/<pid>/fdinfo; Debian's bpftool is built without the `pids` skeleton).
+fn prog_ids(pid: u32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
 /// Run time (ns) and run count of each BPF program `pid` holds, by name, as the kernel
 /// accounts them while statistics are on (`bpftool prog show -j`).
 pub fn prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
+    let ids = prog_ids(pid);
     let out = Command::new("bpftool")
         .args(["prog", "show", "-j"])
         .output()
@@ -97,11 +113,7 @@ pub fn prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
     let progs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     progs
         .iter()
-        .filter(|p| {
-            p["pids"]
-                .as_array()
-                .is_some_and(|ps| ps.iter().any(|x| x["pid"] == pid))
-        })
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .filter_map(|p| {
             Some((
                 p["name"].as_str()?.to_owned(),

@@ -19,13 +19,26 @@ fn utc_now() -> String {
         .unwrap_or_default()
 }
 
+/// Whether section `key` runs: all of them, or those `$SGB_ONLY` names (comma-separated:
+/// path, drops, snapshot, scrape, footprint, attach), to work on one at a time.
+fn wanted(key: &str) -> bool {
+    std::env::var("SGB_ONLY").map_or(true, |only| only.split(',').any(|k| k == key))
+}
+
+/// Prints a finished section at once, so an interrupted run keeps what it measured.
+fn emit(text: &str) {
+    use std::io::Write;
+    print!("{text}");
+    let _ = std::io::stdout().flush();
+}
+
 fn main() {
     let start = Instant::now();
     let bin = sgpath_tests::sgpath_bin();
     // The kernel counts run time per program only while someone holds this fd.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
     let date = utc_now();
-    let mut out = format!(
+    let header = format!(
         "# sgpath benchmarks\n\n\
          Measured by `cargo xtask bench` on {date}: kernel {} ({} CPUs, shared with other work), \
          `{}` (release build).\n\n\
@@ -38,34 +51,47 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         bin.display(),
     );
+    emit(&header);
     let mut path_costs = Vec::new();
     let mut drop_costs = Vec::new();
-    {
+    if wanted("path") || wanted("drops") {
         let node = PodNode::new("sgb-pp", 1);
-        out.push_str(&section("Packet-path overhead", || {
-            let (text, costs) = packet_path::run(&node);
-            path_costs = costs;
-            text
-        }));
-        out.push_str(&section("Against a peer's drop counter", || {
-            let (text, costs) = drops::run(&node);
-            drop_costs = costs;
-            text
+        if wanted("path") {
+            emit(&section("Packet-path overhead", || {
+                let (text, costs) = packet_path::run(&node);
+                path_costs = costs;
+                text
+            }));
+        }
+        if wanted("drops") {
+            emit(&section("Against a peer's drop counter", || {
+                let (text, costs) = drops::run(&node);
+                drop_costs = costs;
+                text
+            }));
+        }
+        emit(&section("Cost per packet", || {
+            packet_path::costs_section(&path_costs, &drop_costs, packet_path::FLOOD_PACKETS)
         }));
     }
-    out.push_str(&section("Cost per packet", || {
-        packet_path::costs_section(&path_costs, &drop_costs, packet_path::FLOOD_PACKETS)
-    }));
-    out.push_str(&section("Topology snapshot", snapshot::run));
-    eprintln!("bench: laying out 250 pods ...");
-    let mut node = PodNode::new("sgb-n", 250);
-    out.push_str(&section("Metrics scrape", || scrape::run(&node)));
-    out.push_str(&section("Agent footprint", || footprint::run(&node)));
-    out.push_str(&section("Attach speed", || attach::run(&mut node)));
-    drop(node);
-    out.push_str(&format!(
+    if wanted("snapshot") {
+        emit(&section("Topology snapshot", snapshot::run));
+    }
+    if wanted("scrape") || wanted("footprint") || wanted("attach") {
+        eprintln!("bench: laying out 250 pods ...");
+        let mut node = PodNode::new("sgb-n", 250);
+        if wanted("scrape") {
+            emit(&section("Metrics scrape", || scrape::run(&node)));
+        }
+        if wanted("footprint") {
+            emit(&section("Agent footprint", || footprint::run(&node)));
+        }
+        if wanted("attach") {
+            emit(&section("Attach speed", || attach::run(&mut node)));
+        }
+    }
+    emit(&format!(
         "The benchmarks themselves took {:.0} s.\n",
         start.elapsed().as_secs_f64()
     ));
-    print!("{out}");
 }

@@ -33,7 +33,11 @@ pub fn run(node: &mut PodNode) -> String {
         }
         ready.push(start.elapsed().as_secs_f64() * 1e3);
         while paths_reported(&a) < pods {
-            assert!(start.elapsed() < GIVE_UP, "paths missing:\n{}", a.log_text());
+            assert!(
+                start.elapsed() < GIVE_UP,
+                "paths missing:\n{}",
+                a.log_text()
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         all.push(start.elapsed().as_secs_f64() * 1e3);
@@ -77,7 +81,10 @@ pub fn run(node: &mut PodNode) -> String {
     let (r, a) = (Summary::of(&ready).unwrap(), Summary::of(&all).unwrap());
     let mut t = Table::new(&["figure", "ms"]);
     t.row(
-        &[format!("start with {pods} pods: spawn to `/readyz` 200"), r.show(0)],
+        &[
+            format!("start with {pods} pods: spawn to `/readyz` 200"),
+            r.show(0),
+        ],
         "",
         Goal::None,
     );

@@ -129,7 +129,10 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
     let flood = udp_flood(node, 7100, false);
     let mut costs = Vec::new();
     let reset = || {
-        ns_run(&ns, &["nft", "reset", "counter", "inet", "sgb_drop", "flood"]);
+        ns_run(
+            &ns,
+            &["nft", "reset", "counter", "inet", "sgb_drop", "flood"],
+        );
     };
     let (a, b) = alternate(
         RUNS,

@@ -73,7 +73,12 @@ fn set_int(fd: i32, level: i32, opt: i32, value: i32) {
             std::mem::size_of::<i32>() as u32,
         )
     };
-    assert_eq!(rc, 0, "setsockopt {opt}: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt {opt}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Sends `n` datagrams on the connected `sock`, `BATCH` per `sendmmsg`; paced to `rate` a

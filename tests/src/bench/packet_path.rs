@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 use serde_json::Value;
 
 use super::{
-    Killed, RUNS,
+    Killed,
     flood::{Flood, Flooded},
     ns_per_run,
     pod_node::{NODE_IP, PodNode},
@@ -25,6 +25,12 @@ pub const FLOWS: usize = 4;
 /// Seconds of each iperf3 stream.
 const TCP_SECONDS: u32 = 3;
 const IPERF_PORT: u16 = 5201;
+
+/// A/B pairs: more than the usual five, TCP on this shared machine is noisy.
+const PAIRS: usize = 7;
+
+/// One run: the UDP flood, and the TCP stream's bits a second.
+type Run = (Flooded, f64);
 
 /// Each program's (ns per run, runs) of one run.
 pub type Costs = BTreeMap<String, (f64, u64)>;
@@ -51,7 +57,12 @@ fn tcp_stream(node: &PodNode) -> f64 {
         let out = Command::new("ip")
             .args(["netns", "exec", &node.pods[0].ns, "iperf3", "-J", "-c"])
             .arg(NODE_IP.to_string())
-            .args(["-p", &IPERF_PORT.to_string(), "-t", &TCP_SECONDS.to_string()])
+            .args([
+                "-p",
+                &IPERF_PORT.to_string(),
+                "-t",
+                &TCP_SECONDS.to_string(),
+            ])
             .output()
             .expect("iperf3");
         let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -81,8 +92,8 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
     // Warm-up: ARP-free already (permanent neighbours), but caches and sockets are cold.
     flood.run();
     let mut costs = Vec::new();
-    let (a, b): (Vec<(Flooded, f64)>, Vec<(Flooded, f64)>) = alternate(
-        RUNS,
+    let (a, b): (Vec<Run>, Vec<Run>) = alternate(
+        PAIRS,
         |_| (flood.run(), tcp_stream(node)),
         |_| {
             let agent = start_agent(node);
@@ -96,9 +107,9 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
             (f, t)
         },
     );
-    let pps = |v: &[(Flooded, f64)]| v.iter().map(|(f, _)| f.received_pps()).collect::<Vec<_>>();
-    let bps = |v: &[(Flooded, f64)]| v.iter().map(|(_, t)| *t / 1e9).collect::<Vec<_>>();
-    let lost = |v: &[(Flooded, f64)]| {
+    let pps = |v: &[Run]| v.iter().map(|(f, _)| f.received_pps()).collect::<Vec<_>>();
+    let bps = |v: &[Run]| v.iter().map(|(_, t)| *t / 1e9).collect::<Vec<_>>();
+    let lost = |v: &[Run]| {
         v.iter()
             .map(|(f, _)| f.sent - f.received)
             .max()
@@ -144,7 +155,7 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
          `sendmmsg`/`recvmmsg` in batches of 64, pps = datagrams received / time to the last \
          one (most lost in one run: A {la}, B {lb}). TCP: one iperf3 stream pod -> node, \
          {TCP_SECONDS} s. A = no probes, B = `sgpath agent` running in the node with its probes \
-         attached (`/readyz` 200, the path in `/v1/report`); {RUNS} pairs run A B A B ..., \
+         attached (`/readyz` 200, the path in `/v1/report`); {PAIRS} pairs run A B A B ..., \
          median (min–max), the ratio taken pair by pair.\n\n{}",
         t.markdown(),
         veth = node.pods[0].veth,

@@ -179,7 +179,11 @@ pub fn veth(i: usize) -> String {
 }
 
 fn mac(side: u8, i: usize) -> String {
-    format!("02:98:{side:02x}:00:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff)
+    format!(
+        "02:98:{side:02x}:00:{:02x}:{:02x}",
+        (i >> 8) & 0xff,
+        i & 0xff
+    )
 }
 
 /// The CNI config of an ordinary node (`/etc/cni/net.d/10-aws.conflist`).

@@ -106,8 +106,7 @@ pub fn run(node: &PodNode) -> String {
                 ra.push(ms);
                 sizes.0 = n;
                 if i % SGPATH_PER_EXPORTER == SGPATH_PER_EXPORTER - 1 {
-                    let (s, n, ms) =
-                        get(EXPORTER_PORT, "/metrics").expect("scrape node_exporter");
+                    let (s, n, ms) = get(EXPORTER_PORT, "/metrics").expect("scrape node_exporter");
                     assert_eq!(s, 200, "node_exporter /metrics");
                     rb.push(ms);
                     sizes.1 = n;

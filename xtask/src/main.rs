@@ -144,7 +144,7 @@ fn bench() -> Result<()> {
     }
     let report = String::from_utf8_lossy(&out.stdout);
     let report = format!(
-        "{report}The whole `cargo xtask bench` took {:.0} s of wall time ({:.0} s of it setup \
+        "{report}\nThe whole `cargo xtask bench` took {:.0} s of wall time ({:.0} s of it setup \
          and the release build).\n",
         start.elapsed().as_secs_f64(),
         built.as_secs_f64()

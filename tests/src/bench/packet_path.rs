@@ -23,7 +23,7 @@ pub const FLOOD_PACKETS: u64 = 1_000_000;
 /// Flows (one sender and one receiver each).
 pub const FLOWS: usize = 4;
 /// Seconds of each iperf3 stream.
-const TCP_SECONDS: u32 = 3;
+const TCP_SECONDS: u32 = 5;
 const IPERF_PORT: u16 = 5201;
 
 /// A/B pairs: more than the usual five, TCP on this shared machine is noisy.

@@ -15,6 +15,7 @@ use serde_json::Value;
 use xtask::lab::{Lab, Spec, names};
 
 pub mod agent;
+pub mod bench;
 pub mod conns;
 pub mod deploy;
 pub mod kube;

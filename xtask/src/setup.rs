@@ -20,7 +20,7 @@ use std::process::Command;
 /// curl from the bastion, `setpriv` (util-linux) for the missing-capability test,
 /// `sysctl` (procps), `sha1sum` (coreutils), modprobe (kmod) in the guests, `mke2fs`
 /// (e2fsprogs) for the VMs' fast disk, `promtool` (prometheus) for the metrics and alert
-/// rule tests, umoci and skopeo for `cargo xtask image`.
+/// rule tests, umoci and skopeo for `cargo xtask image`, and the benchmarks' peers (below).
 pub const DEB_PACKAGES: &[&str] = &[
     "kmod",
     "iproute2",
@@ -44,6 +44,13 @@ pub const DEB_PACKAGES: &[&str] = &[
     // into an oci-archive (and pushes it).
     "umoci",
     "skopeo",
+    // `cargo xtask bench` (tests/src/bench/): iperf3 for the TCP stream, bpftrace as the
+    // peer drop counter, bpftool to read the kernel's run time of each program,
+    // prometheus-node-exporter as the reference scrape.
+    "iperf3",
+    "bpftrace",
+    "bpftool",
+    "prometheus-node-exporter",
 ];
 
 /// Installed only when no `kubectl` is on PATH (the machine image's own kubectl, with

@@ -39,7 +39,7 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// Path of the debug `sgpath` agent binary (built by `cargo build -p sgpath`).
+/// Path of the debug `sgpath` agent binary (built by `cargo build --workspace --bins`).
 pub fn sgpath_bin() -> PathBuf {
     target_dir().join("debug").join("sgpath")
 }

@@ -172,10 +172,13 @@ pub fn run(opts: &Options) -> Result<()> {
         let t = Instant::now();
         let res = cargo_tests(
             "unit tests",
-            cmd::cargo().args(["test", "-p", "sgpath", "-p", "sgpath-ebpf", "-p", "xtask"]),
+            // `--workspace`, as every build of this command: cargo resolves features per
+            // set of packages, and `-p sgpath` alone would build every dependency (the
+            // kube crates too) a second time with other features.
+            cmd::cargo().args(["test", "--workspace", "--lib", "--bins"]),
         );
         stages.push(libtest_stage(
-            "unit tests (sgpath, sgpath-ebpf, xtask)",
+            "unit tests (lib and bin targets of the workspace)",
             res,
             t,
         ));
@@ -183,7 +186,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if !opts.skip_host {
         let t = Instant::now();
         // Host tests run the `sgpath` binary (tests/src/lib.rs::sgpath_bin): build it first.
-        let res = cmd::run(cmd::cargo().args(["build", "-p", "sgpath"])).and_then(|_| {
+        let res = cmd::run(cmd::cargo().args(["build", "--workspace", "--bins"])).and_then(|_| {
             cargo_tests(
                 "host tests",
                 cmd::cargo().args([
@@ -347,7 +350,7 @@ struct TestBin {
 /// Builds the agent and the VM test binaries (without running them).
 fn build_vm_tests() -> Result<Vec<TestBin>> {
     println!("\n==================== build agent + VM tests ====================");
-    cmd::run(cmd::cargo().args(["build", "-p", "sgpath"]))?;
+    cmd::run(cmd::cargo().args(["build", "--workspace", "--bins"]))?;
     let mut build = cmd::cargo();
     build.args([
         "test",

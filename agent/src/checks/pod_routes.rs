@@ -12,8 +12,8 @@ pub fn missing(node: &Node, topo: &Topology) -> Vec<Finding> {
     for p in topo.paths.iter().filter(|p| routed_by_main(p)) {
         let Some(ip) = p.pod_ip else { continue };
         let route = node
-            .table(TABLE_MAIN)
-            .any(|r| r.is_host() && r.dst.addr() == ip && r.goes_via(&p.host_veth));
+            .routes_via(&p.host_veth)
+            .any(|r| r.table == TABLE_MAIN && r.is_host() && r.dst.addr() == ip);
         let rule = node.rules.iter().any(|r| {
             r.priority == priority::TO_POD
                 && r.is_to_host(ip)

@@ -134,6 +134,8 @@ pub struct Index {
     rules: usize,
     /// Positions in `Node::routes`, per table, in the kernel's order.
     tables: std::collections::HashMap<u32, Vec<u32>>,
+    /// Positions in `Node::routes`, per output device.
+    by_dev: std::collections::HashMap<String, Vec<u32>>,
     /// Positions in `Node::rules` of each family, by priority (stable: the kernel's order
     /// among equal priorities).
     ipv4_rules: Vec<u32>,
@@ -143,8 +145,12 @@ pub struct Index {
 impl Index {
     fn build(node: &Node) -> Index {
         let mut tables: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+        let mut by_dev: std::collections::HashMap<String, Vec<u32>> = Default::default();
         for (i, r) in node.routes.iter().enumerate() {
             tables.entry(r.table).or_default().push(i as u32);
+            if let Some(dev) = &r.oif {
+                by_dev.entry(dev.clone()).or_default().push(i as u32);
+            }
         }
         let by_priority = |family: Family| {
             let mut v: Vec<u32> = (0..node.rules.len() as u32)
@@ -157,6 +163,7 @@ impl Index {
             routes: node.routes.len(),
             rules: node.rules.len(),
             tables,
+            by_dev,
             ipv4_rules: by_priority(Family::Ipv4),
             ipv6_rules: by_priority(Family::Ipv6),
         }
@@ -199,6 +206,16 @@ impl Node {
         };
         let indexed = indexed.iter().map(|&i| &self.routes[i as usize]);
         indexed.chain(scan.iter().filter(move |r| r.table == table))
+    }
+
+    /// Routes out of `dev` (`Route::goes_via`), in every table, in the kernel's order.
+    pub fn routes_via<'a>(&'a self, dev: &'a str) -> impl Iterator<Item = &'a Route> {
+        let (indexed, scan) = match self.index() {
+            Some(ix) => (ix.by_dev.get(dev).map_or(&[][..], Vec::as_slice), &[][..]),
+            None => (&[][..], self.routes.as_slice()),
+        };
+        let indexed = indexed.iter().map(|&i| &self.routes[i as usize]);
+        indexed.chain(scan.iter().filter(move |r| r.goes_via(dev)))
     }
 
     /// Rules of one family in the order the kernel walks them (by priority).

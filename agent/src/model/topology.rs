@@ -346,11 +346,8 @@ fn global(ip: &IpAddr) -> bool {
 /// global address of its peer in the pod's namespace.
 fn pod_ip_of(node: &Node, veth: &str) -> Option<(IpAddr, Option<u32>)> {
     let mut routes: Vec<_> = node
-        .routes
-        .iter()
-        .filter(|r| {
-            r.goes_via(veth) && r.is_host() && r.kind == RouteKind::Unicast && global(&r.dst.addr())
-        })
+        .routes_via(veth)
+        .filter(|r| r.is_host() && r.kind == RouteKind::Unicast && global(&r.dst.addr()))
         .collect();
     routes.sort_by_key(|r| (r.table != TABLE_MAIN, r.family, r.table));
     if let Some(r) = routes.first() {

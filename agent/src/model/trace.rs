@@ -446,11 +446,8 @@ fn reverse_path<'a>(
     // the rule that sends the way back elsewhere.
     let forward_rule = sel.rule;
     let returns = |t: u32| fib::route_in(node, t, src).is_some_and(|r| r.goes_via(on));
-    let home_is_a_branch_table = node.routes.iter().any(|r| {
-        r.is_host()
-            && r.dst.addr() == src
-            && r.goes_via(on)
-            && super::cni::vlan_of_table(r.table).is_some()
+    let home_is_a_branch_table = node.routes_via(on).any(|r| {
+        r.is_host() && r.dst.addr() == src && super::cni::vlan_of_table(r.table).is_some()
     });
     let forward_to_blame = forward_rule
         .and_then(|r| r.lookup_table())

@@ -56,6 +56,8 @@ pub struct Session {
     ids: PathIds,
     conns: ConnTracker,
     node: Node,
+    /// The snapshot's lookups explained, once per snapshot (see `Report::with_lookups`).
+    lookups: Option<Vec<report::LookupReport>>,
     topo: Topology,
     namespaces: usize,
     reasons: Option<BTreeMap<i64, String>>,
@@ -89,7 +91,10 @@ impl Session {
         };
         let node_netns = netns::own_inode().context("cannot stat /proc/thread-self/ns/net")?;
         let config = probe_config(&btf, node_netns)?;
+        // Parsed, vmlinux's BTF holds tens of MiB: gone before aya parses its own copy.
+        drop(btf);
         let mut probes = PathProbes::attach(config, drop_source, opts.map_sizes)?;
+        crate::release_freed_memory();
         let mut ids = PathIds {
             max: opts.map_sizes.paths,
             ..Default::default()
@@ -105,6 +110,7 @@ impl Session {
             ids,
             conns,
             node,
+            lookups: None,
             topo,
             namespaces,
             reasons,
@@ -167,6 +173,7 @@ impl Session {
             )
             .await?;
         (self.node, self.topo) = (node, topo);
+        self.lookups = None;
         Ok(())
     }
 
@@ -175,6 +182,7 @@ impl Session {
     pub fn set_cluster(&mut self, cluster: Option<std::sync::Arc<sgpath::model::k8s::Cluster>>) {
         self.node.cluster = cluster;
         self.topo = Topology::from_node(&self.node);
+        self.lookups = None;
     }
 
     /// Counts what the connection map newly says and forgets what the tracker is done with.
@@ -227,7 +235,11 @@ impl Session {
         }
         findings
             .sort_by(|a, b| (b.severity, a.id, &a.subject).cmp(&(a.severity, b.id, &b.subject)));
-        let mut report = report::Report::new(node, &topo, findings);
+        let lookups = self
+            .lookups
+            .get_or_insert_with(|| report::lookup_reports(node, &self.topo))
+            .clone();
+        let mut report = report::Report::with_lookups(node, &topo, findings, lookups);
         report.drop_source = Some(drop_source);
         report.probes = Some(ProbeStatus {
             programs: self

@@ -126,6 +126,17 @@ impl From<Option<EnforcingMode>> for ModeName {
 
 impl Report {
     pub fn new(node: &Node, topo: &Topology, findings: Vec<Finding>) -> Report {
+        Report::with_lookups(node, topo, findings, lookup_reports(node, topo))
+    }
+
+    /// As [`Report::new`], with the lookups explained before: they change only with the
+    /// snapshot, and explaining a thousand of them was most of a scrape's time.
+    pub fn with_lookups(
+        node: &Node,
+        topo: &Topology,
+        findings: Vec<Finding>,
+        lookups: Vec<LookupReport>,
+    ) -> Report {
         Report {
             schema: SCHEMA,
             kernel: node.kernel.clone(),
@@ -134,18 +145,7 @@ impl Report {
             paths: topo.paths.clone(),
             sysctls: node.sysctls.0.clone(),
             cni_config: node.cni.clone(),
-            lookups: node
-                .lookups
-                .iter()
-                .map(|l| LookupReport {
-                    host_veth: l.host_veth.clone(),
-                    pod_ip: l.pod_ip,
-                    target: l.target.clone(),
-                    address: l.addr,
-                    forward: l.forward_leg(node, topo),
-                    reply: l.reply_leg(node, topo),
-                })
-                .collect(),
+            lookups,
             findings,
             drop_source: None,
             probes: None,
@@ -160,6 +160,21 @@ impl Report {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("report serializes")
     }
+}
+
+/// Each of the kernel's route lookups in `node`, explained leg by leg.
+pub fn lookup_reports(node: &Node, topo: &Topology) -> Vec<LookupReport> {
+    node.lookups
+        .iter()
+        .map(|l| LookupReport {
+            host_veth: l.host_veth.clone(),
+            pod_ip: l.pod_ip,
+            target: l.target.clone(),
+            address: l.addr,
+            forward: l.forward_leg(node, topo),
+            reply: l.reply_leg(node, topo),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -50,6 +50,8 @@ use crate::{
 
 /// The first retry after a failed attach; doubles up to [`ATTACH_RETRY_MAX`].
 const ATTACH_RETRY: Duration = Duration::from_secs(5);
+/// How soon a failed re-read of the node is tried again.
+const RESYNC_RETRY: Duration = Duration::from_secs(1);
 const ATTACH_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// A request of the HTTP server to the loop: a fresh report, or why there is none.
@@ -145,6 +147,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                         ),
                         Some(Tick::Changed) => {}
                     }
+                    daemon.resync(&opts.sources).await;
+                }
+                _ = tokio::time::sleep(RESYNC_RETRY), if daemon.resync_failed => {
                     daemon.resync(&opts.sources).await;
                 }
                 _ = summary.tick() => {
@@ -253,6 +258,9 @@ struct Daemon {
     paths: BTreeSet<PathName>,
     /// (id, subject) -> severity of the findings raised.
     findings: BTreeMap<(String, String), Severity>,
+    /// The last re-read failed: try again soon, not at the next netlink change (there may
+    /// be none, and the report would stay stale).
+    resync_failed: bool,
 }
 
 impl Daemon {
@@ -352,6 +360,7 @@ impl Daemon {
         } else {
             return;
         };
+        self.resync_failed = read.is_err();
         if let Err(e) = read {
             warn!(event = "resync-failed", error = %format!("{e:#}"), "re-reading the node failed");
             return;

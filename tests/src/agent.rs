@@ -828,7 +828,8 @@ impl Prometheus {
             .collect()
     }
 
-    /// Polls `promql` until `want(results)` holds, for up to 20 s (a few scrapes under TCG).
+    /// Polls `promql` until `want(results)` holds, for up to 40 s (a few scrapes under TCG,
+    /// with another test sharing the VM's two CPUs).
     fn wait(&self, promql: &str, what: &str, want: impl Fn(&[(Value, f64)]) -> bool) {
         let t = Instant::now();
         loop {
@@ -837,7 +838,7 @@ impl Prometheus {
                 return;
             }
             assert!(
-                t.elapsed() < Duration::from_secs(20),
+                t.elapsed() < Duration::from_secs(40),
                 "Prometheus: {what}: `{promql}` gave {got:?}"
             );
             std::thread::sleep(Duration::from_millis(250));
@@ -1048,12 +1049,21 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
             })
             .count()
     };
+    // On a timeout, the agent's log says why (a failed resync, a late one).
+    let with_log = |f: &dyn Fn()| {
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            eprintln!("agent log:\n{}", agent.log_text());
+            std::panic::resume_unwind(e);
+        }
+    };
     ip_rule("del");
-    prometheus.wait(&finding, "vlan-rule-missing raised", |r| {
-        r.len() == 1 && r[0].1 == 1.0 && r[0].0["severity"] == "error"
+    with_log(&|| {
+        prometheus.wait(&finding, "vlan-rule-missing raised", |r| {
+            r.len() == 1 && r[0].1 == 1.0 && r[0].0["severity"] == "error"
+        })
     });
     ip_rule("add");
-    prometheus.wait(&finding, "vlan-rule-missing cleared", |r| r.is_empty());
+    with_log(&|| prometheus.wait(&finding, "vlan-rule-missing cleared", |r| r.is_empty()));
     assert_eq!(
         (count("finding-raised"), count("finding-cleared")),
         (1, 1),

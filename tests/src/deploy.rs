@@ -525,9 +525,10 @@ pub fn exported_families(lab: &Lab) -> BTreeSet<String> {
     let source =
         std::fs::read_to_string(xtask::workspace_root().join("agent/src/report/prometheus.rs"))
             .unwrap();
-    let registered: Vec<String> = source
-        .split("registry.register(")
-        .skip(1)
+    // Families go in through `registry.register(` or, per path, `Samples::counter(`.
+    let registered: Vec<String> = ["registry.register(", "Samples::counter("]
+        .iter()
+        .flat_map(|call| source.split(call).skip(1))
         .filter_map(|call| call.split('"').nth(1).map(String::from))
         .collect();
     assert!(

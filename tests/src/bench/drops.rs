@@ -23,7 +23,7 @@ use super::{
     packet_path::{Costs, FLOOD_PACKETS, udp_flood},
     pod_node::PodNode,
     prog_stats, start_agent,
-    stats::{Goal, Summary, Table, alternate, ratios},
+    stats::{Goal, Summary, Table, alternate, kilo, ratios},
 };
 use crate::observe::{nft, ns_run};
 
@@ -170,21 +170,12 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
     let pps = |v: &[Run]| v.iter().map(|r| r.pps).collect::<Vec<_>>();
     let exact = |v: &[Run]| v.iter().filter(|r| r.counted == r.nft).count();
     let ratio = Summary::of(&ratios(&pps(&b), &pps(&a))).unwrap();
-    let k = |v: &[f64]| {
-        let s = Summary::of(v).unwrap();
-        format!(
-            "{:.0}k ({:.0}k–{:.0}k)",
-            s.median / 1e3,
-            s.min / 1e3,
-            s.max / 1e3
-        )
-    };
     let mut t = Table::new(&["figure", "sgpath agent (A)", "bpftrace (B)", "A / B"]);
     t.row(
         &[
             "pps sent into the drop".into(),
-            k(&pps(&a)),
-            k(&pps(&b)),
+            kilo(&pps(&a)),
+            kilo(&pps(&b)),
             ratio.show(3),
         ],
         "A/B >= 1",

@@ -91,15 +91,7 @@ fn send_flow(sock: &UdpSocket, n: u64, rate: Option<u64>) -> u64 {
             iov_len: PAYLOAD,
         })
         .collect();
-    // SAFETY: mmsghdr is plain data; the zeroed header means no name and no control.
-    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
-        .map(|i| {
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = &mut iov[i];
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
+    let mut msgs = headers(&mut iov);
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < n {
@@ -124,6 +116,19 @@ fn send_flow(sock: &UdpSocket, n: u64, rate: Option<u64>) -> u64 {
     sent
 }
 
+/// One `sendmmsg`/`recvmmsg` header per buffer of `iov`: no address, no control data.
+fn headers(iov: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iov.iter_mut()
+        .map(|v| {
+            // SAFETY: mmsghdr is plain data; zeroed means no name and no control.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect()
+}
+
 /// Receives on `sock` until `stop` and a quiet 100 ms; (datagrams, when the last came).
 fn receive_flow(sock: &UdpSocket, stop: &AtomicBool) -> (u64, Option<Instant>) {
     sock.set_read_timeout(Some(Duration::from_millis(100)))
@@ -136,15 +141,7 @@ fn receive_flow(sock: &UdpSocket, stop: &AtomicBool) -> (u64, Option<Instant>) {
             iov_len: b.len(),
         })
         .collect();
-    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
-        .map(|i| {
-            // SAFETY: as in send_flow.
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = &mut iov[i];
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
+    let mut msgs = headers(&mut iov);
     let (mut got, mut last) = (0u64, None);
     loop {
         // SAFETY: `msgs` holds BATCH headers pointing at live buffers.

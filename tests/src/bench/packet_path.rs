@@ -15,7 +15,7 @@ use super::{
     ns_per_run,
     pod_node::{NODE_IP, PodNode},
     prog_stats, start_agent,
-    stats::{Goal, Summary, Table, alternate, ratios},
+    stats::{Goal, Summary, Table, alternate, kilo, ratios},
 };
 
 /// Datagrams per flood: a few seconds at this machine's rate.
@@ -118,21 +118,12 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
     let (pa, pb, ta, tb) = (pps(&a), pps(&b), bps(&a), bps(&b));
     let udp_ratio = Summary::of(&ratios(&pa, &pb)).unwrap();
     let tcp_ratio = Summary::of(&ratios(&ta, &tb)).unwrap();
-    let k = |v: &[f64]| {
-        let s = Summary::of(v).unwrap();
-        format!(
-            "{:.0}k ({:.0}k–{:.0}k)",
-            s.median / 1e3,
-            s.min / 1e3,
-            s.max / 1e3
-        )
-    };
     let mut t = Table::new(&["figure", "no probes (A)", "sgpath agent (B)", "B / A"]);
     t.row(
         &[
             "UDP 64 B frames, pps delivered".into(),
-            k(&pa),
-            k(&pb),
+            kilo(&pa),
+            kilo(&pb),
             udp_ratio.show(3),
         ],
         "B/A >= 0.95",

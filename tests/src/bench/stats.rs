@@ -48,6 +48,17 @@ impl Summary {
     }
 }
 
+/// `median (min–max)` of `runs` in thousands: `163k (56k–203k)`.
+pub fn kilo(runs: &[f64]) -> String {
+    let s = Summary::of(runs).expect("at least one run");
+    format!(
+        "{:.0}k ({:.0}k–{:.0}k)",
+        s.median / 1e3,
+        s.min / 1e3,
+        s.max / 1e3
+    )
+}
+
 /// The `p`-th percentile (0–100) of `values`, nearest rank. `NaN` for no values.
 pub fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {

@@ -26,6 +26,8 @@ pub struct Watch {
         SocketAddr,
     )>,
     conn: tokio::task::JoinHandle<()>,
+    /// What the messages taken so far say, until a `changed` call returns it.
+    pending: Option<Tick>,
 }
 
 impl Watch {
@@ -43,21 +45,27 @@ impl Watch {
         Ok(Watch {
             messages,
             conn: tokio::spawn(conn),
+            pending: None,
         })
     }
 
     /// Waits for the next notification, then drains whatever else is already queued, so a
     /// burst (a pod's veth, addresses, routes and rules) is one tick. `None` when the socket
     /// closed.
+    ///
+    /// Cancel-safe: the agent's loop drops this future whenever another branch wins, and a
+    /// message taken before that (an overrun, say) stays in `pending` for the next call.
     pub async fn changed(&mut self) -> Option<Tick> {
-        let first = self.messages.next().await?;
-        let mut tick = Tick::of(&first.0);
+        if self.pending.is_none() {
+            let first = self.messages.next().await?;
+            self.pending = Some(Tick::of(&first.0));
+        }
         // The CNI adds a pod's veth, address, routes and rules within milliseconds.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         while let Ok((message, _)) = self.messages.try_recv() {
-            tick = tick.max(Tick::of(&message));
+            self.pending = self.pending.max(Some(Tick::of(&message)));
         }
-        Some(tick)
+        self.pending.take()
     }
 }
 

@@ -1523,9 +1523,14 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// Descriptors an agent may hold beyond its count before the churn: a scrape's or a
+/// netlink request's socket still open at the moment of counting. A leak of one per pod
+/// would show as hundreds (1,200 pods are created and deleted).
+const FD_MARGIN: usize = 2;
+
 /// 20 pods a second created and deleted for 60 s, as the CNI does: the agent never dies;
-/// its file descriptors are as many and its resident memory within 8 MiB of what they were
-/// before; at the end its paths and probed interfaces are exactly the live pods', no
+/// its file descriptors are at most [`FD_MARGIN`] more, and its resident memory within 8 MiB
+/// of what they were before (fewer is fine: the runtime may close one it held); at the end its paths and probed interfaces are exactly the live pods', no
 /// series names a deleted pod, and the report is right within a second.
 pub fn agent_under_pod_churn(lab: &Lab) {
     let node = lab.layout.node();
@@ -1617,8 +1622,11 @@ pub fn agent_under_pod_churn(lab: &Lab) {
         })
         .collect();
     assert!(stale.is_empty(), "series of deleted pods: {stale:?}");
-    // Let the last deletions' work finish before measuring.
-    std::thread::sleep(Duration::from_secs(1));
+    // The last deletions' work may still hold a socket: poll, up to 5 s, for the bound.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_fds(pid) > fds_before + FD_MARGIN && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (fds_after, (rss_after, hwm)) = (open_fds(pid), memory_kib(pid));
     eprintln!(
         "pod churn: {created} pods in {:?} ({rate:.1}/s); report right {settled:?} after; \
@@ -1629,9 +1637,9 @@ pub fn agent_under_pod_churn(lab: &Lab) {
         rate >= f64::from(PODS_PER_SECOND) * 0.9,
         "only {rate:.1} pods/s"
     );
-    assert_eq!(
-        fds_after, fds_before,
-        "file descriptors before and after the churn"
+    assert!(
+        fds_after <= fds_before + FD_MARGIN,
+        "file descriptors grew from {fds_before} to {fds_after} over the churn (margin {FD_MARGIN})"
     );
     assert!(
         rss_after < rss_before + 8 * 1024,

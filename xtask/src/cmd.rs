@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 /// Renders a command line for messages, e.g. `apt-get install -y kmod`.
 pub fn display(cmd: &Command) -> String {
@@ -81,4 +82,19 @@ pub fn cargo() -> Command {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(crate::workspace_root());
     cmd
+}
+
+/// Runs one named step of a longer task: says so as it starts and, as it ends, how it went
+/// and how long it took (a first `cargo xtask lab` or `test` spends minutes in setup and
+/// builds; this is what shows them).
+pub fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprintln!("==> {name}");
+    let t = Instant::now();
+    let res = f();
+    eprintln!(
+        "<== {name}: {} in {:.1} s",
+        if res.is_ok() { "done" } else { "FAILED" },
+        t.elapsed().as_secs_f64()
+    );
+    res
 }

@@ -4,6 +4,7 @@
 //! Side effects live in the modules (installing packages, writing under /var/cache/sgpath,
 //! /lib/modules and `target/`); this file only computes paths.
 
+pub mod cache;
 pub mod cmd;
 pub mod image;
 pub mod kernel;
@@ -24,9 +25,13 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The workspace's cargo target directory (`$CARGO_TARGET_DIR` if set, else `<root>/target`).
+/// The workspace's cargo target directory: `$CARGO_TARGET_DIR` at run time if set, else as
+/// it was when this crate was built (`.cargo/config.toml` sets it for every build: the shared
+/// `/opt/sgpath/target`), else `<root>/target`.
 pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .or_else(|| option_env!("CARGO_TARGET_DIR").map(Into::into));
+    match dir {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);
             if dir.is_absolute() {

@@ -121,21 +121,21 @@ pub fn ensure() -> Result<()> {
 
 /// Full setup: every step checks before it installs.
 pub fn run() -> Result<()> {
-    debs()?;
-    kubectl()?;
-    rust_src()?;
+    cmd::step("setup: Debian packages", debs)?;
+    cmd::step("setup: kubectl", kubectl)?;
+    cmd::step("setup: rust-src (nightly)", rust_src)?;
     // Only `cargo xtask image` needs it (its test is ignored in the suite): a toolchain
     // server that refuses the target must not stop the tests.
-    if let Err(e) = musl_target() {
+    if let Err(e) = cmd::step("setup: musl target", musl_target) {
         eprintln!(
             "\n*** rustup could not add {MUSL_TARGET}: `cargo xtask image` will not build \
              ({e:#}) ***\n"
         );
     }
-    bpf_linker()?;
-    virtme_ng()?;
+    cmd::step("setup: bpf-linker", bpf_linker)?;
+    cmd::step("setup: virtme-ng", virtme_ng)?;
     for short in kernel::KERNELS {
-        kernel::install(short)?;
+        cmd::step(&format!("setup: kernel {short}"), || kernel::install(short))?;
     }
     let missing = missing();
     if !missing.is_empty() {

@@ -133,126 +133,252 @@ pub fn parse_libtest(text: &str) -> (Vec<Case>, Totals) {
 
 /// One line of the final summary.
 struct Stage {
+    /// Its key in README's budget table ("lint", "vm 5.10", ...).
+    key: String,
     name: String,
     ok: bool,
     detail: String,
     time: Duration,
+    /// Share of the machine's CPU time that was busy during the stage, in percent.
+    cpu: Option<f64>,
+}
+
+/// Busy and total jiffies of all CPUs, from the first line of /proc/stat.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let nums: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let total: u64 = nums.iter().sum();
+    // idle + iowait
+    let idle = nums.get(3)? + nums.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Times one stage: prints its banner, runs `f`, and returns its summary line.
+fn timed(key: &str, name: &str, f: impl FnOnce() -> (bool, String)) -> Stage {
+    println!("\n==================== {name} ====================");
+    let (t, cpu0) = (Instant::now(), cpu_jiffies());
+    let (ok, detail) = f();
+    let time = t.elapsed();
+    let cpu = cpu0.zip(cpu_jiffies()).and_then(|((b0, t0), (b1, t1))| {
+        (t1 > t0).then(|| 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64)
+    });
+    println!(
+        "<== {name}: {} in {:.1} s",
+        if ok { "ok" } else { "FAILED" },
+        time.as_secs_f64()
+    );
+    Stage {
+        key: key.into(),
+        name: name.into(),
+        ok,
+        detail,
+        time,
+        cpu,
+    }
 }
 
 /// Runs the matrix; errors if anything failed.
 pub fn run(opts: &Options) -> Result<()> {
     let all = Instant::now();
+    crate::cache::prune()?;
+    let marker = crate::target_dir().join(BUILT_MARKER);
+    // Warm: this machine's shared target directory holds a complete build of the workspace
+    // (written after a build succeeded); cold: a new machine, or the directory was removed.
+    let warm = marker.exists();
+    println!(
+        "target directory {} ({}; README \"Build cache\")",
+        crate::target_dir().display(),
+        if warm {
+            "warm: built before"
+        } else {
+            "cold: nothing built yet"
+        }
+    );
     let mut stages = Vec::new();
 
-    let t = Instant::now();
-    let setup_res = setup::ensure();
-    stages.push(stage("setup", &setup_res, "", t));
-    setup_res?;
+    let setup = timed("setup", "setup", || outcome(setup::ensure(), ""));
+    let setup_ok = setup.ok;
+    stages.push(setup);
+    if !setup_ok {
+        return summary(&stages, &[], all, warm);
+    }
 
     if !opts.skip_unit {
         // House rules first: formatting and clippy with warnings as errors.
-        let t = Instant::now();
-        println!("\n==================== lint ====================");
-        let lint = cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"])).and_then(|_| {
-            cmd::run(cmd::cargo().args([
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ]))
-        });
-        stages.push(stage(
+        stages.push(timed(
+            "lint",
             "lint (fmt --check, clippy -D warnings)",
-            &lint,
-            "",
-            t,
+            || {
+                let lint =
+                    cmd::run(cmd::cargo().args(["fmt", "--all", "--", "--check"])).and_then(|_| {
+                        cmd::run(cmd::cargo().args([
+                            "clippy",
+                            "--workspace",
+                            "--all-targets",
+                            "--",
+                            "-D",
+                            "warnings",
+                        ]))
+                    });
+                outcome(lint, "")
+            },
         ));
-        let t = Instant::now();
-        let res = cargo_tests(
-            "unit tests",
-            // `--workspace`, as every build of this command: cargo resolves features per
-            // set of packages, and `-p sgpath` alone would build every dependency (the
-            // kube crates too) a second time with other features.
-            cmd::cargo().args(["test", "--workspace", "--lib", "--bins"]),
-        );
-        stages.push(libtest_stage(
+    }
+
+    let mut built = None;
+    stages.push(timed(
+        "build",
+        "build (agent, every test target, once)",
+        || match build_all() {
+            Ok(b) => {
+                let detail = format!(
+                    "{} unit, {} host, {} VM test binaries",
+                    b.unit.len(),
+                    b.host.len(),
+                    b.vm.len()
+                );
+                let _ = std::fs::write(&marker, "");
+                built = Some(b);
+                (true, detail)
+            }
+            Err(e) => (false, format!("{e:#}")),
+        },
+    ));
+    let Some(built) = built else {
+        return summary(&stages, &[], all, warm);
+    };
+
+    if !opts.skip_unit {
+        stages.push(timed(
+            "unit",
             "unit tests (lib and bin targets of the workspace)",
-            res,
-            t,
+            || libtest_outcome(run_bins(&built.unit, &[])),
         ));
     }
     if !opts.skip_host {
-        let t = Instant::now();
-        // Host tests run the `sgpath` binary (tests/src/lib.rs::sgpath_bin): build it first.
-        let res = cmd::run(cmd::cargo().args(["build", "--workspace", "--bins"])).and_then(|_| {
-            cargo_tests(
-                "host tests",
-                cmd::cargo().args([
-                    "test",
-                    "-p",
-                    "sgpath-tests",
-                    "--test",
-                    "host",
-                    // Fuzz targets (tests/tests/fuzz.rs): seconds each, the HTTP one needs
-                    // root and a namespace like the host tests.
-                    "--test",
-                    "fuzz",
-                    "--",
-                    "--test-threads=1",
-                ]),
-            )
-        });
-        stages.push(libtest_stage("host tests (netns)", res, t));
+        stages.push(timed("host", "host tests (netns) and fuzzing", || {
+            libtest_outcome(run_bins(&built.host, &["--test-threads=1"]))
+        }));
     }
     let mut tables = Vec::new();
     if !opts.skip_vm {
-        let t = Instant::now();
-        let built = build_vm_tests();
-        let detail = match &built {
-            Ok(bins) => format!("{} VM test binaries", bins.len()),
-            Err(_) => String::new(),
+        let kernels: Vec<String> = if opts.kernels.is_empty() {
+            kernel::KERNELS.iter().map(|s| s.to_string()).collect()
+        } else {
+            opts.kernels.clone()
         };
-        stages.push(stage("build agent + VM tests", &built, &detail, t));
-        if let Ok(bins) = built {
-            let kernels: Vec<String> = if opts.kernels.is_empty() {
-                kernel::KERNELS.iter().map(|s| s.to_string()).collect()
-            } else {
-                opts.kernels.clone()
-            };
-            for short in &kernels {
-                let t = Instant::now();
-                let (stage, table) = vm_kernel(short, &bins, opts);
-                stages.push(Stage {
-                    time: t.elapsed(),
-                    ..stage
-                });
-                tables.push(table);
-            }
+        for short in &kernels {
+            let mut table = String::new();
+            stages.push(timed(
+                &format!("vm {short}"),
+                &format!("VM tests, kernel {short}"),
+                || {
+                    let (ok, detail, t) = vm_kernel(short, &built.vm, opts);
+                    table = t;
+                    (ok, detail)
+                },
+            ));
+            tables.push(table);
         }
     }
+    summary(&stages, &tables, all, warm)
+}
 
+/// File in the target directory that marks a completed build (see [`run`]).
+const BUILT_MARKER: &str = ".sgpath-built";
+
+/// Budget of a whole `cargo xtask test` on a machine that has run it before (a fresh clone,
+/// the shared target directory warm).
+pub const BUDGET_WARM: Duration = Duration::from_secs(40 * 60);
+/// Budget of a whole `cargo xtask test` on a new machine (the target directory empty).
+pub const BUDGET_COLD: Duration = Duration::from_secs(75 * 60);
+/// A stage that takes this much more than its figure in README is reported loudly.
+pub const GROWTH_WARNING: f64 = 1.20;
+
+/// Prints the per-kernel tables, the stages against README's figures and the budget;
+/// errors if a stage failed.
+fn summary(stages: &[Stage], tables: &[String], all: Instant, warm: bool) -> Result<()> {
     println!("\n==================== test summary ====================");
-    for table in &tables {
+    for table in tables {
         println!("{table}");
     }
-    println!("{:<34} {:<6} {:>8}  detail", "stage", "result", "time");
-    for s in &stages {
+    let figures = budget::figures(&crate::workspace_root().join("README.md"));
+    if let Err(e) = &figures {
+        println!("!!!!!!!! cannot read the stage figures from README: {e:#}");
+    }
+    let figures = figures.unwrap_or_default();
+    let case = if warm { "warm" } else { "cold" };
+    let figure = |key: &str| {
+        figures
+            .iter()
+            .find(|f| f.key == key)
+            .map(|f| if warm { f.warm } else { f.cold })
+    };
+    println!(
+        "{:<46} {:<6} {:>8} {:>9} {:>5}  detail",
+        "stage",
+        "result",
+        "time",
+        format!("README {case}"),
+        "cpu"
+    );
+    let mut grown = Vec::new();
+    let total = all.elapsed();
+    let rows = stages
+        .iter()
+        .map(|s| (s.key.as_str(), s.name.as_str(), Some(s), s.time))
+        .chain(std::iter::once(("total", "total", None, total)));
+    for (key, name, stage, time) in rows {
+        let fig = figure(key);
+        let over =
+            fig.is_some_and(|f| time.as_secs_f64() > f * GROWTH_WARNING && time.as_secs() > 30);
+        if over {
+            grown.push(format!(
+                "{name}: {:.0} s against {:.0} s in README",
+                time.as_secs_f64(),
+                fig.unwrap_or_default()
+            ));
+        }
         println!(
-            "{:<34} {:<6} {:>7.1}s  {}",
-            s.name,
-            if s.ok { "ok" } else { "FAILED" },
-            s.time.as_secs_f64(),
-            s.detail
+            "{:<46} {:<6} {:>7.1}s {:>9} {:>5}  {}{}",
+            name,
+            stage.map_or("", |s| if s.ok { "ok" } else { "FAILED" }),
+            time.as_secs_f64(),
+            fig.map(|f| format!("{f:.0}s")).unwrap_or_default(),
+            stage
+                .and_then(|s| s.cpu)
+                .map(|c| format!("{c:.0}%"))
+                .unwrap_or_default(),
+            stage.map_or("", |s| s.detail.as_str()),
+            if over { "  <-- GREW >20%" } else { "" }
         );
     }
+    let budget = if warm { BUDGET_WARM } else { BUDGET_COLD };
     println!(
-        "{:<34} {:<6} {:>7.1}s",
-        "total",
-        "",
-        all.elapsed().as_secs_f64()
+        "\nbudget ({case} target directory): {:.0} s of {:.0} s ({:.0}%)",
+        total.as_secs_f64(),
+        budget.as_secs_f64(),
+        100.0 * total.as_secs_f64() / budget.as_secs_f64()
     );
+    if total > budget {
+        println!(
+            "\n!!!!!!!! OVER BUDGET: {:.0} s, budget {:.0} s ({case}) !!!!!!!!",
+            total.as_secs_f64(),
+            budget.as_secs_f64()
+        );
+    }
+    if !grown.is_empty() {
+        println!("\n!!!!!!!! STAGES GREW MORE THAN 20% OVER README's FIGURES !!!!!!!!");
+        for g in &grown {
+            println!("!!!!!!!!   {g}");
+        }
+    }
     let failed: Vec<&str> = stages
         .iter()
         .filter(|s| !s.ok)
@@ -266,20 +392,14 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn stage<T>(name: &str, res: &Result<T>, detail: &str, t: Instant) -> Stage {
-    Stage {
-        name: name.into(),
-        ok: res.is_ok(),
-        detail: match res {
-            Ok(_) => detail.into(),
-            Err(e) => format!("{e:#}"),
-        },
-        time: t.elapsed(),
+fn outcome<T>(res: Result<T>, detail: &str) -> (bool, String) {
+    match res {
+        Ok(_) => (true, detail.into()),
+        Err(e) => (false, format!("{e:#}")),
     }
 }
 
-fn libtest_stage(name: &str, res: Result<(Vec<Case>, Totals)>, t: Instant) -> Stage {
-    let time = t.elapsed();
+fn libtest_outcome(res: Result<(Vec<Case>, Totals)>) -> (bool, String) {
     match res {
         Ok((cases, totals)) => {
             let failed: Vec<&str> = cases
@@ -294,80 +414,101 @@ fn libtest_stage(name: &str, res: Result<(Vec<Case>, Totals)>, t: Instant) -> St
             if totals.passed + totals.failed == 0 {
                 detail.push_str(" (warning: no tests ran)");
             }
-            Stage {
-                name: name.into(),
-                ok: totals.failed == 0,
-                detail,
-                time,
-            }
+            (totals.failed == 0, detail)
         }
-        Err(e) => Stage {
-            name: name.into(),
-            ok: false,
-            detail: format!("{e:#}"),
-            time,
-        },
+        Err(e) => (false, format!("{e:#}")),
     }
 }
 
-/// Runs a `cargo test` command, echoing its stdout live, and parses that stdout. A nonzero
-/// exit without any failed test (e.g. a compile error) is an error.
-fn cargo_tests(what: &str, cmd: &mut Command) -> Result<(Vec<Case>, Totals)> {
-    println!("\n==================== {what} ====================");
-    eprintln!("+ {}", cmd::display(cmd));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{}`", cmd::display(cmd)))?;
-    let mut text = String::new();
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut out = std::io::stdout();
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        let _ = writeln!(out, "{line}");
-        text.push_str(&line);
-        text.push('\n');
+/// Runs test executables one after the other (cwd: their package, as `cargo test` does),
+/// echoing their stdout live, and parses it. An executable that exits nonzero without a
+/// failed test (a panic outside a test, a crash) is an error.
+fn run_bins(bins: &[TestBin], args: &[&str]) -> Result<(Vec<Case>, Totals)> {
+    let mut all_cases = Vec::new();
+    let mut sum = Totals::default();
+    let mut errors = Vec::new();
+    for bin in bins {
+        let mut cmd = Command::new(&bin.exe);
+        cmd.args(args).current_dir(&bin.dir);
+        eprintln!("+ {} ({})", cmd::display(&cmd), bin.name);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.exe.display()))?;
+        let mut text = String::new();
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut out = std::io::stdout();
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            let _ = writeln!(out, "{line}");
+            text.push_str(&line);
+            text.push('\n');
+        }
+        let status = child.wait()?;
+        let (cases, totals) = parse_libtest(&text);
+        if !status.success() && totals.failed == 0 {
+            errors.push(format!(
+                "{} exited {status} before any test failed",
+                bin.name
+            ));
+        }
+        all_cases.extend(cases);
+        sum.passed += totals.passed;
+        sum.failed += totals.failed;
+        sum.ignored += totals.ignored;
+        sum.binaries += totals.binaries;
     }
-    let status = child.wait()?;
-    let (cases, totals) = parse_libtest(&text);
-    if !status.success() && totals.failed == 0 {
-        bail!(
-            "`{}` failed ({status}) before any test failed",
-            cmd::display(cmd)
-        );
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
     }
-    Ok((cases, totals))
+    Ok((all_cases, sum))
 }
 
-/// A VM test binary: target name and host path.
+/// A test executable: its target, its package directory (the cwd it runs in) and its path.
 #[derive(Debug, Clone)]
 struct TestBin {
+    /// Its target's name, e.g. `host` (`sgpath` for both the agent's lib and bin).
     name: String,
+    dir: PathBuf,
     exe: PathBuf,
 }
 
-/// Builds the agent and the VM test binaries (without running them).
-fn build_vm_tests() -> Result<Vec<TestBin>> {
-    println!("\n==================== build agent + VM tests ====================");
-    cmd::run(cmd::cargo().args(["build", "--workspace", "--bins"]))?;
+/// Test executables by the stage that runs them.
+struct Built {
+    unit: Vec<TestBin>,
+    host: Vec<TestBin>,
+    vm: Vec<TestBin>,
+}
+
+/// Integration-test targets of `sgpath-tests` run on the host (network namespaces, root).
+pub const HOST_TEST_TARGETS: &[&str] = &["host", "fuzz"];
+
+/// One build for everything the stages run: the agent binary, and every lib, bin and
+/// integration test target of the workspace, in one cargo invocation. One invocation is one
+/// feature set and one profile, so no stage compiles what another compiled.
+fn build_all() -> Result<Built> {
     let mut build = cmd::cargo();
     build.args([
-        "test",
-        "-p",
-        "sgpath-tests",
-        "--no-run",
+        "build",
+        "--workspace",
+        "--lib",
+        "--bins",
+        "--tests",
         "--message-format=json-render-diagnostics",
     ]);
-    for t in VM_TEST_TARGETS {
-        build.args(["--test", t]);
-    }
     eprintln!("+ {}", cmd::display(&build));
+    // Cargo's progress and diagnostics go to stderr (live); the JSON messages to stdout.
     let out = build.stderr(Stdio::inherit()).output()?;
     if !out.status.success() {
-        bail!("building the VM tests failed ({})", out.status);
+        bail!("the build failed ({})", out.status);
     }
-    let mut bins = Vec::new();
+    let mut built = Built {
+        unit: Vec::new(),
+        host: Vec::new(),
+        vm: Vec::new(),
+    };
+    let mut stray = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -375,37 +516,58 @@ fn build_vm_tests() -> Result<Vec<TestBin>> {
         if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
             continue;
         }
-        let name = msg["target"]["name"].as_str().unwrap_or_default();
-        if let (true, Some(exe)) = (VM_TEST_TARGETS.contains(&name), msg["executable"].as_str()) {
-            bins.push(TestBin {
-                name: name.to_owned(),
-                exe: exe.into(),
-            });
+        let (Some(exe), Some(manifest)) =
+            (msg["executable"].as_str(), msg["manifest_path"].as_str())
+        else {
+            continue;
+        };
+        let target = msg["target"]["name"].as_str().unwrap_or_default();
+        let kinds: Vec<&str> = msg["target"]["kind"]
+            .as_array()
+            .map(|k| k.iter().filter_map(|k| k.as_str()).collect())
+            .unwrap_or_default();
+        let dir = PathBuf::from(manifest)
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let bin = TestBin {
+            name: target.to_owned(),
+            dir,
+            exe: exe.into(),
+        };
+        if kinds.contains(&"test") {
+            if HOST_TEST_TARGETS.contains(&target) {
+                built.host.push(bin);
+            } else if VM_TEST_TARGETS.contains(&target) {
+                built.vm.push(bin);
+            } else {
+                stray.push(bin.name);
+            }
+        } else {
+            built.unit.push(bin);
         }
     }
-    for t in VM_TEST_TARGETS {
-        if !bins.iter().any(|b| b.name == *t) {
-            bail!("cargo reported no executable for VM test target {t}");
+    if !stray.is_empty() {
+        bail!(
+            "integration tests that no stage runs (add them to HOST_TEST_TARGETS or \
+             VM_TEST_TARGETS): {}",
+            stray.join(", ")
+        );
+    }
+    for t in HOST_TEST_TARGETS.iter().chain(VM_TEST_TARGETS) {
+        if !built.host.iter().chain(&built.vm).any(|b| b.name == *t) {
+            bail!("cargo reported no executable for test target {t}");
         }
     }
-    Ok(bins)
+    Ok(built)
 }
 
 /// Runs every VM test binary in one VM on `short`; returns the stage line and a table.
-fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (Stage, String) {
-    println!("\n==================== VM tests on kernel {short} ====================");
+fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, String) {
     let fail = |detail: String| {
         let table = format!("kernel {short}: !!!!!!!! {detail}\n");
         println!("{table}");
-        (
-            Stage {
-                name: format!("VM tests, kernel {short}"),
-                ok: false,
-                detail,
-                time: Duration::ZERO,
-            },
-            table,
-        )
+        (false, detail, table)
     };
     let kernel = match kernel::get(short) {
         Ok(k) => k,
@@ -510,15 +672,61 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (Stage, String) {
     if !problems.is_empty() {
         detail.push_str(&format!(" — {}", problems.join("; ")));
     }
-    (
-        Stage {
-            name: format!("VM tests, kernel {short}"),
-            ok,
-            detail,
-            time: Duration::ZERO,
-        },
-        table,
-    )
+    (ok, detail, table)
+}
+
+/// The committed stage figures: README's table between `<!-- ci-figures -->` and
+/// `<!-- /ci-figures -->`, one row per stage key with its warm and cold seconds.
+mod budget {
+    use anyhow::{Context, Result, bail};
+    use std::path::Path;
+
+    /// One row: `| vm 5.10 | 420 | 450 |`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Figure {
+        pub key: String,
+        pub warm: f64,
+        pub cold: f64,
+    }
+
+    pub fn figures(readme: &Path) -> Result<Vec<Figure>> {
+        let text = std::fs::read_to_string(readme)
+            .with_context(|| format!("cannot read {}", readme.display()))?;
+        parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Vec<Figure>> {
+        let (_, rest) = text
+            .split_once("<!-- ci-figures -->")
+            .context("no <!-- ci-figures --> marker")?;
+        let (table, _) = rest
+            .split_once("<!-- /ci-figures -->")
+            .context("no <!-- /ci-figures --> marker")?;
+        let mut figures = Vec::new();
+        for line in table.lines().filter(|l| l.trim_start().starts_with('|')) {
+            let cells: Vec<&str> = line
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect();
+            let [key, warm, cold, ..] = cells[..] else {
+                continue;
+            };
+            let (Ok(warm), Ok(cold)) = (warm.parse(), cold.parse()) else {
+                continue; // the header and the separator
+            };
+            figures.push(Figure {
+                key: key.to_owned(),
+                warm,
+                cold,
+            });
+        }
+        if figures.is_empty() {
+            bail!("the ci-figures table has no rows");
+        }
+        Ok(figures)
+    }
 }
 
 #[cfg(test)]
@@ -549,5 +757,18 @@ mod tests {
                 binaries: 1
             }
         );
+    }
+
+    #[test]
+    fn parses_readme_figures() {
+        let text = "x\n<!-- ci-figures -->\n| stage | warm, s | cold, s |\n|---|---|---|\n\
+                    | lint | 60 | 400 |\n| vm 5.10 | 420.5 | 450 |\n<!-- /ci-figures -->\n| no | 1 | 2 |\n";
+        let f = budget::parse(text).unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(
+            (f[1].key.as_str(), f[1].warm, f[1].cold),
+            ("vm 5.10", 420.5, 450.0)
+        );
+        assert!(budget::parse("no markers").is_err());
     }
 }

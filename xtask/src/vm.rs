@@ -168,7 +168,11 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
         .args(["--disable-kvm", "--user", "root"])
         .args(["--memory", &opts.memory])
         .args(["--cpus", &opts.cpus.to_string()])
-        .arg(format!("--rwdir={}", guest_rwdir(&dir).display()))
+        .args(
+            guest_rwdirs(&dir)
+                .iter()
+                .map(|d| format!("--rwdir={}", d.display())),
+        )
         .arg("--disk")
         .arg(&image)
         .args([
@@ -408,12 +412,12 @@ fn console_tail(path: &Path) -> String {
     format!("--- last lines of {} ---\n{tail}", path.display())
 }
 
-/// The directory to share read-write with the guest: the run directory, or the whole
+/// The directories to share read-write with the guest: the run directory, plus the whole
 /// checkout when the guest could not otherwise see it. virtme-ng mounts fresh tmpfs over
-/// /tmp, /var/tmp, /var/cache, /var/log, /var/lib and /run, so a CI clone in /tmp would
-/// be invisible; and a run directory nested in a `--rodir` makes vng exit 255, so the
-/// checkout is shared read-write as a whole (it holds the run directory).
-fn guest_rwdir(run_dir: &Path) -> PathBuf {
+/// /tmp, /var/tmp, /var/cache, /var/log, /var/lib and /run, so a CI clone in /tmp would be
+/// invisible. A run directory nested in a `--rodir` makes vng exit 255, so a run directory
+/// inside such a checkout (a `CARGO_TARGET_DIR` in the clone) is shared through it.
+fn guest_rwdirs(run_dir: &Path) -> Vec<PathBuf> {
     const MASKED: [&str; 6] = [
         "/tmp",
         "/var/tmp",
@@ -423,9 +427,12 @@ fn guest_rwdir(run_dir: &Path) -> PathBuf {
         "/run",
     ];
     let root = crate::workspace_root();
-    if MASKED.iter().any(|m| root.starts_with(m)) && run_dir.starts_with(&root) {
-        root
+    if !MASKED.iter().any(|m| root.starts_with(m)) {
+        return vec![run_dir.to_path_buf()];
+    }
+    if run_dir.starts_with(&root) {
+        vec![root]
     } else {
-        run_dir.to_path_buf()
+        vec![root, run_dir.to_path_buf()]
     }
 }

@@ -82,9 +82,11 @@ pub fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
-    setup::ensure()?;
+    cmd::step("lab: setup", setup::ensure)?;
     // The same package set as `cargo xtask test` builds, so both share one set of artifacts.
-    cmd::run(cmd::cargo().args(["build", "--quiet", "--workspace", "--bins"]))?;
+    cmd::step("lab: build sgpath", || {
+        cmd::run(cmd::cargo().args(["build", "--workspace", "--bins"]))
+    })?;
     let kernel = kernel::get(&args.kernel)?;
     let xtask_bin = vm::shell_quote(&crate::target_dir().join("debug/xtask").to_string_lossy());
     let mut guest = format!("{xtask_bin} lab-guest --spec \"$SGPATH_VM_DIR/spec.toml\"");

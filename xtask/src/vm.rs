@@ -117,6 +117,11 @@ pub struct VmOutput {
     pub boot: Option<Duration>,
     /// Guest time the script took (module loading and mounts included).
     pub script: Option<Duration>,
+    /// Guest time spent preparing (modules, mounts, the fast disk's binds) before the script.
+    pub prepare: Option<Duration>,
+    /// Share of the guest's CPU time that was busy while the script ran, in percent: TCG
+    /// makes busy guest CPUs the cost; idle ones are the script's own waits.
+    pub guest_cpu: Option<f64>,
 }
 
 impl VmOutput {
@@ -241,6 +246,8 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
             .and_then(|s| s.parse::<f64>().ok())
     };
     let (boot, end) = (uptime("uptime-start"), uptime("uptime-end"));
+    let prepared = uptime("uptime-prepared");
+    let guest_cpu = busy_share(&read("stat-start"), &read("stat-end"));
     Ok(VmOutput {
         kernel: kernel.short.clone(),
         release: read("release").trim().to_owned(),
@@ -252,7 +259,27 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
         script: boot
             .zip(end)
             .map(|(b, e)| Duration::from_secs_f64((e - b).max(0.0))),
+        prepare: boot
+            .zip(prepared)
+            .map(|(b, p)| Duration::from_secs_f64((p - b).max(0.0))),
+        guest_cpu,
     })
+}
+
+/// Busy share, in percent, between two `cpu` lines of /proc/stat (idle and iowait are idle).
+pub fn busy_share(start: &str, end: &str) -> Option<f64> {
+    let jiffies = |line: &str| -> Option<(u64, u64)> {
+        let nums: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let idle = nums.get(3)? + nums.get(4).copied().unwrap_or(0);
+        let total: u64 = nums.iter().sum();
+        Some((total - idle, total))
+    };
+    let ((b0, t0), (b1, t1)) = (jiffies(start)?, jiffies(end)?);
+    (t1 > t0).then(|| 100.0 * b1.saturating_sub(b0) as f64 / (t1 - t0) as f64)
 }
 
 /// `target/vm/<short>/`.
@@ -326,9 +353,12 @@ uname -r > "$D/release"
   fi
   echo "prepared in $(cut -d' ' -f1 /proc/uptime) s of uptime"
 }} > "$D/prepare.log" 2>&1
+cat /proc/uptime > "$D/uptime-prepared"
 {env}cd {root}
+head -1 /proc/stat > "$D/stat-start"
 bash "$D/script.sh" > "$D/output" 2>&1 < /dev/null
 echo $? > "$D/status.tmp"
+head -1 /proc/stat > "$D/stat-end"
 cat /proc/uptime > "$D/uptime-end"
 mv "$D/status.tmp" "$D/status"
 sync

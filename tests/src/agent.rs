@@ -179,6 +179,31 @@ impl Agent {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("/v1/report: {e}: {body}"))
     }
 
+    /// Polls `/v1/report` every 100 ms until `done` holds for it, at most `limit`; returns the
+    /// last report either way (the caller's assertions then say what is wrong). Packets sent
+    /// just before still cross softirqs and the agent's next read of its maps.
+    pub fn report_until(&self, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let doc = self.report(&[]);
+            if done(&doc) || start.elapsed() > limit {
+                return doc;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls the log every 50 ms until an event named `event` is in it, at most `limit`.
+    pub fn wait_event(&self, event: &str, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.log_events().iter().any(|e| e["event"] == event) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM; the exit status, which must come within 5 s.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();

@@ -804,8 +804,9 @@ pub fn deploy_agent_runs_with_the_daemonset_capabilities(lab: &Lab) {
     send(&node_tx, (a_ip, 7012).into(), 20, 100);
     receive(&a_rx, 20);
     send(&node_tx, (a_ip, 7013).into(), 7, 100);
-    std::thread::sleep(Duration::from_secs(1));
-    let doc = agent.report(&[]);
+    let doc = agent.report_until(Duration::from_secs(10), |d| {
+        counters(d, a_ip)["to_pod"]["forwarded_packets"].as_u64() >= Some(27)
+    });
     let c = counters(&doc, a_ip);
     assert_eq!(c["to_pod"]["forwarded_packets"], 27, "{c}");
     assert_eq!(doc["drop_source"], "location");
@@ -930,8 +931,9 @@ pub fn deploy_agent_needs_each_capability(lab: &Lab) {
                 agent.wait_for("/readyz", 200);
                 let node_tx = udp_in(&node, (node_ip, 0).into());
                 send(&node_tx, (a_ip, 7023).into(), 5, 10);
-                std::thread::sleep(Duration::from_secs(1));
-                let doc = agent.report(&[]);
+                let doc = agent.report_until(Duration::from_secs(10), |d| {
+                    counters(d, a_ip)["to_pod"]["dropped_packets"].as_u64() >= Some(5)
+                });
                 let c = counters(&doc, a_ip);
                 assert!(c["to_pod"]["dropped_packets"].as_u64() >= Some(5), "{c}");
                 assert!(

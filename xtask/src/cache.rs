@@ -1,8 +1,9 @@
 //! The shared target directory (`.cargo/config.toml`: `/opt/sgpath/target`): one for every
 //! clone on the machine, so that a CI run in a fresh clone rebuilds only the workspace's own
-//! crates. Each clone path adds its own artifacts of those crates (cargo hashes the path into
-//! them), so the directory grows by one workspace build per clone; [`prune`] empties it when
-//! it passes [`LIMIT_BYTES`].
+//! crates. Cargo names a workspace crate's artifacts by its path relative to the workspace,
+//! so every clone reuses the same files (a fresh clone's newer mtimes make cargo rebuild
+//! them); what accumulates is old versions of dependencies after `Cargo.lock` changes.
+//! [`prune`] empties the directory when it passes [`LIMIT_BYTES`].
 //!
 //! Side effects: [`prune`] may remove the whole target directory.
 
@@ -10,8 +11,8 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 /// Size beyond which `cargo xtask test` empties the target directory before it builds (the
-/// run is then a cold one). A complete build of the workspace takes about 5 GiB; each further
-/// clone about 1 GiB (README, "Build cache").
+/// run is then a cold one). A complete build of the workspace, clippy's and the VM runs'
+/// files included, takes about 4 GiB (README, "Build cache").
 pub const LIMIT_BYTES: u64 = 40 << 30;
 
 /// Empties the target directory if it holds more than [`LIMIT_BYTES`].

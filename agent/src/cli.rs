@@ -1,6 +1,7 @@
 //! Command-line interface (clap types only): `--help` is the manual.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -49,8 +50,8 @@ pub struct AgentArgs {
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub listen: std::net::SocketAddr,
     /// How often to log a summary (totals per path kind) and re-run the checks.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub summary_interval: std::time::Duration,
+    #[arg(long, default_value = "60s", value_parser = parse_summary_interval)]
+    pub summary_interval: Duration,
     /// Log format on stdout: one JSON object per line, or text for a terminal.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -60,8 +61,8 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub maps: MapSizeArgs,
     /// As `observe --syn-timeout`.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
-    pub syn_timeout: std::time::Duration,
+    #[arg(long, default_value = "3s", value_parser = parse_syn_timeout)]
+    pub syn_timeout: Duration,
     /// The VPC CNI config to read.
     #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
     pub cni_config: PathBuf,
@@ -98,8 +99,8 @@ pub enum LogFormat {
 #[derive(Debug, clap::Args)]
 pub struct ObserveArgs {
     /// How long to count: `10s`, `500ms`, `2m`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: std::time::Duration,
+    #[arg(long, default_value = "10s", value_parser = parse_observe_duration)]
+    pub duration: Duration,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -111,8 +112,8 @@ pub struct ObserveArgs {
     pub maps: MapSizeArgs,
     /// How long a SYN or DNS query that left a path waits for its answer before it counts
     /// as unanswered.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
-    pub syn_timeout: std::time::Duration,
+    #[arg(long, default_value = "3s", value_parser = parse_syn_timeout)]
+    pub syn_timeout: Duration,
     /// The VPC CNI config to read.
     #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
     pub cni_config: PathBuf,
@@ -162,8 +163,9 @@ pub enum DropSourceArg {
     Location,
 }
 
-/// `10s`, `500ms`, `2m`, or plain seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+/// `10s`, `500ms`, `2m`, or plain seconds, within `min..=max` (a zero interval would spin
+/// or panic a timer; a huge one overflows the clock arithmetic).
+fn parse_duration(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
         None => (s, "s"),
@@ -171,12 +173,48 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a duration such as 10s, 500ms or 2m"))?;
-    match unit {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" => Ok(std::time::Duration::from_secs(n)),
-        "m" => Ok(std::time::Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    let d = match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    match d {
+        Some(d) if (min..=max).contains(&d) => Ok(d),
+        _ => Err(format!(
+            "{s:?} is out of range: from {} to {}",
+            show(min),
+            show(max)
+        )),
     }
+}
+
+/// A bound as a user would write it.
+fn show(d: Duration) -> String {
+    match d.as_millis() {
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// `agent --summary-interval`: 1 s to 24 h.
+fn parse_summary_interval(s: &str) -> Result<Duration, String> {
+    parse_duration(s, Duration::from_secs(1), Duration::from_secs(24 * 3600))
+}
+
+/// `--syn-timeout`: 100 ms (well above a round trip in a VPC) to 5 min.
+fn parse_syn_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration(s, Duration::from_millis(100), Duration::from_secs(300))
+}
+
+/// `observe --duration`: 1 ms to 30 days.
+fn parse_observe_duration(s: &str) -> Result<Duration, String> {
+    parse_duration(
+        s,
+        Duration::from_millis(1),
+        Duration::from_secs(30 * 24 * 3600),
+    )
 }
 
 #[derive(Debug, clap::Args)]
@@ -223,4 +261,42 @@ pub enum Output {
     Text,
     /// One JSON document (schema sgpath.report/v1).
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_bounded_and_never_overflow() {
+        assert_eq!(parse_syn_timeout("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_syn_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_summary_interval("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_observe_duration("7"), Ok(Duration::from_secs(7)));
+        for (parse, bad) in [
+            (
+                parse_summary_interval as fn(&str) -> Result<Duration, String>,
+                "0s",
+            ),
+            (parse_summary_interval, "0"),
+            (parse_syn_timeout, "0"),
+            (parse_syn_timeout, "99ms"),
+            (parse_observe_duration, "0ms"),
+            (parse_observe_duration, "18446744073709551615m"),
+            (parse_summary_interval, "307445734561825861m"),
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains("out of range"), "{bad}: {err}");
+        }
+        assert!(
+            parse_syn_timeout("3h")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(
+            parse_syn_timeout("s")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+    }
 }

@@ -50,6 +50,13 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 )
             })
             .collect();
+        if known.is_empty() {
+            anyhow::bail!(
+                "--from {}: no pod with that IP or host veth on this node: it has no pod paths \
+                 (no host veths with the CNI's prefixes)",
+                args.from
+            );
+        }
         anyhow::bail!(
             "--from {}: no pod with that IP or host veth on this node; pods here: {}",
             args.from,

@@ -368,7 +368,7 @@ pub fn branch_traffic_off_vlan(lab: &mut Lab) {
     let sock = crate::observe::udp_in(&p.strict.0, (p.strict.1, 0).into());
     let observer = Observer::start(lab, &[]);
     crate::observe::send(&sock, (bastion, 9999).into(), OFF_VLAN, 32);
-    std::thread::sleep(Duration::from_secs(1));
+    crate::observe::settle(&[&p.strict.0, &lab.layout.node(), &lab.layout.vpc()]);
     let doc = observer.stop();
     let a = &counters(&doc, p.strict.1)["from_pod"];
     assert_eq!(ports(&a["left_via"]), map(&[("eth0", OFF_VLAN)]), "{a}");

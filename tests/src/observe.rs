@@ -30,6 +30,41 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// The kernel's packet counters of namespace `ns` (`/proc/net/snmp` and `/proc/net/dev` as
+/// its thread sees them).
+fn net_counters(ns: &str) -> String {
+    in_netns(ns, || {
+        ["snmp", "dev"]
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()
+            })
+            .collect()
+    })
+}
+
+/// Waits until the packets just sent have crossed the softirqs of `namespaces` (and their
+/// ICMP answers have come back): polls their kernel packet counters every 100 ms until two
+/// reads in a row agree, at most 5 s. For counts that `observe` only reports at its end.
+pub fn settle(namespaces: &[&str]) {
+    let read = || {
+        namespaces
+            .iter()
+            .map(|ns| net_counters(ns))
+            .collect::<Vec<_>>()
+    };
+    let start = std::time::Instant::now();
+    let mut last = read();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = read();
+        if now == last || start.elapsed() > Duration::from_secs(5) {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// A UDP socket bound in namespace `ns` (it stays there whichever thread uses it).
 pub fn udp_in(ns: &str, addr: SocketAddr) -> UdpSocket {
     in_netns(ns, || {
@@ -199,7 +234,7 @@ pub fn observe_counts_exact_packets(lab: &Lab, drop_source: Option<&str>) {
     send(&node_tx, (a_ip, 7004).into(), NO_SOCKET, NO_SOCKET_PAYLOAD);
     send(&b_tx, (NOWHERE, 7005).into(), NO_ROUTE, 1);
     // The refused datagrams and their ICMP answers cross softirqs after send returns.
-    std::thread::sleep(Duration::from_secs(1));
+    settle(&[&node, &a_ns, &b_ns]);
     let doc = observer.stop();
 
     let reasons = drop_source != Some("location") && has_drop_reasons();
@@ -394,7 +429,7 @@ pub fn observe_coexists_with_a_priority_1_filter(lab: &Lab, action: &str) {
         receive(&a_rx, TO_POD);
         receive(&node_rx, FROM_POD);
     } else {
-        std::thread::sleep(Duration::from_secs(1));
+        settle(&[&node, &a_ns]);
     }
     let doc = observer.stop();
     let c = counters(&doc, a_ip);
@@ -447,7 +482,7 @@ pub fn observe_never_sees_the_vpcs_drops(lab: &Lab) {
     for (_, sock) in &senders {
         send(sock, (bastion, 9999).into(), TO_VPC, 64);
     }
-    std::thread::sleep(Duration::from_secs(1));
+    settle(&[&lab.layout.node(), &lab.layout.vpc()]);
     let doc = observer.stop();
     for (ip, _) in &senders {
         let c = counters(&doc, *ip);

@@ -121,6 +121,26 @@ fn bad_flags_exit_2_naming_the_problem() {
     );
 }
 
+/// Zero, too small and overflowing durations are refused by name (exit 2), never a panic.
+#[test]
+fn bad_durations_exit_2_naming_the_flag() {
+    for args in [
+        &["agent", "--summary-interval", "0s"][..],
+        &["agent", "--syn-timeout", "0"],
+        &["observe", "--syn-timeout", "0"],
+        &["observe", "--duration", "18446744073709551615m"],
+        &["agent", "--summary-interval", "307445734561825861m"],
+    ] {
+        let out = sgpath(None, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(args[1]) && err.contains("out of range"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn trace_from_an_unknown_pod_exits_2_and_lists_the_pods() {
     let lab = lab(spec("host"), "sgt-h3");
@@ -134,6 +154,16 @@ fn trace_from_an_unknown_pod_exits_2_and_lists_the_pods() {
         err.contains("--from 192.168.99.99: no pod") && err.contains("192.168.7.31"),
         "{err}"
     );
+
+    // A node without pods says so, instead of an empty list.
+    let empty = sgpath_tests::NetNs::new("sgt-h3-empty");
+    let out = sgpath(
+        Some(&empty.0),
+        &["trace", "--from", "192.168.99.99", "--to", "10.0.1.10"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("it has no pod paths"), "{err}");
 }
 
 /// A malformed CNI config is a warning naming the file; the rest of the report stands.

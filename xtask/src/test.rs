@@ -40,6 +40,10 @@ pub struct Options {
     /// Pass `--verbose` to vng (kernel log in target/vm/<kernel>/*/console.log).
     #[arg(long)]
     pub verbose_vm: bool,
+    /// Run only tests whose name contains this (repeatable; libtest's filter), in every
+    /// stage that runs tests.
+    #[arg(long)]
+    pub filter: Vec<String>,
 }
 
 /// Outcome of one libtest test.
@@ -258,12 +262,23 @@ pub fn run(opts: &Options) -> Result<()> {
         stages.push(timed(
             "unit",
             "unit tests (lib and bin targets of the workspace)",
-            || libtest_outcome(run_bins(&built.unit, &[])),
+            || libtest_outcome(run_bins(&built.unit, &filters(opts, &[]))),
         ));
     }
     if !opts.skip_host {
         stages.push(timed("host", "host tests (netns) and fuzzing", || {
-            libtest_outcome(run_bins(&built.host, &["--test-threads=1"]))
+            libtest_outcome(run_bins(
+                &built.host,
+                &filters(
+                    opts,
+                    &[
+                        "-Z",
+                        "unstable-options",
+                        "--report-time",
+                        "--test-threads=1",
+                    ],
+                ),
+            ))
         }));
     }
     let mut tables = Vec::new();
@@ -439,10 +454,33 @@ fn libtest_outcome(res: Result<(Vec<Case>, Totals)>) -> (bool, String) {
             if totals.passed + totals.failed == 0 {
                 detail.push_str(" (warning: no tests ran)");
             }
+            // Where the stage's time goes.
+            let mut timed: Vec<&Case> = cases.iter().filter(|c| c.secs.is_some()).collect();
+            timed.sort_by(|a, b| {
+                b.secs
+                    .partial_cmp(&a.secs)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            if !timed.is_empty() {
+                let top: Vec<String> = timed
+                    .iter()
+                    .take(3)
+                    .map(|c| format!("{} {:.0} s", c.name, c.secs.unwrap_or_default()))
+                    .collect();
+                detail.push_str(&format!("; slowest: {}", top.join(", ")));
+            }
             (totals.failed == 0, detail)
         }
         Err(e) => (false, format!("{e:#}")),
     }
+}
+
+/// `args`, then the `--filter`s.
+fn filters<'a>(opts: &'a Options, args: &[&'a str]) -> Vec<&'a str> {
+    args.iter()
+        .copied()
+        .chain(opts.filter.iter().map(String::as_str))
+        .collect()
 }
 
 /// Runs test executables one after the other (cwd: their package, as `cargo test` does),
@@ -454,7 +492,11 @@ fn run_bins(bins: &[TestBin], args: &[&str]) -> Result<(Vec<Case>, Totals)> {
     let mut errors = Vec::new();
     for bin in bins {
         let mut cmd = Command::new(&bin.exe);
-        cmd.args(args).current_dir(&bin.dir);
+        // Per-test wall times (`ok <12.3s>`) are an unstable libtest option; RUSTC_BOOTSTRAP
+        // at run time unlocks it in the stable toolchain's libtest (nothing is built with it).
+        cmd.args(args)
+            .current_dir(&bin.dir)
+            .env("RUSTC_BOOTSTRAP", "1");
         eprintln!("+ {} ({})", cmd::display(&cmd), bin.name);
         let mut child = cmd
             .stdin(Stdio::null())
@@ -608,10 +650,15 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, St
         // at run time unlocks it in the stable toolchain's libtest (nothing is built with it).
         script.push_str(&format!(
             "echo '### {name}'\n\
-             RUSTC_BOOTSTRAP=1 {exe} -Z unstable-options --report-time --test-threads={VM_TEST_THREADS} > \"$SGPATH_VM_DIR/{name}.out\" 2>&1\n\
+             RUSTC_BOOTSTRAP=1 {exe} -Z unstable-options --report-time --test-threads={VM_TEST_THREADS}{filter} > \"$SGPATH_VM_DIR/{name}.out\" 2>&1\n\
              s=$?; echo $s > \"$SGPATH_VM_DIR/{name}.status\"; [ $s -eq 0 ] || status=1\n",
             name = b.name,
             exe = vm::shell_quote(&b.exe.to_string_lossy()),
+            filter = opts
+                .filter
+                .iter()
+                .map(|f| format!(" {}", vm::shell_quote(f)))
+                .collect::<String>(),
         ));
     }
     if std::env::var_os("SGPATH_VM_EXECS").is_some() {

@@ -68,6 +68,18 @@ pub const GUEST_TOOLS: &[&str] = &[
     "promtool",
 ];
 
+/// Kernel arguments of every VM: [`GUEST_KERNEL_ARGS`], or `$SGPATH_VM_APPEND` (split on
+/// whitespace) when set, to measure another choice.
+pub fn kernel_args() -> Vec<String> {
+    match std::env::var("SGPATH_VM_APPEND") {
+        Ok(v) => v.split_whitespace().map(String::from).collect(),
+        Err(_) => GUEST_KERNEL_ARGS.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+/// Kernel arguments of the test VMs.
+pub const GUEST_KERNEL_ARGS: &[&str] = &[];
+
 /// How to boot the VM.
 #[derive(Debug, Clone)]
 pub struct VmOptions {
@@ -83,6 +95,8 @@ pub struct VmOptions {
     pub verbose: bool,
     /// Host binaries the script runs (sgpath, test binaries): copied to the fast disk too.
     pub binaries: Vec<PathBuf>,
+    /// Extra kernel command-line arguments (`vng --append`).
+    pub append: Vec<String>,
 }
 
 impl Default for VmOptions {
@@ -94,6 +108,7 @@ impl Default for VmOptions {
             env: Vec::new(),
             verbose: false,
             binaries: Vec::new(),
+            append: kernel_args(),
         }
     }
 }
@@ -184,6 +199,9 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
             "--exec",
             &format!("bash {}", dir.join("wrapper.sh").display()),
         ]);
+    for a in &opts.append {
+        vng_cmd.arg(format!("--append={a}"));
+    }
     if opts.verbose {
         vng_cmd.arg("--verbose");
     }

@@ -44,8 +44,9 @@ fn net_counters(ns: &str) -> String {
 }
 
 /// Waits until the packets just sent have crossed the softirqs of `namespaces` (and their
-/// ICMP answers have come back): polls their kernel packet counters every 100 ms until two
-/// reads in a row agree, at most 5 s. For counts that `observe` only reports at its end.
+/// ICMP answers have come back): polls their kernel packet counters every 100 ms until they
+/// have not moved for 300 ms (a softirq deferred under TCG load resumes well within that),
+/// at most 5 s. For counts that `observe` only reports at its end.
 pub fn settle(namespaces: &[&str]) {
     let read = || {
         namespaces
@@ -54,13 +55,11 @@ pub fn settle(namespaces: &[&str]) {
             .collect::<Vec<_>>()
     };
     let start = std::time::Instant::now();
-    let mut last = read();
-    loop {
+    let (mut last, mut still) = (read(), 0);
+    while still < 3 && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(100));
         let now = read();
-        if now == last || start.elapsed() > Duration::from_secs(5) {
-            return;
-        }
+        still = if now == last { still + 1 } else { 0 };
         last = now;
     }
 }

@@ -147,31 +147,21 @@ struct Stage {
     cpu: Option<f64>,
 }
 
-/// Busy and total jiffies of all CPUs, from the first line of /proc/stat.
-fn cpu_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let nums: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let total: u64 = nums.iter().sum();
-    // idle + iowait
-    let idle = nums.get(3)? + nums.get(4).copied().unwrap_or(0);
-    Some((total - idle, total))
+/// The first line of /proc/stat: all CPUs' jiffies by state (see [`vm::busy_share`]).
+fn cpu_line() -> String {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().next().map(String::from))
+        .unwrap_or_default()
 }
 
 /// Times one stage: prints its banner, runs `f`, and returns its summary line.
 fn timed(key: &str, name: &str, f: impl FnOnce() -> (bool, String)) -> Stage {
     println!("\n==================== {name} ====================");
-    let (t, cpu0) = (Instant::now(), cpu_jiffies());
+    let (t, cpu0) = (Instant::now(), cpu_line());
     let (ok, detail) = f();
     let time = t.elapsed();
-    let cpu = cpu0.zip(cpu_jiffies()).and_then(|((b0, t0), (b1, t1))| {
-        (t1 > t0).then(|| 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64)
-    });
+    let cpu = vm::busy_share(&cpu0, &cpu_line());
     println!(
         "<== {name}: {} in {:.1} s",
         if ok { "ok" } else { "FAILED" },

@@ -196,7 +196,7 @@ pub fn run(opts: &Options) -> Result<()> {
     );
     let mut stages = Vec::new();
 
-    let setup = timed("setup", "setup", || outcome(setup::ensure(), ""));
+    let setup = timed("setup", "setup", || outcome(setup::ensure()));
     let setup_ok = setup.ok;
     stages.push(setup);
     if !setup_ok {
@@ -220,7 +220,7 @@ pub fn run(opts: &Options) -> Result<()> {
                             "warnings",
                         ]))
                     });
-                outcome(lint, "")
+                outcome(lint)
             },
         ));
     }
@@ -293,31 +293,6 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
     summary(&stages, &tables, all, warm)
-}
-
-/// With `SGPATH_VM_EXECS` set, the VM script starts bpftrace counting every exec by file
-/// (`execs.txt`), and waits until it has attached.
-const EXEC_PROFILE_START: &str = r#"bpftrace -e 'tracepoint:sched:sched_process_exec { @[str(args->filename)] = count(); }' > "$SGPATH_VM_DIR/execs.txt" 2>&1 &
-BT=$!
-for i in $(seq 300); do grep -q Attaching "$SGPATH_VM_DIR/execs.txt" && break; sleep 0.2; done
-"#;
-
-/// The 25 most exec'd files of a bpftrace `@[file]: count` map.
-fn exec_profile(text: &str) -> String {
-    let mut rows: Vec<(u64, &str)> = text
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.strip_prefix("@[")?.split_once("]: ")?;
-            Some((v.trim().parse().ok()?, k))
-        })
-        .collect();
-    rows.sort_by(|a, b| b.cmp(a));
-    let total: u64 = rows.iter().map(|r| r.0).sum();
-    let mut out = format!("  execs: {total} in all; most exec'd:\n");
-    for (n, file) in rows.iter().take(25) {
-        out.push_str(&format!("    {n:>7}  {file}\n"));
-    }
-    out
 }
 
 /// File in the target directory that marks a completed build (see [`run`]).
@@ -422,9 +397,9 @@ fn summary(stages: &[Stage], tables: &[String], all: Instant, warm: bool) -> Res
     Ok(())
 }
 
-fn outcome<T>(res: Result<T>, detail: &str) -> (bool, String) {
+fn outcome<T>(res: Result<T>) -> (bool, String) {
     match res {
-        Ok(_) => (true, detail.into()),
+        Ok(_) => (true, String::new()),
         Err(e) => (false, format!("{e:#}")),
     }
 }
@@ -631,10 +606,6 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, St
         Err(e) => return fail(format!("{e:#}")),
     };
     let mut script = String::from("status=0\n");
-    if std::env::var_os("SGPATH_VM_EXECS").is_some() {
-        // Where the guest's time goes: every exec, counted by file, for the whole run.
-        script.push_str(EXEC_PROFILE_START);
-    }
     for b in bins {
         // Per-test wall times (`ok <12.3s>`) are an unstable libtest option; RUSTC_BOOTSTRAP
         // at run time unlocks it in the stable toolchain's libtest (nothing is built with it).
@@ -650,9 +621,6 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, St
                 .map(|f| format!(" {}", vm::shell_quote(f)))
                 .collect::<String>(),
         ));
-    }
-    if std::env::var_os("SGPATH_VM_EXECS").is_some() {
-        script.push_str("kill -INT $BT; wait $BT\n");
     }
     script.push_str("exit $status\n");
     let vm_opts = vm::VmOptions {
@@ -689,9 +657,6 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, St
             .unwrap_or_else(|| "?".into()),
         out.wall.as_secs_f64()
     );
-    if let Ok(execs) = std::fs::read_to_string(out.rwdir.join("execs.txt")) {
-        table.push_str(&exec_profile(&execs));
-    }
     table.push_str(&format!("  {:<10} {:<50} result\n", "binary", "test"));
     let mut sum = Totals::default();
     let mut problems = Vec::new();

@@ -8,7 +8,11 @@
 //! | request from a pod        | its host veth, receive         | `path` = its path, `FromPod`  |
 //! | request from the node     | any transmit, with a socket    | `path` = dest's path, `ToPod` |
 //! | SYN handed to a pod       | its host veth, transmit        | `in_path` = its path          |
-//! | answer (SYN-ACK, DNS)     | a host veth, either way        | `answered` = 1                |
+//! | answer (SYN-ACK, DNS)     | a host veth, either way        | `answered` = accepted         |
+//! | refusal (RST, ICMP)       | a host veth, either way        | `answered` = refused          |
+//!
+//! On a host veth only packets with the veth's own pod address get here (see
+//! `path_counters`), so a pod can neither open nor answer its neighbour's connections.
 //!
 //! A plain hash, not an LRU: an LRU would silently evict the oldest entries, which are
 //! exactly the unanswered connections this is for. A full map is counted instead.
@@ -16,11 +20,11 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap};
 use sgpath_ebpf::{
     ConnState, MAX_CONNS, NO_PATH, ProgError,
-    packet::{ConnKey, ConnKind, Direction, IpHeader, L4, PROTO_TCP, Signal},
+    packet::{Answer, ConnKey, ConnKind, Direction, IpHeader, L4, PROTO_TCP, Signal},
 };
 
 use crate::{
-    if_counters::bump_error,
+    errors::bump_error,
     path_counters::{Site, path_of},
     skb,
 };
@@ -31,30 +35,48 @@ const NOEXIST: u64 = 1;
 #[map]
 static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(MAX_CONNS, 0);
 
+/// Tracks what `signal` (of `ip`, which has an `l4`) says. `veth_path`: the path of the
+/// host veth the packet crossed, its pod's address checked; [`NO_PATH`] on an uplink.
+//
 // Out of line: its own stack frame (LLVM does not share stack slots between inlined
-// bodies, and the BPF stack is 512 bytes).
+// bodies, and the BPF stack is 512 bytes). Five arguments at most: BPF passes no more.
 #[inline(never)]
-pub fn track(skb: *const u8, site: Site, ip: &IpHeader, l4: &L4, signal: Signal) {
-    match signal {
-        Signal::Request(kind) => request(skb, site, ip, l4, kind),
-        Signal::Answer if site != Site::UplinkTransmit => {
-            let key = ConnKey::of_answer(ip, l4);
-            if let Some(st) = CONNS.get_ptr_mut(&key) {
-                // SAFETY: a map value; a racing write stores the same byte.
-                unsafe { (*st).answered = 1 };
+pub fn track(skb: *const u8, site: Site, veth_path: u32, ip: &IpHeader, signal: Signal) {
+    let Some(l4) = &ip.l4 else { return };
+    let veth_path = (veth_path != NO_PATH).then_some(veth_path);
+    let answer = match signal {
+        Signal::Request(kind) => return request(skb, site, veth_path, ip, l4, kind),
+        // Answers count on a host veth only: on the uplink they are not yet through.
+        _ if site == Site::UplinkTransmit => return,
+        Signal::Answer => Answer::Accepted,
+        Signal::Refused => Answer::Refused,
+    };
+    let key = ConnKey::of_answer(ip, l4);
+    if let Some(st) = CONNS.get_ptr_mut(&key) {
+        // SAFETY: a map value; racing CPUs store the same byte. The first answer stands: a
+        // RST closing an accepted connection does not make it refused.
+        unsafe {
+            if (*st).answered == Answer::None as u8 {
+                (*st).answered = answer as u8;
             }
         }
-        Signal::Answer => {}
     }
 }
 
 #[inline(always)]
-fn request(skb: *const u8, site: Site, ip: &IpHeader, l4: &L4, kind: ConnKind) {
+fn request(
+    skb: *const u8,
+    site: Site,
+    veth_path: Option<u32>,
+    ip: &IpHeader,
+    l4: &L4,
+    kind: ConnKind,
+) {
     // Whose request, and is it handed to a pod here?
     let (path, direction, in_path) = match site {
-        Site::VethReceive => (path_of(&ip.src), Direction::FromPod, None),
+        Site::VethReceive => (veth_path, Direction::FromPod, None),
         Site::VethTransmit | Site::UplinkTransmit => {
-            let dst = path_of(&ip.dst);
+            let dst = veth_path.or_else(|| path_of(&ip.dst));
             // Only the node's own packets still carry their socket here; forwarded ones
             // (the bastion's, another pod's) do not.
             let own = if dst.is_some() && skb::has_socket(skb) {
@@ -94,7 +116,7 @@ fn request(skb: *const u8, site: Site, ip: &IpHeader, l4: &L4, kind: ConnKind) {
         in_path: in_path.unwrap_or(NO_PATH),
         kind: kind as u8,
         direction: direction as u8,
-        answered: 0,
+        answered: Answer::None as u8,
         _pad: [0; 5],
         first_ns: now,
         last_ns: now,

@@ -8,18 +8,30 @@
 //! destination: `to_pod`), and only when the skb's device (or, before it has one, its
 //! socket) is in the node's namespace or a pod's (`NETNS_ROLES`): drops in any other
 //! namespace (the lab's VPC) stay invisible, as AWS's are on a real node.
+//!
+//! A drop a pod could fake charges only that pod's path: one inside a pod's namespace, or
+//! on a host veth of the node's, counts only for the path of that namespace or veth (a
+//! pod sending with its neighbour's address, or to it, and dropped there, is no drop of the
+//! neighbour's).
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
-use sgpath_ebpf::{DropKey, MAX_DROP_KEYS, MAX_NETNS, ProgError, packet::Direction};
+use sgpath_ebpf::{
+    DropKey, IfaceRole, MAX_DROP_KEYS, MAX_NETNS, NO_PATH, NetnsInfo, ProgError,
+    packet::Direction,
+};
 
-use crate::{if_counters::bump_error, path_counters::POD_PATHS, skb};
+use crate::{
+    errors::bump_error,
+    path_counters::{IFACES, POD_PATHS},
+    skb,
+};
 
 #[map]
-static NETNS_ROLES: HashMap<u32, u8> = HashMap::with_max_entries(MAX_NETNS, 0);
+static NETNS_ROLES: HashMap<u32, NetnsInfo> = HashMap::with_max_entries(MAX_NETNS, 0);
 
 #[map]
 static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, 0);
@@ -56,9 +68,21 @@ fn charge(skb: *const u8, location: u64, reason: u32) {
         return;
     };
     // SAFETY: read-only use of a value userspace wrote.
-    let Some(&role) = (unsafe { NETNS_ROLES.get(&inum) }) else {
+    let Some(ns) = (unsafe { NETNS_ROLES.get(&inum) }) else {
         return;
     };
+    let role = ns.role;
+    // The one path this drop may charge, when the place it happened belongs to a pod: its
+    // namespace, or its host veth in the node's.
+    let mut only = ns.path;
+    if only == NO_PATH && !dev.is_null() {
+        // SAFETY: as above.
+        if let Some(iface) = unsafe { IFACES.get(&skb::ifindex(dev)) } {
+            if iface.role == IfaceRole::HostVeth as u8 {
+                only = iface.path;
+            }
+        }
+    }
     let Some(ip) = skb::ip_at_network_header(skb) else {
         return;
     };
@@ -67,6 +91,9 @@ fn charge(skb: *const u8, location: u64, reason: u32) {
         let Some(&path) = (unsafe { POD_PATHS.get(&addr) }) else {
             continue;
         };
+        if only != NO_PATH && path != only {
+            continue;
+        }
         let key = DropKey {
             path,
             direction: dir as u8,

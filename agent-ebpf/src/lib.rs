@@ -8,58 +8,37 @@ pub mod packet;
 
 use packet::{ConnKey, PodAddr};
 
-/// Name of the per-CPU hash map `ifindex -> IfCounters` the tc programs fill.
-pub const IF_COUNTERS_MAP: &str = "IF_COUNTERS";
 /// Name of the per-CPU array map of program error counters (index: [`ProgError`]).
 pub const PROG_ERRORS_MAP: &str = "PROG_ERRORS";
-/// Maximum number of interfaces counted at once (a node has at most ~120 VLANs plus veths).
-pub const MAX_INTERFACES: u32 = 4096;
-
-/// Packet counters of one interface as seen by the tc hooks, per CPU.
-///
-/// `ingress` counts what the interface received (tc ingress), `egress` what it sent.
-/// Only IPv4 and IPv6 frames are counted; ARP and other ethertypes go to `other_*`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IfCounters {
-    pub ingress_packets: u64,
-    pub ingress_bytes: u64,
-    pub egress_packets: u64,
-    pub egress_bytes: u64,
-    pub other_packets: u64,
-}
 
 /// Errors a program counts instead of failing closed (index into `PROG_ERRORS`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ProgError {
-    /// The per-interface counter map was full: the packet passed uncounted.
-    MapFull = 0,
     /// The drop map was full: a drop went uncounted.
-    DropMapFull = 1,
+    DropMapFull = 0,
     /// The connection map was full: a SYN or DNS query went untracked.
-    ConnMapFull = 2,
+    ConnMapFull = 1,
     /// The `left_via` map was full: a packet leaving the node went uncounted.
-    LeftViaMapFull = 3,
+    LeftViaMapFull = 2,
 }
 
 /// Number of [`ProgError`] slots.
-pub const PROG_ERROR_SLOTS: u32 = 4;
+pub const PROG_ERROR_SLOTS: u32 = 3;
 
 impl TryFrom<u32> for ProgError {
     type Error = u32;
     fn try_from(v: u32) -> Result<Self, u32> {
         match v {
-            0 => Ok(ProgError::MapFull),
-            1 => Ok(ProgError::DropMapFull),
-            2 => Ok(ProgError::ConnMapFull),
-            3 => Ok(ProgError::LeftViaMapFull),
+            0 => Ok(ProgError::DropMapFull),
+            1 => Ok(ProgError::ConnMapFull),
+            2 => Ok(ProgError::LeftViaMapFull),
             other => Err(other),
         }
     }
 }
 
-/// Map `IFACES`: ifindex of an interface in the node's namespace -> [`IfaceRole`].
+/// Map `IFACES`: ifindex of an interface in the node's namespace -> [`IfaceInfo`].
 pub const IFACES_MAP: &str = "IFACES";
 /// Hash `CONNS`: [`ConnKey`] -> [`ConnState`], the connections waiting for (or lingering
 /// after) their answer; userspace sweeps it.
@@ -68,7 +47,7 @@ pub const CONNS_MAP: &str = "CONNS";
 pub const LEFT_VIA_MAP: &str = "LEFT_VIA";
 /// Map `POD_PATHS`: pod IP ([`PodAddr`]) -> path id.
 pub const POD_PATHS_MAP: &str = "POD_PATHS";
-/// Map `NETNS_ROLES`: network namespace inode -> [`packet::NetnsRole`].
+/// Map `NETNS_ROLES`: network namespace inode -> [`NetnsInfo`].
 pub const NETNS_ROLES_MAP: &str = "NETNS_ROLES";
 /// Per-CPU array `PATH_COUNTERS`, indexed by path id.
 pub const PATH_COUNTERS_MAP: &str = "PATH_COUNTERS";
@@ -102,6 +81,33 @@ pub enum IfaceRole {
     Uplink = 2,
 }
 
+/// Value of `IFACES`: what an interface of the node's namespace is and, for a host veth,
+/// the path it counts for and its pod's address. The veth that carried a packet decides its
+/// path, not the address in the header: a pod cannot write on a neighbour's path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    /// [`IfaceRole`].
+    pub role: u8,
+    pub _pad: [u8; 3],
+    /// A host veth's path id ([`NO_PATH`] for an uplink).
+    pub path: u32,
+    /// A host veth's pod address (the pod's end of the veth); zero for an uplink.
+    pub pod: PodAddr,
+}
+
+/// Value of `NETNS_ROLES`: whose namespace an inode is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsInfo {
+    /// [`packet::NetnsRole`].
+    pub role: u8,
+    pub _pad: [u8; 3],
+    /// A pod namespace's path id: drops inside it charge only that path. [`NO_PATH`] for the
+    /// node's namespace.
+    pub path: u32,
+}
+
 /// One tracked connection, written by the programs, read and swept by userspace. Plain
 /// stores without atomics: racing CPUs can only write the same values.
 #[repr(C)]
@@ -116,7 +122,8 @@ pub struct ConnState {
     /// [`packet::Direction`] of the request on `path`: `FromPod` (the pod's own) or `ToPod`
     /// (the node's connection to the pod).
     pub direction: u8,
-    /// 1 once the answer was seen.
+    /// [`packet::Answer`]: none yet, accepted (SYN-ACK, DNS reply) or refused (RST, ICMP
+    /// port unreachable).
     pub answered: u8,
     pub _pad: [u8; 5],
     /// `bpf_ktime_get_ns` of the first request and of the latest (retransmits).
@@ -186,6 +193,11 @@ pub struct PathCounters {
     pub to_pod_bytes: u64,
     pub from_pod_packets: u64,
     pub from_pod_bytes: u64,
+    /// Packets the host veth received with a source address not its pod's (spoofed, or a
+    /// stale veth): counted here only, never on the path whose address they carry.
+    pub foreign_packets: u64,
+    /// The latest foreign source address this CPU saw (for the finding's evidence).
+    pub foreign_source: PodAddr,
 }
 
 /// One kind of drop on one path. `direction` is a [`packet::Direction`], `netns_role` a
@@ -203,9 +215,10 @@ pub struct DropKey {
     pub location: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<IfCounters>() == 40);
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<NetnsInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 52);
-const _: () = assert!(core::mem::size_of::<PathCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<PathCounters>() == 56);
 const _: () = assert!(core::mem::size_of::<DropKey>() == 24);
 const _: () = assert!(core::mem::size_of::<PodAddr>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 40);
@@ -214,10 +227,13 @@ const _: () = assert!(core::mem::size_of::<LeftViaKey>() == 8);
 
 // SAFETY: plain #[repr(C)] integers without padding.
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for IfCounters {}
+unsafe impl aya::Pod for ProbeConfig {}
+// SAFETY: as above; `_pad` is explicit and always zero.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for IfaceInfo {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for ProbeConfig {}
+unsafe impl aya::Pod for NetnsInfo {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PathCounters {}

@@ -8,7 +8,7 @@
 #[cfg(target_arch = "bpf")]
 mod conns;
 #[cfg(target_arch = "bpf")]
-mod if_counters;
+mod errors;
 #[cfg(target_arch = "bpf")]
 mod kfree_skb;
 #[cfg(target_arch = "bpf")]

@@ -24,13 +24,19 @@ impl PodAddr {
 pub const HEADER_BYTES: usize = 56;
 
 /// IP protocol numbers the programs look into.
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 /// The DNS port.
 pub const DNS_PORT: u16 = 53;
 
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+/// ICMP destination unreachable, code port unreachable: what a host sends back for a UDP
+/// datagram (or, with some firewalls' REJECT, a SYN) to a port nothing listens on.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
 
 /// Source, destination and length of one IP packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +48,9 @@ pub struct IpHeader {
     pub len: u32,
     /// Ports and flags of a TCP or UDP packet whose transport header follows the IP header
     /// directly: IPv4 without options and not a later fragment, IPv6 without extension
-    /// headers. `None` for everything else (the connection probes skip it).
+    /// headers. For an ICMPv4 port unreachable, the ports of the datagram it refuses, seen
+    /// from the refusing side (`sport` the refused port), with `refusal` set. `None` for
+    /// everything else (the connection probes skip it).
     pub l4: Option<L4>,
 }
 
@@ -54,6 +62,8 @@ pub struct L4 {
     pub dport: u16,
     /// TCP flags byte (0 for UDP).
     pub flags: u8,
+    /// An ICMP port unreachable about a datagram of `proto` (see [`IpHeader::l4`]).
+    pub refusal: bool,
 }
 
 /// What a packet means to the unanswered-connection probes.
@@ -64,6 +74,32 @@ pub enum Signal {
     Request(ConnKind),
     /// Answers one: a SYN-ACK, or a UDP datagram from port 53.
     Answer,
+    /// Refuses one: a TCP RST, or an ICMP port unreachable, from the server. Nothing listens
+    /// on the port, but the network (security groups included) let the request through and
+    /// the answer back.
+    Refused,
+}
+
+/// How a tracked connection was answered (`ConnState::answered`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Answer {
+    /// Nothing yet.
+    None = 0,
+    /// A SYN-ACK or a DNS reply.
+    Accepted = 1,
+    /// A RST or an ICMP port unreachable: the port is closed.
+    Refused = 2,
+}
+
+impl From<u8> for Answer {
+    fn from(v: u8) -> Answer {
+        match v {
+            1 => Answer::Accepted,
+            2 => Answer::Refused,
+            _ => Answer::None,
+        }
+    }
 }
 
 /// Which kind of connection a request opens.
@@ -97,7 +133,11 @@ impl L4 {
         } else {
             ConnKind::Syn
         };
+        if self.refusal {
+            return Some(Signal::Refused);
+        }
         match self.proto {
+            PROTO_TCP if self.flags & TCP_RST != 0 => Some(Signal::Refused),
             PROTO_TCP if self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN => Some(Signal::Request(kind)),
             PROTO_TCP if self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK => {
                 Some(Signal::Answer)
@@ -160,7 +200,71 @@ fn l4_at(h: &[u8; HEADER_BYTES], at: usize, proto: u8) -> Option<L4> {
         sport: u16::from_be_bytes([h[at], h[at + 1]]),
         dport: u16::from_be_bytes([h[at + 2], h[at + 3]]),
         flags: if proto == PROTO_TCP { h[at + 13] } else { 0 },
+        refusal: false,
     })
+}
+
+/// An ICMPv4 port unreachable at `h[20..]` (after a 20-byte IPv4 header) about a TCP or
+/// UDP datagram from the packet's destination to its source: that datagram's ports, swapped
+/// so that the refusal keys its connection as an answer does. The quoted header must have no
+/// options (its ports at a constant offset), and its destination must be the ICMP's source:
+/// only the server itself refuses (a router's or firewall's ICMP stays unmatched, and the
+/// request unanswered). ICMPv6 quotes sit beyond the bytes copied: not matched.
+#[inline(always)]
+fn icmp_refusal(h: &[u8; HEADER_BYTES]) -> Option<L4> {
+    if h[20] != ICMP_DEST_UNREACH || h[21] != ICMP_PORT_UNREACH || h[28] != 0x45 {
+        return None;
+    }
+    let proto = h[28 + 9];
+    let from_server = h[12] == h[44] && h[13] == h[45] && h[14] == h[46] && h[15] == h[47];
+    if !from_server || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return None;
+    }
+    Some(L4 {
+        proto,
+        sport: u16::from_be_bytes([h[50], h[51]]),
+        dport: u16::from_be_bytes([h[48], h[49]]),
+        flags: 0,
+        refusal: true,
+    })
+}
+
+/// Whether `a` is an address no pod owns alone: IPv6 link-local, multicast or unspecified,
+/// IPv4 0.0.0.0. A pod sends these (neighbour discovery, DAD) without them being anyone's.
+#[inline(always)]
+pub fn is_link_scoped(a: &PodAddr) -> bool {
+    let o = &a.octets;
+    let v4 = o[10] == 0xff && o[11] == 0xff && o[..10] == [0; 10];
+    if v4 {
+        return o[12] == 0 && o[13] == 0 && o[14] == 0 && o[15] == 0;
+    }
+    (o[0] == 0xfe && o[1] & 0xc0 == 0x80) || o[0] == 0xff || *o == [0; 16]
+}
+
+/// What a packet on a host veth is to that veth's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribution {
+    /// The pod's own (received from it with its address, or sent to its address).
+    Own,
+    /// Received from the pod with another routable address: counted as foreign on the veth's
+    /// path, nowhere else.
+    Foreign,
+    /// Not the path's business (link-local chatter, a packet to another address).
+    Ignore,
+}
+
+/// Attributes a packet a host veth received from its pod (`from_pod`) or hands to it, by
+/// the pod-side address: the source on receive, the destination on transmit.
+#[inline(always)]
+pub fn attribute(from_pod: bool, pod: &PodAddr, ip: &IpHeader) -> Attribution {
+    let addr = if from_pod { &ip.src } else { &ip.dst };
+    if addr == pod {
+        Attribution::Own
+    } else if from_pod && !is_link_scoped(addr) {
+        Attribution::Foreign
+    } else {
+        Attribution::Ignore
+    }
 }
 
 /// Parses the IP header at the start of `h` (the skb's network header). `None` for anything
@@ -176,7 +280,11 @@ pub fn parse_ip(h: &[u8; HEADER_BYTES]) -> Option<IpHeader> {
                 src: PodAddr::v4([h[12], h[13], h[14], h[15]]),
                 dst: PodAddr::v4([h[16], h[17], h[18], h[19]]),
                 len: u16::from_be_bytes([h[2], h[3]]) as u32,
-                l4: if plain { l4_at(h, 20, h[9]) } else { None },
+                l4: match (plain, h[9]) {
+                    (false, _) => None,
+                    (true, PROTO_ICMP) => icmp_refusal(h),
+                    (true, proto) => l4_at(h, 20, proto),
+                },
             })
         }
         6 => {
@@ -305,7 +413,7 @@ mod tests {
         );
         assert_eq!(ConnKey::of_request(&ip, &l4).server_port, 80);
         // The rest of the stream (ACK, PSH|ACK, FIN|ACK) is nothing to the probes.
-        for flags in [0x10, 0x18, 0x11, 0x04] {
+        for flags in [0x10, 0x18, 0x11] {
             assert_eq!(
                 parse_ip(&syn(flags, 41234, 80))
                     .unwrap()
@@ -372,5 +480,79 @@ mod tests {
     fn ignores_what_is_not_ip() {
         // An ARP request's first bytes (hardware type 1).
         assert_eq!(parse_ip(&pad(&[0x00, 0x01, 0x08, 0x00, 6, 4])), None);
+    }
+
+    #[test]
+    fn rst_and_icmp_port_unreachable_refuse_the_request_they_answer() {
+        let req_ip = parse_ip(&syn(0x02, 41234, 80)).unwrap();
+        let request = ConnKey::of_request(&req_ip, &req_ip.l4.unwrap());
+        // RST|ACK from the server: refused, keyed like the SYN-ACK would be.
+        let mut rst_ip = parse_ip(&syn(0x14, 80, 41234)).unwrap();
+        (rst_ip.src, rst_ip.dst) = (req_ip.dst, req_ip.src);
+        let rst = rst_ip.l4.unwrap();
+        assert_eq!(rst.signal(), Some(Signal::Refused));
+        assert_eq!(ConnKey::of_answer(&rst_ip, &rst), request);
+        // A bare RST too.
+        assert_eq!(
+            parse_ip(&syn(0x04, 80, 41234)).unwrap().l4.unwrap().signal(),
+            Some(Signal::Refused)
+        );
+        // ICMP port unreachable from 10.0.1.10 quoting a UDP datagram 192.168.3.219:5353 ->
+        // 10.0.1.10:53.
+        let icmp = |src: [u8; 4], code: u8| {
+            let mut b = vec![
+                0x45, 0, 0, 56, 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0, src[0], src[1], src[2],
+                src[3], 192, 168, 3, 219, 3, code, 0, 0, 0, 0, 0, 0,
+            ];
+            b.extend([
+                0x45, 0, 0, 40, 0, 0, 0, 0, 64, PROTO_UDP, 0, 0, 192, 168, 3, 219, 10, 0, 1, 10,
+            ]);
+            b.extend(5353u16.to_be_bytes());
+            b.extend(53u16.to_be_bytes());
+            parse_ip(&pad(&b)).unwrap()
+        };
+        let refused = icmp([10, 0, 1, 10], 3);
+        let l4 = refused.l4.unwrap();
+        assert_eq!(l4.signal(), Some(Signal::Refused));
+        let query = ConnKey {
+            client: PodAddr::v4([192, 168, 3, 219]),
+            server: PodAddr::v4([10, 0, 1, 10]),
+            client_port: 5353,
+            server_port: 53,
+            proto: PROTO_UDP,
+            _pad: [0; 3],
+        };
+        assert_eq!(ConnKey::of_answer(&refused, &l4), query);
+        // From a router, or another code (host unreachable, admin prohibited): no refusal.
+        assert_eq!(icmp([10, 0, 0, 1], 3).l4, None);
+        assert_eq!(icmp([10, 0, 1, 10], 1).l4, None);
+        assert_eq!(icmp([10, 0, 1, 10], 13).l4, None);
+    }
+
+    #[test]
+    fn a_veth_counts_its_pods_address_only() {
+        let pod = PodAddr::v4([192, 168, 3, 219]);
+        let own = parse_ip(&syn(0x02, 41234, 80)).unwrap();
+        assert_eq!(attribute(true, &pod, &own), Attribution::Own);
+        let mut spoofed = own;
+        spoofed.src = PodAddr::v4([192, 168, 3, 7]);
+        assert_eq!(attribute(true, &pod, &spoofed), Attribution::Foreign);
+        // Link-local, multicast and unspecified sources are nobody's.
+        for a in [
+            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            [0; 16],
+        ] {
+            spoofed.src = PodAddr { octets: a };
+            assert_eq!(attribute(true, &pod, &spoofed), Attribution::Ignore, "{a:?}");
+        }
+        spoofed.src = PodAddr::v4([0, 0, 0, 0]);
+        assert_eq!(attribute(true, &pod, &spoofed), Attribution::Ignore);
+        // Sent to the pod: its address as destination, else not its business.
+        let mut to_pod = own;
+        (to_pod.src, to_pod.dst) = (own.dst, pod);
+        assert_eq!(attribute(false, &pod, &to_pod), Attribution::Own);
+        to_pod.dst = PodAddr::v4([192, 168, 3, 7]);
+        assert_eq!(attribute(false, &pod, &to_pod), Attribution::Ignore);
     }
 }

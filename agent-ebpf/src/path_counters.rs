@@ -2,27 +2,30 @@
 //! `IFACES` (kept by userspace) says what the interface is; everything else is one map
 //! lookup and out.
 //!
-//! | interface | receive (`path_rx`)             | transmit (`path_tx`)                      |
-//! |-----------|---------------------------------|-------------------------------------------|
-//! | host veth | `from_pod` of the source's path | `to_pod` of the destination's path        |
-//! | uplink    | -                               | `left_via` of the source's path           |
+//! | interface | receive (`path_rx`)                  | transmit (`path_tx`)              |
+//! |-----------|--------------------------------------|-----------------------------------|
+//! | host veth | `from_pod` of the veth's path        | `to_pod` of the veth's path       |
+//! | uplink    | -                                    | `left_via` of the source's path   |
 //!
-//! The pod IP in the header picks the path (`POD_PATHS`), so a host veth's IPv6 link-local
-//! chatter counts nowhere. SYNs, SYN-ACKs and DNS packets also go to [`conns`].
+//! A host veth counts a packet only with its pod's address on the pod's side (source on
+//! receive, destination on transmit, [`packet::attribute`]): a pod sending with a
+//! neighbour's address counts as `foreign` on its own path and touches nothing else.
+//! Link-local chatter counts nowhere. SYNs, SYN-ACKs, RSTs and DNS packets also go to
+//! [`conns`].
 
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
 use sgpath_ebpf::{
-    IfaceRole, LeftViaKey, MAX_LEFT_VIA, MAX_PATHS, PathCounters, ProgError,
-    packet::{Direction, PodAddr},
+    IfaceInfo, IfaceRole, LeftViaKey, MAX_LEFT_VIA, MAX_PATHS, NO_PATH, PathCounters, ProgError,
+    packet::{self, Attribution, Direction, PodAddr},
 };
 
-use crate::{conns, if_counters::bump_error, skb};
+use crate::{conns, errors::bump_error, skb};
 
 #[map]
-static IFACES: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PATHS, 0);
+pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_PATHS, 0);
 
 #[map]
 pub static POD_PATHS: HashMap<PodAddr, u32> = HashMap::with_max_entries(MAX_PATHS, 0);
@@ -71,11 +74,14 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
     }
     let ifindex = skb::ifindex(dev);
     // SAFETY: read-only use of a value userspace wrote.
-    let role = unsafe { IFACES.get(&ifindex) }.copied().unwrap_or(0);
+    let Some(iface) = (unsafe { IFACES.get(&ifindex) }) else {
+        return;
+    };
+    let veth = iface.role == IfaceRole::HostVeth as u8;
     let site = match hook {
-        Hook::Receive if role == IfaceRole::HostVeth as u8 => Site::VethReceive,
-        Hook::Transmit if role == IfaceRole::HostVeth as u8 => Site::VethTransmit,
-        Hook::Transmit if role == IfaceRole::Uplink as u8 => Site::UplinkTransmit,
+        Hook::Receive if veth => Site::VethReceive,
+        Hook::Transmit if veth => Site::VethTransmit,
+        Hook::Transmit if iface.role == IfaceRole::Uplink as u8 => Site::UplinkTransmit,
         // An uplink's receive side tells nothing (answers are matched on the host veth).
         _ => return,
     };
@@ -88,27 +94,36 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
         Hook::Transmit => skb::network_header(skb),
     };
     let Some(ip) = skb::header(at) else { return };
-    match site {
-        Site::VethReceive => {
-            if let Some(path) = path_of(&ip.src) {
-                forwarded(skb, path, Direction::FromPod, ip.len);
-            }
-        }
-        Site::VethTransmit => {
-            if let Some(path) = path_of(&ip.dst) {
-                forwarded(skb, path, Direction::ToPod, ip.len);
+    // The path whose pod sent or gets the packet: the veth's, once its address checks out.
+    let path = match site {
+        Site::VethReceive | Site::VethTransmit => {
+            let from_pod = site == Site::VethReceive;
+            match packet::attribute(from_pod, &iface.pod, &ip) {
+                Attribution::Own => {
+                    let dir = if from_pod {
+                        Direction::FromPod
+                    } else {
+                        Direction::ToPod
+                    };
+                    forwarded(skb, iface.path, dir, ip.len);
+                    Some(iface.path)
+                }
+                Attribution::Foreign => {
+                    foreign(skb, iface.path, &ip.src);
+                    return;
+                }
+                Attribution::Ignore => return,
             }
         }
         Site::UplinkTransmit => {
             if let Some(path) = path_of(&ip.src) {
                 left_via(path, ifindex, skb::segments(skb));
             }
+            None
         }
-    }
-    if let Some(l4) = ip.l4 {
-        if let Some(signal) = l4.signal() {
-            conns::track(skb, site, &ip, &l4, signal);
-        }
+    };
+    if let Some(signal) = ip.l4.and_then(|l4| l4.signal()) {
+        conns::track(skb, site, path.unwrap_or(NO_PATH), &ip, signal);
     }
 }
 
@@ -128,6 +143,17 @@ fn forwarded(skb: *const u8, path: u32, dir: Direction, len: u32) {
         Direction::FromPod => {
             c.from_pod_packets += segs;
             c.from_pod_bytes += len as u64;
+        }
+    }
+}
+
+#[inline(always)]
+fn foreign(skb: *const u8, path: u32, src: &PodAddr) {
+    if let Some(c) = PATH_COUNTERS.get_ptr_mut(path) {
+        // SAFETY: per-CPU value, only this CPU touches it during this run.
+        unsafe {
+            (*c).foreign_packets += skb::segments(skb);
+            (*c).foreign_source = *src;
         }
     }
 }

@@ -87,6 +87,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         drop_source: args.drop_source,
         syn_timeout: args.syn_timeout,
         map_sizes: args.maps.sizes(),
+        window: Some(args.window),
     };
     let rt = crate::runtime()?;
     rt.block_on(async {
@@ -117,6 +118,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             start + args.summary_interval,
             args.summary_interval,
         );
+        // Findings from counts clear a window after their cause: the checks re-run every
+        // tenth of it, so a cleared finding is logged without waiting for a request.
+        let mut recheck = tokio::time::interval_at(start + args.window / 10, args.window / 10);
         let mut next_attach = start;
         let mut retry = ATTACH_RETRY;
         loop {
@@ -134,6 +138,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 _ = sweep.tick() => daemon.sweep(),
+                _ = recheck.tick() => { daemon.recheck(); }
                 tick = watch.changed(), if watching => {
                     match tick {
                         None => {

@@ -63,6 +63,11 @@ pub struct AgentArgs {
     /// As `observe --syn-timeout`.
     #[arg(long, default_value = "3s", value_parser = parse_syn_timeout)]
     pub syn_timeout: Duration,
+    /// The span a finding from counts is judged over: raised while the last window holds
+    /// evidence (unanswered SYNs, path drops, spoofed packets...), cleared (`finding-cleared`)
+    /// once a whole window passes without any. The checks re-run every tenth of it.
+    #[arg(long, default_value = "5m", value_parser = parse_window)]
+    pub window: Duration,
     /// The VPC CNI config to read.
     #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
     pub cni_config: PathBuf,
@@ -203,6 +208,11 @@ fn parse_summary_interval(s: &str) -> Result<Duration, String> {
     parse_duration(s, Duration::from_secs(1), Duration::from_secs(24 * 3600))
 }
 
+/// `--window`: 1 s (tests) to 24 h.
+fn parse_window(s: &str) -> Result<Duration, String> {
+    parse_duration(s, Duration::from_secs(1), Duration::from_secs(24 * 3600))
+}
+
 /// `--syn-timeout`: 100 ms (well above a round trip in a VPC) to 5 min.
 fn parse_syn_timeout(s: &str) -> Result<Duration, String> {
     parse_duration(s, Duration::from_millis(100), Duration::from_secs(300))
@@ -281,6 +291,8 @@ mod tests {
             (parse_summary_interval, "0"),
             (parse_syn_timeout, "0"),
             (parse_syn_timeout, "99ms"),
+            (parse_window, "0s"),
+            (parse_window, "25h"),
             (parse_observe_duration, "0ms"),
             (parse_observe_duration, "18446744073709551615m"),
             (parse_summary_interval, "307445734561825861m"),

@@ -24,6 +24,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
         drop_source: args.drop_source,
         syn_timeout: args.syn_timeout,
         map_sizes: args.maps.sizes(),
+        window: None,
     };
     let (node, topo) = rt.block_on(collect::node_with_topology(&opts.sources))?;
     for w in &node.read_warnings {

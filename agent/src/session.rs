@@ -24,8 +24,8 @@ use sgpath::{
     report::{self, ProbeStatus, Report},
 };
 use sgpath_ebpf::{
-    IfaceRole, ProgError,
-    packet::{Direction, NetnsRole},
+    IfaceInfo, IfaceRole, NO_PATH, NetnsInfo, ProgError,
+    packet::{Direction, NetnsRole, PodAddr},
 };
 
 use crate::cli::DropSourceArg;
@@ -46,6 +46,9 @@ pub struct Options {
     pub syn_timeout: Duration,
     /// Entries of the maps that grow with the node (`--max-paths` ...).
     pub map_sizes: MapSizes,
+    /// The span findings from counts judge (`--window`); `None`: since the session
+    /// attached (`observe`).
+    pub window: Option<Duration>,
 }
 
 /// The probes attached to the node, and what they count for.
@@ -65,6 +68,58 @@ pub struct Session {
     kallsyms: Option<Kallsyms>,
     /// Per kind of program error: the count last seen, and when it last grew.
     overflow: BTreeMap<ProgError, (u64, Instant)>,
+    /// Earlier counters, the bases of the window's figures.
+    window: Option<Window>,
+}
+
+/// Snapshots of every path's since-start counters, taken at most every tenth of the span:
+/// a path's window is its counters now minus the oldest snapshot still within the span, so
+/// evidence stays in it for at most one span.
+struct Window {
+    span: Duration,
+    snapshots: std::collections::VecDeque<(Instant, BTreeMap<String, PathCounters>)>,
+}
+
+impl Window {
+    fn new(span: Duration) -> Window {
+        Window {
+            span,
+            snapshots: Default::default(),
+        }
+    }
+
+    /// The window's figures of each path of `topo`, and `topo`'s counters recorded.
+    fn apply(&mut self, now: Instant, topo: &mut Topology) {
+        while self
+            .snapshots
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > self.span)
+        {
+            self.snapshots.pop_front();
+        }
+        let base = self.snapshots.front().map(|(_, s)| s);
+        for p in topo.paths.iter_mut() {
+            p.window = p.counters.as_ref().map(|c| match base.and_then(|b| b.get(&p.host_veth)) {
+                Some(b) => c.since(b),
+                // A path newer than the oldest snapshot: all it counted is in the window.
+                None if base.is_some() => c.clone(),
+                // No snapshot yet: the session's first span.
+                None => c.clone(),
+            });
+        }
+        let due = self
+            .snapshots
+            .back()
+            .is_none_or(|(t, _)| now.duration_since(*t) >= self.span / 10);
+        if due {
+            let counters = topo
+                .paths
+                .iter()
+                .filter_map(|p| Some((p.host_veth.clone(), p.counters.clone()?)))
+                .collect();
+            self.snapshots.push_back((now, counters));
+        }
+    }
 }
 
 /// How long `probe-map-full` stays raised after a map last overflowed.
@@ -116,6 +171,7 @@ impl Session {
             reasons,
             kallsyms: None,
             overflow: BTreeMap::new(),
+            window: opts.window.map(Window::new),
         })
     }
 
@@ -218,6 +274,11 @@ impl Session {
             };
             let counts = raw.get(&id).cloned().unwrap_or_default();
             let mut c = counters(&counts, self.reasons.as_ref(), drop_source, kallsyms);
+            if counts.forwarded.foreign_packets > 0 {
+                c.from_pod.foreign_source = Some(sgpath::model::conns::ip(
+                    &counts.forwarded.foreign_source,
+                ));
+            }
             for &(ifindex, n) in &counts.left_via {
                 let name = node
                     .link(ifindex)
@@ -226,6 +287,9 @@ impl Session {
             }
             self.conns.apply(id, &mut c);
             path.counters = Some(c);
+        }
+        if let Some(w) = &mut self.window {
+            w.apply(Instant::now(), &mut topo);
         }
         let mut findings = checks::run(node, &topo);
         findings.extend(overflowing(&mut self.overflow, &errors, &self.probes.sizes));
@@ -306,8 +370,8 @@ struct PathIds {
     uncounted: std::collections::BTreeSet<String>,
     /// One past the highest id ever given.
     next: u32,
-    /// Reset ids, oldest first: reused as late as possible, so a connection of the old
-    /// path still lingering in the map is long swept before its id counts for another.
+    /// Reset ids, oldest first. An id is freed only once its path's connection entries are
+    /// deleted, so nothing of the old pod is tallied on the next.
     free: std::collections::VecDeque<u32>,
 }
 
@@ -371,26 +435,54 @@ impl PathIds {
             .map(|p| p.host_veth.as_str())
             .filter(|v| !uncounted.contains(*v))
             .collect();
-        let mut namespaces = vec![(node_netns, NetnsRole::Node)];
+        let node_ns = NetnsInfo {
+            role: NetnsRole::Node as u8,
+            _pad: [0; 3],
+            path: NO_PATH,
+        };
+        let mut namespaces = vec![(node_netns, node_ns)];
         namespaces.extend(
             netns::pod_inodes(node, &veth_names)
                 .await
                 .into_iter()
-                .map(|i| (i, NetnsRole::Pod)),
+                .filter_map(|(veth, inode)| {
+                    let info = NetnsInfo {
+                        role: NetnsRole::Pod as u8,
+                        _pad: [0; 3],
+                        path: *self.by_veth.get(&veth)?,
+                    };
+                    Some((inode, info))
+                }),
         );
-        let mut roles = interface_roles(node, topo);
-        roles.retain(|&(ifindex, _)| {
+        let mut ifaces = interface_infos(node, topo, &self.by_veth);
+        ifaces.retain(|&(ifindex, _)| {
             !node
                 .link(ifindex)
                 .is_some_and(|l| uncounted.contains(&l.name))
         });
-        probes.sync(&pods, &roles, &namespaces)?;
+        // One path per pod IP in the address map (drops, uplinks): the first. Two veths with
+        // one IP (`pod-ip-conflict`) still count each its own packets (by veth).
+        pods.sort_by_key(|&(addr, id)| (addr, id));
+        pods.dedup_by_key(|&mut (addr, _)| addr);
+        probes.sync(&pods, &ifaces, &namespaces)?;
         // Nothing charges the gone paths any more: forget them.
         let freed = !gone.is_empty();
-        for (_, id) in gone {
-            probes.reset_path(id)?;
-            conns.forget_path(id);
-            self.free.push_back(id);
+        if freed {
+            // The gone pods' connections go with them: no entry of theirs can be tallied
+            // for the ids' next owners.
+            let ids: Vec<u32> = gone.iter().map(|&(_, id)| id).collect();
+            let stale: Vec<_> = probes
+                .conns()?
+                .into_iter()
+                .filter(|(_, st)| ids.contains(&st.path) || ids.contains(&st.in_path))
+                .map(|(k, _)| k)
+                .collect();
+            probes.forget_conns(&stale)?;
+            for id in ids {
+                probes.reset_path(id)?;
+                conns.forget_path(id, &stale);
+                self.free.push_back(id);
+            }
         }
         self.uncounted = uncounted;
         // Slots freed while paths wait for one: they take them now, not at the next change.
@@ -425,6 +517,35 @@ fn interface_roles(node: &Node, topo: &Topology) -> Vec<(u32, IfaceRole)> {
     out
 }
 
+/// What the programs need of each probed interface: its role and, for a host veth, its path
+/// id and its pod's address (the veth decides whose a packet is).
+fn interface_infos(
+    node: &Node,
+    topo: &Topology,
+    ids: &BTreeMap<String, u32>,
+) -> Vec<(u32, IfaceInfo)> {
+    interface_roles(node, topo)
+        .into_iter()
+        .map(|(ifindex, role)| {
+            let path = node
+                .link(ifindex)
+                .and_then(|l| topo.path_of_veth(&l.name))
+                .filter(|_| role == IfaceRole::HostVeth);
+            let info = IfaceInfo {
+                role: role as u8,
+                _pad: [0; 3],
+                path: path
+                    .and_then(|p| ids.get(&p.host_veth).copied())
+                    .unwrap_or(NO_PATH),
+                pod: path
+                    .and_then(|p| p.pod_ip)
+                    .map_or(PodAddr::default(), pod_addr),
+            };
+            (ifindex, info)
+        })
+        .collect()
+}
+
 /// Names the raw drops (reason from BTF, location from kallsyms) and builds the counters.
 fn counters(
     raw: &RawPathCounts,
@@ -455,6 +576,7 @@ fn counters(
     PathCounters::build(
         (f.to_pod_packets, f.to_pod_bytes),
         (f.from_pod_packets, f.from_pod_bytes),
+        f.foreign_packets,
         &drops,
     )
 }

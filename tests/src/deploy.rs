@@ -35,8 +35,17 @@ use crate::{
 /// The capabilities the DaemonSet adds, each justified in deploy/agent/daemonset.yaml.
 pub const CAPABILITIES: [&str; 5] = ["BPF", "PERFMON", "NET_ADMIN", "SYSLOG", "SYS_RESOURCE"];
 
-/// Host paths the DaemonSet mounts, all read-only.
-pub const HOST_PATHS: [&str; 3] = ["/sys/kernel/btf", "/etc/cni/net.d", "/run/netns"];
+/// Host paths the DaemonSet mounts, all read-only. Not /sys/kernel/btf: the container's
+/// own sysfs (the runtime mounts one at /sys) shows /sys/kernel/btf/vmlinux, sysfs's
+/// /sys/kernel not being namespaced, and a hostPath of it would keep the pod from starting
+/// on a node without BTF, where the agent is meant to run degraded.
+pub const HOST_PATHS: [&str; 2] = ["/etc/cni/net.d", "/run/netns"];
+
+/// Host paths that may be mounted with a hostPath type other than `DirectoryOrCreate`
+/// (`Directory`, `File`, `Socket`, ... or none), because every Linux node has them, with
+/// the reason: none. Any other path may be absent on some node, and a type that requires
+/// it keeps the pod from ever starting there.
+pub const HOST_PATHS_ON_EVERY_NODE: [(&str, &str); 0] = [];
 
 /// Host paths mounted writable, with the reason: none.
 pub const WRITABLE_HOST_PATHS: [&str; 0] = [];
@@ -174,9 +183,11 @@ pub fn deploy_manifests_parse_and_render() {
 
 /// The rendered DaemonSet: host network, no privileged anywhere, exactly the named
 /// capabilities over drop ALL, no privilege escalation, read-only root and host mounts,
-/// NODE_NAME and the listen address from the downward API, probes on /healthz and
-/// /readyz, every node, system-node-critical, a rolling update, requests and limits, and
-/// the image `cargo xtask image` tags.
+/// every hostPath DirectoryOrCreate (a node lacking one still starts the pod), nothing
+/// mounted over /sys (BTF comes from the container's own sysfs), NODE_NAME and the listen
+/// address from the downward API, probes on /healthz and /readyz, every node,
+/// system-node-critical, a rolling update, requests and limits, and the image
+/// `cargo xtask image` tags.
 pub fn deploy_daemonset_holds_only_the_named_capabilities() {
     let docs = render("base");
     let text = serde_json::to_string(&docs).unwrap();
@@ -225,8 +236,42 @@ pub fn deploy_daemonset_holds_only_the_named_capabilities() {
     );
     assert!(pod["securityContext"]["sysctls"].is_null());
 
-    // Host mounts: only the listed paths, read-only (none is on the writable list).
     let volumes = pod["volumes"].as_array().unwrap();
+    // Nothing over the container's /sys: the agent reads BTF from the sysfs the runtime
+    // mounts there.
+    for m in c["volumeMounts"].as_array().unwrap() {
+        let at = m["mountPath"].as_str().unwrap_or("");
+        assert!(
+            at != "/sys" && !at.starts_with("/sys/"),
+            "volume {} mounted at {at}: the container's own /sys shows /sys/kernel/btf",
+            m["name"]
+        );
+    }
+    // A hostPath that may be absent on a node must not keep the pod from starting there
+    // (on a node without BTF the agent runs degraded, it must not stay ContainerCreating):
+    // every hostPath volume is DirectoryOrCreate unless its path is on every Linux node.
+    for v in volumes {
+        let Some(host) = v["hostPath"].as_object() else {
+            continue;
+        };
+        let name = v["name"].as_str().unwrap_or("?");
+        let path = host.get("path").and_then(Value::as_str).unwrap_or("");
+        let kind = host.get("type").and_then(Value::as_str).unwrap_or("");
+        if kind == "DirectoryOrCreate" || HOST_PATHS_ON_EVERY_NODE.iter().any(|(p, _)| *p == path) {
+            continue;
+        }
+        panic!(
+            "hostPath volume {name} ({path}) has type {}: a node without {path} would never \
+             start the pod; use DirectoryOrCreate, or list {path} in HOST_PATHS_ON_EVERY_NODE \
+             with the reason every Linux node has it",
+            if kind.is_empty() {
+                "\"\" (unset)"
+            } else {
+                kind
+            }
+        );
+    }
+    // Host mounts: only the listed paths, read-only (none is on the writable list).
     let mut host_paths = BTreeSet::new();
     for m in c["volumeMounts"].as_array().unwrap() {
         let v = volumes
@@ -371,7 +416,8 @@ pub fn deploy_rbac_reads_exactly_what_the_agent_watches() {
 /// The PrometheusRule's groups, as a plain rules file, pass `promtool check rules` and
 /// the unit tests of deploy/tests/alerts.test.yaml; every alert has a severity, a summary
 /// and a description naming the `kubectl logs` (or `kubectl get`) command, and a unit test
-/// where it fires and one where it must not.
+/// where it fires and one where it must not; no alert reads refused SYNs or drops other
+/// than class="path", and each is asserted silent on a healthy node under load.
 pub fn deploy_alert_rules_pass_promtool() {
     let docs = render("monitoring");
     let rule = find(&docs, "PrometheusRule", "sgpath");
@@ -422,6 +468,60 @@ pub fn deploy_alert_rules_pass_promtool() {
         .filter(|r| r["alert"].is_string())
         .collect();
     assert!(alerts.len() >= 4, "{} alerts", alerts.len());
+
+    // What no alert may be built on: a refused SYN (RST or ICMP port unreachable: the port
+    // is closed, the security groups admitted it) and endpoint-class drops (QUEUE_PURGE,
+    // NO_SOCKET, the TCP state machine: a healthy node under load counts thousands).
+    for a in &alerts {
+        let name = a["alert"].as_str().unwrap();
+        let expr = a["expr"].as_str().unwrap();
+        for vs in selectors(expr) {
+            let family = vs.name.as_deref().unwrap_or("");
+            assert_ne!(
+                family, "sgpath_path_syn_refused_total",
+                "{name}: a refused SYN is an answer, never an alert: {expr}"
+            );
+            if family == "sgpath_path_drops_total" {
+                assert!(
+                    vs.matchers.matchers.iter().any(|m| {
+                        m.name == "class" && matches!(m.op, MatchOp::Equal) && m.value == "path"
+                    }),
+                    "{name}: drops not restricted to class=\"path\": {expr}"
+                );
+            }
+        }
+    }
+    // A healthy node under HTTP load (endpoint-class drops and refused SYNs rising) is a
+    // unit test where every alert is asserted silent.
+    let healthy: Vec<&Value> = unit[0]["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            let series: Vec<&str> = t["input_series"]
+                .as_array()
+                .map(|s| s.iter().filter_map(|s| s["series"].as_str()).collect())
+                .unwrap_or_default();
+            series.iter().any(|s| {
+                s.starts_with("sgpath_path_drops_total{") && s.contains("class=\"endpoint\"")
+            }) && series
+                .iter()
+                .any(|s| s.starts_with("sgpath_path_syn_refused_total{"))
+        })
+        .collect();
+    for a in &alerts {
+        let name = a["alert"].as_str().unwrap();
+        assert!(
+            healthy.iter().any(|t| {
+                t["alert_rule_test"].as_array().unwrap().iter().any(|c| {
+                    c["alertname"] == name && c["exp_alerts"].as_array().is_some_and(Vec::is_empty)
+                })
+            }),
+            "{name}: no unit test asserts it silent on a healthy node (endpoint-class drops \
+             and refused SYNs rising)"
+        );
+    }
+
     for a in alerts {
         let name = a["alert"].as_str().unwrap();
         assert!(

@@ -13,8 +13,10 @@
 //! node's own traffic shares: they stay counters, not findings.
 
 use super::{Finding, FindingId, Severity};
+use std::collections::BTreeMap;
+
 use crate::model::{
-    Node, Path, PathKind, Topology,
+    Node, Path, PathKind, Port, Topology,
     conns::{Conn, Unanswered},
 };
 
@@ -41,31 +43,37 @@ fn other_groups(p: &Path) -> String {
 pub fn sg_suspected_block(_: &Node, topo: &Topology) -> Vec<Finding> {
     branch_paths(topo)
         .filter_map(|(p, subject)| {
-            let c = p.counters.as_ref()?;
-            let lost = lost(&c.from_pod.unanswered, Conn::Syn);
-            if lost.is_empty() {
-                return None;
-            }
+            let c = p.judged()?;
+            let d = &c.from_pod;
+            // Unanswered only: a refused connection proves the groups let it through.
+            let lost = lost_or_ports(&d.unanswered, Conn::Syn, &d.syn_unanswered);
+            let (first_flow, first_port, _) = lost.first()?.clone();
             let mut f = Finding::new(FindingId::SgSuspectedBlock, Severity::Warning, subject);
-            for u in &lost {
-                f = f.evidence(format!(
-                    "{} TCP connection(s) from {} to {}:{} left {} and got no SYN-ACK",
-                    u.count,
-                    u.source,
-                    u.destination,
-                    u.port,
-                    via(p)
-                ));
+            for (u, port, n) in &lost {
+                f = f.evidence(match u {
+                    Some(u) => format!(
+                        "{n} TCP connection(s) from {} to {}:{port} left {} and got no SYN-ACK",
+                        u.source,
+                        u.destination,
+                        via(p)
+                    ),
+                    None => format!(
+                        "{n} TCP connection(s) to port {port} left {} and got no SYN-ACK",
+                        via(p)
+                    ),
+                });
             }
-            f = f.evidence(answered(&c.from_pod.syn_answered));
-            let u = lost[0];
+            f = f.evidence(answered(&d.syn_answered));
+            if let Some(r) = refused(&d.syn_refused) {
+                f = f.evidence(r);
+            }
+            let dst = first_flow.map_or_else(|| "<peer>".to_owned(), |u| u.destination.to_string());
             Some(f.fix(format!(
                 "the branch ENI's security groups must allow this out, and the peer's in: \
                  aws ec2 authorize-security-group-egress --group-id {group} \
                  --ip-permissions 'IpProtocol=tcp,FromPort={port},ToPort={port},IpRanges=[{{CidrIp={dst}/32}}]' \
                  (and the same as ingress on {dst}'s security group){others}",
-                port = u.port,
-                dst = u.destination,
+                port = first_port,
                 group = group(p),
                 others = other_groups(p),
             )))
@@ -77,8 +85,7 @@ pub fn dns_path_broken(_: &Node, topo: &Topology) -> Vec<Finding> {
     branch_paths(topo)
         .filter_map(|(p, subject)| {
             let c = p
-                .counters
-                .as_ref()
+                .judged()
                 .filter(|c| c.from_pod.dns_unanswered > 0)?;
             let mut f = Finding::new(FindingId::DnsPathBroken, Severity::Warning, subject)
                 .evidence(format!(
@@ -109,7 +116,7 @@ pub fn dns_path_broken(_: &Node, topo: &Topology) -> Vec<Finding> {
 pub fn probe_path_broken(node: &Node, topo: &Topology) -> Vec<Finding> {
     branch_paths(topo)
         .filter_map(|(p, subject)| {
-            let c = p.counters.as_ref()?;
+            let c = p.judged()?;
             let lost = lost(&c.to_pod.unanswered, Conn::Syn);
             if lost.is_empty() {
                 return None;
@@ -143,7 +150,7 @@ pub fn probe_path_broken(node: &Node, topo: &Topology) -> Vec<Finding> {
 pub fn off_vlan(_: &Node, topo: &Topology) -> Vec<Finding> {
     branch_paths(topo)
         .filter_map(|(p, subject)| {
-            let c = p.counters.as_ref()?;
+            let c = p.judged()?;
             let off: Vec<(&String, &u64)> = c
                 .from_pod
                 .left_via
@@ -194,12 +201,45 @@ fn via(p: &Path) -> String {
     }
 }
 
-fn answered(by_port: &std::collections::BTreeMap<u16, u64>) -> String {
+fn answered(by_port: &BTreeMap<Port, u64>) -> String {
     if by_port.is_empty() {
         return "no connection out of this path was answered".into();
     }
+    format!("answered connections by port: {}", ports(by_port))
+}
+
+fn ports(by_port: &BTreeMap<Port, u64>) -> String {
     let ports: Vec<String> = by_port.iter().map(|(p, n)| format!("{p}: {n}")).collect();
-    format!("answered connections by port: {}", ports.join(", "))
+    ports.join(", ")
+}
+
+/// Evidence that some connections were refused (a RST or ICMP port unreachable): those
+/// ports are closed, not blocked.
+fn refused(by_port: &BTreeMap<Port, u64>) -> Option<String> {
+    (!by_port.is_empty()).then(|| {
+        format!(
+            "refused (port closed: a RST or ICMP port unreachable came back, so the security \
+             groups let them through): {}",
+            ports(by_port)
+        )
+    })
+}
+
+/// The unanswered flows of `kind` to show; when the window holds unanswered connections of
+/// flows beyond the tracked ones (a scan), one line per port stands in.
+fn lost_or_ports(
+    list: &[Unanswered],
+    kind: Conn,
+    by_port: &BTreeMap<Port, u64>,
+) -> Vec<(Option<Unanswered>, Port, u64)> {
+    let flows: Vec<_> = lost(list, kind)
+        .into_iter()
+        .map(|u| (Some(u.clone()), Port::Number(u.port), u.count))
+        .collect();
+    if !flows.is_empty() {
+        return flows;
+    }
+    by_port.iter().map(|(&p, &n)| (None, p, n)).collect()
 }
 
 #[cfg(test)]
@@ -221,6 +261,7 @@ mod tests {
             eni_id: None,
             pod: None,
             counters: Some(counters),
+            window: None,
         }
     }
 
@@ -237,8 +278,8 @@ mod tests {
     #[test]
     fn unanswered_out_of_a_branch_path_only() {
         let mut c = PathCounters::default();
-        c.from_pod.syn_unanswered.insert(8080, 3);
-        c.from_pod.syn_answered.insert(80, 2);
+        c.from_pod.syn_unanswered.insert(8080.into(), 3);
+        c.from_pod.syn_answered.insert(80.into(), 2);
         c.from_pod.unanswered = vec![lost_syn("192.168.3.219", "10.0.1.10", 8080, 3)];
         let mut ordinary = c.clone();
         ordinary.from_pod.unanswered[0].source = "192.168.7.31".parse().unwrap();
@@ -268,7 +309,7 @@ mod tests {
     #[test]
     fn node_probes_and_dns_and_off_vlan() {
         let mut c = PathCounters::default();
-        c.to_pod.syn_unanswered.insert(80, 4);
+        c.to_pod.syn_unanswered.insert(80.into(), 4);
         c.to_pod.unanswered = vec![lost_syn("192.168.1.10", "192.168.3.219", 80, 4)];
         c.from_pod.dns_unanswered = 2;
         c.from_pod.dns_answered = 1;

@@ -1,6 +1,7 @@
 //! Checks turn a [`Topology`] and its [`Node`] into [`Finding`]s an operator can act on.
 //! Every check is a pure function listed in [`REGISTRY`]; one file per finding family.
 
+mod attribution;
 mod connections;
 mod kube;
 mod mode;
@@ -94,11 +95,15 @@ pub enum FindingId {
     EnforcingModeEnvMismatch,
     /// Strict mode where standard is needed (Calico, externalTrafficPolicy Local).
     StrictModeUnsupported,
+    /// A pod sent packets with a source address not its own (counted on its veth only).
+    PodSourceSpoofed,
+    /// Two live host veths route or hold one pod IP.
+    PodIpConflict,
 }
 
 impl FindingId {
     /// Every id, for metrics that must export zeros.
-    pub const ALL: [FindingId; 29] = [
+    pub const ALL: [FindingId; 31] = [
         FindingId::TcpEarlyDemuxEnabled,
         FindingId::VlanRuleMissing,
         FindingId::VlanRuleStale,
@@ -128,6 +133,8 @@ impl FindingId {
         FindingId::OldCniTcpEarlyDemux,
         FindingId::EnforcingModeEnvMismatch,
         FindingId::StrictModeUnsupported,
+        FindingId::PodSourceSpoofed,
+        FindingId::PodIpConflict,
     ];
 
     /// The id as it appears in JSON and metrics.
@@ -162,6 +169,8 @@ impl FindingId {
             FindingId::OldCniTcpEarlyDemux => "old-cni-tcp-early-demux",
             FindingId::EnforcingModeEnvMismatch => "enforcing-mode-env-mismatch",
             FindingId::StrictModeUnsupported => "strict-mode-unsupported",
+            FindingId::PodSourceSpoofed => "pod-source-spoofed",
+            FindingId::PodIpConflict => "pod-ip-conflict",
         }
     }
 }
@@ -224,6 +233,8 @@ pub const REGISTRY: &[Check] = &[
     connections::probe_path_broken,
     connections::dns_path_broken,
     connections::off_vlan,
+    attribution::pod_source_spoofed,
+    attribution::pod_ip_conflict,
     kube::malformed_annotation,
     kube::malformed_policy,
     kube::pod_eni_mismatch,

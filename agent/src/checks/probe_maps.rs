@@ -9,7 +9,6 @@ use super::{Finding, FindingId, Severity};
 /// What a full map of `kind` leaves uncounted.
 fn lost(kind: ProgError) -> &'static str {
     match kind {
-        ProgError::MapFull => "packets on an interface",
         ProgError::DropMapFull => "drops of a new (path, reason) pair",
         ProgError::ConnMapFull => "SYNs and DNS queries awaiting an answer",
         ProgError::LeftViaMapFull => "packets leaving by a new (path, interface) pair",

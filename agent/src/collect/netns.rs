@@ -15,15 +15,15 @@ pub fn own_inode() -> std::io::Result<u32> {
     Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino() as u32)
 }
 
-/// Inodes of the namespaces under `/run/netns` whose netns id (as this namespace numbers
+/// (host veth, inode) of the namespaces under `/run/netns` whose netns id (as this namespace numbers
 /// them) is the peer namespace of one of `host_veths` (the pods' host veths: not every
 /// veth, a lab's or a tool's veth to some other namespace is no pod). Unreadable entries
 /// are skipped.
-pub async fn pod_inodes(node: &Node, host_veths: &[&str]) -> Vec<u32> {
-    let wanted: std::collections::BTreeSet<i32> = host_veths
+pub async fn pod_inodes(node: &Node, host_veths: &[&str]) -> Vec<(String, u32)> {
+    let wanted: std::collections::BTreeMap<i32, &str> = host_veths
         .iter()
         .filter_map(|v| node.link_by_name(v))
-        .filter_map(|l| l.peer_netns_id)
+        .filter_map(|l| Some((l.peer_netns_id?, l.name.as_str())))
         .collect();
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
         return Vec::new();
@@ -39,9 +39,9 @@ pub async fn pod_inodes(node: &Node, host_veths: &[&str]) -> Vec<u32> {
             continue;
         };
         if let Ok(Some(id)) = handle.link().get_netns_id(name).execute().await
-            && wanted.contains(&id)
+            && let Some(veth) = wanted.get(&id)
         {
-            out.push(meta.ino() as u32);
+            out.push(((*veth).to_owned(), meta.ino() as u32));
         }
     }
     conn.abort();

@@ -24,10 +24,10 @@ use aya::{
     programs::BtfTracePoint,
 };
 use sgpath_ebpf::{
-    CONFIG_GLOBAL, CONNS_MAP, ConnState, DROPS_MAP, DropKey, IFACES_MAP, IfaceRole, LEFT_VIA_MAP,
-    LeftViaKey, MAX_CONNS, MAX_DROP_KEYS, MAX_INTERFACES, MAX_LEFT_VIA, MAX_PATHS, NETNS_ROLES_MAP,
+    CONFIG_GLOBAL, CONNS_MAP, ConnState, DROPS_MAP, DropKey, IFACES_MAP, IfaceInfo, LEFT_VIA_MAP,
+    LeftViaKey, MAX_CONNS, MAX_DROP_KEYS, MAX_LEFT_VIA, MAX_PATHS, NETNS_ROLES_MAP, NetnsInfo,
     PATH_COUNTERS_MAP, POD_PATHS_MAP, PROG_ERRORS_MAP, PathCounters, ProbeConfig, ProgError,
-    packet::{ConnKey, NetnsRole, PodAddr},
+    packet::{ConnKey, PodAddr},
 };
 
 use super::ProbeError;
@@ -94,7 +94,6 @@ impl MapSizes {
     /// The map a kind of program error is about, and how many entries it holds.
     pub fn of(&self, kind: ProgError) -> (&'static str, u32) {
         match kind {
-            ProgError::MapFull => ("IF_COUNTERS", MAX_INTERFACES),
             ProgError::DropMapFull => (DROPS_MAP, self.drop_keys),
             ProgError::ConnMapFull => (CONNS_MAP, self.conns),
             ProgError::LeftViaMapFull => (LEFT_VIA_MAP, MAX_LEFT_VIA),
@@ -194,21 +193,23 @@ impl PathProbes {
     pub fn sync(
         &mut self,
         pods: &[(PodAddr, u32)],
-        ifaces: &[(u32, IfaceRole)],
-        netns: &[(u32, NetnsRole)],
+        ifaces: &[(u32, IfaceInfo)],
+        netns: &[(u32, NetnsInfo)],
     ) -> Result<(), ProbeError> {
         sync_map(
             self.hash::<PodAddr, u32>(POD_PATHS_MAP)?,
             POD_PATHS_MAP,
             pods,
         )?;
-        let ifaces: Vec<(u32, u8)> = ifaces.iter().map(|&(i, r)| (i, r as u8)).collect();
-        sync_map(self.hash::<u32, u8>(IFACES_MAP)?, IFACES_MAP, &ifaces)?;
-        let roles: Vec<(u32, u8)> = netns.iter().map(|&(i, r)| (i, r as u8)).collect();
         sync_map(
-            self.hash::<u32, u8>(NETNS_ROLES_MAP)?,
+            self.hash::<u32, IfaceInfo>(IFACES_MAP)?,
+            IFACES_MAP,
+            ifaces,
+        )?;
+        sync_map(
+            self.hash::<u32, NetnsInfo>(NETNS_ROLES_MAP)?,
             NETNS_ROLES_MAP,
-            &roles,
+            netns,
         )?;
         Ok(())
     }
@@ -344,6 +345,10 @@ impl PathProbes {
                 f.to_pod_bytes += c.to_pod_bytes;
                 f.from_pod_packets += c.from_pod_packets;
                 f.from_pod_bytes += c.from_pod_bytes;
+                f.foreign_packets += c.foreign_packets;
+                if c.foreign_packets > 0 {
+                    f.foreign_source = c.foreign_source;
+                }
             }
         }
         let map = self

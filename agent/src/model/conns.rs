@@ -12,13 +12,15 @@ use std::{
 use serde::Serialize;
 use sgpath_ebpf::{
     ConnState, NO_PATH,
-    packet::{ConnKey, ConnKind, Direction, PodAddr},
+    packet::{Answer, ConnKey, ConnKind, Direction, PodAddr},
 };
 
-use super::{DirectionCounters, PathCounters};
+use super::{DirectionCounters, PathCounters, Port, add_port};
 
-/// How many unanswered (source, destination, port) a direction lists.
-pub const TOP_UNANSWERED: usize = 10;
+/// How many unanswered (source, destination, port) a direction tracks, the first ones seen:
+/// the evidence of findings. Later flows still count by port, not by flow: a port scan
+/// leaves memory flat.
+pub const TOP_UNANSWERED: usize = 32;
 
 /// How long an unanswered entry stays after its latest retransmit, so that the next one
 /// (Linux backs off 1, 2, 4, 8, 16 s) finds it and is not a new connection.
@@ -44,14 +46,25 @@ pub struct Unanswered {
     pub count: u64,
 }
 
+impl Unanswered {
+    /// Whether `other` is the same flow (any count).
+    pub fn same_flow(&self, other: &Unanswered) -> bool {
+        (self.source, self.destination, self.port, self.kind)
+            == (other.source, other.destination, other.port, other.kind)
+    }
+}
+
 /// What one direction of a path counted of its connections.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Tally {
-    syn_answered: BTreeMap<u16, u64>,
-    syn_unanswered: BTreeMap<u16, u64>,
-    syn_in: BTreeMap<u16, u64>,
+    syn_answered: BTreeMap<Port, u64>,
+    syn_refused: BTreeMap<Port, u64>,
+    syn_unanswered: BTreeMap<Port, u64>,
+    syn_in: BTreeMap<Port, u64>,
     dns_answered: u64,
+    dns_refused: u64,
     dns_unanswered: u64,
+    /// At most [`TOP_UNANSWERED`] flows.
     unanswered: BTreeMap<(IpAddr, IpAddr, u16, Conn), u64>,
 }
 
@@ -98,27 +111,34 @@ impl ConnTracker {
             if st.in_path != NO_PATH && !c.syn_in {
                 c.syn_in = true;
                 let t = self.tallies.entry((st.in_path, true)).or_default();
-                *t.syn_in.entry(key.server_port).or_default() += 1;
+                add_port(&mut t.syn_in, key.server_port, 1);
             }
+            let answer = Answer::from(st.answered);
             let waited = now.saturating_sub(first) >= self.timeout;
-            if st.path != NO_PATH && !c.request && (st.answered != 0 || waited) {
+            if st.path != NO_PATH && !c.request && (answer != Answer::None || waited) {
                 c.request = true;
                 let to_pod = Direction::try_from(st.direction) == Ok(Direction::ToPod);
                 let t = self.tallies.entry((st.path, to_pod)).or_default();
                 let port = key.server_port;
-                match (kind, st.answered != 0) {
-                    (Conn::Syn, true) => *t.syn_answered.entry(port).or_default() += 1,
-                    (Conn::Dns, true) => t.dns_answered += 1,
-                    (Conn::Syn, false) => *t.syn_unanswered.entry(port).or_default() += 1,
-                    (Conn::Dns, false) => t.dns_unanswered += 1,
+                match (kind, answer) {
+                    (Conn::Syn, Answer::Accepted) => add_port(&mut t.syn_answered, port, 1),
+                    (Conn::Syn, Answer::Refused) => add_port(&mut t.syn_refused, port, 1),
+                    (Conn::Syn, Answer::None) => add_port(&mut t.syn_unanswered, port, 1),
+                    (Conn::Dns, Answer::Accepted) => t.dns_answered += 1,
+                    (Conn::Dns, Answer::Refused) => t.dns_refused += 1,
+                    (Conn::Dns, Answer::None) => t.dns_unanswered += 1,
                 }
-                if st.answered == 0 {
+                if answer == Answer::None {
                     let k = (ip(&key.client), ip(&key.server), port, kind);
-                    *t.unanswered.entry(k).or_default() += 1;
+                    if let Some(n) = t.unanswered.get_mut(&k) {
+                        *n += 1;
+                    } else if t.unanswered.len() < TOP_UNANSWERED {
+                        t.unanswered.insert(k, 1);
+                    }
                 }
             }
             let pending = st.path != NO_PATH && !c.request;
-            let linger = if st.path != NO_PATH && st.answered == 0 {
+            let linger = if st.path != NO_PATH && answer == Answer::None {
                 UNANSWERED_LINGER.max(self.timeout)
             } else {
                 self.timeout
@@ -145,9 +165,13 @@ impl ConnTracker {
         }
     }
 
-    /// Forgets what was counted for path `id` (its id goes to another path).
-    pub fn forget_path(&mut self, id: u32) {
+    /// Forgets what was counted for path `id` (its id goes to another path), and the
+    /// connections `keys` of its pod, which the caller deleted from the map.
+    pub fn forget_path(&mut self, id: u32, keys: &[ConnKey]) {
         self.tallies.retain(|&(path, _), _| path != id);
+        for k in keys {
+            self.counted.remove(k);
+        }
     }
 
     /// Entries waiting for an answer or lingering.
@@ -158,15 +182,16 @@ impl ConnTracker {
 
 fn fill(dir: &mut DirectionCounters, t: &Tally) {
     dir.syn_answered = t.syn_answered.clone();
+    dir.syn_refused = t.syn_refused.clone();
     dir.syn_unanswered = t.syn_unanswered.clone();
     dir.syn_in = t.syn_in.clone();
     dir.dns_answered = t.dns_answered;
+    dir.dns_refused = t.dns_refused;
     dir.dns_unanswered = t.dns_unanswered;
     let mut top: Vec<_> = t.unanswered.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     dir.unanswered = top
         .into_iter()
-        .take(TOP_UNANSWERED)
         .map(|(&(source, destination, port, kind), &count)| Unanswered {
             source,
             destination,
@@ -243,7 +268,7 @@ mod tests {
         assert!(t.sweep(&[(k, st)], secs(110)).is_empty());
         let mut c = PathCounters::default();
         t.apply(0, &mut c);
-        assert_eq!(c.from_pod.syn_unanswered, BTreeMap::from([(8080, 1)]));
+        assert_eq!(c.from_pod.syn_unanswered, BTreeMap::from([(8080.into(), 1)]));
         assert_eq!(c.from_pod.syn_answered, BTreeMap::new());
         assert_eq!(
             c.from_pod.unanswered,
@@ -258,7 +283,7 @@ mod tests {
         // Forgotten once idle for the linger time, and then not counted again.
         assert_eq!(t.sweep(&[(k, st)], secs(107 + 35)), [k]);
         t.apply(0, &mut c);
-        assert_eq!(c.from_pod.syn_unanswered[&8080], 1);
+        assert_eq!(c.from_pod.syn_unanswered[&8080.into()], 1);
         assert_eq!(t.tracked(), 0);
     }
 
@@ -268,11 +293,11 @@ mod tests {
         let pod = [192, 168, 3, 219];
         let node = [192, 168, 1, 10];
         let mut probe = state(4, Direction::ToPod, ConnKind::Syn, 10, 10);
-        probe.answered = 1;
+        probe.answered = Answer::Accepted as u8;
         probe.in_path = 4;
         let mut dns = state(4, Direction::FromPod, ConnKind::Dns, 10, 10);
         let lost_dns = state(4, Direction::FromPod, ConnKind::Dns, 10, 10);
-        dns.answered = 1;
+        dns.answered = Answer::Accepted as u8;
         let entries = [
             (key(node, pod, 80), probe),
             (key(pod, [192, 168, 7, 31], 53), dns),
@@ -284,8 +309,8 @@ mod tests {
         assert_eq!(gone.len(), 2);
         let mut c = PathCounters::default();
         t.apply(4, &mut c);
-        assert_eq!(c.to_pod.syn_answered, BTreeMap::from([(80, 1)]));
-        assert_eq!(c.to_pod.syn_in, BTreeMap::from([(80, 1)]));
+        assert_eq!(c.to_pod.syn_answered, BTreeMap::from([(80.into(), 1)]));
+        assert_eq!(c.to_pod.syn_in, BTreeMap::from([(80.into(), 1)]));
         assert_eq!((c.from_pod.dns_answered, c.from_pod.dns_unanswered), (1, 1));
         assert!(c.from_pod.syn_unanswered.is_empty());
         // Another path's counters are untouched.
@@ -306,7 +331,7 @@ mod tests {
         assert_eq!(t.sweep(&[(k, st)], secs(14)), [k]);
         let mut c = PathCounters::default();
         t.apply(2, &mut c);
-        assert_eq!(c.to_pod.syn_in, BTreeMap::from([(80, 1)]));
+        assert_eq!(c.to_pod.syn_in, BTreeMap::from([(80.into(), 1)]));
     }
 
     #[test]
@@ -315,5 +340,49 @@ mod tests {
             let ip: IpAddr = a.parse().unwrap();
             assert_eq!(super::ip(&pod_addr(ip)), ip);
         }
+    }
+
+    #[test]
+    fn a_refused_syn_is_neither_answered_nor_unanswered() {
+        let mut t = ConnTracker::new(secs(3));
+        let mut st = state(1, Direction::FromPod, ConnKind::Syn, 10, 10);
+        st.answered = Answer::Refused as u8;
+        let mut dns = state(1, Direction::FromPod, ConnKind::Dns, 10, 10);
+        dns.answered = Answer::Refused as u8;
+        let entries = [
+            (key([192, 168, 3, 219], [10, 0, 1, 10], 8081), st),
+            (key([192, 168, 3, 219], [10, 0, 1, 10], 53), dns),
+        ];
+        t.sweep(&entries, secs(10));
+        let mut c = PathCounters::default();
+        t.apply(1, &mut c);
+        assert_eq!(c.from_pod.syn_refused, BTreeMap::from([(8081.into(), 1)]));
+        assert!(c.from_pod.syn_unanswered.is_empty() && c.from_pod.syn_answered.is_empty());
+        assert!(c.from_pod.unanswered.is_empty());
+        assert_eq!((c.from_pod.dns_refused, c.from_pod.dns_unanswered), (1, 0));
+    }
+
+    #[test]
+    fn a_port_scan_keeps_the_tallies_bounded() {
+        let mut t = ConnTracker::new(secs(3));
+        let entries: Vec<_> = (1..=1000u16)
+            .map(|port| {
+                let st = state(2, Direction::FromPod, ConnKind::Syn, 10, 10);
+                (key([192, 168, 3, 219], [10, 0, 1, 10], port), st)
+            })
+            .collect();
+        t.sweep(&entries, secs(20));
+        let mut c = PathCounters::default();
+        t.apply(2, &mut c);
+        assert_eq!(c.from_pod.syn_unanswered.len(), crate::model::MAX_PORTS + 1);
+        assert_eq!(c.from_pod.syn_unanswered.values().sum::<u64>(), 1000);
+        assert_eq!(c.from_pod.unanswered.len(), TOP_UNANSWERED);
+        // Forgotten with the path: nothing lingers for the id's next owner.
+        let keys: Vec<ConnKey> = entries.iter().map(|(k, _)| *k).collect();
+        t.forget_path(2, &keys);
+        assert_eq!(t.tracked(), 0);
+        let mut fresh = PathCounters::default();
+        t.apply(2, &mut fresh);
+        assert_eq!(fresh, PathCounters::default());
     }
 }

@@ -2,41 +2,100 @@
 //! the kernel's drops, per direction. Built by `observe` from the raw maps; checks and reports
 //! read it.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-/// How many drop locations a direction lists (the most frequent first).
-pub const TOP_LOCATIONS: usize = 10;
+use super::drops::{self, DropClass};
 
-/// One direction of a path.
+/// How many ports a path's connection tallies name, per tally: the first ones seen keep
+/// their own label for the agent's lifetime, later ones add to [`Port::Other`]. A port scan
+/// leaves memory and series flat.
+pub const MAX_PORTS: usize = 16;
+
+/// A destination port of a connection tally, or all ports beyond the first [`MAX_PORTS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Port {
+    Number(u16),
+    Other,
+}
+
+impl From<u16> for Port {
+    fn from(p: u16) -> Port {
+        Port::Number(p)
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Port::Number(p) => write!(f, "{p}"),
+            Port::Other => f.write_str("other"),
+        }
+    }
+}
+
+impl Serialize for Port {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Adds `n` to `port`'s tally, or to [`Port::Other`] once [`MAX_PORTS`] ports have one.
+pub fn add_port(tally: &mut BTreeMap<Port, u64>, port: u16, n: u64) {
+    let named = tally.keys().filter(|p| **p != Port::Other).count();
+    let key = if tally.contains_key(&Port::Number(port)) || named < MAX_PORTS {
+        Port::Number(port)
+    } else {
+        Port::Other
+    };
+    *tally.entry(key).or_default() += n;
+}
+
+/// One direction of a path. Every number is a count since the path was first seen, and
+/// only grows: what the kernel counted, never a difference.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DirectionCounters {
-    /// To the pod: what its host veth handed to it. From the pod: what its host veth received
-    /// and the node did not drop.
+    /// What the host veth handed to the pod (to the pod) or received from it (from the pod).
+    /// Drops after the veth are in `dropped_packets` too: forwarded on is the difference.
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
     /// Kernel drops in the node's namespace or the pod's.
     pub dropped_packets: u64,
+    /// Of those, the drops of the network or a policy ([`DropClass::Path`]); the rest are
+    /// the endpoint's (teardown, no socket, TCP state).
+    pub path_dropped_packets: u64,
     /// `enum skb_drop_reason` name without `SKB_DROP_REASON_` -> drops (drop source `reason`).
     pub drops_by_reason: BTreeMap<String, u64>,
-    /// Kernel function that freed the packet -> drops, the [`TOP_LOCATIONS`] most frequent.
+    /// Kernel function that freed the packet (`unknown` without kallsyms) -> drops. Bounded
+    /// by the drop map (`--max-drop-keys`).
     pub drops_by_location: BTreeMap<String, u64>,
+    /// From the pod: packets its host veth received with a source address not the pod's
+    /// (spoofed, or a stale veth). Counted nowhere else.
+    pub foreign_packets: u64,
+    /// The latest source address of those.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign_source: Option<std::net::IpAddr>,
     /// Connections (TCP SYNs) that left the node on this path and were answered (SYN-ACK)
     /// within `--syn-timeout`, by destination port. From the pod: its own; to the pod: the
     /// node's (kubelet probes).
-    pub syn_answered: BTreeMap<u16, u64>,
-    /// Those that were not, by destination port; retransmits are one connection.
-    pub syn_unanswered: BTreeMap<u16, u64>,
+    pub syn_answered: BTreeMap<Port, u64>,
+    /// Those refused (a RST or ICMP port unreachable from the server): the port is closed,
+    /// the network let the SYN through and the answer back.
+    pub syn_refused: BTreeMap<Port, u64>,
+    /// Those that got no answer at all; retransmits are one connection.
+    pub syn_unanswered: BTreeMap<Port, u64>,
     /// To the pod: SYNs its host veth handed to it, by port (a retransmit is not a new one).
-    pub syn_in: BTreeMap<u16, u64>,
+    pub syn_in: BTreeMap<Port, u64>,
     /// DNS queries (UDP or TCP 53) answered within the timeout.
     pub dns_answered: u64,
+    /// DNS queries refused (ICMP port unreachable, RST): nothing serves DNS there.
+    pub dns_refused: u64,
     /// DNS queries not answered within it.
     pub dns_unanswered: u64,
     /// From the pod: its packets that left the node, by egress interface.
     pub left_via: BTreeMap<String, u64>,
-    /// The most frequent unanswered (source, destination, port), at most
+    /// Unanswered (source, destination, port), the most frequent first, at most
     /// [`super::conns::TOP_UNANSWERED`].
     pub unanswered: Vec<super::conns::Unanswered>,
 }
@@ -61,15 +120,76 @@ pub struct Drop {
     pub count: u64,
 }
 
+impl Drop {
+    /// Its class: by reason where the kernel gives one, else by the freeing function.
+    pub fn class(&self) -> DropClass {
+        match (&self.reason, &self.location) {
+            (Some(r), _) => drops::of_reason(r),
+            (None, Some(l)) => drops::of_location(l),
+            // Neither: counted, and judged as the path's (better looked at than missed).
+            (None, None) => DropClass::Path,
+        }
+    }
+}
+
+/// Difference of two since-start tallies, key by key (`a` - `b`, without keys at zero).
+fn minus<K: Ord + Clone>(a: &BTreeMap<K, u64>, b: &BTreeMap<K, u64>) -> BTreeMap<K, u64> {
+    a.iter()
+        .filter_map(|(k, &n)| {
+            let d = n.saturating_sub(b.get(k).copied().unwrap_or(0));
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+impl DirectionCounters {
+    /// What was counted after `base` (the same direction earlier): the window's figures.
+    pub fn since(&self, base: &DirectionCounters) -> DirectionCounters {
+        let unanswered = self
+            .unanswered
+            .iter()
+            .filter_map(|u| {
+                let before = base
+                    .unanswered
+                    .iter()
+                    .find(|b| b.same_flow(u))
+                    .map_or(0, |b| b.count);
+                let count = u.count.saturating_sub(before);
+                (count > 0).then(|| super::conns::Unanswered { count, ..u.clone() })
+            })
+            .collect();
+        DirectionCounters {
+            forwarded_packets: self.forwarded_packets.saturating_sub(base.forwarded_packets),
+            forwarded_bytes: self.forwarded_bytes.saturating_sub(base.forwarded_bytes),
+            dropped_packets: self.dropped_packets.saturating_sub(base.dropped_packets),
+            path_dropped_packets: self
+                .path_dropped_packets
+                .saturating_sub(base.path_dropped_packets),
+            drops_by_reason: minus(&self.drops_by_reason, &base.drops_by_reason),
+            drops_by_location: minus(&self.drops_by_location, &base.drops_by_location),
+            foreign_packets: self.foreign_packets.saturating_sub(base.foreign_packets),
+            foreign_source: self.foreign_source,
+            syn_answered: minus(&self.syn_answered, &base.syn_answered),
+            syn_refused: minus(&self.syn_refused, &base.syn_refused),
+            syn_unanswered: minus(&self.syn_unanswered, &base.syn_unanswered),
+            syn_in: minus(&self.syn_in, &base.syn_in),
+            dns_answered: self.dns_answered.saturating_sub(base.dns_answered),
+            dns_refused: self.dns_refused.saturating_sub(base.dns_refused),
+            dns_unanswered: self.dns_unanswered.saturating_sub(base.dns_unanswered),
+            left_via: minus(&self.left_via, &base.left_via),
+            unanswered,
+        }
+    }
+}
+
 impl PathCounters {
-    /// Builds a path's counters from what the host veth saw (`received_from_pod` and
-    /// `handed_to_pod`, packets and IP bytes) and its drops.
-    ///
-    /// `from_pod.forwarded` is what the veth received minus what the node's namespace then
-    /// dropped; a drop inside the pod's namespace never reached the veth.
+    /// Builds a path's counters from what the host veth saw (`handed_to_pod` and
+    /// `received_from_pod`, packets and IP bytes), the packets it received with a foreign
+    /// source, and its drops.
     pub fn build(
         handed_to_pod: (u64, u64),
         received_from_pod: (u64, u64),
+        foreign: u64,
         drops: &[Drop],
     ) -> PathCounters {
         let mut c = PathCounters {
@@ -81,44 +201,39 @@ impl PathCounters {
             from_pod: DirectionCounters {
                 forwarded_packets: received_from_pod.0,
                 forwarded_bytes: received_from_pod.1,
+                foreign_packets: foreign,
                 ..Default::default()
             },
         };
-        let mut locations: [BTreeMap<String, u64>; 2] = Default::default();
         for d in drops {
-            let (dir, loc) = if d.to_pod {
-                (&mut c.to_pod, &mut locations[0])
+            let dir = if d.to_pod {
+                &mut c.to_pod
             } else {
-                (&mut c.from_pod, &mut locations[1])
+                &mut c.from_pod
             };
             dir.dropped_packets += d.count;
+            if d.class() == DropClass::Path {
+                dir.path_dropped_packets += d.count;
+            }
             if let Some(r) = &d.reason {
                 *dir.drops_by_reason.entry(r.clone()).or_default() += d.count;
             }
-            if let Some(l) = &d.location {
-                *loc.entry(l.clone()).or_default() += d.count;
-            }
-            if !d.to_pod && d.in_node {
-                dir.forwarded_packets = dir.forwarded_packets.saturating_sub(d.count);
-            }
-        }
-        for (dir, loc) in [
-            (&mut c.to_pod, &locations[0]),
-            (&mut c.from_pod, &locations[1]),
-        ] {
-            let mut top: Vec<(&String, &u64)> = loc.iter().collect();
-            top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-            dir.drops_by_location = top
-                .into_iter()
-                .take(TOP_LOCATIONS)
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
+            let location = d.location.as_deref().unwrap_or("unknown");
+            *dir.drops_by_location.entry(location.to_owned()).or_default() += d.count;
         }
         c
     }
 
     pub fn dropped(&self) -> u64 {
         self.to_pod.dropped_packets + self.from_pod.dropped_packets
+    }
+
+    /// What was counted after `base`: the window's figures.
+    pub fn since(&self, base: &PathCounters) -> PathCounters {
+        PathCounters {
+            to_pod: self.to_pod.since(&base.to_pod),
+            from_pod: self.from_pod.since(&base.from_pod),
+        }
     }
 }
 
@@ -137,35 +252,76 @@ mod tests {
     }
 
     #[test]
-    fn from_pod_forwarded_excludes_what_the_node_dropped() {
+    fn counts_what_the_kernel_counted_by_class() {
         let c = PathCounters::build(
             (10, 1000),
             (20, 2000),
+            4,
             &[
                 drop(false, true, "NETFILTER_DROP", "nf_hook_slow", 3),
                 drop(true, false, "NO_SOCKET", "__udp4_lib_rcv", 2),
                 drop(true, true, "NETFILTER_DROP", "nf_hook_slow", 1),
+                drop(true, false, "QUEUE_PURGE", "skb_queue_purge_reason", 5),
             ],
         );
-        assert_eq!(c.from_pod.forwarded_packets, 17);
+        // Received stays received: a later drop never lowers it.
+        assert_eq!(c.from_pod.forwarded_packets, 20);
+        assert_eq!(c.from_pod.foreign_packets, 4);
         assert_eq!(c.from_pod.dropped_packets, 3);
+        assert_eq!(c.from_pod.path_dropped_packets, 3);
         assert_eq!(c.to_pod.forwarded_packets, 10);
-        assert_eq!(c.to_pod.dropped_packets, 3);
+        assert_eq!(c.to_pod.dropped_packets, 8);
+        assert_eq!(c.to_pod.path_dropped_packets, 1);
         assert_eq!(c.to_pod.drops_by_reason["NO_SOCKET"], 2);
-        assert_eq!(c.to_pod.drops_by_reason["NETFILTER_DROP"], 1);
         assert_eq!(c.to_pod.drops_by_location["__udp4_lib_rcv"], 2);
-        assert_eq!(c.dropped(), 6);
+        assert_eq!(c.dropped(), 11);
     }
 
     #[test]
-    fn keeps_the_ten_most_frequent_locations() {
+    fn every_location_keeps_its_own_count() {
         let drops: Vec<Drop> = (0..12)
             .map(|i| drop(true, true, "X", &format!("f{i:02}"), i + 1))
             .collect();
-        let c = PathCounters::build((0, 0), (0, 0), &drops);
-        assert_eq!(c.to_pod.drops_by_location.len(), 10);
-        assert!(!c.to_pod.drops_by_location.contains_key("f00"));
-        assert!(!c.to_pod.drops_by_location.contains_key("f01"));
-        assert_eq!(c.to_pod.dropped_packets, (1..=12).sum::<u64>());
+        let c = PathCounters::build((0, 0), (0, 0), 0, &drops);
+        assert_eq!(c.to_pod.drops_by_location.len(), 12);
+        assert_eq!(c.to_pod.drops_by_location["f00"], 1);
+        let unnamed = Drop {
+            location: None,
+            reason: None,
+            ..drops[0].clone()
+        };
+        let c = PathCounters::build((0, 0), (0, 0), 0, &[unnamed]);
+        assert_eq!(c.to_pod.drops_by_location["unknown"], 1);
+    }
+
+    #[test]
+    fn ports_beyond_the_first_ones_go_to_other() {
+        let mut t = BTreeMap::new();
+        for port in 1..=1000u16 {
+            add_port(&mut t, port, 1);
+        }
+        add_port(&mut t, 3, 5);
+        assert_eq!(t.len(), MAX_PORTS + 1);
+        assert_eq!(t[&Port::Number(3)], 6);
+        assert_eq!(t[&Port::Other], 1000 - MAX_PORTS as u64);
+        assert_eq!(serde_json::to_string(&t).unwrap().matches("other").count(), 1);
+    }
+
+    #[test]
+    fn the_window_is_what_came_after_its_base() {
+        let base = PathCounters::build((5, 50), (5, 50), 0, &[drop(true, true, "NETFILTER_DROP", "nf_hook_slow", 2)]);
+        let mut now = PathCounters::build((9, 90), (5, 50), 1, &[drop(true, true, "NETFILTER_DROP", "nf_hook_slow", 3)]);
+        add_port(&mut now.from_pod.syn_unanswered, 443, 2);
+        let w = now.since(&base);
+        assert_eq!(w.to_pod.forwarded_packets, 4);
+        assert_eq!(w.to_pod.path_dropped_packets, 1);
+        assert_eq!(w.to_pod.drops_by_reason, BTreeMap::from([("NETFILTER_DROP".to_owned(), 1)]));
+        assert_eq!(w.from_pod.forwarded_packets, 0);
+        assert_eq!(w.from_pod.foreign_packets, 1);
+        assert_eq!(w.from_pod.syn_unanswered, BTreeMap::from([(Port::Number(443), 2)]));
+        // Nothing new: an empty window.
+        let mut empty = now.since(&now);
+        empty.from_pod.foreign_source = None;
+        assert_eq!(empty, PathCounters::default());
     }
 }

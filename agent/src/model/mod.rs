@@ -5,6 +5,7 @@
 mod cni;
 pub mod conns;
 mod counters;
+pub mod drops;
 pub mod eni;
 pub mod fib;
 #[cfg(test)]
@@ -20,7 +21,7 @@ mod topology;
 pub mod trace;
 
 pub use cni::{CniConfig, EnforcingMode, VLAN_LINK_PREFIX, VLAN_TABLE_OFFSET, vlan_table};
-pub use counters::{DirectionCounters, Drop, PathCounters, TOP_LOCATIONS};
+pub use counters::{DirectionCounters, Drop, MAX_PORTS, PathCounters, Port, add_port};
 pub use link::{Link, LinkKind, OperState};
 pub use lookup::{Answer, Lookup, Refusal, Target};
 pub use route::{Route, RouteKind, RouteScope};

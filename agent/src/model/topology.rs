@@ -146,6 +146,18 @@ pub struct Path {
     /// What the datapath probes counted (`sgpath observe`); absent from `inspect`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<PathCounters>,
+    /// `sgpath agent`: what they counted in the last `--window`, which the findings from
+    /// counts judge (raised while it holds evidence, cleared a window after).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<PathCounters>,
+}
+
+impl Path {
+    /// The counters the findings from counts judge: the window's in the agent, else all
+    /// (`observe`: its duration is the window).
+    pub fn judged(&self) -> Option<&PathCounters> {
+        self.window.as_ref().or(self.counters.as_ref())
+    }
 }
 
 /// The node's security-group topology.
@@ -419,6 +431,7 @@ fn path(node: &Node, vlans: &[VlanLink], veth: &HostVeth) -> Path {
         eni_id: None,
         pod: None,
         counters: None,
+        window: None,
     }
 }
 

@@ -9,14 +9,15 @@
 //! |---|---|
 //! | `sgpath_path_packets_total` | `path_kind, direction, verdict, interface, pod_ip, vlan, namespace, pod` |
 //! | `sgpath_path_bytes_total` | the same, `verdict="forwarded"` only (IP bytes) |
-//! | `sgpath_path_drops_total` | the path labels and `reason` (a drop reason, or the freeing function with `--drop-source location`, `other` for the rest) |
-//! | `sgpath_path_syn_unanswered_total` | the path labels and `port` |
+//! | `sgpath_path_drops_total` | the path labels, `reason` (a drop reason, or the freeing function with `--drop-source location`) and `class` (`path`: the network or a policy; `endpoint`: teardown, no socket, TCP state) |
+//! | `sgpath_path_syn_unanswered_total` | the path labels and `port` (the first 16 ports of the path, then `other`) |
+//! | `sgpath_path_syn_refused_total` | the same: refused by a RST or ICMP port unreachable (closed port, never a security group) |
+//! | `sgpath_path_foreign_packets_total` | the path labels, `direction="from_pod"`: packets the veth received with a source not the pod's |
 //! | `sgpath_path_dns_unanswered_total` | the path labels |
 //! | `sgpath_path_left_via_packets_total` | the path labels and `egress` |
 //! | `sgpath_path_info` | `path_kind, interface, pod_ip, vlan, namespace, pod, eni, security_groups`: 1 per path (`eni`: the branch ENI of the pod's annotation or the node ENI IPAMD holds its address on; `security_groups`: the groups of the policies selecting the pod, comma-separated) |
 //! | `sgpath_finding` | `id, severity, subject`: 1 while raised |
 //! | `sgpath_probe_errors_total` | `kind` |
-//! | `sgpath_probes_attached` | none: 1 when counting, 0 when degraded |
 //! | `sgpath_probes_attached` | none: 1 when counting, 0 when degraded |
 //! | `sgpath_build_info` | `version`: 1 |
 //!
@@ -35,7 +36,7 @@ use prometheus_client::{
 };
 
 use super::Report;
-use crate::model::DirectionCounters;
+use crate::model::{DirectionCounters, drops};
 
 /// Content type of [`render_openmetrics`].
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -127,7 +128,9 @@ struct PathFamilies {
     bytes: Samples,
     drops: Samples,
     syn_unanswered: Samples,
+    syn_refused: Samples,
     dns_unanswered: Samples,
+    foreign: Samples,
     left_via: Samples,
     info: Samples,
 }
@@ -152,11 +155,19 @@ impl PathFamilies {
             bytes: Samples::counter("sgpath_path_bytes", "IP bytes forwarded on a pod's path"),
             drops: Samples::counter(
                 "sgpath_path_drops",
-                "Kernel drops on a pod's path, by drop reason (or freeing function)",
+                "Kernel drops on a pod's path, by drop reason (or, without reasons, freeing function) and class: path (the network or a policy) or endpoint (teardown, no socket, TCP state)",
             ),
             syn_unanswered: Samples::counter(
                 "sgpath_path_syn_unanswered",
                 "TCP connections that left a path and got no SYN-ACK within the timeout, by destination port",
+            ),
+            syn_refused: Samples::counter(
+                "sgpath_path_syn_refused",
+                "TCP connections that left a path and were refused (RST or ICMP port unreachable: the port is closed, the network let them through), by destination port",
+            ),
+            foreign: Samples::counter(
+                "sgpath_path_foreign_packets",
+                "Packets a pod's host veth received with a source address not the pod's (counted on that veth only)",
             ),
             dns_unanswered: Samples::counter(
                 "sgpath_path_dns_unanswered",
@@ -186,23 +197,32 @@ impl PathFamilies {
         }
         self.bytes
             .push(&base, &[("verdict", "forwarded")], d.forwarded_bytes);
-        // Reasons name every drop; locations only the most frequent: the rest is `other`.
-        let named = if d.drops_by_reason.is_empty() {
-            &d.drops_by_location
+        // Every drop has exactly one name: its reason, or without reasons its freeing
+        // function (`unknown` without kallsyms). Each label set only grows; the set of names
+        // is bounded by the drop map (`--max-drop-keys`).
+        if d.drops_by_reason.is_empty() {
+            for (location, &n) in &d.drops_by_location {
+                let class = drops::of_location(location).as_str();
+                self.drops
+                    .push(&base, &[("reason", location), ("class", class)], n);
+            }
         } else {
-            &d.drops_by_reason
-        };
-        let mut rest = d.dropped_packets;
-        for (reason, &n) in named {
-            rest = rest.saturating_sub(n);
-            self.drops.push(&base, &[("reason", reason)], n);
-        }
-        if rest > 0 {
-            self.drops.push(&base, &[("reason", "other")], rest);
+            for (reason, &n) in &d.drops_by_reason {
+                let class = drops::of_reason(reason).as_str();
+                self.drops
+                    .push(&base, &[("reason", reason), ("class", class)], n);
+            }
         }
         for (port, &n) in &d.syn_unanswered {
             self.syn_unanswered
                 .push(&base, &[("port", &port.to_string())], n);
+        }
+        for (port, &n) in &d.syn_refused {
+            self.syn_refused
+                .push(&base, &[("port", &port.to_string())], n);
+        }
+        if direction == "from_pod" {
+            self.foreign.push(&base, &[], d.foreign_packets);
         }
         self.dns_unanswered.push(&base, &[], d.dns_unanswered);
         for (egress, &n) in &d.left_via {
@@ -216,7 +236,9 @@ impl PathFamilies {
             self.bytes,
             self.drops,
             self.syn_unanswered,
+            self.syn_refused,
             self.dns_unanswered,
+            self.foreign,
             self.left_via,
             self.info,
         ] {
@@ -359,6 +381,7 @@ mod tests {
                 security_groups: vec!["sg-1".into(), "sg-2".into()],
             }),
             counters: Some(c),
+            window: None,
         });
         let findings = vec![Finding::new(
             FindingId::PathDrops,

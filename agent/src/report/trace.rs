@@ -123,6 +123,7 @@ mod tests {
                 eni_id: None,
                 pod: None,
                 counters: None,
+                window: None,
             },
             to: "10.0.1.10".parse().unwrap(),
             proto: Proto::Tcp,

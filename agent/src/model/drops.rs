@@ -1,0 +1,272 @@
+//! Which kernel drops mean the network, or a policy, dropped a pod's traffic (`path`), and
+//! which are an endpoint's own business: a socket's teardown, a closed port, TCP's state
+//! machine, a slow reader (`endpoint`). Both stay counted; only `path` drops raise
+//! `path-drops`. Pure tables, unit-tested.
+//!
+//! Kernels with drop reasons (5.17+) name each drop (`enum skb_drop_reason`, names as BTF
+//! gives them without `SKB_DROP_REASON_`); 5.10 (Amazon Linux 2) only has the function that
+//! freed the packet.
+
+use serde::Serialize;
+
+/// What a drop says about a pod's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DropClass {
+    /// The network or a policy dropped it: netfilter, tc, routing, neighbours, queues,
+    /// malformed or corrupted packets, memory. Raises `path-drops` above its threshold.
+    Path,
+    /// The endpoint's own doing: no socket, a socket closing or full, TCP's state machine.
+    /// Counted, never a finding: a healthy node under load has plenty.
+    Endpoint,
+}
+
+impl DropClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropClass::Path => "path",
+            DropClass::Endpoint => "endpoint",
+        }
+    }
+}
+
+/// Drop reasons that are an endpoint's, with the kernel's reasoning. Every other reason
+/// the kernels of Amazon Linux 2023 (6.1, 6.12) and later define is a path drop; see
+/// [`PATH_REASONS`].
+pub const ENDPOINT_REASONS: &[(&str, &str)] = &[
+    // Plain kfree_skb() without a reason: TCP's receive path frees what it is done with, and
+    // the unconverted callers are mostly sockets. Every drop that policy or the network makes
+    // has a reason of its own (NETFILTER_DROP, TC_*, QDISC_*, NEIGH_*, IP_*).
+    ("NOT_SPECIFIED", "kfree_skb() without a reason: mostly a socket freeing what it is done with"),
+    ("NO_SOCKET", "nothing listens on the port: the endpoint answers with a RST or ICMP"),
+    ("SOCKET_CLOSE", "the socket was closed"),
+    ("SOCKET_FILTER", "the socket's own BPF filter (SO_ATTACH_FILTER)"),
+    ("SOCKET_RCVBUFF", "the receiver is slow: its buffer is full"),
+    ("SOCKET_BACKLOG", "the socket's backlog is full"),
+    ("PROTO_MEM", "the protocol's memory limit (tcp_mem/udp_mem): the node's sockets hold too much"),
+    ("QUEUE_PURGE", "a socket closed with data queued: connection teardown"),
+    ("UNIX_DISCONNECT", "a UNIX socket, never pod IP traffic"),
+    ("UNIX_SKIP_OOB", "a UNIX socket, never pod IP traffic"),
+    ("PACKET_SOCK_ERROR", "an AF_PACKET socket's copy (tcpdump), not the packet itself"),
+    ("IP_NOPROTO", "no handler for the IP protocol on the receiving host"),
+    ("UNHANDLED_PROTO", "no handler for the ethertype (LLDP, ...)"),
+    ("SKB_UCOPY_FAULT", "copying to the reader's memory failed"),
+    ("DUP_FRAG", "a duplicate fragment: the original arrived"),
+    ("MAC_IEEE_MAC_CONTROL", "an Ethernet pause frame"),
+    ("CAN_RX_INVALID_FRAME", "a CAN frame, never pod IP traffic"),
+    ("CANFD_RX_INVALID_FRAME", "a CAN frame, never pod IP traffic"),
+    ("CANXL_RX_INVALID_FRAME", "a CAN frame, never pod IP traffic"),
+    ("IPV6_NDISC_FRAG", "an invalid neighbour discovery message, ignored by its receiver"),
+    ("IPV6_NDISC_HOP_LIMIT", "an invalid neighbour discovery message, ignored by its receiver"),
+    ("IPV6_NDISC_BAD_CODE", "an invalid neighbour discovery message, ignored by its receiver"),
+    ("IPV6_NDISC_BAD_OPTIONS", "an invalid neighbour discovery message, ignored by its receiver"),
+    ("IPV6_NDISC_NS_OTHERHOST", "a neighbour solicitation for another host"),
+    // TCP's state machine: the endpoint decides (old or out-of-window data, a RST, a listen
+    // queue overflow, a closed or authenticating socket); never the path.
+    ("TCP_FLAGS", "TCP state machine"),
+    ("TCP_ZEROWINDOW", "TCP state machine: the receiver's window is closed"),
+    ("TCP_OLD_DATA", "TCP state machine: a retransmit of data already received"),
+    ("TCP_OVERWINDOW", "TCP state machine"),
+    ("TCP_OFOMERGE", "TCP state machine: merged into out-of-order data"),
+    ("TCP_RFC7323_PAWS", "TCP state machine (PAWS)"),
+    ("TCP_RFC7323_PAWS_ACK", "TCP state machine (PAWS)"),
+    ("TCP_RFC7323_TW_PAWS", "TCP state machine (PAWS)"),
+    ("TCP_RFC7323_TSECR", "TCP state machine"),
+    ("TCP_LISTEN_OVERFLOW", "the server's accept queue is full: the application is slow"),
+    ("TCP_OLD_SEQUENCE", "TCP state machine"),
+    ("TCP_INVALID_SEQUENCE", "TCP state machine"),
+    ("TCP_INVALID_END_SEQUENCE", "TCP state machine"),
+    ("TCP_INVALID_ACK_SEQUENCE", "TCP state machine"),
+    ("TCP_RESET", "a RST closed the connection"),
+    ("TCP_INVALID_SYN", "TCP state machine"),
+    ("TCP_CLOSE", "the connection is closed"),
+    ("TCP_FASTOPEN", "TCP Fast Open data not accepted"),
+    ("TCP_OLD_ACK", "TCP state machine"),
+    ("TCP_TOO_OLD_ACK", "TCP state machine"),
+    ("TCP_ACK_UNSENT_DATA", "TCP state machine"),
+    ("TCP_OFO_QUEUE_PRUNE", "the receiver pruned its out-of-order queue (memory)"),
+    ("TCP_OFO_DROP", "out-of-order data beyond the receiver's window"),
+    ("TCP_ABORT_ON_DATA", "data after the application closed: the socket resets"),
+    ("TCP_MINTTL", "the socket's own minimum TTL"),
+    ("TCP_AUTH_HDR", "TCP-MD5/AO: the endpoints' keys"),
+    ("TCP_MD5NOTFOUND", "TCP-MD5: the endpoints' keys"),
+    ("TCP_MD5UNEXPECTED", "TCP-MD5: the endpoints' keys"),
+    ("TCP_MD5FAILURE", "TCP-MD5: the endpoints' keys"),
+    ("TCP_AONOTFOUND", "TCP-AO: the endpoints' keys"),
+    ("TCP_AOUNEXPECTED", "TCP-AO: the endpoints' keys"),
+    ("TCP_AOKEYNOTFOUND", "TCP-AO: the endpoints' keys"),
+    ("TCP_AOFAILURE", "TCP-AO: the endpoints' keys"),
+    // Sentinels of the enum, never a drop.
+    ("MAX", "not a reason: the enum's end"),
+    ("SUBSYS_MASK", "not a reason: a mask"),
+];
+
+/// Drop reasons that are the path's, grouped by why. Listed so that a test can tell a
+/// reason nobody classified (a new kernel) from a deliberate path drop.
+pub const PATH_REASONS: &[&str] = &[
+    // Policy: netfilter (iptables, the VPC CNI's SNAT chains, kube-proxy), tc/tcx (the
+    // network policy agent), cgroup BPF, LSMs, IPsec, PSP.
+    "NETFILTER_DROP",
+    "TC_INGRESS",
+    "TC_EGRESS",
+    "TC_COOKIE_ERROR",
+    "TC_CHAIN_NOTFOUND",
+    "TC_RECLASSIFY_LOOP",
+    "BPF_CGROUP_EGRESS",
+    "SECURITY_HOOK",
+    "XFRM_POLICY",
+    "XDP",
+    "PSP_INPUT",
+    "PSP_OUTPUT",
+    // Routing and addressing: a stale rule or route, rp_filter, martians.
+    "IP_RPFILTER",
+    "IP_OUTNOROUTES",
+    "IP_INNOROUTES",
+    "IP_INADDRERRORS",
+    "IP_LOCAL_SOURCE",
+    "IP_INVALID_SOURCE",
+    "IP_LOCALNET",
+    "IP_INVALID_DEST",
+    "IPV6DISABLED",
+    "OTHERHOST",
+    "UNICAST_IN_L2_MULTICAST",
+    "MAC_INVALID_SOURCE",
+    "LOCAL_MAC",
+    "ARP_PVLAN_DISABLE",
+    "BRIDGE_INGRESS_STP_STATE",
+    "NO_TX_TARGET",
+    // Neighbours: the next hop does not answer ARP/ND.
+    "NEIGH_CREATEFAIL",
+    "NEIGH_FAILED",
+    "NEIGH_QUEUEFULL",
+    "NEIGH_DEAD",
+    "NEIGH_HH_FILLFAIL",
+    // Queues and the node's capacity.
+    "QDISC_DROP",
+    "QDISC_OVERLIMIT",
+    "QDISC_CONGESTED",
+    "CAKE_FLOOD",
+    "FQ_BAND_LIMIT",
+    "FQ_HORIZON_LIMIT",
+    "FQ_FLOW_LIMIT",
+    "DUALPI2_STEP_DROP",
+    "CPU_BACKLOG",
+    "FULL_RING",
+    "NOMEM",
+    "PFMEMALLOC",
+    "DEV_READY",
+    "RECURSION_LIMIT",
+    "SKB_RX_HEADROOM",
+    // Malformed, corrupted or oversized on the way.
+    "PKT_TOO_SMALL",
+    "PKT_TOO_BIG",
+    "HDR_TRUNC",
+    "DEV_HDR",
+    "IP_CSUM",
+    "IP_INHDR",
+    "TCP_CSUM",
+    "UDP_CSUM",
+    "ICMP_CSUM",
+    "SKB_CSUM",
+    "SKB_GSO_SEG",
+    "INVALID_PROTO",
+    "IPV6_BAD_EXTHDR",
+    "FRAG_REASM_TIMEOUT",
+    "FRAG_TOO_FAR",
+    "TAP_FILTER",
+    "TAP_TXFILTER",
+    // Tunnels (not on an EKS pod path, but the network's when they are).
+    "IP_TUNNEL_ECN",
+    "TUNNEL_TXINFO",
+    "VXLAN_INVALID_HDR",
+    "VXLAN_VNI_NOT_FOUND",
+    "VXLAN_ENTRY_EXISTS",
+];
+
+/// The class of a drop reason. A reason neither table names (a newer kernel) is a path
+/// drop unless its family is an endpoint's (`TCP_`, `SOCKET_`, `UNIX_`): better a warning to
+/// look at than a drop nobody sees.
+pub fn of_reason(reason: &str) -> DropClass {
+    if ENDPOINT_REASONS.iter().any(|(r, _)| *r == reason) {
+        return DropClass::Endpoint;
+    }
+    if PATH_REASONS.contains(&reason) || reason == "TCP_CSUM" {
+        return DropClass::Path;
+    }
+    let endpoint_family = ["TCP_", "SOCKET_", "UNIX_"];
+    if endpoint_family.iter().any(|p| reason.starts_with(p)) {
+        DropClass::Endpoint
+    } else {
+        DropClass::Path
+    }
+}
+
+/// Whether a table names `reason` (the VM tests check every reason of each kernel).
+pub fn is_classified(reason: &str) -> bool {
+    ENDPOINT_REASONS.iter().any(|(r, _)| *r == reason) || PATH_REASONS.contains(&reason)
+}
+
+/// Functions that free packets on 5.10 (no reasons) for an endpoint's reasons, by prefix,
+/// with the kernel's reasoning.
+pub const ENDPOINT_LOCATIONS: &[(&str, &str)] = &[
+    ("sk_stream_kill_queues", "a TCP socket closed with data queued: teardown (QUEUE_PURGE)"),
+    ("skb_queue_purge", "a socket's queue purged at close: teardown (QUEUE_PURGE)"),
+    ("inet_csk_destroy_sock", "a TCP socket destroyed: teardown"),
+    ("tcp_", "TCP's receive path and state machine (tcp_v4_rcv: NO_SOCKET, tcp_rcv_state_process, ...)"),
+    ("sk_", "a socket's own filter or memory (sk_filter_trim_cap, sk_reset_timer, ...)"),
+    ("sock_", "a socket's queue (sock_queue_rcv_skb: the reader is slow)"),
+    ("__udp4_lib_rcv", "no UDP socket on the port (NO_SOCKET)"),
+    ("__udp6_lib_rcv", "no UDP socket on the port (NO_SOCKET)"),
+    ("udp", "a UDP socket's queue or filter (udp_queue_rcv_one_skb, ...)"),
+    ("unix_", "a UNIX socket, never pod IP traffic"),
+    ("netlink_", "a netlink socket, never pod IP traffic"),
+    ("packet_rcv", "an AF_PACKET socket's copy (tcpdump), not the packet itself"),
+    ("tpacket_rcv", "an AF_PACKET socket's copy (tcpdump), not the packet itself"),
+    ("raw_rcv", "a raw socket's copy (ping), not the packet itself"),
+];
+
+/// The class of the function that freed a packet (5.10). Everything the table does not
+/// name: netfilter (`nf_hook_slow`), routing (`ip_rcv_finish`, `ip_forward`,
+/// `ip_route_input_slow`), neighbours (`__neigh_event_send`, `neigh_*`), queues
+/// (`__dev_queue_xmit`, `enqueue_to_backlog`, `pfifo_fast_enqueue`), tc
+/// (`__netif_receive_skb_core`, `sch_handle_egress`), veth (`veth_xmit`): the path.
+pub fn of_location(function: &str) -> DropClass {
+    if ENDPOINT_LOCATIONS
+        .iter()
+        .any(|(prefix, _)| function.starts_with(prefix))
+    {
+        DropClass::Endpoint
+    } else {
+        DropClass::Path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teardown_and_closed_ports_are_the_endpoints() {
+        for r in ["QUEUE_PURGE", "NOT_SPECIFIED", "NO_SOCKET", "TCP_OLD_DATA", "TCP_NEW_THING"] {
+            assert_eq!(of_reason(r), DropClass::Endpoint, "{r}");
+        }
+        for r in ["NETFILTER_DROP", "TC_INGRESS", "NEIGH_FAILED", "TCP_CSUM", "SOMETHING_NEW"] {
+            assert_eq!(of_reason(r), DropClass::Path, "{r}");
+        }
+        for l in ["sk_stream_kill_queues", "skb_queue_purge", "tcp_v4_rcv", "__udp4_lib_rcv"] {
+            assert_eq!(of_location(l), DropClass::Endpoint, "{l}");
+        }
+        for l in ["nf_hook_slow", "ip_rcv_finish", "__neigh_event_send", "veth_xmit"] {
+            assert_eq!(of_location(l), DropClass::Path, "{l}");
+        }
+    }
+
+    #[test]
+    fn no_reason_is_in_both_tables() {
+        for (r, _) in ENDPOINT_REASONS {
+            assert!(!PATH_REASONS.contains(r), "{r} in both");
+        }
+        assert!(is_classified("QUEUE_PURGE") && is_classified("NETFILTER_DROP"));
+        assert!(!is_classified("TCP_NEW_THING"));
+    }
+}

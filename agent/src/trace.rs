@@ -34,8 +34,31 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     };
     let rt = crate::runtime()?;
     let (node, topo) = rt.block_on(collect::node_with_topology(&sources))?;
+    // pod-ip-conflict: which veth the packets take is the very question, so no answer is
+    // better than a guess.
+    let conflict = |flag: &str, ip: IpAddr| -> anyhow::Result<()> {
+        let holders: Vec<&str> = topo
+            .paths
+            .iter()
+            .filter(|p| p.pod_ip == Some(ip))
+            .map(|p| p.host_veth.as_str())
+            .collect();
+        if holders.len() > 1 {
+            anyhow::bail!(
+                "{flag} {ip}: {} host veths hold this IP ({}): pod-ip-conflict, one of them is \
+                 stale; `sgpath inspect` names both, remove the stale one",
+                holders.len(),
+                holders.join(", ")
+            );
+        }
+        Ok(())
+    };
+    conflict("--to", to)?;
     let from = match args.from.parse::<IpAddr>() {
-        Ok(ip) => topo.paths.iter().find(|p| p.pod_ip == Some(ip)),
+        Ok(ip) => {
+            conflict("--from", ip)?;
+            topo.paths.iter().find(|p| p.pod_ip == Some(ip))
+        }
         Err(_) => topo.path_of_veth(&args.from),
     };
     let Some(from) = from else {

@@ -436,10 +436,13 @@ pub fn observe_coexists_with_a_priority_1_filter(lab: &Lab, action: &str) {
         "matchall action {action}, pod {a_ip}: {}",
         serde_json::to_string_pretty(c).unwrap()
     );
+    // path_rx fires before tc ingress: what the pod sent crossed its veth and counts as
+    // received, and its drop beside it (never subtracted: counters only grow). path_tx fires
+    // after tc egress: a packet dropped there never reached the pod's veth.
     let (fwd_to, fwd_from, drop_to, drop_from) = if passes {
         (TO_POD, FROM_POD, 0, 0)
     } else {
-        (0, 0, TO_POD, FROM_POD)
+        (0, FROM_POD, TO_POD, FROM_POD)
     };
     assert_eq!(c["to_pod"]["forwarded_packets"], fwd_to, "{ctx}");
     assert_eq!(c["from_pod"]["forwarded_packets"], fwd_from, "{ctx}");

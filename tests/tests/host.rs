@@ -3,11 +3,6 @@
 
 use sgpath_tests::{expected_paths, inspect, lab, path_keys, spec};
 
-#[test]
-fn ebpf_counts_exact_packets() {
-    sgpath_tests::ebpf_counts_exact_packets();
-}
-
 /// Two ordinary pods, a standard-mode branch pod whose VLAN link does not exist, and an
 /// ordinary pod on secondary ENI eth2 (table 3).
 #[test]

@@ -10,11 +10,6 @@ fn kernel() -> String {
     std::env::var("SGPATH_KERNEL").unwrap_or_else(|_| "host".into())
 }
 
-#[test]
-fn ebpf_counts_exact_packets() {
-    sgpath_tests::ebpf_counts_exact_packets();
-}
-
 /// Trunk eth1 with VLANs 1, 7 and 120; two strict branch pods, one standard branch pod and
 /// two ordinary pods, named and numbered as the VPC CNI does.
 #[test]

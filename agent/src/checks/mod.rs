@@ -124,6 +124,8 @@ impl FindingId {
         FindingId::DnsPathBroken,
         FindingId::BranchTrafficOffVlan,
         FindingId::ProbeMapFull,
+        FindingId::PodSourceSpoofed,
+        FindingId::PodIpConflict,
         FindingId::MalformedPodEniAnnotation,
         FindingId::MalformedSecurityGroupPolicy,
         FindingId::PodEniMismatch,
@@ -133,8 +135,6 @@ impl FindingId {
         FindingId::OldCniTcpEarlyDemux,
         FindingId::EnforcingModeEnvMismatch,
         FindingId::StrictModeUnsupported,
-        FindingId::PodSourceSpoofed,
-        FindingId::PodIpConflict,
     ];
 
     /// The id as it appears in JSON and metrics.

@@ -359,7 +359,9 @@ mod tests {
         c.to_pod.forwarded_bytes = 700;
         c.to_pod.dropped_packets = 3;
         c.to_pod.drops_by_reason.insert("NO_SOCKET".into(), 3);
-        c.from_pod.syn_unanswered.insert(443, 2);
+        c.from_pod.syn_unanswered.insert(443.into(), 2);
+        c.from_pod.syn_refused.insert(crate::model::Port::Other, 4);
+        c.from_pod.foreign_packets = 6;
         c.from_pod.left_via.insert("eth0".into(), 5);
         topo.paths.push(crate::model::Path {
             kind: PathKind::BranchEni,
@@ -407,8 +409,12 @@ mod tests {
                 "sgpath_path_bytes_total{{{labels},direction=\"to_pod\",verdict=\"forwarded\"}} 700"
             ),
             format!(
-                "sgpath_path_drops_total{{{labels},direction=\"to_pod\",reason=\"NO_SOCKET\"}} 3"
+                "sgpath_path_drops_total{{{labels},direction=\"to_pod\",reason=\"NO_SOCKET\",class=\"endpoint\"}} 3"
             ),
+            format!(
+                "sgpath_path_syn_refused_total{{{labels},direction=\"from_pod\",port=\"other\"}} 4"
+            ),
+            format!("sgpath_path_foreign_packets_total{{{labels},direction=\"from_pod\"}} 6"),
             format!(
                 "sgpath_path_syn_unanswered_total{{{labels},direction=\"from_pod\",port=\"443\"}} 2"
             ),

@@ -162,9 +162,9 @@ fn counters(out: &mut String, r: &Report, source: crate::ebpf::paths::DropSource
                 "FROM POD FWD",
                 "FROM POD DROP",
                 "SYN IN",
-                "SYN OUT OK/LOST",
-                "NODE SYN OK/LOST",
-                "DNS OK/LOST",
+                "SYN OUT OK/CLOSED/LOST",
+                "NODE SYN OK/CLOSED/LOST",
+                "DNS OK/CLOSED/LOST",
                 "LEFT VIA",
                 "TOP DROPS",
             ]
@@ -201,16 +201,21 @@ fn counters(out: &mut String, r: &Report, source: crate::ebpf::paths::DropSource
                 c.from_pod.dropped_packets.to_string(),
                 sum(&c.to_pod.syn_in).to_string(),
                 format!(
-                    "{}/{}",
+                    "{}/{}/{}",
                     sum(&c.from_pod.syn_answered),
+                    sum(&c.from_pod.syn_refused),
                     sum(&c.from_pod.syn_unanswered)
                 ),
                 format!(
-                    "{}/{}",
+                    "{}/{}/{}",
                     sum(&c.to_pod.syn_answered),
+                    sum(&c.to_pod.syn_refused),
                     sum(&c.to_pod.syn_unanswered)
                 ),
-                format!("{}/{}", c.from_pod.dns_answered, c.from_pod.dns_unanswered),
+                format!(
+                    "{}/{}/{}",
+                    c.from_pod.dns_answered, c.from_pod.dns_refused, c.from_pod.dns_unanswered
+                ),
                 c.from_pod
                     .left_via
                     .iter()
@@ -222,6 +227,11 @@ fn counters(out: &mut String, r: &Report, source: crate::ebpf::paths::DropSource
         }
         table(out, &rows);
     }
+    let _ = writeln!(
+        out,
+        "\nCLOSED: refused by a RST or ICMP port unreachable (nothing listens on the port; the \
+         network and security groups let it through). LOST: no answer at all."
+    );
 }
 
 fn sum<K>(m: &std::collections::BTreeMap<K, u64>) -> u64 {

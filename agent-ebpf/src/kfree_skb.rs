@@ -20,8 +20,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use sgpath_ebpf::{
-    DropKey, IfaceRole, MAX_DROP_KEYS, MAX_NETNS, NO_PATH, NetnsInfo, ProgError,
-    packet::Direction,
+    DropKey, IfaceRole, MAX_DROP_KEYS, MAX_NETNS, NO_PATH, NetnsInfo, ProgError, packet::Direction,
 };
 
 use crate::{

@@ -49,22 +49,26 @@ pub struct IpHeader {
     /// Ports and flags of a TCP or UDP packet whose transport header follows the IP header
     /// directly: IPv4 without options and not a later fragment, IPv6 without extension
     /// headers. For an ICMPv4 port unreachable, the ports of the datagram it refuses, seen
-    /// from the refusing side (`sport` the refused port), with `refusal` set. `None` for
+    /// from the refusing side (`sport` the refused port), flags [`REFUSAL_FLAGS`]. `None` for
     /// everything else (the connection probes skip it).
     pub l4: Option<L4>,
 }
 
-/// The transport header fields the connection probes use.
+/// The transport header fields the connection probes use. Six bytes, no niche: the
+/// kernel rejects the BTF LLVM writes for `Option<IpHeader>` when a field with invalid
+/// values (a bool) moves its tag ("Invalid member bits_offset").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct L4 {
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
-    /// TCP flags byte (0 for UDP).
+    /// TCP flags byte (0 for UDP); [`REFUSAL_FLAGS`] for an ICMP port unreachable.
     pub flags: u8,
-    /// An ICMP port unreachable about a datagram of `proto` (see [`IpHeader::l4`]).
-    pub refusal: bool,
 }
+
+/// `L4::flags` of an ICMP port unreachable: every TCP flag, RST included, so a real TCP
+/// packet with these flags is a refusal too (it resets).
+pub const REFUSAL_FLAGS: u8 = 0xff;
 
 /// What a packet means to the unanswered-connection probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,7 +137,7 @@ impl L4 {
         } else {
             ConnKind::Syn
         };
-        if self.refusal {
+        if self.flags == REFUSAL_FLAGS {
             return Some(Signal::Refused);
         }
         match self.proto {
@@ -200,7 +204,6 @@ fn l4_at(h: &[u8; HEADER_BYTES], at: usize, proto: u8) -> Option<L4> {
         sport: u16::from_be_bytes([h[at], h[at + 1]]),
         dport: u16::from_be_bytes([h[at + 2], h[at + 3]]),
         flags: if proto == PROTO_TCP { h[at + 13] } else { 0 },
-        refusal: false,
     })
 }
 
@@ -224,8 +227,7 @@ fn icmp_refusal(h: &[u8; HEADER_BYTES]) -> Option<L4> {
         proto,
         sport: u16::from_be_bytes([h[50], h[51]]),
         dport: u16::from_be_bytes([h[48], h[49]]),
-        flags: 0,
-        refusal: true,
+        flags: REFUSAL_FLAGS,
     })
 }
 
@@ -494,15 +496,19 @@ mod tests {
         assert_eq!(ConnKey::of_answer(&rst_ip, &rst), request);
         // A bare RST too.
         assert_eq!(
-            parse_ip(&syn(0x04, 80, 41234)).unwrap().l4.unwrap().signal(),
+            parse_ip(&syn(0x04, 80, 41234))
+                .unwrap()
+                .l4
+                .unwrap()
+                .signal(),
             Some(Signal::Refused)
         );
         // ICMP port unreachable from 10.0.1.10 quoting a UDP datagram 192.168.3.219:5353 ->
         // 10.0.1.10:53.
         let icmp = |src: [u8; 4], code: u8| {
             let mut b = vec![
-                0x45, 0, 0, 56, 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0, src[0], src[1], src[2],
-                src[3], 192, 168, 3, 219, 3, code, 0, 0, 0, 0, 0, 0,
+                0x45, 0, 0, 56, 0, 0, 0, 0, 64, PROTO_ICMP, 0, 0, src[0], src[1], src[2], src[3],
+                192, 168, 3, 219, 3, code, 0, 0, 0, 0, 0, 0,
             ];
             b.extend([
                 0x45, 0, 0, 40, 0, 0, 0, 0, 64, PROTO_UDP, 0, 0, 192, 168, 3, 219, 10, 0, 1, 10,
@@ -544,7 +550,11 @@ mod tests {
             [0; 16],
         ] {
             spoofed.src = PodAddr { octets: a };
-            assert_eq!(attribute(true, &pod, &spoofed), Attribution::Ignore, "{a:?}");
+            assert_eq!(
+                attribute(true, &pod, &spoofed),
+                Attribution::Ignore,
+                "{a:?}"
+            );
         }
         spoofed.src = PodAddr::v4([0, 0, 0, 0]);
         assert_eq!(attribute(true, &pod, &spoofed), Attribution::Ignore);

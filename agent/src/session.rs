@@ -99,13 +99,16 @@ impl Window {
         }
         let base = self.snapshots.front().map(|(_, s)| s);
         for p in topo.paths.iter_mut() {
-            p.window = p.counters.as_ref().map(|c| match base.and_then(|b| b.get(&p.host_veth)) {
-                Some(b) => c.since(b),
-                // A path newer than the oldest snapshot: all it counted is in the window.
-                None if base.is_some() => c.clone(),
-                // No snapshot yet: the session's first span.
-                None => c.clone(),
-            });
+            p.window = p
+                .counters
+                .as_ref()
+                .map(|c| match base.and_then(|b| b.get(&p.host_veth)) {
+                    Some(b) => c.since(b),
+                    // A path newer than the oldest snapshot: all it counted is in the window.
+                    None if base.is_some() => c.clone(),
+                    // No snapshot yet: the session's first span.
+                    None => c.clone(),
+                });
         }
         let due = self
             .snapshots
@@ -275,9 +278,8 @@ impl Session {
             let counts = raw.get(&id).cloned().unwrap_or_default();
             let mut c = counters(&counts, self.reasons.as_ref(), drop_source, kallsyms);
             if counts.forwarded.foreign_packets > 0 {
-                c.from_pod.foreign_source = Some(sgpath::model::conns::ip(
-                    &counts.forwarded.foreign_source,
-                ));
+                c.from_pod.foreign_source =
+                    Some(sgpath::model::conns::ip(&counts.forwarded.foreign_source));
             }
             for &(ifindex, n) in &counts.left_via {
                 let name = node

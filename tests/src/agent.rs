@@ -1096,6 +1096,41 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
         agent.log_text()
     );
 
+    // Teardown drops: connections to an ordinary pod's listener that never accepts, data
+    // queued, then the listener closes (QUEUE_PURGE / sk_stream_kill_queues). Counted as the
+    // endpoint's, never `path-drops`; and through all of the above (churn, a pod gone,
+    // teardown) no counter of any family was ever reset in Prometheus's eyes.
+    {
+        let (ns, ip) = (lab.layout.pod(ordinary), lab.spec.pods[ordinary].ip);
+        let listener = crate::observe::in_netns(&ns, || {
+            std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 7500)).expect("listen")
+        });
+        let clients: Vec<TcpStream> = (0..20)
+            .map(|_| {
+                crate::observe::in_netns(&node, || {
+                    let mut c = TcpStream::connect((ip, 7500)).expect("connect");
+                    c.write_all(&[7u8; 1000]).expect("write");
+                    c
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        drop(listener);
+        drop(clients);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let families = prometheus
+        .query("count(count by (__name__) ({job=\"sgpath\",__name__=~\"sgpath_.+_total\"}))");
+    assert!(
+        families.len() == 1 && families[0].1 >= 5.0,
+        "counter families scraped: {families:?}"
+    );
+    let resets =
+        prometheus.query("resets({job=\"sgpath\",__name__=~\"sgpath_.+_total\"}[10m]) > 0");
+    assert!(resets.is_empty(), "counters that went down: {resets:?}");
+    let drops = prometheus.query("sgpath_finding{id=\"path-drops\"}");
+    assert!(drops.is_empty(), "teardown raised path-drops: {drops:?}");
+
     // SIGTERM: everything it held is gone, nothing else changed.
     let (progs, links) = bpf_ids(pid);
     assert!(

@@ -187,6 +187,7 @@ fn pods(lab: &Lab) -> Pods {
 
 const ANSWERED: u16 = 3;
 const BLOCKED: u16 = 2;
+const REFUSED: u16 = 2;
 
 /// A strict pod's connections out: those its security group lets out are answered, those
 /// it blocks (TCP 8080) count once each despite their retransmitted SYNs, and
@@ -202,6 +203,8 @@ pub fn pod_connections_out(lab: &Lab) {
     for (ns, _) in [&p.strict, &p.ordinary] {
         assert_eq!(connects(ns, (bastion, 80).into(), ANSWERED), ANSWERED);
         assert_eq!(connects(ns, (bastion, 8080).into(), BLOCKED), 0);
+        // Port 80 of a pod where nothing listens: the groups let it through, a RST comes back.
+        assert_eq!(connects(ns, (p.other.1, 80).into(), REFUSED), 0);
     }
     std::thread::sleep(SETTLE);
     let doc = observer.stop();
@@ -211,6 +214,9 @@ pub fn pod_connections_out(lab: &Lab) {
         let out = &c["from_pod"];
         assert_eq!(ports(&out["syn_answered"]), map(&[("80", 3)]), "{ctx}");
         assert_eq!(ports(&out["syn_unanswered"]), map(&[("8080", 2)]), "{ctx}");
+        // Refused is neither answered nor unanswered, and never a security-group finding.
+        assert_eq!(ports(&out["syn_refused"]), map(&[("80", 2)]), "{ctx}");
+        assert_eq!(out["unanswered"].as_array().unwrap().len(), 1, "{ctx}");
         assert_eq!(
             out["unanswered"][0]["destination"],
             bastion.to_string(),
@@ -245,6 +251,13 @@ pub fn pod_connections_out(lab: &Lab) {
         f["remediation"].as_str().unwrap().contains("FromPort=8080"),
         "{f}"
     );
+    // The refused connections are named as such, not as a block.
+    let evidence = f["evidence"].to_string();
+    assert!(
+        evidence.contains("refused (port closed") && evidence.contains("80: 2"),
+        "{f}"
+    );
+    assert!(!evidence.contains(&format!("{}:80 left", p.other.1)), "{f}");
     for id in [
         "probe-path-broken",
         "dns-path-broken",

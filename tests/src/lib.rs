@@ -4,11 +4,7 @@
 //! Side effects: creates network namespaces (`sgt-*`) and deletes them on drop. Never
 //! touches the caller's own namespace.
 
-use std::{
-    collections::BTreeSet,
-    path::PathBuf,
-    process::Command,
-};
+use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use serde_json::Value;
 use xtask::lab::{Lab, Spec, names};
@@ -19,6 +15,7 @@ pub mod conns;
 pub mod deploy;
 pub mod kube;
 pub mod observe;
+pub mod trust;
 
 /// The `sgpath` binary under test: `$SGPATH_BIN` (set by `cargo xtask test` in VMs) or
 /// the workspace's debug build.
@@ -235,5 +232,3 @@ pub fn kernel_version() -> (u32, u32) {
         .map(|n| n.parse().unwrap_or(0));
     (nums.next().unwrap_or(0), nums.next().unwrap_or(0))
 }
-
-

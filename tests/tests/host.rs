@@ -418,3 +418,20 @@ fn deploy_agent_needs_each_capability() {
 fn deploy_image_matches_the_daemonset() {
     sgpath_tests::deploy::deploy_image_matches_the_daemonset();
 }
+
+/// Trust: a spoofed source counts on the sender's veth only (`pod-source-spoofed`), the
+/// finding clears one `--window` after the spoofing stops, and a stale veth holding a live
+/// pod's IP is `pod-ip-conflict` (trace refuses to guess). One lab, in that order.
+#[test]
+fn trust_spoofing_windows_and_ip_conflicts() {
+    let lab = built("host", "sgt-t");
+    sgpath_tests::trust::spoofed_source_counts_on_the_sender_only(&lab);
+    sgpath_tests::trust::finding_clears_one_window_after_its_cause(&lab);
+    sgpath_tests::trust::stale_veth_is_a_pod_ip_conflict(&lab);
+}
+
+/// Every drop reason of this kernel has a class (path or endpoint).
+#[test]
+fn drop_reasons_are_all_classified() {
+    sgpath_tests::trust::drop_reasons_are_all_classified();
+}

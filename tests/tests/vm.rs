@@ -471,3 +471,19 @@ fn agent_scraped_by_prometheus() {
     let lab = built("observe", "sgt-ap");
     sgpath_tests::agent::agent_scraped_by_prometheus(&lab);
 }
+
+/// Trust on this kernel: a spoofed source counts on the sender's veth only, the finding
+/// clears one `--window` later, a stale veth holding a live pod's IP is `pod-ip-conflict`.
+#[test]
+fn trust_spoofing_windows_and_ip_conflicts() {
+    let lab = built("observe", "sgt-t");
+    sgpath_tests::trust::spoofed_source_counts_on_the_sender_only(&lab);
+    sgpath_tests::trust::finding_clears_one_window_after_its_cause(&lab);
+    sgpath_tests::trust::stale_veth_is_a_pod_ip_conflict(&lab);
+}
+
+/// Every drop reason of this kernel has a class (path or endpoint).
+#[test]
+fn drop_reasons_are_all_classified() {
+    sgpath_tests::trust::drop_reasons_are_all_classified();
+}

@@ -21,7 +21,9 @@ pub fn pod_source_spoofed(_: &Node, topo: &Topology) -> Vec<Finding> {
         .filter_map(|p| {
             let c = p.judged().filter(|c| c.from_pod.foreign_packets > 0)?;
             let d = &c.from_pod;
-            let own = p.pod_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+            let own = p
+                .pod_ip
+                .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
             let used = d
                 .foreign_source
                 .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());

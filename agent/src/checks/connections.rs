@@ -84,9 +84,7 @@ pub fn sg_suspected_block(_: &Node, topo: &Topology) -> Vec<Finding> {
 pub fn dns_path_broken(_: &Node, topo: &Topology) -> Vec<Finding> {
     branch_paths(topo)
         .filter_map(|(p, subject)| {
-            let c = p
-                .judged()
-                .filter(|c| c.from_pod.dns_unanswered > 0)?;
+            let c = p.judged().filter(|c| c.from_pod.dns_unanswered > 0)?;
             let mut f = Finding::new(FindingId::DnsPathBroken, Severity::Warning, subject)
                 .evidence(format!(
                     "{} of {} DNS queries left {} unanswered",

@@ -122,7 +122,12 @@ mod tests {
                 PATH_DROPS_MIN + 7
             )]
         );
-        let few = topo(&[(true, Some("NETFILTER_DROP"), "nf_hook_slow", PATH_DROPS_MIN - 1)]);
+        let few = topo(&[(
+            true,
+            Some("NETFILTER_DROP"),
+            "nf_hook_slow",
+            PATH_DROPS_MIN - 1,
+        )]);
         assert!(path_drops(&Node::default(), &few).is_empty());
         // Teardown and closed ports never raise it, however many; on 5.10 by location.
         for (reason, location) in [
@@ -133,7 +138,10 @@ mod tests {
             (None, "tcp_v4_rcv"),
         ] {
             let t = topo(&[(false, reason, location, 10_000)]);
-            assert!(path_drops(&Node::default(), &t).is_empty(), "{reason:?} {location}");
+            assert!(
+                path_drops(&Node::default(), &t).is_empty(),
+                "{reason:?} {location}"
+            );
         }
         // The window decides when the agent has one: old drops alone raise nothing.
         let mut t = topo(&[(true, Some("NETFILTER_DROP"), "nf_hook_slow", 50)]);

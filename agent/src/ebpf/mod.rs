@@ -37,4 +37,3 @@ pub enum ProbeError {
         source: aya::maps::MapError,
     },
 }
-

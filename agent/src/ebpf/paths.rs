@@ -201,11 +201,7 @@ impl PathProbes {
             POD_PATHS_MAP,
             pods,
         )?;
-        sync_map(
-            self.hash::<u32, IfaceInfo>(IFACES_MAP)?,
-            IFACES_MAP,
-            ifaces,
-        )?;
+        sync_map(self.hash::<u32, IfaceInfo>(IFACES_MAP)?, IFACES_MAP, ifaces)?;
         sync_map(
             self.hash::<u32, NetnsInfo>(NETNS_ROLES_MAP)?,
             NETNS_ROLES_MAP,

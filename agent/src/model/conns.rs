@@ -268,7 +268,10 @@ mod tests {
         assert!(t.sweep(&[(k, st)], secs(110)).is_empty());
         let mut c = PathCounters::default();
         t.apply(0, &mut c);
-        assert_eq!(c.from_pod.syn_unanswered, BTreeMap::from([(8080.into(), 1)]));
+        assert_eq!(
+            c.from_pod.syn_unanswered,
+            BTreeMap::from([(8080.into(), 1)])
+        );
         assert_eq!(c.from_pod.syn_answered, BTreeMap::new());
         assert_eq!(
             c.from_pod.unanswered,

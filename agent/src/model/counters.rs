@@ -159,7 +159,9 @@ impl DirectionCounters {
             })
             .collect();
         DirectionCounters {
-            forwarded_packets: self.forwarded_packets.saturating_sub(base.forwarded_packets),
+            forwarded_packets: self
+                .forwarded_packets
+                .saturating_sub(base.forwarded_packets),
             forwarded_bytes: self.forwarded_bytes.saturating_sub(base.forwarded_bytes),
             dropped_packets: self.dropped_packets.saturating_sub(base.dropped_packets),
             path_dropped_packets: self
@@ -219,7 +221,9 @@ impl PathCounters {
                 *dir.drops_by_reason.entry(r.clone()).or_default() += d.count;
             }
             let location = d.location.as_deref().unwrap_or("unknown");
-            *dir.drops_by_location.entry(location.to_owned()).or_default() += d.count;
+            *dir.drops_by_location
+                .entry(location.to_owned())
+                .or_default() += d.count;
         }
         c
     }
@@ -304,21 +308,40 @@ mod tests {
         assert_eq!(t.len(), MAX_PORTS + 1);
         assert_eq!(t[&Port::Number(3)], 6);
         assert_eq!(t[&Port::Other], 1000 - MAX_PORTS as u64);
-        assert_eq!(serde_json::to_string(&t).unwrap().matches("other").count(), 1);
+        assert_eq!(
+            serde_json::to_string(&t).unwrap().matches("other").count(),
+            1
+        );
     }
 
     #[test]
     fn the_window_is_what_came_after_its_base() {
-        let base = PathCounters::build((5, 50), (5, 50), 0, &[drop(true, true, "NETFILTER_DROP", "nf_hook_slow", 2)]);
-        let mut now = PathCounters::build((9, 90), (5, 50), 1, &[drop(true, true, "NETFILTER_DROP", "nf_hook_slow", 3)]);
+        let base = PathCounters::build(
+            (5, 50),
+            (5, 50),
+            0,
+            &[drop(true, true, "NETFILTER_DROP", "nf_hook_slow", 2)],
+        );
+        let mut now = PathCounters::build(
+            (9, 90),
+            (5, 50),
+            1,
+            &[drop(true, true, "NETFILTER_DROP", "nf_hook_slow", 3)],
+        );
         add_port(&mut now.from_pod.syn_unanswered, 443, 2);
         let w = now.since(&base);
         assert_eq!(w.to_pod.forwarded_packets, 4);
         assert_eq!(w.to_pod.path_dropped_packets, 1);
-        assert_eq!(w.to_pod.drops_by_reason, BTreeMap::from([("NETFILTER_DROP".to_owned(), 1)]));
+        assert_eq!(
+            w.to_pod.drops_by_reason,
+            BTreeMap::from([("NETFILTER_DROP".to_owned(), 1)])
+        );
         assert_eq!(w.from_pod.forwarded_packets, 0);
         assert_eq!(w.from_pod.foreign_packets, 1);
-        assert_eq!(w.from_pod.syn_unanswered, BTreeMap::from([(Port::Number(443), 2)]));
+        assert_eq!(
+            w.from_pod.syn_unanswered,
+            BTreeMap::from([(Port::Number(443), 2)])
+        );
         // Nothing new: an empty window.
         let mut empty = now.since(&now);
         empty.from_pod.foreign_source = None;

@@ -37,42 +37,99 @@ pub const ENDPOINT_REASONS: &[(&str, &str)] = &[
     // Plain kfree_skb() without a reason: TCP's receive path frees what it is done with, and
     // the unconverted callers are mostly sockets. Every drop that policy or the network makes
     // has a reason of its own (NETFILTER_DROP, TC_*, QDISC_*, NEIGH_*, IP_*).
-    ("NOT_SPECIFIED", "kfree_skb() without a reason: mostly a socket freeing what it is done with"),
-    ("NO_SOCKET", "nothing listens on the port: the endpoint answers with a RST or ICMP"),
+    (
+        "NOT_SPECIFIED",
+        "kfree_skb() without a reason: mostly a socket freeing what it is done with",
+    ),
+    (
+        "NO_SOCKET",
+        "nothing listens on the port: the endpoint answers with a RST or ICMP",
+    ),
     ("SOCKET_CLOSE", "the socket was closed"),
-    ("SOCKET_FILTER", "the socket's own BPF filter (SO_ATTACH_FILTER)"),
+    (
+        "SOCKET_FILTER",
+        "the socket's own BPF filter (SO_ATTACH_FILTER)",
+    ),
     ("SOCKET_RCVBUFF", "the receiver is slow: its buffer is full"),
     ("SOCKET_BACKLOG", "the socket's backlog is full"),
-    ("PROTO_MEM", "the protocol's memory limit (tcp_mem/udp_mem): the node's sockets hold too much"),
-    ("QUEUE_PURGE", "a socket closed with data queued: connection teardown"),
+    (
+        "PROTO_MEM",
+        "the protocol's memory limit (tcp_mem/udp_mem): the node's sockets hold too much",
+    ),
+    (
+        "QUEUE_PURGE",
+        "a socket closed with data queued: connection teardown",
+    ),
     ("UNIX_DISCONNECT", "a UNIX socket, never pod IP traffic"),
     ("UNIX_SKIP_OOB", "a UNIX socket, never pod IP traffic"),
-    ("PACKET_SOCK_ERROR", "an AF_PACKET socket's copy (tcpdump), not the packet itself"),
-    ("IP_NOPROTO", "no handler for the IP protocol on the receiving host"),
-    ("UNHANDLED_PROTO", "no handler for the ethertype (LLDP, ...)"),
+    (
+        "PACKET_SOCK_ERROR",
+        "an AF_PACKET socket's copy (tcpdump), not the packet itself",
+    ),
+    (
+        "IP_NOPROTO",
+        "no handler for the IP protocol on the receiving host",
+    ),
+    (
+        "UNHANDLED_PROTO",
+        "no handler for the ethertype (LLDP, ...)",
+    ),
     ("SKB_UCOPY_FAULT", "copying to the reader's memory failed"),
     ("DUP_FRAG", "a duplicate fragment: the original arrived"),
     ("MAC_IEEE_MAC_CONTROL", "an Ethernet pause frame"),
     ("CAN_RX_INVALID_FRAME", "a CAN frame, never pod IP traffic"),
-    ("CANFD_RX_INVALID_FRAME", "a CAN frame, never pod IP traffic"),
-    ("CANXL_RX_INVALID_FRAME", "a CAN frame, never pod IP traffic"),
-    ("IPV6_NDISC_FRAG", "an invalid neighbour discovery message, ignored by its receiver"),
-    ("IPV6_NDISC_HOP_LIMIT", "an invalid neighbour discovery message, ignored by its receiver"),
-    ("IPV6_NDISC_BAD_CODE", "an invalid neighbour discovery message, ignored by its receiver"),
-    ("IPV6_NDISC_BAD_OPTIONS", "an invalid neighbour discovery message, ignored by its receiver"),
-    ("IPV6_NDISC_NS_OTHERHOST", "a neighbour solicitation for another host"),
+    (
+        "CANFD_RX_INVALID_FRAME",
+        "a CAN frame, never pod IP traffic",
+    ),
+    (
+        "CANXL_RX_INVALID_FRAME",
+        "a CAN frame, never pod IP traffic",
+    ),
+    (
+        "IPV6_NDISC_FRAG",
+        "an invalid neighbour discovery message, ignored by its receiver",
+    ),
+    (
+        "IPV6_NDISC_HOP_LIMIT",
+        "an invalid neighbour discovery message, ignored by its receiver",
+    ),
+    (
+        "IPV6_NDISC_BAD_CODE",
+        "an invalid neighbour discovery message, ignored by its receiver",
+    ),
+    (
+        "IPV6_NDISC_BAD_OPTIONS",
+        "an invalid neighbour discovery message, ignored by its receiver",
+    ),
+    (
+        "IPV6_NDISC_NS_OTHERHOST",
+        "a neighbour solicitation for another host",
+    ),
     // TCP's state machine: the endpoint decides (old or out-of-window data, a RST, a listen
     // queue overflow, a closed or authenticating socket); never the path.
     ("TCP_FLAGS", "TCP state machine"),
-    ("TCP_ZEROWINDOW", "TCP state machine: the receiver's window is closed"),
-    ("TCP_OLD_DATA", "TCP state machine: a retransmit of data already received"),
+    (
+        "TCP_ZEROWINDOW",
+        "TCP state machine: the receiver's window is closed",
+    ),
+    (
+        "TCP_OLD_DATA",
+        "TCP state machine: a retransmit of data already received",
+    ),
     ("TCP_OVERWINDOW", "TCP state machine"),
-    ("TCP_OFOMERGE", "TCP state machine: merged into out-of-order data"),
+    (
+        "TCP_OFOMERGE",
+        "TCP state machine: merged into out-of-order data",
+    ),
     ("TCP_RFC7323_PAWS", "TCP state machine (PAWS)"),
     ("TCP_RFC7323_PAWS_ACK", "TCP state machine (PAWS)"),
     ("TCP_RFC7323_TW_PAWS", "TCP state machine (PAWS)"),
     ("TCP_RFC7323_TSECR", "TCP state machine"),
-    ("TCP_LISTEN_OVERFLOW", "the server's accept queue is full: the application is slow"),
+    (
+        "TCP_LISTEN_OVERFLOW",
+        "the server's accept queue is full: the application is slow",
+    ),
     ("TCP_OLD_SEQUENCE", "TCP state machine"),
     ("TCP_INVALID_SEQUENCE", "TCP state machine"),
     ("TCP_INVALID_END_SEQUENCE", "TCP state machine"),
@@ -84,9 +141,18 @@ pub const ENDPOINT_REASONS: &[(&str, &str)] = &[
     ("TCP_OLD_ACK", "TCP state machine"),
     ("TCP_TOO_OLD_ACK", "TCP state machine"),
     ("TCP_ACK_UNSENT_DATA", "TCP state machine"),
-    ("TCP_OFO_QUEUE_PRUNE", "the receiver pruned its out-of-order queue (memory)"),
-    ("TCP_OFO_DROP", "out-of-order data beyond the receiver's window"),
-    ("TCP_ABORT_ON_DATA", "data after the application closed: the socket resets"),
+    (
+        "TCP_OFO_QUEUE_PRUNE",
+        "the receiver pruned its out-of-order queue (memory)",
+    ),
+    (
+        "TCP_OFO_DROP",
+        "out-of-order data beyond the receiver's window",
+    ),
+    (
+        "TCP_ABORT_ON_DATA",
+        "data after the application closed: the socket resets",
+    ),
     ("TCP_MINTTL", "the socket's own minimum TTL"),
     ("TCP_AUTH_HDR", "TCP-MD5/AO: the endpoints' keys"),
     ("TCP_MD5NOTFOUND", "TCP-MD5: the endpoints' keys"),
@@ -209,20 +275,47 @@ pub fn is_classified(reason: &str) -> bool {
 /// Functions that free packets on 5.10 (no reasons) for an endpoint's reasons, by prefix,
 /// with the kernel's reasoning.
 pub const ENDPOINT_LOCATIONS: &[(&str, &str)] = &[
-    ("sk_stream_kill_queues", "a TCP socket closed with data queued: teardown (QUEUE_PURGE)"),
-    ("skb_queue_purge", "a socket's queue purged at close: teardown (QUEUE_PURGE)"),
+    (
+        "sk_stream_kill_queues",
+        "a TCP socket closed with data queued: teardown (QUEUE_PURGE)",
+    ),
+    (
+        "skb_queue_purge",
+        "a socket's queue purged at close: teardown (QUEUE_PURGE)",
+    ),
     ("inet_csk_destroy_sock", "a TCP socket destroyed: teardown"),
-    ("tcp_", "TCP's receive path and state machine (tcp_v4_rcv: NO_SOCKET, tcp_rcv_state_process, ...)"),
-    ("sk_", "a socket's own filter or memory (sk_filter_trim_cap, sk_reset_timer, ...)"),
-    ("sock_", "a socket's queue (sock_queue_rcv_skb: the reader is slow)"),
+    (
+        "tcp_",
+        "TCP's receive path and state machine (tcp_v4_rcv: NO_SOCKET, tcp_rcv_state_process, ...)",
+    ),
+    (
+        "sk_",
+        "a socket's own filter or memory (sk_filter_trim_cap, sk_reset_timer, ...)",
+    ),
+    (
+        "sock_",
+        "a socket's queue (sock_queue_rcv_skb: the reader is slow)",
+    ),
     ("__udp4_lib_rcv", "no UDP socket on the port (NO_SOCKET)"),
     ("__udp6_lib_rcv", "no UDP socket on the port (NO_SOCKET)"),
-    ("udp", "a UDP socket's queue or filter (udp_queue_rcv_one_skb, ...)"),
+    (
+        "udp",
+        "a UDP socket's queue or filter (udp_queue_rcv_one_skb, ...)",
+    ),
     ("unix_", "a UNIX socket, never pod IP traffic"),
     ("netlink_", "a netlink socket, never pod IP traffic"),
-    ("packet_rcv", "an AF_PACKET socket's copy (tcpdump), not the packet itself"),
-    ("tpacket_rcv", "an AF_PACKET socket's copy (tcpdump), not the packet itself"),
-    ("raw_rcv", "a raw socket's copy (ping), not the packet itself"),
+    (
+        "packet_rcv",
+        "an AF_PACKET socket's copy (tcpdump), not the packet itself",
+    ),
+    (
+        "tpacket_rcv",
+        "an AF_PACKET socket's copy (tcpdump), not the packet itself",
+    ),
+    (
+        "raw_rcv",
+        "a raw socket's copy (ping), not the packet itself",
+    ),
 ];
 
 /// The class of the function that freed a packet (5.10). Everything the table does not
@@ -247,16 +340,38 @@ mod tests {
 
     #[test]
     fn teardown_and_closed_ports_are_the_endpoints() {
-        for r in ["QUEUE_PURGE", "NOT_SPECIFIED", "NO_SOCKET", "TCP_OLD_DATA", "TCP_NEW_THING"] {
+        for r in [
+            "QUEUE_PURGE",
+            "NOT_SPECIFIED",
+            "NO_SOCKET",
+            "TCP_OLD_DATA",
+            "TCP_NEW_THING",
+        ] {
             assert_eq!(of_reason(r), DropClass::Endpoint, "{r}");
         }
-        for r in ["NETFILTER_DROP", "TC_INGRESS", "NEIGH_FAILED", "TCP_CSUM", "SOMETHING_NEW"] {
+        for r in [
+            "NETFILTER_DROP",
+            "TC_INGRESS",
+            "NEIGH_FAILED",
+            "TCP_CSUM",
+            "SOMETHING_NEW",
+        ] {
             assert_eq!(of_reason(r), DropClass::Path, "{r}");
         }
-        for l in ["sk_stream_kill_queues", "skb_queue_purge", "tcp_v4_rcv", "__udp4_lib_rcv"] {
+        for l in [
+            "sk_stream_kill_queues",
+            "skb_queue_purge",
+            "tcp_v4_rcv",
+            "__udp4_lib_rcv",
+        ] {
             assert_eq!(of_location(l), DropClass::Endpoint, "{l}");
         }
-        for l in ["nf_hook_slow", "ip_rcv_finish", "__neigh_event_send", "veth_xmit"] {
+        for l in [
+            "nf_hook_slow",
+            "ip_rcv_finish",
+            "__neigh_event_send",
+            "veth_xmit",
+        ] {
             assert_eq!(of_location(l), DropClass::Path, "{l}");
         }
     }

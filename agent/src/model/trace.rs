@@ -776,6 +776,29 @@ pub fn explain(
             format!("The packet leaves through {dev}; sgpath has no answer to follow."),
         )
     };
+    // What the `tcp-early-demux-enabled` check warns of, the same way: a strict pod's TCP
+    // packets to the node (the answer to a kubelet probe) arrive on its host veth, and early
+    // demux hands them to the node's socket by the route cached from the connection's first
+    // packet instead of the strict path through the VLAN: dropped (VPC CNI PR #1212).
+    let early_demux = proto == Proto::Tcp
+        && from.mode == Some(super::EnforcingMode::Strict)
+        && node.has_address(to)
+        && node.sysctls.get(super::Sysctls::TCP_EARLY_DEMUX) == Some(1);
+    let (works, verdict) = if works && early_demux {
+        (
+            false,
+            format!(
+                "The pod's TCP packets to {to} die on the node: they arrive on {veth}, and with \
+                 net.ipv4.tcp_early_demux = 1 the kernel hands them to the node's socket by the \
+                 route cached from the connection's first packet, not by the pod's strict path \
+                 through {dev} (VPC CNI PR #1212); kubelet probes to this pod fail. Fix: \
+                 DISABLE_TCP_EARLY_DEMUX=true on aws-node's aws-vpc-cni-init \
+                 (finding tcp-early-demux-enabled)."
+            ),
+        )
+    } else {
+        (works, verdict)
+    };
     Trace {
         schema: "sgpath.trace/v1",
         from: from.clone(),
@@ -955,6 +978,33 @@ mod tests {
             "The packet reaches 192.168.1.10; the answer leaves by eth0, hairpins through the VPC and comes back in through vlan.eth.1 to vlanaaaaaaaaaaa."
         );
         assert!(t.works);
+    }
+
+    /// The trace and the `tcp-early-demux-enabled` check tell one story: with early demux on,
+    /// a strict pod's TCP answer to the node fails in both; with it off, neither says so.
+    #[test]
+    fn early_demux_breaks_a_strict_pods_tcp_to_the_node_as_the_check_says() {
+        for on in [0, 1] {
+            let mut n = node();
+            n.sysctls
+                .0
+                .insert(crate::model::Sysctls::TCP_EARLY_DEMUX.into(), on);
+            let topo = Topology::from_node(&n);
+            let check = crate::checks::run(&n, &topo)
+                .iter()
+                .any(|f| f.id == crate::checks::FindingId::TcpEarlyDemuxEnabled);
+            let t = trace(&n, POD_A, NODE_IP);
+            assert_eq!(check, on == 1);
+            assert_eq!(t.works, on == 0, "{}", t.verdict);
+            assert_eq!(
+                t.verdict.contains("tcp_early_demux"),
+                on == 1,
+                "{}",
+                t.verdict
+            );
+            // Not the pod's traffic elsewhere: the bastion is fine either way.
+            assert!(trace(&n, POD_A, BASTION).works);
+        }
     }
 
     #[test]

@@ -292,7 +292,7 @@ mod tests {
             (parse_syn_timeout, "0"),
             (parse_syn_timeout, "99ms"),
             (parse_window, "0s"),
-            (parse_window, "25h"),
+            (parse_window, "1441m"),
             (parse_observe_duration, "0ms"),
             (parse_observe_duration, "18446744073709551615m"),
             (parse_summary_interval, "307445734561825861m"),

@@ -90,10 +90,13 @@ impl Window {
 
     /// The window's figures of each path of `topo`, and `topo`'s counters recorded.
     fn apply(&mut self, now: Instant, topo: &mut Topology) {
-        while self
-            .snapshots
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > self.span)
+        // The oldest snapshot within the span; after a gap without reports, the newest one
+        // before it (never none: that would count the whole lifetime again).
+        while self.snapshots.len() > 1
+            && self
+                .snapshots
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > self.span)
         {
             self.snapshots.pop_front();
         }

@@ -1150,7 +1150,7 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
 }
 
 /// Resident and peak memory of process `pid`, KiB (`VmRSS`, `VmHWM`).
-fn memory_kib(pid: u32) -> (u64, u64) {
+pub(crate) fn memory_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| {
         status
@@ -1406,6 +1406,7 @@ fn topology_of(doc: &Value) -> Value {
     let mut paths = doc["paths"].clone();
     for p in paths.as_array_mut().unwrap() {
         p.as_object_mut().unwrap().remove("counters");
+        p.as_object_mut().unwrap().remove("window");
     }
     let findings: std::collections::BTreeSet<String> = doc["findings"]
         .as_array()

@@ -421,13 +421,15 @@ fn deploy_image_matches_the_daemonset() {
 
 /// Trust: a spoofed source counts on the sender's veth only (`pod-source-spoofed`), the
 /// finding clears one `--window` after the spoofing stops, and a stale veth holding a live
-/// pod's IP is `pod-ip-conflict` (trace refuses to guess). One lab, in that order.
+/// pod's IP is `pod-ip-conflict` (trace refuses to guess), and a port scan keeps tallies
+/// and series bounded. One lab, in that order.
 #[test]
 fn trust_spoofing_windows_and_ip_conflicts() {
     let lab = built("host", "sgt-t");
     sgpath_tests::trust::spoofed_source_counts_on_the_sender_only(&lab);
     sgpath_tests::trust::finding_clears_one_window_after_its_cause(&lab);
     sgpath_tests::trust::stale_veth_is_a_pod_ip_conflict(&lab);
+    sgpath_tests::trust::port_scan_stays_bounded(&lab);
 }
 
 /// Every drop reason of this kernel has a class (path or endpoint).

@@ -473,17 +473,27 @@ fn agent_scraped_by_prometheus() {
 }
 
 /// Trust on this kernel: a spoofed source counts on the sender's veth only, the finding
-/// clears one `--window` later, a stale veth holding a live pod's IP is `pod-ip-conflict`.
+/// clears one `--window` later, a stale veth holding a live pod's IP is `pod-ip-conflict`,
+/// a port scan keeps tallies and series bounded.
 #[test]
 fn trust_spoofing_windows_and_ip_conflicts() {
     let lab = built("observe", "sgt-t");
     sgpath_tests::trust::spoofed_source_counts_on_the_sender_only(&lab);
     sgpath_tests::trust::finding_clears_one_window_after_its_cause(&lab);
     sgpath_tests::trust::stale_veth_is_a_pod_ip_conflict(&lab);
+    sgpath_tests::trust::port_scan_stays_bounded(&lab);
 }
 
 /// Every drop reason of this kernel has a class (path or endpoint).
 #[test]
 fn drop_reasons_are_all_classified() {
     sgpath_tests::trust::drop_reasons_are_all_classified();
+}
+
+/// The healthy default lab under thousands of short HTTP connections and refused connects:
+/// no warning, no error, the node's connections counted exactly.
+#[test]
+fn healthy_lab_under_http_load_raises_nothing() {
+    let lab = built("default", "sgt-hl");
+    sgpath_tests::trust::healthy_lab_under_http_load_raises_nothing(&lab);
 }

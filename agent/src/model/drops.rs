@@ -162,7 +162,10 @@ pub const ENDPOINT_REASONS: &[(&str, &str)] = &[
     ("TCP_AOUNEXPECTED", "TCP-AO: the endpoints' keys"),
     ("TCP_AOKEYNOTFOUND", "TCP-AO: the endpoints' keys"),
     ("TCP_AOFAILURE", "TCP-AO: the endpoints' keys"),
-    // Sentinels of the enum, never a drop.
+    // Not drops: the enum's start and kfree_skb's "consumed" (6.x names them without the
+    // SKB_DROP_REASON_ prefix), and its sentinels.
+    ("SKB_NOT_DROPPED_YET", "not a drop: the enum's zero"),
+    ("SKB_CONSUMED", "not a drop: consumed, freed after use"),
     ("MAX", "not a reason: the enum's end"),
     ("SUBSYS_MASK", "not a reason: a mask"),
 ];

@@ -238,6 +238,7 @@ pub const PATH_REASONS: &[&str] = &[
     "ICMP_CSUM",
     "SKB_CSUM",
     "SKB_GSO_SEG",
+    "SKB_BAD_GSO",
     "INVALID_PROTO",
     "IPV6_BAD_EXTHDR",
     "FRAG_REASM_TIMEOUT",

@@ -12,7 +12,7 @@
 //! | refusal (RST, ICMP)       | a host veth, either way        | `answered` = refused          |
 //!
 //! On a host veth only packets with the veth's own pod address get here (see
-//! `path_counters`), so a pod can neither open nor answer its neighbour's connections.
+//! `walk`), so a pod can neither open nor answer its neighbour's connections.
 //!
 //! A plain hash, not an LRU: an LRU would silently evict the oldest entries, which are
 //! exactly the unanswered connections this is for. A full map is counted instead.
@@ -20,14 +20,10 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::HashMap};
 use sgpath_ebpf::{
     ConnState, MAX_CONNS, NO_PATH, ProgError,
-    packet::{Answer, ConnKey, ConnKind, Direction, IpHeader, L4, PROTO_TCP, Signal},
+    packet::{self, Answer, ConnKey, ConnKind, IpHeader, L4, PROTO_TCP, Signal, Site},
 };
 
-use crate::{
-    errors::bump_error,
-    path_counters::{Site, path_of},
-    skb,
-};
+use crate::{errors::bump_error, pods, skb};
 
 /// BPF_NOEXIST: the first CPU to insert wins; the others update.
 const NOEXIST: u64 = 1;
@@ -72,26 +68,21 @@ fn request(
     l4: &L4,
     kind: ConnKind,
 ) {
-    // Whose request, and is it handed to a pod here?
-    let (path, direction, in_path) = match site {
-        Site::VethReceive => (veth_path, Direction::FromPod, None),
-        Site::VethTransmit | Site::UplinkTransmit => {
-            let dst = veth_path.or_else(|| path_of(&ip.dst));
-            // Only the node's own packets still carry their socket here; forwarded ones
-            // (the bastion's, another pod's) do not.
-            let own = if dst.is_some() && skb::has_socket(skb) {
-                dst
-            } else {
-                None
-            };
-            let handed = if site == Site::VethTransmit && l4.proto == PROTO_TCP {
-                dst
-            } else {
-                None
-            };
-            (own, Direction::ToPod, handed)
-        }
+    // Whose request, and is it handed to a pod here? The destination's path is looked up
+    // only on an uplink (a veth's pod is known).
+    let dst_path = if veth_path.is_none() {
+        pods::path_of(&ip.dst)
+    } else {
+        None
     };
+    let owner = packet::request_owner(
+        site,
+        veth_path,
+        dst_path,
+        skb::has_socket(skb),
+        l4.proto == PROTO_TCP,
+    );
+    let (path, direction, in_path) = (owner.path, owner.direction, owner.in_path);
     if path.is_none() && in_path.is_none() {
         return;
     }

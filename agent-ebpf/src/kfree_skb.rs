@@ -16,21 +16,12 @@
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuHashMap},
+    maps::PerCpuHashMap,
     programs::BtfTracePointContext,
 };
-use sgpath_ebpf::{
-    DropKey, IfaceRole, MAX_DROP_KEYS, MAX_NETNS, NO_PATH, NetnsInfo, ProgError, packet::Direction,
-};
+use sgpath_ebpf::{DropKey, IfaceRole, MAX_DROP_KEYS, NO_PATH, ProgError, packet::Direction};
 
-use crate::{
-    errors::bump_error,
-    path_counters::{IFACES, POD_PATHS},
-    skb,
-};
-
-#[map]
-static NETNS_ROLES: HashMap<u32, NetnsInfo> = HashMap::with_max_entries(MAX_NETNS, 0);
+use crate::{errors::bump_error, pods, skb};
 
 #[map]
 static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, 0);
@@ -66,8 +57,7 @@ fn charge(skb: *const u8, location: u64, reason: u32) {
     let Some(inum) = inum else {
         return;
     };
-    // SAFETY: read-only use of a value userspace wrote.
-    let Some(ns) = (unsafe { NETNS_ROLES.get(&inum) }) else {
+    let Some(ns) = pods::netns(inum) else {
         return;
     };
     let role = ns.role;
@@ -75,8 +65,7 @@ fn charge(skb: *const u8, location: u64, reason: u32) {
     // namespace, or its host veth in the node's.
     let mut only = ns.path;
     if only == NO_PATH && !dev.is_null() {
-        // SAFETY: as above.
-        if let Some(iface) = unsafe { IFACES.get(&skb::ifindex(dev)) } {
+        if let Some(iface) = pods::iface(skb::ifindex(dev)) {
             if iface.role == IfaceRole::HostVeth as u8 {
                 only = iface.path;
             }
@@ -86,8 +75,7 @@ fn charge(skb: *const u8, location: u64, reason: u32) {
         return;
     };
     for (addr, dir) in [(ip.src, Direction::FromPod), (ip.dst, Direction::ToPod)] {
-        // SAFETY: as above.
-        let Some(&path) = (unsafe { POD_PATHS.get(&addr) }) else {
+        let Some(path) = pods::path_of(&addr) else {
             continue;
         };
         if only != NO_PATH && path != only {

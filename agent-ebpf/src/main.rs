@@ -8,17 +8,21 @@
 #[cfg(target_arch = "bpf")]
 mod conns;
 #[cfg(target_arch = "bpf")]
+mod counters;
+#[cfg(target_arch = "bpf")]
 mod errors;
 #[cfg(target_arch = "bpf")]
 mod kfree_skb;
-#[cfg(target_arch = "bpf")]
-mod path_counters;
 #[cfg(target_arch = "bpf")]
 mod path_rx;
 #[cfg(target_arch = "bpf")]
 mod path_tx;
 #[cfg(target_arch = "bpf")]
+mod pods;
+#[cfg(target_arch = "bpf")]
 mod skb;
+#[cfg(target_arch = "bpf")]
+mod walk;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

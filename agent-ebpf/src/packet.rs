@@ -243,6 +243,83 @@ pub fn is_link_scoped(a: &PodAddr) -> bool {
     (o[0] == 0xfe && o[1] & 0xc0 == 0x80) || o[0] == 0xff || *o == [0; 16]
 }
 
+/// Which tracepoint saw a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Receive,
+    Transmit,
+}
+
+/// Where a packet was seen: the interface's role and the hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    /// A pod's host veth received it: it comes from the pod.
+    VethReceive,
+    /// A pod's host veth sends it: it goes to the pod.
+    VethTransmit,
+    /// It leaves the node by a node ENI or `vlan.eth.N`.
+    UplinkTransmit,
+}
+
+/// The site of a packet `hook` saw on an interface of `role` (`crate::IfaceRole` as
+/// stored in `IFACES`), or `None`: an uplink's receive side tells nothing (answers are
+/// matched on the host veth), and an interface of no role is not probed.
+#[inline(always)]
+pub fn site(hook: Hook, role: u8) -> Option<Site> {
+    let veth = role == crate::IfaceRole::HostVeth as u8;
+    let uplink = role == crate::IfaceRole::Uplink as u8;
+    match hook {
+        Hook::Receive if veth => Some(Site::VethReceive),
+        Hook::Transmit if veth => Some(Site::VethTransmit),
+        Hook::Transmit if uplink => Some(Site::UplinkTransmit),
+        _ => None,
+    }
+}
+
+/// Whose request a SYN or DNS query is, and which pod it is handed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestOwner {
+    /// The path whose request it is: the pod's own (`FromPod`), or the node's connection to
+    /// the pod (`ToPod`).
+    pub path: Option<u32>,
+    pub direction: Direction,
+    /// The path whose pod the SYN is handed to (`syn_in`).
+    pub in_path: Option<u32>,
+}
+
+/// Decides a request's owner. `veth_path`: the path of the host veth it crossed (its pod's
+/// address checked; `None` on an uplink); `dst_path`: the path of its destination address
+/// (looked up only on an uplink); `has_socket`: the skb still carries its socket (only the
+/// node's own packets do; forwarded ones, the bastion's or another pod's, do not).
+#[inline(always)]
+pub fn request_owner(
+    site: Site,
+    veth_path: Option<u32>,
+    dst_path: Option<u32>,
+    has_socket: bool,
+    tcp: bool,
+) -> RequestOwner {
+    match site {
+        Site::VethReceive => RequestOwner {
+            path: veth_path,
+            direction: Direction::FromPod,
+            in_path: None,
+        },
+        Site::VethTransmit | Site::UplinkTransmit => {
+            let dst = veth_path.or(dst_path);
+            RequestOwner {
+                path: if has_socket { dst } else { None },
+                direction: Direction::ToPod,
+                in_path: if site == Site::VethTransmit && tcp {
+                    dst
+                } else {
+                    None
+                },
+            }
+        }
+    }
+}
+
 /// What a packet on a host veth is to that veth's path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attribution {
@@ -564,5 +641,42 @@ mod tests {
         assert_eq!(attribute(false, &pod, &to_pod), Attribution::Own);
         to_pod.dst = PodAddr::v4([192, 168, 3, 7]);
         assert_eq!(attribute(false, &pod, &to_pod), Attribution::Ignore);
+    }
+
+    #[test]
+    fn sites_and_request_owners() {
+        use crate::IfaceRole::{HostVeth, Uplink};
+        assert_eq!(site(Hook::Receive, HostVeth as u8), Some(Site::VethReceive));
+        assert_eq!(
+            site(Hook::Transmit, HostVeth as u8),
+            Some(Site::VethTransmit)
+        );
+        assert_eq!(
+            site(Hook::Transmit, Uplink as u8),
+            Some(Site::UplinkTransmit)
+        );
+        assert_eq!(site(Hook::Receive, Uplink as u8), None);
+        assert_eq!(site(Hook::Transmit, 0), None);
+        // The pod's own SYN, on its veth.
+        let own = request_owner(Site::VethReceive, Some(3), None, false, true);
+        assert_eq!(
+            (own.path, own.direction, own.in_path),
+            (Some(3), Direction::FromPod, None)
+        );
+        // The node's probe, handed to the pod: the node's request and a SYN in.
+        let probe = request_owner(Site::VethTransmit, Some(3), None, true, true);
+        assert_eq!((probe.path, probe.in_path), (Some(3), Some(3)));
+        // The bastion's SYN handed in: no socket, so nobody's request, but a SYN in.
+        let fwd = request_owner(Site::VethTransmit, Some(3), None, false, true);
+        assert_eq!((fwd.path, fwd.in_path), (None, Some(3)));
+        // The node's probe to a strict pod leaving by eth0: its request, not yet handed in.
+        let out = request_owner(Site::UplinkTransmit, None, Some(5), true, true);
+        assert_eq!(
+            (out.path, out.direction, out.in_path),
+            (Some(5), Direction::ToPod, None)
+        );
+        // A DNS query over UDP handed in is no SYN in.
+        let dns = request_owner(Site::VethTransmit, Some(3), None, true, false);
+        assert_eq!(dns.in_path, None);
     }
 }

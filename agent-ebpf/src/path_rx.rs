@@ -6,16 +6,14 @@
 //! program (the AWS network policy agent's) cannot hide packets from it on any kernel; what
 //! such a filter drops is counted by `kfree_skb` and subtracted by userspace.
 
-use crate::{
-    path_counters::{self, Hook},
-    skb,
-};
+use crate::{skb, walk};
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use sgpath_ebpf::packet::Hook;
 
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn path_rx(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let dev = skb::dev(skb);
-    path_counters::observe(skb, dev, Hook::Receive);
+    walk::observe(skb, dev, Hook::Receive);
     0
 }

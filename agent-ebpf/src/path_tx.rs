@@ -3,13 +3,14 @@
 //! transmits, charged to that veth's path as `to_pod`. It fires after tc/tcx egress, so it
 //! sees exactly what every egress filter let through.
 
-use crate::path_counters::{self, Hook};
+use crate::walk;
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use sgpath_ebpf::packet::Hook;
 
 #[btf_tracepoint(function = "net_dev_start_xmit")]
 pub fn path_tx(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let dev: *const u8 = ctx.arg(1);
-    path_counters::observe(skb, dev, Hook::Transmit);
+    walk::observe(skb, dev, Hook::Transmit);
     0
 }

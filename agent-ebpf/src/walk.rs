@@ -1,0 +1,85 @@
+//! The packet's walk: what `path_rx` and `path_tx` do with a packet on an interface of the
+//! node's namespace. The only module that calls the others ([`pods`], [`counters`],
+//! [`conns`]); they are leaves. The decisions are plain functions of `sgpath_ebpf::packet`,
+//! unit-tested on the host.
+//!
+//! `IFACES` (kept by userspace) says what the interface is; everything else is one map
+//! lookup and out.
+//!
+//! | interface | receive (`path_rx`)                  | transmit (`path_tx`)              |
+//! |-----------|--------------------------------------|-----------------------------------|
+//! | host veth | `from_pod` of the veth's path        | `to_pod` of the veth's path       |
+//! | uplink    | -                                    | `left_via` of the source's path   |
+//!
+//! A host veth counts a packet only with its pod's address on the pod's side (source on
+//! receive, destination on transmit, [`packet::attribute`]): a pod sending with a
+//! neighbour's address counts as `foreign` on its own path and touches nothing else.
+//! Link-local chatter counts nowhere. SYNs, SYN-ACKs, RSTs and DNS packets also go to
+//! [`conns`].
+
+use sgpath_ebpf::{
+    NO_PATH,
+    packet::{self, Attribution, Direction, Hook, Site},
+};
+
+use crate::{conns, counters, pods, skb};
+
+// Out of line: one body for both tracepoints, in its own stack frame.
+#[inline(never)]
+pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
+    if dev.is_null() {
+        return;
+    }
+    // ifindexes repeat across namespaces: only the node's own interfaces count. Two loads,
+    // so first: a pod's own packets leave before any map lookup.
+    if skb::netns(dev) != Some(skb::node_netns()) {
+        return;
+    }
+    let ifindex = skb::ifindex(dev);
+    let Some(iface) = pods::iface(ifindex) else {
+        return;
+    };
+    let Some(site) = packet::site(hook, iface.role) else {
+        return;
+    };
+    if !skb::is_ip(skb) {
+        return;
+    }
+    let at = match hook {
+        // On receive the stack has not set the network header yet: the IP header is at data.
+        Hook::Receive => skb::data(skb),
+        Hook::Transmit => skb::network_header(skb),
+    };
+    let Some(ip) = skb::header(at) else { return };
+    // The path whose pod sent or gets the packet: the veth's, once its address checks out.
+    let path = match site {
+        Site::VethReceive | Site::VethTransmit => {
+            let from_pod = site == Site::VethReceive;
+            match packet::attribute(from_pod, &iface.pod, &ip) {
+                Attribution::Own => {
+                    let dir = if from_pod {
+                        Direction::FromPod
+                    } else {
+                        Direction::ToPod
+                    };
+                    counters::forwarded(skb, iface.path, dir, ip.len);
+                    Some(iface.path)
+                }
+                Attribution::Foreign => {
+                    counters::foreign(skb, iface.path, &ip.src);
+                    return;
+                }
+                Attribution::Ignore => return,
+            }
+        }
+        Site::UplinkTransmit => {
+            if let Some(path) = pods::path_of(&ip.src) {
+                counters::left_via(path, ifindex, skb::segments(skb));
+            }
+            None
+        }
+    };
+    if let Some(signal) = ip.l4.and_then(|l4| l4.signal()) {
+        conns::track(skb, site, path.unwrap_or(NO_PATH), &ip, signal);
+    }
+}

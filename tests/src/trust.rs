@@ -50,41 +50,8 @@ fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
 /// Sends `n` UDP datagrams from namespace `ns` with source address `src`, through a raw
 /// socket (what a pod with the default CAP_NET_RAW can do).
 fn send_spoofed(ns: &str, src: Ipv4Addr, dst: Ipv4Addr, port: u16, n: u64) {
-    in_netns(ns, || {
-        // SAFETY: plain socket(2); the fd is closed below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let packet = udp_packet(src, dst, port);
-        let to = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(dst.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        for i in 0..n {
-            // SAFETY: valid buffer and address for the call's duration.
-            let sent = unsafe {
-                libc::sendto(
-                    fd,
-                    packet.as_ptr().cast(),
-                    packet.len(),
-                    0,
-                    (&to as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            };
-            assert_eq!(
-                sent,
-                packet.len() as isize,
-                "spoofed datagram {i}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        // SAFETY: our fd.
-        unsafe { libc::close(fd) };
-    });
+    let packet = udp_packet(src, dst, port);
+    send_raw(ns, &vec![(dst, packet); n as usize]);
 }
 
 /// The path whose host veth is `veth`.

@@ -19,7 +19,10 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
     programs::BtfTracePointContext,
 };
-use sgpath_ebpf::{DropKey, IfaceRole, MAX_DROP_KEYS, NO_PATH, ProgError, packet::Direction};
+use sgpath_ebpf::{
+    DropKey, IfaceRole, MAX_DROP_KEYS, NO_PATH, ProgError,
+    packet::{Direction, NetnsRole},
+};
 
 use crate::{errors::bump_error, pods, skb};
 
@@ -45,9 +48,12 @@ pub fn kfree_skb_location(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn charge(skb: *const u8, location: u64, reason: u32) {
-    if skb.is_null() || !skb::is_ip(skb) {
+    if skb.is_null() {
         return;
     }
+    // Where it happened, first: the device's namespace, or before it has a device (the
+    // output hook of netfilter) its socket's. The node's is a compare with `CONFIG`; only
+    // another namespace costs a lookup (is it a pod's?).
     let dev = skb::dev(skb);
     let inum = if dev.is_null() {
         skb::sk_netns(skb)
@@ -57,17 +63,25 @@ fn charge(skb: *const u8, location: u64, reason: u32) {
     let Some(inum) = inum else {
         return;
     };
-    let Some(ns) = pods::netns(inum) else {
-        return;
+    let (role, mut only) = if inum == skb::node_netns() {
+        (NetnsRole::Node as u8, NO_PATH)
+    } else {
+        match pods::netns(inum) {
+            Some(ns) => (ns.role, ns.path),
+            None => return,
+        }
     };
-    let role = ns.role;
+    if !skb::is_ip(skb) {
+        return;
+    }
     // The one path this drop may charge, when the place it happened belongs to a pod: its
     // namespace, or its host veth in the node's.
-    let mut only = ns.path;
+    let mut veth_pod = None;
     if only == NO_PATH && !dev.is_null() {
         if let Some(iface) = pods::iface(skb::ifindex(dev)) {
             if iface.role == IfaceRole::HostVeth as u8 {
                 only = iface.path;
+                veth_pod = pods::pod_of(iface.path);
             }
         }
     }
@@ -75,19 +89,22 @@ fn charge(skb: *const u8, location: u64, reason: u32) {
         return;
     };
     for (addr, dir) in [(ip.src, Direction::FromPod), (ip.dst, Direction::ToPod)] {
-        let Some(path) = pods::path_of(&addr) else {
+        // On a host veth its pod's address is known: no hash lookup.
+        let path = match veth_pod {
+            Some(pod) => (*pod == addr).then_some(only),
+            None => pods::path_of(&addr),
+        };
+        let Some(path) = path else {
             continue;
         };
         if only != NO_PATH && path != only {
             continue;
         }
         let key = DropKey {
-            path,
+            path: path as u16,
             direction: dir as u8,
             netns_role: role,
-            _pad: [0; 2],
             reason,
-            _pad2: 0,
             location,
         };
         match DROPS.get_ptr_mut(&key) {

@@ -38,8 +38,16 @@ impl TryFrom<u32> for ProgError {
     }
 }
 
-/// Map `IFACES`: ifindex of an interface in the node's namespace -> [`IfaceInfo`].
+/// Array `IFACES`: ifindex of an interface in the node's namespace -> [`IfaceInfo`]; an
+/// entry with role 0 is an interface nobody probes. Sized by userspace to the node's ifindex
+/// space with room to grow ([`ifindex_slots`]); a higher ifindex goes to [`IFACES_HIGH_MAP`].
 pub const IFACES_MAP: &str = "IFACES";
+/// Hash `IFACES_HIGH`: the interfaces whose ifindex is beyond `IFACES` (a node whose
+/// ifindexes grew past the room left at start, after weeks of pod churn).
+pub const IFACES_HIGH_MAP: &str = "IFACES_HIGH";
+/// Array `PATH_PODS`, indexed by path id: the address of the path's pod (its end of the host
+/// veth), against which a host veth's packets are attributed.
+pub const PATH_PODS_MAP: &str = "PATH_PODS";
 /// Hash `CONNS`: [`ConnKey`] -> [`ConnState`], the connections waiting for (or lingering
 /// after) their answer; userspace sweeps it.
 pub const CONNS_MAP: &str = "CONNS";
@@ -69,6 +77,20 @@ pub const MAX_CONNS: u32 = 16384;
 pub const MAX_LEFT_VIA: u32 = 8192;
 /// `ConnState::path` of a connection no path opened.
 pub const NO_PATH: u32 = u32::MAX;
+/// Entries of `IFACES_HIGH` (the interfaces beyond the array).
+pub const MAX_HIGH_IFACES: u32 = 4096;
+
+/// Entries of the `IFACES` array for a node whose highest ifindex is `max_ifindex`: four
+/// times the room it uses now (every pod's veth pair takes new ifindexes; a node that ran
+/// through that many needs the overflow hash), at least 4096 (32 KiB), at most 2^18 (2 MiB).
+pub const fn ifindex_slots(max_ifindex: u32) -> u32 {
+    let want = (max_ifindex as u64 + 1) * 4;
+    let mut slots = 4096u64;
+    while slots < want && slots < (1 << 18) {
+        slots *= 2;
+    }
+    slots as u32
+}
 
 /// What an interface of the node's namespace is to the path programs.
 #[repr(u8)]
@@ -82,18 +104,16 @@ pub enum IfaceRole {
 }
 
 /// Value of `IFACES`: what an interface of the node's namespace is and, for a host veth,
-/// the path it counts for and its pod's address. The veth that carried a packet decides its
-/// path, not the address in the header: a pod cannot write on a neighbour's path.
+/// the path it counts for. The veth that carried a packet decides its path, not the address
+/// in the header: a pod cannot write on a neighbour's path (its address: `PATH_PODS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceInfo {
-    /// [`IfaceRole`].
+    /// [`IfaceRole`]; 0: not probed.
     pub role: u8,
     pub _pad: [u8; 3],
     /// A host veth's path id ([`NO_PATH`] for an uplink).
     pub path: u32,
-    /// A host veth's pod address (the pod's end of the veth); zero for an uplink.
-    pub pod: PodAddr,
 }
 
 /// Value of `NETNS_ROLES`: whose namespace an inode is.
@@ -162,6 +182,15 @@ pub struct ProbeConfig {
     pub skb_end: u32,
     /// `skb_shared_info.gso_segs`: how many wire packets a GSO/GRO skb stands for.
     pub shinfo_gso_segs: u32,
+    /// `sk_buff.data_len`: bytes in page fragments (0: a linear skb, one packet).
+    pub skb_data_len: u32,
+    /// `sock.sk_type`, `sock.sk_protocol` (u16 each, 5.6+), `sock_common.skc_state` (u8)
+    /// and `sock_common.skc_dport` (big-endian u16): whether the node's own packet on an
+    /// uplink may be a request ([`packet::node_may_request`]), without reading it.
+    pub sk_type: u32,
+    pub sk_protocol: u32,
+    pub sk_state: u32,
+    pub sk_dport: u32,
 }
 
 impl ProbeConfig {
@@ -180,6 +209,11 @@ impl ProbeConfig {
             sk_net: 0,
             skb_end: 0,
             shinfo_gso_segs: 0,
+            skb_data_len: 0,
+            sk_type: 0,
+            sk_protocol: 0,
+            sk_state: 0,
+            sk_dport: 0,
         }
     }
 }
@@ -200,26 +234,26 @@ pub struct PathCounters {
     pub foreign_source: PodAddr,
 }
 
-/// One kind of drop on one path. `direction` is a [`packet::Direction`], `netns_role` a
-/// [`packet::NetnsRole`]; `reason` is the kernel's `enum skb_drop_reason` value (0 when the
-/// program runs without reasons) and `location` the address that freed the skb.
+/// One kind of drop on one path, 16 bytes (the hash of every drop covers them all).
+/// `path` is a path id (below 65536, `--max-paths`' bound), `direction` a
+/// [`packet::Direction`], `netns_role` a [`packet::NetnsRole`]; `reason` is the kernel's
+/// `enum skb_drop_reason` value (0 when the program runs without reasons) and `location` the
+/// address that freed the skb.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DropKey {
-    pub path: u32,
+    pub path: u16,
     pub direction: u8,
     pub netns_role: u8,
-    pub _pad: [u8; 2],
     pub reason: u32,
-    pub _pad2: u32,
     pub location: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<NetnsInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 52);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 72);
 const _: () = assert!(core::mem::size_of::<PathCounters>() == 56);
-const _: () = assert!(core::mem::size_of::<DropKey>() == 24);
+const _: () = assert!(core::mem::size_of::<DropKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PodAddr>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
@@ -237,7 +271,7 @@ unsafe impl aya::Pod for NetnsInfo {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PathCounters {}
-// SAFETY: as above; the padding fields are explicit and always zero.
+// SAFETY: as above; no padding.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for DropKey {}
 // SAFETY: 16 bytes.

@@ -276,6 +276,26 @@ pub fn site(hook: Hook, role: u8) -> Option<Site> {
     }
 }
 
+/// `SOCK_STREAM` and `SOCK_DGRAM` (`sock.sk_type`), and `TCP_SYN_SENT` (`skc_state`).
+pub const SOCK_STREAM: u16 = 1;
+pub const SOCK_DGRAM: u16 = 2;
+pub const TCP_SYN_SENT: u8 = 2;
+
+/// Whether a packet the node sends from a socket of this type, protocol, state and
+/// destination port (big-endian, 0 when unconnected) may be a request `conns` tracks: a
+/// TCP socket sends SYNs only in SYN_SENT; a connected UDP socket's port is known. Anything
+/// else (an unconnected UDP socket, raw sockets) may be: its packet is read.
+#[inline(always)]
+pub fn node_may_request(sk_type: u16, protocol: u16, state: u8, dport_be: u16) -> bool {
+    const TCP: u16 = PROTO_TCP as u16;
+    const UDP: u16 = PROTO_UDP as u16;
+    match (sk_type, protocol) {
+        (SOCK_STREAM, TCP) => state == TCP_SYN_SENT,
+        (SOCK_DGRAM, UDP) => dport_be == 0 || u16::from_be(dport_be) == DNS_PORT,
+        _ => true,
+    }
+}
+
 /// Whose request a SYN or DNS query is, and which pod it is handed to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestOwner {
@@ -429,6 +449,22 @@ impl TryFrom<u8> for NetnsRole {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_requests_are_read_only_when_they_may_be_one() {
+        let est = 1u8; // TCP_ESTABLISHED
+        assert!(node_may_request(SOCK_STREAM, 6, TCP_SYN_SENT, 0));
+        assert!(!node_may_request(SOCK_STREAM, 6, est, 443u16.to_be()));
+        // A connected UDP socket: its port says it; an unconnected one may send to 53.
+        assert!(node_may_request(SOCK_DGRAM, 17, 1, 53u16.to_be()));
+        assert!(!node_may_request(SOCK_DGRAM, 17, 1, 7200u16.to_be()));
+        assert!(node_may_request(SOCK_DGRAM, 17, 7, 0));
+        // Raw sockets (a hand-made SYN) and other protocols are read.
+        assert!(node_may_request(3, 6, 7, 0));
+        assert!(node_may_request(SOCK_DGRAM, 1, 7, 0));
+        // MPTCP (262) is no TCP socket by truncation.
+        assert!(node_may_request(SOCK_STREAM, 262, est, 0));
+    }
 
     fn pad(bytes: &[u8]) -> [u8; HEADER_BYTES] {
         let mut h = [0u8; HEADER_BYTES];

@@ -14,6 +14,8 @@ use sgpath_ebpf::packet::Hook;
 pub fn path_rx(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let dev = skb::dev(skb);
-    walk::observe(skb, dev, Hook::Receive);
+    if walk::in_node(dev) {
+        walk::observe(skb, dev, Hook::Receive);
+    }
     0
 }

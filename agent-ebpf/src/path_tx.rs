@@ -11,6 +11,8 @@ use sgpath_ebpf::packet::Hook;
 pub fn path_tx(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let dev: *const u8 = ctx.arg(1);
-    walk::observe(skb, dev, Hook::Transmit);
+    if walk::in_node(dev) {
+        walk::observe(skb, dev, Hook::Transmit);
+    }
     0
 }

@@ -1,12 +1,24 @@
-//! What userspace tells the programs about the node: each probed interface (`IFACES`:
-//! role, and for a host veth its path and pod address), each pod address's path
-//! (`POD_PATHS`), and whose namespaces count drops (`NETNS_ROLES`). Read-only here.
+//! What userspace tells the programs about the node: each probed interface by ifindex
+//! (`IFACES`, an array: the hot path's one lookup, which the verifier inlines into a bounds
+//! check and an add), each path's pod address (`PATH_PODS`, an array by path id), each pod
+//! address's path (`POD_PATHS`: only uplinks and drops need it), and whose namespaces count
+//! drops (`NETNS_ROLES`). Read-only here.
 
-use aya_ebpf::{macros::map, maps::HashMap};
-use sgpath_ebpf::{IfaceInfo, MAX_NETNS, MAX_PATHS, NetnsInfo, packet::PodAddr};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap},
+};
+use sgpath_ebpf::{IfaceInfo, MAX_HIGH_IFACES, MAX_NETNS, MAX_PATHS, NetnsInfo, packet::PodAddr};
+
+/// Sized by userspace (`ifindex_slots`); this is only the object's default.
+#[map]
+static IFACES: Array<IfaceInfo> = Array::with_max_entries(4096, 0);
 
 #[map]
-static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_PATHS, 0);
+static IFACES_HIGH: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(MAX_HIGH_IFACES, 0);
+
+#[map]
+static PATH_PODS: Array<PodAddr> = Array::with_max_entries(MAX_PATHS, 0);
 
 #[map]
 static POD_PATHS: HashMap<PodAddr, u32> = HashMap::with_max_entries(MAX_PATHS, 0);
@@ -17,8 +29,19 @@ static NETNS_ROLES: HashMap<u32, NetnsInfo> = HashMap::with_max_entries(MAX_NETN
 /// What interface `ifindex` of the node's namespace is, if it is probed.
 #[inline(always)]
 pub fn iface(ifindex: u32) -> Option<&'static IfaceInfo> {
-    // SAFETY: read-only use of a value userspace wrote.
-    unsafe { IFACES.get(&ifindex) }
+    match IFACES.get(ifindex) {
+        Some(info) if info.role != 0 => Some(info),
+        Some(_) => None,
+        // Beyond the array: the rare node whose ifindexes outgrew it.
+        // SAFETY: read-only use of a value userspace wrote.
+        None => unsafe { IFACES_HIGH.get(&ifindex) },
+    }
+}
+
+/// The address of `path`'s pod.
+#[inline(always)]
+pub fn pod_of(path: u32) -> Option<&'static PodAddr> {
+    PATH_PODS.get(path)
 }
 
 /// The path of a pod IP.

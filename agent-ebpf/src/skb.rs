@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use sgpath_ebpf::{
     ProbeConfig,
-    packet::{HEADER_BYTES, IpHeader, parse_ip},
+    packet::{self, HEADER_BYTES, IpHeader, parse_ip},
 };
 
 /// Set by userspace at load time (`EbpfLoader::set_global`).
@@ -87,7 +87,27 @@ fn net_inum(net: *const u8) -> Option<u32> {
 /// (forwarded packets have none).
 #[inline(always)]
 pub fn has_socket(skb: *const u8) -> bool {
-    !unsafe { field::<*const u8>(skb, cfg!(skb_sk)) }.is_null()
+    !socket(skb).is_null()
+}
+
+/// The skb's socket, null when it has none.
+#[inline(always)]
+pub fn socket(skb: *const u8) -> *const u8 {
+    unsafe { field(skb, cfg!(skb_sk)) }
+}
+
+/// Whether a packet the node sends from `sk` may be a request (`packet::node_may_request`),
+/// from the socket's fields alone.
+#[inline(always)]
+pub fn may_request(sk: *const u8) -> bool {
+    unsafe {
+        packet::node_may_request(
+            field(sk, cfg!(sk_type)),
+            field(sk, cfg!(sk_protocol)),
+            field(sk, cfg!(sk_state)),
+            field(sk, cfg!(sk_dport)),
+        )
+    }
 }
 
 /// Whether `skb->protocol` is IPv4 or IPv6.
@@ -101,9 +121,16 @@ pub fn is_ip(skb: *const u8) -> bool {
 
 /// How many wire packets the skb stands for: `skb_shinfo(skb)->gso_segs` for a GSO or GRO
 /// skb (a TCP stream crosses a veth as 64 KiB super-packets), else 1. `skb_shared_info` has
-/// no BTF pointer to it (`head + end`), so this one is a helper read.
+/// no BTF pointer to it (`head + end`), so it is a helper read, the dearest step of the
+/// walk: only a nonlinear skb (`data_len` > 0) pays it. A GSO or GRO skb keeps its payload
+/// in page fragments or a frag list on every device with scatter-gather (veth, ENA, VLAN);
+/// a small datagram is linear and one packet.
 #[inline(always)]
 pub fn segments(skb: *const u8) -> u64 {
+    let data_len: u32 = unsafe { field(skb, cfg!(skb_data_len)) };
+    if data_len == 0 {
+        return 1;
+    }
     let head: u64 = unsafe { field(skb, cfg!(skb_head)) };
     let end: u32 = unsafe { field(skb, cfg!(skb_end)) };
     if head == 0 {

@@ -3,8 +3,8 @@
 //! [`conns`]); they are leaves. The decisions are plain functions of `sgpath_ebpf::packet`,
 //! unit-tested on the host.
 //!
-//! `IFACES` (kept by userspace) says what the interface is; everything else is one map
-//! lookup and out.
+//! `IFACES` (kept by userspace, an array by ifindex) says what the interface is. Another
+//! namespace's packets leave at the namespace compare, before any map or packet read.
 //!
 //! | interface | receive (`path_rx`)                  | transmit (`path_tx`)              |
 //! |-----------|--------------------------------------|-----------------------------------|
@@ -24,24 +24,36 @@ use sgpath_ebpf::{
 
 use crate::{conns, counters, pods, skb};
 
+/// Whether `dev` is an interface of the node's namespace: ifindexes repeat across
+/// namespaces, only the node's own interfaces count. Three loads and a compare, inlined into
+/// each program before its call to [`observe`]: a pod's own packets and every other
+/// namespace's leave here, before any map.
+#[inline(always)]
+pub fn in_node(dev: *const u8) -> bool {
+    !dev.is_null() && skb::netns(dev) == Some(skb::node_netns())
+}
+
+/// Counts a packet on `dev`, an interface of the node's namespace ([`in_node`]).
 // Out of line: one body for both tracepoints, in its own stack frame.
 #[inline(never)]
 pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
-    if dev.is_null() {
-        return;
-    }
-    // ifindexes repeat across namespaces: only the node's own interfaces count. Two loads,
-    // so first: a pod's own packets leave before any map lookup.
-    if skb::netns(dev) != Some(skb::node_netns()) {
-        return;
-    }
     let ifindex = skb::ifindex(dev);
+    // An array lookup: the verifier inlines it (no helper call).
     let Some(iface) = pods::iface(ifindex) else {
         return;
     };
     let Some(site) = packet::site(hook, iface.role) else {
         return;
     };
+    // The node's own packet on an uplink matters only as a request to a pod through the VPC
+    // (a kubelet probe of a strict-mode branch pod): its socket says whether it can be one,
+    // before the packet is read.
+    if site == Site::UplinkTransmit {
+        let sk = skb::socket(skb);
+        if !sk.is_null() && !skb::may_request(sk) {
+            return;
+        }
+    }
     if !skb::is_ip(skb) {
         return;
     }
@@ -55,7 +67,10 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
     let path = match site {
         Site::VethReceive | Site::VethTransmit => {
             let from_pod = site == Site::VethReceive;
-            match packet::attribute(from_pod, &iface.pod, &ip) {
+            let Some(pod) = pods::pod_of(iface.path) else {
+                return;
+            };
+            match packet::attribute(from_pod, pod, &ip) {
                 Attribution::Own => {
                     let dir = if from_pod {
                         Direction::FromPod
@@ -73,8 +88,13 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
             }
         }
         Site::UplinkTransmit => {
-            if let Some(path) = pods::path_of(&ip.src) {
-                counters::left_via(path, ifindex, skb::segments(skb));
+            // A pod's packet leaving: forwarded, so without a socket. The node's own (with
+            // its socket) only matters as a request to a pod through the VPC (a kubelet
+            // probe of a strict-mode branch pod), which `conns` looks at.
+            if !skb::has_socket(skb) {
+                if let Some(path) = pods::path_of(&ip.src) {
+                    counters::left_via(path, ifindex, skb::segments(skb));
+                }
             }
             None
         }

@@ -469,7 +469,8 @@ impl PathIds {
         // one IP (`pod-ip-conflict`) still count each its own packets (by veth).
         pods.sort_by_key(|&(addr, id)| (addr, id));
         pods.dedup_by_key(|&mut (addr, _)| addr);
-        probes.sync(&pods, &ifaces, &namespaces)?;
+        let path_pods = path_pods(topo, &self.by_veth);
+        probes.sync(&pods, &ifaces, &path_pods, &namespaces)?;
         // Nothing charges the gone paths any more: forget them.
         let freed = !gone.is_empty();
         if freed {
@@ -523,7 +524,7 @@ fn interface_roles(node: &Node, topo: &Topology) -> Vec<(u32, IfaceRole)> {
 }
 
 /// What the programs need of each probed interface: its role and, for a host veth, its path
-/// id and its pod's address (the veth decides whose a packet is).
+/// id (the veth decides whose a packet is).
 fn interface_infos(
     node: &Node,
     topo: &Topology,
@@ -534,20 +535,24 @@ fn interface_infos(
         .map(|(ifindex, role)| {
             let path = node
                 .link(ifindex)
-                .and_then(|l| topo.path_of_veth(&l.name))
-                .filter(|_| role == IfaceRole::HostVeth);
+                .filter(|_| role == IfaceRole::HostVeth)
+                .and_then(|l| ids.get(&l.name).copied());
             let info = IfaceInfo {
                 role: role as u8,
                 _pad: [0; 3],
-                path: path
-                    .and_then(|p| ids.get(&p.host_veth).copied())
-                    .unwrap_or(NO_PATH),
-                pod: path
-                    .and_then(|p| p.pod_ip)
-                    .map_or(PodAddr::default(), pod_addr),
+                path: path.unwrap_or(NO_PATH),
             };
             (ifindex, info)
         })
+        .collect()
+}
+
+/// Each counted path's pod address (its end of the host veth), by path id: a host veth's
+/// packets are its pod's when they carry it.
+fn path_pods(topo: &Topology, ids: &BTreeMap<String, u32>) -> Vec<(u32, PodAddr)> {
+    topo.paths
+        .iter()
+        .filter_map(|p| Some((*ids.get(&p.host_veth)?, pod_addr(p.pod_ip?))))
         .collect()
 }
 

@@ -13,6 +13,12 @@ pub mod paths;
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sgpath-ebpf"));
 
+/// Empty programs on the same hooks (`floor_rx`, `floor_tx`, `floor_kfree_skb`): the
+/// benchmark loads them to measure the floor sgpath's programs are held against. The agent
+/// never loads them.
+pub static FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sgpath-floor"));
+
 /// Why probes could not be loaded or attached.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

@@ -20,13 +20,14 @@ use std::collections::BTreeMap;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePoint,
 };
 use sgpath_ebpf::{
-    CONFIG_GLOBAL, CONNS_MAP, ConnState, DROPS_MAP, DropKey, IFACES_MAP, IfaceInfo, LEFT_VIA_MAP,
-    LeftViaKey, MAX_CONNS, MAX_DROP_KEYS, MAX_LEFT_VIA, MAX_PATHS, NETNS_ROLES_MAP, NetnsInfo,
-    PATH_COUNTERS_MAP, POD_PATHS_MAP, PROG_ERRORS_MAP, PathCounters, ProbeConfig, ProgError,
+    CONFIG_GLOBAL, CONNS_MAP, ConnState, DROPS_MAP, DropKey, IFACES_HIGH_MAP, IFACES_MAP,
+    IfaceInfo, LEFT_VIA_MAP, LeftViaKey, MAX_CONNS, MAX_DROP_KEYS, MAX_LEFT_VIA, MAX_PATHS,
+    NETNS_ROLES_MAP, NetnsInfo, PATH_COUNTERS_MAP, PATH_PODS_MAP, POD_PATHS_MAP, PROG_ERRORS_MAP,
+    PathCounters, ProbeConfig, ProgError, ifindex_slots,
     packet::{ConnKey, PodAddr},
 };
 
@@ -64,6 +65,11 @@ pub fn probe_config(btf: &KernelBtf, node_netns: u32) -> Result<ProbeConfig, Btf
         sk_net: btf.member_offset("sock_common", "skc_net")?,
         skb_end: btf.member_offset("sk_buff", "end")?,
         shinfo_gso_segs: btf.member_offset("skb_shared_info", "gso_segs")?,
+        skb_data_len: btf.member_offset("sk_buff", "data_len")?,
+        sk_type: btf.member_offset("sock", "sk_type")?,
+        sk_protocol: btf.member_offset("sock", "sk_protocol")?,
+        sk_state: btf.member_offset("sock_common", "skc_state")?,
+        sk_dport: btf.member_offset("sock_common", "skc_dport")?,
     })
 }
 
@@ -119,6 +125,11 @@ pub struct PathProbes {
     ebpf: Ebpf,
     pub drop_source: DropSource,
     pub sizes: MapSizes,
+    /// Entries of the `IFACES` array (ifindexes below it), and those set now.
+    iface_slots: u32,
+    ifaces_set: Vec<u32>,
+    /// Path ids whose `PATH_PODS` entry is set now.
+    path_pods_set: Vec<u32>,
 }
 
 impl PathProbes {
@@ -132,12 +143,16 @@ impl PathProbes {
         drop_source: DropSource,
         sizes: MapSizes,
     ) -> Result<PathProbes, ProbeError> {
+        // The node's ifindexes now, with room to grow; beyond it, `IFACES_HIGH`.
+        let max_ifindex = nix::net::if_::if_nameindex()
+            .map(|ifs| ifs.iter().map(|i| i.index()).max().unwrap_or(0))
+            .unwrap_or(0);
+        let iface_slots = ifindex_slots(max_ifindex);
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG_GLOBAL, &config, true)
             .map_max_entries(POD_PATHS_MAP, sizes.paths)
-            // Host veths of the counted paths, and room for the uplinks (node ENIs and
-            // `vlan.eth.N`: a few dozen at most).
-            .map_max_entries(IFACES_MAP, sizes.paths.saturating_add(1024))
+            .map_max_entries(PATH_PODS_MAP, sizes.paths)
+            .map_max_entries(IFACES_MAP, iface_slots)
             // The counted paths' namespaces and the node's.
             .map_max_entries(NETNS_ROLES_MAP, sizes.paths.saturating_add(1))
             .map_max_entries(PATH_COUNTERS_MAP, sizes.paths)
@@ -169,6 +184,9 @@ impl PathProbes {
             ebpf,
             drop_source,
             sizes,
+            iface_slots,
+            ifaces_set: Vec::new(),
+            path_pods_set: Vec::new(),
         })
     }
 
@@ -184,9 +202,9 @@ impl PathProbes {
     }
 
     /// Tells the programs which pod IP belongs to which path id, what each interface of the
-    /// node is (host veth or uplink, by ifindex), and which namespaces are the node's and its
-    /// pods': adds what is new, overwrites what changed and removes what is gone, so the maps
-    /// equal the arguments afterwards.
+    /// node is (host veth or uplink, by ifindex), each path's pod address, and which
+    /// namespaces are the node's and its pods': adds what is new, overwrites what changed and
+    /// removes what is gone, so the maps equal the arguments afterwards.
     ///
     /// # Errors
     /// [`ProbeError::Map`] when a map refuses an entry (full).
@@ -194,6 +212,7 @@ impl PathProbes {
         &mut self,
         pods: &[(PodAddr, u32)],
         ifaces: &[(u32, IfaceInfo)],
+        path_pods: &[(u32, PodAddr)],
         netns: &[(u32, NetnsInfo)],
     ) -> Result<(), ProbeError> {
         sync_map(
@@ -201,13 +220,35 @@ impl PathProbes {
             POD_PATHS_MAP,
             pods,
         )?;
-        sync_map(self.hash::<u32, IfaceInfo>(IFACES_MAP)?, IFACES_MAP, ifaces)?;
+        let slots = self.iface_slots;
+        let (low, high): (Vec<_>, Vec<_>) = ifaces.iter().partition(|(i, _)| *i < slots);
+        let was = std::mem::take(&mut self.ifaces_set);
+        self.ifaces_set = sync_array(self.array(IFACES_MAP)?, IFACES_MAP, &was, &low)?;
+        sync_map(
+            self.hash::<u32, IfaceInfo>(IFACES_HIGH_MAP)?,
+            IFACES_HIGH_MAP,
+            &high,
+        )?;
+        let was = std::mem::take(&mut self.path_pods_set);
+        self.path_pods_set =
+            sync_array(self.array(PATH_PODS_MAP)?, PATH_PODS_MAP, &was, path_pods)?;
         sync_map(
             self.hash::<u32, NetnsInfo>(NETNS_ROLES_MAP)?,
             NETNS_ROLES_MAP,
             netns,
         )?;
         Ok(())
+    }
+
+    fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::MissingProgram { name })?;
+        Array::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
 
     /// The connection map's entries (see `model::conns`).
@@ -295,7 +336,7 @@ impl PathProbes {
         let stale: Vec<DropKey> = drops
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.path == id)
+            .filter(|k| u32::from(k.path) == id)
             .collect();
         for k in stale {
             // Gone already is fine.
@@ -356,7 +397,10 @@ impl PathProbes {
         for entry in drops.iter() {
             let (key, per_cpu) = entry.map_err(map_err(DROPS_MAP))?;
             let n: u64 = per_cpu.iter().sum();
-            out.entry(key.path).or_default().drops.push((key, n));
+            out.entry(u32::from(key.path))
+                .or_default()
+                .drops
+                .push((key, n));
         }
         let map = self
             .ebpf
@@ -386,6 +430,24 @@ impl PathProbes {
         }
         Ok((out, errors))
     }
+}
+
+/// Makes the array `map` hold `want` at their indexes and zero where `was` (the indexes set
+/// before) has an index `want` has not. Returns the indexes set now.
+fn sync_array<V: aya::Pod + Default>(
+    mut map: Array<&mut MapData, V>,
+    name: &'static str,
+    was: &[u32],
+    want: &[(u32, V)],
+) -> Result<Vec<u32>, ProbeError> {
+    let err = |source| ProbeError::Map { name, source };
+    for i in was.iter().filter(|i| !want.iter().any(|(w, _)| w == *i)) {
+        map.set(*i, V::default(), 0).map_err(err)?;
+    }
+    for (i, v) in want {
+        map.set(*i, v, 0).map_err(err)?;
+    }
+    Ok(want.iter().map(|(i, _)| *i).collect())
 }
 
 /// Makes `map` hold exactly `want`.

@@ -17,7 +17,8 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    RUNS,
+    PAIRS,
+    costs::Floor,
     flood::Flooded,
     ns_per_run,
     packet_path::{Costs, FLOOD_PACKETS, udp_flood},
@@ -112,8 +113,9 @@ struct Run {
     nft: u64,
 }
 
-/// The section, and the drop handler's cost per run of each sgpath flood.
-pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
+/// The section, and the drop handler's cost per run of each sgpath flood and the floor
+/// program's of as many floods.
+pub fn run(node: &PodNode) -> (String, Vec<Costs>, Vec<Costs>) {
     let ns = node.node();
     if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
         let _ = Command::new("mount")
@@ -135,7 +137,7 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
         );
     };
     let (a, b) = alternate(
-        RUNS,
+        PAIRS,
         |_| {
             let agent = start_agent(node);
             std::thread::sleep(Duration::from_millis(500));
@@ -166,6 +168,14 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
             }
         },
     );
+    let floor: Vec<Costs> = (0..PAIRS)
+        .map(|_| {
+            Floor::around(|| {
+                flood.run();
+                std::thread::sleep(Duration::from_millis(300));
+            })
+        })
+        .collect();
     ns_run(&ns, &["nft", "delete", "table", "inet", "sgb_drop"]);
     let pps = |v: &[Run]| v.iter().map(|r| r.pps).collect::<Vec<_>>();
     let exact = |v: &[Run]| v.iter().filter(|r| r.counted == r.nft).count();
@@ -185,8 +195,8 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
     t.row(
         &[
             format!("runs whose {REASON} count = nft's counter"),
-            format!("{ea} of {RUNS}"),
-            format!("{eb} of {RUNS}"),
+            format!("{ea} of {PAIRS}"),
+            format!("{eb} of {PAIRS}"),
             String::new(),
         ],
         "sgpath exact where bpftrace is",
@@ -204,11 +214,11 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>) {
          nftables input hook. A = `sgpath agent` counting (its path's `{REASON}` drops in \
          `/v1/report`, after minus before); B = `bpftrace -e '{BPFTRACE}'` (machine-wide, the \
          `{REASON}` entry). pps = datagrams sent / send time (veth delivers, and nft drops, in \
-         the sender's softirq). {RUNS} pairs A B A B ..., ratio pair by pair.\n\n{}\n\
+         the sender's softirq). {PAIRS} pairs A B A B ..., ratio pair by pair.\n\n{}\n\
          Counted / nft's counter per run: sgpath {}; bpftrace {}.\n",
         t.markdown(),
         counts(&a),
         counts(&b),
     );
-    (text, costs)
+    (text, costs, floor)
 }

@@ -11,11 +11,13 @@
 //! kernel's BPF run-time statistics switched on while the bench runs, tracefs mounted.
 
 pub mod attach;
+pub mod costs;
 pub mod drops;
 pub mod flood;
 pub mod footprint;
 pub mod packet_path;
 pub mod pod_node;
+pub mod profile;
 pub mod scrape;
 pub mod snapshot;
 pub mod stats;
@@ -33,6 +35,8 @@ use pod_node::PodNode;
 
 /// How many A/B pairs (or runs) each figure takes.
 pub const RUNS: usize = 5;
+/// A/B pairs of the pps ratios: more than [`RUNS`], they are the noisiest figures here.
+pub const PAIRS: usize = 7;
 
 /// Starts `sgpath agent` in `node`'s node namespace (no cluster, no IPAMD) and waits until
 /// it is ready and reports every pod's path.

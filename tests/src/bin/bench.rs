@@ -8,7 +8,11 @@
 use std::time::Instant;
 
 use sgpath_tests::bench::{
-    attach, drops, footprint, packet_path, pod_node::PodNode, scrape, section, snapshot,
+    attach,
+    costs::{self, Traffic},
+    drops, footprint, packet_path,
+    pod_node::PodNode,
+    profile, scrape, section, snapshot,
 };
 
 fn utc_now() -> String {
@@ -20,7 +24,8 @@ fn utc_now() -> String {
 }
 
 /// Whether section `key` runs: all of them, or those `$SGB_ONLY` names (comma-separated:
-/// path, drops, snapshot, scrape, footprint, attach), to work on one at a time.
+/// path, drops, costs, profile, snapshot, scrape, footprint, attach), to work on one at a
+/// time.
 fn wanted(key: &str) -> bool {
     std::env::var("SGB_ONLY").map_or(true, |only| only.split(',').any(|k| k == key))
 }
@@ -52,27 +57,35 @@ fn main() {
         bin.display(),
     );
     emit(&header);
-    let mut path_costs = Vec::new();
-    let mut drop_costs = Vec::new();
-    if wanted("path") || wanted("drops") {
+    if ["path", "drops", "costs", "profile"]
+        .iter()
+        .any(|k| wanted(k))
+    {
         let node = PodNode::new("sgb-pp", 1);
         if wanted("path") {
-            emit(&section("Packet-path overhead", || {
-                let (text, costs) = packet_path::run(&node);
-                path_costs = costs;
-                text
-            }));
+            emit(&section("Packet-path overhead", || packet_path::run(&node)));
         }
+        let mut measured = costs::Measured::default();
         if wanted("drops") {
             emit(&section("Against a peer's drop counter", || {
-                let (text, costs) = drops::run(&node);
-                drop_costs = costs;
+                let (text, agent, floor) = drops::run(&node);
+                let dropped = |c: Vec<_>| c.into_iter().map(|c| (Traffic::PodToNodeDropped, c));
+                measured.agent.extend(dropped(agent));
+                measured.floor.extend(dropped(floor));
                 text
             }));
         }
-        emit(&section("Cost per packet", || {
-            packet_path::costs_section(&path_costs, &drop_costs, packet_path::FLOOD_PACKETS)
-        }));
+        if wanted("costs") {
+            emit(&section("Cost per packet", || {
+                let m = costs::measure(&node);
+                measured.agent.extend(m.agent);
+                measured.floor.extend(m.floor);
+                costs::section(&measured)
+            }));
+        }
+        if wanted("profile") {
+            emit(&section("Where the time goes", || profile::run(&node)));
+        }
     }
     if wanted("snapshot") {
         emit(&section("Topology snapshot", snapshot::run));

@@ -1,0 +1,193 @@
+//! Where a flood's CPU time goes: `perf record -a -g -e cpu-clock` (a software clock: these
+//! machines have no hardware PMU) over one pod -> node flood with no probes and one with
+//! `sgpath agent` attached, and the symbols with the most samples of their own. JIT'ed BPF
+//! programs show as `bpf_prog_<tag>_<name>` (net.core.bpf_jit_kallsyms, switched on here).
+//!
+//! Side effects: perf record writes /tmp/sgb-perf-*.data (deleted after); bpf_jit_kallsyms
+//! set to 1.
+
+use std::{process::Command, time::Duration};
+
+use super::{
+    Killed,
+    flood::Flood,
+    packet_path::{FLOOD_PACKETS, udp_flood},
+    pod_node::PodNode,
+    start_agent,
+    stats::{Goal, Table},
+};
+
+/// Symbols shown per profile.
+const TOP: usize = 14;
+
+/// The flood's samples: each its callchain's symbols, leaf first. Only the flood's own
+/// threads (the bench process; veth delivers in the sender's softirq) and ksoftirqd count:
+/// other work on this shared machine and the idle loop are left out.
+struct Samples(Vec<Vec<String>>);
+
+fn record(flood: &Flood, tag: &str) -> Samples {
+    let data = format!("/tmp/sgb-perf-{tag}.data");
+    let mut perf = Killed(
+        Command::new("perf")
+            .args(["record", "-a", "-g", "-e", "cpu-clock", "-q", "-o", &data])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf record"),
+    );
+    // perf needs a moment to open its events on every CPU.
+    std::thread::sleep(Duration::from_millis(700));
+    flood.run();
+    // SIGINT: perf writes its file and exits.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(perf.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = perf.0.wait();
+    let out = Command::new("perf")
+        .args(["script", "-i", &data, "-F", "comm,ip,sym"])
+        .output()
+        .expect("perf script");
+    let _ = std::fs::remove_file(&data);
+    Samples::parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+impl Samples {
+    /// `perf script -F comm,ip,sym`: a `comm` line, then one `<ip> <symbol>` line per frame,
+    /// a blank line between samples.
+    fn parse(text: &str) -> Samples {
+        let me = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+        let mut samples = Vec::new();
+        for block in text.split("\n\n") {
+            let mut lines = block.lines().filter(|l| !l.trim().is_empty());
+            let Some(comm) = lines.next() else { continue };
+            let comm = comm.trim();
+            if comm != me.trim() && !comm.starts_with("ksoftirqd") {
+                continue;
+            }
+            let chain: Vec<String> = lines
+                .filter_map(|l| l.trim().split_once(' ').map(|(_, sym)| sym.to_owned()))
+                .collect();
+            if !chain.is_empty() {
+                samples.push(chain);
+            }
+        }
+        Samples(samples)
+    }
+
+    fn share(&self, n: usize) -> f64 {
+        100.0 * n as f64 / self.0.len().max(1) as f64
+    }
+
+    /// Leaf symbols with the most samples, and their share.
+    fn top_leaves(&self, top: usize) -> Vec<(String, f64)> {
+        count(self.0.iter().map(|c| c[0].clone()), top)
+            .into_iter()
+            .map(|(s, n)| (s, self.share(n)))
+            .collect()
+    }
+
+    /// Samples under a JIT'ed program whose name ends with `prog` (`bpf_prog_<tag>_<prog>`):
+    /// its share of all, and the leaves under it (its own code and the helpers it calls).
+    fn under(&self, prog: &str, top: usize) -> (f64, Vec<(String, f64)>) {
+        let suffix = format!("_{prog}");
+        let inside: Vec<&Vec<String>> = self
+            .0
+            .iter()
+            .filter(|c| {
+                c.iter()
+                    .any(|s| s.starts_with("bpf_prog_") && s.ends_with(&suffix))
+            })
+            .collect();
+        let leaves = count(inside.iter().map(|c| c[0].clone()), top)
+            .into_iter()
+            .map(|(s, n)| (s, 100.0 * n as f64 / inside.len().max(1) as f64))
+            .collect();
+        (self.share(inside.len()), leaves)
+    }
+}
+
+fn count(items: impl Iterator<Item = String>, top: usize) -> Vec<(String, usize)> {
+    let mut by: std::collections::HashMap<String, usize> = Default::default();
+    for s in items {
+        *by.entry(s).or_default() += 1;
+    }
+    let mut v: Vec<(String, usize)> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(top);
+    v
+}
+
+/// Short names for JIT'ed programs: `bpf_prog_<tag>_path_rx` -> `bpf_prog_…_path_rx`.
+fn show(sym: &str) -> String {
+    let sym = sym.split('+').next().unwrap_or(sym);
+    match sym
+        .strip_prefix("bpf_prog_")
+        .and_then(|s| s.split_once('_'))
+    {
+        Some((_, name)) => format!("`bpf_prog_…_{name}` (BPF)"),
+        None => format!("`{sym}`"),
+    }
+}
+
+pub fn run(node: &PodNode) -> String {
+    let _ = std::fs::write("/proc/sys/net/core/bpf_jit_kallsyms", "1");
+    let flood = udp_flood(node, 7300, true);
+    flood.run();
+    let without = record(&flood, "a");
+    let agent = start_agent(node);
+    std::thread::sleep(Duration::from_millis(500));
+    let with = record(&flood, "b");
+    let _ = agent.terminate();
+    let mut t = Table::new(&[
+        "rank",
+        "no probes: symbol",
+        "share",
+        "sgpath agent: symbol",
+        "share",
+    ]);
+    let (ta, tb) = (without.top_leaves(TOP), with.top_leaves(TOP));
+    for i in 0..TOP {
+        let cell = |p: &[(String, f64)]| {
+            p.get(i).map_or((String::new(), String::new()), |(s, v)| {
+                (show(s), format!("{v:.1}%"))
+            })
+        };
+        let ((sa, va), (sb, vb)) = (cell(&ta), cell(&tb));
+        t.row(&[format!("{}", i + 1), sa, va, sb, vb], "", Goal::None);
+    }
+    let mut inside = Table::new(&[
+        "program",
+        "its share of the flood's samples",
+        "where its samples are (leaf symbol: share of the program's)",
+    ]);
+    for prog in ["path_rx", "path_tx"] {
+        let (share, leaves) = with.under(prog, 8);
+        let leaves: Vec<String> = leaves
+            .iter()
+            .map(|(s, v)| format!("{} {v:.0}%", show(s)))
+            .collect();
+        inside.row(
+            &[
+                format!("`{prog}`"),
+                format!("{share:.1}%"),
+                leaves.join(", "),
+            ],
+            "",
+            Goal::None,
+        );
+    }
+    format!(
+        "`perf record -a -g -e cpu-clock` over one pod -> node flood ({FLOOD_PACKETS} datagrams \
+         of 64-byte frames, the packet-path flood) with no probes, then one with `sgpath agent` \
+         attached. Only the flood's samples count: its own threads (veth delivers in the \
+         sender's softirq) and ksoftirqd ({na} and {nb} samples). Self time by leaf symbol, the \
+         top {TOP}:\n\n{}\n\
+         Under each program (every sample with the JIT'ed program in its call chain: its own \
+         code and the helpers it calls):\n\n{}",
+        t.markdown(),
+        inside.markdown(),
+        na = without.0.len(),
+        nb = with.0.len(),
+    )
+}

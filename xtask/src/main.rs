@@ -113,6 +113,41 @@ fn run_vm(short: &str, script: &str, opts: &vm::VmOptions) -> Result<()> {
     Ok(())
 }
 
+/// vCPUs of the VM the map memory is measured on: per-CPU maps grow with the possible CPUs.
+const MAPS_VM_CPUS: u32 = 8;
+/// Its kernel: Amazon Linux 2023's newest series, where `memlock` is the kernel's exact
+/// `map_mem_usage` (6.4+).
+const MAPS_VM_KERNEL: &str = "6.12";
+
+/// The bench's map-memory section run in a VM booted with [`MAPS_VM_CPUS`] vCPUs.
+fn bench_maps_in_vm(release: &std::path::Path) -> Result<String> {
+    let kernel = kernel::get(MAPS_VM_KERNEL)?;
+    let (bench, sgpath) = (release.join("bench"), release.join("sgpath"));
+    let script = format!(
+        "SGB_ONLY=maps SGB_BARE=1 SGPATH_BIN={} {} > \"$SGPATH_VM_DIR/maps.md\"",
+        vm::shell_quote(&sgpath.to_string_lossy()),
+        vm::shell_quote(&bench.to_string_lossy()),
+    );
+    let opts = vm::VmOptions {
+        cpus: MAPS_VM_CPUS,
+        memory: "2G".into(),
+        timeout: Duration::from_secs(900),
+        binaries: vec![bench, sgpath],
+        ..Default::default()
+    };
+    eprintln!("bench: map memory in a {MAPS_VM_CPUS}-vCPU VM on {MAPS_VM_KERNEL} ...");
+    let out = vm::run_with(&kernel, &script, &opts)?;
+    let text = std::fs::read_to_string(out.rwdir.join("maps.md")).unwrap_or_default();
+    if !out.success() || text.is_empty() {
+        bail!("the map-memory VM failed ({}): {}", out.status, out.output);
+    }
+    Ok(text.replacen(
+        "possible CPUs",
+        &format!("possible CPUs (a VM on kernel {})", out.release),
+        1,
+    ))
+}
+
 /// `cargo xtask bench`: build sgpath and the bench binary in release, run the bench
 /// against that sgpath (`SGPATH_BIN`), keep its report with the whole run's wall time.
 fn bench() -> Result<()> {
@@ -142,7 +177,8 @@ fn bench() -> Result<()> {
     if !out.status.success() {
         bail!("{} failed ({})", exe.display(), out.status);
     }
-    let report = String::from_utf8_lossy(&out.stdout);
+    let mut report = String::from_utf8_lossy(&out.stdout).into_owned();
+    report.push_str(&bench_maps_in_vm(&release)?);
     let report = format!(
         "{report}\nThe whole `cargo xtask bench` took {:.0} s of wall time ({:.0} s of it setup \
          and the release build).\n",

@@ -8,6 +8,7 @@
 //! | `kfree_skb_reason`   | tp_btf `kfree_skb`            | 5.17 (drop reasons)   |
 //! | `kfree_skb_location` | tp_btf `kfree_skb`            | 5.5 (5.10: AL2)       |
 
+pub mod memory;
 pub mod paths;
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.

@@ -15,6 +15,7 @@ pub mod costs;
 pub mod drops;
 pub mod flood;
 pub mod footprint;
+pub mod maps;
 pub mod packet_path;
 pub mod pod_node;
 pub mod profile;

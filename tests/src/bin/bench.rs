@@ -10,7 +10,7 @@ use std::time::Instant;
 use sgpath_tests::bench::{
     attach,
     costs::{self, Traffic},
-    drops, footprint, packet_path,
+    drops, footprint, maps, packet_path,
     pod_node::PodNode,
     profile, scrape, section, snapshot,
 };
@@ -24,7 +24,7 @@ fn utc_now() -> String {
 }
 
 /// Whether section `key` runs: all of them, or those `$SGB_ONLY` names (comma-separated:
-/// path, drops, costs, profile, snapshot, scrape, footprint, attach), to work on one at a
+/// path, drops, costs, profile, maps, snapshot, scrape, footprint, attach), to work on one at a
 /// time.
 fn wanted(key: &str) -> bool {
     std::env::var("SGB_ONLY").map_or(true, |only| only.split(',').any(|k| k == key))
@@ -56,8 +56,12 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         bin.display(),
     );
-    emit(&header);
-    if ["path", "drops", "costs", "profile"]
+    // `SGB_BARE`: sections only (xtask appends the 8-vCPU VM's to the host's report).
+    let bare = std::env::var_os("SGB_BARE").is_some();
+    if !bare {
+        emit(&header);
+    }
+    if ["path", "drops", "costs", "profile", "maps"]
         .iter()
         .any(|k| wanted(k))
     {
@@ -86,6 +90,10 @@ fn main() {
         if wanted("profile") {
             emit(&section("Where the time goes", || profile::run(&node)));
         }
+        if wanted("maps") {
+            let title = format!("BPF map memory, {} possible CPUs", maps::possible_cpus());
+            emit(&section(&title, || maps::run(&node)));
+        }
     }
     if wanted("snapshot") {
         emit(&section("Topology snapshot", snapshot::run));
@@ -102,6 +110,9 @@ fn main() {
         if wanted("attach") {
             emit(&section("Attach speed", || attach::run(&mut node)));
         }
+    }
+    if bare {
+        return;
     }
     emit(&format!(
         "The benchmarks themselves took {:.0} s.\n",

@@ -24,6 +24,7 @@
 
 mod auth;
 mod http;
+mod remote_trace;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -110,6 +111,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 ready,
                 cache: http::ReportCache::new(args.report_max_age),
                 refused: Default::default(),
+                trace: remote_trace::RemoteTrace::new(args.cni_config.clone()),
             }),
         ));
         let mut cluster = kube_context(&args).await?;

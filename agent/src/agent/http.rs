@@ -1,5 +1,5 @@
-//! The agent's HTTP server (HTTP/1.1, hyper): `/metrics`, `/v1/report`, `/healthz`,
-//! `/readyz`. GET and HEAD only (405 otherwise), unknown paths 404, no request body (413).
+//! The agent's HTTP server (HTTP/1.1, hyper): `/metrics`, `/v1/report`, `/v1/trace`
+//! ([`remote_trace`](super::remote_trace)), `/healthz`, `/readyz`. GET and HEAD only (405 otherwise), unknown paths 404, no request body (413).
 //! Every path but the health checks is checked by [`auth`](super::auth) (`--auth`): 401
 //! without a known bearer token, 403 for a user without `get` on the path; a refused request
 //! costs no report.
@@ -45,6 +45,7 @@ use tracing::warn;
 use super::{
     ReportRequest,
     auth::{Auth, Verdict},
+    remote_trace::RemoteTrace,
 };
 
 /// Connections served at once.
@@ -70,6 +71,7 @@ pub struct Shared {
     pub cache: ReportCache,
     /// Requests refused: 401, 403.
     pub refused: [AtomicU64; 2],
+    pub trace: RemoteTrace,
 }
 
 /// One report, rendered in every format the server speaks.
@@ -231,6 +233,7 @@ enum Endpoint {
     Readyz,
     Metrics,
     Report,
+    Trace,
 }
 
 async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
@@ -239,6 +242,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
         "/readyz" => Endpoint::Readyz,
         "/metrics" => Endpoint::Metrics,
         "/v1/report" => Endpoint::Report,
+        "/v1/trace" => Endpoint::Trace,
         _ => return plain(StatusCode::NOT_FOUND, "not found"),
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -282,6 +286,15 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
             None => plain(StatusCode::OK, "ready"),
             Some(reason) => plain(StatusCode::SERVICE_UNAVAILABLE, reason),
         },
+        Endpoint::Trace => {
+            let (status, body) = shared.trace.answer(req.uri().query().unwrap_or("")).await;
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if status == StatusCode::OK {
+                respond(status, "application/json", body)
+            } else {
+                plain(status, body)
+            }
+        }
         Endpoint::Metrics | Endpoint::Report => {
             let report = match shared.cache.get(shared).await {
                 Ok(r) => r,

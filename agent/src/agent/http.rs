@@ -1,5 +1,6 @@
 //! The agent's HTTP server (HTTP/1.1, hyper): `/metrics`, `/v1/report`, `/v1/trace`
-//! ([`remote_trace`](super::remote_trace)), `/healthz`, `/readyz`. GET and HEAD only (405 otherwise), unknown paths 404, no request body (413).
+//! ([`remote_trace`](super::remote_trace)), `/healthz`, `/readyz`. GET and HEAD only (405
+//! otherwise), unknown paths 404, no request body (413).
 //! Every path but the health checks is checked by [`auth`](super::auth) (`--auth`): 401
 //! without a known bearer token, 403 for a user without `get` on the path; a refused request
 //! costs no report.
@@ -259,10 +260,15 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
     if has_body {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "no request body is accepted");
     }
-    if matches!(endpoint, Endpoint::Metrics | Endpoint::Report) {
+    // Everything but the kubelet's probes is checked (a new endpoint too, by default).
+    if !matches!(endpoint, Endpoint::Healthz | Endpoint::Readyz) {
+        // Through the API server's pods proxy `Authorization` never arrives (the API server
+        // drops it once it has authenticated the caller): `kubectl sgpath` sends its token
+        // in X-Sgpath-Authorization.
         let authorization = req
             .headers()
             .get(header::AUTHORIZATION)
+            .or_else(|| req.headers().get("x-sgpath-authorization"))
             .map(HeaderValue::as_bytes);
         match shared.auth.check(authorization, req.uri().path()).await {
             Verdict::Allowed => {}

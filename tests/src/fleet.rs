@@ -343,7 +343,9 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
         .concat(),
     );
     let (slow, junk) = bad_servers(&node);
-    let closed = in_netns(&node, || {
+    // A closed port where nothing filters (the lab's node namespace has the security
+    // groups' rules): the connection is refused at once, as on a node whose agent is down.
+    let closed = in_netns(&nsb.0, || {
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .unwrap()
             .local_addr()
@@ -353,7 +355,7 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
     for (pod, on, ns, port) in [
         ("sgpath-a", NODE, node.as_str(), a.port),
         ("sgpath-b", "node-b", nsb.0.as_str(), b.port),
-        ("sgpath-c", "node-c", node.as_str(), closed),
+        ("sgpath-c", "node-c", nsb.0.as_str(), closed),
         ("sgpath-d", "node-d", node.as_str(), slow),
         ("sgpath-e", "node-e", node.as_str(), junk),
     ] {

@@ -476,7 +476,7 @@ async fn route(state: &Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -
     };
     let may = |what: &str| allowed(&state.lock().unwrap(), &user, &groups, what);
     if is_proxy {
-        let Some((ns, pod, port, rest)) = proxy_target(&path) else {
+        let Some((ns, pod, port, mut rest)) = proxy_target(&path) else {
             return full(
                 404,
                 &status(
@@ -486,6 +486,9 @@ async fn route(state: &Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -
                 ),
             );
         };
+        if let Some(q) = req.uri().query() {
+            rest = format!("{rest}?{q}");
+        }
         if !may("get pods/proxy") {
             return forbidden(&user, "get", "pods/proxy", &ns);
         }

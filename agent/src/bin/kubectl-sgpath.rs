@@ -161,7 +161,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         OutputArg::Wide => Output::Wide,
         OutputArg::Json => Output::Json,
     };
-    let (client, default_ns) = proxy::connect(cli.kubeconfig.clone(), cli.context.clone()).await?;
+    let (client, proxy_client, default_ns) =
+        proxy::connect(cli.kubeconfig.clone(), cli.context.clone()).await?;
     let namespace = cli.namespace.clone().unwrap_or(default_ns);
     let agents = proxy::agents(&client, &cli.agent_namespace, &cli.selector).await?;
     let token = if cli.client_service_account.is_empty() {
@@ -182,7 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     let fleet = Fleet {
         transport: Arc::new(proxy::PodsProxy {
-            client: client.clone(),
+            client: proxy_client,
             port: cli.port,
             token,
         }),

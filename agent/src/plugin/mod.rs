@@ -372,7 +372,7 @@ pub enum PluginError {
     NoIp(String),
     #[error("no sgpath agent runs on node {0} (is the DaemonSet there? `kubectl sgpath nodes`)")]
     NoAgent(String),
-    #[error("the agent on node {node} did not answer: {source}")]
+    #[error("the agent on node {node}")]
     Agent {
         node: String,
         #[source]

@@ -59,15 +59,17 @@ pub enum KubeError {
     },
 }
 
-/// The client of `kubeconfig` (else `KUBECONFIG`, else `~/.kube/config`) in `context` (else
-/// the current one), and that context's namespace.
+/// The clients of `kubeconfig` (else `KUBECONFIG`, else `~/.kube/config`) in `context`
+/// (else the current one): one for the API (kube's retries on 429, 503, 504) and one for
+/// the pods proxy without them (a 503 there is the agent not answering: retrying it only
+/// spends the node's timeout); and that context's namespace.
 ///
 /// # Errors
 /// [`KubeError`] when the kubeconfig cannot be read or names no usable cluster.
 pub async fn connect(
     kubeconfig: Option<PathBuf>,
     context: Option<String>,
-) -> Result<(Client, String), KubeError> {
+) -> Result<(Client, Client, String), KubeError> {
     let opts = KubeConfigOptions {
         context,
         ..Default::default()
@@ -86,8 +88,11 @@ pub async fn connect(
         None => Config::from_kubeconfig(&opts).await.map_err(err)?,
     };
     let namespace = config.default_namespace.clone();
+    let mut once = config.clone();
+    once.default_retry = false;
     let client = Client::try_from(config).map_err(|source| KubeError::Client { source })?;
-    Ok((client, namespace))
+    let proxy = Client::try_from(once).map_err(|source| KubeError::Client { source })?;
+    Ok((client, proxy, namespace))
 }
 
 /// The agent pods: those `selector` selects in `namespace`, with the node each runs on.

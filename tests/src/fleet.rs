@@ -572,3 +572,131 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
     api_b.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Each rule of `role` as `(apiGroups, resources, resourceNames, nonResourceURLs, verbs)`,
+/// comma-joined.
+fn rules(role: &Value) -> Vec<[String; 5]> {
+    let join = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| s.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            [
+                "apiGroups",
+                "resources",
+                "resourceNames",
+                "nonResourceURLs",
+                "verbs",
+            ]
+            .map(|k| join(&r[k]))
+        })
+        .collect()
+}
+
+fn rule(parts: [&str; 5]) -> [String; 5] {
+    parts.map(str::to_owned)
+}
+
+/// The DaemonSet runs `--auth kubernetes` and may create reviews (nothing else new); the
+/// plugin's roles grant exactly what `kubectl sgpath` uses (the proxy only through a
+/// RoleBinding in kube-system, a token of `sgpath-client` only); `sgpath-client` reads
+/// /v1/report and /v1/trace, the scraper /metrics; the PodMonitor sends the scraper's token
+/// from a Secret the kustomization creates.
+pub fn deploy_rbac_lets_only_the_named_subjects_ask() {
+    use crate::deploy::{find, render};
+    let docs = render("base");
+    let ds = find(&docs, "DaemonSet", "sgpath");
+    let args: Vec<&str> = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--auth", "kubernetes"]),
+        "{args:?}"
+    );
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "sgpath-auth")),
+        [
+            rule(["authentication.k8s.io", "tokenreviews", "", "", "create"]),
+            rule([
+                "authorization.k8s.io",
+                "subjectaccessreviews",
+                "",
+                "",
+                "create"
+            ]),
+        ]
+    );
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "sgpath-user")),
+        [
+            rule(["", "pods", "", "", "get,list"]),
+            rule(["", "nodes", "", "", "list"])
+        ]
+    );
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "sgpath-user-agents")),
+        [
+            rule(["", "pods/proxy", "", "", "get"]),
+            rule(["", "serviceaccounts/token", "sgpath-client", "", "create"]),
+        ]
+    );
+    let rb = find(&docs, "RoleBinding", "sgpath-user-agents");
+    assert_eq!(
+        rb["metadata"]["namespace"], "kube-system",
+        "the proxy, in kube-system only"
+    );
+    assert_eq!(rb["roleRef"]["name"], "sgpath-user-agents");
+    assert!(
+        docs.iter()
+            .all(|d| d["kind"] != "ClusterRoleBinding"
+                || d["roleRef"]["name"] != "sgpath-user-agents"),
+        "sgpath-user-agents bound cluster-wide"
+    );
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "sgpath-client")),
+        [rule(["", "", "", "/v1/report,/v1/trace", "get"])]
+    );
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "sgpath-metrics-reader")),
+        [rule(["", "", "", "/metrics", "get"])]
+    );
+    for (binding, sa) in [
+        ("sgpath-auth", "sgpath"),
+        ("sgpath-client", "sgpath-client"),
+        ("sgpath-metrics-reader", "sgpath-scraper"),
+    ] {
+        let b = find(&docs, "ClusterRoleBinding", binding);
+        assert_eq!(
+            b["subjects"],
+            json!([{"kind": "ServiceAccount", "name": sa, "namespace": "kube-system"}]),
+            "{binding}"
+        );
+        find(&docs, "ServiceAccount", sa);
+    }
+    let pm = find(&docs, "PodMonitor", "sgpath");
+    let auth = &pm["spec"]["podMetricsEndpoints"][0]["authorization"];
+    assert_eq!(auth["type"], "Bearer");
+    let secret = find(
+        &docs,
+        "Secret",
+        auth["credentials"]["name"].as_str().unwrap(),
+    );
+    assert_eq!(secret["type"], "kubernetes.io/service-account-token");
+    assert_eq!(
+        secret["metadata"]["annotations"]["kubernetes.io/service-account.name"],
+        "sgpath-scraper"
+    );
+}

@@ -344,6 +344,12 @@ fn agent_kubernetes_auth_refuses_without_building_a_report() {
     sgpath_tests::fleet::agent_kubernetes_auth_refuses_without_building_a_report(&lab);
 }
 
+/// deploy/: the reviews' RBAC, the plugin's roles, the scraper's token.
+#[test]
+fn deploy_rbac_lets_only_the_named_subjects_ask() {
+    sgpath_tests::fleet::deploy_rbac_lets_only_the_named_subjects_ask();
+}
+
 /// `kubectl sgpath` (and `kubectl` finding it on PATH) through the fake API server's pods
 /// proxy: agents ready, down, slow and answering garbage, each shown as such.
 #[test]

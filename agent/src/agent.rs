@@ -96,11 +96,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        // A mode that cannot work is refused before anything is bound.
+        let auth = auth_of(&args, token).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("--listen {}", args.listen))?;
         info!(event = "listening", address = %args.listen, "listening");
-        let auth = auth_of(&args, token).await?;
         let (requests, mut incoming) = mpsc::channel::<ReportRequest>(16);
         let (ready_tx, ready) = watch::channel(Some("taking the first snapshot".to_owned()));
         let server = tokio::spawn(http::serve(

@@ -700,3 +700,35 @@ pub fn deploy_rbac_lets_only_the_named_subjects_ask() {
         "sgpath-scraper"
     );
 }
+
+/// `--auth` that cannot work is refused by name, exit 2, before anything is bound.
+pub fn agent_auth_mode_errors_are_named() {
+    let dir = tempdir("authflags");
+    let token = dir.join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let token = token.to_str().unwrap();
+    for (args, want) in [
+        (
+            &["--auth", "kubernetes"][..],
+            "--auth kubernetes needs a cluster to ask",
+        ),
+        (&["--auth", "token"][..], "--auth token needs --token-file"),
+        (
+            &["--auth", "none", "--token-file", token][..],
+            "--token-file is for --auth token",
+        ),
+        (&["--auth", "ldap"][..], "'ldap'"),
+        (&["--report-max-age", "61s"][..], "out of range"),
+    ] {
+        let out = Command::new(crate::sgpath_bin())
+            .args(["agent", "--listen", "127.0.0.1:1"])
+            .args(args)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

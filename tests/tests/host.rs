@@ -344,6 +344,12 @@ fn agent_kubernetes_auth_refuses_without_building_a_report() {
     sgpath_tests::fleet::agent_kubernetes_auth_refuses_without_building_a_report(&lab);
 }
 
+/// `--auth` modes that cannot work: exit 2 naming the flag.
+#[test]
+fn agent_auth_mode_errors_are_named() {
+    sgpath_tests::fleet::agent_auth_mode_errors_are_named();
+}
+
 /// deploy/: the reviews' RBAC, the plugin's roles, the scraper's token.
 #[test]
 fn deploy_rbac_lets_only_the_named_subjects_ask() {

@@ -6,7 +6,7 @@
 //! Log events (`event` field, stable; other fields flat):
 //! `listening` (`address`), `probes-attached` (`drop_source`, `paths`, `pod_namespaces`),
 //! `probes-failed` / `snapshot-failed` / `resync-failed` / `sweep-failed` / `report-failed` /
-//! `accept-failed` (`error`), `read-warning` (`subject`, `error`), `watch-closed`,
+//! `accept-failed` / `auth-review-failed` (`error`), `read-warning` (`subject`, `error`), `watch-closed`,
 //! `capability-missing` (`capability`, `without`: once per missing one, at start),
 //! `netlink-overrun` (notifications lost to ENOBUFS: a full re-read follows),
 //! `paths-full` (`path`: no id left for it, see `session.rs`),
@@ -22,7 +22,9 @@
 //! Side effects: binds `--listen`; attaches the eBPF programs until SIGTERM or SIGINT, then
 //! detaches them all and exits 0.
 
+mod auth;
 mod http;
+mod remote_trace;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -44,7 +46,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::{
-    cli::{AgentArgs, LogFormat},
+    cli::{AgentArgs, AuthMode, LogFormat},
     session::{self, Session},
 };
 
@@ -94,6 +96,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        // A mode that cannot work is refused before anything is bound.
+        let auth = auth_of(&args, token).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("--listen {}", args.listen))?;
@@ -103,9 +107,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let server = tokio::spawn(http::serve(
             listener,
             Arc::new(http::Shared {
-                token,
+                auth,
                 requests,
                 ready,
+                cache: http::ReportCache::new(args.report_max_age),
+                refused: Default::default(),
+                trace: remote_trace::RemoteTrace::new(args.cni_config.clone()),
             }),
         ));
         let mut cluster = kube_context(&args).await?;
@@ -183,6 +190,37 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the HTTP server checks who asks (`--auth`, `--token-file`).
+///
+/// # Errors
+/// `--auth token` without `--token-file`, `--token-file` with another mode, or
+/// `--auth kubernetes` without a cluster to ask.
+async fn auth_of(args: &AgentArgs, token: Option<String>) -> anyhow::Result<auth::Auth> {
+    let mode = args.auth.unwrap_or(if token.is_some() {
+        AuthMode::Token
+    } else {
+        AuthMode::None
+    });
+    Ok(match (mode, token) {
+        (AuthMode::Token, Some(t)) => auth::Auth::Token(t),
+        (AuthMode::Token, None) => anyhow::bail!("--auth token needs --token-file"),
+        (AuthMode::None | AuthMode::Kubernetes, Some(_)) => {
+            anyhow::bail!("--token-file is for --auth token (or no --auth)")
+        }
+        (AuthMode::None, None) => auth::Auth::Open,
+        (AuthMode::Kubernetes, None) => {
+            let client = collect::kube::client(args.kubeconfig.as_deref())
+                .await
+                .context("--auth kubernetes")?
+                .context(
+                    "--auth kubernetes needs a cluster to ask: --kubeconfig, or run in a pod \
+                     (KUBERNETES_SERVICE_HOST)",
+                )?;
+            auth::Auth::Kubernetes(auth::Reviewer::new(client))
+        }
+    })
 }
 
 /// Starts watching the cluster when there is one (`--kubeconfig`, or in-cluster); the

@@ -72,9 +72,19 @@ pub struct AgentArgs {
     #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
     pub cni_config: PathBuf,
     /// A file holding a bearer token: requests other than `/healthz` and `/readyz` must send
-    /// `Authorization: Bearer <token>`. Without it, every endpoint is open.
+    /// `Authorization: Bearer <token>` (`--auth token`, implied by this flag). For a node
+    /// outside a cluster.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Who may read `/metrics`, `/v1/report` and `/v1/trace` (`/healthz` and `/readyz` stay
+    /// open). Default: `token` with `--token-file`, else `none`.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub auth: Option<AuthMode>,
+    /// How long a built report (JSON and metrics) is served to later requests before the
+    /// next one builds a new one. Requests that come while one is built share it; `0` builds
+    /// one for every request that comes after the last build started.
+    #[arg(long, default_value = "1s", value_parser = parse_report_max_age)]
+    pub report_max_age: Duration,
     /// Watch the cluster through this kubeconfig (its current context). Without it, the
     /// agent uses the in-cluster config when KUBERNETES_SERVICE_HOST is set (a pod's service
     /// account), and runs without a cluster otherwise: paths are then not named after pods
@@ -91,6 +101,22 @@ pub struct AgentArgs {
     /// address, and which one is the trunk. Not answering is normal off EKS; "" disables it.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:61679")]
     pub ipamd_url: String,
+}
+
+/// `agent --auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Every endpoint open (a node whose port only trusted hosts reach).
+    None,
+    /// The bearer token of `--token-file`.
+    Token,
+    /// The cluster decides, as kube-rbac-proxy does: the bearer token is verified with a
+    /// TokenReview and the user must be allowed `get` on the request's path (a
+    /// SubjectAccessReview with nonResourceAttributes), e.g. by a ClusterRole with
+    /// `nonResourceURLs: ["/metrics"]`. Answers are cached (allowed 60 s, refused 10 s).
+    /// Needs a cluster (`--kubeconfig` or in-cluster) and create on tokenreviews and
+    /// subjectaccessreviews.
+    Kubernetes,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -211,6 +237,11 @@ fn parse_summary_interval(s: &str) -> Result<Duration, String> {
 /// `--window`: 1 s (tests) to 24 h.
 fn parse_window(s: &str) -> Result<Duration, String> {
     parse_duration(s, Duration::from_secs(1), Duration::from_secs(24 * 3600))
+}
+
+/// `agent --report-max-age`: 0 to 1 min.
+fn parse_report_max_age(s: &str) -> Result<Duration, String> {
+    parse_duration(s, Duration::ZERO, Duration::from_secs(60))
 }
 
 /// `--syn-timeout`: 100 ms (well above a round trip in a VPC) to 5 min.

@@ -8,4 +8,5 @@ pub mod checks;
 pub mod collect;
 pub mod ebpf;
 pub mod model;
+pub mod plugin;
 pub mod report;

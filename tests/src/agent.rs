@@ -74,6 +74,13 @@ impl Agent {
             .arg(sgpath_bin())
             .args(["agent", "--listen", &listen])
             .args(extra)
+            // Every request gets a report built after it came (the tests count packets
+            // sent just before), unless the test asks for the cache.
+            .args(if extra.contains(&"--report-max-age") {
+                &[][..]
+            } else {
+                &["--report-max-age", "0"][..]
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -161,6 +161,16 @@ pub fn deploy_manifests_parse_and_render() {
         "Role/sgpath",
         "RoleBinding/sgpath",
         "ServiceAccount/sgpath",
+        // --auth kubernetes, and kubectl sgpath (user-rbac.yaml).
+        "ClusterRole/sgpath-auth",
+        "ClusterRoleBinding/sgpath-auth",
+        "ClusterRole/sgpath-client",
+        "ClusterRoleBinding/sgpath-client",
+        "ServiceAccount/sgpath-client",
+        "ClusterRole/sgpath-user",
+        "ClusterRoleBinding/sgpath-user",
+        "ClusterRole/sgpath-user-agents",
+        "RoleBinding/sgpath-user-agents",
     ]
     .map(String::from)
     .into();
@@ -168,6 +178,11 @@ pub fn deploy_manifests_parse_and_render() {
         "ConfigMap/sgpath-dashboard",
         "PodMonitor/sgpath",
         "PrometheusRule/sgpath",
+        // The scraper's token (scraper-rbac.yaml).
+        "ServiceAccount/sgpath-scraper",
+        "Secret/sgpath-scraper-token",
+        "ClusterRole/sgpath-metrics-reader",
+        "ClusterRoleBinding/sgpath-metrics-reader",
     ]
     .map(String::from)
     .into();
@@ -406,9 +421,21 @@ pub fn deploy_rbac_reads_exactly_what_the_agent_watches() {
             serde_json::json!([{"kind": "ServiceAccount", "name": "sgpath", "namespace": "kube-system"}])
         );
     }
+    // The others: reviews (sgpath-auth) and the plugin's and the scraper's roles, each
+    // asserted in fleet.rs.
     assert_eq!(
-        docs.iter().filter(|d| d["kind"] == "ClusterRole").count(),
-        1
+        docs.iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .map(|d| d["metadata"]["name"].as_str().unwrap())
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            "sgpath",
+            "sgpath-auth",
+            "sgpath-client",
+            "sgpath-metrics-reader",
+            "sgpath-user",
+            "sgpath-user-agents"
+        ])
     );
     assert_eq!(docs.iter().filter(|d| d["kind"] == "Role").count(), 1);
 }
@@ -625,12 +652,21 @@ pub fn exported_families(lab: &Lab) -> BTreeSet<String> {
     let source =
         std::fs::read_to_string(xtask::workspace_root().join("agent/src/report/prometheus.rs"))
             .unwrap();
-    // Families go in through `registry.register(` or, per path, `Samples::counter(`.
-    let registered: Vec<String> = ["registry.register(", "Samples::counter("]
+    // Families go in through `registry.register(` or, per path, `Samples::counter(`; the
+    // HTTP server's own (`sgpath_http_*`) through `family(` in agent/src/agent/http.rs.
+    let server =
+        std::fs::read_to_string(xtask::workspace_root().join("agent/src/agent/http.rs")).unwrap();
+    let mut registered: Vec<String> = ["registry.register(", "Samples::counter("]
         .iter()
         .flat_map(|call| source.split(call).skip(1))
         .filter_map(|call| call.split('"').nth(1).map(String::from))
         .collect();
+    registered.extend(
+        server
+            .split("family(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next().map(String::from)),
+    );
     assert!(
         registered.len() >= 9,
         "registrations in prometheus.rs: {registered:?}"

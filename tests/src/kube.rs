@@ -13,6 +13,27 @@
 //! stopped (connections reset, the port refused) and started again on the same port, told
 //! to answer every request with an error status, or to hang (accept requests, answer none).
 //!
+//! For `--auth kubernetes` and `kubectl sgpath` it also answers, as the API documents them:
+//! - `POST /apis/authentication.k8s.io/v1/tokenreviews`: `status.authenticated` and
+//!   `status.user` (username, uid, groups) for a token it issued or was given
+//!   ([`FakeApi::add_user`]), `status: {user: {}, error}` otherwise; 201 Created.
+//! - `POST /apis/authorization.k8s.io/v1/subjectaccessreviews`: `status.allowed` (and a
+//!   `reason` naming the grant, as RBAC does) for `nonResourceAttributes` or
+//!   `resourceAttributes` a grant ([`FakeApi::grant`]) of the user or one of its groups
+//!   covers; `allowed: false` otherwise.
+//! - `POST /api/v1/namespaces/<ns>/serviceaccounts/<name>/token` (TokenRequest): a new
+//!   token for `system:serviceaccount:<ns>:<name>`.
+//! - `GET /api/v1/namespaces/<ns>/pods/<name>:<port>/proxy/<path>`: forwarded to the address
+//!   [`FakeApi::proxy_to`] gave that pod and port, in its network namespace, with every
+//!   header but `Authorization` (which the API server drops once it has authenticated the
+//!   caller); the answer comes back as the pod gave it, and `503 ServiceUnavailable` when
+//!   the pod does not accept the connection.
+//!
+//! Those four authenticate the caller (`Authorization: Bearer`, 401 `Unauthorized` Status
+//! for an unknown token) and authorize it against the grants (403 `Forbidden`): reviews need
+//! `create tokenreviews` / `create subjectaccessreviews`, the proxy `get pods/proxy`, a token
+//! `create serviceaccounts/token`. Lists and watches stay open, as before.
+//!
 //! Side effects: binds 127.0.0.1:<port> in the lab's node namespace; runs one thread with
 //! a tokio runtime until dropped.
 
@@ -108,6 +129,14 @@ struct State {
     hang: bool,
     /// Requests that waited on `hang`.
     hung: u64,
+    /// Bearer token -> (username, groups).
+    users: BTreeMap<String, (String, Vec<String>)>,
+    /// (user or group, what): `get /metrics`, `create tokenreviews`, `get pods/proxy`...
+    grants: std::collections::BTreeSet<(String, String)>,
+    /// (namespace/pod, port) -> (network namespace, port on its 127.0.0.1).
+    proxies: BTreeMap<(String, u16), (String, u16)>,
+    /// Tokens issued by TokenRequest.
+    issued: u64,
 }
 
 fn key(obj: &Value) -> String {
@@ -285,12 +314,72 @@ impl FakeApi {
             .unwrap_or(0)
     }
 
+    /// `token` authenticates as `user` in `groups` (plus `system:authenticated`).
+    pub fn add_user(&self, token: &str, user: &str, groups: &[&str]) {
+        let mut groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+        groups.push("system:authenticated".into());
+        self.state
+            .lock()
+            .unwrap()
+            .users
+            .insert(token.to_owned(), (user.to_owned(), groups));
+    }
+
+    /// `who` (a user or a group) may `what`: `get /v1/report` (a non-resource URL; `/v1/*`
+    /// covers the prefix), `get pods/proxy`, `create tokenreviews`...
+    pub fn grant(&self, who: &str, what: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .grants
+            .insert((who.to_owned(), what.to_owned()));
+    }
+
+    /// The pods proxy to `<namespace>/<pod>:<port>` reaches 127.0.0.1:`to` in network
+    /// namespace `netns`.
+    pub fn proxy_to(&self, namespace: &str, pod: &str, port: u16, netns: &str, to: u16) {
+        self.state
+            .lock()
+            .unwrap()
+            .proxies
+            .insert((format!("{namespace}/{pod}"), port), (netns.to_owned(), to));
+    }
+
+    /// How many of `what` were served: `TokenReview create`, `SubjectAccessReview create`,
+    /// `proxy`.
+    pub fn served(&self, what: &str) -> u64 {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .get(what)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The same server (same objects, users and grants) also listening in namespace `ns`,
+    /// for agents in other node namespaces.
+    pub fn also_in(&self, ns: &str) -> FakeApi {
+        FakeApi {
+            state: self.state.clone(),
+            ns: ns.to_owned(),
+            port: 0,
+            stop: Arc::default(),
+        }
+        .listen(0)
+    }
+
     /// A kubeconfig naming this server, written to `path`.
     pub fn kubeconfig(&self, path: &std::path::Path) {
+        self.kubeconfig_as(path, "not-a-real-token");
+    }
+
+    /// A kubeconfig naming this server with the user's bearer `token`, written to `path`.
+    pub fn kubeconfig_as(&self, path: &std::path::Path, token: &str) {
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{}\n\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
-             current-context: fake\nusers:\n- name: fake\n  user:\n    token: not-a-real-token\n",
+             current-context: fake\nusers:\n- name: fake\n  user:\n    token: {token}\n",
             self.port
         );
         std::fs::write(path, text).unwrap();
@@ -322,7 +411,7 @@ async fn serve(
                             while state.lock().unwrap().hang {
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                             }
-                            Ok::<_, Infallible>(handle(&state, req))
+                            Ok::<_, Infallible>(route(&state, req).await)
                         }
                     });
                     let _ = http1::Builder::new().serve_connection(io, svc).await;
@@ -362,6 +451,290 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// The requests that need the caller's identity (reviews, TokenRequest, pods proxy) or a
+/// body; the rest go to [`handle`].
+async fn route(state: &Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let is_proxy = path.starts_with("/api/v1/namespaces/") && path.contains("/proxy");
+    if req.method() != hyper::Method::POST && !is_proxy {
+        return handle(state, req);
+    }
+    if let Some(code) = state.lock().unwrap().fail {
+        return full(
+            code,
+            &status(code, "InternalError", "the fake was told to fail"),
+        );
+    }
+    let caller = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| state.lock().unwrap().users.get(t).cloned());
+    let Some((user, groups)) = caller else {
+        return full(401, &status(401, "Unauthorized", "Unauthorized"));
+    };
+    let may = |what: &str| allowed(&state.lock().unwrap(), &user, &groups, what);
+    if is_proxy {
+        let Some((ns, pod, port, mut rest)) = proxy_target(&path) else {
+            return full(
+                404,
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("the server could not find {path}"),
+                ),
+            );
+        };
+        if let Some(q) = req.uri().query() {
+            rest = format!("{rest}?{q}");
+        }
+        if !may("get pods/proxy") {
+            return forbidden(&user, "get", "pods/proxy", &ns);
+        }
+        *state
+            .lock()
+            .unwrap()
+            .requests
+            .entry("proxy".into())
+            .or_default() += 1;
+        let target = state
+            .lock()
+            .unwrap()
+            .proxies
+            .get(&(format!("{ns}/{pod}"), port))
+            .cloned();
+        let Some((netns, to)) = target else {
+            return full(
+                503,
+                &status(
+                    503,
+                    "ServiceUnavailable",
+                    &format!(
+                        "error trying to reach service: dial tcp {pod}:{port}: connect: connection refused"
+                    ),
+                ),
+            );
+        };
+        let mut head =
+            format!("GET {rest} HTTP/1.1\r\nHost: 127.0.0.1:{to}\r\nConnection: close\r\n");
+        for (k, v) in req.headers() {
+            // Dropped once the caller is authenticated; hop-by-hop headers are the proxy's.
+            if ["authorization", "host", "connection", "content-length"].contains(&k.as_str()) {
+                continue;
+            }
+            head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or_default()));
+        }
+        head.push_str("\r\n");
+        let answer = tokio::task::spawn_blocking(move || forward(&netns, to, &head))
+            .await
+            .unwrap();
+        return match answer {
+            Ok((code, content_type, body)) => Response::builder()
+                .status(code)
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::from(body)).boxed_unsync())
+                .unwrap(),
+            Err(e) => full(
+                503,
+                &status(
+                    503,
+                    "ServiceUnavailable",
+                    &format!("error trying to reach service: {e}"),
+                ),
+            ),
+        };
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return full(
+                400,
+                &status(400, "BadRequest", &format!("reading the body: {e}")),
+            );
+        }
+    };
+    let Ok(mut obj) = serde_json::from_slice::<Value>(&body) else {
+        return full(400, &status(400, "BadRequest", "the body is not JSON"));
+    };
+    let mut s = state.lock().unwrap();
+    match path.as_str() {
+        "/apis/authentication.k8s.io/v1/tokenreviews" => {
+            if !allowed(&s, &user, &groups, "create tokenreviews") {
+                return forbidden(&user, "create", "tokenreviews", "");
+            }
+            *s.requests.entry("TokenReview create".into()).or_default() += 1;
+            let token = obj["spec"]["token"].as_str().unwrap_or_default();
+            obj["status"] = match s.users.get(token) {
+                Some((name, groups)) => json!({"authenticated": true,
+                    "user": {"username": name, "uid": format!("uid-{name}"), "groups": groups},
+                    "audiences": ["https://kubernetes.default.svc"]}),
+                None => json!({"user": {}, "error": "[invalid bearer token, token lookup failed]"}),
+            };
+            obj["kind"] = json!("TokenReview");
+            obj["apiVersion"] = json!("authentication.k8s.io/v1");
+            obj["metadata"] = json!({"creationTimestamp": null});
+            full(201, &obj)
+        }
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews" => {
+            if !allowed(&s, &user, &groups, "create subjectaccessreviews") {
+                return forbidden(&user, "create", "subjectaccessreviews", "");
+            }
+            *s.requests
+                .entry("SubjectAccessReview create".into())
+                .or_default() += 1;
+            let spec = &obj["spec"];
+            let who = spec["user"].as_str().unwrap_or_default().to_owned();
+            let their: Vec<String> = spec["groups"]
+                .as_array()
+                .map(|g| {
+                    g.iter()
+                        .filter_map(|g| g.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let what = if let Some(nr) = spec.get("nonResourceAttributes") {
+                format!(
+                    "{} {}",
+                    nr["verb"].as_str().unwrap_or_default(),
+                    nr["path"].as_str().unwrap_or_default()
+                )
+            } else {
+                let ra = &spec["resourceAttributes"];
+                let sub = ra["subresource"].as_str().filter(|s| !s.is_empty());
+                format!(
+                    "{} {}{}",
+                    ra["verb"].as_str().unwrap_or_default(),
+                    ra["resource"].as_str().unwrap_or_default(),
+                    sub.map(|s| format!("/{s}")).unwrap_or_default()
+                )
+            };
+            obj["status"] = if allowed(&s, &who, &their, &what) {
+                json!({"allowed": true, "reason": format!("RBAC: allowed by ClusterRoleBinding \"fake\" of ClusterRole \"fake\" to User \"{who}\"")})
+            } else {
+                json!({"allowed": false})
+            };
+            obj["kind"] = json!("SubjectAccessReview");
+            obj["apiVersion"] = json!("authorization.k8s.io/v1");
+            obj["metadata"] = json!({"creationTimestamp": null});
+            full(201, &obj)
+        }
+        p if p.starts_with("/api/v1/namespaces/") && p.ends_with("/token") => {
+            let parts: Vec<&str> = p.split('/').collect();
+            // ["", "api", "v1", "namespaces", ns, "serviceaccounts", name, "token"]
+            if parts.len() != 8 || parts[5] != "serviceaccounts" {
+                return full(
+                    404,
+                    &status(404, "NotFound", &format!("the server could not find {p}")),
+                );
+            }
+            if !allowed(&s, &user, &groups, "create serviceaccounts/token") {
+                return forbidden(&user, "create", "serviceaccounts/token", parts[4]);
+            }
+            s.issued += 1;
+            let token = format!("issued-token-{}", s.issued);
+            let sa = format!("system:serviceaccount:{}:{}", parts[4], parts[6]);
+            let groups = vec![
+                "system:serviceaccounts".to_owned(),
+                format!("system:serviceaccounts:{}", parts[4]),
+                "system:authenticated".to_owned(),
+            ];
+            s.users.insert(token.clone(), (sa, groups));
+            obj["kind"] = json!("TokenRequest");
+            obj["apiVersion"] = json!("authentication.k8s.io/v1");
+            obj["metadata"] = json!({"name": parts[6], "namespace": parts[4]});
+            obj["status"] = json!({"token": token, "expirationTimestamp": "2030-01-01T00:00:00Z"});
+            full(201, &obj)
+        }
+        _ => full(
+            405,
+            &status(
+                405,
+                "MethodNotAllowed",
+                "the fake creates only reviews and tokens",
+            ),
+        ),
+    }
+}
+
+/// Whether a grant of `user` or one of `groups` covers `what` (`get /v1/*` covers
+/// `get /v1/report`).
+fn allowed(s: &State, user: &str, groups: &[String], what: &str) -> bool {
+    std::iter::once(user)
+        .chain(groups.iter().map(String::as_str))
+        .any(|who| {
+            s.grants.iter().any(|(w, g)| {
+                w == who
+                    && (g == what
+                        || g.strip_suffix('*')
+                            .is_some_and(|prefix| what.starts_with(prefix)))
+            })
+        })
+}
+
+fn forbidden(user: &str, verb: &str, resource: &str, ns: &str) -> Response<Body> {
+    let scope = if ns.is_empty() {
+        "at the cluster scope".to_owned()
+    } else {
+        format!("in the namespace \"{ns}\"")
+    };
+    full(
+        403,
+        &status(
+            403,
+            "Forbidden",
+            &format!(
+                "{resource} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" {scope}"
+            ),
+        ),
+    )
+}
+
+/// `/api/v1/namespaces/<ns>/pods/<name>:<port>/proxy/<rest>` -> (ns, name, port, /rest?query).
+fn proxy_target(path: &str) -> Option<(String, String, u16, String)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let (ns, rest) = rest.split_once("/pods/")?;
+    let (pod, rest) = rest.split_once("/proxy")?;
+    let (name, port) = pod.split_once(':')?;
+    let port = port.parse().ok()?;
+    let rest = if rest.is_empty() { "/" } else { rest };
+    Some((ns.to_owned(), name.to_owned(), port, rest.to_owned()))
+}
+
+/// One HTTP/1.1 exchange with 127.0.0.1:`port` in `netns`: (status, content type, body).
+fn forward(netns: &str, port: u16, head: &str) -> std::io::Result<(u16, String, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut stream = in_netns(netns, || {
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+    })?;
+    // A pod that never answers is the caller's timeout to see; this only bounds the thread.
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(head.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        })
+        .map_or_else(|| "text/plain".to_owned(), |(_, v)| v.trim().to_owned());
+    Ok((code, content_type, raw[split + 4..].to_vec()))
+}
+
 fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let query: BTreeMap<String, String> = req
@@ -380,6 +753,46 @@ fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response
             code,
             &status(code, "InternalError", "the fake was told to fail"),
         );
+    }
+    // Namespaced pods, as `kubectl sgpath` asks: `/api/v1/namespaces/<ns>/pods` (a list,
+    // with an equality `labelSelector`) and `/api/v1/namespaces/<ns>/pods/<name>`.
+    if let Some((ns, tail)) = path
+        .strip_prefix("/api/v1/namespaces/")
+        .and_then(|r| r.split_once("/pods"))
+    {
+        let s = state.lock().unwrap();
+        if let Some(name) = tail.strip_prefix('/') {
+            return match s.objects.get(&(Kind::Pod, format!("{ns}/{name}"))) {
+                Some(o) => full(200, &with_type(Kind::Pod, o)),
+                None => full(
+                    404,
+                    &status(404, "NotFound", &format!("pods \"{name}\" not found")),
+                ),
+            };
+        }
+        if tail.is_empty() {
+            let wanted: Vec<(&str, &str)> = query
+                .get("labelSelector")
+                .map(|l| l.split(',').filter_map(|kv| kv.split_once('=')).collect())
+                .unwrap_or_default();
+            let items: Vec<Value> = s
+                .objects
+                .iter()
+                .filter(|((k, key), o)| {
+                    *k == Kind::Pod
+                        && key.starts_with(&format!("{ns}/"))
+                        && wanted
+                            .iter()
+                            .all(|(l, v)| o["metadata"]["labels"][*l].as_str() == Some(*v))
+                })
+                .map(|(_, o)| o.clone())
+                .collect();
+            return full(
+                200,
+                &json!({"kind": "PodList", "apiVersion": "v1",
+                        "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+            );
+        }
     }
     let Some(kind) = Kind::of_path(&path) else {
         return full(
@@ -467,7 +880,7 @@ fn policy(ns: &str, name: &str, spec: Value) -> Value {
 
 /// The host lab's pods as the API server would have them, a pod of another node, the node,
 /// aws-node, the default ServiceAccounts and three policies (one malformed).
-fn populate(api: &FakeApi, lab: &Lab) {
+pub(crate) fn populate(api: &FakeApi, lab: &Lab) {
     let ip = |name: &str| {
         lab.spec
             .pods

@@ -336,6 +336,34 @@ fn agent_under_map_pressure() {
     sgpath_tests::agent::agent_under_map_pressure(&lab);
 }
 
+/// `sgpath agent --auth kubernetes` against the fake API server's TokenReview and
+/// SubjectAccessReview: 401, 403, 200, no report built for a refused request.
+#[test]
+fn agent_kubernetes_auth_refuses_without_building_a_report() {
+    let lab = built("host", "sgt-hka");
+    sgpath_tests::fleet::agent_kubernetes_auth_refuses_without_building_a_report(&lab);
+}
+
+/// `--auth` modes that cannot work: exit 2 naming the flag.
+#[test]
+fn agent_auth_mode_errors_are_named() {
+    sgpath_tests::fleet::agent_auth_mode_errors_are_named();
+}
+
+/// deploy/: the reviews' RBAC, the plugin's roles, the scraper's token.
+#[test]
+fn deploy_rbac_lets_only_the_named_subjects_ask() {
+    sgpath_tests::fleet::deploy_rbac_lets_only_the_named_subjects_ask();
+}
+
+/// `kubectl sgpath` (and `kubectl` finding it on PATH) through the fake API server's pods
+/// proxy: agents ready, down, slow and answering garbage, each shown as such.
+#[test]
+fn kubectl_sgpath_asks_the_fleet() {
+    let lab = built("host", "sgt-hkf");
+    sgpath_tests::fleet::kubectl_sgpath_asks_the_fleet(&lab);
+}
+
 /// `sgpath agent --kubeconfig` against the fake API server (no real one can be installed
 /// here, see tests/src/kube.rs): paths named after pods in `/v1/report` and `/metrics`,
 /// malformed annotation and policy as findings, a policy's pod without branch ENI, the API

@@ -1,7 +1,14 @@
-//! The agent's HTTP server (HTTP/1.1, hyper): `/metrics`, `/v1/report`, `/healthz`,
-//! `/readyz`. GET and HEAD only (405 otherwise), unknown paths 404, no request body (413).
-//! With a token, every path but the health checks needs `Authorization: Bearer <token>`
-//! (401 otherwise).
+//! The agent's HTTP server (HTTP/1.1, hyper): `/metrics`, `/v1/report`, `/v1/trace`
+//! ([`remote_trace`](super::remote_trace)), `/healthz`, `/readyz`. GET and HEAD only (405
+//! otherwise), unknown paths 404, no request body (413).
+//! Every path but the health checks is checked by [`auth`](super::auth) (`--auth`): 401
+//! without a known bearer token, 403 for a user without `get` on the path; a refused request
+//! costs no report.
+//!
+//! Reports are built once and served from [`ReportCache`] until `--report-max-age` passes;
+//! requests arriving while one is built wait for it and share it, so a flood of requests
+//! costs serving bytes, not reports. `sgpath_http_report_builds_total` and
+//! `sgpath_http_requests_refused_total{reason}` (appended to `/metrics`) count both.
 //!
 //! Bounds: [`MAX_CONNECTIONS`] at once, request head within [`MAX_HEAD_BYTES`] and
 //! [`MAX_HEADERS`] headers, read within [`HEAD_TIMEOUT`], and a connection lives at most
@@ -17,7 +24,7 @@ use std::{
     convert::Infallible,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -36,7 +43,11 @@ use sgpath::report::prometheus;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::warn;
 
-use super::ReportRequest;
+use super::{
+    ReportRequest,
+    auth::{Auth, Verdict},
+    remote_trace::RemoteTrace,
+};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -53,11 +64,62 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers share with the agent's loop.
 pub struct Shared {
-    pub token: Option<String>,
+    pub auth: Auth,
     /// Asks the loop for a fresh report.
     pub requests: mpsc::Sender<ReportRequest>,
     /// `None` when ready, else why not.
     pub ready: watch::Receiver<Option<String>>,
+    pub cache: ReportCache,
+    /// Requests refused: 401, 403.
+    pub refused: [AtomicU64; 2],
+    pub trace: RemoteTrace,
+}
+
+/// One report, rendered in every format the server speaks.
+pub struct Rendered {
+    json: Bytes,
+    text: Bytes,
+    openmetrics: Bytes,
+}
+
+/// The last report built, reused until it is older than `max_age`. The lock is held while
+/// a report is built: requests that come meanwhile wait and get that one.
+pub struct ReportCache {
+    max_age: Duration,
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<Rendered>)>>,
+    builds: AtomicU64,
+}
+
+impl ReportCache {
+    pub fn new(max_age: Duration) -> ReportCache {
+        ReportCache {
+            max_age,
+            last: tokio::sync::Mutex::new(None),
+            builds: AtomicU64::new(0),
+        }
+    }
+
+    /// A report built after this request came, or within `max_age`.
+    async fn get(&self, shared: &Shared) -> Result<Arc<Rendered>, String> {
+        let came = tokio::time::Instant::now();
+        let mut last = self.last.lock().await;
+        if let Some((started, r)) = &*last
+            && (*started >= came || started.elapsed() <= self.max_age)
+        {
+            return Ok(r.clone());
+        }
+        let started = tokio::time::Instant::now();
+        let report = fresh_report(shared).await?;
+        let version = env!("CARGO_PKG_VERSION");
+        let rendered = Arc::new(Rendered {
+            json: Bytes::from(report.to_json() + "\n"),
+            text: Bytes::from(prometheus::render_text(&report, version)),
+            openmetrics: Bytes::from(prometheus::render_openmetrics(&report, version)),
+        });
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        *last = Some((started, rendered.clone()));
+        Ok(rendered)
+    }
 }
 
 /// One open connection, as the accept loop sees it.
@@ -148,8 +210,12 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -168,6 +234,7 @@ enum Endpoint {
     Readyz,
     Metrics,
     Report,
+    Trace,
 }
 
 async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
@@ -176,6 +243,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
         "/readyz" => Endpoint::Readyz,
         "/metrics" => Endpoint::Metrics,
         "/v1/report" => Endpoint::Report,
+        "/v1/trace" => Endpoint::Trace,
         _ => return plain(StatusCode::NOT_FOUND, "not found"),
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -192,13 +260,31 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
     if has_body {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "no request body is accepted");
     }
-    if let (Some(token), Endpoint::Metrics | Endpoint::Report) = (&shared.token, endpoint)
-        && !authorized(&req, token)
-    {
-        let mut r = plain(StatusCode::UNAUTHORIZED, "a bearer token is required");
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
+    // Everything but the kubelet's probes is checked (a new endpoint too, by default).
+    if !matches!(endpoint, Endpoint::Healthz | Endpoint::Readyz) {
+        // Through the API server's pods proxy `Authorization` never arrives (the API server
+        // drops it once it has authenticated the caller): `kubectl sgpath` sends its token
+        // in X-Sgpath-Authorization.
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .or_else(|| req.headers().get("x-sgpath-authorization"))
+            .map(HeaderValue::as_bytes);
+        match shared.auth.check(authorization, req.uri().path()).await {
+            Verdict::Allowed => {}
+            Verdict::Unauthenticated(why) => {
+                shared.refused[0].fetch_add(1, Ordering::Relaxed);
+                let mut r = plain(StatusCode::UNAUTHORIZED, why);
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+            Verdict::Forbidden(why) => {
+                shared.refused[1].fetch_add(1, Ordering::Relaxed);
+                return plain(StatusCode::FORBIDDEN, why);
+            }
+            Verdict::Unavailable(why) => return plain(StatusCode::SERVICE_UNAVAILABLE, why),
+        }
     }
     match endpoint {
         Endpoint::Healthz => plain(StatusCode::OK, "ok"),
@@ -206,52 +292,75 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
             None => plain(StatusCode::OK, "ready"),
             Some(reason) => plain(StatusCode::SERVICE_UNAVAILABLE, reason),
         },
+        Endpoint::Trace => {
+            let (status, body) = shared.trace.answer(req.uri().query().unwrap_or("")).await;
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if status == StatusCode::OK {
+                respond(status, "application/json", body)
+            } else {
+                plain(status, body)
+            }
+        }
         Endpoint::Metrics | Endpoint::Report => {
-            let report = match fresh_report(shared).await {
+            let report = match shared.cache.get(shared).await {
                 Ok(r) => r,
                 Err(reason) => return plain(StatusCode::SERVICE_UNAVAILABLE, reason),
             };
             if endpoint == Endpoint::Report {
-                return respond(StatusCode::OK, "application/json", report.to_json() + "\n");
+                return respond(StatusCode::OK, "application/json", report.json.clone());
             }
-            let version = env!("CARGO_PKG_VERSION");
             let openmetrics = req
                 .headers()
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|a| a.contains("application/openmetrics-text"));
-            if openmetrics {
-                respond(
-                    StatusCode::OK,
-                    prometheus::OPENMETRICS,
-                    prometheus::render_openmetrics(&report, version),
-                )
+            let (content_type, body) = if openmetrics {
+                (prometheus::OPENMETRICS, &report.openmetrics)
             } else {
-                respond(
-                    StatusCode::OK,
-                    prometheus::TEXT,
-                    prometheus::render_text(&report, version),
-                )
-            }
+                (prometheus::TEXT, &report.text)
+            };
+            respond(
+                StatusCode::OK,
+                content_type,
+                server_metrics(shared, body, openmetrics),
+            )
         }
     }
 }
 
-/// `Authorization: Bearer <token>`, compared in time independent of where it differs.
-fn authorized(req: &Request<Incoming>, token: &str) -> bool {
-    let Some(got) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-    else {
-        return false;
+/// The report's metrics, with the server's own counters before OpenMetrics' `# EOF`.
+fn server_metrics(shared: &Shared, report: &Bytes, openmetrics: bool) -> Bytes {
+    let (head, eof) = match report.strip_suffix(b"# EOF\n") {
+        Some(head) if openmetrics => (head, "# EOF\n"),
+        _ => (&report[..], ""),
     };
-    got.len() == token.len()
-        && got
-            .iter()
-            .zip(token.as_bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    let builds = shared.cache.builds.load(Ordering::Relaxed);
+    let [unauthenticated, forbidden] = shared.refused.each_ref().map(|c| c.load(Ordering::Relaxed));
+    // OpenMetrics names a counter's family without `_total`; the 0.0.4 format with it.
+    let family = |name: &str| {
+        if openmetrics {
+            name.to_owned()
+        } else {
+            format!("{name}_total")
+        }
+    };
+    let (builds_family, refused_family) = (
+        family("sgpath_http_report_builds"),
+        family("sgpath_http_requests_refused"),
+    );
+    let own = format!(
+        "# HELP {builds_family} Reports built for /metrics and /v1/report (the rest were served from the cache).\n\
+         # TYPE {builds_family} counter\n\
+         sgpath_http_report_builds_total {builds}\n\
+         # HELP {refused_family} Requests refused: 401 unauthenticated, 403 forbidden.\n\
+         # TYPE {refused_family} counter\n\
+         sgpath_http_requests_refused_total{{reason=\"unauthenticated\"}} {unauthenticated}\n\
+         sgpath_http_requests_refused_total{{reason=\"forbidden\"}} {forbidden}\n{eof}"
+    );
+    let mut out = Vec::with_capacity(report.len() + own.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(own.as_bytes());
+    Bytes::from(out)
 }
 
 async fn fresh_report(shared: &Shared) -> Result<Arc<sgpath::report::Report>, String> {

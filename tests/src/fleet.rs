@@ -1,0 +1,734 @@
+//! `sgpath agent --auth kubernetes` and `kubectl sgpath`, against the fake API server
+//! ([`crate::kube::FakeApi`]): the agent asks the fake's TokenReview and SubjectAccessReview
+//! who may read it, and the plugin reaches every agent through the fake's pods proxy, as a
+//! bastion with only a kubeconfig would.
+//!
+//! Side effects: runs agents in the lab's node namespace and in a second node namespace
+//! (`sgt-flb`), a never-answering and a garbage-answering HTTP server in the lab's node
+//! namespace, and `kubectl-sgpath` (and `kubectl`) there; all stopped when the test ends.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use xtask::lab::Lab;
+
+use crate::{
+    agent::{Agent, sample},
+    kube::{FakeApi, Kind, NODE},
+    observe::in_netns,
+};
+
+/// The agents' own kubeconfig token ([`FakeApi::kubeconfig`]), and who it is.
+const AGENT_TOKEN: &str = "not-a-real-token";
+const AGENT_USER: &str = "system:serviceaccount:kube-system:sgpath";
+/// A user with the ClusterRole `sgpath-user` (deploy/agent/user-rbac.yaml).
+const ALICE: &str = "alice-token";
+/// A user the cluster knows, with no grant at all.
+const MALLORY: &str = "mallory-token";
+/// Allowed `get /metrics` and `get /v1/report` (as Prometheus is by deploy/monitoring).
+const READER: &str = "reader-token";
+/// The agents' port in the agent pods' URLs (the DaemonSet's).
+const PORT: u16 = 9464;
+
+/// `kubectl-sgpath`, next to `sgpath`.
+pub fn kubectl_sgpath_bin() -> PathBuf {
+    crate::sgpath_bin().with_file_name("kubectl-sgpath")
+}
+
+/// The users and grants of the deploy/ RBAC, in the fake.
+fn rbac(api: &FakeApi) {
+    api.add_user(AGENT_TOKEN, AGENT_USER, &["system:serviceaccounts"]);
+    api.grant(AGENT_USER, "create tokenreviews");
+    api.grant(AGENT_USER, "create subjectaccessreviews");
+    api.add_user(ALICE, "alice", &["sre"]);
+    api.grant("sre", "get pods/proxy");
+    api.grant("sre", "create serviceaccounts/token");
+    api.grant(
+        "system:serviceaccount:kube-system:sgpath-client",
+        "get /v1/*",
+    );
+    api.add_user(MALLORY, "mallory", &[]);
+    api.add_user(READER, "reader", &[]);
+    api.grant("reader", "get /metrics");
+    api.grant("reader", "get /v1/report");
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sgpath-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn builds(agent: &Agent) -> u64 {
+    let (status, metrics) = agent.request(
+        "GET",
+        "/metrics",
+        &[("Authorization", &format!("Bearer {READER}"))],
+    );
+    assert_eq!(status, 200, "{metrics}");
+    sample(&metrics, "sgpath_http_report_builds_total", &[]).expect("builds counted")
+}
+
+/// `--auth kubernetes`: 401 without a token or with one the cluster does not know, 403 for
+/// a known user without `get` on the path, 200 for one with it (also through
+/// `X-Sgpath-Authorization`, as through the pods proxy); refused requests build no report
+/// and the reviews are cached; a flood of allowed ones builds at most one report per
+/// `--report-max-age`; health checks stay open; no token is ever logged.
+pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
+    let node = lab.layout.node();
+    let api = FakeApi::start(&node);
+    rbac(&api);
+    let dir = tempdir("auth");
+    let kubeconfig = dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let agent = Agent::in_lab(
+        lab,
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-name",
+            NODE,
+            "--auth",
+            "kubernetes",
+            "--report-max-age",
+            "5s",
+        ],
+    );
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(agent.request("GET", path, &[]).0, 200, "{path} stays open");
+    }
+    let start = Instant::now();
+    let before = builds(&agent);
+    let mallory = format!("Bearer {MALLORY}");
+    let paths = [
+        "/metrics",
+        "/v1/report",
+        "/v1/trace?from=10.0.0.1&to=10.0.0.2",
+    ];
+    const ROUNDS: u64 = 20;
+    for _ in 0..ROUNDS {
+        for path in paths {
+            let (status, body) = agent.request("GET", path, &[]);
+            assert_eq!(status, 401, "{path} without a token: {body}");
+            assert!(body.contains("bearer token is required"), "{body}");
+            let (status, body) =
+                agent.request("GET", path, &[("Authorization", "Bearer made-up-token")]);
+            assert_eq!(status, 401, "{path} with an unknown token: {body}");
+            assert_eq!(
+                agent
+                    .request("GET", path, &[("Authorization", "Basic YWxpY2U6eA==")])
+                    .0,
+                401,
+                "{path} with another scheme"
+            );
+            let (status, body) = agent.request("GET", path, &[("Authorization", &mallory)]);
+            assert_eq!(status, 403, "{path} for a user without a grant: {body}");
+            assert!(
+                body.contains("mallory") && body.contains(path.split('?').next().unwrap()),
+                "{body}"
+            );
+        }
+    }
+    let after = builds(&agent);
+    let elapsed = start.elapsed();
+    assert!(
+        after - before <= 1 + elapsed.as_secs() / 5,
+        "{} reports built for {} refused requests in {elapsed:?}",
+        after - before,
+        ROUNDS * 12
+    );
+    let (_, metrics) = agent.request(
+        "GET",
+        "/metrics",
+        &[("Authorization", &format!("Bearer {READER}"))],
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "sgpath_http_requests_refused_total",
+            &[("reason", "unauthenticated")]
+        ),
+        Some(ROUNDS * 9)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "sgpath_http_requests_refused_total",
+            &[("reason", "forbidden")]
+        ),
+        Some(ROUNDS * 3)
+    );
+    // (token, path) answers are cached: 3 paths x 2 known-or-not tokens plus the reader's,
+    // not one review per request. (A refusal is asked again after 10 s.)
+    let reviews = api.served("TokenReview create");
+    assert!(
+        (7..=7 * (1 + elapsed.as_secs() / 10 + 1)).contains(&reviews),
+        "{reviews} TokenReviews for {} requests",
+        ROUNDS * 12 + 3
+    );
+    assert!(
+        api.served("SubjectAccessReview create") >= 4,
+        "mallory x 3 paths + reader"
+    );
+
+    // The reader: 200, also through the proxy's header; a flood costs at most a build.
+    let b0 = builds(&agent);
+    let flood = Instant::now();
+    for _ in 0..50 {
+        let doc = agent.report(&[("Authorization", &format!("Bearer {READER}"))]);
+        assert_eq!(doc["schema"], "sgpath.report/v1");
+    }
+    let doc = agent.report(&[("X-Sgpath-Authorization", &format!("Bearer {READER}"))]);
+    assert_eq!(doc["schema"], "sgpath.report/v1");
+    let built = builds(&agent) - b0;
+    assert!(
+        built <= 1 + flood.elapsed().as_secs() / 5,
+        "{built} reports built for 51 requests in {:?}",
+        flood.elapsed()
+    );
+    // Allowed /v1/report is not allowed /v1/trace.
+    let (status, body) = agent.request(
+        "GET",
+        "/v1/trace?from=10.0.0.1&to=10.0.0.2",
+        &[("Authorization", &format!("Bearer {READER}"))],
+    );
+    assert_eq!(status, 403, "{body}");
+    let log = agent.log_text();
+    for secret in [READER, MALLORY, "made-up-token", AGENT_TOKEN] {
+        assert!(!log.contains(secret), "a token in the log:\n{log}");
+    }
+    assert!(agent.terminate().success());
+    api.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An agent pod of the DaemonSet on `node`.
+fn agent_pod(name: &str, node: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": "kube-system",
+                        "labels": {"app.kubernetes.io/name": "sgpath"}},
+           "spec": {"nodeName": node, "hostNetwork": true,
+                    "containers": [{"name": "sgpath", "image": "sgpath:0.1.0"}]},
+           "status": {"phase": "Running"}})
+}
+
+/// A port in `ns` that accepts and never answers (a hung agent), and one that answers
+/// HTML (something else on the port). The threads run until the process ends.
+fn bad_servers(ns: &str) -> (u16, u16) {
+    let slow = in_netns(ns, || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
+    let junk = in_netns(ns, || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
+    let ports = (
+        slow.local_addr().unwrap().port(),
+        junk.local_addr().unwrap().port(),
+    );
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in slow.incoming().map_while(Result::ok) {
+            held.push(s);
+        }
+    });
+    std::thread::spawn(move || {
+        for mut s in junk.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = "<html><body>502 Bad Gateway</body></html>\n";
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    ports
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+/// `kubectl-sgpath --kubeconfig <kubeconfig> --port 9464 --timeout 2s <args>` in `ns` (the
+/// bastion: it reaches the API server, nothing else).
+fn plugin(ns: &str, kubeconfig: &Path, args: &[&str]) -> Run {
+    let start = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(kubectl_sgpath_bin())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--port", &PORT.to_string(), "--timeout", "2s"])
+        .args(args)
+        .output()
+        .expect("run kubectl-sgpath");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        took: start.elapsed(),
+    }
+}
+
+fn states(doc: &Value) -> Vec<(String, String)> {
+    doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_owned(),
+                n["status"]["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The fleet from a bastion: two agents (the lab's node with its broken branch pod, and a
+/// second node namespace), one agent pod whose port refuses, one that never answers, one
+/// that answers HTML, and a node without an agent. `kubectl sgpath nodes` shows each as
+/// such within its timeout; `findings -A` names the broken pod with its node, path and
+/// fix; `pod` follows it to its node; `trace` runs there; a user without RBAC is refused;
+/// and real `kubectl` finds the plugin on PATH.
+pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
+    let node = lab.layout.node();
+    let api = FakeApi::start(&node);
+    crate::kube::populate(&api, lab);
+    rbac(&api);
+    let dir = tempdir("fleet");
+    let agent_kc = dir.join("agent-kubeconfig");
+    api.kubeconfig(&agent_kc);
+    let auth = ["--auth", "kubernetes"];
+    let a = Agent::in_lab(
+        lab,
+        &[
+            &[
+                "--kubeconfig",
+                agent_kc.to_str().unwrap(),
+                "--node-name",
+                NODE,
+            ][..],
+            &auth,
+        ]
+        .concat(),
+    );
+    let nsb = crate::NetNs::new("sgt-flb");
+    crate::run(&["ip", "-n", &nsb.0, "link", "set", "lo", "up"]);
+    let api_b = api.also_in(&nsb.0);
+    let kc_b = dir.join("kubeconfig-b");
+    api_b.kubeconfig(&kc_b);
+    let b = Agent::start(
+        &nsb.0,
+        &[
+            &[
+                "--kubeconfig",
+                kc_b.to_str().unwrap(),
+                "--node-name",
+                "node-b",
+            ][..],
+            &auth,
+        ]
+        .concat(),
+    );
+    let (slow, junk) = bad_servers(&node);
+    // A closed port where nothing filters (the lab's node namespace has the security
+    // groups' rules): the connection is refused at once, as on a node whose agent is down.
+    let closed = in_netns(&nsb.0, || {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    });
+    for (pod, on, ns, port) in [
+        ("sgpath-a", NODE, node.as_str(), a.port),
+        ("sgpath-b", "node-b", nsb.0.as_str(), b.port),
+        ("sgpath-c", "node-c", nsb.0.as_str(), closed),
+        ("sgpath-d", "node-d", node.as_str(), slow),
+        ("sgpath-e", "node-e", node.as_str(), junk),
+    ] {
+        api.put(Kind::Pod, agent_pod(pod, on));
+        api.proxy_to("kube-system", pod, PORT, ns, port);
+    }
+    for n in ["node-b", "node-c", "node-d", "node-e", "node-f"] {
+        api.put(Kind::Node, json!({"metadata": {"name": n}}));
+    }
+    let user_kc = dir.join("alice");
+    api.kubeconfig_as(&user_kc, ALICE);
+
+    // The agent on the lab's node has named the pods (its watch of the fake) once the
+    // broken branch pod's path carries its name.
+    let start = Instant::now();
+    let findings = loop {
+        let run = plugin(&node, &user_kc, &["findings", "-A", "-o", "json"]);
+        assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+        let doc = run.json();
+        let named = doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "vlan-parent-missing" && f["pod"] == "sg-test/standard-c");
+        if named {
+            break doc;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never named: {doc:#}\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let f = findings["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "vlan-parent-missing")
+        .unwrap();
+    assert_eq!(f["node"], NODE);
+    assert_eq!(f["severity"], "error");
+    assert_eq!(f["path"]["kind"], "branch-eni");
+    assert_eq!(f["path"]["vlan_id"], 5);
+    assert!(!f["remediation"].as_str().unwrap().is_empty(), "{f}");
+    let unanswered: Vec<(&str, &str)> = findings["unanswered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["node"].as_str().unwrap(),
+                u["status"]["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        unanswered,
+        [
+            ("node-c", "unreachable"),
+            ("node-d", "timeout"),
+            ("node-e", "garbage")
+        ]
+    );
+
+    let run = plugin(&node, &user_kc, &["nodes", "-o", "json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.took < Duration::from_secs(10),
+        "nodes took {:?}",
+        run.took
+    );
+    let got = states(&run.json());
+    assert_eq!(got[0], (NODE.to_owned(), "ready".to_owned()), "{got:?}");
+    assert!(matches!(got[1].1.as_str(), "ready" | "degraded"), "{got:?}");
+    assert_eq!(
+        got[2..],
+        [
+            ("node-c".to_owned(), "unreachable".to_owned()),
+            ("node-d".to_owned(), "timeout".to_owned()),
+            ("node-e".to_owned(), "garbage".to_owned()),
+            ("node-f".to_owned(), "absent".to_owned()),
+        ]
+    );
+    let table = plugin(&node, &user_kc, &["nodes"]);
+    assert!(
+        table.stdout.starts_with("NODE ")
+            && table.stdout.contains("timeout")
+            && table.stdout.contains("no answer within 2s"),
+        "{}",
+        table.stdout
+    );
+
+    let run = plugin(&node, &user_kc, &["findings", "-A"]);
+    assert!(
+        run.stdout.contains("vlan-parent-missing")
+            && run.stdout.contains("sg-test/standard-c")
+            && run.stdout.contains("agent-timeout"),
+        "{}",
+        run.stdout
+    );
+    let run = plugin(
+        &node,
+        &user_kc,
+        &["findings", "-n", "default", "-o", "json"],
+    );
+    let doc = run.json();
+    assert!(
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["pod"].as_str().unwrap().starts_with("default/")),
+        "{doc:#}"
+    );
+
+    // The broken pod, followed to its node.
+    let run = plugin(&node, &user_kc, &["pod", "-n", "sg-test", "standard-c"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    for want in [
+        NODE,
+        "branch-eni vlan 5 eni-0c5 sg-0c5",
+        "error vlan-parent-missing (vlan.eth.5)",
+    ] {
+        assert!(run.stdout.contains(want), "no {want:?} in\n{}", run.stdout);
+    }
+    let run = plugin(&node, &user_kc, &["pod", "-n", "sg-test", "no-such-pod"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("pod sg-test/no-such-pod"),
+        "{}",
+        run.stderr
+    );
+
+    // A trace on the pod's node.
+    let run = plugin(
+        &node,
+        &user_kc,
+        &[
+            "trace",
+            "-n",
+            "default",
+            "ordinary-a",
+            "--to",
+            "10.100.0.1:443",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(matches!(run.code, 0 | 1), "{}\n{}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["node"], NODE);
+    assert!(doc["trace"]["works"].is_boolean(), "{doc:#}");
+    let run = plugin(
+        &node,
+        &user_kc,
+        &["trace", "-n", "default", "ordinary-a", "--to", "not-an-ip"],
+    );
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert!(run.stderr.contains("not-an-ip"), "{}", run.stderr);
+
+    // Without RBAC: no token for the agents, the API server refuses the proxy.
+    let mallory_kc = dir.join("mallory");
+    api.kubeconfig_as(&mallory_kc, MALLORY);
+    let run = plugin(&node, &mallory_kc, &["nodes", "-o", "json"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("serviceaccounts/token"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(states(&run.json())[0].1, "refused", "{}", run.stdout);
+
+    // Real kubectl, which finds `kubectl-sgpath` on PATH.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let _ = std::fs::remove_file(bin.join("kubectl-sgpath"));
+    std::os::unix::fs::symlink(kubectl_sgpath_bin(), bin.join("kubectl-sgpath")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node, "env"])
+        .arg(format!("PATH={path}"))
+        .arg(format!("KUBECONFIG={}", user_kc.display()))
+        .args([
+            "kubectl",
+            "sgpath",
+            "nodes",
+            "--port",
+            &PORT.to_string(),
+            "--timeout",
+            "2s",
+            "-o",
+            "json",
+        ])
+        .output()
+        .expect("run kubectl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(states(&doc), got, "kubectl sgpath and kubectl-sgpath agree");
+
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    api.stop();
+    api_b.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Each rule of `role` as `(apiGroups, resources, resourceNames, nonResourceURLs, verbs)`,
+/// comma-joined.
+fn rules(role: &Value) -> Vec<[String; 5]> {
+    let join = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| s.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            [
+                "apiGroups",
+                "resources",
+                "resourceNames",
+                "nonResourceURLs",
+                "verbs",
+            ]
+            .map(|k| join(&r[k]))
+        })
+        .collect()
+}
+
+fn rule(parts: [&str; 5]) -> [String; 5] {
+    parts.map(str::to_owned)
+}
+
+/// The DaemonSet runs `--auth kubernetes` and may create reviews (nothing else new); the
+/// plugin's roles grant exactly what `kubectl sgpath` uses (the proxy only through a
+/// RoleBinding in kube-system, a token of `sgpath-client` only); `sgpath-client` reads
+/// /v1/report and /v1/trace, the scraper /metrics; the PodMonitor sends the scraper's token
+/// from a Secret the kustomization creates.
+pub fn deploy_rbac_lets_only_the_named_subjects_ask() {
+    use crate::deploy::{find, render};
+    let docs = render("base");
+    let ds = find(&docs, "DaemonSet", "sgpath");
+    let args: Vec<&str> = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--auth", "kubernetes"]),
+        "{args:?}"
+    );
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "sgpath-auth")),
+        [
+            rule(["authentication.k8s.io", "tokenreviews", "", "", "create"]),
+            rule([
+                "authorization.k8s.io",
+                "subjectaccessreviews",
+                "",
+                "",
+                "create"
+            ]),
+        ]
+    );
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "sgpath-user")),
+        [
+            rule(["", "pods", "", "", "get,list"]),
+            rule(["", "nodes", "", "", "list"])
+        ]
+    );
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "sgpath-user-agents")),
+        [
+            rule(["", "pods/proxy", "", "", "get"]),
+            rule(["", "serviceaccounts/token", "sgpath-client", "", "create"]),
+        ]
+    );
+    let rb = find(&docs, "RoleBinding", "sgpath-user-agents");
+    assert_eq!(
+        rb["metadata"]["namespace"], "kube-system",
+        "the proxy, in kube-system only"
+    );
+    assert_eq!(rb["roleRef"]["name"], "sgpath-user-agents");
+    assert!(
+        docs.iter()
+            .all(|d| d["kind"] != "ClusterRoleBinding"
+                || d["roleRef"]["name"] != "sgpath-user-agents"),
+        "sgpath-user-agents bound cluster-wide"
+    );
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "sgpath-client")),
+        [rule(["", "", "", "/v1/report,/v1/trace", "get"])]
+    );
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "sgpath-metrics-reader")),
+        [rule(["", "", "", "/metrics", "get"])]
+    );
+    for (binding, sa) in [
+        ("sgpath-auth", "sgpath"),
+        ("sgpath-client", "sgpath-client"),
+        ("sgpath-metrics-reader", "sgpath-scraper"),
+    ] {
+        let b = find(&docs, "ClusterRoleBinding", binding);
+        assert_eq!(
+            b["subjects"],
+            json!([{"kind": "ServiceAccount", "name": sa, "namespace": "kube-system"}]),
+            "{binding}"
+        );
+        find(&docs, "ServiceAccount", sa);
+    }
+    let pm = find(&docs, "PodMonitor", "sgpath");
+    let auth = &pm["spec"]["podMetricsEndpoints"][0]["authorization"];
+    assert_eq!(auth["type"], "Bearer");
+    let secret = find(
+        &docs,
+        "Secret",
+        auth["credentials"]["name"].as_str().unwrap(),
+    );
+    assert_eq!(secret["type"], "kubernetes.io/service-account-token");
+    assert_eq!(
+        secret["metadata"]["annotations"]["kubernetes.io/service-account.name"],
+        "sgpath-scraper"
+    );
+}
+
+/// `--auth` that cannot work is refused by name, exit 2, before anything is bound.
+pub fn agent_auth_mode_errors_are_named() {
+    let dir = tempdir("authflags");
+    let token = dir.join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let token = token.to_str().unwrap();
+    for (args, want) in [
+        (
+            &["--auth", "kubernetes"][..],
+            "--auth kubernetes needs a cluster to ask",
+        ),
+        (&["--auth", "token"][..], "--auth token needs --token-file"),
+        (
+            &["--auth", "none", "--token-file", token][..],
+            "--token-file is for --auth token",
+        ),
+        (&["--auth", "ldap"][..], "'ldap'"),
+        (&["--report-max-age", "61s"][..], "out of range"),
+    ] {
+        let out = Command::new(crate::sgpath_bin())
+            .args(["agent", "--listen", "127.0.0.1:1"])
+            .args(args)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,6 +16,7 @@ mod link;
 pub mod lookup;
 mod route;
 mod rule;
+pub mod sg;
 mod sysctl;
 mod topology;
 pub mod trace;

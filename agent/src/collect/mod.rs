@@ -126,6 +126,7 @@ async fn read(
         read_warnings,
         ipamd,
         cluster: None,
+        security_groups: None,
         index: Default::default(),
     };
     // Which pods exist and where their traffic matters comes from the snapshot itself.

@@ -337,6 +337,28 @@ impl Catalog {
         self.enis.get(&addr).map(|e| e.groups.as_slice())
     }
 
+    /// The first rule of `group_ids` admitting `flow`'s traffic from every address of
+    /// `net` (a CIDR rule or a prefix-list entry containing it): what a load balancer
+    /// anywhere in the VPC needs.
+    pub fn admits_whole(&self, group_ids: &[String], flow: &Flow, net: IpNet) -> Option<Admitted> {
+        group_ids.iter().find_map(|id| {
+            let g = self.groups.get(id)?;
+            let rule = g.ingress.iter().find(|r| {
+                r.admits_traffic(flow)
+                    && match &r.peer {
+                        Peer::Cidr { cidr } => cidr.contains(&net),
+                        Peer::PrefixList { cidrs, .. } => cidrs.iter().any(|c| c.contains(&net)),
+                        Peer::Group { .. } => false,
+                    }
+            })?;
+            Some(Admitted {
+                direction: Direction::Ingress,
+                group: id.clone(),
+                rule: rule.clone(),
+            })
+        })
+    }
+
     /// Judges `flow` between the ENIs this catalog knows by address: an address it does not
     /// know is outside the VPC's ENIs (a bastion, the internet), whose side has no rules.
     pub fn judge(&self, flow: &Flow) -> Verdict {
@@ -345,6 +367,34 @@ impl Catalog {
             self.groups_of(flow.src).map(|g| Side::new(g, self)),
             self.groups_of(flow.dst).map(|g| Side::new(g, self)),
         )
+    }
+}
+
+/// What sgpath knows of the groups' rules at one moment: read (and how old), or why not.
+/// Checks judge flows only on [`Rules::Fresh`]: a verdict from rules that could not be
+/// re-read is never presented as current.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum Rules {
+    /// The last read succeeded.
+    Fresh {
+        catalog: Catalog,
+        /// The VPC's IPv4 and IPv6 CIDRs (instance metadata), for rules meant to admit
+        /// load balancers and other VPC sources.
+        vpc_cidrs: Vec<IpNet>,
+    },
+    /// The EC2 API (or instance metadata) could not be read: `reason` says what failed,
+    /// naming the call and what to do.
+    Unavailable { reason: String },
+}
+
+impl Rules {
+    /// The catalog, when fresh.
+    pub fn fresh(&self) -> Option<&Catalog> {
+        match self {
+            Rules::Fresh { catalog, .. } => Some(catalog),
+            Rules::Unavailable { .. } => None,
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod addresses;
 pub mod btf;
 pub mod caps;
 pub mod cni_config;
+pub mod ec2;
 pub mod ipamd;
 pub mod kallsyms;
 pub mod kube;

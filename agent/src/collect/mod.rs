@@ -16,6 +16,7 @@ pub mod pod_addresses;
 pub mod route_get;
 pub mod routes;
 pub mod rules;
+pub mod sigv4;
 pub mod sysctls;
 pub mod watch;
 

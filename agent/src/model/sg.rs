@@ -661,7 +661,7 @@ pub fn judge(flow: &Flow, sender: Option<Side<'_>>, receiver: Option<Side<'_>>) 
         };
         match judge_side(flow, Direction::Egress, s, &remote) {
             Ok(a) => egress = a,
-            Err(m) => return Verdict::Denied(m),
+            Err(m) => return Verdict::Denied(*m),
         }
     }
     let mut ingress = None;
@@ -672,7 +672,7 @@ pub fn judge(flow: &Flow, sender: Option<Side<'_>>, receiver: Option<Side<'_>>) 
         };
         match judge_side(flow, Direction::Ingress, r, &remote) {
             Ok(a) => ingress = a,
-            Err(m) => return Verdict::Denied(m),
+            Err(m) => return Verdict::Denied(*m),
         }
     }
     Verdict::Allowed { egress, ingress }
@@ -685,7 +685,7 @@ fn judge_side(
     direction: Direction,
     side: Side<'_>,
     remote: &Remote<'_>,
-) -> Result<Option<Admitted>, Missing> {
+) -> Result<Option<Admitted>, Box<Missing>> {
     if side.group_ids.is_empty() {
         return Ok(None);
     }
@@ -713,12 +713,12 @@ fn judge_side(
             cidr: IpNet::from(remote.addr),
         },
     };
-    Err(Missing {
+    Err(Box::new(Missing {
         direction,
         groups: side.group_ids.to_vec(),
         unread,
         rule: flow.rule_for(peer),
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -57,6 +57,14 @@ pub struct NetworkInterface {
     pub addresses: Vec<IpAddr>,
 }
 
+/// EC2's error document in an answer to `call`, when it is one.
+pub fn api_error(call: &'static str, xml: &str) -> Option<Ec2Error> {
+    match parse(call, xml) {
+        Err(e @ Ec2Error::Api { .. }) => Some(e),
+        _ => None,
+    }
+}
+
 fn parse<'a>(call: &'static str, xml: &'a str) -> Result<Document<'a>, Ec2Error> {
     let doc = Document::parse(xml).map_err(|source| Ec2Error::Xml { call, source })?;
     // EC2's error document: <Response><Errors><Error><Code>..</Code><Message>..</Message>.

@@ -2,6 +2,7 @@
 //! [`Node`](crate::model::Node) snapshot of the calling thread's network namespace.
 
 pub mod addresses;
+pub mod aws;
 pub mod btf;
 pub mod caps;
 pub mod cni_config;

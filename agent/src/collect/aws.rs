@@ -659,9 +659,14 @@ mod tests {
             p if p.ends_with("/security-group-ids") => (200, "sg-node".into()),
             p if p.ends_with("/local-ipv4s") => (200, "192.168.1.10".into()),
             p if p.ends_with("/vpc-ipv4-cidr-blocks") => (200, "192.168.0.0/16".into()),
+            "/latest/meta-data/iam/security-credentials/" => (200, "node-role".into()),
+            "/latest/meta-data/iam/security-credentials/node-role" => (
+                200,
+                r#"{"AccessKeyId":"ASIA","SecretAccessKey":"s","Token":"t"}"#.into(),
+            ),
             p if p.starts_with("/latest/meta-data") => (404, String::new()),
             "/" if body.contains("Action=DescribeNetworkInterfaces") => (200, r#"<DescribeNetworkInterfacesResponse><networkInterfaceSet><item><networkInterfaceId>eni-b</networkInterfaceId><groupSet><item><groupId>sg-pod</groupId></item></groupSet><privateIpAddress>192.168.3.219</privateIpAddress></item></networkInterfaceSet></DescribeNetworkInterfacesResponse>"#.into()),
-            "/" if body.contains("Action=DescribeSecurityGroups") => (200, r#"<DescribeSecurityGroupsResponse><securityGroupInfo><item><groupId>sg-pod</groupId><ipPermissions><item><ipProtocol>tcp</ipProtocol><fromPort>80</fromPort><toPort>80</toPort><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges></item></ipPermissions></item><item><groupId>sg-node</groupId></item></securityGroupInfo></DescribeSecurityGroupsResponse>"#.into()),
+            "/" if body.contains("Action=DescribeSecurityGroups") => (200, r#"<DescribeSecurityGroupsResponse><securityGroupInfo><item><groupId>sg-pod</groupId><ipPermissions><item><ipProtocol>tcp</ipProtocol><fromPort>80</fromPort><toPort>80</toPort><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges></item></ipPermissions></item><item><groupId>sg-node</groupId><ipPermissionsEgress><item><ipProtocol>-1</ipProtocol><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges></item></ipPermissionsEgress></item></securityGroupInfo></DescribeSecurityGroupsResponse>"#.into()),
             _ => (400, "<Response><Errors><Error><Code>InvalidAction</Code><Message>no</Message></Error></Errors></Response>".into()),
         }
     }
@@ -718,6 +723,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(enis[0].groups, ["sg-pod"]);
+    }
+
+    /// The whole read: IMDS, credentials (the environment's or the instance role's, the
+    /// fake does not check signatures), the pod's ENI and both groups, judged.
+    #[tokio::test]
+    async fn read_gives_a_catalog_the_judge_uses() {
+        use crate::model::sg::Flow;
+        let url = serve(fake).await;
+        let mut a = aws(&url);
+        let pod: IpAddr = "192.168.3.219".parse().unwrap();
+        let rules = a.read(&[pod].into()).await.unwrap();
+        let Rules::Fresh { catalog, vpc_cidrs } = rules else {
+            panic!("not fresh")
+        };
+        assert_eq!(vpc_cidrs.len(), 1);
+        assert_eq!(catalog.groups_of(pod), Some(&["sg-pod".to_owned()][..]));
+        let node: IpAddr = "192.168.1.10".parse().unwrap();
+        assert!(catalog.judge(&Flow::tcp(node, pod, 80)).is_allowed());
+        let crate::model::sg::Verdict::Denied(m) = catalog.judge(&Flow::tcp(node, pod, 8080))
+        else {
+            panic!("8080 is not admitted")
+        };
+        assert_eq!(
+            m.summary(),
+            "sg-pod admits no tcp/8080 from members of sg-node"
+        );
     }
 
     #[tokio::test]

@@ -43,9 +43,9 @@ pub fn ec2_unavailable(node: &Node, _: &Topology) -> Vec<Finding> {
                 )
                 .fix(
                     "give the node role (or sgpath's service account through IRSA or EKS Pod \
-                     Identity) ec2:DescribeSecurityGroups, ec2:DescribeNetworkInterfaces, \
-                     ec2:DescribeManagedPrefixLists and ec2:GetManagedPrefixListEntries \
-                     (deploy/README.md), and let it reach the EC2 endpoint",
+                     Identity) ec2:DescribeSecurityGroups, ec2:DescribeNetworkInterfaces and \
+                     ec2:GetManagedPrefixListEntries (deploy/README.md), and let it reach \
+                     instance metadata (IMDSv2, hop limit 2 for a pod) and the EC2 endpoint",
                 ),
         ],
         _ => Vec::new(),

@@ -280,6 +280,18 @@ pub struct TraceArgs {
     /// The VPC CNI config to read.
     #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
     pub cni_config: PathBuf,
+    /// Also judge the flow with the security groups' rules read from AWS (as `agent --ec2`):
+    /// the pod's egress rules and, for a destination that is an ENI in the VPC, its ingress
+    /// rules; names the admitting group and rule, or the missing rule and the command that
+    /// adds it. Needs `--to <ip>:<port>`.
+    #[arg(long)]
+    pub ec2: bool,
+    /// As `agent --ec2-endpoint`.
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
+    pub ec2_endpoint: Option<String>,
+    /// As `agent --imds-endpoint`.
+    #[arg(long, value_name = "URL", default_value = "http://169.254.169.254", value_parser = parse_endpoint)]
+    pub imds_endpoint: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -788,4 +788,53 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().starts_with("http://127.0.0.1:9/: "), "{e}");
     }
+
+    /// The node's group id the IMDS fake answers (moto makes up its ids).
+    static MOTO_NODE_SG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+    fn imds_for_moto(path: &str, body: &str) -> (u16, String) {
+        if path.ends_with("/security-group-ids") {
+            return (200, MOTO_NODE_SG.get().cloned().unwrap_or_default());
+        }
+        fake(path, body)
+    }
+
+    /// Against a real EC2 API implementation: `moto_server` with the default lab's groups
+    /// and ENIs (`tests/moto/default_lab.py <url>` prints the node group id). By hand:
+    /// `SGPATH_MOTO_URL=http://127.0.0.1:<port> SGPATH_MOTO_NODE_SG=sg-... cargo test -p
+    /// sgpath --lib moto -- --ignored`.
+    #[tokio::test]
+    #[ignore = "needs a moto_server set up as its doc comment says"]
+    async fn moto_verdicts() {
+        use crate::model::sg::{Flow, Verdict};
+        let moto = std::env::var("SGPATH_MOTO_URL").expect("SGPATH_MOTO_URL");
+        MOTO_NODE_SG
+            .set(std::env::var("SGPATH_MOTO_NODE_SG").expect("SGPATH_MOTO_NODE_SG"))
+            .unwrap();
+        let imds = serve(imds_for_moto).await;
+        let mut a = aws(&imds);
+        a.config.ec2_endpoint = Some(moto);
+        let pod: IpAddr = "192.168.3.219".parse().unwrap();
+        let Rules::Fresh { catalog, .. } = a.read(&[pod].into()).await.unwrap() else {
+            panic!("not fresh")
+        };
+        let node: IpAddr = "192.168.1.10".parse().unwrap();
+        let bastion: IpAddr = "10.0.1.10".parse().unwrap();
+        assert!(
+            catalog.judge(&Flow::tcp(bastion, pod, 80)).is_allowed(),
+            "{catalog:#?}"
+        );
+        assert!(
+            catalog.judge(&Flow::tcp(node, pod, 8080)).is_allowed(),
+            "{catalog:#?}"
+        );
+        let Verdict::Denied(m) = catalog.judge(&Flow::tcp(bastion, pod, 8080)) else {
+            panic!("8080 from outside is admitted: {catalog:#?}")
+        };
+        assert!(
+            m.summary().contains("admits no tcp/8080 from 10.0.1.10"),
+            "{}",
+            m.summary()
+        );
+    }
 }

@@ -362,6 +362,33 @@ mod tests {
         assert_eq!(all(&n, &t), []);
     }
 
+    /// The whole registry on the healthy node with current rules: none of the rule-based
+    /// findings, and nothing the same node without rules does not raise either.
+    #[test]
+    fn the_whole_registry_on_a_healthy_node_with_rules() {
+        let (c, cl) = healthy();
+        let (n, t) = node(c, cl);
+        let with: Vec<_> = crate::checks::run(&n, &t)
+            .into_iter()
+            .map(|f| (f.id, f.subject))
+            .collect();
+        let mut bare = n.clone();
+        bare.security_groups = None;
+        let without: Vec<_> = crate::checks::run(&bare, &Topology::from_node(&bare))
+            .into_iter()
+            .map(|f| (f.id, f.subject))
+            .collect();
+        assert_eq!(with, without);
+        for id in [
+            FindingId::SgBlocksKubeletProbe,
+            FindingId::SgBlocksDns,
+            FindingId::SgBlocksService,
+            FindingId::Ec2Unavailable,
+        ] {
+            assert!(!with.iter().any(|(i, _)| *i == id), "{id:?} in {with:?}");
+        }
+    }
+
     #[test]
     fn kubelet_probe_port_not_admitted_from_the_node_then_cleared() {
         let (mut c, cl) = healthy();

@@ -39,7 +39,7 @@ use sgpath::{
     collect,
     collect::watch::Tick,
     ebpf::paths::DropSource,
-    model::{Node, PathKind, Topology, k8s::Cluster},
+    model::{Node, PathKind, Topology, k8s::Cluster, sg::Rules},
     report::Report,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -116,6 +116,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }),
         ));
         let mut cluster = kube_context(&args).await?;
+        let mut rules = security_groups(&args, cluster.clone())?;
         let mut daemon = Daemon::default();
         let mut watch = collect::watch::Watch::new()?;
         let mut watching = true;
@@ -178,6 +179,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     }
                     daemon.set_cluster(next);
                 }
+                Ok(()) = async { rules.as_mut().expect("guarded").changed().await },
+                    if rules.is_some() =>
+                {
+                    let next = rules.as_mut().expect("guarded").borrow_and_update().clone();
+                    daemon.set_security_groups(next);
+                }
                 Some(reply) = incoming.recv() => {
                     let _ = reply.send(daemon.report().map(Arc::new));
                 }
@@ -221,6 +228,106 @@ async fn auth_of(args: &AgentArgs, token: Option<String>) -> anyhow::Result<auth
             auth::Auth::Kubernetes(auth::Reviewer::new(client))
         }
     })
+}
+
+/// With `--ec2`, reads the security groups' rules now and again: every `--ec2-refresh`, and
+/// soon after the cluster's pods change. The receiver of each read (or why it failed).
+///
+/// # Errors
+/// When TLS cannot be set up (no root certificates).
+fn security_groups(
+    args: &AgentArgs,
+    cluster: Option<watch::Receiver<Option<Arc<Cluster>>>>,
+) -> anyhow::Result<Option<watch::Receiver<Option<Arc<Rules>>>>> {
+    if !args.ec2 {
+        return Ok(None);
+    }
+    let config = collect::aws::AwsConfig::from_env(
+        args.ec2_endpoint.clone(),
+        Some(args.imds_endpoint.clone()),
+    );
+    let aws = collect::aws::Aws::new(config).context("--ec2")?;
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(read_security_groups(aws, args.ec2_refresh, cluster, tx));
+    Ok(Some(rx))
+}
+
+/// The addresses whose ENIs matter: this node's pods and CoreDNS's.
+fn addresses_of_interest(
+    cluster: Option<&Cluster>,
+) -> std::collections::BTreeSet<std::net::IpAddr> {
+    cluster
+        .map(|c| {
+            c.pods
+                .iter()
+                .filter(|p| !p.host_network)
+                .flat_map(|p| p.ips.iter().copied())
+                .chain(c.coredns.iter().copied())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn read_security_groups(
+    mut aws: collect::aws::Aws,
+    refresh: std::time::Duration,
+    mut cluster: Option<watch::Receiver<Option<Arc<Cluster>>>>,
+    tx: watch::Sender<Option<Arc<Rules>>>,
+) {
+    // A burst of pod changes is read once.
+    const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+    let mut failing: Option<String> = None;
+    loop {
+        let addresses = addresses_of_interest(
+            cluster
+                .as_mut()
+                .and_then(|c| c.borrow_and_update().clone())
+                .as_deref(),
+        );
+        let rules = match aws.read(&addresses).await {
+            Ok(r) => {
+                if failing.take().is_some() {
+                    info!(event = "ec2-resumed", "reading the security groups again");
+                }
+                if let Rules::Fresh { catalog, .. } = &r {
+                    info!(
+                        event = "ec2-read",
+                        groups = catalog.groups.len(),
+                        enis = catalog.enis.len(),
+                        "read the security groups' rules"
+                    );
+                }
+                r
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if failing.as_ref() != Some(&reason) {
+                    warn!(event = "ec2-unavailable", error = %reason,
+                        "cannot read the security groups' rules; retrying every --ec2-refresh");
+                    failing = Some(reason.clone());
+                }
+                Rules::Unavailable { reason }
+            }
+        };
+        if tx.send(Some(Arc::new(rules))).is_err() {
+            return;
+        }
+        let changed = async {
+            match cluster.as_mut() {
+                Some(c) => {
+                    if c.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(SETTLE).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(refresh) => {}
+            () = changed => {}
+        }
+    }
 }
 
 /// Starts watching the cluster when there is one (`--kubeconfig`, or in-cluster); the
@@ -292,6 +399,8 @@ struct Daemon {
     session: Option<Session>,
     /// The Kubernetes context, kept across (re)attaches.
     cluster: Option<Arc<Cluster>>,
+    /// The security groups' rules as last read (`--ec2`), kept across (re)attaches.
+    security_groups: Option<Arc<Rules>>,
     /// Degraded mode, while the probes are not attached (a missing capability, no BTF, a
     /// kernel that refuses the programs): the latest snapshot, re-read on every change, so
     /// the topology, the checks and their metrics still work.
@@ -341,6 +450,9 @@ impl Daemon {
                 {
                     s.set_cluster(self.cluster.clone());
                 }
+                if let Some(s) = &mut self.session {
+                    s.set_security_groups(self.security_groups.clone());
+                }
                 self.bare = None;
                 self.paths_changed();
                 self.recheck();
@@ -358,12 +470,25 @@ impl Daemon {
                 }
                 let (mut node, _) = snapshot;
                 node.cluster = self.cluster.clone();
+                node.security_groups = self.security_groups.clone();
                 let topo = Topology::from_node(&node);
                 self.bare = Some((node, topo));
                 self.paths_changed();
                 self.recheck();
                 Err(reason)
             }
+        }
+    }
+
+    /// Newly read security-group rules (or why they could not be read): re-run the checks.
+    fn set_security_groups(&mut self, rules: Option<Arc<Rules>>) {
+        self.security_groups = rules;
+        if let Some(s) = &mut self.session {
+            s.set_security_groups(self.security_groups.clone());
+            self.recheck();
+        } else if let Some((node, _)) = &mut self.bare {
+            node.security_groups = self.security_groups.clone();
+            self.recheck();
         }
     }
 
@@ -396,6 +521,7 @@ impl Daemon {
                 .await
                 .map(|(mut node, _)| {
                     node.cluster = self.cluster.clone();
+                    node.security_groups = self.security_groups.clone();
                     let topo = Topology::from_node(&node);
                     self.bare = Some((node, topo));
                 })

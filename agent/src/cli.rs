@@ -101,6 +101,42 @@ pub struct AgentArgs {
     /// address, and which one is the trunk. Not answering is normal off EKS; "" disables it.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:61679")]
     pub ipamd_url: String,
+    /// Read the security groups' rules from AWS and judge flows with them: instance
+    /// metadata gives the node ENIs' groups, EC2 (DescribeNetworkInterfaces,
+    /// DescribeSecurityGroups, GetManagedPrefixListEntries; read-only IAM in deploy/README.md)
+    /// the branch pods' and CoreDNS's. Credentials from the standard chain (environment,
+    /// IRSA, EKS Pod Identity, the instance role). Without them one `ec2-unavailable` finding
+    /// says why and everything else works as without this flag.
+    #[arg(long)]
+    pub ec2: bool,
+    /// The EC2 endpoint (with `--ec2`). Default: AWS_ENDPOINT_URL_EC2, else
+    /// `https://ec2.<region>.amazonaws.com`.
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
+    pub ec2_endpoint: Option<String>,
+    /// Instance metadata (with `--ec2`).
+    #[arg(long, value_name = "URL", default_value = "http://169.254.169.254", value_parser = parse_endpoint)]
+    pub imds_endpoint: String,
+    /// How long rules read from EC2 are used before they are read again (with `--ec2`);
+    /// a change of the cluster's pods re-reads them sooner.
+    #[arg(long, default_value = "60s", value_parser = parse_ec2_refresh)]
+    pub ec2_refresh: Duration,
+}
+
+/// `http://host[:port]` or `https://...`.
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("{s:?} is not an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{s:?} names no host"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
+/// `--ec2-refresh`: 10 s (EC2 throttles callers that poll harder) to a day.
+fn parse_ec2_refresh(s: &str) -> Result<Duration, String> {
+    parse_duration(s, Duration::from_secs(10), Duration::from_secs(24 * 3600))
 }
 
 /// `agent --auth`.
@@ -275,6 +311,18 @@ pub struct TraceArgs {
     /// The VPC CNI config to read.
     #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
     pub cni_config: PathBuf,
+    /// Also judge the flow with the security groups' rules read from AWS (as `agent --ec2`):
+    /// the pod's egress rules and, for a destination that is an ENI in the VPC, its ingress
+    /// rules; names the admitting group and rule, or the missing rule and the command that
+    /// adds it. Needs `--to <ip>:<port>`.
+    #[arg(long)]
+    pub ec2: bool,
+    /// As `agent --ec2-endpoint`.
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
+    pub ec2_endpoint: Option<String>,
+    /// As `agent --imds-endpoint`.
+    #[arg(long, value_name = "URL", default_value = "http://169.254.169.254", value_parser = parse_endpoint)]
+    pub imds_endpoint: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

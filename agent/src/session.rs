@@ -224,6 +224,7 @@ impl Session {
             node.cluster = self.node.cluster.clone();
             topo = Topology::from_node(&node);
         }
+        node.security_groups = self.node.security_groups.clone();
         self.namespaces = self
             .ids
             .sync(
@@ -245,6 +246,11 @@ impl Session {
         self.node.cluster = cluster;
         self.topo = Topology::from_node(&self.node);
         self.lookups = None;
+    }
+
+    /// Takes newly read security-group rules: the next report's checks judge with them.
+    pub fn set_security_groups(&mut self, rules: Option<std::sync::Arc<sgpath::model::sg::Rules>>) {
+        self.node.security_groups = rules;
     }
 
     /// Counts what the connection map newly says and forgets what the tracker is done with.

@@ -6,7 +6,7 @@ use std::{net::IpAddr, process::ExitCode};
 
 use sgpath::{
     collect::{self, route_get::Flow},
-    model::trace,
+    model::{sg, trace},
     report,
 };
 
@@ -24,6 +24,9 @@ fn parse_to(to: &str) -> anyhow::Result<(IpAddr, Option<u16>)> {
 
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let (to, port) = parse_to(&args.to)?;
+    if args.ec2 && port.is_none() {
+        anyhow::bail!("--ec2 judges a port: give --to as <ip>:<port>");
+    }
     let proto = match args.proto {
         TraceProto::Tcp => trace::Proto::Tcp,
         TraceProto::Udp => trace::Proto::Udp,
@@ -118,12 +121,50 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         };
         collect::route_get::lookup_all(&names, &[flow]).map(|mut a| a.remove(0))
     })?;
-    let text = match args.output {
-        Output::Json => serde_json::to_string_pretty(&t)? + "\n",
-        Output::Text => report::trace::render(&t),
+    // The groups' verdict on the flow's first packet, when asked for.
+    let sg = match (args.ec2, from.pod_ip, port) {
+        (true, Some(src), Some(port)) => {
+            let flow = match proto {
+                trace::Proto::Tcp => sg::Flow::tcp(src, to, port),
+                trace::Proto::Udp => sg::Flow::udp(src, to, port),
+            };
+            let config = collect::aws::AwsConfig::from_env(
+                args.ec2_endpoint.clone(),
+                Some(args.imds_endpoint.clone()),
+            );
+            let verdict = rt.block_on(async {
+                let mut aws = collect::aws::Aws::new(config)?;
+                aws.read(&[src, to].into()).await
+            });
+            let verdict = match verdict {
+                Ok(sg::Rules::Fresh { catalog, .. }) => Ok(catalog.judge(&flow)),
+                Ok(sg::Rules::Unavailable { reason }) => Err(reason),
+                Err(e) => Err(e.to_string()),
+            };
+            Some((flow, verdict))
+        }
+        _ => None,
+    };
+    let text = match (args.output, &sg) {
+        (Output::Json, None) => serde_json::to_string_pretty(&t)? + "\n",
+        (Output::Json, Some((flow, verdict))) => {
+            let verdict = match verdict {
+                Ok(v) => serde_json::to_value(v)?,
+                Err(reason) => serde_json::json!({ "verdict": "unknown", "reason": reason }),
+            };
+            serde_json::to_string_pretty(&serde_json::json!({
+                "trace": t,
+                "security_groups": { "flow": flow, "verdict": verdict },
+            }))? + "\n"
+        }
+        (Output::Text, None) => report::trace::render(&t),
+        (Output::Text, Some((flow, verdict))) => {
+            report::trace::render(&t) + &report::trace::render_security_groups(flow, verdict)
+        }
     };
     crate::write_stdout(&text)?;
-    Ok(if t.works {
+    let denied = matches!(&sg, Some((_, Ok(sg::Verdict::Denied(_)))));
+    Ok(if t.works && !denied {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -8,7 +8,7 @@
 //! x86_64-unknown-linux-musl` (the image's static binary), Debian's kubernetes-client when
 //! no kubectl is on PATH, builds bpf-linker with
 //! `cargo +nightly install` against rustc's own libLLVM (symlinked under [`LLVM_PREFIX`]),
-//! `pip install virtme-ng`, and installs the VM kernels (see [`crate::kernel`]).
+//! `pip install virtme-ng` and `moto[server]`, and installs the VM kernels (see [`crate::kernel`]).
 
 use crate::{cmd, kernel};
 use anyhow::{Context, Result, bail};
@@ -134,6 +134,11 @@ pub fn run() -> Result<()> {
     }
     cmd::step("setup: bpf-linker", bpf_linker)?;
     cmd::step("setup: virtme-ng", virtme_ng)?;
+    // No test needs it yet (the moto-backed security-group test is still to come): a PyPI
+    // that does not answer must not stop the suite.
+    if let Err(e) = cmd::step("setup: moto[server]", moto) {
+        eprintln!("\n*** pip could not install moto[server] ({e:#}) ***\n");
+    }
     for short in kernel::KERNELS {
         cmd::step(&format!("setup: kernel {short}"), || kernel::install(short))?;
     }
@@ -325,7 +330,17 @@ fn bpf_linker() -> Result<()> {
 
 /// Path of virtme-ng's `vng`: on PATH, or where `pip install` puts scripts.
 pub fn vng_path() -> Option<PathBuf> {
-    cmd::which("vng").or_else(|| {
+    script_path("vng")
+}
+
+/// Path of moto's `moto_server` (the EC2 API mock the security-group tests run against).
+pub fn moto_server_path() -> Option<PathBuf> {
+    script_path("moto_server")
+}
+
+/// A pip-installed script: on PATH, or where `pip install` puts scripts.
+fn script_path(name: &str) -> Option<PathBuf> {
+    cmd::which(name).or_else(|| {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         // Where this python's pip puts scripts (a pyenv version dir before `pyenv rehash`).
         let scripts = Command::new("python3")
@@ -335,10 +350,10 @@ pub fn vng_path() -> Option<PathBuf> {
             ])
             .output()
             .ok()
-            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("vng"));
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join(name));
         [
-            home.map(|h| h.join(".local/bin/vng")),
-            Some(PathBuf::from("/usr/local/bin/vng")),
+            home.map(|h| h.join(".local/bin").join(name)),
+            Some(PathBuf::from("/usr/local/bin").join(name)),
             scripts,
         ]
         .into_iter()
@@ -347,22 +362,42 @@ pub fn vng_path() -> Option<PathBuf> {
     })
 }
 
-fn virtme_ng() -> Result<()> {
-    if let Some(vng) = vng_path() {
-        println!("virtme-ng: present ({})", vng.display());
-        return Ok(());
-    }
+/// `pip install <spec>`, system-wide where Debian's pip allows it only when told.
+fn pip_install(spec: &str) -> Result<()> {
     let pip = ["pip3", "pip"]
         .into_iter()
         .find(|p| cmd::which(p).is_some())
         .context("neither pip3 nor pip on PATH")?;
     // Debian's own pip refuses system-wide installs (PEP 668) unless told otherwise.
-    if cmd::run(Command::new(pip).args(["install", "virtme-ng"])).is_err() {
-        cmd::run(Command::new(pip).args(["install", "--break-system-packages", "virtme-ng"]))?;
+    if cmd::run(Command::new(pip).args(["install", spec])).is_err() {
+        cmd::run(Command::new(pip).args(["install", "--break-system-packages", spec]))?;
     }
     if cmd::which("pyenv").is_some() {
         let _ = cmd::run(Command::new("pyenv").arg("rehash"));
     }
+    Ok(())
+}
+
+/// moto in server mode (PyPI `moto[server]`): the EC2 Query API the security-group reader
+/// is tested against.
+fn moto() -> Result<()> {
+    if let Some(m) = moto_server_path() {
+        println!("moto: present ({})", m.display());
+        return Ok(());
+    }
+    pip_install("moto[server]")?;
+    let m =
+        moto_server_path().context("pip installed moto[server] but no `moto_server` was found")?;
+    println!("moto: installed ({})", m.display());
+    Ok(())
+}
+
+fn virtme_ng() -> Result<()> {
+    if let Some(vng) = vng_path() {
+        println!("virtme-ng: present ({})", vng.display());
+        return Ok(());
+    }
+    pip_install("virtme-ng")?;
     let vng = vng_path().context("pip installed virtme-ng but no `vng` was found")?;
     println!("virtme-ng: installed ({})", vng.display());
     Ok(())

@@ -11,6 +11,12 @@
 //!
 //! An ordinary pod's unanswered connections are decided by the node ENI's groups, which the
 //! node's own traffic shares: they stay counters, not findings.
+//!
+//! With the groups' rules read from EC2 ([`super::security_groups::fresh`]) each unanswered
+//! flow is judged: a denial *confirms* the finding (severity error, the missing rule quoted,
+//! the `aws ec2 authorize-security-group-*` command as the fix); rules that admit it say so
+//! and point past the groups (the far end's groups, the subnets' network ACLs, the
+//! application).
 
 use super::{Finding, FindingId, Severity};
 use std::collections::BTreeMap;
@@ -18,7 +24,104 @@ use std::collections::BTreeMap;
 use crate::model::{
     Node, Path, PathKind, Port, Topology,
     conns::{Conn, Unanswered},
+    sg::{Catalog, Direction, Flow, Missing, Verdict},
 };
+
+/// What the groups' rules say of the unanswered flows of one finding.
+enum Judged {
+    /// Rules were not read (or not current): the finding stays suspected.
+    Unknown,
+    /// At least one flow is denied: the missing rules, first one first.
+    Confirmed(Vec<Missing>),
+    /// Every flow is admitted: one line per flow naming the rules that admit it.
+    Allowed(Vec<String>),
+}
+
+fn judge(node: &Node, flows: &[Flow]) -> Judged {
+    let Some(catalog) = super::security_groups::fresh(node) else {
+        return Judged::Unknown;
+    };
+    if flows.is_empty() {
+        return Judged::Unknown;
+    }
+    let mut missing = Vec::new();
+    let mut allowed = Vec::new();
+    for f in flows {
+        match catalog.judge(f) {
+            Verdict::Denied(m) => missing.push(m),
+            Verdict::Allowed { egress, ingress } => {
+                allowed.push(allowed_line(catalog, f, egress.as_ref(), ingress.as_ref()))
+            }
+        }
+    }
+    if missing.is_empty() {
+        Judged::Allowed(allowed)
+    } else {
+        Judged::Confirmed(missing)
+    }
+}
+
+fn allowed_line(
+    catalog: &Catalog,
+    flow: &Flow,
+    egress: Option<&crate::model::sg::Admitted>,
+    ingress: Option<&crate::model::sg::Admitted>,
+) -> String {
+    let side =
+        |a: Option<&crate::model::sg::Admitted>, addr: std::net::IpAddr, d: Direction| match a {
+            Some(a) => format!(
+                "{} {} ({})",
+                a.group,
+                if d == Direction::Egress {
+                    "lets it out"
+                } else {
+                    "admits it"
+                },
+                a.rule
+            ),
+            None if catalog.groups_of(addr).is_none() => {
+                format!("{addr} is no ENI sgpath read (its own groups are not judged)")
+            }
+            None => format!("{addr}'s ENI has no groups"),
+        };
+    format!(
+        "the security groups' rules allow {flow}: {}; {}",
+        side(egress, flow.src, Direction::Egress),
+        side(ingress, flow.dst, Direction::Ingress)
+    )
+}
+
+/// Evidence and fix of a finding the rules decided; `Err` with the finding unchanged when
+/// they were not read.
+fn verdict(f: Finding, judged: Judged) -> Result<Finding, Finding> {
+    match judged {
+        Judged::Unknown => Err(f),
+        Judged::Confirmed(missing) => {
+            let mut f = f;
+            f.severity = Severity::Error;
+            let fix = missing[0].remediation();
+            for m in &missing {
+                f = f.evidence(format!(
+                    "confirmed by the security groups' rules: {}",
+                    m.summary()
+                ));
+            }
+            Ok(f.fix(fix))
+        }
+        Judged::Allowed(lines) => {
+            let mut f = f;
+            for l in lines {
+                f = f.evidence(l);
+            }
+            Ok(f.fix(
+                "the rules allow it: look past the groups: the destination's own security groups \
+                 (when it is no ENI sgpath read), the subnets' network ACLs (aws ec2 \
+                 describe-network-acls --filters Name=association.subnet-id,Values=<subnet>), \
+                 or the application (is it listening and answering?)",
+            ))
+        }
+    }
+}
 
 /// The pod's first security group from the policies selecting it (`sgpath agent` with a
 /// cluster), or a placeholder.
@@ -40,7 +143,7 @@ fn other_groups(p: &Path) -> String {
     }
 }
 
-pub fn sg_suspected_block(_: &Node, topo: &Topology) -> Vec<Finding> {
+pub fn sg_suspected_block(node: &Node, topo: &Topology) -> Vec<Finding> {
     branch_paths(topo)
         .filter_map(|(p, subject)| {
             let c = p.judged()?;
@@ -67,6 +170,17 @@ pub fn sg_suspected_block(_: &Node, topo: &Topology) -> Vec<Finding> {
             if let Some(r) = refused(&d.syn_refused) {
                 f = f.evidence(r);
             }
+            let flows: Vec<Flow> = lost
+                .iter()
+                .filter_map(|(u, port, _)| match (u, port) {
+                    (Some(u), Port::Number(n)) => Some(Flow::tcp(u.source, u.destination, *n)),
+                    _ => None,
+                })
+                .collect();
+            let f = match verdict(f, judge(node, &flows)) {
+                Ok(f) => return Some(f),
+                Err(f) => f,
+            };
             let dst = first_flow.map_or_else(|| "<peer>".to_owned(), |u| u.destination.to_string());
             Some(f.fix(format!(
                 "the branch ENI's security groups must allow this out, and the peer's in: \
@@ -81,7 +195,7 @@ pub fn sg_suspected_block(_: &Node, topo: &Topology) -> Vec<Finding> {
         .collect()
 }
 
-pub fn dns_path_broken(_: &Node, topo: &Topology) -> Vec<Finding> {
+pub fn dns_path_broken(node: &Node, topo: &Topology) -> Vec<Finding> {
     branch_paths(topo)
         .filter_map(|(p, subject)| {
             let c = p.judged().filter(|c| c.from_pod.dns_unanswered > 0)?;
@@ -92,12 +206,21 @@ pub fn dns_path_broken(_: &Node, topo: &Topology) -> Vec<Finding> {
                     c.from_pod.dns_unanswered + c.from_pod.dns_answered,
                     via(p)
                 ));
-            for u in lost(&c.from_pod.unanswered, Conn::Dns) {
+            let queries = lost(&c.from_pod.unanswered, Conn::Dns);
+            for u in &queries {
                 f = f.evidence(format!(
                     "{} quer(ies) from {} to {}:53 unanswered",
                     u.count, u.source, u.destination
                 ));
             }
+            let flows: Vec<Flow> = queries
+                .iter()
+                .map(|u| Flow::udp(u.source, u.destination, 53))
+                .collect();
+            let f = match verdict(f, judge(node, &flows)) {
+                Ok(f) => return Some(f),
+                Err(f) => f,
+            };
             Some(f.fix(format!(
                 "the pod's security group must allow UDP and TCP 53 out to CoreDNS (and CoreDNS's \
                  security group them in): aws ec2 authorize-security-group-egress --group-id \
@@ -129,6 +252,24 @@ pub fn probe_path_broken(node: &Node, topo: &Topology) -> Vec<Finding> {
             if node.sysctls.get(crate::model::Sysctls::TCP_EARLY_DEMUX) == Some(1) {
                 f = f.evidence("net.ipv4.tcp_early_demux = 1 (the answers of a strict pod come back through the VPC and are dropped)");
             }
+            let flows: Vec<Flow> = lost
+                .iter()
+                .map(|u| Flow::tcp(u.source, u.destination, u.port))
+                .collect();
+            let early_demux = node.sysctls.get(crate::model::Sysctls::TCP_EARLY_DEMUX) == Some(1);
+            let f = match verdict(f, judge(node, &flows)) {
+                Ok(mut f) => {
+                    if early_demux && f.severity != Severity::Error {
+                        f.remediation.push_str(
+                            "; with tcp_early_demux on, the answers are dropped on the node: \
+                             kubectl set env daemonset aws-node -n kube-system -c \
+                             aws-vpc-cni-init DISABLE_TCP_EARLY_DEMUX=true",
+                        );
+                    }
+                    return Some(f);
+                }
+                Err(f) => f,
+            };
             let u = lost[0];
             Some(f.fix(format!(
                 "kubelet probes fail: the pod's security group must admit the node's: aws ec2 \
@@ -335,6 +476,150 @@ mod tests {
             ["5 packet(s) from the pod left the node by eth0, not by vlan.eth.1"]
         );
         assert_eq!(off[0].severity, Severity::Error);
+    }
+
+    /// The lab's rules: sg-pod on the branch pod admits 80 from anywhere and all from the
+    /// node; sg-node on the node.
+    fn with_rules(strip_port_80: bool) -> Node {
+        use crate::model::sg::{Catalog, Peer, Ports, Protocol, Rules, SecurityGroup, SgRule};
+        let cidr = |s: &str| Peer::Cidr {
+            cidr: s.parse().unwrap(),
+        };
+        let mut c = Catalog::default();
+        let mut pod = SecurityGroup::new("sg-pod");
+        if !strip_port_80 {
+            pod.ingress.push(SgRule::new(
+                Protocol::Tcp,
+                Ports::port(80),
+                cidr("0.0.0.0/0"),
+            ));
+        }
+        pod.ingress.push(SgRule::new(
+            Protocol::All,
+            Ports::Any,
+            cidr("192.168.1.10/32"),
+        ));
+        c.insert_group(pod);
+        c.insert_group(SecurityGroup::new("sg-node"));
+        c.insert_eni("192.168.3.219".parse().unwrap(), "eni-b", &["sg-pod"]);
+        c.insert_eni("192.168.1.10".parse().unwrap(), "eni-n", &["sg-node"]);
+        Node {
+            security_groups: Some(std::sync::Arc::new(Rules::Fresh {
+                catalog: c,
+                vpc_cidrs: Vec::new(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rules_confirm_or_clear_an_unanswered_connection() {
+        // The bastion's connections to the pod are not counted here; the pod's own to the
+        // bastion on 8080: sg-pod's default egress lets them out, the bastion is no ENI.
+        let mut c = PathCounters::default();
+        c.from_pod.unanswered = vec![lost_syn("192.168.3.219", "10.0.1.10", 8080, 3)];
+        c.to_pod.unanswered = vec![lost_syn("192.168.1.10", "192.168.3.219", 8080, 2)];
+        let topo = Topology {
+            paths: vec![path(PathKind::BranchEni, "192.168.3.219", c)],
+            ..Default::default()
+        };
+        let n = with_rules(true);
+        let f = &sg_suspected_block(&n, &topo)[0];
+        assert_eq!(f.severity, Severity::Warning, "allowed: still a warning");
+        assert!(
+            f.evidence.contains(
+                &"the security groups' rules allow tcp/8080 192.168.3.219 -> 10.0.1.10: sg-pod \
+                  lets it out (all traffic 0.0.0.0/0); 10.0.1.10 is no ENI sgpath read (its own \
+                  groups are not judged)"
+                    .to_owned()
+            ),
+            "{:#?}",
+            f.evidence
+        );
+        assert!(
+            f.remediation
+                .starts_with("the rules allow it: look past the groups")
+        );
+        // The node's probes: sg-pod admits all from the node, so the groups are not why.
+        let p = &probe_path_broken(&n, &topo)[0];
+        assert_eq!(p.severity, Severity::Error);
+        assert!(
+            p.remediation.starts_with("the rules allow it"),
+            "{}",
+            p.remediation
+        );
+        // Remove the node's rule: the probe's loss is confirmed, with the exact command.
+        let mut n = with_rules(true);
+        if let Some(crate::model::sg::Rules::Fresh { catalog, .. }) =
+            n.security_groups.as_deref().cloned().as_mut()
+        {
+            catalog.groups.get_mut("sg-pod").unwrap().ingress.clear();
+            n.security_groups = Some(std::sync::Arc::new(crate::model::sg::Rules::Fresh {
+                catalog: catalog.clone(),
+                vpc_cidrs: Vec::new(),
+            }));
+        }
+        let p = &probe_path_broken(&n, &topo)[0];
+        assert_eq!(
+            p.evidence.last().unwrap(),
+            "confirmed by the security groups' rules: sg-pod admits no tcp/8080 from members of sg-node"
+        );
+        assert_eq!(
+            p.remediation,
+            "aws ec2 authorize-security-group-ingress --group-id sg-pod --protocol tcp --port 8080 --source-group sg-node"
+        );
+        // Without current rules the findings stay suspected, as before.
+        let mut n = with_rules(true);
+        n.security_groups = Some(std::sync::Arc::new(crate::model::sg::Rules::Unavailable {
+            reason: "no credentials".into(),
+        }));
+        let f = &sg_suspected_block(&n, &topo)[0];
+        assert!(
+            f.remediation
+                .contains("--group-id <the pod's security group>")
+        );
+        assert!(
+            !f.evidence.iter().any(|e| e.contains("rules")),
+            "{:#?}",
+            f.evidence
+        );
+    }
+
+    #[test]
+    fn dns_confirmed_when_the_pods_egress_lacks_53() {
+        use crate::model::sg::Rules;
+        let mut c = PathCounters::default();
+        c.from_pod.dns_unanswered = 2;
+        c.from_pod.unanswered = vec![Unanswered {
+            kind: Conn::Dns,
+            ..lost_syn("192.168.3.219", "192.168.1.10", 53, 2)
+        }];
+        let topo = Topology {
+            paths: vec![path(PathKind::BranchEni, "192.168.3.219", c)],
+            ..Default::default()
+        };
+        let mut n = with_rules(false);
+        let Some(Rules::Fresh { mut catalog, .. }) = n.security_groups.as_deref().cloned() else {
+            unreachable!()
+        };
+        catalog.groups.get_mut("sg-pod").unwrap().egress.clear();
+        n.security_groups = Some(std::sync::Arc::new(Rules::Fresh {
+            catalog,
+            vpc_cidrs: Vec::new(),
+        }));
+        let f = &dns_path_broken(&n, &topo)[0];
+        assert_eq!(f.severity, Severity::Error);
+        assert!(
+            f.evidence
+                .contains(&"confirmed by the security groups' rules: sg-pod lets out no udp/53 to members of sg-node".to_owned()),
+            "{:#?}",
+            f.evidence
+        );
+        assert!(
+            f.remediation.starts_with("aws ec2 authorize-security-group-egress --group-id sg-pod --ip-permissions 'IpProtocol=udp,FromPort=53,ToPort=53,UserIdGroupPairs=[{GroupId=sg-node}]'"),
+            "{}",
+            f.remediation
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod nodelocal_dns;
 mod path_drops;
 mod pod_routes;
 mod probe_maps;
+mod security_groups;
 mod services;
 mod sysctls;
 mod vlan_rules;
@@ -99,11 +100,19 @@ pub enum FindingId {
     PodSourceSpoofed,
     /// Two live host veths route or hold one pod IP.
     PodIpConflict,
+    /// The security groups' rules could not be read from EC2 (credentials, IAM, network).
+    Ec2Unavailable,
+    /// A strict branch pod's groups admit no TCP from the node on a port its probes use.
+    SgBlocksKubeletProbe,
+    /// A branch pod's groups, or CoreDNS's, do not let its DNS through (UDP and TCP 53).
+    SgBlocksDns,
+    /// A branch pod's groups admit neither the node nor the VPC on a Service's targetPort.
+    SgBlocksService,
 }
 
 impl FindingId {
     /// Every id, for metrics that must export zeros.
-    pub const ALL: [FindingId; 31] = [
+    pub const ALL: [FindingId; 35] = [
         FindingId::TcpEarlyDemuxEnabled,
         FindingId::VlanRuleMissing,
         FindingId::VlanRuleStale,
@@ -135,6 +144,10 @@ impl FindingId {
         FindingId::OldCniTcpEarlyDemux,
         FindingId::EnforcingModeEnvMismatch,
         FindingId::StrictModeUnsupported,
+        FindingId::Ec2Unavailable,
+        FindingId::SgBlocksKubeletProbe,
+        FindingId::SgBlocksDns,
+        FindingId::SgBlocksService,
     ];
 
     /// The id as it appears in JSON and metrics.
@@ -171,6 +184,10 @@ impl FindingId {
             FindingId::StrictModeUnsupported => "strict-mode-unsupported",
             FindingId::PodSourceSpoofed => "pod-source-spoofed",
             FindingId::PodIpConflict => "pod-ip-conflict",
+            FindingId::Ec2Unavailable => "ec2-unavailable",
+            FindingId::SgBlocksKubeletProbe => "sg-blocks-kubelet-probe",
+            FindingId::SgBlocksDns => "sg-blocks-dns",
+            FindingId::SgBlocksService => "sg-blocks-service",
         }
     }
 }
@@ -244,6 +261,10 @@ pub const REGISTRY: &[Check] = &[
     kube::old_cni_early_demux,
     kube::enforcing_mode_env,
     kube::strict_unsupported,
+    security_groups::kubelet_probe,
+    security_groups::dns,
+    security_groups::service,
+    security_groups::ec2_unavailable,
     read_warnings,
 ];
 

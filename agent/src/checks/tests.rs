@@ -91,6 +91,11 @@ fn healthy() -> Node {
     }
 }
 
+/// The healthy strict node, for other checks' tests.
+pub(super) fn strict_node() -> Node {
+    healthy()
+}
+
 /// What a kernel with these rules and routes would answer to sgpath's lookups: the
 /// questions `collect` asks, answered by walking the fixture's rules and tables.
 fn with_lookups(mut node: Node) -> Node {

@@ -5,7 +5,8 @@
 //! `kubectl get pods -A --field-selector spec.nodeName=$NODE_NAME`,
 //! `kubectl get securitygrouppolicies -A` (vpcresources.k8s.aws/v1beta1),
 //! `kubectl get serviceaccounts -A`, `kubectl get services -A`,
-//! `kubectl get node $NODE_NAME` and `kubectl get daemonset aws-node -n kube-system`, each
+//! `kubectl get node $NODE_NAME`, `kubectl get daemonset aws-node -n kube-system` and
+//! `kubectl get pods -A -l k8s-app=kube-dns` (CoreDNS's addresses, on any node), each
 //! listed then watched (bookmarks on; a `410 Gone` or a broken watch relists, and the
 //! reflector swaps in the new list only when it is complete, so a pod deleted while the
 //! API server was away is gone after the relist).
@@ -38,9 +39,11 @@ use kube::{
 use tokio::sync::watch as channel;
 use tracing::{info, warn};
 
+use k8s_openapi::{api::core::v1::Container, apimachinery::pkg::util::intstr::IntOrString};
+
 use crate::model::k8s::{
-    AwsNode, Cluster, KubeNode, POD_ENI_ANNOTATION, Pod, PolicySpec, SecurityGroupPolicy, Service,
-    ServiceAccount,
+    AwsNode, Cluster, ContainerPort, KubeNode, POD_ENI_ANNOTATION, Pod, PolicySpec, ProbePort,
+    SecurityGroupPolicy, Service, ServiceAccount, ServicePort, TargetPort,
 };
 
 /// The VPC CNI's DaemonSet and its containers.
@@ -108,6 +111,7 @@ struct Stores {
     services: Store<K8sService>,
     nodes: Store<K8sNode>,
     daemonsets: Store<DaemonSet>,
+    coredns: Store<K8sPod>,
 }
 
 /// What a watch stream yields: which resource, and whether it failed.
@@ -179,8 +183,14 @@ pub async fn watch(client: Client, node_name: String, tx: channel::Sender<Option
     );
     let (daemonsets, s6) = reflect(
         "daemonsets",
-        Api::<DaemonSet>::namespaced(client, KUBE_SYSTEM),
-        all.fields(&format!("metadata.name={AWS_NODE}")),
+        Api::<DaemonSet>::namespaced(client.clone(), KUBE_SYSTEM),
+        all.clone().fields(&format!("metadata.name={AWS_NODE}")),
+        (),
+    );
+    let (coredns, s7) = reflect(
+        "coredns pods",
+        Api::<K8sPod>::all(client),
+        all.labels(&format!("{COREDNS_LABEL}={COREDNS_APP}")),
         (),
     );
     let stores = Stores {
@@ -190,8 +200,9 @@ pub async fn watch(client: Client, node_name: String, tx: channel::Sender<Option
         services,
         nodes,
         daemonsets,
+        coredns,
     };
-    let mut events = futures::stream::select_all([s1, s2, s3, s4, s5, s6]);
+    let mut events = futures::stream::select_all([s1, s2, s3, s4, s5, s6, s7]);
     let mut failing: BTreeSet<&'static str> = BTreeSet::new();
     let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
     let mut dirty = false;
@@ -269,7 +280,17 @@ fn snapshot(s: &Stores, node_name: &str) -> Cluster {
         .iter()
         .find(|d| d.metadata.name.as_deref() == Some(AWS_NODE))
         .map(|d| aws_node(d));
+    let mut coredns: Vec<std::net::IpAddr> = s
+        .coredns
+        .state()
+        .iter()
+        .filter(|p| is_coredns(p))
+        .flat_map(|p| pod(p).ips)
+        .collect();
+    coredns.sort();
+    coredns.dedup();
     Cluster {
+        coredns,
         node,
         aws_node,
         pods,
@@ -277,6 +298,60 @@ fn snapshot(s: &Stores, node_name: &str) -> Cluster {
         service_accounts,
         services,
     }
+}
+
+/// The label CoreDNS's pods carry (the kube-dns name stayed when EKS moved to CoreDNS).
+const COREDNS_LABEL: &str = "k8s-app";
+const COREDNS_APP: &str = "kube-dns";
+
+fn is_coredns(p: &K8sPod) -> bool {
+    p.metadata.namespace.as_deref() == Some(KUBE_SYSTEM)
+        && p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(COREDNS_LABEL))
+            .is_some_and(|v| v == COREDNS_APP)
+}
+
+/// The TCP ports a container's probes connect to; a named port resolves against the
+/// container's own ports (kubelet's rule), an unresolvable name is skipped.
+fn probes(c: &Container) -> Vec<ProbePort> {
+    let resolve = |port: &IntOrString| match port {
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok()),
+    };
+    let mut out = Vec::new();
+    for (kind, probe) in [
+        ("liveness", &c.liveness_probe),
+        ("readiness", &c.readiness_probe),
+        ("startup", &c.startup_probe),
+    ] {
+        let Some(probe) = probe else { continue };
+        let target = if let Some(t) = &probe.tcp_socket {
+            Some(("tcpSocket", resolve(&t.port)))
+        } else if let Some(h) = &probe.http_get {
+            Some(("httpGet", resolve(&h.port)))
+        } else {
+            probe
+                .grpc
+                .as_ref()
+                .map(|g| ("grpc", u16::try_from(g.port).ok()))
+        };
+        if let Some((handler, Some(port))) = target {
+            out.push(ProbePort {
+                container: c.name.clone(),
+                probe: kind,
+                handler,
+                port,
+            });
+        }
+    }
+    out
 }
 
 fn pod(p: &K8sPod) -> Pod {
@@ -316,6 +391,24 @@ fn pod(p: &K8sPod) -> Pod {
         containers: spec
             .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
             .unwrap_or_default(),
+        probes: spec
+            .map(|s| s.containers.iter().flat_map(probes).collect())
+            .unwrap_or_default(),
+        container_ports: spec
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .flat_map(|c| c.ports.iter().flatten())
+                    .filter_map(|p| {
+                        Some(ContainerPort {
+                            name: p.name.clone(),
+                            port: u16::try_from(p.container_port).ok()?,
+                            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -344,6 +437,21 @@ fn service(s: &K8sService) -> Option<Service> {
         type_,
         external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
         selector: spec.selector.clone().unwrap_or_default(),
+        ports: spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| ServicePort {
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                target: match &p.target_port {
+                    Some(IntOrString::Int(n)) => {
+                        TargetPort::Number(u16::try_from(*n).unwrap_or_default())
+                    }
+                    Some(IntOrString::String(name)) => TargetPort::Name(name.clone()),
+                    None => TargetPort::Number(u16::try_from(p.port).unwrap_or_default()),
+                },
+            })
+            .collect(),
     })
 }
 
@@ -392,6 +500,55 @@ mod tests {
         assert_eq!(m.ips.len(), 2);
         assert_eq!(m.branch_enis().unwrap()[0].vlan_id, 3);
         assert_eq!(m.containers, ["web"]);
+    }
+
+    #[test]
+    fn probe_ports_and_service_target_ports() {
+        let p: K8sPod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "sg-test"},
+            "spec": {"containers": [{
+                "name": "web",
+                "ports": [{"name": "http", "containerPort": 8080}, {"name": "dns", "containerPort": 53, "protocol": "UDP"}],
+                "readinessProbe": {"httpGet": {"port": "http", "path": "/"}},
+                "livenessProbe": {"tcpSocket": {"port": 9000}},
+                "startupProbe": {"grpc": {"port": 9001}}
+            }, {
+                "name": "side",
+                "livenessProbe": {"httpGet": {"port": "nope"}},
+                "readinessProbe": {"exec": {"command": ["true"]}}
+            }]}
+        }))
+        .unwrap();
+        let m = pod(&p);
+        let got: Vec<(&str, &str, &str, u16)> = m
+            .probes
+            .iter()
+            .map(|p| (p.container.as_str(), p.probe, p.handler, p.port))
+            .collect();
+        // The unresolvable named port and the exec probe give no port.
+        assert_eq!(
+            got,
+            [
+                ("web", "liveness", "tcpSocket", 9000),
+                ("web", "readiness", "httpGet", 8080),
+                ("web", "startup", "grpc", 9001),
+            ]
+        );
+        let s: K8sService = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "sg-test"},
+            "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [
+                {"port": 80, "targetPort": "http"}, {"port": 53, "protocol": "UDP", "targetPort": "dns"}, {"port": 443}
+            ]}
+        }))
+        .unwrap();
+        let svc = service(&s).unwrap();
+        let ports: Vec<Option<u16>> = svc.ports.iter().map(|sp| sp.resolve(&m)).collect();
+        assert_eq!(ports, [Some(8080), Some(53), Some(443)]);
+        let k: K8sPod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "coredns-1", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}}
+        }))
+        .unwrap();
+        assert!(is_coredns(&k) && !is_coredns(&p));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! [`Node`](crate::model::Node) snapshot of the calling thread's network namespace.
 
 pub mod addresses;
+pub mod aws;
 pub mod btf;
 pub mod caps;
 pub mod cni_config;
+pub mod ec2;
 pub mod ipamd;
 pub mod kallsyms;
 pub mod kube;
@@ -15,6 +17,7 @@ pub mod pod_addresses;
 pub mod route_get;
 pub mod routes;
 pub mod rules;
+pub mod sigv4;
 pub mod sysctls;
 pub mod watch;
 
@@ -126,6 +129,7 @@ async fn read(
         read_warnings,
         ipamd,
         cluster: None,
+        security_groups: None,
         index: Default::default(),
     };
     // Which pods exist and where their traffic matters comes from the snapshot itself.

@@ -33,6 +33,9 @@ pub struct Cluster {
     pub policies: Vec<SecurityGroupPolicy>,
     pub service_accounts: Vec<ServiceAccount>,
     pub services: Vec<Service>,
+    /// Addresses of the cluster's CoreDNS pods (`k8s-app=kube-dns` in kube-system), on any
+    /// node: the far end of every pod's DNS.
+    pub coredns: Vec<IpAddr>,
 }
 
 /// The node object: name and labels.
@@ -143,6 +146,47 @@ pub struct Pod {
     pub pod_eni: Option<String>,
     /// The names of its containers (`calico-node`).
     pub containers: Vec<String>,
+    /// The TCP ports its containers' liveness, readiness and startup probes connect to
+    /// (`tcpSocket`, `httpGet`, `grpc`; named ports resolved against the container's
+    /// ports). kubelet opens them from the node.
+    pub probes: Vec<ProbePort>,
+    /// Its containers' declared ports, by name (for a Service's named `targetPort`).
+    pub container_ports: Vec<ContainerPort>,
+}
+
+/// A port a kubelet probe connects to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProbePort {
+    pub container: String,
+    /// `liveness`, `readiness`, `startup`.
+    pub probe: &'static str,
+    /// `tcpSocket`, `httpGet`, `grpc`.
+    pub handler: &'static str,
+    pub port: u16,
+}
+
+/// A container port (`spec.containers[].ports[]`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    /// `TCP`, `UDP`, `SCTP`.
+    pub protocol: String,
+}
+
+/// A Service port's `targetPort`: a number, or a container port's name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+/// One of a Service's ports, as it reaches the pods.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServicePort {
+    /// `TCP`, `UDP`, `SCTP`.
+    pub protocol: String,
+    pub target: TargetPort,
 }
 
 impl Pod {
@@ -443,6 +487,22 @@ pub struct Service {
     pub external_local: bool,
     /// `spec.selector`; an empty one selects no pod (a Service without selector).
     pub selector: BTreeMap<String, String>,
+    /// `spec.ports[]`: protocol and `targetPort` (the port when unset).
+    pub ports: Vec<ServicePort>,
+}
+
+impl ServicePort {
+    /// The pod's port this Service port reaches: a number, or the named container port.
+    pub fn resolve(&self, pod: &Pod) -> Option<u16> {
+        match &self.target {
+            TargetPort::Number(n) => Some(*n),
+            TargetPort::Name(name) => pod
+                .container_ports
+                .iter()
+                .find(|c| c.name.as_deref() == Some(name) && c.protocol == self.protocol)
+                .map(|c| c.port),
+        }
+    }
 }
 
 impl Service {
@@ -896,6 +956,7 @@ mod tests {
             type_: "LoadBalancer".into(),
             external_local: true,
             selector: labels(&[("app", "x")]),
+            ports: Vec::new(),
         };
         assert!(s.selects(&p));
         s.namespace = "other".into();

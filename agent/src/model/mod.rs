@@ -16,6 +16,7 @@ mod link;
 pub mod lookup;
 mod route;
 mod rule;
+pub mod sg;
 mod sysctl;
 mod topology;
 pub mod trace;
@@ -109,6 +110,9 @@ pub struct Node {
     /// The Kubernetes context (`sgpath agent` with a cluster), as last watched.
     #[serde(skip)]
     pub cluster: Option<std::sync::Arc<k8s::Cluster>>,
+    /// The security groups' rules (`sgpath agent` reading EC2), as last read.
+    #[serde(skip)]
+    pub security_groups: Option<std::sync::Arc<sg::Rules>>,
     /// Routes by table and rules in priority order, built on first use.
     #[serde(skip)]
     pub index: FibIndex,

@@ -73,6 +73,33 @@ pub fn render(t: &Trace) -> String {
     out
 }
 
+/// The security groups' verdict on a traced flow (`trace --ec2`), or why there is none.
+pub fn render_security_groups(
+    flow: &crate::model::sg::Flow,
+    verdict: &Result<crate::model::sg::Verdict, String>,
+) -> String {
+    use crate::model::sg::Verdict;
+    let mut out = format!("\nsecurity groups (read from EC2), {flow}:\n");
+    match verdict {
+        Err(reason) => out += &format!("  not judged: {reason}\n"),
+        Ok(Verdict::Denied(m)) => {
+            out += &format!("  DENIED: {}\n  fix: {}\n", m.summary(), m.remediation());
+        }
+        Ok(Verdict::Allowed { egress, ingress }) => {
+            out += "  allowed\n";
+            for (what, a, addr) in [("egress", egress, flow.src), ("ingress", ingress, flow.dst)] {
+                out += &match a {
+                    Some(a) => format!("  {what}: {} ({})\n", a.group, a.rule),
+                    None => {
+                        format!("  {what}: {addr} is no ENI with groups sgpath read (not judged)\n")
+                    }
+                };
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +200,33 @@ mod tests {
         assert!(
             t.contains("  out via: vlan.eth.7 (leaves the node by a branch ENI)\n  dropped: by the VPC's source/destination check: 192.168.3.219 is not an address of the branch ENI on VLAN 7 (vlan.eth.7)\n"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn security_groups_verdicts() {
+        use crate::model::sg::{Catalog, Flow, SecurityGroup};
+        let pod = "192.168.3.219".parse().unwrap();
+        let bastion = "10.0.1.10".parse().unwrap();
+        let mut c = Catalog::default();
+        c.insert_group(SecurityGroup::new("sg-pod"));
+        c.insert_eni(pod, "eni-b", &["sg-pod"]);
+        let out = Flow::tcp(pod, bastion, 80);
+        assert_eq!(
+            render_security_groups(&out, &Ok(c.judge(&out))),
+            "\nsecurity groups (read from EC2), tcp/80 192.168.3.219 -> 10.0.1.10:\n  allowed\n  \
+             egress: sg-pod (all traffic 0.0.0.0/0)\n  ingress: 10.0.1.10 is no ENI with groups \
+             sgpath read (not judged)\n"
+        );
+        let inbound = Flow::tcp(bastion, pod, 80);
+        let text = render_security_groups(&inbound, &Ok(c.judge(&inbound)));
+        assert!(
+            text.contains("DENIED: sg-pod admits no tcp/80 from 10.0.1.10\n  fix: aws ec2 authorize-security-group-ingress --group-id sg-pod --protocol tcp --port 80 --cidr 10.0.1.10/32"),
+            "{text}"
+        );
+        assert!(
+            render_security_groups(&inbound, &Err("no AWS region".into()))
+                .contains("not judged: no AWS region")
         );
     }
 }

@@ -1,0 +1,840 @@
+//! Reading the security groups from AWS: instance metadata (IMDSv2: the node ENIs' groups
+//! by MAC, the VPC's CIDRs, the region, the instance role), the standard credential chain,
+//! and the signed EC2 Query calls whose answers [`super::ec2`] parses.
+//!
+//! Side effects: HTTP(S) requests to IMDS, EC2, STS and the EKS Pod Identity agent, at most
+//! [`MIN_CALL_GAP`] apart, each bounded by [`TIMEOUT`]. Secrets never reach a log line.
+//!
+//! The same data by hand:
+//! `curl -H "X-aws-ec2-metadata-token: $T" $IMDS/latest/meta-data/network/interfaces/macs/$MAC/security-group-ids`,
+//! `aws ec2 describe-network-interfaces --filters Name=addresses.private-ip-address,Values=$IP`,
+//! `aws ec2 describe-security-groups --group-ids $SG`,
+//! `aws ec2 get-managed-prefix-list-entries --prefix-list-id $PL`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use ipnet::IpNet;
+
+use super::{
+    ec2::{self, Ec2Error},
+    sigv4::{self, Credentials},
+};
+use crate::model::sg::{Catalog, Rules};
+
+/// Each request's limit.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests to EC2 are spaced at least this far apart (EC2 throttles per account).
+pub const MIN_CALL_GAP: Duration = Duration::from_millis(100);
+/// Retries of a throttled call, with doubling backoff from [`BACKOFF`].
+const RETRIES: u32 = 4;
+const BACKOFF: Duration = Duration::from_millis(250);
+/// IMDS's documented address.
+pub const DEFAULT_IMDS: &str = "http://169.254.169.254";
+const EC2_VERSION: &str = "2016-11-15";
+/// Values per filter or id list in one call (EC2 accepts up to 200).
+const BATCH: usize = 100;
+
+/// Where to reach AWS.
+#[derive(Clone, Debug)]
+pub struct AwsConfig {
+    /// The EC2 endpoint (`--ec2-endpoint`, else `AWS_ENDPOINT_URL_EC2`, else
+    /// `https://ec2.<region>.amazonaws.com`).
+    pub ec2_endpoint: Option<String>,
+    /// Instance metadata (`--imds-endpoint`).
+    pub imds_endpoint: String,
+    /// `AWS_REGION` / `AWS_DEFAULT_REGION`, else IMDS's.
+    pub region: Option<String>,
+}
+
+impl AwsConfig {
+    /// From the flags and the standard environment variables.
+    pub fn from_env(ec2_endpoint: Option<String>, imds_endpoint: Option<String>) -> AwsConfig {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        AwsConfig {
+            ec2_endpoint: ec2_endpoint
+                .or_else(|| env("AWS_ENDPOINT_URL_EC2"))
+                .or_else(|| env("AWS_ENDPOINT_URL")),
+            imds_endpoint: imds_endpoint.unwrap_or_else(|| DEFAULT_IMDS.to_owned()),
+            region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")),
+        }
+    }
+}
+
+/// Why the rules could not be read; the text becomes the `ec2-unavailable` finding.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    #[error("{url}: {message}")]
+    Http { url: String, message: String },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    #[error(
+        "no AWS credentials: none in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, no IRSA web identity \
+         (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN), no EKS Pod Identity \
+         (AWS_CONTAINER_CREDENTIALS_FULL_URI), and instance metadata gave no role: {imds}"
+    )]
+    NoCredentials { imds: String },
+    #[error("{what}: {message}")]
+    Malformed { what: String, message: String },
+    #[error("no AWS region: set AWS_REGION (instance metadata did not answer: {imds})")]
+    NoRegion { imds: String },
+    #[error("setting up TLS: {0}")]
+    Tls(String),
+}
+
+type Http = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A node ENI as instance metadata describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataEni {
+    pub mac: String,
+    pub id: String,
+    pub groups: Vec<String>,
+    pub addresses: Vec<IpAddr>,
+    pub vpc_cidrs: Vec<IpNet>,
+}
+
+/// The reader: an HTTP(S) client, where to go, and the credentials while they last.
+pub struct Aws {
+    http: Http,
+    config: AwsConfig,
+    credentials: Option<Credentials>,
+    last_call: Option<tokio::time::Instant>,
+}
+
+impl Aws {
+    /// # Errors
+    /// [`AwsError::Tls`] when the system's root certificates cannot be loaded.
+    pub fn new(config: AwsConfig) -> Result<Aws, AwsError> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| AwsError::Tls(e.to_string()))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http = Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+        Ok(Aws {
+            http,
+            config,
+            credentials: None,
+            last_call: None,
+        })
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: String,
+    ) -> Result<(u16, String), AwsError> {
+        let err = |message: String| AwsError::Http {
+            url: url.to_owned(),
+            message,
+        };
+        let mut req = hyper::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| err(e.to_string()))?;
+        let answer = tokio::time::timeout(TIMEOUT, async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| err(e.to_string()))?
+                .to_bytes();
+            Ok::<_, AwsError>((status, String::from_utf8_lossy(&body).into_owned()))
+        })
+        .await
+        .map_err(|_| err(format!("no answer within {TIMEOUT:?}")))??;
+        Ok(answer)
+    }
+
+    /// An IMDSv2 session token (PUT `/latest/api/token`).
+    async fn imds_token(&self) -> Result<String, AwsError> {
+        let url = format!("{}/latest/api/token", self.config.imds_endpoint);
+        let headers = [("X-aws-ec2-metadata-token-ttl-seconds", "300".to_owned())];
+        match self.request("PUT", &url, &headers, String::new()).await? {
+            (200, token) => Ok(token.trim().to_owned()),
+            (status, _) => Err(AwsError::Status { url, status }),
+        }
+    }
+
+    async fn imds(&self, token: &str, path: &str) -> Result<String, AwsError> {
+        let url = format!("{}/latest/meta-data/{path}", self.config.imds_endpoint);
+        let headers = [("X-aws-ec2-metadata-token", token.to_owned())];
+        match self.request("GET", &url, &headers, String::new()).await? {
+            (200, body) => Ok(body),
+            (status, _) => Err(AwsError::Status { url, status }),
+        }
+    }
+
+    /// Every ENI attached to the instance, by MAC, with its groups (no credentials needed).
+    ///
+    /// # Errors
+    /// [`AwsError`] when IMDS does not answer or answers an address that is not one.
+    pub async fn node_enis(&self) -> Result<Vec<MetadataEni>, AwsError> {
+        let token = self.imds_token().await?;
+        let macs = self.imds(&token, "network/interfaces/macs/").await?;
+        let mut out = Vec::new();
+        for mac in lines(&macs) {
+            let mac = mac.trim_end_matches('/');
+            let base = format!("network/interfaces/macs/{mac}");
+            let id = self.imds(&token, &format!("{base}/interface-id")).await?;
+            let groups = self
+                .imds(&token, &format!("{base}/security-group-ids"))
+                .await?;
+            // An ENI without IPv4 (IPv6-only clusters) answers 404 here.
+            let v4 = self
+                .imds(&token, &format!("{base}/local-ipv4s"))
+                .await
+                .unwrap_or_default();
+            let v6 = self
+                .imds(&token, &format!("{base}/ipv6s"))
+                .await
+                .unwrap_or_default();
+            let cidrs = self
+                .imds(&token, &format!("{base}/vpc-ipv4-cidr-blocks"))
+                .await
+                .unwrap_or_default();
+            let parse = |what: &str, s: &str| AwsError::Malformed {
+                what: format!("instance metadata {base}/{what}"),
+                message: format!("{s:?} is not an address or CIDR"),
+            };
+            out.push(MetadataEni {
+                mac: mac.to_owned(),
+                id: id.trim().to_owned(),
+                groups: lines(&groups).map(str::to_owned).collect(),
+                addresses: lines(&v4)
+                    .chain(lines(&v6))
+                    .map(|a| a.parse().map_err(|_| parse("local-ipv4s", a)))
+                    .collect::<Result<_, _>>()?,
+                vpc_cidrs: lines(&cidrs)
+                    .map(|a| a.parse().map_err(|_| parse("vpc-ipv4-cidr-blocks", a)))
+                    .collect::<Result<_, _>>()?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Credentials from the standard chain, in its order: environment, IRSA web identity,
+    /// EKS Pod Identity, the instance role. Temporary ones are re-read on every
+    /// [`Aws::read`], so they never expire in use.
+    async fn credentials(&mut self, region: &str) -> Result<Credentials, AwsError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            return Ok(Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: env("AWS_SESSION_TOKEN"),
+            });
+        }
+        if let (Some(file), Some(role)) = (env("AWS_WEB_IDENTITY_TOKEN_FILE"), env("AWS_ROLE_ARN"))
+        {
+            let token = std::fs::read_to_string(&file).map_err(|e| AwsError::Malformed {
+                what: format!("AWS_WEB_IDENTITY_TOKEN_FILE {file}"),
+                message: e.to_string(),
+            })?;
+            let url = env("AWS_ENDPOINT_URL_STS")
+                .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+            let body = sigv4::form(&[
+                ("Action", "AssumeRoleWithWebIdentity"),
+                ("Version", "2011-06-15"),
+                ("RoleArn", &role),
+                ("RoleSessionName", "sgpath"),
+                ("WebIdentityToken", token.trim()),
+            ]);
+            let headers = [(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8".to_owned(),
+            )];
+            let (status, xml) = self.request("POST", &url, &headers, body).await?;
+            if status != 200 {
+                return Err(AwsError::Status { url, status });
+            }
+            return web_identity_credentials(&xml);
+        }
+        if let Some(url) = env("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+            let auth = match env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
+                Some(f) => std::fs::read_to_string(&f)
+                    .map_err(|e| AwsError::Malformed {
+                        what: format!("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {f}"),
+                        message: e.to_string(),
+                    })?
+                    .trim()
+                    .to_owned(),
+                None => env("AWS_CONTAINER_AUTHORIZATION_TOKEN").unwrap_or_default(),
+            };
+            let (status, json) = self
+                .request("GET", &url, &[("Authorization", auth)], String::new())
+                .await?;
+            if status != 200 {
+                return Err(AwsError::Status { url, status });
+            }
+            return json_credentials(&url, &json);
+        }
+        let imds = async {
+            let token = self.imds_token().await?;
+            let roles = self.imds(&token, "iam/security-credentials/").await?;
+            let role = lines(&roles).next().ok_or_else(|| AwsError::Malformed {
+                what: "instance metadata iam/security-credentials/".into(),
+                message: "no role".into(),
+            })?;
+            let json = self
+                .imds(&token, &format!("iam/security-credentials/{role}"))
+                .await?;
+            json_credentials("instance metadata iam/security-credentials", &json)
+        };
+        imds.await.map_err(|e| AwsError::NoCredentials {
+            imds: e.to_string(),
+        })
+    }
+
+    async fn region(&self) -> Result<String, AwsError> {
+        if let Some(r) = &self.config.region {
+            return Ok(r.clone());
+        }
+        let imds = async {
+            let token = self.imds_token().await?;
+            self.imds(&token, "placement/region").await
+        };
+        imds.await
+            .map(|r| r.trim().to_owned())
+            .map_err(|e| AwsError::NoRegion {
+                imds: e.to_string(),
+            })
+    }
+
+    /// One signed EC2 Query call, spaced from the last and retried with backoff while
+    /// EC2 throttles.
+    async fn call(
+        &mut self,
+        region: &str,
+        action: &'static str,
+        params: &[(&str, &str)],
+    ) -> Result<String, AwsError> {
+        let endpoint = self
+            .config
+            .ec2_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://ec2.{region}.amazonaws.com"));
+        let url = format!("{}/", endpoint.trim_end_matches('/'));
+        let host = url
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_default()
+            .to_owned();
+        let mut all = vec![("Action", action), ("Version", EC2_VERSION)];
+        all.extend_from_slice(params);
+        let body = sigv4::form(&all);
+        let creds = self
+            .credentials
+            .clone()
+            .ok_or_else(|| AwsError::NoCredentials {
+                imds: "not read".into(),
+            })?;
+        let mut backoff = BACKOFF;
+        for attempt in 0..=RETRIES {
+            if let Some(last) = self.last_call {
+                tokio::time::sleep_until(last + MIN_CALL_GAP).await;
+            }
+            self.last_call = Some(tokio::time::Instant::now());
+            let content_type = "application/x-www-form-urlencoded; charset=utf-8";
+            let signed = sigv4::sign(
+                &sigv4::Request {
+                    method: "POST",
+                    host: &host,
+                    path: "/",
+                    query: "",
+                    headers: &[("content-type", content_type)],
+                    body: body.as_bytes(),
+                },
+                &creds,
+                region,
+                "ec2",
+                SystemTime::now(),
+            );
+            let mut headers: Vec<(&str, String)> = vec![("content-type", content_type.into())];
+            headers.extend(signed);
+            let (status, xml) = self.request("POST", &url, &headers, body.clone()).await?;
+            if status == 200 {
+                return Ok(xml);
+            }
+            // EC2's error document names the fault; anything else is the status.
+            let err = match ec2::api_error(action, &xml) {
+                Some(e) => AwsError::Ec2(e),
+                None => AwsError::Status {
+                    url: url.clone(),
+                    status,
+                },
+            };
+            let throttled = matches!(&err, AwsError::Ec2(e) if e.is_throttling()) || status == 503;
+            if !throttled || attempt == RETRIES {
+                return Err(err);
+            }
+            tracing::debug!(
+                event = "ec2-throttled",
+                attempt,
+                "EC2 throttled a call; backing off"
+            );
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Reads what the checks judge with: the node ENIs' groups from IMDS, the ENIs owning
+    /// `addresses` (branch pods, CoreDNS) from `DescribeNetworkInterfaces`, every group
+    /// they carry from `DescribeSecurityGroups`, and the prefix lists those rules name.
+    ///
+    /// # Errors
+    /// [`AwsError`] naming the source that failed (IMDS, credentials, an EC2 call).
+    pub async fn read(&mut self, addresses: &BTreeSet<IpAddr>) -> Result<Rules, AwsError> {
+        let node = self.node_enis().await?;
+        let region = self.region().await?;
+        self.credentials = Some(self.credentials(&region).await?);
+        let mut catalog = Catalog::default();
+        let mut vpc_cidrs: Vec<IpNet> = Vec::new();
+        for e in &node {
+            for a in &e.addresses {
+                let groups: Vec<&str> = e.groups.iter().map(String::as_str).collect();
+                catalog.insert_eni(*a, e.id.clone(), &groups);
+            }
+            vpc_cidrs.extend(&e.vpc_cidrs);
+        }
+        vpc_cidrs.sort();
+        vpc_cidrs.dedup();
+        let wanted: Vec<String> = addresses
+            .iter()
+            .filter(|a| !catalog.enis.contains_key(a))
+            .map(ToString::to_string)
+            .collect();
+        for chunk in wanted.chunks(BATCH) {
+            let mut params: Vec<(String, String)> = vec![(
+                "Filter.1.Name".into(),
+                "addresses.private-ip-address".into(),
+            )];
+            for (i, a) in chunk.iter().enumerate() {
+                params.push((format!("Filter.1.Value.{}", i + 1), a.clone()));
+            }
+            for eni in self
+                .paged(
+                    &region,
+                    "DescribeNetworkInterfaces",
+                    params,
+                    ec2::network_interfaces,
+                )
+                .await?
+            {
+                let groups: Vec<&str> = eni.groups.iter().map(String::as_str).collect();
+                for a in &eni.addresses {
+                    catalog.insert_eni(*a, eni.id.clone(), &groups);
+                }
+            }
+        }
+        let group_ids: BTreeSet<String> = catalog
+            .enis
+            .values()
+            .flat_map(|e| e.groups.iter().cloned())
+            .collect();
+        let group_ids: Vec<String> = group_ids.into_iter().collect();
+        let mut groups = Vec::new();
+        for chunk in group_ids.chunks(BATCH) {
+            let mut params: Vec<(String, String)> = Vec::new();
+            for (i, g) in chunk.iter().enumerate() {
+                params.push((format!("GroupId.{}", i + 1), g.clone()));
+            }
+            groups.extend(
+                self.paged(
+                    &region,
+                    "DescribeSecurityGroups",
+                    params,
+                    ec2::security_groups,
+                )
+                .await?,
+            );
+        }
+        let mut entries: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
+        for id in ec2::prefix_list_ids(&groups) {
+            let params = vec![("PrefixListId".into(), id.clone())];
+            let cidrs = self
+                .paged(
+                    &region,
+                    "GetManagedPrefixListEntries",
+                    params,
+                    ec2::prefix_list_entries,
+                )
+                .await?;
+            entries.insert(id, cidrs);
+        }
+        ec2::resolve_prefix_lists(&mut groups, &entries);
+        for g in groups {
+            catalog.insert_group(g);
+        }
+        Ok(Rules::Fresh { catalog, vpc_cidrs })
+    }
+
+    /// Every page of a call (`NextToken`).
+    async fn paged<T>(
+        &mut self,
+        region: &str,
+        action: &'static str,
+        params: Vec<(String, String)>,
+        parse: fn(&str) -> Result<ec2::Page<T>, Ec2Error>,
+    ) -> Result<Vec<T>, AwsError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut p: Vec<(&str, &str)> = params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            if let Some(t) = &token {
+                p.push(("NextToken", t));
+            }
+            let xml = self.call(region, action, &p).await?;
+            let page = parse(&xml)?;
+            out.extend(page.items);
+            match page.next_token {
+                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
+fn lines(s: &str) -> impl Iterator<Item = &str> {
+    s.lines().map(str::trim).filter(|l| !l.is_empty())
+}
+
+/// The JSON of IMDS's role credentials and of the EKS Pod Identity agent.
+fn json_credentials(what: &str, json: &str) -> Result<Credentials, AwsError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Answer {
+        access_key_id: String,
+        secret_access_key: String,
+        token: Option<String>,
+    }
+    let a: Answer = serde_json::from_str(json).map_err(|e| AwsError::Malformed {
+        what: what.to_owned(),
+        message: format!("not the credentials JSON: {e}"),
+    })?;
+    Ok(Credentials {
+        access_key_id: a.access_key_id,
+        secret_access_key: a.secret_access_key,
+        session_token: a.token,
+    })
+}
+
+/// STS `AssumeRoleWithWebIdentityResponse`'s credentials.
+fn web_identity_credentials(xml: &str) -> Result<Credentials, AwsError> {
+    let bad = |message: String| AwsError::Malformed {
+        what: "STS AssumeRoleWithWebIdentity".into(),
+        message,
+    };
+    let doc = roxmltree::Document::parse(xml).map_err(|e| bad(e.to_string()))?;
+    let find = |name: &str| {
+        doc.descendants()
+            .find(|n| n.tag_name().name() == name)
+            .and_then(|n| n.text())
+            .map(|t| t.trim().to_owned())
+            .ok_or_else(|| bad(format!("no <{name}> in the answer")))
+    };
+    Ok(Credentials {
+        access_key_id: find("AccessKeyId")?,
+        secret_access_key: find("SecretAccessKey")?,
+        session_token: Some(find("SessionToken")?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_answers() {
+        let c = json_credentials(
+            "imds",
+            r#"{"Code":"Success","AccessKeyId":"ASIA1","SecretAccessKey":"s","Token":"t","Expiration":"2026-12-03T20:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.access_key_id.as_str(), c.session_token.as_deref()),
+            ("ASIA1", Some("t"))
+        );
+        let e = json_credentials("instance metadata", "<html>").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("instance metadata: not the credentials JSON"),
+            "{e}"
+        );
+        let sts = r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleWithWebIdentityResult><Credentials>
+    <SessionToken>tok</SessionToken><SecretAccessKey>sec</SecretAccessKey>
+    <Expiration>2026-12-03T20:00:00Z</Expiration><AccessKeyId>ASIA2</AccessKeyId>
+  </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"#;
+        let c = web_identity_credentials(sts).unwrap();
+        assert_eq!(c.access_key_id, "ASIA2");
+        assert_eq!(c.session_token.as_deref(), Some("tok"));
+        let e = web_identity_credentials("<x/>").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "STS AssumeRoleWithWebIdentity: no <AccessKeyId> in the answer"
+        );
+    }
+
+    /// A one-shot fake of IMDS and EC2 on loopback: answers each request from `route`.
+    async fn serve(route: fn(&str, &str) -> (u16, String)) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let mut n = 0;
+                    // Headers, then the body by Content-Length.
+                    loop {
+                        let m = s.read(&mut buf[n..]).await.unwrap_or(0);
+                        if m == 0 {
+                            return;
+                        }
+                        n += m;
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse().ok())?
+                                })
+                                .unwrap_or(0);
+                            if body.len() >= len {
+                                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                                let (status, answer) = route(&path, body);
+                                let out = format!(
+                                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                                    answer.len()
+                                );
+                                let _ = s.write_all(out.as_bytes()).await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn fake(path: &str, body: &str) -> (u16, String) {
+        let macs = "/latest/meta-data/network/interfaces/macs/";
+        match path {
+            "/latest/api/token" => (200, "tok".into()),
+            p if p == macs => (200, "0a:00:00:00:00:01/\n".into()),
+            p if p.ends_with("/interface-id") => (200, "eni-node".into()),
+            p if p.ends_with("/security-group-ids") => (200, "sg-node".into()),
+            p if p.ends_with("/local-ipv4s") => (200, "192.168.1.10".into()),
+            p if p.ends_with("/vpc-ipv4-cidr-blocks") => (200, "192.168.0.0/16".into()),
+            "/latest/meta-data/iam/security-credentials/" => (200, "node-role".into()),
+            "/latest/meta-data/iam/security-credentials/node-role" => (
+                200,
+                r#"{"AccessKeyId":"ASIA","SecretAccessKey":"s","Token":"t"}"#.into(),
+            ),
+            p if p.starts_with("/latest/meta-data") => (404, String::new()),
+            "/" if body.contains("Action=DescribeNetworkInterfaces") => (200, r#"<DescribeNetworkInterfacesResponse><networkInterfaceSet><item><networkInterfaceId>eni-b</networkInterfaceId><groupSet><item><groupId>sg-pod</groupId></item></groupSet><privateIpAddress>192.168.3.219</privateIpAddress></item></networkInterfaceSet></DescribeNetworkInterfacesResponse>"#.into()),
+            "/" if body.contains("Action=DescribeSecurityGroups") => (200, r#"<DescribeSecurityGroupsResponse><securityGroupInfo><item><groupId>sg-pod</groupId><ipPermissions><item><ipProtocol>tcp</ipProtocol><fromPort>80</fromPort><toPort>80</toPort><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges></item></ipPermissions></item><item><groupId>sg-node</groupId><ipPermissionsEgress><item><ipProtocol>-1</ipProtocol><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges></item></ipPermissionsEgress></item></securityGroupInfo></DescribeSecurityGroupsResponse>"#.into()),
+            _ => (400, "<Response><Errors><Error><Code>InvalidAction</Code><Message>no</Message></Error></Errors></Response>".into()),
+        }
+    }
+
+    fn throttled(path: &str, body: &str) -> (u16, String) {
+        if path == "/" {
+            return (503, "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors></Response>".into());
+        }
+        fake(path, body)
+    }
+
+    fn denied(path: &str, body: &str) -> (u16, String) {
+        if path == "/" {
+            return (403, "<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation.</Message></Error></Errors></Response>".into());
+        }
+        fake(path, body)
+    }
+
+    fn aws(url: &str) -> Aws {
+        let mut a = Aws::new(AwsConfig {
+            ec2_endpoint: Some(url.to_owned()),
+            imds_endpoint: url.to_owned(),
+            region: Some("us-east-1".into()),
+        })
+        .unwrap();
+        a.credentials = Some(Credentials {
+            access_key_id: "testing".into(),
+            secret_access_key: "testing".into(),
+            session_token: None,
+        });
+        a
+    }
+
+    #[tokio::test]
+    async fn reads_the_node_and_the_pods_groups() {
+        let url = serve(fake).await;
+        let mut a = aws(&url);
+        // `read` takes credentials from the chain: give it the environment's first link
+        // without touching the process environment (tests run in parallel).
+        let node = a.node_enis().await.unwrap();
+        assert_eq!(node[0].groups, ["sg-node"]);
+        assert_eq!(
+            node[0].vpc_cidrs,
+            ["192.168.0.0/16".parse::<IpNet>().unwrap()]
+        );
+        let region = a.region().await.unwrap();
+        let enis = a
+            .paged(
+                &region,
+                "DescribeNetworkInterfaces",
+                Vec::new(),
+                ec2::network_interfaces,
+            )
+            .await
+            .unwrap();
+        assert_eq!(enis[0].groups, ["sg-pod"]);
+    }
+
+    /// The whole read: IMDS, credentials (the environment's or the instance role's, the
+    /// fake does not check signatures), the pod's ENI and both groups, judged.
+    #[tokio::test]
+    async fn read_gives_a_catalog_the_judge_uses() {
+        use crate::model::sg::Flow;
+        let url = serve(fake).await;
+        let mut a = aws(&url);
+        let pod: IpAddr = "192.168.3.219".parse().unwrap();
+        let rules = a.read(&[pod].into()).await.unwrap();
+        let Rules::Fresh { catalog, vpc_cidrs } = rules else {
+            panic!("not fresh")
+        };
+        assert_eq!(vpc_cidrs.len(), 1);
+        assert_eq!(catalog.groups_of(pod), Some(&["sg-pod".to_owned()][..]));
+        let node: IpAddr = "192.168.1.10".parse().unwrap();
+        assert!(catalog.judge(&Flow::tcp(node, pod, 80)).is_allowed());
+        let crate::model::sg::Verdict::Denied(m) = catalog.judge(&Flow::tcp(node, pod, 8080))
+        else {
+            panic!("8080 is not admitted")
+        };
+        assert_eq!(
+            m.summary(),
+            "sg-pod admits no tcp/8080 from members of sg-node"
+        );
+    }
+
+    #[tokio::test]
+    async fn throttling_backs_off_then_fails_with_the_code() {
+        let url = serve(throttled).await;
+        let mut a = aws(&url);
+        let start = tokio::time::Instant::now();
+        let e = a
+            .call("us-east-1", "DescribeSecurityGroups", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "EC2 DescribeSecurityGroups: RequestLimitExceeded: Request limit exceeded."
+        );
+        // 250 + 500 + 1000 + 2000 ms of backoff.
+        assert!(
+            start.elapsed() >= Duration::from_millis(3750),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn access_denied_and_endpoint_gone_are_named() {
+        let url = serve(denied).await;
+        let mut a = aws(&url);
+        let e = a
+            .call("us-east-1", "DescribeNetworkInterfaces", &[])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("UnauthorizedOperation"), "{e}");
+        let mut gone = aws("http://127.0.0.1:9");
+        let e = gone
+            .call("us-east-1", "DescribeSecurityGroups", &[])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("http://127.0.0.1:9/: "), "{e}");
+    }
+
+    /// The node's group id the IMDS fake answers (moto makes up its ids).
+    static MOTO_NODE_SG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+    fn imds_for_moto(path: &str, body: &str) -> (u16, String) {
+        if path.ends_with("/security-group-ids") {
+            return (200, MOTO_NODE_SG.get().cloned().unwrap_or_default());
+        }
+        fake(path, body)
+    }
+
+    /// Against a real EC2 API implementation: `moto_server` with the default lab's groups
+    /// and ENIs (`tests/moto/default_lab.py <url>` prints the node group id). By hand:
+    /// `SGPATH_MOTO_URL=http://127.0.0.1:<port> SGPATH_MOTO_NODE_SG=sg-... cargo test -p
+    /// sgpath --lib moto -- --ignored`.
+    #[tokio::test]
+    #[ignore = "needs a moto_server set up as its doc comment says"]
+    async fn moto_verdicts() {
+        use crate::model::sg::{Flow, Verdict};
+        let moto = std::env::var("SGPATH_MOTO_URL").expect("SGPATH_MOTO_URL");
+        MOTO_NODE_SG
+            .set(std::env::var("SGPATH_MOTO_NODE_SG").expect("SGPATH_MOTO_NODE_SG"))
+            .unwrap();
+        let imds = serve(imds_for_moto).await;
+        let mut a = aws(&imds);
+        a.config.ec2_endpoint = Some(moto);
+        let pod: IpAddr = "192.168.3.219".parse().unwrap();
+        let Rules::Fresh { catalog, .. } = a.read(&[pod].into()).await.unwrap() else {
+            panic!("not fresh")
+        };
+        let node: IpAddr = "192.168.1.10".parse().unwrap();
+        let bastion: IpAddr = "10.0.1.10".parse().unwrap();
+        assert!(
+            catalog.judge(&Flow::tcp(bastion, pod, 80)).is_allowed(),
+            "{catalog:#?}"
+        );
+        assert!(
+            catalog.judge(&Flow::tcp(node, pod, 8080)).is_allowed(),
+            "{catalog:#?}"
+        );
+        let Verdict::Denied(m) = catalog.judge(&Flow::tcp(bastion, pod, 8080)) else {
+            panic!("8080 from outside is admitted: {catalog:#?}")
+        };
+        assert!(
+            m.summary().contains("admits no tcp/8080 from 10.0.1.10"),
+            "{}",
+            m.summary()
+        );
+    }
+}

@@ -332,6 +332,8 @@ pub fn deploy_daemonset_holds_only_the_named_capabilities() {
         .position(|a| *a == "--listen")
         .expect("--listen");
     assert_eq!(args[listen + 1], "$(POD_IP):9464");
+    // The groups' rules are read on every node (an `ec2-unavailable` finding without access).
+    assert!(args.contains(&"--ec2"), "the DaemonSet reads EC2: {args:?}");
     let port = &c["ports"][0];
     assert_eq!(
         (port["name"].as_str(), port["containerPort"].as_u64()),

@@ -205,6 +205,21 @@ fn imds(node_group: String) -> String {
 /// pod:80 (a CIDR rule) and the node on pod:8080 (the rule referencing the node's group),
 /// denies the bastion on pod:8080 and names the rule to add.
 pub fn moto_verdicts_on_the_default_lab() {
+    // The credential chain's links that would leave loopback (STS, a Pod Identity agent)
+    // come after the environment's keys; with neither, the fake IMDS's role answers.
+    let env = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    if !(env("AWS_ACCESS_KEY_ID") && env("AWS_SECRET_ACCESS_KEY")) {
+        for k in [
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        ] {
+            assert!(
+                !env(k),
+                "{k} is set: the reader would fetch credentials through it, off loopback; \
+                 unset it or set AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing"
+            );
+        }
+    }
     let moto = Moto::start();
     let (node_sg, pod_sg) = moto.seed_default_lab();
     let config = AwsConfig {

@@ -1,6 +1,6 @@
 """The default lab's two groups and two ENIs in a moto_server (argv[1]): prints the node and pod
-group ids. Used by the ignored test collect::aws::tests::moto_verdicts until the host test
-builds them from the lab TOML."""
+group ids. Used by the host test ec2_rules_from_moto_judge_the_default_lab (tests/src/ec2.rs);
+the addresses and rules are the default lab's (xtask/labs/default.toml)."""
 import boto3, sys
 url = sys.argv[1]
 ec2 = boto3.client("ec2", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod bench;
 pub mod conns;
 pub mod deploy;
+pub mod ec2;
 pub mod fleet;
 pub mod kube;
 pub mod observe;

@@ -389,6 +389,16 @@ fn agent_without_btf_runs_degraded() {
     sgpath_tests::agent::agent_without_btf_runs_degraded(&lab);
 }
 
+/// The security-group reader against moto's EC2 API on loopback, seeded with the default
+/// lab's groups and ENIs (tests/moto/default_lab.py): bastion -> pod:80 admitted by the CIDR
+/// rule, node -> pod:8080 by the rule referencing the node's group, bastion -> pod:8080
+/// denied with the `aws ec2 authorize-security-group-ingress` that would admit it. Fails
+/// (never skips) without moto: `cargo xtask setup` installs it.
+#[test]
+fn ec2_rules_from_moto_judge_the_default_lab() {
+    sgpath_tests::ec2::moto_verdicts_on_the_default_lab();
+}
+
 // deploy/ (tests/src/deploy.rs): the manifests, the alerts, the dashboard, the image.
 
 /// Every YAML and JSON file under deploy/ parses; `kubectl kustomize` renders each part.

@@ -97,6 +97,9 @@ pub fn missing() -> Vec<String> {
     if vng_path().is_none() {
         missing.push("virtme-ng (vng)".into());
     }
+    if let Err(e) = moto_importable() {
+        missing.push(format!("moto[server] for python3 ({e})"));
+    }
     for short in kernel::KERNELS {
         if let Err(e) = kernel::get(short) {
             missing.push(format!("{e:#}"));
@@ -134,11 +137,8 @@ pub fn run() -> Result<()> {
     }
     cmd::step("setup: bpf-linker", bpf_linker)?;
     cmd::step("setup: virtme-ng", virtme_ng)?;
-    // No test needs it yet (the moto-backed security-group test is still to come): a PyPI
-    // that does not answer must not stop the suite.
-    if let Err(e) = cmd::step("setup: moto[server]", moto) {
-        eprintln!("\n*** pip could not install moto[server] ({e:#}) ***\n");
-    }
+    // The host test `ec2_rules_from_moto_judge_the_default_lab` runs against it.
+    cmd::step("setup: moto[server]", moto)?;
     for short in kernel::KERNELS {
         cmd::step(&format!("setup: kernel {short}"), || kernel::install(short))?;
     }
@@ -333,9 +333,25 @@ pub fn vng_path() -> Option<PathBuf> {
     script_path("vng")
 }
 
-/// Path of moto's `moto_server` (the EC2 API mock the security-group tests run against).
-pub fn moto_server_path() -> Option<PathBuf> {
-    script_path("moto_server")
+/// The Python the moto server and the seeding script run under (`python3 -m moto.server`,
+/// `python3 tests/moto/*.py`): the one on PATH, whatever its pip installs to (pyenv, a
+/// venv, Debian's `/usr/local`), so no `moto_server` script has to be on PATH.
+pub const PYTHON: &str = "python3";
+
+/// `Ok` when [`PYTHON`] imports moto's server (Flask and all: `moto[server]`) and boto3;
+/// else why not, in Python's words. Cheap: one interpreter start, no network.
+pub fn moto_importable() -> std::result::Result<(), String> {
+    match Command::new(PYTHON)
+        .args(["-c", "import moto.server, boto3"])
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            Err(err.lines().last().unwrap_or("no output").trim().to_owned())
+        }
+        Err(e) => Err(format!("{PYTHON}: {e}")),
+    }
 }
 
 /// A pip-installed script: on PATH, or where `pip install` puts scripts.
@@ -379,16 +395,29 @@ fn pip_install(spec: &str) -> Result<()> {
 }
 
 /// moto in server mode (PyPI `moto[server]`): the EC2 Query API the security-group reader
-/// is tested against.
+/// is tested against. Installed with [`PYTHON`]'s own pip, so that `python3 -m moto.server`
+/// finds it; skipped when it already imports.
 fn moto() -> Result<()> {
-    if let Some(m) = moto_server_path() {
-        println!("moto: present ({})", m.display());
+    if moto_importable().is_ok() {
+        println!("moto: present");
         return Ok(());
     }
-    pip_install("moto[server]")?;
-    let m =
-        moto_server_path().context("pip installed moto[server] but no `moto_server` was found")?;
-    println!("moto: installed ({})", m.display());
+    let pip = |extra: &[&str]| {
+        cmd::run(
+            Command::new(PYTHON)
+                .args(["-m", "pip", "install"])
+                .args(extra)
+                .arg("moto[server]"),
+        )
+    };
+    // Debian's own pip refuses system-wide installs (PEP 668) unless told otherwise.
+    if pip(&[]).is_err() {
+        pip(&["--break-system-packages"])?;
+    }
+    moto_importable().map_err(|e| {
+        anyhow::anyhow!("pip installed moto[server] but {PYTHON} cannot import it: {e}")
+    })?;
+    println!("moto: installed");
     Ok(())
 }
 

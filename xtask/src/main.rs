@@ -113,7 +113,9 @@ fn run_vm(short: &str, script: &str, opts: &vm::VmOptions) -> Result<()> {
     Ok(())
 }
 
-/// vCPUs of the VM the map memory is measured on: per-CPU maps grow with the possible CPUs.
+/// Possible CPUs of the VM the map memory is measured on: per-CPU maps grow with the
+/// possible CPUs, not the online ones. Booted with 2 vCPUs and `possible_cpus=8`: qemu's TCG
+/// aborts (`iotlb_to_section` assertion) with 8 vCPUs on this 2-core machine.
 const MAPS_VM_CPUS: u32 = 8;
 /// Its kernel: Amazon Linux 2023's newest series, where `memlock` is the kernel's exact
 /// `map_mem_usage` (6.4+).
@@ -128,18 +130,26 @@ fn bench_maps_in_vm(release: &std::path::Path) -> Result<String> {
         vm::shell_quote(&sgpath.to_string_lossy()),
         vm::shell_quote(&bench.to_string_lossy()),
     );
-    let opts = vm::VmOptions {
-        cpus: MAPS_VM_CPUS,
+    let mut opts = vm::VmOptions {
         memory: "2G".into(),
         timeout: Duration::from_secs(900),
         binaries: vec![bench, sgpath],
         ..Default::default()
     };
-    eprintln!("bench: map memory in a {MAPS_VM_CPUS}-vCPU VM on {MAPS_VM_KERNEL} ...");
-    let out = vm::run_with(&kernel, &script, &opts)?;
+    opts.append.push(format!("possible_cpus={MAPS_VM_CPUS}"));
+    eprintln!("bench: map memory in a VM with {MAPS_VM_CPUS} possible CPUs on {MAPS_VM_KERNEL} ...");
+    let failed = |why: String| {
+        format!(
+            "## BPF map memory, {MAPS_VM_CPUS} possible CPUs (a VM)\n\n**Not measured**: {why}\n\n"
+        )
+    };
+    let out = match vm::run_with(&kernel, &script, &opts) {
+        Ok(out) => out,
+        Err(e) => return Ok(failed(format!("{e:#}"))),
+    };
     let text = std::fs::read_to_string(out.rwdir.join("maps.md")).unwrap_or_default();
     if !out.success() || text.is_empty() {
-        bail!("the map-memory VM failed ({}): {}", out.status, out.output);
+        return Ok(failed(format!("the VM's script exited {}", out.status)));
     }
     Ok(text.replacen(
         "possible CPUs",

@@ -191,14 +191,19 @@ pub fn run() -> Result<()> {
 /// # Errors
 /// As [`run`].
 pub fn build() -> Result<Built> {
-    cmd::run(cmd::cargo().args([
+    let mut cargo = cmd::cargo();
+    cargo.args([
         "build",
         "--release",
         "--target",
         MUSL_TARGET,
         "-p",
         "sgpath",
-    ]))?;
+    ]);
+    if let Some(cc) = musl_c_compiler() {
+        cargo.env("CC_x86_64_unknown_linux_musl", cc);
+    }
+    cmd::run(&mut cargo)?;
     let binary = binary_path();
     let plugin = plugin_binary_path();
     for b in [&binary, &plugin] {
@@ -345,6 +350,26 @@ fn release(plugin: &Path) -> Result<Release> {
     })
 }
 
+/// The C compiler for `ring`'s C and assembly (kube's rustls) on the musl target, when
+/// neither the environment names one nor `x86_64-linux-musl-gcc` (what cc-rs looks for) is
+/// on PATH: Debian's `musl-gcc` (musl-tools) if installed, else the host `gcc`, whose
+/// objects rustc links with its self-contained musl (the result is checked static).
+fn musl_c_compiler() -> Option<&'static str> {
+    let named = [
+        "CC_x86_64_unknown_linux_musl",
+        "CC_x86_64-unknown-linux-musl",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    if named || cmd::which("x86_64-linux-musl-gcc").is_some() {
+        None
+    } else if cmd::which("musl-gcc").is_some() {
+        Some("musl-gcc")
+    } else {
+        Some("gcc")
+    }
+}
+
 fn umoci(args: &[&str]) -> Result<()> {
     cmd::run(Command::new("umoci").args(args))
 }
@@ -436,7 +461,8 @@ pub fn config(layout: &Path, tag: &str) -> Result<serde_json::Value> {
     ))?)?)
 }
 
-/// The paths (without a leading `/`, directories ending in `/`) in the layers of `tag` in
+/// The paths (without a leading `/` or `./`, directories ending in `/`, not the root `.`,
+/// e.g. `usr/bin/sgpath`) in the layers of `tag` in
 /// `layout`, read by `tar` from the gzip'd layer blobs.
 ///
 /// # Errors
@@ -452,8 +478,9 @@ pub fn layer_files(layout: &Path, tag: &str) -> Result<Vec<String>> {
         let list = cmd::output(Command::new("tar").arg("-tzf").arg(blob(d)))?;
         files.extend(
             list.lines()
-                .map(|l| l.trim_start_matches("./").to_owned())
-                .filter(|l| !l.is_empty()),
+                .map(|l| l.trim_start_matches("./"))
+                .filter(|l| !l.is_empty() && *l != ".")
+                .map(str::to_owned),
         );
     }
     Ok(files)

@@ -4,11 +4,12 @@
 //! root under `setpriv`, as runc would start it); the RBAC is read-only and exactly what
 //! the agent watches; the alert rules pass `promtool check rules` and their unit tests;
 //! the dashboard's and the rules' PromQL (parsed by `promql-parser`) names only metric
-//! families a running agent exports; the image's config matches the DaemonSet.
+//! families a running agent exports; the image's config matches the DaemonSet and it holds
+//! both binaries; the krew manifest installs the plugin binary the agent crate builds.
 //!
 //! Side effects: runs `kubectl kustomize` and `promtool` (temporary files under the
 //! system temp dir), `sgpath agent` in a throwaway namespace or a lab's node; the image
-//! test builds `cargo xtask image`'s output under target/image/.
+//! test builds `cargo xtask image`'s output under target/image/ and target/release-artifacts/.
 
 use std::{
     collections::BTreeSet,
@@ -1085,8 +1086,90 @@ pub fn deploy_agent_needs_each_capability(lab: &Lab) {
     }
 }
 
+/// deploy/krew/sgpath.yaml: a krew `Plugin` named `sgpath` at the workspace version, one
+/// platform (linux/amd64) whose `bin` and only file are the plugin binary agent/Cargo.toml
+/// builds, whose `uri` names the tarball `cargo xtask image` writes, and whose sha256 is the
+/// placeholder `cargo xtask image` fills in (and only that changes when it does).
+pub fn deploy_krew_manifest_installs_the_plugin() {
+    let path = deploy_dir().join("krew/sgpath.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs = yaml_docs(&text, &path.display().to_string());
+    assert_eq!(docs.len(), 1, "one document");
+    let m = &docs[0];
+    assert_eq!(
+        m["apiVersion"],
+        "krew.googlecontainertools.github.com/v1alpha2"
+    );
+    assert_eq!(m["kind"], "Plugin");
+    // krew: the plugin `sgpath` is `kubectl sgpath`, its binary `kubectl-sgpath`.
+    assert_eq!(m["metadata"]["name"], "sgpath");
+    let spec = &m["spec"];
+    assert_eq!(spec["version"], format!("v{}", xtask::image::tag()));
+    for key in ["homepage", "shortDescription", "description"] {
+        assert!(
+            spec[key].as_str().is_some_and(|s| !s.trim().is_empty()),
+            "spec.{key}"
+        );
+    }
+    assert!(spec["shortDescription"].as_str().unwrap().len() <= 80);
+
+    let cargo: toml::Table =
+        std::fs::read_to_string(xtask::workspace_root().join("agent/Cargo.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+    let bins: Vec<&str> = cargo["bin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    assert!(
+        bins.contains(&xtask::image::PLUGIN),
+        "agent/Cargo.toml builds {bins:?}, not {}",
+        xtask::image::PLUGIN
+    );
+    assert_eq!(
+        xtask::image::PLUGIN,
+        format!("kubectl-{}", m["metadata"]["name"].as_str().unwrap())
+    );
+
+    let platforms = spec["platforms"].as_array().unwrap();
+    assert_eq!(platforms.len(), 1, "linux/amd64 only: the musl build");
+    let p = &platforms[0];
+    assert_eq!(
+        p["selector"],
+        serde_json::json!({"matchLabels": {"os": "linux", "arch": "amd64"}})
+    );
+    assert_eq!(p["bin"], xtask::image::PLUGIN);
+    assert_eq!(
+        p["files"],
+        serde_json::json!([{"from": xtask::image::PLUGIN, "to": "."}])
+    );
+    let uri = p["uri"].as_str().unwrap();
+    assert!(uri.starts_with("https://"), "{uri}");
+    assert!(
+        uri.ends_with(&format!(
+            "/v{}/{}",
+            xtask::image::tag(),
+            xtask::image::plugin_archive_name()
+        )),
+        "{uri} does not name the release tarball"
+    );
+    assert_eq!(p["sha256"], xtask::image::KREW_SHA256_PLACEHOLDER);
+
+    let sha256 = "0123456789abcdef".repeat(4);
+    let filled = xtask::image::krew_manifest(&text, &sha256).unwrap();
+    let mut filled = yaml_docs(&filled, "the filled krew manifest").remove(0);
+    assert_eq!(filled["spec"]["platforms"][0]["sha256"], sha256.as_str());
+    filled["spec"]["platforms"][0]["sha256"] = xtask::image::KREW_SHA256_PLACEHOLDER.into();
+    assert_eq!(&filled, m);
+}
+
 /// `cargo xtask image`'s output: an OCI layout whose image runs /usr/bin/sgpath as 0:0,
-/// tagged with the version the DaemonSet names, one layer holding only the static binary.
+/// tagged with the version the DaemonSet names, one layer holding only the static binary
+/// and the static plugin (/usr/local/bin/kubectl-sgpath); the plugin's release files (the
+/// binary, the krew tarball, their sha256, the krew manifest with that sha256).
 pub fn deploy_image_matches_the_daemonset() {
     let t = Instant::now();
     let built = xtask::image::build().unwrap_or_else(|e| panic!("cargo xtask image: {e:#}"));
@@ -1114,9 +1197,69 @@ pub fn deploy_image_matches_the_daemonset() {
         ds["spec"]["template"]["spec"]["containers"][0]["image"],
         xtask::image::reference()
     );
-    let elf = std::fs::read(xtask::image::binary_path()).unwrap();
-    assert!(
-        !xtask::image::has_interpreter(&elf).unwrap(),
-        "static binary"
+    for binary in [
+        xtask::image::binary_path(),
+        xtask::image::plugin_binary_path(),
+    ] {
+        let elf = std::fs::read(&binary).unwrap();
+        assert!(
+            !xtask::image::has_interpreter(&elf).unwrap(),
+            "static {}",
+            binary.display()
+        );
+    }
+    let files: BTreeSet<String> = xtask::image::layer_files(&built.layout, xtask::image::tag())
+        .unwrap()
+        .into_iter()
+        .filter(|f| !f.ends_with('/'))
+        .collect();
+    let want: BTreeSet<String> = [xtask::image::ENTRYPOINT, xtask::image::PLUGIN_IN_IMAGE]
+        .map(|f| f.trim_start_matches('/').to_owned())
+        .into();
+    assert_eq!(files, want, "the layer's files");
+
+    let r = &built.release;
+    assert_eq!(
+        std::fs::read(&r.binary).unwrap(),
+        std::fs::read(xtask::image::plugin_binary_path()).unwrap()
+    );
+    assert_eq!(
+        r.archive.file_name().unwrap().to_string_lossy(),
+        xtask::image::plugin_archive_name()
+    );
+    let listed = Command::new("tar")
+        .arg("-tzf")
+        .arg(&r.archive)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).trim(),
+        xtask::image::PLUGIN,
+        "the tarball holds only the plugin, at its root"
+    );
+    for f in [&r.binary, &r.archive] {
+        let sums = f.with_file_name(format!(
+            "{}.sha256",
+            f.file_name().unwrap().to_string_lossy()
+        ));
+        let check = Command::new("sha256sum")
+            .arg("--check")
+            .arg(sums.file_name().unwrap())
+            .current_dir(sums.parent().unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "sha256sum --check {}",
+            sums.display()
+        );
+    }
+    let krew = yaml_docs(
+        &std::fs::read_to_string(&r.krew_manifest).unwrap(),
+        "the release's krew manifest",
+    );
+    assert_eq!(
+        krew[0]["spec"]["platforms"][0]["sha256"],
+        r.archive_sha256.as_str()
     );
 }

@@ -448,7 +448,15 @@ fn deploy_agent_needs_each_capability() {
     sgpath_tests::deploy::deploy_agent_needs_each_capability(&lab);
 }
 
-/// `cargo xtask image`'s config (entrypoint, user, tag) matches the DaemonSet. Ignored by
+/// deploy/krew/sgpath.yaml: a krew Plugin whose bin is the plugin binary, linux/amd64, the
+/// release tarball's uri and the sha256 placeholder `cargo xtask image` fills in.
+#[test]
+fn deploy_krew_manifest_installs_the_plugin() {
+    sgpath_tests::deploy::deploy_krew_manifest_installs_the_plugin();
+}
+
+/// `cargo xtask image`'s config (entrypoint, user, tag) matches the DaemonSet, its layer
+/// holds sgpath and kubectl-sgpath, the plugin's release files check out. Ignored by
 /// default: a cold release build for musl takes minutes on 2 cores; run it with
 /// `cargo test -p sgpath-tests --test host -- --ignored deploy_image`.
 #[test]

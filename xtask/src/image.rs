@@ -1,15 +1,19 @@
 //! `cargo xtask image`: the container image of the DaemonSet (`deploy/agent/daemonset.yaml`
-//! runs `sgpath:<version>`). A static `sgpath` (musl, the eBPF object embedded by
-//! `agent/build.rs`) is the image's only file, at `/usr/bin/sgpath`; the image is built
-//! without a daemon by `umoci` as an OCI layout, and `skopeo` packs the layout into an
-//! `oci-archive` tarball for `ctr images import` or a registry push.
+//! runs `sgpath:<version>`) and the release artifacts of the kubectl plugin. A static
+//! `sgpath` (musl, the eBPF object embedded by `agent/build.rs`) at `/usr/bin/sgpath` and the
+//! static plugin `kubectl-sgpath` at `/usr/local/bin/kubectl-sgpath` (for `docker cp`) are
+//! the image's only files; the image is built without a daemon by `umoci` as an OCI layout,
+//! and `skopeo` packs the layout into an `oci-archive` tarball for `ctr images import` or a
+//! registry push. The plugin also goes to `target/release-artifacts/`: the binary, a krew
+//! tarball, their `.sha256`, and `deploy/krew/sgpath.yaml` with the tarball's sha256 filled in.
 //!
 //! No base image: the agent needs no libc, no shell, no CA certificates (it talks to the
 //! API server with the in-cluster service account and to the kernel) and no `/etc/passwd`
 //! (it runs as UID 0; see the DaemonSet's securityContext for why not another user).
 //!
-//! Side effects: builds `sgpath` for x86_64-unknown-linux-musl in release; replaces
-//! `target/image/` (the OCI layout `oci/`, the unpacked bundle, the archive).
+//! Side effects: builds `sgpath` and `kubectl-sgpath` for x86_64-unknown-linux-musl in
+//! release; replaces `target/image/` (the OCI layout `oci/`, the unpacked bundle, the
+//! archive) and `target/release-artifacts/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +30,18 @@ pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// Where the binary sits in the image.
 pub const ENTRYPOINT: &str = "/usr/bin/sgpath";
+
+/// The kubectl plugin's binary (`kubectl sgpath`: kubectl runs any `kubectl-<name>` on PATH).
+pub const PLUGIN: &str = "kubectl-sgpath";
+
+/// Where the plugin sits in the image (`docker create` + `docker cp` take it out; not
+/// `kubectl cp`, which needs a `tar` the image does not have).
+pub const PLUGIN_IN_IMAGE: &str = "/usr/local/bin/kubectl-sgpath";
+
+/// The krew manifest (deploy/krew/sgpath.yaml) holds this where the release tarball's
+/// sha256 goes; [`krew_manifest`] fills it in.
+pub const KREW_SHA256_PLACEHOLDER: &str =
+    "SHA256_OF_THE_RELEASE_TARBALL_FILLED_IN_BY_CARGO_XTASK_IMAGE";
 
 /// The image's tag: the workspace version (`sgpath --version`'s too).
 pub fn tag() -> &'static str {
@@ -60,6 +76,41 @@ pub fn binary_path() -> PathBuf {
         .join("sgpath")
 }
 
+/// The static release plugin.
+pub fn plugin_binary_path() -> PathBuf {
+    binary_path().with_file_name(PLUGIN)
+}
+
+/// `target/release-artifacts/`: the plugin's release files.
+pub fn release_dir() -> PathBuf {
+    crate::target_dir().join("release-artifacts")
+}
+
+/// The krew tarball's name: `kubectl-sgpath-v<version>-linux-amd64.tar.gz`, holding
+/// `kubectl-sgpath` at its root (the manifest's `uri` ends with it).
+pub fn plugin_archive_name() -> String {
+    format!("{PLUGIN}-v{}-linux-amd64.tar.gz", tag())
+}
+
+/// The krew manifest `text` (deploy/krew/sgpath.yaml) with the release tarball's sha256
+/// in place of [`KREW_SHA256_PLACEHOLDER`].
+///
+/// # Errors
+/// `sha256` is not 64 lowercase hex digits, or `text` holds no placeholder.
+pub fn krew_manifest(text: &str, sha256: &str) -> Result<String> {
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        bail!("{sha256:?} is not a sha256 (64 lowercase hex digits)");
+    }
+    if !text.contains(KREW_SHA256_PLACEHOLDER) {
+        bail!("the krew manifest has no {KREW_SHA256_PLACEHOLDER}");
+    }
+    Ok(text.replace(KREW_SHA256_PLACEHOLDER, sha256))
+}
+
 /// What [`build`] made.
 #[derive(Debug)]
 pub struct Built {
@@ -71,6 +122,21 @@ pub struct Built {
     pub size: u64,
     /// The `oci-archive` tarball, when skopeo is installed.
     pub archive: Option<PathBuf>,
+    /// The plugin's release files under [`release_dir`].
+    pub release: Release,
+}
+
+/// The plugin's release files (each `.sha256` beside it, in `sha256sum` format).
+#[derive(Debug)]
+pub struct Release {
+    /// The static `kubectl-sgpath`.
+    pub binary: PathBuf,
+    /// The krew tarball ([`plugin_archive_name`]).
+    pub archive: PathBuf,
+    /// The tarball's sha256 (hex).
+    pub archive_sha256: String,
+    /// deploy/krew/sgpath.yaml with [`Release::archive_sha256`] filled in.
+    pub krew_manifest: PathBuf,
 }
 
 /// Builds the static binary and the image; prints where it is, its digest and size.
@@ -93,6 +159,22 @@ pub fn run() -> Result<()> {
             archive.display()
         );
     }
+    let r = &built.release;
+    println!(
+        "plugin {} (also {PLUGIN_IN_IMAGE} in the image)",
+        r.binary.display()
+    );
+    println!(
+        "plugin tarball {} sha256 {}",
+        r.archive.display(),
+        r.archive_sha256
+    );
+    println!(
+        "krew manifest {} (kubectl krew install --manifest={} --archive={})",
+        r.krew_manifest.display(),
+        r.krew_manifest.display(),
+        r.archive.display()
+    );
     println!(
         "push: skopeo copy oci:{}:{} docker://<registry>/{}; then point the DaemonSet at it \
          (cd deploy/agent && kustomize edit set image {IMAGE_NAME}=<registry>/{})",
@@ -109,22 +191,29 @@ pub fn run() -> Result<()> {
 /// # Errors
 /// As [`run`].
 pub fn build() -> Result<Built> {
-    cmd::run(cmd::cargo().args([
+    let mut cargo = cmd::cargo();
+    cargo.args([
         "build",
         "--release",
         "--target",
         MUSL_TARGET,
         "-p",
         "sgpath",
-    ]))?;
+    ]);
+    if let Some(cc) = musl_c_compiler() {
+        cargo.env("CC_x86_64_unknown_linux_musl", cc);
+    }
+    cmd::run(&mut cargo)?;
     let binary = binary_path();
-    let elf =
-        std::fs::read(&binary).with_context(|| format!("cannot read {}", binary.display()))?;
-    if has_interpreter(&elf)? {
-        bail!(
-            "{} asks for a dynamic loader (PT_INTERP): not static",
-            binary.display()
-        );
+    let plugin = plugin_binary_path();
+    for b in [&binary, &plugin] {
+        let elf = std::fs::read(b).with_context(|| format!("cannot read {}", b.display()))?;
+        if has_interpreter(&elf)? {
+            bail!(
+                "{} asks for a dynamic loader (PT_INTERP): not static",
+                b.display()
+            );
+        }
     }
     let dir = image_dir();
     let layout = layout_dir();
@@ -140,7 +229,8 @@ pub fn build() -> Result<Built> {
     umoci(&["init", "--layout", &layout.to_string_lossy()])?;
     umoci(&["new", "--image", &image])?;
     umoci(&["unpack", "--image", &image, &bundle.to_string_lossy()])?;
-    install_binary(&binary, &bundle.join("rootfs"))?;
+    install_binary(&binary, &bundle.join("rootfs"), ENTRYPOINT)?;
+    install_binary(&plugin, &bundle.join("rootfs"), PLUGIN_IN_IMAGE)?;
     umoci(&[
         "repack",
         "--image",
@@ -194,29 +284,107 @@ pub fn build() -> Result<Built> {
         eprintln!("skopeo not installed: no oci-archive (cargo xtask setup installs it)");
         None
     };
+    let release = release(&plugin)?;
     Ok(Built {
         layout,
         manifest_digest,
         size,
         archive,
+        release,
     })
+}
+
+/// Replaces [`release_dir`] with the plugin, its krew tarball (reproducible: sorted, owner
+/// 0:0, mtime 0, gzip without name or time), their sha256 and the filled krew manifest.
+fn release(plugin: &Path) -> Result<Release> {
+    let dir = release_dir();
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let binary = install_binary(plugin, &dir, PLUGIN)?;
+    let archive = dir.join(plugin_archive_name());
+    let tar = archive.with_extension("");
+    cmd::run(
+        Command::new("tar")
+            .args([
+                "--sort=name",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "--mtime=@0",
+                "-cf",
+            ])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&dir)
+            .arg(PLUGIN),
+    )?;
+    cmd::run(Command::new("gzip").args(["-n", "-9", "-f"]).arg(&tar))?;
+    let sha256 = |file: &Path| -> Result<String> {
+        let name = file.file_name().expect("a file name");
+        let line = cmd::output(Command::new("sha256sum").arg(name).current_dir(&dir))?;
+        std::fs::write(
+            file.with_file_name(format!("{}.sha256", name.to_string_lossy())),
+            &line,
+        )?;
+        Ok(line
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned())
+    };
+    sha256(&binary)?;
+    let archive_sha256 = sha256(&archive)?;
+    let source = crate::workspace_root().join("deploy/krew/sgpath.yaml");
+    let text = std::fs::read_to_string(&source)
+        .with_context(|| format!("cannot read {}", source.display()))?;
+    let manifest = dir.join("sgpath.yaml");
+    std::fs::write(&manifest, krew_manifest(&text, &archive_sha256)?)?;
+    Ok(Release {
+        binary,
+        archive,
+        archive_sha256,
+        krew_manifest: manifest,
+    })
+}
+
+/// The C compiler for `ring`'s C and assembly (kube's rustls) on the musl target, when
+/// neither the environment names one nor `x86_64-linux-musl-gcc` (what cc-rs looks for) is
+/// on PATH: Debian's `musl-gcc` (musl-tools) if installed, else the host `gcc`, whose
+/// objects rustc links with its self-contained musl (the result is checked static).
+fn musl_c_compiler() -> Option<&'static str> {
+    let named = [
+        "CC_x86_64_unknown_linux_musl",
+        "CC_x86_64-unknown-linux-musl",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    if named || cmd::which("x86_64-linux-musl-gcc").is_some() {
+        None
+    } else if cmd::which("musl-gcc").is_some() {
+        Some("musl-gcc")
+    } else {
+        Some("gcc")
+    }
 }
 
 fn umoci(args: &[&str]) -> Result<()> {
     cmd::run(Command::new("umoci").args(args))
 }
 
-/// Copies the binary to `<rootfs>/usr/bin/sgpath`, root-owned, 0755.
-fn install_binary(binary: &Path, rootfs: &Path) -> Result<()> {
+/// Copies the binary to `<root>/<path>`, 0755; returns where it went.
+fn install_binary(binary: &Path, root: &Path, path: &str) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let target = rootfs.join(ENTRYPOINT.trim_start_matches('/'));
-    let parent = target.parent().expect("ENTRYPOINT has a directory");
+    let target = root.join(path.trim_start_matches('/'));
+    let parent = target.parent().expect("a path under root");
     std::fs::create_dir_all(parent)
         .with_context(|| format!("cannot create {}", parent.display()))?;
     std::fs::copy(binary, &target)
         .with_context(|| format!("cannot copy {} to {}", binary.display(), target.display()))?;
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
-    Ok(())
+    Ok(target)
 }
 
 /// Whether an ELF64 little-endian file has a PT_INTERP program header (a dynamic loader):
@@ -293,6 +461,31 @@ pub fn config(layout: &Path, tag: &str) -> Result<serde_json::Value> {
     ))?)?)
 }
 
+/// The paths (without a leading `/` or `./`, directories ending in `/`, not the root `.`,
+/// e.g. `usr/bin/sgpath`) in the layers of `tag` in
+/// `layout`, read by `tar` from the gzip'd layer blobs.
+///
+/// # Errors
+/// As [`manifest`], or a layer `tar` cannot list.
+pub fn layer_files(layout: &Path, tag: &str) -> Result<Vec<String>> {
+    let (digest, _) = manifest(layout, tag)?;
+    let blob = |d: &str| layout.join("blobs").join(d.replace(':', "/"));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(blob(&digest))?)?;
+    let mut files = Vec::new();
+    for layer in manifest["layers"].as_array().into_iter().flatten() {
+        let d = layer["digest"].as_str().context("layer without digest")?;
+        let list = cmd::output(Command::new("tar").arg("-tzf").arg(blob(d)))?;
+        files.extend(
+            list.lines()
+                .map(|l| l.trim_start_matches("./"))
+                .filter(|l| !l.is_empty() && *l != ".")
+                .map(str::to_owned),
+        );
+    }
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +512,19 @@ mod tests {
         let mut truncated = elf(&[1, 3]);
         truncated.truncate(100);
         assert!(has_interpreter(&truncated).is_err());
+    }
+
+    #[test]
+    fn the_krew_manifest_takes_only_a_sha256() {
+        let text = format!("sha256: {KREW_SHA256_PLACEHOLDER}\n");
+        let hex = "0123456789abcdef".repeat(4);
+        assert_eq!(
+            krew_manifest(&text, &hex).unwrap(),
+            format!("sha256: {hex}\n")
+        );
+        assert!(krew_manifest(&text, &hex[1..]).is_err());
+        assert!(krew_manifest(&text, &hex.to_uppercase()).is_err());
+        assert!(krew_manifest("sha256: \n", &hex).is_err());
     }
 
     #[test]

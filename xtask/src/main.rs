@@ -45,8 +45,10 @@ enum Cmd {
     /// Measure the packet-path cost of the eBPF hooks and the snapshot time for 10/110/250
     /// pods on this machine's kernel; writes BENCHMARKS.md.
     Bench,
-    /// Build the static `sgpath` (musl) and its OCI image (umoci, no daemon) under
-    /// target/image/, the one deploy/agent/daemonset.yaml runs; prints its digest and size.
+    /// Build the static `sgpath` and `kubectl-sgpath` (musl) and the OCI image holding both
+    /// (umoci, no daemon) under target/image/, the one deploy/agent/daemonset.yaml runs;
+    /// prints its digest and size. Writes the plugin's release files (binary, krew tarball,
+    /// their sha256, the filled krew manifest) to target/release-artifacts/.
     Image,
     /// Inside the lab VM: build the lab and run the command (used by `lab`).
     #[command(hide = true)]

@@ -792,7 +792,8 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(ns: &str, target: u16) -> Prometheus {
+    /// Prometheus scraping the agent on `target` with the bearer token in `token_file`.
+    fn start(ns: &str, target: u16, token_file: &std::path::Path) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("sgt-prom-{ns}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -801,8 +802,10 @@ impl Prometheus {
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
-                 scrape_configs:\n  - job_name: sgpath\n    static_configs:\n      \
-                 - targets: ['127.0.0.1:{target}']\n"
+                 scrape_configs:\n  - job_name: sgpath\n    authorization:\n      \
+                 credentials_file: {token}\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{target}']\n",
+                token = token_file.display()
             ),
         )
         .unwrap();
@@ -938,9 +941,29 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
         .position(|p| p.vlan.is_none() && p.eni.is_none())
         .expect("an ordinary pod");
     let before = kernel_leftovers(&node);
-    let agent = Agent::in_lab(lab, &["--summary-interval", "1s"]);
+    // Prometheus scrapes with a bearer token, as its ServiceAccount token does in a cluster
+    // (`--auth kubernetes`); here the static `--token-file` of a node outside one.
+    let token_dir = std::env::temp_dir().join(format!("sgt-prom-token-{}", std::process::id()));
+    std::fs::create_dir_all(&token_dir).unwrap();
+    let token_file = token_dir.join("token");
+    std::fs::write(&token_file, "prometheus-scrape-token\n").unwrap();
+    let auth = [("Authorization", "Bearer prometheus-scrape-token")];
+    let agent = Agent::in_lab(
+        lab,
+        &[
+            "--summary-interval",
+            "1s",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
     let pid = agent.child.as_ref().unwrap().id();
-    let prometheus = Prometheus::start(&node, agent.port);
+    assert_eq!(
+        agent.request("GET", "/metrics", &auth).0,
+        401,
+        "a scrape without the token"
+    );
+    let prometheus = Prometheus::start(&node, agent.port, &token_file);
     prometheus.wait("up{job=\"sgpath\"}", "the agent scraped", |r| {
         r.len() == 1 && r[0].1 == 1.0
     });
@@ -960,8 +983,8 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
         receive(&rx, SCRAPED);
         expected.push((ip.to_string(), lab.spec.pods[i].vlan));
     }
-    let doc = agent.report(&[]);
-    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    let doc = agent.report(&auth);
+    let (_, metrics) = agent.request("GET", "/metrics", &auth);
     promtool_check(&metrics);
     for (ip, vlan) in &expected {
         let c = counters(&doc, ip.parse().unwrap());
@@ -994,8 +1017,8 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
     }
 
     // The contract, briefly (the host test has all of it).
-    assert_eq!(agent.request("GET", "/nope", &[]).0, 404);
-    assert_eq!(agent.request("POST", "/metrics", &[]).0, 405);
+    assert_eq!(agent.request("GET", "/nope", &auth).0, 404);
+    assert_eq!(agent.request("POST", "/metrics", &auth).0, 405);
 
     // A pod created and deleted while it runs.
     let ns = crate::NetNs::new(&format!("{}-late", lab.layout.prefix));
@@ -1009,7 +1032,7 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
             .iter()
             .any(|p| p["pod_ip"] == ip_s)
     };
-    while !has_path(&agent.report(&[])) {
+    while !has_path(&agent.report(&auth)) {
         assert!(
             created.elapsed() < Duration::from_secs(5),
             "no path for {ip}"
@@ -1024,7 +1047,7 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
         "ip", "-n", &node, "rule", "del", "to", &ip_s, "lookup", "main", "prio", "512",
     ]);
     let deleted = Instant::now();
-    while has_path(&agent.report(&[])) {
+    while has_path(&agent.report(&auth)) {
         assert!(
             deleted.elapsed() < Duration::from_secs(5),
             "{ip} still there"
@@ -1032,7 +1055,7 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let gone = deleted.elapsed();
-    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    let (_, metrics) = agent.request("GET", "/metrics", &auth);
     assert!(
         !metrics.contains(&format!("pod_ip=\"{ip_s}\"")),
         "{metrics}"
@@ -1159,6 +1182,7 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
     );
     wait_bpf_gone(&progs, &links, "the agent's SIGTERM");
     assert_eq!(kernel_leftovers(&node), before, "kernel state changed");
+    let _ = std::fs::remove_dir_all(&token_dir);
 }
 
 /// Resident and peak memory of process `pid`, KiB (`VmRSS`, `VmHWM`).

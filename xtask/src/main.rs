@@ -139,7 +139,9 @@ fn bench_maps_in_vm(release: &std::path::Path) -> Result<String> {
         ..Default::default()
     };
     opts.append.push(format!("possible_cpus={MAPS_VM_CPUS}"));
-    eprintln!("bench: map memory in a VM with {MAPS_VM_CPUS} possible CPUs on {MAPS_VM_KERNEL} ...");
+    eprintln!(
+        "bench: map memory in a VM with {MAPS_VM_CPUS} possible CPUs on {MAPS_VM_KERNEL} ..."
+    );
     let failed = |why: String| {
         format!(
             "## BPF map memory, {MAPS_VM_CPUS} possible CPUs (a VM)\n\n**Not measured**: {why}\n\n"

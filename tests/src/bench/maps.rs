@@ -1,7 +1,7 @@
 //! BPF map memory: the maps a running `sgpath agent` holds, as the kernel accounts them
 //! (`bytes_memlock` of `bpftool map show -j`), against the formula of
 //! `sgpath::ebpf::memory` on this machine's possible CPUs, and that formula at 192 CPUs.
-//! `cargo xtask bench` also runs this section in a VM booted with 8 vCPUs.
+//! `cargo xtask bench` also runs this section in a VM on kernel 6.12.
 //!
 //! Side effects: the agent started and stopped.
 

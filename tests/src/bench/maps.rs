@@ -10,6 +10,7 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 use serde_json::Value;
 
 use super::{
+    fdinfo_ids,
     pod_node::PodNode,
     start_agent,
     stats::{Goal, Table},
@@ -29,16 +30,7 @@ pub fn possible_cpus() -> u64 {
 
 /// The agent's maps as the kernel accounts them: name -> (memlock bytes, max entries).
 fn agent_maps(pid: u32) -> BTreeMap<String, (u64, u64)> {
-    let ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .into_iter()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("map_id:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .collect();
+    let ids = fdinfo_ids(pid, "map_id:");
     let out = Command::new("bpftool")
         .args(["map", "show", "-j"])
         .output()

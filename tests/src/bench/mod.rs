@@ -92,16 +92,17 @@ pub fn wait_paths(agent: &Agent, n: usize, within: Duration) {
     }
 }
 
-/// The ids of the BPF programs `pid` holds a descriptor of (`prog_id:` in
-/// /proc/<pid>/fdinfo; Debian's bpftool is built without the `pids` skeleton).
-fn prog_ids(pid: u32) -> Vec<u64> {
+/// The ids of the BPF objects of one kind `pid` holds a descriptor of: `key` is `prog_id:`
+/// or `map_id:` in /proc/<pid>/fdinfo (Debian's bpftool is built without the `pids`
+/// skeleton).
+pub fn fdinfo_ids(pid: u32, key: &str) -> Vec<u64> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return Vec::new();
     };
     fds.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
         .filter_map(|info| {
             info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
+                .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().parse().ok())
         })
         .collect()
@@ -110,7 +111,7 @@ fn prog_ids(pid: u32) -> Vec<u64> {
 /// Run time (ns) and run count of each BPF program `pid` holds, by name, as the kernel
 /// accounts them while statistics are on (`bpftool prog show -j`).
 pub fn prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
-    let ids = prog_ids(pid);
+    let ids = fdinfo_ids(pid, "prog_id:");
     let out = Command::new("bpftool")
         .args(["prog", "show", "-j"])
         .output()

@@ -959,7 +959,7 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
     );
     let pid = agent.child.as_ref().unwrap().id();
     assert_eq!(
-        agent.request("GET", "/metrics", &auth).0,
+        agent.request("GET", "/metrics", &[]).0,
         401,
         "a scrape without the token"
     );

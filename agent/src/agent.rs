@@ -239,14 +239,10 @@ fn security_groups(
     args: &AgentArgs,
     cluster: Option<watch::Receiver<Option<Arc<Cluster>>>>,
 ) -> anyhow::Result<Option<watch::Receiver<Option<Arc<Rules>>>>> {
-    if !args.ec2 {
+    if !args.ec2.ec2 {
         return Ok(None);
     }
-    let config = collect::aws::AwsConfig::from_env(
-        args.ec2_endpoint.clone(),
-        Some(args.imds_endpoint.clone()),
-    );
-    let aws = collect::aws::Aws::new(config).context("--ec2")?;
+    let aws = collect::aws::Aws::new(args.ec2.config()).context("--ec2")?;
     let (tx, rx) = watch::channel(None);
     tokio::spawn(read_security_groups(aws, args.ec2_refresh, cluster, tx));
     Ok(Some(rx))

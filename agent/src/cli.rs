@@ -101,6 +101,17 @@ pub struct AgentArgs {
     /// address, and which one is the trunk. Not answering is normal off EKS; "" disables it.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:61679")]
     pub ipamd_url: String,
+    #[command(flatten)]
+    pub ec2: Ec2Args,
+    /// How long rules read from EC2 are used before they are read again (with `--ec2`);
+    /// a change of the cluster's pods re-reads them sooner.
+    #[arg(long, default_value = "60s", value_parser = parse_ec2_refresh)]
+    pub ec2_refresh: Duration,
+}
+
+/// Reading the security groups' rules from AWS (`agent`, `trace`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct Ec2Args {
     /// Read the security groups' rules from AWS and judge flows with them: instance
     /// metadata gives the node ENIs' groups, EC2 (DescribeNetworkInterfaces,
     /// DescribeSecurityGroups, GetManagedPrefixListEntries; read-only IAM in deploy/README.md)
@@ -116,10 +127,17 @@ pub struct AgentArgs {
     /// Instance metadata (with `--ec2`).
     #[arg(long, value_name = "URL", default_value = "http://169.254.169.254", value_parser = parse_endpoint)]
     pub imds_endpoint: String,
-    /// How long rules read from EC2 are used before they are read again (with `--ec2`);
-    /// a change of the cluster's pods re-reads them sooner.
-    #[arg(long, default_value = "60s", value_parser = parse_ec2_refresh)]
-    pub ec2_refresh: Duration,
+}
+
+impl Ec2Args {
+    /// Where to read from: these endpoints, the region and credentials from the
+    /// environment's standard chain.
+    pub fn config(&self) -> sgpath::collect::aws::AwsConfig {
+        sgpath::collect::aws::AwsConfig::from_env(
+            self.ec2_endpoint.clone(),
+            Some(self.imds_endpoint.clone()),
+        )
+    }
 }
 
 /// `http://host[:port]` or `https://...`.
@@ -311,18 +329,12 @@ pub struct TraceArgs {
     /// The VPC CNI config to read.
     #[arg(long, default_value = "/etc/cni/net.d/10-aws.conflist")]
     pub cni_config: PathBuf,
-    /// Also judge the flow with the security groups' rules read from AWS (as `agent --ec2`):
-    /// the pod's egress rules and, for a destination that is an ENI in the VPC, its ingress
-    /// rules; names the admitting group and rule, or the missing rule and the command that
-    /// adds it. Needs `--to <ip>:<port>`.
-    #[arg(long)]
-    pub ec2: bool,
-    /// As `agent --ec2-endpoint`.
-    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
-    pub ec2_endpoint: Option<String>,
-    /// As `agent --imds-endpoint`.
-    #[arg(long, value_name = "URL", default_value = "http://169.254.169.254", value_parser = parse_endpoint)]
-    pub imds_endpoint: String,
+    /// Also judge the flow with the security groups' rules read from AWS: the sender's
+    /// egress rules and, for a destination that is an ENI in the VPC, its ingress rules;
+    /// names the admitting group and rule, or the missing rule and the command that adds
+    /// it. Needs `--to <ip>:<port>`.
+    #[command(flatten)]
+    pub ec2: Ec2Args,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -24,7 +24,7 @@ fn parse_to(to: &str) -> anyhow::Result<(IpAddr, Option<u16>)> {
 
 pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let (to, port) = parse_to(&args.to)?;
-    if args.ec2 && port.is_none() {
+    if args.ec2.ec2 && port.is_none() {
         anyhow::bail!("--ec2 judges a port: give --to as <ip>:<port>");
     }
     let proto = match args.proto {
@@ -60,54 +60,26 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let from = match args.from.parse::<IpAddr>() {
         Ok(ip) => {
             conflict("--from", ip)?;
-            topo.paths.iter().find(|p| p.pod_ip == Some(ip))
+            match topo.paths.iter().find(|p| p.pod_ip == Some(ip)) {
+                Some(p) => From::Pod(p),
+                None => From::Address(ip),
+            }
         }
-        Err(_) => topo.path_of_veth(&args.from),
+        Err(_) => match topo.path_of_veth(&args.from) {
+            Some(p) => From::Pod(p),
+            None => anyhow::bail!(
+                "--from {}: no pod with that host veth on this node, and not an IP address; {}",
+                args.from,
+                pods_here(&topo)
+            ),
+        },
     };
-    let Some(from) = from else {
-        let known: Vec<String> = topo
-            .paths
-            .iter()
-            .map(|p| {
-                format!(
-                    "{} ({})",
-                    p.pod_ip.map_or("?".into(), |i| i.to_string()),
-                    p.host_veth
-                )
-            })
-            .collect();
-        if known.is_empty() {
-            anyhow::bail!(
-                "--from {}: no pod with that IP or host veth on this node: it has no pod paths \
-                 (no host veths with the CNI's prefixes)",
-                args.from
-            );
-        }
-        anyhow::bail!(
-            "--from {}: no pod with that IP or host veth on this node; pods here: {}",
-            args.from,
-            known.join(", ")
-        );
-    };
-    if from.pod_ip.is_none() {
-        anyhow::bail!(
-            "--from {}: the IP of the pod behind {} is unknown (no route, no rule and no readable pod namespace names it); pass its IP instead",
-            args.from,
-            from.host_veth
-        );
-    }
     let names = node
         .links
         .iter()
         .map(|l| (l.ifindex, l.name.clone()))
         .collect();
-    let req = trace::Request {
-        from,
-        to,
-        proto,
-        port,
-    };
-    let t = trace::run(&node, &topo, &req, |flow, dport| {
+    let kernel = |flow: &sgpath::model::fib::Flow<'_>, dport: Option<u16>| {
         let flow = Flow {
             src: flow.src,
             dst: flow.dst,
@@ -120,53 +92,160 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             dport,
         };
         collect::route_get::lookup_all(&names, &[flow]).map(|mut a| a.remove(0))
-    })?;
-    // The groups' verdict on the flow's first packet, when asked for.
-    let sg = match (args.ec2, from.pod_ip, port) {
-        (true, Some(src), Some(port)) => {
+    };
+    // The groups' verdict on the flow's first packet, when asked for and when a group sees
+    // the flow at all.
+    let judge =
+        |src: IpAddr, deciders: trace::Deciders, why: &str| -> Option<(sg::Flow, Judgement)> {
+            let port = port?;
+            if !args.ec2.ec2 {
+                return None;
+            }
             let flow = match proto {
                 trace::Proto::Tcp => sg::Flow::tcp(src, to, port),
                 trace::Proto::Udp => sg::Flow::udp(src, to, port),
             };
-            let config = collect::aws::AwsConfig::from_env(
-                args.ec2_endpoint.clone(),
-                Some(args.imds_endpoint.clone()),
-            );
-            let verdict = rt.block_on(async {
-                let mut aws = collect::aws::Aws::new(config)?;
+            if deciders == trace::Deciders::None {
+                return Some((flow, Judgement::NoGroup(why.to_string())));
+            }
+            let read = rt.block_on(async {
+                let mut aws = collect::aws::Aws::new(args.ec2.config())?;
                 aws.read(&[src, to].into()).await
             });
-            let verdict = match verdict {
-                Ok(sg::Rules::Fresh { catalog, .. }) => Ok(catalog.judge(&flow)),
-                Ok(sg::Rules::Unavailable { reason }) => Err(reason),
-                Err(e) => Err(e.to_string()),
+            let j = match read {
+                Ok(sg::Rules::Fresh { catalog, .. }) => Judgement::Judged(catalog.judge(&flow)),
+                Ok(sg::Rules::Unavailable { reason }) => Judgement::Unknown(reason),
+                Err(e) => Judgement::Unknown(e.to_string()),
             };
-            Some((flow, verdict))
-        }
-        _ => None,
-    };
-    let text = match (args.output, &sg) {
-        (Output::Json, None) => serde_json::to_string_pretty(&t)? + "\n",
-        (Output::Json, Some((flow, verdict))) => {
-            let verdict = match verdict {
-                Ok(v) => serde_json::to_value(v)?,
-                Err(reason) => serde_json::json!({ "verdict": "unknown", "reason": reason }),
+            Some((flow, j))
+        };
+    let (text, works, sg) = match from {
+        From::Pod(from) => {
+            let Some(src) = from.pod_ip else {
+                anyhow::bail!(
+                    "--from {}: the IP of the pod behind {} is unknown (no route, no rule and no readable pod namespace names it); pass its IP instead",
+                    args.from,
+                    from.host_veth
+                );
             };
-            serde_json::to_string_pretty(&serde_json::json!({
-                "trace": t,
-                "security_groups": { "flow": flow, "verdict": verdict },
-            }))? + "\n"
+            let req = trace::Request {
+                from,
+                to,
+                proto,
+                port,
+            };
+            let t = trace::run(&node, &topo, &req, kernel)?;
+            let sg = judge(src, t.security_groups, &t.decided_by);
+            let text = match args.output {
+                Output::Json => json(&t, sg.as_ref())?,
+                Output::Text => report::trace::render(&t) + &sg_text(sg.as_ref()),
+            };
+            (text, t.works, sg)
         }
-        (Output::Text, None) => report::trace::render(&t),
-        (Output::Text, Some((flow, verdict))) => {
-            report::trace::render(&t) + &report::trace::render_security_groups(flow, verdict)
+        From::Address(src) => {
+            let Some(pod) = topo.paths.iter().find(|p| p.pod_ip == Some(to)) else {
+                anyhow::bail!(
+                    "--from {src} is no pod on this node, so --to must be one (a request from \
+                     {src} to a pod here); {}",
+                    pods_here(&topo)
+                );
+            };
+            let t = trace::inbound(&node, &topo, src, pod, proto, port, kernel)?;
+            let sg = judge(src, t.security_groups, &t.decided_by);
+            let text = match args.output {
+                Output::Json => json(&t, sg.as_ref())?,
+                Output::Text => report::trace::render_inbound(&t) + &sg_text(sg.as_ref()),
+            };
+            (text, t.works, sg)
         }
     };
     crate::write_stdout(&text)?;
-    let denied = matches!(&sg, Some((_, Ok(sg::Verdict::Denied(_)))));
-    Ok(if t.works && !denied {
+    let denied = matches!(&sg, Some((_, Judgement::Judged(sg::Verdict::Denied(_)))));
+    Ok(if works && !denied {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Who `--from` is.
+enum From<'a> {
+    /// A pod on this node: the request leaves by its host veth.
+    Pod(&'a sgpath::model::Path),
+    /// Any other address: the request comes to a pod here from outside it.
+    Address(IpAddr),
+}
+
+/// "pods here: <ip> (<veth>), ..." for errors.
+fn pods_here(topo: &sgpath::model::Topology) -> String {
+    if topo.paths.is_empty() {
+        return "this node has no pod paths (no host veths with the CNI's prefixes)".into();
+    }
+    let known: Vec<String> = topo
+        .paths
+        .iter()
+        .map(|p| {
+            format!(
+                "{} ({})",
+                p.pod_ip.map_or("?".into(), |i| i.to_string()),
+                p.host_veth
+            )
+        })
+        .collect();
+    format!("pods here: {}", known.join(", "))
+}
+
+/// What the security groups say of a traced flow (`--ec2`).
+enum Judgement {
+    Judged(sg::Verdict),
+    /// No group sees the flow (it stays on the node, or the node drops it first).
+    NoGroup(String),
+    /// The rules could not be read.
+    Unknown(String),
+}
+
+/// The trace as JSON; with `--ec2`, `{"trace": ..., "security_groups": {"flow", "verdict"}}`,
+/// the verdict `allowed`/`denied` (the judge's), `none` (no group sees the flow) or
+/// `unknown` (rules unread), the last two with a `reason`.
+fn json(t: &impl serde::Serialize, sg: Option<&(sg::Flow, Judgement)>) -> anyhow::Result<String> {
+    let v = match sg {
+        None => serde_json::to_value(t)?,
+        Some((flow, j)) => {
+            let verdict = match j {
+                Judgement::Judged(v) => {
+                    let mut j = serde_json::to_value(v)?;
+                    // The sentence and the command, as the text output gives them.
+                    if let sg::Verdict::Denied(m) = v {
+                        j["summary"] = m.summary().into();
+                        j["fix"] = m.remediation().into();
+                    }
+                    j
+                }
+                Judgement::NoGroup(why) => serde_json::json!({ "verdict": "none", "reason": why }),
+                Judgement::Unknown(why) => {
+                    serde_json::json!({ "verdict": "unknown", "reason": why })
+                }
+            };
+            serde_json::json!({
+                "trace": t,
+                "security_groups": { "flow": flow, "verdict": verdict },
+            })
+        }
+    };
+    Ok(serde_json::to_string_pretty(&v)? + "\n")
+}
+
+fn sg_text(sg: Option<&(sg::Flow, Judgement)>) -> String {
+    match sg {
+        None => String::new(),
+        Some((flow, Judgement::Judged(v))) => {
+            report::trace::render_security_groups(flow, &Ok(v.clone()))
+        }
+        Some((flow, Judgement::NoGroup(why))) => {
+            format!("\nsecurity groups, {flow}:\n  none apply: {why}\n")
+        }
+        Some((flow, Judgement::Unknown(why))) => {
+            report::trace::render_security_groups(flow, &Err(why.clone()))
+        }
+    }
 }

@@ -389,9 +389,9 @@ fn agent_without_btf_runs_degraded() {
     sgpath_tests::agent::agent_without_btf_runs_degraded(&lab);
 }
 
-/// The security-group reader against moto's EC2 API on loopback, seeded with the default
-/// lab's groups and ENIs (tests/moto/default_lab.py): bastion -> pod:80 admitted by the CIDR
-/// rule, node -> pod:8080 by the rule referencing the node's group, bastion -> pod:8080
+/// The security-group reader against moto's EC2 API on loopback, seeded from the default
+/// lab's spec by the lab's fake AWS: bastion -> pod:80 admitted by the CIDR rule, an
+/// ordinary pod -> pod:8443 by a rule referencing the node's group, bastion -> pod:8080
 /// denied with the `aws ec2 authorize-security-group-ingress` that would admit it. Fails
 /// (never skips) without moto: `cargo xtask setup` installs it.
 #[test]

@@ -2,8 +2,6 @@
 //! VMs on Debian 5.10, 6.1 and 6.12 (Amazon Linux 2 and 2023), as root, with
 //! `SGPATH_BIN` and `SGPATH_KERNEL` set. On a kernel without 802.1Q they fail loudly.
 
-use std::time::Duration;
-
 use sgpath_tests::{expected_paths, inspect, lab, path_keys, spec};
 
 fn kernel() -> String {
@@ -57,65 +55,134 @@ fn inspect_mixed_node_gives_exactly_its_paths() {
     );
 }
 
-fn answering(lab: &xtask::lab::Lab) -> Vec<String> {
-    let mut v: Vec<String> = lab
-        .get_from_bastion(Duration::from_secs(3))
-        .into_iter()
-        .filter(|(_, ok)| *ok)
-        .map(|(n, _)| n)
-        .collect();
-    v.sort();
-    v
-}
-
-/// The seed scenario, from the bastion: all 8 pods answer; without 80 in the pod security
-/// group only the 4 ordinary pods do; with 80 back but gone from the node's group only the
-/// 4 branch pods do.
+/// The seed scenario's three steps, each flow judged twice: by the packets (the VPC
+/// namespace's nftables enforcing the spec's groups) and by sgpath (`trace --ec2`, the
+/// groups' rules read from the lab's EC2, moto, seeded from the same spec and edited with
+/// it). From the bastion, all 8 pods answer; without 80 in sg-pod only the 4 ordinary pods
+/// do; with 80 back but gone from sg-node only the 4 branch pods do. For every HTTP GET,
+/// DNS query and kubelet connect of every step, sgpath's verdict is what the packets did,
+/// and each denial names the group and the missing rule.
 #[test]
-fn seed_scenario_security_groups_decide_who_answers() {
+fn seed_scenario_verdicts_from_ec2_match_the_packets() {
+    use xtask::lab::{Host, Seen};
     let mut lab = lab(spec("default"), "sgt-d");
-    let sg: Vec<String> = lab
-        .spec
-        .pods
-        .iter()
-        .filter(|p| p.vlan.is_some())
-        .map(|p| p.name.clone())
-        .collect();
-    let normal: Vec<String> = lab
-        .spec
-        .pods
-        .iter()
-        .filter(|p| p.vlan.is_none())
-        .map(|p| p.name.clone())
-        .collect();
-    let (mut sg, mut normal) = (sg, normal);
-    sg.sort();
-    normal.sort();
-    let mut all = [sg.clone(), normal.clone()].concat();
-    all.sort();
-    assert_eq!(answering(&lab), all, "healthy lab on {}", kernel());
-
-    // Remove port 80 from one group, re-apply the VPC's rules, return who still answers.
-    let groups = lab.spec.security_groups.clone();
-    let without_80 = |lab: &mut xtask::lab::Lab, group: &str| {
-        lab.spec.security_groups = groups.clone();
-        let g = lab.spec.group_mut(group).unwrap();
-        g.ingress.retain(|r| r.ports.as_deref() != Some("80"));
-        lab.apply_security_groups().unwrap();
-        answering(lab)
+    lab.start_aws()
+        .unwrap_or_else(|e| panic!("the lab's EC2 (moto): {e:#}"));
+    let names = |branch: bool| -> Vec<String> {
+        let mut v: Vec<String> = lab
+            .spec
+            .pods
+            .iter()
+            .filter(|p| p.vlan.is_some() == branch)
+            .map(|p| p.name.clone())
+            .collect();
+        v.sort();
+        v
     };
-    assert_eq!(
-        without_80(&mut lab, "sg-pod"),
-        normal,
-        "80 removed from sg-pod on {}",
-        kernel()
+    let (branch, ordinary) = (names(true), names(false));
+    let mut all = [branch.clone(), ordinary.clone()].concat();
+    all.sort();
+    let expected_answering = [all, ordinary.clone(), branch.clone()];
+    // The groups each step's denials must name (moto's id, then the lab's name).
+    let expected_denier = [None, Some("sg-pod"), Some("sg-node")];
+    let steps = lab.spec.steps.clone();
+    assert_eq!(steps.len(), 3);
+    let mut mismatches = Vec::new();
+    let mut judged = 0;
+    for (i, step) in steps.iter().enumerate() {
+        let outcome = lab
+            .run_step(step)
+            .unwrap_or_else(|e| panic!("step {}: {e:#}", i + 1));
+        let mut answering: Vec<String> = outcome
+            .seen
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Http {
+                    from: Host::Bastion,
+                    answers,
+                } => Some(answers),
+                _ => None,
+            })
+            .flatten()
+            .filter(|(_, ok)| *ok)
+            .map(|(n, _)| n.clone())
+            .collect();
+        answering.sort();
+        assert_eq!(
+            answering,
+            expected_answering[i],
+            "step {} ({}) on {}: who answers the bastion",
+            i + 1,
+            step.title,
+            kernel()
+        );
+        let addr = |h: &Host| -> String {
+            match h {
+                Host::Bastion => lab.spec.vpc.bastion.addr().to_string(),
+                Host::Node => lab.spec.node.primary_ip.to_string(),
+                Host::Pod(p) => lab.pod_ip(p).to_string(),
+            }
+        };
+        let dns_ip = lab.spec.dns_pod().expect("the default lab has [dns]").1.ip;
+        let mut flows: Vec<(String, String, &str, bool)> = Vec::new();
+        for seen in &outcome.seen {
+            match seen {
+                Seen::Http { from, answers } => {
+                    for (pod, ok) in answers {
+                        flows.push((addr(from), format!("{}:80", lab.pod_ip(pod)), "tcp", *ok));
+                    }
+                }
+                Seen::Dns { from, answer, .. } => {
+                    flows.push((addr(from), format!("{dns_ip}:53"), "udp", answer.is_some()))
+                }
+                Seen::Connect {
+                    from,
+                    to,
+                    connected,
+                } => flows.push((addr(from), to.to_string(), "tcp", *connected)),
+                Seen::Edit { .. } => {}
+            }
+        }
+        let mut denials = Vec::new();
+        for (from, to, proto, ok) in flows {
+            let (doc, _) = trace(&lab, &from, &to, proto);
+            let v = &doc["security_groups"]["verdict"];
+            let verdict = v["verdict"].as_str().unwrap_or("?");
+            assert!(
+                matches!(verdict, "allowed" | "denied" | "none"),
+                "step {}: {from} -> {to}/{proto} not judged on {}: {doc:#}",
+                i + 1,
+                kernel()
+            );
+            judged += 1;
+            if (verdict != "denied") != ok {
+                mismatches.push(format!(
+                    "step {}: {from} -> {to}/{proto}: the packets {}, sgpath says {verdict}: {v}",
+                    i + 1,
+                    if ok { "got through" } else { "did not" }
+                ));
+            }
+            if verdict == "denied" {
+                denials.push(v["summary"].as_str().unwrap_or("?").to_string());
+            }
+        }
+        match expected_denier[i] {
+            None => assert!(denials.is_empty(), "step {}: {denials:?}", i + 1),
+            Some(g) => {
+                let id = &lab.aws.as_ref().unwrap().group_ids[g];
+                let want = format!("{id} ({g}) admits no tcp/80 from 10.0.1.10");
+                assert_eq!(denials, vec![want; 4], "step {} on {}", i + 1, kernel());
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "sgpath's verdicts differ from the packets on {}:\n{}",
+        kernel(),
+        mismatches.join("\n")
     );
-    assert_eq!(
-        without_80(&mut lab, "sg-node"),
-        sg,
-        "80 removed from sg-node on {}",
-        kernel()
-    );
+    // 3 steps x (8 GETs + 2 DNS queries + 1 connect).
+    assert_eq!(judged, 33);
 }
 
 fn trace(lab: &xtask::lab::Lab, from: &str, to: &str, proto: &str) -> (serde_json::Value, i32) {

@@ -53,6 +53,10 @@ enum Cmd {
     /// Inside the lab VM: build the lab and run the command (used by `lab`).
     #[command(hide = true)]
     LabGuest(xtask::lab::command::GuestArgs),
+    /// For qemu's `guestfwd`: pipe stdin and stdout to a TCP connection to ADDR (the
+    /// host's moto, for a VM guest).
+    #[command(hide = true)]
+    RelayStdio { addr: String },
 }
 
 fn main() {
@@ -92,6 +96,7 @@ fn run(command: Cmd) -> Result<()> {
             image::run()
         }
         Cmd::LabGuest(args) => xtask::lab::command::guest(args),
+        Cmd::RelayStdio { addr } => xtask::lab::aws::relay_stdio(&addr),
     }
 }
 

@@ -638,6 +638,8 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, St
         binaries: std::iter::once(crate::sgpath_bin())
             .chain(bins.iter().map(|b| b.exe.clone()))
             .collect(),
+        // The security-group verdict test reads the lab's groups from moto.
+        moto: true,
         ..Default::default()
     };
     let out = match vm::run_with(&kernel, &script, &vm_opts) {

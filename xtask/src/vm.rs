@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 /// Modules loaded in the guest before the script (failures ignored: some may be built in).
 pub const GUEST_MODULES: &[&str] = &[
+    "virtio_net",
     "8021q",
     "veth",
     "dummy",
@@ -97,6 +98,9 @@ pub struct VmOptions {
     pub binaries: Vec<PathBuf>,
     /// Extra kernel command-line arguments (`vng --append`).
     pub append: Vec<String>,
+    /// Give the guest moto's EC2 server, run on the host ([`crate::lab::aws::Moto`]): at
+    /// `$SGPATH_MOTO`, through a NIC that reaches nothing else.
+    pub moto: bool,
 }
 
 impl Default for VmOptions {
@@ -108,6 +112,7 @@ impl Default for VmOptions {
             env: Vec::new(),
             verbose: false,
             binaries: Vec::new(),
+            moto: false,
             append: kernel_args(),
         }
     }
@@ -202,6 +207,14 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
     for a in &opts.append {
         vng_cmd.arg(format!("--append={a}"));
     }
+    // Lives as long as the VM.
+    let moto = if opts.moto {
+        let m = crate::lab::aws::Moto::start().context("moto for the VM")?;
+        vng_cmd.arg(format!("--qemu-opts={}", m.qemu_opts()));
+        Some(m)
+    } else {
+        None
+    };
     if opts.verbose {
         vng_cmd.arg("--verbose");
     }
@@ -238,6 +251,7 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
         std::thread::sleep(Duration::from_millis(200));
     };
     let wall = start.elapsed();
+    drop(moto);
     let _ = std::fs::remove_file(&image);
 
     let status = std::fs::read_to_string(dir.join("status")).ok();
@@ -339,6 +353,17 @@ fn wrapper(kernel: &Kernel, dir: &Path, opts: &VmOptions) -> String {
     );
     for (k, v) in &opts.env {
         env.push_str(&format!("export {k}={}\n", shell_quote(v)));
+    }
+    if opts.moto {
+        // The NIC of qemu's restricted user network: its only peer is moto's forward.
+        env.push_str(&format!(
+            "for i in $(seq 50); do ls /sys/class/net/*/device >/dev/null 2>&1 && break; sleep 0.1; done\n\
+             for n in /sys/class/net/*; do [ -e \"$n/device\" ] || continue; \
+             ip addr add 10.0.2.15/24 dev \"${{n##*/}}\" && ip link set \"${{n##*/}}\" up; done\n\
+             export {}=http://{}\n",
+            crate::lab::aws::MOTO_ENV,
+            crate::lab::aws::GUEST_MOTO
+        ));
     }
     let modules = GUEST_MODULES.join(" ");
     format!(

@@ -524,6 +524,8 @@ pub struct Missing {
     pub groups: Vec<String>,
     /// Ids among `groups` that sgpath could not read: the rule may be there.
     pub unread: Vec<String>,
+    /// `GroupName` of `groups[0]`, when known: operators name groups, EC2 numbers them.
+    pub name: Option<String>,
     /// The rule to add to `groups[0]`: the flow's protocol and port, from or to the far
     /// end's first group when it is an ENI sgpath knows, else its address.
     pub rule: SgRule,
@@ -533,7 +535,10 @@ impl Missing {
     /// `sg-pod admits no tcp/80 from 10.0.1.10`.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let g = &self.groups[0];
+        let g = match &self.name {
+            Some(n) if *n != self.groups[0] => format!("{} ({n})", self.groups[0]),
+            _ => self.groups[0].clone(),
+        };
         let others = if self.groups.len() > 1 {
             format!(" (nor do {})", self.groups[1..].join(", "))
         } else {
@@ -717,6 +722,11 @@ fn judge_side(
         direction,
         groups: side.group_ids.to_vec(),
         unread,
+        name: side
+            .group_ids
+            .first()
+            .and_then(|id| side.catalog.groups.get(id))
+            .and_then(|g| g.name.clone()),
         rule: flow.rule_for(peer),
     }))
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::trace::{Leg, Trace};
+use crate::model::trace::{Inbound, Leg, Trace};
 
 fn leg(out: &mut String, title: &str, l: &Leg) {
     let _ = writeln!(out, "{title}");
@@ -68,6 +68,29 @@ pub fn render(t: &Trace) -> String {
             },
             r,
         );
+    }
+    let _ = writeln!(out, "verdict: {}", t.verdict);
+    out
+}
+
+/// A request from an address that is no pod here to a pod here, then the pod's answer.
+pub fn render_inbound(t: &Inbound) -> String {
+    let mut out = String::new();
+    let port = t.port.map_or(String::new(), |p| format!(":{p}"));
+    let _ = writeln!(
+        out,
+        "{} -> {}{port}/{} ({}, {})",
+        t.from,
+        t.to.pod_ip.map_or("?".into(), |i| i.to_string()),
+        t.proto.as_str(),
+        t.to.host_veth,
+        t.to.kind.as_str()
+    );
+    leg(&mut out, "request", &t.arrival);
+    let _ = writeln!(out, "security groups: {}", t.decided_by);
+    let _ = writeln!(out, "the pod's answer:");
+    for line in render(&t.answer).lines().skip(1) {
+        let _ = writeln!(out, "  {line}");
     }
     let _ = writeln!(out, "verdict: {}", t.verdict);
     out

@@ -25,7 +25,8 @@ pub struct Args {
     #[arg(long, default_value = "6.12")]
     pub kernel: String,
     /// Run this shell command in the node's namespace instead of sgpath; `$SGPATH` names
-    /// the sgpath binary and `$CNI_CONFIG` the lab's CNI config.
+    /// the sgpath binary, `$CNI_CONFIG` the lab's CNI config, `$EC2_ENDPOINT` and
+    /// `$IMDS_ENDPOINT` the lab's EC2 (moto) and instance metadata.
     #[arg(long, conflicts_with = "sgpath_args")]
     pub shell: Option<String>,
     /// Print the script that builds the lab and exit, without booting anything.
@@ -110,6 +111,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let opts = vm::VmOptions {
         binaries: vec![crate::sgpath_bin()],
+        moto: true,
         ..Default::default()
     };
     let out = vm::run_with(&kernel, &script, &opts)?;
@@ -144,6 +146,11 @@ pub fn guest(args: GuestArgs) -> Result<()> {
         lab.layout.vpc(),
         lab.layout.bastion()
     );
+    // The groups in EC2 as well (moto), so that sgpath judges flows by their rules as on a
+    // real node. Without it, everything else still runs.
+    if let Err(e) = lab.start_aws() {
+        eprintln!("lab: WARNING: no EC2 for sgpath, `trace` cannot read the groups' rules: {e:#}");
+    }
     let sgpath = crate::sgpath_bin();
     if args.shell.is_none() && args.sgpath_args.is_empty() && !lab.spec.steps.is_empty() {
         eprintln!(
@@ -159,6 +166,7 @@ pub fn guest(args: GuestArgs) -> Result<()> {
             .args(["netns", "exec", &lab.layout.node(), "bash", "-c", shell])
             .env("SGPATH", &sgpath)
             .env("CNI_CONFIG", lab.cni_config())
+            .envs(lab.aws_env())
             .status()?,
         // Any COMMAND that is not an sgpath subcommand runs as is, sgpath on its PATH.
         None if args
@@ -176,6 +184,7 @@ pub fn guest(args: GuestArgs) -> Result<()> {
                 .args(&args.sgpath_args)
                 .env("PATH", path)
                 .env("CNI_CONFIG", lab.cni_config())
+                .envs(lab.aws_env())
                 .status()?
         }
         None => {

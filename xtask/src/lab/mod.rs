@@ -10,6 +10,7 @@
 //! [`Lab::run_step`] and [`Lab::observe_during`] (in `step.rs`, `observe.rs`) send traffic
 //! and run `sgpath observe`; `replay.rs` prints what both saw.
 
+pub mod aws;
 pub mod build;
 pub mod command;
 pub mod dns;
@@ -40,6 +41,8 @@ pub struct Lab {
     /// Scratch directory: the CNI config and the pods' web roots.
     pub dir: PathBuf,
     servers: Vec<Child>,
+    /// The lab's EC2 and instance metadata, once [`Lab::start_aws`] ran.
+    pub aws: Option<aws::FakeAws>,
 }
 
 impl Lab {
@@ -68,6 +71,7 @@ impl Lab {
             layout,
             dir,
             servers: Vec::new(),
+            aws: None,
         };
         lab.teardown();
         std::fs::create_dir_all(&lab.dir)
@@ -92,6 +96,27 @@ impl Lab {
     pub fn inject(&mut self, fault: &Fault) -> Result<()> {
         let script = build::fault_script(&self.spec, &self.layout, fault)?;
         sh(&script).with_context(|| format!("injecting {fault:?}"))
+    }
+
+    /// Create the spec's groups, rules and ENIs in moto's EC2 and serve instance metadata
+    /// for the node ([`aws::FakeAws`]); from then on step edits go there too and
+    /// [`Lab::sgpath`] points `trace` and `agent` at it (`--ec2`).
+    ///
+    /// # Errors
+    /// As [`aws::FakeAws::start`].
+    pub fn start_aws(&mut self) -> Result<()> {
+        self.aws = Some(aws::FakeAws::start(&self.spec, Some(&self.layout.node()))?);
+        Ok(())
+    }
+
+    /// `EC2_ENDPOINT` and `IMDS_ENDPOINT` for a shell in the lab, when it has its EC2.
+    pub fn aws_env(&self) -> Vec<(&'static str, String)> {
+        self.aws.as_ref().map_or_else(Vec::new, |a| {
+            vec![
+                ("EC2_ENDPOINT", a.ec2.clone()),
+                ("IMDS_ENDPOINT", a.imds.clone()),
+            ]
+        })
     }
 
     /// Replace the VPC's security-group rules after `spec.security_groups` changed.
@@ -237,6 +262,12 @@ impl Lab {
         {
             cmd.arg("--cni-config").arg(self.cni_config());
         }
+        if let Some(aws) = &self.aws
+            && matches!(args.first(), Some(&"trace" | &"agent"))
+            && !args.contains(&"--ec2")
+        {
+            cmd.args(aws.sgpath_args());
+        }
         cmd.output().expect("running sgpath")
     }
 
@@ -246,6 +277,7 @@ impl Lab {
     }
 
     fn teardown(&mut self) {
+        self.aws = None;
         for mut c in self.servers.drain(..) {
             let _ = c.kill();
             let _ = c.wait();

@@ -3,9 +3,10 @@
 //! sgpath saw on that pod's path. [`render`] is pure; [`Lab::replay`] runs everything.
 //!
 //! Honest about what a node can see: when the VPC drops a request on its way in, nothing
-//! arrives on the node and sgpath counts nothing; the table says so and names the security
-//! groups that decide, as `sgpath trace` (what an operator on a real node would run) names
-//! them, and beside them the groups the lab actually gave that ENI.
+//! arrives on the node and sgpath counts nothing. For each pod that did not answer, the
+//! table gives what `sgpath trace --from <bastion> --to <pod>:80 --ec2` (what an operator
+//! on a real node would run) says: whose inbound rules decide and, with the lab's EC2
+//! (moto), the group and the missing rule, and the command that restores it.
 //!
 //! Side effects: [`Lab::replay`] runs each step (security-group edits, traffic), `sgpath
 //! observe` around it and `sgpath trace` for each pod that did not answer.
@@ -37,13 +38,33 @@ pub const SETTLE: Duration = Duration::from_secs(4);
 const HTTP_PORT: u16 = 80;
 
 /// One replayed step: what the users saw, what sgpath reported, and for each pod that
-/// did not answer, the security groups `sgpath trace` says decide its path.
+/// did not answer, what `sgpath trace` says of the bastion's request.
 #[derive(Clone, Debug)]
 pub struct Replayed {
     pub outcome: StepOutcome,
     pub observed: Observed,
-    /// Pod IP -> "the security groups of ..." from `sgpath trace`.
-    pub deciders: BTreeMap<Ipv4Addr, String>,
+    /// Pod IP -> `sgpath trace`'s word on the bastion's request to it.
+    pub deciders: BTreeMap<Ipv4Addr, Decider>,
+}
+
+/// What `sgpath trace --from <bastion> --to <pod>:80` says decides the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decider {
+    /// "the inbound rules of the branch ENI on VLAN 1 (vlan.eth.1)".
+    pub who: String,
+    /// The rules' verdict (`--ec2`), when the lab has its EC2.
+    pub rules: Option<RulesSay>,
+}
+
+/// The security groups' verdict, in sgpath's words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RulesSay {
+    /// "sg-0a1b (sg-pod) admits no tcp/80 from 10.0.1.10" and the command that adds it.
+    Denied { summary: String, fix: String },
+    /// The group and rule that admit it.
+    Allowed { by: String },
+    /// Not judged, and why.
+    Unknown { reason: String },
 }
 
 impl Lab {
@@ -61,7 +82,7 @@ impl Lab {
             let mut deciders = BTreeMap::new();
             for p in &self.spec.pods {
                 if outcome.http_answered(&Host::Bastion, &p.name) == Some(false)
-                    && let Some(d) = self.trace_deciders(bin, p.ip)
+                    && let Some(d) = self.trace_decider(bin, p.ip)
                 {
                     deciders.insert(p.ip, d);
                 }
@@ -78,43 +99,62 @@ impl Lab {
         Ok(done)
     }
 
-    /// Whose security groups decide `pod -> bastion:80`, in `sgpath trace`'s words.
-    fn trace_deciders(&self, bin: &Path, pod: Ipv4Addr) -> Option<String> {
+    /// What decides `bastion -> pod:80`, in `sgpath trace`'s words (with the lab's EC2,
+    /// the rules' verdict too).
+    fn trace_decider(&self, bin: &Path, pod: Ipv4Addr) -> Option<Decider> {
         let bastion = self.spec.vpc.bastion.addr();
         let out = self.sgpath(
             bin,
             &[
                 "trace",
                 "--from",
-                &pod.to_string(),
+                &bastion.to_string(),
                 "--to",
-                &format!("{bastion}:{HTTP_PORT}"),
+                &format!("{pod}:{HTTP_PORT}"),
                 "--output",
                 "json",
             ],
         );
         let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        deciders(&v)
+        decider(&v)
     }
 }
 
-/// "the security groups of the branch ENI on VLAN 1 (vlan.eth.1, trunk eth1)" from a
-/// trace report: its `decided_by` sentence when it has the usual shape, else its
-/// `security_groups` kind and the link the packet leaves by.
-pub fn deciders(trace: &Value) -> Option<String> {
-    if let Some(who) = trace["decided_by"]
-        .as_str()
-        .and_then(|s| s.strip_prefix("The security groups of "))
-        .and_then(|s| s.strip_suffix(" decide."))
+/// The decider of an inbound trace report (`sgpath.trace-inbound/v1`, alone or under
+/// `"trace"` with `"security_groups"` beside it when `--ec2` judged it).
+pub fn decider(v: &Value) -> Option<Decider> {
+    let t = if v.get("trace").is_some() {
+        &v["trace"]
+    } else {
+        v
+    };
+    let sentence = t["decided_by"].as_str()?;
+    let who = match sentence
+        .strip_prefix("The inbound rules of ")
+        .and_then(|s| s.split_once(" decide"))
     {
-        return Some(format!("the security groups of {who}"));
-    }
-    let link = trace["forward"]["egress"].as_str().unwrap_or("?");
-    match trace["security_groups"].as_str()? {
-        "branch-eni" => Some(format!("the branch ENI's security groups ({link})")),
-        "node-eni" => Some(format!("the node ENI's security groups ({link})")),
-        _ => trace["decided_by"].as_str().map(str::to_owned),
-    }
+        Some((eni, _)) => format!("the inbound rules of {eni}"),
+        None => sentence.trim_end_matches('.').to_string(),
+    };
+    let verdict = &v["security_groups"]["verdict"];
+    let text = |k: &str| verdict[k].as_str().unwrap_or("?").to_string();
+    let rules = match verdict["verdict"].as_str() {
+        None => None,
+        Some("denied") => Some(RulesSay::Denied {
+            summary: text("summary"),
+            fix: text("fix"),
+        }),
+        Some("allowed") => Some(RulesSay::Allowed {
+            by: verdict["ingress"]["group"]
+                .as_str()
+                .unwrap_or("an outside address's rules")
+                .to_string(),
+        }),
+        Some(_) => Some(RulesSay::Unknown {
+            reason: text("reason"),
+        }),
+    };
+    Some(Decider { who, rules })
 }
 
 /// The groups the lab gave the ENI a pod's traffic leaves by (ground truth; a real node
@@ -191,7 +231,7 @@ fn unanswered_note(
     spec: &Spec,
     pod: &super::spec::Pod,
     path: Option<&PathView>,
-    decider: Option<&String>,
+    decider: Option<&Decider>,
 ) -> String {
     let to = path.and_then(|p| p.to_pod.as_ref());
     let port = HTTP_PORT.to_string();
@@ -205,13 +245,32 @@ fn unanswered_note(
     };
     let who = decider.map_or_else(
         || "the security groups of the ENI it sits behind".to_string(),
-        Clone::clone,
+        |d| d.who.clone(),
     );
+    // The rules' denial is the answer, whatever else reached the pod (the kubelet's SYNs
+    // count on its path too).
+    if let Some(RulesSay::Denied { summary, fix }) = decider.and_then(|d| d.rules.as_ref()) {
+        let lead = if arrived == Some(0) {
+            "nothing arrived on the node: the VPC dropped it"
+        } else {
+            "the VPC drops it"
+        };
+        return format!("{lead}; {who} decide, and sgpath read them in EC2: {summary}\nfix: {fix}");
+    }
     match arrived {
-        Some(0) => format!(
-            "nothing arrived on the node: the VPC dropped it; decided by {who} (in this lab: {})",
-            lab_groups(spec, pod)
-        ),
+        Some(0) => match decider.and_then(|d| d.rules.as_ref()) {
+            Some(RulesSay::Allowed { by }) => format!(
+                "nothing arrived on the node, yet {who} admit it ({by}, read in EC2): look past the groups (network ACLs, routes)"
+            ),
+            Some(RulesSay::Unknown { reason }) => format!(
+                "nothing arrived on the node: the VPC dropped it; decided by {who}, whose rules sgpath could not judge ({reason}) (in this lab: {})",
+                lab_groups(spec, pod)
+            ),
+            _ => format!(
+                "nothing arrived on the node: the VPC dropped it; decided by {who} (in this lab: {})",
+                lab_groups(spec, pod)
+            ),
+        },
         Some(n) => {
             let unanswered = to
                 .and_then(|d| d.syn_unanswered.as_ref())
@@ -295,12 +354,10 @@ pub fn render(spec: &Spec, n: usize, total: usize, r: &Replayed) -> String {
             );
             let _ = writeln!(s, "{}", row.trim_end());
             if !ok {
-                let _ = writeln!(
-                    s,
-                    "  {:<w$}  -> {}",
-                    "",
-                    unanswered_note(spec, p, path, r.deciders.get(&p.ip))
-                );
+                let note = unanswered_note(spec, p, path, r.deciders.get(&p.ip));
+                // Its further lines (the fix) under its first.
+                let note = note.replace('\n', &format!("\n  {:<w$}     ", ""));
+                let _ = writeln!(s, "  {:<w$}  -> {note}", "");
             }
         }
     }
@@ -397,7 +454,10 @@ mod tests {
         let mut deciders = BTreeMap::new();
         deciders.insert(
             spec.pods[0].ip,
-            "the security groups of the branch ENI on VLAN 1 (vlan.eth.1, trunk eth1)".into(),
+            Decider {
+                who: "the inbound rules of the branch ENI on VLAN 1 (vlan.eth.1)".into(),
+                rules: None,
+            },
         );
         let r = Replayed {
             outcome,
@@ -423,7 +483,7 @@ mod tests {
         assert!(t.contains("STEP 2/3: Port 80 removed from the pod security group (sg-pod)\n  changed: sg-pod ingress: removed tcp 80 from 0.0.0.0/0\n"), "{t}");
         assert!(t.contains("7 of 8 answered"), "{t}");
         assert!(
-            t.contains("-> nothing arrived on the node: the VPC dropped it; decided by the security groups of the branch ENI on VLAN 1 (vlan.eth.1, trunk eth1) (in this lab: sg-pod)"),
+            t.contains("-> nothing arrived on the node: the VPC dropped it; decided by the inbound rules of the branch ENI on VLAN 1 (vlan.eth.1) (in this lab: sg-pod)"),
             "{t}"
         );
         assert!(t.contains("  my-deployment-5b7f8c9d6-2xk4p   192.168.3.219    no answer  branch vlan 1       0         0      0\n"), "{t}");
@@ -455,16 +515,42 @@ mod tests {
     }
 
     #[test]
-    fn deciders_come_from_the_trace_sentence_or_its_kind() {
-        let v: Value = serde_json::from_str(r#"{"security_groups":"node-eni","forward":{"egress":"eth0"},"decided_by":"The security groups of the node ENI eth0 decide."}"#).unwrap();
+    fn the_decider_is_the_inbound_traces_sentence_and_the_rules_verdict() {
+        let v: Value = serde_json::from_str(r#"{"schema":"sgpath.trace-inbound/v1","decided_by":"The inbound rules of the branch ENI on VLAN 2 (vlan.eth.2) decide what comes in from 10.0.1.10."}"#).unwrap();
         assert_eq!(
-            deciders(&v).unwrap(),
-            "the security groups of the node ENI eth0"
+            decider(&v).unwrap(),
+            Decider {
+                who: "the inbound rules of the branch ENI on VLAN 2 (vlan.eth.2)".into(),
+                rules: None
+            }
         );
-        let v: Value = serde_json::from_str(r#"{"security_groups":"node-eni","forward":{"egress":"eth0"},"decided_by":"Something else."}"#).unwrap();
+        let v: Value = serde_json::from_str(r#"{"trace":{"decided_by":"The inbound rules of the node ENI eth0 decide what comes in from 10.0.1.10."},
+          "security_groups":{"verdict":{"verdict":"denied","summary":"sg-1 (sg-node) admits no tcp/80 from 10.0.1.10",
+          "fix":"aws ec2 authorize-security-group-ingress --group-id sg-1 --protocol tcp --port 80 --cidr 10.0.1.10/32"}}}"#).unwrap();
+        let d = decider(&v).unwrap();
+        assert_eq!(d.who, "the inbound rules of the node ENI eth0");
         assert_eq!(
-            deciders(&v).unwrap(),
-            "the node ENI's security groups (eth0)"
+            d.rules,
+            Some(RulesSay::Denied {
+                summary: "sg-1 (sg-node) admits no tcp/80 from 10.0.1.10".into(),
+                fix: "aws ec2 authorize-security-group-ingress --group-id sg-1 --protocol tcp --port 80 --cidr 10.0.1.10/32".into()
+            })
         );
+    }
+
+    #[test]
+    fn a_denial_read_in_ec2_is_printed_with_its_fix() {
+        let (spec, mut r) = replayed(TODAY, &[false, true, true, true, true, true, true, true]);
+        r.deciders.get_mut(&spec.pods[0].ip).unwrap().rules = Some(RulesSay::Denied {
+            summary: "sg-0f (sg-pod) admits no tcp/80 from 10.0.1.10".into(),
+            fix: "aws ec2 authorize-security-group-ingress --group-id sg-0f --protocol tcp --port 80 --cidr 10.0.1.10/32".into(),
+        });
+        let t = render(&spec, 2, 3, &r);
+        let pad = " ".repeat(2 + spec.pods.iter().map(|p| p.name.len()).max().unwrap() + 5);
+        assert!(
+            t.contains(&format!("-> nothing arrived on the node: the VPC dropped it; the inbound rules of the branch ENI on VLAN 1 (vlan.eth.1) decide, and sgpath read them in EC2: sg-0f (sg-pod) admits no tcp/80 from 10.0.1.10\n{pad}fix: aws ec2 authorize-security-group-ingress --group-id sg-0f --protocol tcp --port 80 --cidr 10.0.1.10/32\n")),
+            "{t}"
+        );
+        assert!(!t.contains("in this lab"), "{t}");
     }
 }

@@ -3,7 +3,8 @@
 //! (`curl`, `busybox nslookup`, a bash `/dev/tcp` connect) from its namespace. What each
 //! user saw comes back as a [`StepOutcome`].
 //!
-//! Side effects: changes the VPC's nftables ruleset and `Lab::spec`'s groups; spawns one
+//! Side effects: changes the VPC's nftables ruleset, `Lab::spec`'s groups and, when the
+//! lab has its fake AWS, the groups in EC2; spawns one
 //! client process per request (bounded by [`TRAFFIC_TIMEOUT`]).
 
 use std::{
@@ -139,11 +140,12 @@ impl Lab {
                 rule,
             } = action
             {
-                let verb = if matches!(action, Action::AddRule { .. }) {
-                    "added"
-                } else {
-                    "removed"
-                };
+                let add = matches!(action, Action::AddRule { .. });
+                if let Some(aws) = &mut self.aws {
+                    aws.edit(add, group, *direction, rule)
+                        .with_context(|| format!("step {:?}: EC2", step.title))?;
+                }
+                let verb = if add { "added" } else { "removed" };
                 seen.push(Seen::Edit {
                     change: format!("{group} {direction}: {verb} {}", rule.describe(*direction)),
                 });

@@ -114,9 +114,11 @@ impl Moto {
     /// restricted to the forward (`restrict=on`: nothing else leaves the guest), each
     /// connection piped by `xtask relay-stdio` to this server.
     pub fn qemu_opts(&self) -> String {
-        let xtask = std::env::current_exe().unwrap_or_else(|_| "xtask".into());
+        // Not current_exe(): `cargo build --workspace` may have replaced this binary since.
+        let xtask = crate::target_dir().join("debug/xtask");
         format!(
-            "-netdev user,id=sgaws,restrict=on,guestfwd=tcp:{GUEST_MOTO}-cmd:{} relay-stdio {} -device virtio-net-pci,netdev=sgaws",
+            // vng splits these with shlex: the command's spaces stay in one quoted word.
+            "-netdev 'user,id=sgaws,restrict=on,guestfwd=tcp:{GUEST_MOTO}-cmd:{} relay-stdio {}' -device virtio-net-pci,netdev=sgaws",
             xtask.display(),
             self.addr
         )

@@ -475,15 +475,26 @@ impl Aws {
         let mut entries: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
         for id in ec2::prefix_list_ids(&groups) {
             let params = vec![("PrefixListId".into(), id.clone())];
-            let cidrs = self
+            match self
                 .paged(
                     &region,
                     "GetManagedPrefixListEntries",
                     params,
                     ec2::prefix_list_entries,
                 )
-                .await?;
-            entries.insert(id, cidrs);
+                .await
+            {
+                Ok(cidrs) => {
+                    entries.insert(id, cidrs);
+                }
+                // Neither node policy grants this call: one list unread leaves its rules
+                // unjudged (their verdicts say "unverified"), not the whole catalog.
+                Err(AwsError::Ec2(e @ Ec2Error::Api { .. })) if !e.is_throttling() => {
+                    tracing::warn!(prefix_list = %id, error = %e, "prefix list unread");
+                    catalog.unread_prefix_lists.insert(id);
+                }
+                Err(e) => return Err(e),
+            }
         }
         ec2::resolve_prefix_lists(&mut groups, &entries);
         for g in groups {
@@ -685,6 +696,27 @@ mod tests {
         fake(path, body)
     }
 
+    /// sg-pod admits tcp/443 from a prefix list whose entries the caller may not read.
+    fn prefix_list_denied(path: &str, body: &str) -> (u16, String) {
+        if body.contains("Action=DescribeSecurityGroups") {
+            return (200, r#"<DescribeSecurityGroupsResponse><securityGroupInfo><item><groupId>sg-pod</groupId><ipPermissions><item><ipProtocol>tcp</ipProtocol><fromPort>443</fromPort><toPort>443</toPort><prefixListIds><item><prefixListId>pl-1</prefixListId></item></prefixListIds></item></ipPermissions></item></securityGroupInfo></DescribeSecurityGroupsResponse>"#.into());
+        }
+        if body.contains("Action=GetManagedPrefixListEntries") {
+            return denied(path, body);
+        }
+        fake(path, body)
+    }
+
+    fn malformed(path: &str, body: &str) -> (u16, String) {
+        if body.contains("Action=DescribeSecurityGroups") {
+            return (
+                200,
+                "<DescribeSecurityGroupsResponse><securityGroupInfo><item>".into(),
+            );
+        }
+        fake(path, body)
+    }
+
     fn aws(url: &str) -> Aws {
         let mut a = Aws::new(AwsConfig {
             ec2_endpoint: Some(url.to_owned()),
@@ -787,5 +819,37 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().starts_with("http://127.0.0.1:9/: "), "{e}");
+    }
+
+    /// A denied GetManagedPrefixListEntries costs one rule, not the read: the catalog is
+    /// fresh, the list is named unread and a denial it might have admitted is unverified.
+    #[tokio::test]
+    async fn an_unreadable_prefix_list_leaves_its_rule_unverified() {
+        use crate::model::sg::Flow;
+        let url = serve(prefix_list_denied).await;
+        let mut a = aws(&url);
+        let pod: IpAddr = "192.168.3.219".parse().unwrap();
+        let Rules::Fresh { catalog, .. } = a.read(&[pod].into()).await.unwrap() else {
+            panic!("not fresh")
+        };
+        assert_eq!(catalog.unread_prefix_lists, ["pl-1".to_string()].into());
+        let v = catalog.judge(&Flow::tcp("10.0.0.9".parse().unwrap(), pod, 443));
+        let crate::model::sg::Verdict::Denied(m) = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(m.unread, ["pl-1"]);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_answer_is_named_never_half_read() {
+        let url = serve(malformed).await;
+        let mut a = aws(&url);
+        let pod: IpAddr = "192.168.3.219".parse().unwrap();
+        let e = a.read(&[pod].into()).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("EC2 DescribeSecurityGroups: the answer is not XML"),
+            "{e}"
+        );
     }
 }

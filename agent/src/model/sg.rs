@@ -307,6 +307,9 @@ pub struct Catalog {
     pub groups: BTreeMap<String, SecurityGroup>,
     /// ENIs by private address: the ENI id and its groups' ids.
     pub enis: BTreeMap<IpAddr, Eni>,
+    /// Prefix lists sgpath could not read (`GetManagedPrefixListEntries` refused): a rule
+    /// naming one may admit what the judge cannot see.
+    pub unread_prefix_lists: std::collections::BTreeSet<String>,
 }
 
 /// An ENI as `DescribeNetworkInterfaces` (or instance metadata) gives it.
@@ -700,6 +703,16 @@ fn judge_side(
             unread.push(id.clone());
             continue;
         };
+        // A rule for this traffic from a prefix list sgpath could not read: maybe admitted.
+        for r in g.rules(direction) {
+            if let Peer::PrefixList { id: pl, .. } = &r.peer
+                && side.catalog.unread_prefix_lists.contains(pl)
+                && r.admits_traffic(flow)
+                && !unread.contains(pl)
+            {
+                unread.push(pl.clone());
+            }
+        }
         if let Some(rule) = g
             .rules(direction)
             .iter()
@@ -914,16 +927,24 @@ mod tests {
             !c.judge(&Flow::tcp(ip("10.0.2.1"), ip("192.168.3.219"), 443))
                 .is_allowed()
         );
-        // An unreadable prefix list (no entries) proves nothing.
+        // An unreadable prefix list (no entries) proves nothing: the denial says so.
         if let Peer::PrefixList { cidrs, .. } =
             &mut c.groups.get_mut("sg-pod").unwrap().ingress[0].peer
         {
             cidrs.clear();
         }
+        c.unread_prefix_lists.insert("pl-0abc".into());
+        let m = denied(c.judge(&Flow::tcp(ip("172.20.0.5"), ip("192.168.3.219"), 443)));
+        assert_eq!(m.unread, ["pl-0abc"]);
         assert!(
-            !c.judge(&Flow::tcp(ip("172.20.0.5"), ip("192.168.3.219"), 443))
-                .is_allowed()
+            m.summary()
+                .ends_with("(unverified: sgpath could not read pl-0abc)"),
+            "{}",
+            m.summary()
         );
+        // Traffic that rule would not admit anyway stays a plain denial.
+        let m = denied(c.judge(&Flow::tcp(ip("172.20.0.5"), ip("192.168.3.219"), 22)));
+        assert!(m.unread.is_empty());
     }
 
     #[test]

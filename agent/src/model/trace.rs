@@ -1085,6 +1085,67 @@ mod tests {
         trace_with(n, from, to, None)
     }
 
+    fn inbound_to(n: &Node, from: &str, to: &str) -> Inbound {
+        let topo = Topology::from_node(n);
+        let pod = topo
+            .paths
+            .iter()
+            .find(|p| p.pod_ip == Some(ip(to)))
+            .unwrap()
+            .clone();
+        inbound(n, &topo, ip(from), &pod, Proto::Tcp, Some(80), |flow, _| {
+            Ok::<_, Infallible>(kernel(n, flow))
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_bastion_reaches_a_strict_pod_through_its_vlan_and_its_branch_enis_rules_decide() {
+        let t = inbound_to(&node(), BASTION, POD_A);
+        assert_eq!(t.arrival.ingress.as_deref(), Some("vlan.eth.1"));
+        assert_eq!(t.arrival.egress_kind, Egress::PodVeth);
+        assert_eq!(t.security_groups, Deciders::BranchEni);
+        assert_eq!(t.sender_security_groups, None);
+        assert!(
+            t.decided_by
+                .starts_with("The inbound rules of the branch ENI on VLAN 1 (vlan.eth.1)"),
+            "{}",
+            t.decided_by
+        );
+        assert!(t.works, "{}", t.verdict);
+        assert_eq!(t.answer.forward.egress.as_deref(), Some("vlan.eth.1"));
+    }
+
+    #[test]
+    fn the_bastion_reaches_an_ordinary_pod_through_the_node_eni() {
+        let t = inbound_to(&node(), BASTION, "192.168.7.31");
+        assert_eq!(t.arrival.ingress.as_deref(), Some("eth0"));
+        assert_eq!(t.security_groups, Deciders::NodeEni);
+        assert!(t.works, "{}", t.verdict);
+    }
+
+    #[test]
+    fn the_nodes_own_request_to_a_strict_pod_meets_both_enis_rules() {
+        let t = inbound_to(&node(), NODE_IP, POD_A);
+        // Sent by the node (no iif), out of a node ENI, back in through the pod's VLAN.
+        assert_eq!(t.arrival.ingress, None);
+        assert_eq!(t.arrival.egress_kind, Egress::NodeEni);
+        assert_eq!(t.security_groups, Deciders::BranchEni);
+        assert_eq!(t.sender_security_groups, Some(Deciders::NodeEni));
+    }
+
+    #[test]
+    fn a_stale_rule_lets_the_request_in_and_loses_the_answer() {
+        let t = inbound_to(&stale(node()), BASTION, POD_A);
+        assert!(!t.works);
+        assert!(
+            t.verdict.starts_with("The request reaches the pod through")
+                && t.verdict.contains("its answer does not get back"),
+            "{}",
+            t.verdict
+        );
+    }
+
     /// Pod A re-created under the same name: the old pod's `iif` rule to table 107 (pod
     /// B's VLAN) survived and comes first (VPC CNI #1375).
     fn stale(mut n: Node) -> Node {

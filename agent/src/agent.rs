@@ -116,7 +116,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }),
         ));
         let mut cluster = kube_context(&args).await?;
-        let mut rules = security_groups(&args, cluster.clone())?;
+        let mut rules = security_groups(&args, cluster.clone());
         let mut daemon = Daemon::default();
         let mut watch = collect::watch::Watch::new()?;
         let mut watching = true;
@@ -231,21 +231,19 @@ async fn auth_of(args: &AgentArgs, token: Option<String>) -> anyhow::Result<auth
 }
 
 /// With `--ec2`, reads the security groups' rules now and again: every `--ec2-refresh`, and
-/// soon after the cluster's pods change. The receiver of each read (or why it failed).
-///
-/// # Errors
-/// When TLS cannot be set up (no root certificates).
+/// soon after the cluster's pods change. The receiver of each read (or why it failed: no
+/// root certificates for TLS is one more `ec2-unavailable` reason).
 fn security_groups(
     args: &AgentArgs,
     cluster: Option<watch::Receiver<Option<Arc<Cluster>>>>,
-) -> anyhow::Result<Option<watch::Receiver<Option<Arc<Rules>>>>> {
+) -> Option<watch::Receiver<Option<Arc<Rules>>>> {
     if !args.ec2.ec2 {
-        return Ok(None);
+        return None;
     }
-    let aws = collect::aws::Aws::new(args.ec2.config()).context("--ec2")?;
+    let aws = collect::aws::Aws::new(args.ec2.config());
     let (tx, rx) = watch::channel(None);
     tokio::spawn(read_security_groups(aws, args.ec2_refresh, cluster, tx));
-    Ok(Some(rx))
+    Some(rx)
 }
 
 /// The addresses whose ENIs matter: this node's pods and CoreDNS's.

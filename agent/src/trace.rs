@@ -109,11 +109,13 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 return Some((flow, Judgement::NoGroup(why.to_string())));
             }
             let read = rt.block_on(async {
-                let mut aws = collect::aws::Aws::new(args.ec2.config())?;
+                let mut aws = collect::aws::Aws::new(args.ec2.config());
                 aws.read(&[src, to].into()).await
             });
             let j = match read {
-                Ok(sg::Rules::Fresh { catalog, .. }) => Judgement::Judged(catalog.judge(&flow)),
+                Ok(sg::Rules::Fresh { catalog, .. }) => {
+                    Judgement::Judged(Box::new(catalog.judge(&flow)))
+                }
                 Ok(sg::Rules::Unavailable { reason }) => Judgement::Unknown(reason),
                 Err(e) => Judgement::Unknown(e.to_string()),
             };
@@ -160,7 +162,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         }
     };
     crate::write_stdout(&text)?;
-    let denied = matches!(&sg, Some((_, Judgement::Judged(sg::Verdict::Denied(_)))));
+    let denied = matches!(&sg, Some((_, Judgement::Judged(v))) if !v.is_allowed());
     Ok(if works && !denied {
         ExitCode::SUCCESS
     } else {
@@ -197,7 +199,7 @@ fn pods_here(topo: &sgpath::model::Topology) -> String {
 
 /// What the security groups say of a traced flow (`--ec2`).
 enum Judgement {
-    Judged(sg::Verdict),
+    Judged(Box<sg::Verdict>),
     /// No group sees the flow (it stays on the node, or the node drops it first).
     NoGroup(String),
     /// The rules could not be read.
@@ -215,7 +217,7 @@ fn json(t: &impl serde::Serialize, sg: Option<&(sg::Flow, Judgement)>) -> anyhow
                 Judgement::Judged(v) => {
                     let mut j = serde_json::to_value(v)?;
                     // The sentence and the command, as the text output gives them.
-                    if let sg::Verdict::Denied(m) = v {
+                    if let sg::Verdict::Denied(m) = &**v {
                         j["summary"] = m.summary().into();
                         j["fix"] = m.remediation().into();
                     }
@@ -239,7 +241,7 @@ fn sg_text(sg: Option<&(sg::Flow, Judgement)>) -> String {
     match sg {
         None => String::new(),
         Some((flow, Judgement::Judged(v))) => {
-            report::trace::render_security_groups(flow, &Ok(v.clone()))
+            report::trace::render_security_groups(flow, &Ok((**v).clone()))
         }
         Some((flow, Judgement::NoGroup(why))) => {
             format!("\nsecurity groups, {flow}:\n  none apply: {why}\n")

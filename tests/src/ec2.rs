@@ -70,7 +70,7 @@ pub fn moto_verdicts_on_the_default_lab() {
         .unwrap();
     let pod = IpAddr::V4(POD);
     let rules = rt.block_on(async {
-        let mut reader = Aws::new(config).expect("the reader's HTTP client");
+        let mut reader = Aws::new(config);
         reader.read(&[pod].into()).await
     });
     let rules = rules.unwrap_or_else(|e| panic!("reading moto: {e}"));

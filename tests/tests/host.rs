@@ -136,6 +136,8 @@ fn bad_durations_exit_2_naming_the_flag() {
     }
 }
 
+/// `--from` an address that is no pod here traces a request to `--to`, which then must be
+/// a pod here: when it is not, exit 2 naming the pods.
 #[test]
 fn trace_from_an_unknown_pod_exits_2_and_lists_the_pods() {
     let lab = lab(spec("host"), "sgt-h3");
@@ -146,7 +148,9 @@ fn trace_from_an_unknown_pod_exits_2_and_lists_the_pods() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--from 192.168.99.99: no pod") && err.contains("192.168.7.31"),
+        err.contains("--from 192.168.99.99 is no pod on this node, so --to must be one")
+            && err.contains("pods here: ")
+            && err.contains("192.168.7.31"),
         "{err}"
     );
 
@@ -158,7 +162,7 @@ fn trace_from_an_unknown_pod_exits_2_and_lists_the_pods() {
     );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("it has no pod paths"), "{err}");
+    assert!(err.contains("this node has no pod paths"), "{err}");
 }
 
 /// A malformed CNI config is a warning naming the file; the rest of the report stands.

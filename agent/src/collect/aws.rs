@@ -102,31 +102,43 @@ pub struct MetadataEni {
     pub vpc_cidrs: Vec<IpNet>,
 }
 
-/// The reader: an HTTP(S) client, where to go, and the credentials while they last.
+/// The reader: HTTP and HTTPS clients, where to go, and the credentials while they last.
 pub struct Aws {
-    http: Http,
+    /// Instance metadata, and any `http://` endpoint given.
+    http: Client<HttpConnector, Full<Bytes>>,
+    /// EC2 and STS: built at the first `https://` call (loading the system's roots costs
+    /// 2 s of CPU under TCG, and a `trace` may never need them).
+    https: std::sync::OnceLock<Http>,
     config: AwsConfig,
     credentials: Option<Credentials>,
     last_call: Option<tokio::time::Instant>,
 }
 
 impl Aws {
+    pub fn new(config: AwsConfig) -> Aws {
+        Aws {
+            http: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            https: std::sync::OnceLock::new(),
+            config,
+            credentials: None,
+            last_call: None,
+        }
+    }
+
     /// # Errors
     /// [`AwsError::Tls`] when the system's root certificates cannot be loaded.
-    pub fn new(config: AwsConfig) -> Result<Aws, AwsError> {
+    fn https(&self) -> Result<&Http, AwsError> {
+        if let Some(c) = self.https.get() {
+            return Ok(c);
+        }
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(|e| AwsError::Tls(e.to_string()))?
             .https_or_http()
             .enable_http1()
             .build();
-        let http = Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
-        Ok(Aws {
-            http,
-            config,
-            credentials: None,
-            last_call: None,
-        })
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+        Ok(self.https.get_or_init(|| client))
     }
 
     async fn request(
@@ -147,12 +159,13 @@ impl Aws {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| err(e.to_string()))?;
+        let sent = if url.starts_with("https://") {
+            self.https()?.request(req)
+        } else {
+            self.http.request(req)
+        };
         let answer = tokio::time::timeout(TIMEOUT, async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| err(e.to_string()))?;
+            let resp = sent.await.map_err(|e| err(e.to_string()))?;
             let status = resp.status().as_u16();
             let body = resp
                 .into_body()
@@ -722,8 +735,7 @@ mod tests {
             ec2_endpoint: Some(url.to_owned()),
             imds_endpoint: url.to_owned(),
             region: Some("us-east-1".into()),
-        })
-        .unwrap();
+        });
         a.credentials = Some(Credentials {
             access_key_id: "testing".into(),
             secret_access_key: "testing".into(),

@@ -3,19 +3,33 @@
 //! seeded from the default lab's spec, read by `sgpath::collect::aws::Aws::read` and
 //! judged by the catalog it returns.
 //!
+//! [`agent_finds_a_probe_its_groups_block_and_clears_it`] runs the whole agent on the default
+//! lab with the fake API server and the lab's EC2.
+//!
 //! Side effects: starts `python3 -m moto.server` and a metadata listener on 127.0.0.1
-//! (stopped on drop); nothing leaves loopback.
+//! (stopped on drop); the agent test, the lab's own (in its node namespace), a fake API
+//! server there and `sgpath agent`; nothing leaves loopback.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use serde_json::json;
 
 use sgpath::{
     collect::aws::{Aws, AwsConfig},
     model::sg::{Flow, Peer, Rules, Verdict},
 };
 use xtask::lab::{
-    Spec,
+    Action, Lab, Spec, Step,
     aws::{FakeAws, Source},
-    spec::SgDirection,
+    spec::{Proto, SgDirection, SgRule},
+};
+
+use crate::{
+    agent::Agent,
+    kube::{self, FakeApi, Kind, count_events, findings, pod, wait_report},
 };
 
 /// The default lab's addresses (xtask/labs/default.toml).
@@ -168,4 +182,169 @@ pub fn moto_verdicts_on_the_default_lab() {
              --port 8080 --cidr 10.0.1.10/32"
         )
     );
+}
+
+/// The default lab's first branch pod, as the API server has it: strict mode (aws-node's
+/// env), the CNI's `pod-eni` annotation, and a container whose liveness probe kubelet opens
+/// on tcp/8080 and readiness probe on tcp/80.
+fn put_probed_branch_pod(api: &FakeApi, lab: &Lab) -> (String, String) {
+    let p = &lab.spec.pods[0];
+    assert_eq!(
+        p.vlan,
+        Some(1),
+        "the default lab's first pod is the branch pod on VLAN 1"
+    );
+    let ip = p.ip.to_string();
+    let mut obj = pod(
+        &p.namespace,
+        &p.name,
+        kube::NODE,
+        &ip,
+        json!({"app": "sg-test-app"}),
+        json!({"vpc.amazonaws.com/pod-eni": format!(
+            "[{{\"eniId\":\"eni-0b1\",\"ifAddress\":\"02:00:00:00:00:01\",\"privateIp\":\"{ip}\",\"vlanId\":1,\"subnetCidr\":\"192.168.0.0/16\"}}]"
+        )}),
+    );
+    obj["spec"]["containers"][0]["livenessProbe"] = json!({"tcpSocket": {"port": 8080}});
+    obj["spec"]["containers"][0]["readinessProbe"] = json!({"httpGet": {"path": "/", "port": 80}});
+    api.put(Kind::Pod, obj);
+    api.put(
+        Kind::Node,
+        json!({"metadata": {"name": kube::NODE, "labels": {"vpc.amazonaws.com/has-trunk-attached": "true"}}}),
+    );
+    api.put(Kind::DaemonSet, json!({"metadata": {"name": "aws-node", "namespace": "kube-system"},
+        "spec": {"selector": {"matchLabels": {"k8s-app": "aws-node"}}, "template": {"spec": {
+            "containers": [{"name": "aws-node", "image": "602401143452.dkr.ecr.us-west-2.amazonaws.com/amazon-k8s-cni:v1.19.2-eksbuild.1",
+                "env": [{"name": "ENABLE_POD_ENI", "value": "true"},
+                        {"name": "POD_SECURITY_GROUP_ENFORCING_MODE", "value": "strict"}]}]}}}}));
+    api.put(
+        Kind::ServiceAccount,
+        json!({"metadata": {"name": "default", "namespace": p.namespace}}),
+    );
+    (ip, format!("{}/{}", p.namespace, p.name))
+}
+
+/// `sgpath agent --ec2` on the default lab, with a fake API server holding its strict branch
+/// pod whose liveness probe is tcp/8080, and the lab's EC2: healthy while sg-pod admits
+/// everything from the node (its `/32` rule), after two reads of the rules; removing that
+/// rule (from EC2 and the VPC's nftables, one step) raises `sg-blocks-kubelet-probe` on the
+/// pod, naming tcp/8080 and the command that adds it to sg-pod's id, before any probe ran;
+/// putting it back clears it.
+pub fn agent_finds_a_probe_its_groups_block_and_clears_it(lab: &mut Lab) {
+    lab.start_aws()
+        .unwrap_or_else(|e| panic!("the lab's EC2 (moto): {e:#}"));
+    let node = lab.layout.node();
+    let api = FakeApi::start(&node);
+    let (ip, key) = put_probed_branch_pod(&api, lab);
+    let dir = std::env::temp_dir().join(format!("sgpath-ec2-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let aws = lab.aws.as_ref().unwrap();
+    let pod_sg = aws.group_ids["sg-pod"].clone();
+    let cni = lab.cni_config();
+    let mut args = vec![
+        "--cni-config".to_string(),
+        cni.to_string_lossy().into_owned(),
+        "--kubeconfig".into(),
+        kubeconfig.to_string_lossy().into_owned(),
+        "--node-name".into(),
+        kube::NODE.into(),
+        "--ec2-refresh".into(),
+        "10s".into(),
+        "--summary-interval".into(),
+        "1s".into(),
+    ];
+    args.extend(aws.sgpath_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&node, &args);
+    let probe_finding = |doc: &serde_json::Value| {
+        findings(doc)
+            .iter()
+            .any(|(id, subject)| id == "sg-blocks-kubelet-probe" && *subject == ip)
+    };
+
+    // Healthy: the pod named, two reads of the rules (the second after the cluster came).
+    wait_report(&agent, Duration::from_secs(60), "the pod named", |doc| {
+        doc["paths"].as_array().unwrap().iter().any(|p| {
+            p["pod_ip"] == ip.as_str()
+                && format!(
+                    "{}/{}",
+                    p["pod"]["namespace"].as_str().unwrap_or(""),
+                    p["pod"]["name"].as_str().unwrap_or("")
+                ) == key
+        })
+    });
+    let reads = count_events(&agent, "ec2-read");
+    wait_report(
+        &agent,
+        Duration::from_secs(30),
+        "one more read of the rules",
+        |_| count_events(&agent, "ec2-read") > reads,
+    );
+    let doc = agent.report(&[]);
+    let got = findings(&doc);
+    assert!(
+        !got.iter()
+            .any(|(id, _)| id.starts_with("sg-blocks") || id == "ec2-unavailable"),
+        "a healthy node with rules raised {got:?}\n{}",
+        agent.log_text()
+    );
+
+    // The node's rule gone from sg-pod: the probe's port is blocked, before kubelet tries.
+    let node_rule = SgRule {
+        proto: Proto::All,
+        ports: None,
+        cidr: "192.168.1.10/32".parse().unwrap(),
+    };
+    let edit = |action: Action| Step {
+        title: "sg-pod: the node's rule".into(),
+        actions: vec![action],
+    };
+    lab.run_step(&edit(Action::RemoveRule {
+        group: "sg-pod".into(),
+        direction: SgDirection::Ingress,
+        rule: node_rule.clone(),
+    }))
+    .unwrap();
+    let doc = wait_report(
+        &agent,
+        Duration::from_secs(40),
+        "sg-blocks-kubelet-probe after the node's rule went",
+        probe_finding,
+    );
+    let f = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "sg-blocks-kubelet-probe")
+        .unwrap()
+        .to_string();
+    assert!(f.contains("tcp/8080") && f.contains(&key), "{f}");
+    assert!(
+        f.contains(&format!(
+            "aws ec2 authorize-security-group-ingress --group-id {pod_sg}"
+        )) && f.contains("--port 8080"),
+        "{f}"
+    );
+    assert!(
+        !f.contains("tcp/80 "),
+        "the readiness probe's port is admitted from anywhere: {f}"
+    );
+
+    // Back: the finding clears.
+    lab.run_step(&edit(Action::AddRule {
+        group: "sg-pod".into(),
+        direction: SgDirection::Ingress,
+        rule: node_rule,
+    }))
+    .unwrap();
+    wait_report(
+        &agent,
+        Duration::from_secs(40),
+        "sg-blocks-kubelet-probe cleared after the rule came back",
+        |doc| !probe_finding(doc),
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
 }

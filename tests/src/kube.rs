@@ -864,7 +864,14 @@ fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response
 /// The node's name in the fake cluster.
 pub const NODE: &str = "ip-192-168-1-10.ec2.internal";
 
-fn pod(ns: &str, name: &str, node: &str, ip: &str, labels: Value, annotations: Value) -> Value {
+pub(crate) fn pod(
+    ns: &str,
+    name: &str,
+    node: &str,
+    ip: &str,
+    labels: Value,
+    annotations: Value,
+) -> Value {
     json!({
         "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
                      "labels": labels, "annotations": annotations},
@@ -997,7 +1004,7 @@ fn path_of(doc: &Value, ip: &str) -> Value {
         .unwrap_or_else(|| panic!("no path of {ip} in {doc}"))
 }
 
-fn findings(doc: &Value) -> Vec<(String, String)> {
+pub(crate) fn findings(doc: &Value) -> Vec<(String, String)> {
     doc["findings"]
         .as_array()
         .unwrap()
@@ -1012,7 +1019,12 @@ fn findings(doc: &Value) -> Vec<(String, String)> {
 }
 
 /// Polls the agent's report until `ok` holds (or panics after `timeout` with the last one).
-fn wait_report(agent: &Agent, timeout: Duration, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_report(
+    agent: &Agent,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
     let start = Instant::now();
     loop {
         let doc = agent.report(&[]);
@@ -1030,7 +1042,7 @@ fn wait_report(agent: &Agent, timeout: Duration, what: &str, ok: impl Fn(&Value)
 }
 
 /// How many times the agent logged `event`.
-fn count_events(agent: &Agent, event: &str) -> usize {
+pub(crate) fn count_events(agent: &Agent, event: &str) -> usize {
     agent
         .log_events()
         .iter()

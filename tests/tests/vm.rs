@@ -185,6 +185,14 @@ fn seed_scenario_verdicts_from_ec2_match_the_packets() {
     assert_eq!(judged, 33);
 }
 
+/// `sgpath agent --ec2` with the cluster and the lab's EC2: `sg-blocks-kubelet-probe` only
+/// while sg-pod does not admit the node on the pod's probe port (tests/src/ec2.rs).
+#[test]
+fn agent_finds_a_probe_its_groups_block_and_clears_it() {
+    let mut lab = lab(spec("default"), "sgt-kp");
+    sgpath_tests::ec2::agent_finds_a_probe_its_groups_block_and_clears_it(&mut lab);
+}
+
 fn trace(lab: &xtask::lab::Lab, from: &str, to: &str, proto: &str) -> (serde_json::Value, i32) {
     let out = lab.sgpath(
         &sgpath_tests::sgpath_bin(),

@@ -846,7 +846,10 @@ impl Prometheus {
         let (status, body) = http_get(
             &self.ns,
             self.port,
-            &format!("/api/v1/query?query={}", url_encode(promql)),
+            &format!(
+                "/api/v1/query?query={}",
+                xtask::lab::aws::form_encode(promql)
+            ),
         )
         .unwrap_or_else(|e| panic!("query {promql}: {e}"));
         assert_eq!(status, 200, "{promql}: {body}");
@@ -887,18 +890,6 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986).
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// GET `path` from 127.0.0.1:`port` in namespace `ns` (HTTP/1.1, `Connection: close`).

@@ -76,7 +76,7 @@ pub fn moto_verdicts_on_the_default_lab() {
     let config = AwsConfig {
         ec2_endpoint: Some(aws.ec2.clone()),
         imds_endpoint: aws.imds.clone(),
-        region: Some(xtask::lab::aws::REGION.into()),
+        region: Some(aws.region.into()),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

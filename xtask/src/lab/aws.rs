@@ -34,8 +34,24 @@ use anyhow::{Context, Result, bail};
 use super::spec::{PodKind, Proto, SgDirection, SgRule, Spec};
 use crate::setup::python;
 
-/// The region the lab's instance says it is in.
-pub const REGION: &str = "us-east-1";
+/// The regions labs take, one each: moto keeps each region's VPCs, groups and ENIs apart,
+/// so two labs with the same addresses (tests run two at a time) never see each other's.
+const REGIONS: [&str; 8] = [
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-central-1",
+    "ap-southeast-1",
+    "ap-northeast-1",
+];
+
+/// The next lab's region.
+fn next_region() -> &'static str {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    REGIONS[NEXT.fetch_add(1, Ordering::Relaxed) % REGIONS.len()]
+}
 
 /// Where a VM guest reaches the host's moto: qemu's `guestfwd` address.
 pub const GUEST_MOTO: &str = "10.0.2.100:80";
@@ -277,9 +293,14 @@ fn imds(mut s: TcpStream, answers: &BTreeMap<String, String>) {
     );
 }
 
-/// One EC2 Query API call to moto (it checks no signature, only the credential scope's
-/// region); the answer's XML, or moto's error code and message.
-fn call(moto: SocketAddr, action: &str, params: &[(String, String)]) -> Result<String> {
+/// One EC2 Query API call to moto in `region` (moto checks no signature, and takes the
+/// region from the credential scope); the answer's XML, or moto's error code and message.
+fn call(
+    moto: SocketAddr,
+    region: &str,
+    action: &str,
+    params: &[(String, String)],
+) -> Result<String> {
     let mut body = format!("Action={action}&Version=2016-11-15");
     for (k, v) in params {
         body.push('&');
@@ -292,7 +313,7 @@ fn call(moto: SocketAddr, action: &str, params: &[(String, String)]) -> Result<S
     write!(
         s,
         "POST / HTTP/1.1\r\nhost: {moto}\r\nauthorization: AWS4-HMAC-SHA256 \
-         Credential=testing/20260101/{REGION}/ec2/aws4_request, SignedHeaders=host, \
+         Credential=testing/20260101/{region}/ec2/aws4_request, SignedHeaders=host, \
          Signature=0\r\ncontent-type: application/x-www-form-urlencoded\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -323,7 +344,9 @@ fn tag(xml: &str, name: &str) -> Option<String> {
     Some(xml[start..end].to_owned())
 }
 
-fn form_encode(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters (a form value, a URL
+/// query).
+pub fn form_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -339,6 +362,8 @@ pub struct FakeAws {
     /// moto, when this process started it (no VM host gave one).
     _moto: Option<Moto>,
     moto: SocketAddr,
+    /// This lab's region in moto (instance metadata says it too).
+    pub region: &'static str,
     _servers: Vec<Server>,
     /// moto's EC2 endpoint and the metadata service, as sgpath's `--ec2-endpoint` and
     /// `--imds-endpoint` take them (in the namespace given to [`FakeAws::start`]).
@@ -381,6 +406,7 @@ impl FakeAws {
         let mut aws = FakeAws {
             _moto: own,
             moto,
+            region: next_region(),
             _servers: Vec::new(),
             ec2: String::new(),
             imds: String::new(),
@@ -402,7 +428,8 @@ impl FakeAws {
         aws.imds = format!("http://127.0.0.1:{}", meta.port);
         aws._servers.push(meta);
         eprintln!(
-            "lab: EC2 (moto at {moto}) at {} and instance metadata at {} in {}, {} groups, seeded in {:.1} s",
+            "lab: EC2 (moto at {moto}, {}) at {} and instance metadata at {} in {}, {} groups, seeded in {:.1} s",
+            aws.region,
             aws.ec2,
             aws.imds,
             netns.unwrap_or("this namespace"),
@@ -420,13 +447,19 @@ impl FakeAws {
         let p = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         let vpc_cidr = spec.vpc.cidr.to_string();
         let vpc = tag(
-            &call(self.moto, "CreateVpc", &[p("CidrBlock", &vpc_cidr)])?,
+            &call(
+                self.moto,
+                self.region,
+                "CreateVpc",
+                &[p("CidrBlock", &vpc_cidr)],
+            )?,
             "vpcId",
         )
         .context("CreateVpc gave no vpcId")?;
         let subnet = tag(
             &call(
                 self.moto,
+                self.region,
                 "CreateSubnet",
                 &[p("VpcId", &vpc), p("CidrBlock", &vpc_cidr)],
             )?,
@@ -436,6 +469,7 @@ impl FakeAws {
         for g in &spec.security_groups {
             let xml = call(
                 self.moto,
+                self.region,
                 "CreateSecurityGroup",
                 &[
                     p("GroupName", &g.id),
@@ -488,7 +522,7 @@ impl FakeAws {
         }
         let meta = "/latest/meta-data/";
         let mut answers = BTreeMap::new();
-        answers.insert(format!("{meta}placement/region"), REGION.to_owned());
+        answers.insert(format!("{meta}placement/region"), self.region.to_owned());
         answers.insert(
             format!("{meta}iam/security-credentials/"),
             "lab-node-role".to_owned(),
@@ -515,7 +549,7 @@ impl FakeAws {
             for (i, g) in ids.iter().enumerate() {
                 params.push(p(&format!("SecurityGroupId.{}", i + 1), g));
             }
-            let xml = call(self.moto, "CreateNetworkInterface", &params)?;
+            let xml = call(self.moto, self.region, "CreateNetworkInterface", &params)?;
             let eni = tag(&xml, "networkInterfaceId")
                 .context("CreateNetworkInterface gave no networkInterfaceId")?;
             if let Some(n) = mac {
@@ -611,7 +645,7 @@ impl FakeAws {
             (false, SgDirection::Ingress) => "RevokeSecurityGroupIngress",
             (false, SgDirection::Egress) => "RevokeSecurityGroupEgress",
         };
-        call(self.moto, action, &params).map(drop)
+        call(self.moto, self.region, action, &params).map(drop)
     }
 
     /// The arguments that point `sgpath trace|agent` at these servers.

@@ -421,6 +421,18 @@ async fn serve(
     }
 }
 
+/// The API server's 404 for a path it does not serve.
+fn not_found(path: &str) -> Response<Body> {
+    full(
+        404,
+        &status(
+            404,
+            "NotFound",
+            &format!("the server could not find {path}"),
+        ),
+    )
+}
+
 fn full(status: u16, v: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -477,14 +489,7 @@ async fn route(state: &Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -
     let may = |what: &str| allowed(&state.lock().unwrap(), &user, &groups, what);
     if is_proxy {
         let Some((ns, pod, port, mut rest)) = proxy_target(&path) else {
-            return full(
-                404,
-                &status(
-                    404,
-                    "NotFound",
-                    &format!("the server could not find {path}"),
-                ),
-            );
+            return not_found(&path);
         };
         if let Some(q) = req.uri().query() {
             rest = format!("{rest}?{q}");
@@ -795,14 +800,7 @@ fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response
         }
     }
     let Some(kind) = Kind::of_path(&path) else {
-        return full(
-            404,
-            &status(
-                404,
-                "NotFound",
-                &format!("the server could not find {path}"),
-            ),
-        );
+        return not_found(&path);
     };
     let selector = query
         .get("fieldSelector")

@@ -338,27 +338,6 @@ pub fn vng_path() -> Option<PathBuf> {
 /// venv, Debian's `/usr/local`), so no `moto_server` script has to be on PATH.
 pub const PYTHON: &str = "python3";
 
-/// The interpreter that has moto: `$SGPATH_PYTHON` when set, else [`PYTHON`]'s real
-/// executable (`sys.executable`, past pyenv's shims).
-pub fn python() -> std::path::PathBuf {
-    static PYTHON_EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PYTHON_EXE
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("SGPATH_PYTHON").filter(|p| !p.is_empty()) {
-                return p.into();
-            }
-            Command::new(PYTHON)
-                .args(["-c", "import sys; print(sys.executable)"])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-                .filter(|p| !p.is_empty())
-                .map_or_else(|| PYTHON.into(), Into::into)
-        })
-        .clone()
-}
-
 /// `Ok` when [`PYTHON`] imports moto's server (Flask and all: `moto[server]`) and boto3;
 /// else why not, in Python's words. Cheap: one interpreter start, no network.
 pub fn moto_importable() -> std::result::Result<(), String> {

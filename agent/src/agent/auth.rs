@@ -105,24 +105,20 @@ impl Reviewer {
             sha1_smol::Sha1::from(token).digest().bytes(),
             path.to_owned(),
         );
-        if let Some(v) = self
-            .cache
-            .lock()
-            .expect("not poisoned")
-            .get(&key, Instant::now())
-        {
+        let cached = || {
+            self.cache
+                .lock()
+                .expect("not poisoned")
+                .get(&key, Instant::now())
+        };
+        if let Some(v) = cached() {
             return v;
         }
         let Ok(_permit) = self.in_flight.acquire().await else {
             return Verdict::Unavailable("the agent is stopping".into());
         };
         // Another request may have asked while this one waited.
-        if let Some(v) = self
-            .cache
-            .lock()
-            .expect("not poisoned")
-            .get(&key, Instant::now())
-        {
+        if let Some(v) = cached() {
             return v;
         }
         let verdict = match tokio::time::timeout(REVIEW_TIMEOUT, self.review(token, path)).await {

@@ -150,6 +150,19 @@ impl Fleet {
     fn agent_on(&self, node: &str) -> Option<&AgentPod> {
         self.agents.iter().find(|a| a.node == node)
     }
+
+    /// The agent on pod `name`'s node (`node`, as the pod lists it) and the pod's IP.
+    fn agent_of(
+        &self,
+        name: &str,
+        node: Option<String>,
+        ip: Option<String>,
+    ) -> Result<(&AgentPod, String), PluginError> {
+        let node = node.ok_or_else(|| PluginError::Unscheduled(name.to_owned()))?;
+        let ip = ip.ok_or_else(|| PluginError::NoIp(name.to_owned()))?;
+        let agent = self.agent_on(&node).ok_or(PluginError::NoAgent(node))?;
+        Ok((agent, ip))
+    }
 }
 
 fn count_kind(r: &AgentReport, kind: &str) -> usize {
@@ -402,11 +415,8 @@ pub async fn pod(
     ip: Option<String>,
     output: Output,
 ) -> Result<Outcome, PluginError> {
-    let node = node.ok_or_else(|| PluginError::Unscheduled(name.to_owned()))?;
-    let ip = ip.ok_or_else(|| PluginError::NoIp(name.to_owned()))?;
-    let agent = fleet
-        .agent_on(&node)
-        .ok_or_else(|| PluginError::NoAgent(node.clone()))?;
+    let (agent, ip) = fleet.agent_of(name, node, ip)?;
+    let node = &agent.node;
     let body = fleet::ask_one(
         &*fleet.transport,
         agent,
@@ -501,11 +511,8 @@ pub async fn trace(
     proto: &str,
     output: Output,
 ) -> Result<Outcome, PluginError> {
-    let node = node.ok_or_else(|| PluginError::Unscheduled(name.to_owned()))?;
-    let ip = ip.ok_or_else(|| PluginError::NoIp(name.to_owned()))?;
-    let agent = fleet
-        .agent_on(&node)
-        .ok_or_else(|| PluginError::NoAgent(node.clone()))?;
+    let (agent, ip) = fleet.agent_of(name, node, ip)?;
+    let node = &agent.node;
     let path = format!(
         "/v1/trace?from={}&to={}&proto={proto}",
         query_escape(&ip),

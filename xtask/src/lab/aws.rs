@@ -32,7 +32,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::spec::{PodKind, Proto, SgDirection, SgRule, Spec};
-use crate::setup::python;
+use crate::setup::PYTHON;
 
 /// The regions labs take, one each: moto keeps each region's VPCs, groups and ENIs apart,
 /// so two labs with the same addresses (tests run two at a time) never see each other's.
@@ -82,8 +82,7 @@ impl Moto {
     pub fn start() -> Result<Moto> {
         crate::setup::moto_importable().map_err(|e| {
             anyhow::anyhow!(
-                "moto[server] is not installed for {} ({e}): `cargo xtask setup` installs it",
-                python().display()
+                "moto[server] is not installed for {PYTHON} ({e}): `cargo xtask setup` installs it"
             )
         })?;
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -93,7 +92,7 @@ impl Moto {
             addr.port()
         ));
         let out = std::fs::File::create(&log)?;
-        let child = Command::new(python())
+        let child = Command::new(PYTHON)
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
             .arg(addr.port().to_string())
             // 1,200 public AMIs parsed at the first EC2 call: nothing here uses them.
@@ -102,7 +101,7 @@ impl Moto {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .with_context(|| format!("starting {} -m moto.server", python().display()))?;
+            .with_context(|| format!("starting {PYTHON} -m moto.server"))?;
         let mut moto = Moto { child, addr, log };
         let start = Instant::now();
         while TcpStream::connect(addr).is_err() {

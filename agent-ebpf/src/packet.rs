@@ -194,9 +194,17 @@ impl ConnKey {
     }
 }
 
+/// The transport header at `h[at..]` of a TCP or UDP packet whose transport bytes
+/// (`payload`, by the IP header's own length) hold what is read: ports and flags of TCP (14
+/// bytes), ports of UDP (8). A shorter packet's copied bytes beyond its end are not its own.
 #[inline(always)]
-fn l4_at(h: &[u8; HEADER_BYTES], at: usize, proto: u8) -> Option<L4> {
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+fn l4_at(h: &[u8; HEADER_BYTES], at: usize, proto: u8, payload: u32) -> Option<L4> {
+    let needs = match proto {
+        PROTO_TCP => 14,
+        PROTO_UDP => 8,
+        _ => return None,
+    };
+    if payload < needs {
         return None;
     }
     Some(L4 {
@@ -207,20 +215,35 @@ fn l4_at(h: &[u8; HEADER_BYTES], at: usize, proto: u8) -> Option<L4> {
     })
 }
 
-/// An ICMPv4 port unreachable at `h[20..]` (after a 20-byte IPv4 header) about a TCP or
-/// UDP datagram from the packet's destination to its source: that datagram's ports, swapped
-/// so that the refusal keys its connection as an answer does. The quoted header must have no
-/// options (its ports at a constant offset), and its destination must be the ICMP's source:
-/// only the server itself refuses (a router's or firewall's ICMP stays unmatched, and the
-/// request unanswered). ICMPv6 quotes sit beyond the bytes copied: not matched.
+/// Bytes of an ICMPv4 port unreachable that [`icmp_refusal`] reads: its 20-byte IP header,
+/// the 8-byte ICMP header, the quoted 20-byte IPv4 header and the quoted ports.
+const ICMP_REFUSAL_BYTES: u32 = 20 + 8 + 20 + 4;
+
+/// An ICMPv4 port unreachable at `h[20..]` (after a 20-byte IPv4 header of total length
+/// `len`) about a TCP or UDP datagram between the same two hosts: that datagram's ports,
+/// swapped so that the refusal keys its connection as an answer does. What proves it:
+/// - the ICMP is long enough (by its own header) to hold the quoted header and ports,
+///   checked before any quoted byte is read (a short packet's copied bytes beyond its end
+///   are not its own);
+/// - the quoted header has no options (its ports at a constant offset);
+/// - the ICMP's source is the quoted destination (only the server itself refuses: a
+///   router's or firewall's ICMP stays unmatched, and the request unanswered) and the ICMP's
+///   destination is the quoted source (it goes back to the client that sent the datagram,
+///   not to a third host whose connection it would close).
+///
+/// ICMPv6 quotes sit beyond the bytes copied: not matched.
 #[inline(always)]
-fn icmp_refusal(h: &[u8; HEADER_BYTES]) -> Option<L4> {
+fn icmp_refusal(h: &[u8; HEADER_BYTES], len: u32) -> Option<L4> {
+    if len < ICMP_REFUSAL_BYTES {
+        return None;
+    }
     if h[20] != ICMP_DEST_UNREACH || h[21] != ICMP_PORT_UNREACH || h[28] != 0x45 {
         return None;
     }
     let proto = h[28 + 9];
     let from_server = h[12] == h[44] && h[13] == h[45] && h[14] == h[46] && h[15] == h[47];
-    if !from_server || (proto != PROTO_TCP && proto != PROTO_UDP) {
+    let to_client = h[16] == h[40] && h[17] == h[41] && h[18] == h[42] && h[19] == h[43];
+    if !from_server || !to_client || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return None;
     }
     Some(L4 {
@@ -350,13 +373,33 @@ pub enum Attribution {
     Foreign,
     /// Not the path's business (link-local chatter, a packet to another address).
     Ignore,
+    /// The veth's pod address is not known yet (a new pod before its address is read, or a
+    /// pod whose address sgpath cannot read): counted as forwarded on the veth's path, never
+    /// as foreign, and it opens or answers no connection (nothing says whose it is).
+    Unverified,
+}
+
+/// Whether a pod address slot is unset: `PATH_PODS` holds zeros for a path whose pod IP is
+/// not known (no address is all zeros: IPv4 is mapped, `::` is nobody's).
+#[inline(always)]
+pub fn is_unset(pod: &PodAddr) -> bool {
+    pod.octets == [0; 16]
 }
 
 /// Attributes a packet a host veth received from its pod (`from_pod`) or hands to it, by
-/// the pod-side address: the source on receive, the destination on transmit.
+/// the pod-side address: the source on receive, the destination on transmit. An unset pod
+/// address ([`is_unset`]) makes nothing foreign: the pod is not known yet, so nothing it
+/// sends can be told from its own.
 #[inline(always)]
 pub fn attribute(from_pod: bool, pod: &PodAddr, ip: &IpHeader) -> Attribution {
     let addr = if from_pod { &ip.src } else { &ip.dst };
+    if is_unset(pod) {
+        return if is_link_scoped(addr) {
+            Attribution::Ignore
+        } else {
+            Attribution::Unverified
+        };
+    }
     if addr == pod {
         Attribution::Own
     } else if from_pod && !is_link_scoped(addr) {
@@ -375,14 +418,15 @@ pub fn parse_ip(h: &[u8; HEADER_BYTES]) -> Option<IpHeader> {
             // Constant offsets only (the verifier checks stack reads): IHL 5, fragment
             // offset 0.
             let plain = h[0] & 0x0f == 5 && h[6] & 0x1f == 0 && h[7] == 0;
+            let len = u16::from_be_bytes([h[2], h[3]]) as u32;
             Some(IpHeader {
                 src: PodAddr::v4([h[12], h[13], h[14], h[15]]),
                 dst: PodAddr::v4([h[16], h[17], h[18], h[19]]),
-                len: u16::from_be_bytes([h[2], h[3]]) as u32,
+                len,
                 l4: match (plain, h[9]) {
                     (false, _) => None,
-                    (true, PROTO_ICMP) => icmp_refusal(h),
-                    (true, proto) => l4_at(h, 20, proto),
+                    (true, PROTO_ICMP) => icmp_refusal(h, len),
+                    (true, proto) => l4_at(h, 20, proto, len.saturating_sub(20)),
                 },
             })
         }
@@ -395,11 +439,12 @@ pub fn parse_ip(h: &[u8; HEADER_BYTES]) -> Option<IpHeader> {
                 dst[i] = h[24 + i];
                 i += 1;
             }
+            let payload = u16::from_be_bytes([h[4], h[5]]) as u32;
             Some(IpHeader {
                 src: PodAddr { octets: src },
                 dst: PodAddr { octets: dst },
-                len: 40 + u16::from_be_bytes([h[4], h[5]]) as u32,
-                l4: l4_at(h, 40, h[6]),
+                len: 40 + payload,
+                l4: l4_at(h, 40, h[6], payload),
             })
         }
         _ => None,
@@ -646,6 +691,97 @@ mod tests {
         assert_eq!(icmp([10, 0, 0, 1], 3).l4, None);
         assert_eq!(icmp([10, 0, 1, 10], 1).l4, None);
         assert_eq!(icmp([10, 0, 1, 10], 13).l4, None);
+    }
+
+    /// An ICMP port unreachable from 10.0.1.10 to `to`, quoting a UDP datagram
+    /// 192.168.3.219:5353 -> 10.0.1.10:53, `len` bytes long by its own header.
+    fn icmp_to(to: [u8; 4], len: u16) -> [u8; HEADER_BYTES] {
+        let mut b = vec![0x45, 0];
+        b.extend(len.to_be_bytes());
+        b.extend([0, 0, 0, 0, 64, PROTO_ICMP, 0, 0, 10, 0, 1, 10]);
+        b.extend(to);
+        b.extend([3, 3, 0, 0, 0, 0, 0, 0]);
+        b.extend([
+            0x45, 0, 0, 40, 0, 0, 0, 0, 64, PROTO_UDP, 0, 0, 192, 168, 3, 219, 10, 0, 1, 10,
+        ]);
+        b.extend(5353u16.to_be_bytes());
+        b.extend(53u16.to_be_bytes());
+        pad(&b)
+    }
+
+    #[test]
+    fn an_icmp_refusal_goes_back_to_the_client_it_quotes() {
+        let client = [192, 168, 3, 219];
+        let ok = parse_ip(&icmp_to(client, 56)).unwrap().l4.unwrap();
+        assert_eq!((ok.sport, ok.dport, ok.flags), (53, 5353, REFUSAL_FLAGS));
+        // Sent to a third host: it would close a connection that host never opened here.
+        assert_eq!(parse_ip(&icmp_to([192, 168, 3, 7], 56)).unwrap().l4, None);
+        assert_eq!(parse_ip(&icmp_to([10, 0, 1, 10], 56)).unwrap().l4, None);
+    }
+
+    #[test]
+    fn a_short_icmp_is_no_refusal() {
+        let client = [192, 168, 3, 219];
+        // Exactly the bytes read (headers and the quoted ports) is enough ...
+        assert!(parse_ip(&icmp_to(client, 52)).unwrap().l4.is_some());
+        // ... one less, or an ICMP header alone (the copied bytes beyond its end are
+        // another packet's), is not, whatever those bytes say.
+        for len in [51, 28, 0] {
+            assert_eq!(parse_ip(&icmp_to(client, len)).unwrap().l4, None, "{len}");
+        }
+    }
+
+    #[test]
+    fn a_short_tcp_or_udp_packet_has_no_transport_header() {
+        // A SYN whose total length leaves 13 bytes of TCP: its flags byte is not its own.
+        let mut h = syn(0x02, 41234, 80);
+        h[2..4].copy_from_slice(&33u16.to_be_bytes());
+        assert_eq!(parse_ip(&h).unwrap().l4, None);
+        h[2..4].copy_from_slice(&34u16.to_be_bytes());
+        assert!(parse_ip(&h).unwrap().l4.is_some());
+        // UDP: 8 bytes of header.
+        let mut udp = pad(&[
+            0x45, 0x00, 0x00, 27, 0, 0, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 192, 168, 3, 219, 10,
+            0, 1, 10, 0xd3, 0x3f, 0x00, 0x35,
+        ]);
+        assert_eq!(parse_ip(&udp).unwrap().l4, None);
+        udp[3] = 28;
+        assert_eq!(
+            parse_ip(&udp).unwrap().l4.unwrap().signal(),
+            Some(Signal::Request(ConnKind::Dns))
+        );
+    }
+
+    /// A path whose pod IP is not known yet (an unset `PATH_PODS` slot): its veth's packets
+    /// are counted, never foreign, whatever their source; link-local chatter stays ignored.
+    #[test]
+    fn an_unknown_pod_address_counts_nothing_as_foreign() {
+        let unset = PodAddr::default();
+        assert!(is_unset(&unset));
+        assert!(!is_unset(&PodAddr::v4([0, 0, 0, 0])));
+        let first = parse_ip(&syn(0x02, 41234, 80)).unwrap();
+        assert_eq!(attribute(true, &unset, &first), Attribution::Unverified);
+        let mut other = first;
+        other.src = PodAddr::v4([192, 168, 3, 7]);
+        assert_eq!(attribute(true, &unset, &other), Attribution::Unverified);
+        let mut to_pod = first;
+        (to_pod.src, to_pod.dst) = (first.dst, first.src);
+        assert_eq!(attribute(false, &unset, &to_pod), Attribution::Unverified);
+        let mut nd = first;
+        nd.src = PodAddr {
+            octets: [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        };
+        assert_eq!(attribute(true, &unset, &nd), Attribution::Ignore);
+    }
+
+    /// A new pod's first packets: once its address is in its slot (written before its veth
+    /// is probed), they are its own from the first one.
+    #[test]
+    fn a_new_pods_first_packets_are_its_own() {
+        let pod = PodAddr::v4([192, 168, 3, 219]);
+        let first = parse_ip(&syn(0x02, 41234, 80)).unwrap();
+        assert_eq!(attribute(true, &pod, &first), Attribution::Own);
+        assert_ne!(attribute(true, &pod, &first), Attribution::Foreign);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //!
 //! A host veth counts a packet only with its pod's address on the pod's side (source on
 //! receive, destination on transmit, [`packet::attribute`]): a pod sending with a
-//! neighbour's address counts as `foreign` on its own path and touches nothing else.
+//! neighbour's address counts as `foreign` on its own path and touches nothing else. A veth
+//! whose pod address is not known yet (an unset `PATH_PODS` slot) counts its packets as
+//! forwarded and none as foreign, and opens or answers no connection.
 //! Link-local chatter counts nowhere. SYNs, SYN-ACKs, RSTs and DNS packets also go to
 //! [`conns`].
 
@@ -70,18 +72,24 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
             let Some(pod) = pods::pod_of(iface.path) else {
                 return;
             };
+            let dir = if from_pod {
+                Direction::FromPod
+            } else {
+                Direction::ToPod
+            };
             match packet::attribute(from_pod, pod, &ip) {
                 Attribution::Own => {
-                    let dir = if from_pod {
-                        Direction::FromPod
-                    } else {
-                        Direction::ToPod
-                    };
                     counters::forwarded(skb, iface.path, dir, ip.len);
                     Some(iface.path)
                 }
                 Attribution::Foreign => {
                     counters::foreign(skb, iface.path, &ip.src);
+                    return;
+                }
+                // The pod's address is not known yet: its packets are counted, but nothing
+                // says whose they are, so no connection is opened or answered with them.
+                Attribution::Unverified => {
+                    counters::forwarded(skb, iface.path, dir, ip.len);
                     return;
                 }
                 Attribution::Ignore => return,

@@ -129,7 +129,8 @@ mod tests {
             PATH_DROPS_MIN - 1,
         )]);
         assert!(path_drops(&Node::default(), &few).is_empty());
-        // Teardown and closed ports never raise it, however many; on 5.10 by location.
+        // Teardown and closed ports never raise it, however many; on 5.10 by location; a
+        // reasonless free in TCP's state machine is the endpoint's.
         for (reason, location) in [
             (Some("QUEUE_PURGE"), "skb_queue_purge_reason"),
             (Some("NO_SOCKET"), "tcp_v4_rcv"),
@@ -146,6 +147,54 @@ mod tests {
         // The window decides when the agent has one: old drops alone raise nothing.
         let mut t = topo(&[(true, Some("NETFILTER_DROP"), "nf_hook_slow", 50)]);
         t.paths[0].window = Some(PathCounters::default());
+        assert!(path_drops(&Node::default(), &t).is_empty());
+    }
+
+    /// 6.1 (and 6.12) free a pod's packet whose input route failed (a martian source behind
+    /// a stale rule) with `NOT_SPECIFIED` in `ip_rcv_finish`, and a route to nowhere in
+    /// `ip_error`: path drops, by where they happened, that raise the finding with the
+    /// reason and the location as evidence.
+    #[test]
+    fn a_martian_drop_without_a_reason_raises_it() {
+        let t = topo(&[(
+            false,
+            Some("NOT_SPECIFIED"),
+            "ip_rcv_finish",
+            PATH_DROPS_MIN,
+        )]);
+        let f = path_drops(&Node::default(), &t);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(
+            f[0].evidence,
+            [format!(
+                "{PATH_DROPS_MIN} packets from the pod (host veth eni0123456789a, 0 crossed it) \
+                 were dropped by the network or a policy ({PATH_DROPS_MIN} drops in all); \
+                 reasons: NOT_SPECIFIED {PATH_DROPS_MIN}; freed in: ip_rcv_finish \
+                 {PATH_DROPS_MIN}"
+            )]
+        );
+        let t = topo(&[
+            (false, Some("NOT_SPECIFIED"), "ip_error", 6),
+            (false, Some("NOT_SPECIFIED"), "tcp_v4_rcv", 100),
+            (false, Some("NOT_SPECIFIED"), "ip_route_input_slow", 4),
+        ]);
+        let f = path_drops(&Node::default(), &t);
+        assert_eq!(
+            f.len(),
+            1,
+            "the route's 10 count, the socket's 100 do not: {f:?}"
+        );
+        assert!(
+            f[0].evidence[0].starts_with("10 packets from the pod"),
+            "{f:?}"
+        );
+        // One fewer than the threshold at the route: silent.
+        let t = topo(&[(
+            false,
+            Some("NOT_SPECIFIED"),
+            "ip_rcv_finish",
+            PATH_DROPS_MIN - 1,
+        )]);
         assert!(path_drops(&Node::default(), &t).is_empty());
     }
 }

@@ -206,6 +206,10 @@ impl PathProbes {
     /// namespaces are the node's and its pods': adds what is new, overwrites what changed and
     /// removes what is gone, so the maps equal the arguments afterwards.
     ///
+    /// In the order of [`plan`]: a veth's interface entry is written only after its path's
+    /// pod address, and removed before it, so the programs never see a veth whose path has
+    /// no address because of the order of two writes.
+    ///
     /// # Errors
     /// [`ProbeError::Map`] when a map refuses an entry (full).
     pub fn sync(
@@ -215,23 +219,55 @@ impl PathProbes {
         path_pods: &[(u32, PodAddr)],
         netns: &[(u32, NetnsInfo)],
     ) -> Result<(), ProbeError> {
-        sync_map(
-            self.hash::<PodAddr, u32>(POD_PATHS_MAP)?,
-            POD_PATHS_MAP,
-            pods,
-        )?;
         let slots = self.iface_slots;
         let (low, high): (Vec<_>, Vec<_>) = ifaces.iter().partition(|(i, _)| *i < slots);
-        let was = std::mem::take(&mut self.ifaces_set);
-        self.ifaces_set = sync_array(self.array(IFACES_MAP)?, IFACES_MAP, &was, &low)?;
-        sync_map(
-            self.hash::<u32, IfaceInfo>(IFACES_HIGH_MAP)?,
-            IFACES_HIGH_MAP,
-            &high,
-        )?;
-        let was = std::mem::take(&mut self.path_pods_set);
-        self.path_pods_set =
-            sync_array(self.array(PATH_PODS_MAP)?, PATH_PODS_MAP, &was, path_pods)?;
+        let high_was: Vec<u32> = {
+            let map = self.hash::<u32, IfaceInfo>(IFACES_HIGH_MAP)?;
+            map.keys().filter_map(Result::ok).collect()
+        };
+        let steps = plan(
+            (&self.ifaces_set, &low),
+            (&high_was, &high),
+            (&self.path_pods_set, path_pods),
+        );
+        for step in steps {
+            match step {
+                Step::Iface(i, info) => {
+                    self.array(IFACES_MAP)?
+                        .set(i, info, 0)
+                        .map_err(|source| ProbeError::Map {
+                            name: IFACES_MAP,
+                            source,
+                        })?
+                }
+                Step::IfaceHigh(i, Some(info)) => self
+                    .hash::<u32, IfaceInfo>(IFACES_HIGH_MAP)?
+                    .insert(i, info, 0)
+                    .map_err(|source| ProbeError::Map {
+                        name: IFACES_HIGH_MAP,
+                        source,
+                    })?,
+                Step::IfaceHigh(i, None) => {
+                    // Gone already is fine.
+                    let _ = self.hash::<u32, IfaceInfo>(IFACES_HIGH_MAP)?.remove(&i);
+                }
+                Step::PathPod(id, addr) => {
+                    self.array(PATH_PODS_MAP)?
+                        .set(id, addr, 0)
+                        .map_err(|source| ProbeError::Map {
+                            name: PATH_PODS_MAP,
+                            source,
+                        })?
+                }
+                Step::PodPaths => sync_map(
+                    self.hash::<PodAddr, u32>(POD_PATHS_MAP)?,
+                    POD_PATHS_MAP,
+                    pods,
+                )?,
+            }
+        }
+        self.ifaces_set = low.iter().map(|(i, _)| *i).collect();
+        self.path_pods_set = path_pods.iter().map(|(i, _)| *i).collect();
         sync_map(
             self.hash::<u32, NetnsInfo>(NETNS_ROLES_MAP)?,
             NETNS_ROLES_MAP,
@@ -432,22 +468,56 @@ impl PathProbes {
     }
 }
 
-/// Makes the array `map` hold `want` at their indexes and zero where `was` (the indexes set
-/// before) has an index `want` has not. Returns the indexes set now.
-fn sync_array<V: aya::Pod + Default>(
-    mut map: Array<&mut MapData, V>,
-    name: &'static str,
-    was: &[u32],
-    want: &[(u32, V)],
-) -> Result<Vec<u32>, ProbeError> {
-    let err = |source| ProbeError::Map { name, source };
-    for i in was.iter().filter(|i| !want.iter().any(|(w, _)| w == *i)) {
-        map.set(*i, V::default(), 0).map_err(err)?;
+/// One write of [`PathProbes::sync`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// `IFACES[ifindex]` (zeroed: not probed).
+    Iface(u32, IfaceInfo),
+    /// `IFACES_HIGH[ifindex]`, or its removal.
+    IfaceHigh(u32, Option<IfaceInfo>),
+    /// `PATH_PODS[path]` (zeroed: not known).
+    PathPod(u32, PodAddr),
+    /// `POD_PATHS` made equal to the pod addresses.
+    PodPaths,
+}
+
+/// The order of the writes that take the maps from what they held (`was`) to what they
+/// should (`want`): (indexes set before, entries wanted) of `IFACES`, `IFACES_HIGH` and
+/// `PATH_PODS`.
+///
+/// 1. interfaces that are gone or change, cleared: no packet counts on a path on its way out;
+/// 2. pod addresses, cleared and written, and the address -> path map;
+/// 3. interfaces written: a new veth starts counting with its pod's address in place, so its
+///    pod's first packets are its own, never foreign.
+fn plan(
+    ifaces: (&[u32], &[(u32, IfaceInfo)]),
+    high: (&[u32], &[(u32, IfaceInfo)]),
+    path_pods: (&[u32], &[(u32, PodAddr)]),
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let kept = |want: &[(u32, IfaceInfo)], i: u32| want.iter().any(|(w, _)| *w == i);
+    for &i in ifaces.0.iter().filter(|i| !kept(ifaces.1, **i)) {
+        steps.push(Step::Iface(i, IfaceInfo::default()));
     }
-    for (i, v) in want {
-        map.set(*i, v, 0).map_err(err)?;
+    for &i in high.0.iter().filter(|i| !kept(high.1, **i)) {
+        steps.push(Step::IfaceHigh(i, None));
     }
-    Ok(want.iter().map(|(i, _)| *i).collect())
+    let (pods_was, pods_want) = path_pods;
+    for &id in pods_was
+        .iter()
+        .filter(|id| !pods_want.iter().any(|(w, _)| w == *id))
+    {
+        steps.push(Step::PathPod(id, PodAddr::default()));
+    }
+    steps.extend(pods_want.iter().map(|&(id, addr)| Step::PathPod(id, addr)));
+    steps.push(Step::PodPaths);
+    steps.extend(ifaces.1.iter().map(|&(i, info)| Step::Iface(i, info)));
+    steps.extend(
+        high.1
+            .iter()
+            .map(|&(i, info)| Step::IfaceHigh(i, Some(info))),
+    );
+    steps
 }
 
 /// Makes `map` hold exactly `want`.
@@ -469,4 +539,74 @@ fn sync_map<K: aya::Pod + PartialEq, V: aya::Pod>(
         map.insert(k, v, 0).map_err(err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sgpath_ebpf::{IfaceRole, NO_PATH};
+
+    fn veth(path: u32) -> IfaceInfo {
+        IfaceInfo {
+            role: IfaceRole::HostVeth as u8,
+            _pad: [0; 3],
+            path,
+        }
+    }
+
+    fn at(steps: &[Step], step: Step) -> usize {
+        steps
+            .iter()
+            .position(|s| *s == step)
+            .unwrap_or_else(|| panic!("{step:?} not in {steps:?}"))
+    }
+
+    /// A new pod's veth is probed only once its address is in place: its first packets are
+    /// its own, never foreign.
+    #[test]
+    fn a_new_pods_address_is_written_before_its_veth() {
+        let pod = PodAddr::v4([192, 168, 3, 219]);
+        let uplink = IfaceInfo {
+            role: IfaceRole::Uplink as u8,
+            _pad: [0; 3],
+            path: NO_PATH,
+        };
+        let steps = plan(
+            (&[2], &[(2, uplink), (7, veth(0))]),
+            (&[], &[(70_000, veth(1))]),
+            (&[], &[(0, pod), (1, PodAddr::v4([192, 168, 3, 7]))]),
+        );
+        assert!(at(&steps, Step::PathPod(0, pod)) < at(&steps, Step::Iface(7, veth(0))));
+        let high_pod = Step::PathPod(1, PodAddr::v4([192, 168, 3, 7]));
+        assert!(at(&steps, high_pod) < at(&steps, Step::IfaceHigh(70_000, Some(veth(1)))));
+        assert!(at(&steps, Step::PodPaths) < at(&steps, Step::Iface(7, veth(0))));
+    }
+
+    /// A gone pod's veth stops counting before its address is cleared.
+    #[test]
+    fn a_gone_pods_veth_is_cleared_before_its_address() {
+        let steps = plan((&[2, 7], &[]), (&[70_000], &[]), (&[0, 1], &[]));
+        let off = at(&steps, Step::Iface(7, IfaceInfo::default()));
+        let off_high = at(&steps, Step::IfaceHigh(70_000, None));
+        for id in [0, 1] {
+            let cleared = at(&steps, Step::PathPod(id, PodAddr::default()));
+            assert!(off < cleared && off_high < cleared, "{steps:?}");
+        }
+    }
+
+    /// A path whose pod IP is not known has its veth probed and no address: its slot stays
+    /// zero, which the programs read as unknown (counted, never foreign).
+    #[test]
+    fn a_path_without_a_known_ip_leaves_its_slot_unset() {
+        let steps = plan((&[], &[(7, veth(3))]), (&[], &[]), (&[3], &[]));
+        assert_eq!(
+            steps,
+            [
+                Step::PathPod(3, PodAddr::default()),
+                Step::PodPaths,
+                Step::Iface(7, veth(3)),
+            ]
+        );
+        assert!(sgpath_ebpf::packet::is_unset(&PodAddr::default()));
+    }
 }

@@ -121,14 +121,10 @@ pub struct Drop {
 }
 
 impl Drop {
-    /// Its class: by reason where the kernel gives one, else by the freeing function.
+    /// Its class: by reason where the kernel gives one (`NOT_SPECIFIED` by where it
+    /// happened), else by the freeing function ([`drops::of_drop`]).
     pub fn class(&self) -> DropClass {
-        match (&self.reason, &self.location) {
-            (Some(r), _) => drops::of_reason(r),
-            (None, Some(l)) => drops::of_location(l),
-            // Neither: counted, and judged as the path's (better looked at than missed).
-            (None, None) => DropClass::Path,
-        }
+        drops::of_drop(self.reason.as_deref(), self.location.as_deref())
     }
 }
 

@@ -35,11 +35,14 @@ impl DropClass {
 /// [`PATH_REASONS`].
 pub const ENDPOINT_REASONS: &[(&str, &str)] = &[
     // Plain kfree_skb() without a reason: TCP's receive path frees what it is done with, and
-    // the unconverted callers are mostly sockets. Every drop that policy or the network makes
-    // has a reason of its own (NETFILTER_DROP, TC_*, QDISC_*, NEIGH_*, IP_*).
+    // the unconverted callers are mostly sockets. Not every path drop has a reason of its own
+    // on 6.1 and 6.12: a failed input route (a martian source or destination, no route) is
+    // freed without one, so `of_drop` judges this reason by where it happened
+    // (`ROUTE_LOCATIONS`).
     (
         "NOT_SPECIFIED",
-        "kfree_skb() without a reason: mostly a socket freeing what it is done with",
+        "kfree_skb() without a reason: mostly a socket freeing what it is done with; \
+         the path's where the input route failed (see ROUTE_LOCATIONS)",
     ),
     (
         "NO_SOCKET",
@@ -276,6 +279,81 @@ pub fn is_classified(reason: &str) -> bool {
     ENDPOINT_REASONS.iter().any(|(r, _)| *r == reason) || PATH_REASONS.contains(&reason)
 }
 
+/// Where a packet freed without a reason (`NOT_SPECIFIED`) is the path's, by function
+/// prefix, with the kernel's reasoning. On 6.1 and 6.12 the input route's failures carry no
+/// reason of their own (the reasons came with 6.13): `ip_route_input_slow` refuses a martian
+/// source (a stale rule or address that makes the pod's own address local or unroutable on
+/// the way back) or destination with -EINVAL, and `ip_rcv_finish_core` frees the packet with
+/// `NOT_SPECIFIED` (only -EXDEV becomes `IP_RPFILTER`); a route of type unreachable or
+/// prohibit sends it to `ip_error`, a blackhole to `dst_discard`, which free it the same way.
+pub const ROUTE_LOCATIONS: &[(&str, &str)] = &[
+    (
+        "ip_rcv_finish",
+        "the input route failed: a martian source or destination (ip_route_input_slow)",
+    ),
+    (
+        "ip_sublist_rcv",
+        "the input route failed (the list receive path of ip_rcv_finish_core)",
+    ),
+    (
+        "ip_list_rcv",
+        "the input route failed (the list receive path of ip_rcv_finish_core)",
+    ),
+    ("ip_route_input", "the input route failed"),
+    ("ip_mkroute_input", "the input route failed"),
+    ("__mkroute_input", "the input route failed"),
+    ("ip_handle_martian", "a martian source"),
+    (
+        "ip_error",
+        "the route is unreachable or prohibited (no route, a stale table)",
+    ),
+    ("dst_discard", "a blackhole route"),
+    ("ip_forward", "forwarding refused (TTL, DF, xfrm)"),
+    (
+        "ip6_pkt_drop",
+        "the route is unreachable or prohibited (IPv6)",
+    ),
+    (
+        "ip6_pkt_discard",
+        "the route is unreachable or prohibited (IPv6)",
+    ),
+    (
+        "ip6_pkt_prohibit",
+        "the route is unreachable or prohibited (IPv6)",
+    ),
+    ("ip6_forward", "forwarding refused (IPv6)"),
+    ("ip6_rcv_finish", "the input route failed (IPv6)"),
+    ("ip6_route_input", "the input route failed (IPv6)"),
+    ("__neigh_event_send", "the next hop does not answer ARP/ND"),
+    (
+        "neigh_",
+        "the next hop does not answer ARP/ND (its queue freed)",
+    ),
+];
+
+/// The class of one drop: by its reason where the kernel gives one, by where it happened
+/// (its freeing function) where it gives none. `NOT_SPECIFIED` is the endpoint's unless it
+/// was freed where the input route or the next hop failed ([`ROUTE_LOCATIONS`]): a stale
+/// rule's martian drop on 6.1 is a path drop like its `IP_RPFILTER` sibling. Without reasons
+/// (5.10) the function decides ([`of_location`]); without either, the path (better looked at
+/// than missed).
+pub fn of_drop(reason: Option<&str>, location: Option<&str>) -> DropClass {
+    match (reason, location) {
+        (Some("NOT_SPECIFIED"), Some(l)) if is_route_location(l) => DropClass::Path,
+        (Some(r), _) => of_reason(r),
+        (None, Some(l)) => of_location(l),
+        (None, None) => DropClass::Path,
+    }
+}
+
+/// Whether `function` (as kallsyms names it, `.constprop.0` and such suffixes included) is
+/// where the input route or the next hop frees a packet ([`ROUTE_LOCATIONS`]).
+pub fn is_route_location(function: &str) -> bool {
+    ROUTE_LOCATIONS
+        .iter()
+        .any(|(prefix, _)| function.starts_with(prefix))
+}
+
 /// Functions that free packets on 5.10 (no reasons) for an endpoint's reasons, by prefix,
 /// with the kernel's reasoning.
 pub const ENDPOINT_LOCATIONS: &[(&str, &str)] = &[
@@ -377,6 +455,61 @@ mod tests {
             "veth_xmit",
         ] {
             assert_eq!(of_location(l), DropClass::Path, "{l}");
+        }
+    }
+
+    /// 6.1 frees a martian source behind a stale rule with `NOT_SPECIFIED` in
+    /// `ip_rcv_finish` (`ip_rcv_finish_core` inlined): the path's, as its rp_filter sibling
+    /// `IP_RPFILTER` is; the same reason in a socket's teardown stays the endpoint's.
+    #[test]
+    fn not_specified_is_judged_by_where_it_happened() {
+        for l in [
+            "ip_rcv_finish",
+            "ip_rcv_finish_core.constprop.0",
+            "ip_route_input_slow",
+            "ip_error",
+            "dst_discard",
+            "ip_forward",
+            "ip6_pkt_drop",
+            "__neigh_event_send",
+        ] {
+            assert_eq!(
+                of_drop(Some("NOT_SPECIFIED"), Some(l)),
+                DropClass::Path,
+                "{l}"
+            );
+        }
+        for l in [
+            "tcp_rcv_state_process",
+            "tcp_v4_rcv",
+            "skb_queue_purge_reason",
+            "kfree_skb_list_reason",
+            "skb_release_data",
+            "unknown",
+        ] {
+            assert_eq!(
+                of_drop(Some("NOT_SPECIFIED"), Some(l)),
+                DropClass::Endpoint,
+                "{l}"
+            );
+        }
+        assert_eq!(of_drop(Some("NOT_SPECIFIED"), None), DropClass::Endpoint);
+        // Other reasons are their own class wherever they happened.
+        assert_eq!(
+            of_drop(Some("NO_SOCKET"), Some("ip_rcv_finish")),
+            DropClass::Endpoint
+        );
+        assert_eq!(
+            of_drop(Some("NETFILTER_DROP"), Some("nf_hook_slow")),
+            DropClass::Path
+        );
+        // Without reasons the function decides; without either, the path.
+        assert_eq!(of_drop(None, Some("tcp_v4_rcv")), DropClass::Endpoint);
+        assert_eq!(of_drop(None, Some("ip_rcv_finish")), DropClass::Path);
+        assert_eq!(of_drop(None, None), DropClass::Path);
+        // No route location is an endpoint's location.
+        for (prefix, _) in ROUTE_LOCATIONS {
+            assert_eq!(of_location(prefix), DropClass::Path, "{prefix}");
         }
     }
 

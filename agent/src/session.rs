@@ -18,7 +18,7 @@ use sgpath::{
     collect::{self, btf::Btf, kallsyms::Kallsyms, netns},
     ebpf::paths::{DropSource, MapSizes, PathProbes, RawPathCounts, probe_config},
     model::{
-        Drop, Node, PathCounters, Topology,
+        Drop, Node, Path, PathCounters, Topology,
         conns::{ConnTracker, pod_addr},
     },
     report::{self, ProbeStatus, Report},
@@ -72,12 +72,20 @@ pub struct Session {
     window: Option<Window>,
 }
 
+/// Which counters a path has: a new one each time a host veth takes a slot in the probes'
+/// maps, whose counters then start from zero. Not the veth's name: the VPC CNI names it from
+/// a hash of the pod's namespace and name, so a recreated StatefulSet pod gets its
+/// predecessor's, and comparing the two pods' counts would hide the new one's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Generation(u64);
+
 /// Snapshots of every path's since-start counters, taken at most every tenth of the span:
 /// a path's window is its counters now minus the oldest snapshot still within the span, so
-/// evidence stays in it for at most one span.
+/// evidence stays in it for at most one span. Snapshots are by [`Generation`]: a path
+/// compares its counters only with earlier counts of the same pod.
 struct Window {
     span: Duration,
-    snapshots: std::collections::VecDeque<(Instant, BTreeMap<String, PathCounters>)>,
+    snapshots: std::collections::VecDeque<(Instant, BTreeMap<Generation, PathCounters>)>,
 }
 
 impl Window {
@@ -88,8 +96,22 @@ impl Window {
         }
     }
 
-    /// The window's figures of each path of `topo`, and `topo`'s counters recorded.
-    fn apply(&mut self, now: Instant, topo: &mut Topology) {
+    /// The window's figures of each of `paths` (`generation`: which counters a path has,
+    /// `None` without a slot), and their counters recorded. A path's window is:
+    /// - its counters minus the base snapshot's (the oldest within the span) of the same
+    ///   generation;
+    /// - its counters as they are when the base has not that generation (a pod new since,
+    ///   or a path gone and back: its counters started after the base) or when a counter
+    ///   is lower than the base's (they restarted: see [`PathCounters::since`]);
+    /// - its counters as they are with no snapshot at all: the session's first report,
+    ///   also an agent's first after a restart. The probes' maps are created empty when it
+    ///   attaches, so that is what it counted since, never the previous agent's counts.
+    fn apply(
+        &mut self,
+        now: Instant,
+        paths: &mut [Path],
+        generation: impl Fn(&Path) -> Option<Generation>,
+    ) {
         // The oldest snapshot within the span; after a gap without reports, the newest one
         // before it (never none: that would count the whole lifetime again).
         while self.snapshots.len() > 1
@@ -101,27 +123,24 @@ impl Window {
             self.snapshots.pop_front();
         }
         let base = self.snapshots.front().map(|(_, s)| s);
-        for p in topo.paths.iter_mut() {
-            p.window = p
-                .counters
-                .as_ref()
-                .map(|c| match base.and_then(|b| b.get(&p.host_veth)) {
+        for p in paths.iter_mut() {
+            let generation = generation(p);
+            p.window = p.counters.as_ref().map(|c| {
+                match base.zip(generation).and_then(|(b, g)| b.get(&g)) {
                     Some(b) => c.since(b),
-                    // A path newer than the oldest snapshot: all it counted is in the window.
-                    None if base.is_some() => c.clone(),
-                    // No snapshot yet: the session's first span.
+                    // Counters newer than the base, or no base yet: all in the window.
                     None => c.clone(),
-                });
+                }
+            });
         }
         let due = self
             .snapshots
             .back()
             .is_none_or(|(t, _)| now.duration_since(*t) >= self.span / 10);
         if due {
-            let counters = topo
-                .paths
+            let counters = paths
                 .iter()
-                .filter_map(|p| Some((p.host_veth.clone(), p.counters.clone()?)))
+                .filter_map(|p| Some((generation(p)?, p.counters.clone()?)))
                 .collect();
             self.snapshots.push_back((now, counters));
         }
@@ -161,6 +180,10 @@ impl Session {
             ..Default::default()
         };
         let mut conns = ConnTracker::new(opts.syn_timeout);
+        if let Some(span) = opts.window {
+            // The flows the window's findings show and confirm: the window's own.
+            conns = conns.within(span);
+        }
         let namespaces = ids
             .sync(&mut probes, &mut conns, &node, &topo, node_netns)
             .await?;
@@ -213,7 +236,8 @@ impl Session {
 
     /// Re-reads the node (after a netlink change, or to resync after a lost one) and puts
     /// new paths in the probes' maps, removing gone ones. A path keeps its counters while
-    /// its host veth exists; one that goes and comes back starts again from zero.
+    /// its host veth exists; one that goes and comes back (also within one sync: a new
+    /// ifindex) starts again from zero, as a new generation of the window's.
     ///
     /// # Errors
     /// When the node cannot be read or a map refuses an entry; the session keeps its
@@ -280,7 +304,7 @@ impl Session {
         let mut topo = self.topo.clone();
         for path in topo.paths.iter_mut() {
             // A path without a slot (`--max-paths` reached) has no counters, not zeros.
-            let Some(&id) = self.ids.by_veth.get(&path.host_veth) else {
+            let Some(&Slot { id, .. }) = self.ids.by_veth.get(&path.host_veth) else {
                 path.counters = None;
                 continue;
             };
@@ -300,7 +324,10 @@ impl Session {
             path.counters = Some(c);
         }
         if let Some(w) = &mut self.window {
-            w.apply(Instant::now(), &mut topo);
+            let slots = &self.ids.by_veth;
+            w.apply(Instant::now(), &mut topo.paths, |p| {
+                slots.get(&p.host_veth).map(|s| s.generation)
+            });
         }
         let mut findings = checks::run(node, &topo);
         findings.extend(overflowing(&mut self.overflow, &errors, &self.probes.sizes));
@@ -371,12 +398,16 @@ fn overflowing(
 
 /// Path ids the probes charge to, by host veth name. An id stays with its path while the
 /// veth exists; when the veth goes, the id is reset and, later, given to a new path: a
-/// daemon sees far more pods come and go than the maps have slots (`max`).
+/// daemon sees far more pods come and go than the maps have slots (`max`). A veth of the
+/// same name with another ifindex is another veth (its pod was recreated between two
+/// syncs): it goes and comes as one would.
 #[derive(Default)]
 struct PathIds {
     /// Ids given at most: the path maps' size.
     max: u32,
-    by_veth: BTreeMap<String, u32>,
+    by_veth: BTreeMap<String, Slot>,
+    /// Generations given so far.
+    generations: u64,
     /// Paths left without an id at the last sync: the maps were full.
     uncounted: std::collections::BTreeSet<String>,
     /// One past the highest id ever given.
@@ -386,7 +417,58 @@ struct PathIds {
     free: std::collections::VecDeque<u32>,
 }
 
+/// A host veth's place in the probes' maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    /// The path id its packets are charged to.
+    id: u32,
+    /// The veth's ifindex: a new veth of the same name has another.
+    ifindex: u32,
+    generation: Generation,
+}
+
 impl PathIds {
+    /// Removes the slots of the veths gone from `topo`, or replaced in `node` by another of
+    /// the same name (another ifindex), and returns them (veth, id). Their ids are not
+    /// free yet: the caller frees them once nothing of theirs remains in the maps.
+    fn release_gone(&mut self, node: &Node, topo: &Topology) -> Vec<(String, u32)> {
+        let gone: Vec<(String, u32)> = self
+            .by_veth
+            .iter()
+            .filter(|(veth, slot)| {
+                !topo.paths.iter().any(|p| &p.host_veth == *veth)
+                    || ifindex(node, veth) != slot.ifindex
+            })
+            .map(|(v, slot)| (v.clone(), slot.id))
+            .collect();
+        for (veth, _) in &gone {
+            self.by_veth.remove(veth);
+        }
+        gone
+    }
+
+    /// `veth`'s slot: the one it holds, else a new one (a new generation) with a freed id
+    /// or an id never given; `None` when all `max` are taken.
+    fn take(&mut self, node: &Node, veth: &str) -> Option<Slot> {
+        if let Some(&slot) = self.by_veth.get(veth) {
+            return Some(slot);
+        }
+        let id = self.free.pop_front().or_else(|| {
+            (self.next < self.max).then(|| {
+                self.next += 1;
+                self.next - 1
+            })
+        })?;
+        self.generations += 1;
+        let slot = Slot {
+            id,
+            ifindex: ifindex(node, veth),
+            generation: Generation(self.generations),
+        };
+        self.by_veth.insert(veth.to_owned(), slot);
+        Some(slot)
+    }
+
     /// Gives every path of `topo` an id and puts the pods, host veths and namespaces in the
     /// probes' maps; resets the ids of the paths that went. Returns how many pod namespaces
     /// count.
@@ -398,42 +480,22 @@ impl PathIds {
         topo: &Topology,
         node_netns: u32,
     ) -> anyhow::Result<usize> {
-        let gone: Vec<(String, u32)> = self
-            .by_veth
-            .iter()
-            .filter(|(veth, _)| !topo.paths.iter().any(|p| &p.host_veth == *veth))
-            .map(|(v, &id)| (v.clone(), id))
-            .collect();
-        for (veth, _) in &gone {
-            self.by_veth.remove(veth);
-        }
+        let gone = self.release_gone(node, topo);
         let mut pods = Vec::new();
         let mut uncounted = std::collections::BTreeSet::new();
         for p in &topo.paths {
-            let id = match self.by_veth.get(&p.host_veth) {
-                Some(&id) => id,
-                None => {
-                    let Some(id) = self.free.pop_front().or_else(|| {
-                        (self.next < self.max).then(|| {
-                            self.next += 1;
-                            self.next - 1
-                        })
-                    }) else {
-                        // Told once per path, not at every sync while the maps stay full.
-                        if !self.uncounted.contains(&p.host_veth) {
-                            tracing::warn!(
-                                event = "paths-full",
-                                path = %p.host_veth,
-                                "{} paths counted already: this one is not (--max-paths)",
-                                self.max
-                            );
-                        }
-                        uncounted.insert(p.host_veth.clone());
-                        continue;
-                    };
-                    self.by_veth.insert(p.host_veth.clone(), id);
-                    id
+            let Some(Slot { id, .. }) = self.take(node, &p.host_veth) else {
+                // Told once per path, not at every sync while the maps stay full.
+                if !self.uncounted.contains(&p.host_veth) {
+                    tracing::warn!(
+                        event = "paths-full",
+                        path = %p.host_veth,
+                        "{} paths counted already: this one is not (--max-paths)",
+                        self.max
+                    );
                 }
+                uncounted.insert(p.host_veth.clone());
+                continue;
             };
             if let Some(ip) = p.pod_ip {
                 pods.push((pod_addr(ip), id));
@@ -460,7 +522,7 @@ impl PathIds {
                     let info = NetnsInfo {
                         role: NetnsRole::Pod as u8,
                         _pad: [0; 3],
-                        path: *self.by_veth.get(&veth)?,
+                        path: self.by_veth.get(&veth)?.id,
                     };
                     Some((inode, info))
                 }),
@@ -505,6 +567,11 @@ impl PathIds {
     }
 }
 
+/// `veth`'s ifindex in `node`; 0 (no interface has it) when `node` has no such link.
+fn ifindex(node: &Node, veth: &str) -> u32 {
+    node.link_by_name(veth).map_or(0, |l| l.ifindex)
+}
+
 /// What each probed interface of the node is: every pod's host veth, and every way off the
 /// node (node ENIs, `vlan.eth.N`), by ifindex. Not the trunk: every frame a `vlan.eth.N`
 /// sends crosses it again, tagged, and was counted where it left.
@@ -534,7 +601,7 @@ fn interface_roles(node: &Node, topo: &Topology) -> Vec<(u32, IfaceRole)> {
 fn interface_infos(
     node: &Node,
     topo: &Topology,
-    ids: &BTreeMap<String, u32>,
+    ids: &BTreeMap<String, Slot>,
 ) -> Vec<(u32, IfaceInfo)> {
     interface_roles(node, topo)
         .into_iter()
@@ -542,7 +609,7 @@ fn interface_infos(
             let path = node
                 .link(ifindex)
                 .filter(|_| role == IfaceRole::HostVeth)
-                .and_then(|l| ids.get(&l.name).copied());
+                .and_then(|l| Some(ids.get(&l.name)?.id));
             let info = IfaceInfo {
                 role: role as u8,
                 _pad: [0; 3],
@@ -555,10 +622,10 @@ fn interface_infos(
 
 /// Each counted path's pod address (its end of the host veth), by path id: a host veth's
 /// packets are its pod's when they carry it.
-fn path_pods(topo: &Topology, ids: &BTreeMap<String, u32>) -> Vec<(u32, PodAddr)> {
+fn path_pods(topo: &Topology, ids: &BTreeMap<String, Slot>) -> Vec<(u32, PodAddr)> {
     topo.paths
         .iter()
-        .filter_map(|p| Some((*ids.get(&p.host_veth)?, pod_addr(p.pod_ip?))))
+        .filter_map(|p| Some((ids.get(&p.host_veth)?.id, pod_addr(p.pod_ip?))))
         .collect()
 }
 

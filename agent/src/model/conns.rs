@@ -4,7 +4,7 @@
 //! which entries the map can forget. Pure logic over the raw entries, unit-tested.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, Ipv6Addr},
     time::Duration,
 };
@@ -17,10 +17,16 @@ use sgpath_ebpf::{
 
 use super::{DirectionCounters, PathCounters, Port, add_port};
 
-/// How many unanswered (source, destination, port) a direction tracks, the first ones seen:
-/// the evidence of findings. Later flows still count by port, not by flow: a port scan
-/// leaves memory flat.
+/// How many unanswered (source, destination, port) a direction tracks: the evidence of
+/// findings, which the security groups' rules confirm flow by flow. They are the flows of
+/// the window: one not seen within it drops out, and when more than these are seen the
+/// most frequent stay, then the most recent, so a week-old agent has as current evidence
+/// as a new one. All flows still count by port: a port scan leaves memory flat.
 pub const TOP_UNANSWERED: usize = 32;
+
+/// A flow's unanswered connections are counted in buckets of this fraction of the window,
+/// the cadence of the agent's snapshots and re-checks.
+const BUCKETS_PER_WINDOW: u64 = 10;
 
 /// How long an unanswered entry stays after its latest retransmit, so that the next one
 /// (Linux backs off 1, 2, 4, 8, 16 s) finds it and is not a new connection.
@@ -65,7 +71,57 @@ struct Tally {
     dns_refused: u64,
     dns_unanswered: u64,
     /// At most [`TOP_UNANSWERED`] flows.
-    unanswered: BTreeMap<(IpAddr, IpAddr, u16, Conn), u64>,
+    unanswered: BTreeMap<Flow, FlowCounts>,
+}
+
+/// (source, destination, port, kind) of an unanswered connection.
+type Flow = (IpAddr, IpAddr, u16, Conn);
+
+/// One flow's unanswered connections: (bucket, connections) oldest first, the buckets of
+/// the window only (see [`ConnTracker::bucket`]); and when it was last counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct FlowCounts {
+    buckets: VecDeque<(u64, u64)>,
+    last: Duration,
+}
+
+impl FlowCounts {
+    fn count(&self) -> u64 {
+        self.buckets.iter().map(|&(_, n)| n).sum()
+    }
+}
+
+impl Tally {
+    /// Counts one unanswered connection of `flow` at `now` (in `bucket`); a new flow takes
+    /// the place of the least frequent, least recent one when [`TOP_UNANSWERED`] are held.
+    fn unanswered(&mut self, flow: Flow, bucket: u64, now: Duration) {
+        if !self.unanswered.contains_key(&flow) && self.unanswered.len() >= TOP_UNANSWERED {
+            let least = self
+                .unanswered
+                .iter()
+                .min_by_key(|(_, c)| (c.count(), c.last))
+                .map(|(f, _)| *f);
+            if let Some(least) = least {
+                self.unanswered.remove(&least);
+            }
+        }
+        let c = self.unanswered.entry(flow).or_default();
+        c.last = now;
+        match c.buckets.back_mut() {
+            Some((b, n)) if *b == bucket => *n += 1,
+            _ => c.buckets.push_back((bucket, 1)),
+        }
+    }
+
+    /// Forgets the buckets before `oldest`, and the flows left with none.
+    fn expire(&mut self, oldest: u64) {
+        self.unanswered.retain(|_, c| {
+            while c.buckets.front().is_some_and(|&(b, _)| b < oldest) {
+                c.buckets.pop_front();
+            }
+            !c.buckets.is_empty()
+        });
+    }
 }
 
 /// What has been counted of one entry.
@@ -79,6 +135,8 @@ struct Counted {
 #[derive(Debug)]
 pub struct ConnTracker {
     timeout: Duration,
+    /// The span the unanswered flows are kept for (`--window`); `None`: all along.
+    window: Option<Duration>,
     counted: HashMap<ConnKey, Counted>,
     /// (path id, to the pod?) -> tally.
     tallies: BTreeMap<(u32, bool), Tally>,
@@ -89,8 +147,28 @@ impl ConnTracker {
     pub fn new(timeout: Duration) -> ConnTracker {
         ConnTracker {
             timeout,
+            window: None,
             counted: HashMap::new(),
             tallies: BTreeMap::new(),
+        }
+    }
+
+    /// Keeps the unanswered flows of the last `window` only (the agent's `--window`): a
+    /// flow drops out once not seen for a window, at most a tenth of one later.
+    pub fn within(mut self, window: Duration) -> ConnTracker {
+        self.window = Some(window);
+        self
+    }
+
+    /// The bucket of the unanswered flows `now` counts in: a tenth of the window; one
+    /// bucket for all without a window.
+    fn bucket(&self, now: Duration) -> u64 {
+        let width = self
+            .window
+            .map_or(0, |w| w.as_nanos() / u128::from(BUCKETS_PER_WINDOW));
+        match now.as_nanos().checked_div(width) {
+            Some(b) => b as u64,
+            None => 0,
         }
     }
 
@@ -100,6 +178,7 @@ impl ConnTracker {
     /// [`UNANSWERED_LINGER`].
     pub fn sweep(&mut self, entries: &[(ConnKey, ConnState)], now: Duration) -> Vec<ConnKey> {
         let mut forget = Vec::new();
+        let bucket = self.bucket(now);
         for (key, st) in entries {
             let c = self.counted.entry(*key).or_default();
             let first = Duration::from_nanos(st.first_ns);
@@ -129,12 +208,7 @@ impl ConnTracker {
                     (Conn::Dns, Answer::None) => t.dns_unanswered += 1,
                 }
                 if answer == Answer::None {
-                    let k = (ip(&key.client), ip(&key.server), port, kind);
-                    if let Some(n) = t.unanswered.get_mut(&k) {
-                        *n += 1;
-                    } else if t.unanswered.len() < TOP_UNANSWERED {
-                        t.unanswered.insert(k, 1);
-                    }
+                    t.unanswered((ip(&key.client), ip(&key.server), port, kind), bucket, now);
                 }
             }
             let pending = st.path != NO_PATH && !c.request;
@@ -149,6 +223,14 @@ impl ConnTracker {
         }
         for k in &forget {
             self.counted.remove(k);
+        }
+        // The window's buckets: this one and the tenths before it, so a flow stays at
+        // least one window after it was last seen.
+        if self.window.is_some() {
+            let oldest = bucket.saturating_sub(BUCKETS_PER_WINDOW);
+            for t in self.tallies.values_mut() {
+                t.expire(oldest);
+            }
         }
         forget
     }
@@ -188,17 +270,24 @@ fn fill(dir: &mut DirectionCounters, t: &Tally) {
     dir.dns_answered = t.dns_answered;
     dir.dns_refused = t.dns_refused;
     dir.dns_unanswered = t.dns_unanswered;
-    let mut top: Vec<_> = t.unanswered.iter().collect();
-    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    // The most frequent first, then the most recent.
+    let mut top: Vec<_> = t
+        .unanswered
+        .iter()
+        .map(|(f, c)| (c.count(), c.last, f))
+        .collect();
+    top.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)).then(a.2.cmp(b.2)));
     dir.unanswered = top
         .into_iter()
-        .map(|(&(source, destination, port, kind), &count)| Unanswered {
-            source,
-            destination,
-            port,
-            kind,
-            count,
-        })
+        .map(
+            |(count, _, &(source, destination, port, kind))| Unanswered {
+                source,
+                destination,
+                port,
+                kind,
+                count,
+            },
+        )
         .collect();
 }
 

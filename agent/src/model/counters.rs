@@ -95,8 +95,9 @@ pub struct DirectionCounters {
     pub dns_unanswered: u64,
     /// From the pod: its packets that left the node, by egress interface.
     pub left_via: BTreeMap<String, u64>,
-    /// Unanswered (source, destination, port), the most frequent first, at most
-    /// [`super::conns::TOP_UNANSWERED`].
+    /// Unanswered (source, destination, port) of the window (all since the start without
+    /// one), the most frequent first, at most [`super::conns::TOP_UNANSWERED`]. Unlike the
+    /// other counters it can shrink: a flow not seen within the window drops out.
     pub unanswered: Vec<super::conns::Unanswered>,
 }
 
@@ -138,22 +139,40 @@ fn minus<K: Ord + Clone>(a: &BTreeMap<K, u64>, b: &BTreeMap<K, u64>) -> BTreeMap
         .collect()
 }
 
+/// Whether some key of `base` counts more than in `now` (a key gone counts zero).
+fn decreased<K: Ord>(now: &BTreeMap<K, u64>, base: &BTreeMap<K, u64>) -> bool {
+    base.iter()
+        .any(|(k, &n)| now.get(k).copied().unwrap_or(0) < n)
+}
+
 impl DirectionCounters {
-    /// What was counted after `base` (the same direction earlier): the window's figures.
+    /// Whether some counter is lower than in `base`: they restarted after it (a slot reset
+    /// and given again, a new agent), since a counter of one generation only grows. Only
+    /// what is keyed by stable names is compared: `left_via` is named from the node's links
+    /// at each report (a gone link turns into `ifindex N`) and `unanswered` keeps only the
+    /// flows of the window (see [`super::conns::TOP_UNANSWERED`]); both can shrink in one
+    /// generation.
+    pub fn restarted_since(&self, base: &DirectionCounters) -> bool {
+        self.forwarded_packets < base.forwarded_packets
+            || self.forwarded_bytes < base.forwarded_bytes
+            || self.dropped_packets < base.dropped_packets
+            || self.path_dropped_packets < base.path_dropped_packets
+            || self.foreign_packets < base.foreign_packets
+            || self.dns_answered < base.dns_answered
+            || self.dns_refused < base.dns_refused
+            || self.dns_unanswered < base.dns_unanswered
+            || decreased(&self.drops_by_reason, &base.drops_by_reason)
+            || decreased(&self.drops_by_location, &base.drops_by_location)
+            || decreased(&self.syn_answered, &base.syn_answered)
+            || decreased(&self.syn_refused, &base.syn_refused)
+            || decreased(&self.syn_unanswered, &base.syn_unanswered)
+            || decreased(&self.syn_in, &base.syn_in)
+    }
+
+    /// What was counted after `base` (the same direction earlier, same generation): the
+    /// window's figures. `unanswered` is already the window's (the tracker drops the flows
+    /// it has not seen within it), so it is taken as it is.
     pub fn since(&self, base: &DirectionCounters) -> DirectionCounters {
-        let unanswered = self
-            .unanswered
-            .iter()
-            .filter_map(|u| {
-                let before = base
-                    .unanswered
-                    .iter()
-                    .find(|b| b.same_flow(u))
-                    .map_or(0, |b| b.count);
-                let count = u.count.saturating_sub(before);
-                (count > 0).then(|| super::conns::Unanswered { count, ..u.clone() })
-            })
-            .collect();
         DirectionCounters {
             forwarded_packets: self
                 .forwarded_packets
@@ -175,7 +194,7 @@ impl DirectionCounters {
             dns_refused: self.dns_refused.saturating_sub(base.dns_refused),
             dns_unanswered: self.dns_unanswered.saturating_sub(base.dns_unanswered),
             left_via: minus(&self.left_via, &base.left_via),
-            unanswered,
+            unanswered: self.unanswered.clone(),
         }
     }
 }
@@ -228,8 +247,16 @@ impl PathCounters {
         self.to_pod.dropped_packets + self.from_pod.dropped_packets
     }
 
-    /// What was counted after `base`: the window's figures.
+    /// What was counted after `base`: the window's figures. When any counter of either
+    /// direction is lower than in `base`, the counters restarted after it and all they hold
+    /// came after it: the window is them as they are (never a saturated zero, which would
+    /// hide a new pod's counts until they pass the old one's).
     pub fn since(&self, base: &PathCounters) -> PathCounters {
+        if self.to_pod.restarted_since(&base.to_pod)
+            || self.from_pod.restarted_since(&base.from_pod)
+        {
+            return self.clone();
+        }
         PathCounters {
             to_pod: self.to_pod.since(&base.to_pod),
             from_pod: self.from_pod.since(&base.from_pod),

@@ -220,6 +220,7 @@ fn json(t: &impl serde::Serialize, sg: Option<&(sg::Flow, Judgement)>) -> anyhow
                     if let sg::Verdict::Denied(m) = &**v {
                         j["summary"] = m.summary().into();
                         j["fix"] = m.remediation().into();
+                        j["confirmed"] = m.is_confirmed().into();
                     }
                     j
                 }

@@ -88,11 +88,11 @@ pub fn moto_verdicts_on_the_default_lab() {
         reader.read(&[pod].into()).await
     });
     let rules = rules.unwrap_or_else(|e| panic!("reading moto: {e}"));
-    let Rules::Fresh { catalog, vpc_cidrs } = rules else {
+    let Rules::Fresh { catalog } = rules else {
         panic!("not fresh: {rules:?}")
     };
     assert_eq!(
-        vpc_cidrs,
+        catalog.vpc_cidrs,
         ["192.168.0.0/16".parse::<ipnet::IpNet>().unwrap()]
     );
     let (node, bastion) = (IpAddr::V4(NODE), IpAddr::V4(BASTION));

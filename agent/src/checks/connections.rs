@@ -1,20 +1,27 @@
-//! Drops inside the VPC, inferred from what a node can see: connections that left a branch
-//! pod's path and were never answered, and branch traffic that left by the wrong interface.
+//! Drops inside the VPC, inferred from what a node can see: connections that left a pod's
+//! path and were never answered, and branch traffic that left by the wrong interface.
 //! Only `observe` fills the counters these read; `inspect` raises none of them.
 //!
-//! | finding                    | path        | counter                                   |
-//! |----------------------------|-------------|-------------------------------------------|
-//! | `sg-suspected-block`       | branch      | `from_pod.syn_unanswered` (any port)      |
-//! | `dns-path-broken`          | branch      | `from_pod.dns_unanswered`                 |
-//! | `probe-path-broken`        | branch      | `to_pod.syn_unanswered` (the node's SYNs) |
-//! | `branch-traffic-off-vlan`  | branch      | `from_pod.left_via` not its `vlan.eth.N`  |
+//! | finding                    | path            | counter                                   |
+//! |----------------------------|-----------------|-------------------------------------------|
+//! | `sg-suspected-block`       | branch, node ENI| `from_pod.syn_unanswered` (any port)      |
+//! | `dns-path-broken`          | branch, node ENI| `from_pod.dns_unanswered`                 |
+//! | `probe-path-broken`        | branch          | `to_pod.syn_unanswered` (the node's SYNs) |
+//! | `branch-traffic-off-vlan`  | branch          | `from_pod.left_via` not its `vlan.eth.N`  |
 //!
-//! An ordinary pod's unanswered connections are decided by the node ENI's groups, which the
-//! node's own traffic shares: they stay counters, not findings.
+//! An ordinary pod (node ENI path) leaves by a node ENI, whose groups decide its flows: the
+//! most common security-groups-for-pods failure is a pod that should have been a branch pod
+//! (a label typo, a policy in another namespace, a pod created before its policy) whose
+//! database admits the policy's group and not the node's. Its unanswered flows raise
+//! `sg-suspected-block` from [`ORDINARY_MIN_UNANSWERED`] connections in a window, and name
+//! the SecurityGroupPolicy whose groups would have been admitted. The node's probes of an
+//! ordinary pod never leave the node: no group sees them, so they raise nothing here.
 //!
 //! With the groups' rules read from EC2 ([`super::security_groups::fresh`]) each unanswered
-//! flow is judged: a denial *confirms* the finding (severity error, the missing rule quoted,
-//! the `aws ec2 authorize-security-group-*` command as the fix); rules that admit it say so
+//! flow is judged: a denial the rules prove *confirms* the finding (severity error, the
+//! missing rule quoted, the `aws ec2 authorize-security-group-*` command as the fix); a
+//! denial they cannot prove (the far end not an ENI sgpath read, a group it could not read)
+//! is evidence marked unverified and the finding stays suspected; rules that admit it say so
 //! and point past the groups (the far end's groups, the subnets' network ACLs, the
 //! application).
 
@@ -24,15 +31,25 @@ use std::collections::BTreeMap;
 use crate::model::{
     Node, Path, PathKind, Port, Topology,
     conns::{Conn, Unanswered},
+    k8s::{Cluster, Pod},
     sg::{Catalog, Direction, Flow, Missing, Verdict},
 };
+
+/// Unanswered connections out of an ordinary pod, in one window, before its path raises
+/// `sg-suspected-block`: the node's groups are everyone's, so one lost SYN to a host that
+/// went away is not a page; a pod retrying a database is (connections, not SYNs: the
+/// retransmits of one connection count once).
+pub const ORDINARY_MIN_UNANSWERED: u64 = 3;
 
 /// What the groups' rules say of the unanswered flows of one finding.
 enum Judged {
     /// Rules were not read (or not current): the finding stays suspected.
     Unknown,
-    /// At least one flow is denied: the missing rules, first one first.
+    /// At least one flow is denied and the rules prove it: the missing rules, first one
+    /// first.
     Confirmed(Vec<Missing>),
+    /// Denied by what sgpath read, but not proven ([`Missing::doubts`]).
+    Unverified(Vec<Missing>),
     /// Every flow is admitted: one line per flow naming the rules that admit it.
     Allowed(Vec<String>),
 }
@@ -44,20 +61,24 @@ fn judge(node: &Node, flows: &[Flow]) -> Judged {
     if flows.is_empty() {
         return Judged::Unknown;
     }
-    let mut missing = Vec::new();
+    let mut confirmed = Vec::new();
+    let mut unverified = Vec::new();
     let mut allowed = Vec::new();
     for f in flows {
         match catalog.judge(f) {
-            Verdict::Denied(m) => missing.push(m),
+            Verdict::Denied(m) if m.is_confirmed() => confirmed.push(m),
+            Verdict::Denied(m) => unverified.push(m),
             Verdict::Allowed { egress, ingress } => {
                 allowed.push(allowed_line(catalog, f, egress.as_ref(), ingress.as_ref()))
             }
         }
     }
-    if missing.is_empty() {
-        Judged::Allowed(allowed)
+    if !confirmed.is_empty() {
+        Judged::Confirmed(confirmed)
+    } else if !unverified.is_empty() {
+        Judged::Unverified(unverified)
     } else {
-        Judged::Confirmed(missing)
+        Judged::Allowed(allowed)
     }
 }
 
@@ -91,11 +112,21 @@ fn allowed_line(
     )
 }
 
-/// Evidence and fix of a finding the rules decided; `Err` with the finding unchanged when
-/// they were not read.
+/// Evidence and fix of a finding the rules decided; `Err` with the finding (and any
+/// unverified evidence) when they did not prove anything, so the caller's own fix applies.
 fn verdict(f: Finding, judged: Judged) -> Result<Finding, Finding> {
     match judged {
         Judged::Unknown => Err(f),
+        Judged::Unverified(missing) => {
+            let mut f = f;
+            for m in &missing {
+                f = f.evidence(format!(
+                    "not proven by the security groups' rules: {}",
+                    m.summary()
+                ));
+            }
+            Err(f)
+        }
         Judged::Confirmed(missing) => {
             let mut f = f;
             f.severity = Severity::Error;
@@ -144,13 +175,18 @@ fn other_groups(p: &Path) -> String {
 }
 
 pub fn sg_suspected_block(node: &Node, topo: &Topology) -> Vec<Finding> {
-    branch_paths(topo)
+    pod_paths(topo)
         .filter_map(|(p, subject)| {
             let c = p.judged()?;
             let d = &c.from_pod;
             // Unanswered only: a refused connection proves the groups let it through.
             let lost = lost_or_ports(&d.unanswered, Conn::Syn, &d.syn_unanswered);
             let (first_flow, first_port, _) = lost.first()?.clone();
+            if p.kind == PathKind::NodeEni
+                && lost.iter().map(|(_, _, n)| n).sum::<u64>() < ORDINARY_MIN_UNANSWERED
+            {
+                return None;
+            }
             let mut f = Finding::new(FindingId::SgSuspectedBlock, Severity::Warning, subject);
             for (u, port, n) in &lost {
                 f = f.evidence(match u {
@@ -177,16 +213,40 @@ pub fn sg_suspected_block(node: &Node, topo: &Topology) -> Vec<Finding> {
                     _ => None,
                 })
                 .collect();
+            let missed = missed_policies(node, p, &flows);
+            for line in &missed {
+                f = f.evidence(line.clone());
+            }
             let f = match verdict(f, judge(node, &flows)) {
-                Ok(f) => return Some(f),
-                Err(f) => f,
+                Ok(f) if missed.is_empty() => return Some(f),
+                Ok(f) | Err(f) if !missed.is_empty() => {
+                    return Some(f.fix(
+                        "the pod left by the node ENI because no SecurityGroupPolicy gave it a \
+                         branch ENI: fix the policy's selector (or the pod's labels or service \
+                         account) so it selects the pod, then recreate the pod (a policy applies \
+                         to pods created after it); kubectl get pod <pod> -o \
+                         jsonpath='{.metadata.annotations.vpc\\.amazonaws\\.com/pod-eni}' shows \
+                         its branch ENI",
+                    ));
+                }
+                Ok(f) | Err(f) => f,
             };
             let dst = first_flow.map_or_else(|| "<peer>".to_owned(), |u| u.destination.to_string());
+            if p.kind == PathKind::NodeEni {
+                return Some(f.fix(format!(
+                    "the pod leaves by the node ENI: the node's security groups must allow this \
+                     out and {dst}'s in (when {dst} is an ENI in the VPC, the node's group as its \
+                     source: aws ec2 authorize-security-group-ingress --group-id <{dst}'s group> \
+                     --protocol tcp --port {first_port} --source-group <the node's group>); or give \
+                     the pod its own groups with a SecurityGroupPolicy"
+                )));
+            }
             Some(f.fix(format!(
                 "the branch ENI's security groups must allow this out, and the peer's in: \
                  aws ec2 authorize-security-group-egress --group-id {group} \
                  --ip-permissions 'IpProtocol=tcp,FromPort={port},ToPort={port},IpRanges=[{{CidrIp={dst}/32}}]' \
-                 (and the same as ingress on {dst}'s security group){others}",
+                 (and the same as ingress on {dst}'s security group; when {dst} is an ENI in the \
+                 VPC, referencing the groups instead of the address: UserIdGroupPairs=[{{GroupId=<{dst}'s group>}}]){others}",
                 port = first_port,
                 group = group(p),
                 others = other_groups(p),
@@ -195,8 +255,89 @@ pub fn sg_suspected_block(node: &Node, topo: &Topology) -> Vec<Finding> {
         .collect()
 }
 
+/// For an ordinary pod whose flows the node's groups do not admit: the SecurityGroupPolicies
+/// whose groups would have been admitted, and why each did not give the pod a branch ENI.
+/// Empty for branch pods, without rules or a cluster, or when the node's groups admit it.
+fn missed_policies(node: &Node, p: &Path, flows: &[Flow]) -> Vec<String> {
+    let (Some(catalog), Some(cluster), Some(pod_ref)) = (
+        super::security_groups::fresh(node),
+        node.cluster.as_deref(),
+        p.pod.as_ref(),
+    ) else {
+        return Vec::new();
+    };
+    if p.kind != PathKind::NodeEni {
+        return Vec::new();
+    }
+    let Some(pod) = cluster
+        .pods
+        .iter()
+        .find(|q| q.namespace == pod_ref.namespace && q.name == pod_ref.name)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for flow in flows {
+        if catalog.judge(flow).is_allowed() {
+            continue;
+        }
+        for policy in &cluster.policies {
+            let Ok(spec) = &policy.spec else { continue };
+            let Verdict::Allowed { ingress, .. } = catalog.judge_from_groups(flow, &spec.group_ids)
+            else {
+                continue;
+            };
+            let by = ingress.map_or_else(String::new, |a| {
+                format!(" ({} admits it: {})", a.group, a.rule)
+            });
+            out.push(format!(
+                "SecurityGroupPolicy {}/{} gives {}, which would be admitted for {flow}{by}; {}",
+                policy.namespace,
+                policy.name,
+                spec.group_ids.join(", "),
+                why_not_selected(cluster, policy, pod)
+            ));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Why `policy` did not give `pod` its groups, as an operator checks it.
+fn why_not_selected(
+    cluster: &Cluster,
+    policy: &crate::model::k8s::SecurityGroupPolicy,
+    pod: &Pod,
+) -> String {
+    let key = pod.key();
+    if policy.namespace != pod.namespace {
+        return format!(
+            "it is in namespace {}, and a policy selects pods of its own namespace only: pod \
+             {key} is in {}",
+            policy.namespace, pod.namespace
+        );
+    }
+    if cluster
+        .policies_for(pod)
+        .any(|(q, _)| q.namespace == policy.namespace && q.name == policy.name)
+    {
+        return format!(
+            "it selects pod {key}, which still has no branch ENI: the pod was created before \
+             the policy, or the VPC resource controller could not attach one (kubectl describe \
+             pod {key}; recreate it)"
+        );
+    }
+    format!(
+        "it does not select pod {key} (neither its podSelector nor its serviceAccountSelector \
+         matches the pod's labels {:?} and service account {:?}); no SecurityGroupPolicy \
+         selects the pod",
+        pod.labels, pod.service_account
+    )
+}
+
 pub fn dns_path_broken(node: &Node, topo: &Topology) -> Vec<Finding> {
-    branch_paths(topo)
+    pod_paths(topo)
         .filter_map(|(p, subject)| {
             let c = p.judged().filter(|c| c.from_pod.dns_unanswered > 0)?;
             let mut f = Finding::new(FindingId::DnsPathBroken, Severity::Warning, subject)
@@ -318,15 +459,17 @@ pub fn off_vlan(_: &Node, topo: &Topology) -> Vec<Finding> {
 
 /// Branch paths with their subject (the pod IP, else the host veth).
 fn branch_paths(topo: &Topology) -> impl Iterator<Item = (&Path, String)> {
-    topo.paths
-        .iter()
-        .filter(|p| p.kind == PathKind::BranchEni)
-        .map(|p| {
-            let subject = p
-                .pod_ip
-                .map_or_else(|| p.host_veth.clone(), |ip| ip.to_string());
-            (p, subject)
-        })
+    pod_paths(topo).filter(|(p, _)| p.kind == PathKind::BranchEni)
+}
+
+/// Every pod's path (branch and node ENI) with its subject (the pod IP, else the host veth).
+fn pod_paths(topo: &Topology) -> impl Iterator<Item = (&Path, String)> {
+    topo.paths.iter().map(|p| {
+        let subject = p
+            .pod_ip
+            .map_or_else(|| p.host_veth.clone(), |ip| ip.to_string());
+        (p, subject)
+    })
 }
 
 fn lost(list: &[Unanswered], kind: Conn) -> Vec<&Unanswered> {
@@ -334,9 +477,12 @@ fn lost(list: &[Unanswered], kind: Conn) -> Vec<&Unanswered> {
 }
 
 fn via(p: &Path) -> String {
-    match &p.vlan_link {
-        Some(v) => format!("the pod's path ({} on {v})", p.host_veth),
-        None => format!("the pod's path ({})", p.host_veth),
+    match (&p.vlan_link, p.kind) {
+        (Some(v), _) => format!("the pod's path ({} on {v})", p.host_veth),
+        (None, PathKind::NodeEni) => {
+            format!("the pod's path ({}, by a node ENI)", p.host_veth)
+        }
+        (None, _) => format!("the pod's path ({})", p.host_veth),
     }
 }
 
@@ -352,13 +498,14 @@ fn ports(by_port: &BTreeMap<Port, u64>) -> String {
     ports.join(", ")
 }
 
-/// Evidence that some connections were refused (a RST or ICMP port unreachable): those
-/// ports are closed, not blocked.
+/// Evidence that some connections were refused: something answered them (a RST from a
+/// closed port or a REJECT rule, or an ICMP unreachable quoting the request). Security
+/// groups drop silently, so the groups let these requests through; nothing more is proven.
 fn refused(by_port: &BTreeMap<Port, u64>) -> Option<String> {
     (!by_port.is_empty()).then(|| {
         format!(
-            "refused (port closed: a RST or ICMP port unreachable came back, so the security \
-             groups let them through): {}",
+            "refused (something answered with a RST or an ICMP unreachable: a closed port or a \
+             REJECT rule; security groups drop silently, so they let these through): {}",
             ports(by_port)
         )
     })
@@ -430,7 +577,16 @@ mod tests {
             ..Default::default()
         };
         let f = sg_suspected_block(&Node::default(), &topo);
-        assert_eq!(f.len(), 1, "{f:#?}");
+        // The ordinary pod's 3 lost connections left by a node ENI: raised too (issue 29).
+        assert_eq!(f.len(), 2, "{f:#?}");
+        assert_eq!(f[1].subject, "192.168.7.31");
+        assert!(f[1].evidence[0].contains("(vlan0123456789a, by a node ENI)"));
+        assert!(
+            f[1].remediation
+                .starts_with("the pod leaves by the node ENI"),
+            "{}",
+            f[1].remediation
+        );
         assert_eq!(f[0].subject, "192.168.3.219");
         assert_eq!(
             f[0].evidence,
@@ -503,11 +659,9 @@ mod tests {
         c.insert_group(SecurityGroup::new("sg-node"));
         c.insert_eni("192.168.3.219".parse().unwrap(), "eni-b", &["sg-pod"]);
         c.insert_eni("192.168.1.10".parse().unwrap(), "eni-n", &["sg-node"]);
+        c.vpc_cidrs = vec!["192.168.0.0/16".parse().unwrap()];
         Node {
-            security_groups: Some(std::sync::Arc::new(Rules::Fresh {
-                catalog: c,
-                vpc_cidrs: Vec::new(),
-            })),
+            security_groups: Some(std::sync::Arc::new(Rules::Fresh { catalog: c })),
             ..Default::default()
         }
     }
@@ -556,7 +710,6 @@ mod tests {
             catalog.groups.get_mut("sg-pod").unwrap().ingress.clear();
             n.security_groups = Some(std::sync::Arc::new(crate::model::sg::Rules::Fresh {
                 catalog: catalog.clone(),
-                vpc_cidrs: Vec::new(),
             }));
         }
         let p = &probe_path_broken(&n, &topo)[0];
@@ -603,10 +756,7 @@ mod tests {
             unreachable!()
         };
         catalog.groups.get_mut("sg-pod").unwrap().egress.clear();
-        n.security_groups = Some(std::sync::Arc::new(Rules::Fresh {
-            catalog,
-            vpc_cidrs: Vec::new(),
-        }));
+        n.security_groups = Some(std::sync::Arc::new(Rules::Fresh { catalog }));
         let f = &dns_path_broken(&n, &topo)[0];
         assert_eq!(f.severity, Severity::Error);
         assert!(
@@ -673,6 +823,166 @@ mod tests {
             sg_suspected_block(&n, &t)[0]
                 .remediation
                 .contains("aws ec2 authorize-security-group-egress --group-id sg-0pod")
+        );
+    }
+
+    /// Issue 29: an ordinary pod below the threshold raises nothing (a healthy node's
+    /// stray SYN is not a page), and its probes never do.
+    #[test]
+    fn ordinary_pods_raise_from_three_lost_connections() {
+        let mut c = PathCounters::default();
+        c.from_pod.unanswered = vec![lost_syn("192.168.7.31", "10.0.5.9", 5432, 2)];
+        c.from_pod.syn_unanswered.insert(5432.into(), 2);
+        c.to_pod.unanswered = vec![lost_syn("192.168.1.10", "192.168.7.31", 80, 4)];
+        let mut topo = Topology {
+            paths: vec![path(PathKind::NodeEni, "192.168.7.31", c)],
+            ..Default::default()
+        };
+        let n = Node::default();
+        assert!(sg_suspected_block(&n, &topo).is_empty());
+        assert!(probe_path_broken(&n, &topo).is_empty());
+        let c = topo.paths[0].counters.as_mut().unwrap();
+        c.from_pod.unanswered[0].count = 3;
+        assert_eq!(sg_suspected_block(&n, &topo).len(), 1);
+    }
+
+    /// Issue 29, item 9: the database admits the group of a SecurityGroupPolicy that did not
+    /// select the pod (a label typo); the pod left by the node ENI, whose group the database
+    /// does not admit. The finding is confirmed by the rules and names the policy.
+    #[test]
+    fn an_ordinary_pods_lost_database_names_the_policy_that_missed_it() {
+        use crate::model::k8s::{
+            LabelSelector, MatchedBy, PodRef, PolicySpec, SecurityGroupPolicy,
+        };
+        use crate::model::sg::{Catalog, Peer, Ports, Protocol, Rules, SecurityGroup, SgRule};
+        let (pod_ip, db) = ("192.168.7.31", "10.0.5.9");
+        let mut cat = Catalog::default();
+        cat.vpc_cidrs = vec![
+            "192.168.0.0/16".parse().unwrap(),
+            "10.0.0.0/16".parse().unwrap(),
+        ];
+        let mut sg_db = SecurityGroup::new("sg-db");
+        sg_db.ingress = vec![SgRule::new(
+            Protocol::Tcp,
+            Ports::port(5432),
+            Peer::Group {
+                id: "sg-app".into(),
+            },
+        )];
+        cat.insert_group(sg_db);
+        cat.insert_group(SecurityGroup::new("sg-app"));
+        cat.insert_group(SecurityGroup::new("sg-node"));
+        // The ordinary pod's address is a secondary address of the node ENI.
+        cat.insert_eni(pod_ip.parse().unwrap(), "eni-node", &["sg-node"]);
+        cat.insert_eni(db.parse().unwrap(), "eni-db", &["sg-db"]);
+        let pod = Pod {
+            namespace: "shop".into(),
+            name: "api-0".into(),
+            labels: [("app".to_owned(), "api".to_owned())].into(),
+            service_account: "default".into(),
+            ips: vec![pod_ip.parse().unwrap()],
+            ..Default::default()
+        };
+        let policy = |ns: &str, app: &str| SecurityGroupPolicy {
+            namespace: ns.into(),
+            name: "api-db".into(),
+            spec: Ok(PolicySpec {
+                pod_selector: Some(LabelSelector {
+                    match_labels: [("app".to_owned(), app.to_owned())].into(),
+                    match_expressions: Vec::new(),
+                }),
+                service_account_selector: None,
+                group_ids: vec!["sg-app".into()],
+            }),
+        };
+        let mut c = PathCounters::default();
+        c.from_pod.unanswered = vec![lost_syn(pod_ip, db, 5432, 10)];
+        c.from_pod.syn_unanswered.insert(5432.into(), 10);
+        let mut p = path(PathKind::NodeEni, pod_ip, c);
+        p.pod = Some(PodRef {
+            namespace: "shop".into(),
+            name: "api-0".into(),
+            matched_by: MatchedBy::PodIp,
+            branch_eni: None,
+            branch_vlan: None,
+            security_groups: Vec::new(),
+        });
+        let topo = Topology {
+            paths: vec![p],
+            ..Default::default()
+        };
+        let node = |policy: SecurityGroupPolicy| Node {
+            security_groups: Some(std::sync::Arc::new(Rules::Fresh {
+                catalog: cat.clone(),
+            })),
+            cluster: Some(std::sync::Arc::new(Cluster {
+                pods: vec![pod.clone()],
+                policies: vec![policy],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        // A typo in the selector: app=apii.
+        let f = &sg_suspected_block(&node(policy("shop", "apii")), &topo)[0];
+        assert_eq!(f.severity, Severity::Error, "{f:#?}");
+        assert!(
+            f.evidence.contains(
+                &"confirmed by the security groups' rules: sg-db admits no tcp/5432 from members of sg-node"
+                    .to_owned()
+            ),
+            "{:#?}",
+            f.evidence
+        );
+        let line = f
+            .evidence
+            .iter()
+            .find(|e| e.starts_with("SecurityGroupPolicy shop/api-db gives sg-app"))
+            .unwrap_or_else(|| panic!("{:#?}", f.evidence));
+        assert!(
+            line.contains("(sg-db admits it: tcp/5432 members of sg-app)"),
+            "{line}"
+        );
+        assert!(line.contains("it does not select pod shop/api-0"), "{line}");
+        assert!(
+            f.remediation
+                .starts_with("the pod left by the node ENI because no SecurityGroupPolicy"),
+            "{}",
+            f.remediation
+        );
+        // The policy in another namespace.
+        let f = &sg_suspected_block(&node(policy("payments", "api")), &topo)[0];
+        assert!(
+            f.evidence
+                .iter()
+                .any(|e| e.contains("it is in namespace payments")),
+            "{:#?}",
+            f.evidence
+        );
+        // The policy selects the pod, which predates it.
+        let f = &sg_suspected_block(&node(policy("shop", "api")), &topo)[0];
+        assert!(
+            f.evidence
+                .iter()
+                .any(|e| e.contains("created before the policy")),
+            "{:#?}",
+            f.evidence
+        );
+        // A policy whose groups the database does not admit either is not named.
+        let mut other = policy("shop", "apii");
+        if let Ok(spec) = &mut other.spec {
+            spec.group_ids = vec!["sg-node".into()];
+        }
+        let f = &sg_suspected_block(&node(other), &topo)[0];
+        assert!(
+            !f.evidence
+                .iter()
+                .any(|e| e.starts_with("SecurityGroupPolicy")),
+            "{:#?}",
+            f.evidence
+        );
+        assert!(
+            f.remediation
+                .starts_with("aws ec2 authorize-security-group-ingress --group-id sg-db")
         );
     }
 }

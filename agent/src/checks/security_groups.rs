@@ -174,9 +174,10 @@ pub fn service(node: &Node, topo: &Topology) -> Vec<Finding> {
     else {
         return Vec::new();
     };
-    let Rules::Fresh { catalog, vpc_cidrs } = rules else {
+    let Rules::Fresh { catalog } = rules else {
         return Vec::new();
     };
+    let vpc_cidrs = &catalog.vpc_cidrs;
     let node_ip = node_ip(node, topo);
     let mut out = Vec::new();
     for (pod, ip) in branch_pods(cluster, catalog) {
@@ -331,10 +332,9 @@ mod tests {
             .unwrap()
             .addresses
             .push("192.168.1.10/16".parse().unwrap());
-        n.security_groups = Some(Arc::new(Rules::Fresh {
-            catalog: c,
-            vpc_cidrs: vec!["192.168.0.0/16".parse().unwrap()],
-        }));
+        let mut c = c;
+        c.vpc_cidrs = vec!["192.168.0.0/16".parse().unwrap()];
+        n.security_groups = Some(Arc::new(Rules::Fresh { catalog: c }));
         n.cluster = Some(Arc::new(cluster));
         let topo = Topology::from_node(&n);
         (n, topo)

@@ -26,7 +26,7 @@ use super::{
     ec2::{self, Ec2Error},
     sigv4::{self, Credentials},
 };
-use crate::model::sg::{Catalog, Rules};
+use crate::model::sg::{Catalog, Locus, Rules};
 
 /// Each request's limit.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,6 +99,9 @@ pub struct MetadataEni {
     pub id: String,
     pub groups: Vec<String>,
     pub addresses: Vec<IpAddr>,
+    /// Prefixes delegated to it (`ipv4-prefix`, `ipv6-prefix`: prefix delegation).
+    pub prefixes: Vec<IpNet>,
+    /// Every IPv4 and IPv6 CIDR block of the VPC, secondary ones included.
     pub vpc_cidrs: Vec<IpNet>,
 }
 
@@ -223,14 +226,33 @@ impl Aws {
                 .imds(&token, &format!("{base}/ipv6s"))
                 .await
                 .unwrap_or_default();
-            let cidrs = self
-                .imds(&token, &format!("{base}/vpc-ipv4-cidr-blocks"))
-                .await
-                .unwrap_or_default();
+            // Absent (404) where the ENI has no prefixes or the VPC no IPv6 block.
+            let mut optional = Vec::new();
+            for what in [
+                "ipv4-prefix",
+                "ipv6-prefix",
+                "vpc-ipv4-cidr-blocks",
+                "vpc-ipv6-cidr-blocks",
+            ] {
+                optional.push(
+                    self.imds(&token, &format!("{base}/{what}"))
+                        .await
+                        .unwrap_or_default(),
+                );
+            }
             let parse = |what: &str, s: &str| AwsError::Malformed {
                 what: format!("instance metadata {base}/{what}"),
                 message: format!("{s:?} is not an address or CIDR"),
             };
+            let nets = |what: &str, body: &str| -> Result<Vec<IpNet>, AwsError> {
+                lines(body)
+                    .map(|a| a.parse().map_err(|_| parse(what, a)))
+                    .collect()
+            };
+            let mut prefixes = nets("ipv4-prefix", &optional[0])?;
+            prefixes.extend(nets("ipv6-prefix", &optional[1])?);
+            let mut vpc_cidrs = nets("vpc-ipv4-cidr-blocks", &optional[2])?;
+            vpc_cidrs.extend(nets("vpc-ipv6-cidr-blocks", &optional[3])?);
             out.push(MetadataEni {
                 mac: mac.to_owned(),
                 id: id.trim().to_owned(),
@@ -239,9 +261,8 @@ impl Aws {
                     .chain(lines(&v6))
                     .map(|a| a.parse().map_err(|_| parse("local-ipv4s", a)))
                     .collect::<Result<_, _>>()?,
-                vpc_cidrs: lines(&cidrs)
-                    .map(|a| a.parse().map_err(|_| parse("vpc-ipv4-cidr-blocks", a)))
-                    .collect::<Result<_, _>>()?,
+                prefixes,
+                vpc_cidrs,
             });
         }
         Ok(out)
@@ -425,19 +446,29 @@ impl Aws {
         let region = self.region().await?;
         self.credentials = Some(self.credentials(&region).await?);
         let mut catalog = Catalog::default();
-        let mut vpc_cidrs: Vec<IpNet> = Vec::new();
         for e in &node {
+            let groups: Vec<&str> = e.groups.iter().map(String::as_str).collect();
             for a in &e.addresses {
-                let groups: Vec<&str> = e.groups.iter().map(String::as_str).collect();
                 catalog.insert_eni(*a, e.id.clone(), &groups);
             }
-            vpc_cidrs.extend(&e.vpc_cidrs);
+            for p in &e.prefixes {
+                catalog.insert_prefix(*p, e.id.clone(), &groups);
+            }
+            catalog.vpc_cidrs.extend(&e.vpc_cidrs);
         }
-        vpc_cidrs.sort();
-        vpc_cidrs.dedup();
-        let wanted: Vec<String> = addresses
+        catalog.vpc_cidrs.sort();
+        catalog.vpc_cidrs.dedup();
+        // Only addresses inside the VPC that no node ENI owns: the rest need no lookup.
+        let wanted: Vec<IpAddr> = addresses
             .iter()
-            .filter(|a| !catalog.enis.contains_key(a))
+            .copied()
+            .filter(|a| matches!(catalog.locate(*a), Locus::Unknown))
+            .collect();
+        let wanted: Vec<String> = wanted
+            .iter()
+            .inspect(|a| {
+                catalog.looked_up.insert(**a);
+            })
             .map(ToString::to_string)
             .collect();
         for chunk in wanted.chunks(BATCH) {
@@ -460,6 +491,9 @@ impl Aws {
                 let groups: Vec<&str> = eni.groups.iter().map(String::as_str).collect();
                 for a in &eni.addresses {
                     catalog.insert_eni(*a, eni.id.clone(), &groups);
+                }
+                for p in &eni.prefixes {
+                    catalog.insert_prefix(*p, eni.id.clone(), &groups);
                 }
             }
         }
@@ -513,7 +547,7 @@ impl Aws {
         for g in groups {
             catalog.insert_group(g);
         }
-        Ok(Rules::Fresh { catalog, vpc_cidrs })
+        Ok(Rules::Fresh { catalog })
     }
 
     /// Every page of a call (`NextToken`).
@@ -778,10 +812,10 @@ mod tests {
         let mut a = aws(&url);
         let pod: IpAddr = "192.168.3.219".parse().unwrap();
         let rules = a.read(&[pod].into()).await.unwrap();
-        let Rules::Fresh { catalog, vpc_cidrs } = rules else {
+        let Rules::Fresh { catalog } = rules else {
             panic!("not fresh")
         };
-        assert_eq!(vpc_cidrs.len(), 1);
+        assert_eq!(catalog.vpc_cidrs.len(), 1);
         assert_eq!(catalog.groups_of(pod), Some(&["sg-pod".to_owned()][..]));
         let node: IpAddr = "192.168.1.10".parse().unwrap();
         assert!(catalog.judge(&Flow::tcp(node, pod, 80)).is_allowed());

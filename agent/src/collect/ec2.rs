@@ -49,12 +49,14 @@ pub struct Page<T> {
     pub next_token: Option<String>,
 }
 
-/// A network interface: id, groups and every private address (IPv4 and IPv6).
+/// A network interface: id, groups, every private address (IPv4 and IPv6) and every
+/// prefix delegated to it (`ipv4PrefixSet`, `ipv6PrefixSet`: prefix delegation).
 #[derive(Debug, PartialEq, Eq)]
 pub struct NetworkInterface {
     pub id: String,
     pub groups: Vec<String>,
     pub addresses: Vec<IpAddr>,
+    pub prefixes: Vec<IpNet>,
 }
 
 /// EC2's error document in an answer to `call`, when it is one.
@@ -252,7 +254,8 @@ pub fn prefix_list_entries(xml: &str) -> Result<Page<IpNet>, Ec2Error> {
     })
 }
 
-/// `DescribeNetworkInterfacesResponse`: each ENI's id, groups and private addresses.
+/// `DescribeNetworkInterfacesResponse`: each ENI's id, groups, private addresses and
+/// delegated prefixes.
 ///
 /// # Errors
 /// [`Ec2Error`] for an error document, bad XML, or an ENI without id or with an address
@@ -285,10 +288,18 @@ pub fn network_interfaces(xml: &str) -> Result<Page<NetworkInterface>, Ec2Error>
         }
         addresses.sort();
         addresses.dedup();
+        let mut prefixes = Vec::new();
+        for p in items(e, "ipv4PrefixSet") {
+            prefixes.push(cidr(CALL, required(CALL, p, "ipv4Prefix")?)?);
+        }
+        for p in items(e, "ipv6PrefixSet") {
+            prefixes.push(cidr(CALL, required(CALL, p, "ipv6Prefix")?)?);
+        }
         out.push(NetworkInterface {
             id,
             groups,
             addresses,
+            prefixes,
         });
     }
     Ok(Page {
@@ -386,6 +397,8 @@ mod tests {
       <privateIpAddress>192.168.3.219</privateIpAddress>
       <privateIpAddressesSet><item><privateIpAddress>192.168.3.219</privateIpAddress><primary>true</primary></item></privateIpAddressesSet>
       <ipv6AddressesSet><item><ipv6Address>2600:1f14::10</ipv6Address></item></ipv6AddressesSet>
+      <ipv4PrefixSet><item><ipv4Prefix>192.168.7.32/28</ipv4Prefix></item></ipv4PrefixSet>
+      <ipv6PrefixSet><item><ipv6Prefix>2600:1f14::a0:0:0:0/80</ipv6Prefix></item></ipv6PrefixSet>
     </item>
   </networkInterfaceSet>
 </DescribeNetworkInterfacesResponse>"#;
@@ -398,6 +411,10 @@ mod tests {
                 addresses: vec![
                     "192.168.3.219".parse().unwrap(),
                     "2600:1f14::10".parse().unwrap()
+                ],
+                prefixes: vec![
+                    "192.168.7.32/28".parse().unwrap(),
+                    "2600:1f14::a0:0:0:0/80".parse().unwrap()
                 ],
             }]
         );

@@ -18,7 +18,11 @@
 //! - a group created by `CreateSecurityGroup` has one egress rule, all traffic to
 //!   `0.0.0.0/0` ([`SecurityGroup::new`]); the VPC has no implicit allow beyond it.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -234,7 +238,10 @@ impl SgRule {
         match &self.peer {
             Peer::Cidr { cidr } => cidr.contains(&remote.addr),
             Peer::PrefixList { cidrs, .. } => cidrs.iter().any(|c| c.contains(&remote.addr)),
-            Peer::Group { id } => remote.groups.is_some_and(|g| g.iter().any(|g| g == id)),
+            Peer::Group { id } => remote
+                .locus
+                .groups()
+                .is_some_and(|g| g.iter().any(|g| g == id)),
         }
     }
 }
@@ -301,15 +308,27 @@ impl SecurityGroup {
     }
 }
 
-/// Every group sgpath has read, by id, and the ENIs it knows with their groups.
+/// Every group sgpath has read, by id, the ENIs it knows with their groups, and what it
+/// knows of the VPC's address space: enough to tell, for any address a verdict needs,
+/// whether it is an ENI (and which groups it carries), outside the VPC, or unknown.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Catalog {
     pub groups: BTreeMap<String, SecurityGroup>,
     /// ENIs by private address: the ENI id and its groups' ids.
     pub enis: BTreeMap<IpAddr, Eni>,
+    /// Prefixes delegated to ENIs (`ipv4PrefixSet` / `ipv6PrefixSet`, instance metadata's
+    /// `ipv4-prefix` / `ipv6-prefix`): with prefix delegation the VPC CNI gives pods
+    /// addresses out of these, and they carry the ENI's groups.
+    pub prefixes: BTreeMap<IpNet, Eni>,
+    /// Every CIDR block of the VPC, secondary ones and IPv6 included. Empty when unknown:
+    /// then no address can be called outside the VPC.
+    pub vpc_cidrs: Vec<IpNet>,
+    /// Addresses EC2 was asked about (`DescribeNetworkInterfaces`). One of these inside the
+    /// VPC with no ENI in [`Catalog::enis`] is owned by no ENI EC2 would name.
+    pub looked_up: BTreeSet<IpAddr>,
     /// Prefix lists sgpath could not read (`GetManagedPrefixListEntries` refused): a rule
     /// naming one may admit what the judge cannot see.
-    pub unread_prefix_lists: std::collections::BTreeSet<String>,
+    pub unread_prefix_lists: BTreeSet<String>,
 }
 
 /// An ENI as `DescribeNetworkInterfaces` (or instance metadata) gives it.
@@ -318,6 +337,32 @@ pub struct Eni {
     /// `eni-...`; empty when only metadata named its groups.
     pub id: String,
     pub groups: Vec<String>,
+}
+
+/// Where an address sits, as far as the catalog can tell: what a verdict about it may say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Locus<'a> {
+    /// An ENI's private address, or an address in a prefix delegated to it.
+    Eni(&'a Eni),
+    /// Outside every CIDR block of the VPC (a bastion, the internet): no group of this VPC
+    /// sits on its side.
+    OutsideVpc,
+    /// Inside the VPC, looked up, and EC2 named no ENI with that private address (a VPC
+    /// router or resolver address, an ENI created since, an address in another node's
+    /// delegated prefix): its groups, if any, are unknown.
+    NoEni,
+    /// Not looked up, or the VPC's CIDR blocks are unknown: nothing can be said of it.
+    Unknown,
+}
+
+impl Locus<'_> {
+    /// The groups of the ENI, when it is one.
+    fn groups(&self) -> Option<&[String]> {
+        match self {
+            Locus::Eni(e) => Some(&e.groups),
+            _ => None,
+        }
+    }
 }
 
 impl Catalog {
@@ -335,9 +380,46 @@ impl Catalog {
         );
     }
 
-    /// The groups of the ENI owning `addr`, when known.
+    /// Records a prefix delegated to an ENI.
+    pub fn insert_prefix(&mut self, prefix: IpNet, id: impl Into<String>, groups: &[&str]) {
+        self.prefixes.insert(
+            prefix.trunc(),
+            Eni {
+                id: id.into(),
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            },
+        );
+    }
+
+    /// Where `addr` sits: an ENI (by private address, then by delegated prefix), outside
+    /// the VPC, or inside it and unknown.
+    pub fn locate(&self, addr: IpAddr) -> Locus<'_> {
+        if let Some(e) = self.enis.get(&addr) {
+            return Locus::Eni(e);
+        }
+        if let Some((_, e)) = self.prefixes.iter().find(|(p, _)| p.contains(&addr)) {
+            return Locus::Eni(e);
+        }
+        if self.vpc_cidrs.is_empty() {
+            return Locus::Unknown;
+        }
+        if !self.vpc_cidrs.iter().any(|c| c.contains(&addr)) {
+            return Locus::OutsideVpc;
+        }
+        if self.looked_up.contains(&addr) {
+            Locus::NoEni
+        } else {
+            Locus::Unknown
+        }
+    }
+
+    /// The groups of the ENI owning `addr` (its private address or a prefix delegated to
+    /// it), when known.
     pub fn groups_of(&self, addr: IpAddr) -> Option<&[String]> {
-        self.enis.get(&addr).map(|e| e.groups.as_slice())
+        match self.locate(addr) {
+            Locus::Eni(e) => Some(e.groups.as_slice()),
+            _ => None,
+        }
     }
 
     /// The first rule of `group_ids` admitting `flow`'s traffic from every address of
@@ -362,14 +444,22 @@ impl Catalog {
         })
     }
 
-    /// Judges `flow` between the ENIs this catalog knows by address: an address it does not
-    /// know is outside the VPC's ENIs (a bastion, the internet), whose side has no rules.
+    /// Judges `flow` as the VPC would, each end located by [`Catalog::locate`]: an ENI's
+    /// side is judged by its groups; an address outside the VPC has no side; an address
+    /// inside the VPC that sgpath does not know makes any denial unverified (its groups may
+    /// be the peer of a group rule, and its own ingress cannot be judged).
     pub fn judge(&self, flow: &Flow) -> Verdict {
-        judge(
-            flow,
-            self.groups_of(flow.src).map(|g| Side::new(g, self)),
-            self.groups_of(flow.dst).map(|g| Side::new(g, self)),
-        )
+        judge(self, flow, self.locate(flow.src), self.locate(flow.dst))
+    }
+
+    /// Judges `flow` as if its source carried `groups` (a SecurityGroupPolicy's, for a pod
+    /// that left by the node ENI): would those groups have been admitted?
+    pub fn judge_from_groups(&self, flow: &Flow, groups: &[String]) -> Verdict {
+        let eni = Eni {
+            id: String::new(),
+            groups: groups.to_vec(),
+        };
+        judge(self, flow, Locus::Eni(&eni), self.locate(flow.dst))
     }
 }
 
@@ -380,12 +470,7 @@ impl Catalog {
 #[serde(rename_all = "kebab-case", tag = "state")]
 pub enum Rules {
     /// The last read succeeded.
-    Fresh {
-        catalog: Catalog,
-        /// The VPC's IPv4 and IPv6 CIDRs (instance metadata), for rules meant to admit
-        /// load balancers and other VPC sources.
-        vpc_cidrs: Vec<IpNet>,
-    },
+    Fresh { catalog: Catalog },
     /// The EC2 API (or instance metadata) could not be read: `reason` says what failed,
     /// naming the call and what to do.
     Unavailable { reason: String },
@@ -491,24 +576,35 @@ impl fmt::Display for Flow {
     }
 }
 
-/// One end of a flow that is an ENI: its groups' ids and their rules.
-#[derive(Clone, Copy, Debug)]
-pub struct Side<'a> {
-    /// The ids of the ENI's groups, in the order EC2 lists them.
-    pub group_ids: &'a [String],
-    pub catalog: &'a Catalog,
-}
-
-impl<'a> Side<'a> {
-    pub fn new(group_ids: &'a [String], catalog: &'a Catalog) -> Side<'a> {
-        Side { group_ids, catalog }
-    }
-}
-
-/// The far end as a rule sees it: an address, and the groups of its ENI when it is one.
+/// The far end as a rule sees it: an address, and where it sits.
 struct Remote<'a> {
     addr: IpAddr,
-    groups: Option<&'a [String]>,
+    locus: Locus<'a>,
+}
+
+/// What sgpath knows of the far end of a denied flow, as a report says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FarEnd {
+    /// An ENI sgpath read, with its groups.
+    Eni,
+    /// Outside every CIDR block of the VPC.
+    OutsideVpc,
+    /// Inside the VPC; EC2 named no ENI with that private address.
+    NoEni,
+    /// Not looked up, or the VPC's CIDR blocks are unknown.
+    Unknown,
+}
+
+impl From<Locus<'_>> for FarEnd {
+    fn from(l: Locus<'_>) -> FarEnd {
+        match l {
+            Locus::Eni(_) => FarEnd::Eni,
+            Locus::OutsideVpc => FarEnd::OutsideVpc,
+            Locus::NoEni => FarEnd::NoEni,
+            Locus::Unknown => FarEnd::Unknown,
+        }
+    }
 }
 
 /// The group and rule that admit a flow in one direction.
@@ -525,8 +621,15 @@ pub struct Missing {
     pub direction: Direction,
     /// The ENI's groups (all of them were searched), in EC2's order; never empty.
     pub groups: Vec<String>,
-    /// Ids among `groups` that sgpath could not read: the rule may be there.
+    /// Ids among `groups` (or prefix lists their rules name) that sgpath could not read:
+    /// the rule may be there.
     pub unread: Vec<String>,
+    /// The far end's address and what sgpath knows of it.
+    pub far_addr: IpAddr,
+    pub far_end: FarEnd,
+    /// Rules of `groups` that admit the traffic from members of a group, when the far end's
+    /// groups are unknown: any of them may admit it.
+    pub group_rules: Vec<Admitted>,
     /// `GroupName` of `groups[0]`, when known: operators name groups, EC2 numbers them.
     pub name: Option<String>,
     /// The rule to add to `groups[0]`: the flow's protocol and port, from or to the far
@@ -564,14 +667,50 @@ impl Missing {
         };
         use std::fmt::Write;
         let _ = write!(s, "{g}{others} {word} {what} {dir} {peer}");
-        if !self.unread.is_empty() {
-            let _ = write!(
-                s,
-                " (unverified: sgpath could not read {})",
-                self.unread.join(", ")
-            );
+        let doubts = self.doubts();
+        if !doubts.is_empty() {
+            let _ = write!(s, " (unverified: {})", doubts.join("; "));
         }
         s
+    }
+
+    /// Whether the rules prove the denial: every group and prefix list read, the far end
+    /// an ENI sgpath read or outside the VPC, and no group rule that might admit it. Only
+    /// a confirmed denial may be presented as the cause, with its command as the fix.
+    pub fn is_confirmed(&self) -> bool {
+        self.unread.is_empty()
+            && self.group_rules.is_empty()
+            && matches!(self.far_end, FarEnd::Eni | FarEnd::OutsideVpc)
+    }
+
+    /// Why the denial is not proven, one clause each; empty when it is.
+    pub fn doubts(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.unread.is_empty() {
+            out.push(format!("sgpath could not read {}", self.unread.join(", ")));
+        }
+        let addr = self.far_addr;
+        match self.far_end {
+            FarEnd::Eni | FarEnd::OutsideVpc => {}
+            FarEnd::NoEni => out.push(format!(
+                "{addr} is inside the VPC but EC2 names no ENI with that private address \
+                 (another node's delegated prefix, a VPC-reserved address, or an ENI created \
+                 since the last read): its groups and its own rules are unknown"
+            )),
+            FarEnd::Unknown => out.push(format!(
+                "sgpath has not looked {addr} up in EC2 (or the VPC's CIDR blocks are \
+                 unknown): its groups and its own rules are unknown"
+            )),
+        }
+        for a in &self.group_rules {
+            if let Peer::Group { id } = &a.rule.peer {
+                out.push(format!(
+                    "{}'s rule {} admits it if {addr} carries {id}",
+                    a.group, a.rule
+                ));
+            }
+        }
+        out
     }
 
     /// The AWS CLI command that adds the rule to the ENI's first group. Ingress rules from
@@ -657,28 +796,29 @@ impl Verdict {
 }
 
 /// Judges a flow's first packet as the VPC does: the sending ENI's egress rules, then the
-/// receiving ENI's ingress rules. `None` for a side that is not an ENI with groups (an
-/// address outside the VPC): it is not judged. Replies of an admitted flow are not judged
+/// receiving ENI's ingress rules. An end that is no ENI sgpath knows is not judged: outside
+/// the VPC it has no groups; inside it, its groups are unknown and a denial of the other
+/// side says so ([`Missing::is_confirmed`]). Replies of an admitted flow are not judged
 /// (security groups are stateful): judge the flow in the direction it was opened.
-pub fn judge(flow: &Flow, sender: Option<Side<'_>>, receiver: Option<Side<'_>>) -> Verdict {
+fn judge(catalog: &Catalog, flow: &Flow, src: Locus<'_>, dst: Locus<'_>) -> Verdict {
     let mut egress = None;
-    if let Some(s) = sender {
+    if let Some(groups) = src.groups() {
         let remote = Remote {
             addr: flow.dst,
-            groups: receiver.map(|r| r.group_ids),
+            locus: dst,
         };
-        match judge_side(flow, Direction::Egress, s, &remote) {
+        match judge_side(catalog, flow, Direction::Egress, groups, &remote) {
             Ok(a) => egress = a,
             Err(m) => return Verdict::Denied(*m),
         }
     }
     let mut ingress = None;
-    if let Some(r) = receiver {
+    if let Some(groups) = dst.groups() {
         let remote = Remote {
             addr: flow.src,
-            groups: sender.map(|s| s.group_ids),
+            locus: src,
         };
-        match judge_side(flow, Direction::Ingress, r, &remote) {
+        match judge_side(catalog, flow, Direction::Ingress, groups, &remote) {
             Ok(a) => ingress = a,
             Err(m) => return Verdict::Denied(*m),
         }
@@ -689,28 +829,39 @@ pub fn judge(flow: &Flow, sender: Option<Side<'_>>, receiver: Option<Side<'_>>) 
 /// One side: the first rule (in group order, then rule order) that admits, or what is
 /// missing. An ENI without groups is not judged (`Ok(None)`).
 fn judge_side(
+    catalog: &Catalog,
     flow: &Flow,
     direction: Direction,
-    side: Side<'_>,
+    group_ids: &[String],
     remote: &Remote<'_>,
 ) -> Result<Option<Admitted>, Box<Missing>> {
-    if side.group_ids.is_empty() {
+    if group_ids.is_empty() {
         return Ok(None);
     }
     let mut unread = Vec::new();
-    for id in side.group_ids {
-        let Some(g) = side.catalog.groups.get(id) else {
+    let mut group_rules = Vec::new();
+    let far_groups = remote.locus.groups();
+    for id in group_ids {
+        let Some(g) = catalog.groups.get(id) else {
             unread.push(id.clone());
             continue;
         };
-        // A rule for this traffic from a prefix list sgpath could not read: maybe admitted.
-        for r in g.rules(direction) {
-            if let Peer::PrefixList { id: pl, .. } = &r.peer
-                && side.catalog.unread_prefix_lists.contains(pl)
-                && r.admits_traffic(flow)
-                && !unread.contains(pl)
-            {
-                unread.push(pl.clone());
+        for r in g.rules(direction).iter().filter(|r| r.admits_traffic(flow)) {
+            match &r.peer {
+                // A rule for this traffic from a prefix list sgpath could not read: maybe
+                // admitted.
+                Peer::PrefixList { id: pl, .. }
+                    if catalog.unread_prefix_lists.contains(pl) && !unread.contains(pl) =>
+                {
+                    unread.push(pl.clone());
+                }
+                // A group rule, and the far end's groups are unknown: maybe admitted.
+                Peer::Group { .. } if far_groups.is_none() => group_rules.push(Admitted {
+                    direction,
+                    group: id.clone(),
+                    rule: r.clone(),
+                }),
+                _ => {}
             }
         }
         if let Some(rule) = g
@@ -725,7 +876,7 @@ fn judge_side(
             }));
         }
     }
-    let peer = match remote.groups.and_then(|g| g.first()) {
+    let peer = match far_groups.and_then(|g| g.first()) {
         Some(g) => Peer::Group { id: g.clone() },
         None => Peer::Cidr {
             cidr: IpNet::from(remote.addr),
@@ -733,12 +884,14 @@ fn judge_side(
     };
     Err(Box::new(Missing {
         direction,
-        groups: side.group_ids.to_vec(),
+        groups: group_ids.to_vec(),
         unread,
-        name: side
-            .group_ids
+        far_addr: remote.addr,
+        far_end: remote.locus.into(),
+        group_rules,
+        name: group_ids
             .first()
-            .and_then(|id| side.catalog.groups.get(id))
+            .and_then(|id| catalog.groups.get(id))
             .and_then(|g| g.name.clone()),
         rule: flow.rule_for(peer),
     }))
@@ -778,6 +931,7 @@ mod tests {
         c.insert_group(pod);
         c.insert_eni(ip("192.168.1.10"), "eni-node", &["sg-node"]);
         c.insert_eni(ip("192.168.3.219"), "eni-branch1", &["sg-pod"]);
+        c.vpc_cidrs = vec!["192.168.0.0/16".parse().unwrap()];
         c
     }
 
@@ -895,16 +1049,117 @@ mod tests {
             m.remediation(),
             "aws ec2 authorize-security-group-ingress --group-id sg-pod --protocol tcp --port 8080 --source-group sg-other"
         );
-        // An address that is no ENI sgpath knows never matches a group reference.
-        assert!(
-            !c.judge(&Flow::tcp(ip("10.0.1.10"), ip("192.168.3.219"), 80))
-                .is_allowed()
+        // An address that is no ENI sgpath knows never matches a group reference, and
+        // without the VPC's CIDRs nothing says it is outside: the denial is unverified.
+        let m = denied(c.judge(&Flow::tcp(ip("10.0.1.10"), ip("192.168.3.219"), 80)));
+        assert!(!m.is_confirmed());
+        assert_eq!(m.far_end, FarEnd::Unknown);
+        assert_eq!(m.group_rules.len(), 1, "{m:?}");
+        // Outside the VPC it is confirmed.
+        c.vpc_cidrs = vec!["192.168.0.0/16".parse().unwrap()];
+        let m = denied(c.judge(&Flow::tcp(ip("10.0.1.10"), ip("192.168.3.219"), 80)));
+        assert_eq!(m.far_end, FarEnd::OutsideVpc);
+        // ... unless a group rule admits the traffic: a peered VPC's ENI may carry sg-node.
+        assert!(!m.is_confirmed());
+        assert_eq!(
+            m.doubts(),
+            ["sg-pod's rule all traffic members of sg-node admits it if 10.0.1.10 carries sg-node"]
         );
+    }
+
+    /// Issue 29: a branch pod's unanswered SYNs to a database in the same VPC were an error
+    /// "sg-pod lets out no tcp/5432 to 10.x" with a /32 nobody needs, because every address
+    /// the agent had not looked up was taken for outside the VPC.
+    #[test]
+    fn a_group_peer_rule_to_a_database_is_found_not_denied() {
+        let mut c = lab();
+        c.vpc_cidrs.push("10.0.0.0/16".parse().unwrap());
+        let mut db = SecurityGroup::new("sg-db");
+        db.ingress = vec![tcp(
+            5432,
+            Peer::Group {
+                id: "sg-pod".into(),
+            },
+        )];
+        c.insert_group(db);
+        c.groups.get_mut("sg-pod").unwrap().egress =
+            vec![tcp(5432, Peer::Group { id: "sg-db".into() })];
+        let f = Flow::tcp(ip("192.168.3.219"), ip("10.0.5.9"), 5432);
+        // Not looked up: unverified, never confirmed.
+        let m = denied(c.judge(&f));
+        assert_eq!(m.far_end, FarEnd::Unknown);
+        assert!(!m.is_confirmed());
+        assert!(m.summary().contains("(unverified: "), "{}", m.summary());
+        assert!(
+            m.summary().contains(
+                "sg-pod's rule tcp/5432 members of sg-db admits it if 10.0.5.9 carries sg-db"
+            ),
+            "{}",
+            m.summary()
+        );
+        // Looked up, and no ENI has it: still unverified.
+        c.looked_up.insert(ip("10.0.5.9"));
+        let m = denied(c.judge(&f));
+        assert_eq!(m.far_end, FarEnd::NoEni);
+        assert!(!m.is_confirmed());
+        // The database's ENI found: the group rules admit it, both ways.
+        c.insert_eni(ip("10.0.5.9"), "eni-db", &["sg-db"]);
+        let v = c.judge(&f);
+        assert_eq!(admitted(&v, Direction::Egress).group, "sg-pod");
+        assert_eq!(
+            admitted(&v, Direction::Ingress).rule.to_string(),
+            "tcp/5432 members of sg-pod"
+        );
+        // The database's group no longer admits the pod: a confirmed denial, by group.
+        c.groups.get_mut("sg-db").unwrap().ingress.clear();
+        let m = denied(c.judge(&f));
+        assert!(m.is_confirmed(), "{m:?}");
+        assert_eq!(
+            m.remediation(),
+            "aws ec2 authorize-security-group-ingress --group-id sg-db --protocol tcp --port 5432 --source-group sg-pod"
+        );
+    }
+
+    /// With prefix delegation the CNI gives pods addresses out of /28 prefixes of the node's
+    /// ENIs: CoreDNS at such an address carries the node ENI's groups, and AWS's recommended
+    /// rule (pod group egress to the cluster group on 53) admits it.
+    #[test]
+    fn prefix_delegated_addresses_carry_their_enis_groups() {
+        let mut c = lab();
+        c.insert_group(SecurityGroup::new("sg-cluster"));
+        c.groups.get_mut("sg-cluster").unwrap().ingress = vec![all(Peer::Group {
+            id: "sg-pod".into(),
+        })];
+        c.groups.get_mut("sg-pod").unwrap().egress = vec![SgRule::new(
+            Protocol::Udp,
+            Ports::port(53),
+            Peer::Group {
+                id: "sg-cluster".into(),
+            },
+        )];
+        let dns = Flow::udp(ip("192.168.3.219"), ip("192.168.7.37"), 53);
+        assert!(!c.judge(&dns).is_allowed());
+        assert!(!denied(c.judge(&dns)).is_confirmed());
+        c.insert_prefix(
+            "192.168.7.32/28".parse().unwrap(),
+            "eni-node2",
+            &["sg-cluster"],
+        );
+        let v = c.judge(&dns);
+        assert_eq!(
+            admitted(&v, Direction::Egress).rule.to_string(),
+            "udp/53 members of sg-cluster"
+        );
+        assert_eq!(admitted(&v, Direction::Ingress).group, "sg-cluster");
+        // The prefix's neighbour is not in it.
+        assert_eq!(c.locate(ip("192.168.7.48")), Locus::Unknown);
+        assert_eq!(c.locate(ip("10.9.9.9")), Locus::OutsideVpc);
     }
 
     #[test]
     fn prefix_lists_admit_their_entries_only() {
         let mut c = Catalog::default();
+        c.vpc_cidrs = vec!["192.168.0.0/16".parse().unwrap()];
         let mut pod = SecurityGroup::new("sg-pod");
         pod.ingress = vec![tcp(
             443,
@@ -1013,6 +1268,7 @@ mod tests {
     #[test]
     fn ipv6_cidrs_match_ipv6_only() {
         let mut c = Catalog::default();
+        c.vpc_cidrs = vec!["2600:1f14::/56".parse().unwrap()];
         let mut g = SecurityGroup::new("sg-a");
         g.ingress = vec![tcp(80, cidr("2600:1f14::/56")), tcp(80, cidr("0.0.0.0/0"))];
         c.insert_group(g);

@@ -105,8 +105,16 @@ pub fn render_security_groups(
     let mut out = format!("\nsecurity groups (read from EC2), {flow}:\n");
     match verdict {
         Err(reason) => out += &format!("  not judged: {reason}\n"),
-        Ok(Verdict::Denied(m)) => {
+        Ok(Verdict::Denied(m)) if m.is_confirmed() => {
             out += &format!("  DENIED: {}\n  fix: {}\n", m.summary(), m.remediation());
+        }
+        // Not proven: the command is what would admit it, not a known cause.
+        Ok(Verdict::Denied(m)) => {
+            out += &format!(
+                "  DENIED, UNVERIFIED: {}\n  if that is the cause: {}\n",
+                m.summary(),
+                m.remediation()
+            );
         }
         Ok(Verdict::Allowed { egress, ingress }) => {
             out += "  allowed\n";
@@ -234,6 +242,7 @@ mod tests {
         let mut c = Catalog::default();
         c.insert_group(SecurityGroup::new("sg-pod"));
         c.insert_eni(pod, "eni-b", &["sg-pod"]);
+        c.vpc_cidrs = vec!["192.168.0.0/16".parse().unwrap()];
         let out = Flow::tcp(pod, bastion, 80);
         assert_eq!(
             render_security_groups(&out, &Ok(c.judge(&out))),
@@ -245,6 +254,14 @@ mod tests {
         let text = render_security_groups(&inbound, &Ok(c.judge(&inbound)));
         assert!(
             text.contains("DENIED: sg-pod admits no tcp/80 from 10.0.1.10\n  fix: aws ec2 authorize-security-group-ingress --group-id sg-pod --protocol tcp --port 80 --cidr 10.0.1.10/32"),
+            "{text}"
+        );
+        // From inside the VPC, an address sgpath did not look up: not proven.
+        let inside = Flow::tcp("192.168.9.9".parse().unwrap(), pod, 80);
+        let text = render_security_groups(&inside, &Ok(c.judge(&inside)));
+        assert!(
+            text.contains("DENIED, UNVERIFIED: sg-pod admits no tcp/80 from 192.168.9.9 (unverified: sgpath has not looked 192.168.9.9 up in EC2")
+                && text.contains("\n  if that is the cause: aws ec2 authorize-security-group-ingress"),
             "{text}"
         );
         assert!(

@@ -10,6 +10,14 @@
 //! | SYN handed to a pod       | its host veth, transmit        | `in_path` = its path          |
 //! | answer (SYN-ACK, DNS)     | a host veth, either way        | `answered` = accepted         |
 //! | refusal (RST, ICMP)       | a host veth, either way        | `answered` = refused          |
+//! | node's TCP request answered | its socket leaves SYN_SENT   | `answered` = accepted/refused |
+//!
+//! The node's own TCP requests to a pod (kubelet probes) are answered only where the node
+//! takes the answer: its socket leaving SYN_SENT (`conn_state`, on `inet_sock_set_state`),
+//! never on the pod's host veth. A strict pod's SYN-ACK crosses its veth on its way out by
+//! the VLAN; it still has to cross the VPC and come back in on the node ENI, where the
+//! VPC's groups or `tcp_early_demux` can lose it. The socket costs nothing per packet: it
+//! changes state once or twice per connection.
 //!
 //! On a host veth only packets with the veth's own pod address get here (see
 //! `walk`), so a pod can neither open nor answer its neighbour's connections.
@@ -52,12 +60,37 @@ pub fn track(skb: *const u8, site: Site, veth_path: u32, ip: &IpHeader, signal: 
         // SAFETY: a map value; racing CPUs store the same byte. The first answer stands: a
         // RST closing an accepted connection does not make it refused.
         unsafe {
+            if (*st).answered == Answer::None as u8
+                && packet::veth_answer_counts(key.proto, (*st).path, (*st).direction)
+            {
+                (*st).answered = answer as u8;
+            }
+        }
+    }
+}
+
+/// The node's socket `sk` left SYN_SENT for `new`: answers its connection's entry, if the
+/// node's request to a pod opened one ([`packet::node_socket_answer`]). Out of line: the
+/// key is built on its own stack frame.
+#[inline(never)]
+pub fn socket_answer(sk: *const u8, new: i32) {
+    let Some(answer) = packet::node_socket_answer(TCP_SYN_SENT_I32, new, skb::sock_err(sk)) else {
+        return;
+    };
+    let Some(key) = skb::sock_conn(sk) else {
+        return;
+    };
+    if let Some(st) = CONNS.get_ptr_mut(&key) {
+        // SAFETY: as in `track`.
+        unsafe {
             if (*st).answered == Answer::None as u8 {
                 (*st).answered = answer as u8;
             }
         }
     }
 }
+
+const TCP_SYN_SENT_I32: i32 = packet::TCP_SYN_SENT as i32;
 
 #[inline(always)]
 fn request(

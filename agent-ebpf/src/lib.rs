@@ -191,6 +191,17 @@ pub struct ProbeConfig {
     pub sk_protocol: u32,
     pub sk_state: u32,
     pub sk_dport: u32,
+    /// `sock_common.skc_family` (u16), `skc_daddr` and `skc_rcv_saddr` (IPv4, big-endian),
+    /// `skc_num` (the local port, host order), `skc_v6_daddr` and `skc_v6_rcv_saddr`
+    /// (`in6_addr`), and `sock.sk_err` (int): the connection a node socket's state change
+    /// is about, and whether a RST or ICMP refused it (`conn_state`).
+    pub sk_family: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_num: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_err: u32,
 }
 
 impl ProbeConfig {
@@ -214,6 +225,13 @@ impl ProbeConfig {
             sk_protocol: 0,
             sk_state: 0,
             sk_dport: 0,
+            sk_family: 0,
+            sk_daddr: 0,
+            sk_rcv_saddr: 0,
+            sk_num: 0,
+            sk_v6_daddr: 0,
+            sk_v6_rcv_saddr: 0,
+            sk_err: 0,
         }
     }
 }
@@ -251,7 +269,7 @@ pub struct DropKey {
 
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<NetnsInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 100);
 const _: () = assert!(core::mem::size_of::<PathCounters>() == 56);
 const _: () = assert!(core::mem::size_of::<DropKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PodAddr>() == 16);

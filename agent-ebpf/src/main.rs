@@ -6,6 +6,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod conn_state;
+#[cfg(target_arch = "bpf")]
 mod conns;
 #[cfg(target_arch = "bpf")]
 mod counters;

@@ -363,6 +363,39 @@ pub fn request_owner(
     }
 }
 
+/// `TCP_ESTABLISHED` and `TCP_CLOSE` (`skc_state`), `ECONNREFUSED` (`sk_err`).
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_CLOSE: i32 = 7;
+pub const ECONNREFUSED: i32 = 111;
+
+/// Whether an answer or refusal seen on a host veth settles the connection it keys, given
+/// the entry's protocol, path and direction. Not for the node's own TCP requests to a pod
+/// (a path, `ToPod`: only the node's packets open those): the pod's SYN-ACK crossing its
+/// veth is not the node receiving it (a strict pod's answer still leaves by its VLAN,
+/// crosses the VPC and comes back in on the node ENI, where `tcp_early_demux` can lose it).
+/// Their answer is the node's socket leaving SYN_SENT ([`node_socket_answer`]).
+#[inline(always)]
+pub fn veth_answer_counts(proto: u8, path: u32, direction: u8) -> bool {
+    !(proto == PROTO_TCP && path != crate::NO_PATH && direction == Direction::ToPod as u8)
+}
+
+/// What a node TCP socket's state change from `old` to `new` says about its connection's
+/// request, with `sk_err` at the time: SYN_SENT -> ESTABLISHED, the SYN-ACK reached the
+/// socket (answered); SYN_SENT -> CLOSE with ECONNREFUSED, a RST or ICMP port unreachable
+/// did (refused); anything else (the application gave up, a timeout, an ICMP from a router)
+/// says nothing.
+#[inline(always)]
+pub fn node_socket_answer(old: i32, new: i32, sk_err: i32) -> Option<Answer> {
+    if old != TCP_SYN_SENT as i32 {
+        return None;
+    }
+    match new {
+        TCP_ESTABLISHED => Some(Answer::Accepted),
+        TCP_CLOSE if sk_err == ECONNREFUSED => Some(Answer::Refused),
+        _ => None,
+    }
+}
+
 /// What a packet on a host veth is to that veth's path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attribution {
@@ -813,6 +846,41 @@ mod tests {
         assert_eq!(attribute(false, &pod, &to_pod), Attribution::Own);
         to_pod.dst = PodAddr::v4([192, 168, 3, 7]);
         assert_eq!(attribute(false, &pod, &to_pod), Attribution::Ignore);
+    }
+
+    /// The node's TCP request to a pod is answered where the node's socket takes the answer,
+    /// never on the pod's veth; everything else is answered on the veth as before.
+    #[test]
+    fn the_nodes_tcp_requests_are_answered_at_its_socket() {
+        let (to, from) = (Direction::ToPod as u8, Direction::FromPod as u8);
+        // The node's probe of a pod (a path, to the pod): the veth's SYN-ACK does not count.
+        assert!(!veth_answer_counts(PROTO_TCP, 3, to));
+        // Its DNS over UDP has no socket state: the veth's answer counts.
+        assert!(veth_answer_counts(PROTO_UDP, 3, to));
+        // The pod's own connections, and the bastion's (no path), as before.
+        assert!(veth_answer_counts(PROTO_TCP, 3, from));
+        assert!(veth_answer_counts(PROTO_TCP, crate::NO_PATH, to));
+        // The socket: SYN_SENT -> ESTABLISHED answered, -> CLOSE refused only by a RST or
+        // ICMP port unreachable (ECONNREFUSED).
+        let syn_sent = TCP_SYN_SENT as i32;
+        assert_eq!(
+            node_socket_answer(syn_sent, TCP_ESTABLISHED, 0),
+            Some(Answer::Accepted)
+        );
+        assert_eq!(
+            node_socket_answer(syn_sent, TCP_CLOSE, ECONNREFUSED),
+            Some(Answer::Refused)
+        );
+        // Given up (connect timeout, close before an answer) or a router's unreachable.
+        for err in [0, 110, 113] {
+            assert_eq!(node_socket_answer(syn_sent, TCP_CLOSE, err), None, "{err}");
+        }
+        // Any other change (an established connection closing) says nothing.
+        assert_eq!(
+            node_socket_answer(TCP_ESTABLISHED, TCP_CLOSE, ECONNREFUSED),
+            None
+        );
+        assert_eq!(node_socket_answer(syn_sent, 4, 0), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use sgpath_ebpf::{
     ProbeConfig,
-    packet::{self, HEADER_BYTES, IpHeader, parse_ip},
+    packet::{self, ConnKey, HEADER_BYTES, IpHeader, PodAddr, parse_ip},
 };
 
 /// Set by userspace at load time (`EbpfLoader::set_global`).
@@ -108,6 +108,64 @@ pub fn may_request(sk: *const u8) -> bool {
             field(sk, cfg!(sk_dport)),
         )
     }
+}
+
+/// The namespace of socket `sk`.
+#[inline(always)]
+pub fn sock_netns(sk: *const u8) -> Option<u32> {
+    net_inum(unsafe { field(sk, cfg!(sk_net)) })
+}
+
+/// Whether `sk` is a TCP socket (`sk_protocol`).
+#[inline(always)]
+pub fn sock_is_tcp(sk: *const u8) -> bool {
+    let proto: u16 = unsafe { field(sk, cfg!(sk_protocol)) };
+    proto == packet::PROTO_TCP as u16
+}
+
+/// `sk->sk_err`: ECONNREFUSED after a RST or ICMP port unreachable refused its SYN.
+#[inline(always)]
+pub fn sock_err(sk: *const u8) -> i32 {
+    unsafe { field(sk, cfg!(sk_err)) }
+}
+
+/// The connection of TCP socket `sk` as `CONNS` keys the request it sent: its local address
+/// and port are the client, its peer the server. IPv4 sockets by `skc_rcv_saddr` and
+/// `skc_daddr`; IPv6 ones (their IPv4-mapped peers included, in the maps' own form) by the
+/// `in6_addr`s, copied with a helper read. `None` for another family.
+#[inline(always)]
+pub fn sock_conn(sk: *const u8) -> Option<ConnKey> {
+    const AF_INET: u16 = 2;
+    const AF_INET6: u16 = 10;
+    let family: u16 = unsafe { field(sk, cfg!(sk_family)) };
+    let (client, server) = match family {
+        AF_INET => {
+            let src: u32 = unsafe { field(sk, cfg!(sk_rcv_saddr)) };
+            let dst: u32 = unsafe { field(sk, cfg!(sk_daddr)) };
+            (
+                PodAddr::v4(src.to_ne_bytes()),
+                PodAddr::v4(dst.to_ne_bytes()),
+            )
+        }
+        AF_INET6 => {
+            let at = |off: u32| sk.wrapping_add(off as usize) as *const [u8; 16];
+            // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
+            let src = unsafe { bpf_probe_read_kernel(at(cfg!(sk_v6_rcv_saddr))) }.ok()?;
+            let dst = unsafe { bpf_probe_read_kernel(at(cfg!(sk_v6_daddr))) }.ok()?;
+            (PodAddr { octets: src }, PodAddr { octets: dst })
+        }
+        _ => return None,
+    };
+    let num: u16 = unsafe { field(sk, cfg!(sk_num)) };
+    let dport: u16 = unsafe { field(sk, cfg!(sk_dport)) };
+    Some(ConnKey {
+        client,
+        server,
+        client_port: num,
+        server_port: u16::from_be(dport),
+        proto: packet::PROTO_TCP,
+        _pad: [0; 3],
+    })
 }
 
 /// Whether `skb->protocol` is IPv4 or IPv6.

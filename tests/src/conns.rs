@@ -445,3 +445,57 @@ pub fn seed_experiment(lab: &mut Lab) {
         lab.apply_security_groups().unwrap();
     }
 }
+
+/// The node's probes to a strict pod whose SYN-ACKs the VPC drops after they left by the
+/// pod's VLAN (an nftables rule in the lab's VPC namespace; on a real node, a group or
+/// `tcp_early_demux` losing them on the way back in): each SYN reaches the pod (`syn_in`)
+/// and each SYN-ACK crosses its host veth, yet nothing counts as answered, because the node
+/// never received one; `probe-path-broken` names the pod, with the `tcp_early_demux`
+/// evidence while that sysctl is on.
+pub fn node_probe_answers_lost_after_the_vlan(lab: &mut Lab) {
+    let p = pods(lab);
+    let node = lab.layout.node();
+    let node_ip = lab.spec.node.primary_ip;
+    let _a = listen(&p.strict.0, (Ipv4Addr::UNSPECIFIED, 80).into());
+    lab.inject(&Fault::Sysctl {
+        name: "net.ipv4.tcp_early_demux".into(),
+        value: 1,
+    })
+    .unwrap();
+    crate::observe::nft(
+        &lab.layout.vpc(),
+        &format!(
+            "table inet sgt_synack {{\n chain fwd {{\n type filter hook forward priority -10;\n \
+             ip saddr {} ip daddr {node_ip} tcp sport 80 tcp flags & (syn | ack) == syn | ack drop\n }}\n}}\n",
+            p.strict.1
+        ),
+    );
+    let observer = Observer::start(lab, &["--syn-timeout", SYN_TIMEOUT]);
+    assert_eq!(connects(&node, (p.strict.1, 80).into(), ANSWERED), 0);
+    std::thread::sleep(SETTLE);
+    let doc = observer.stop();
+    let a = &counters(&doc, p.strict.1)["to_pod"];
+    // The SYNs reached the pod and it answered them on its veth: not the node's answer.
+    assert_eq!(ports(&a["syn_in"]), map(&[("80", ANSWERED as u64)]), "{a}");
+    assert_eq!(ports(&a["syn_answered"]), map(&[]), "{a}");
+    assert_eq!(ports(&a["syn_refused"]), map(&[]), "{a}");
+    assert_eq!(
+        ports(&a["syn_unanswered"]),
+        map(&[("80", ANSWERED as u64)]),
+        "{a}"
+    );
+    assert_eq!(
+        subjects(&doc, "probe-path-broken"),
+        [p.strict.1.to_string()]
+    );
+    let f = findings(&doc, "probe-path-broken")[0];
+    let evidence = f["evidence"].to_string();
+    assert!(
+        evidence.contains(&format!(
+            "{ANSWERED} TCP connection(s) from the node ({node_ip}) to {}:80 got no SYN-ACK",
+            p.strict.1
+        )),
+        "{f:#}"
+    );
+    assert!(evidence.contains("net.ipv4.tcp_early_demux = 1"), "{f:#}");
+}

@@ -697,3 +697,93 @@ pub fn drop_source_reason_is_refused_without_reasons() {
         );
     }
 }
+
+/// Datagrams a pod sends behind the stale rule of [`a_martian_drop_raises_path_drops`].
+const MARTIAN: u64 = 12;
+/// The stale rule's priority and table: before the VLAN rules (10), after `0: lookup local`.
+const STALE_PRIO: &str = "9";
+const STALE_TABLE: &str = "250";
+
+/// A stale rule sends the reverse lookup of a strict pod's address to a table where that
+/// address is local (an old owner's leftover): the kernel's input route refuses each of the
+/// pod's packets as a martian source (`fib_validate_source`: -EINVAL) and frees it without a
+/// reason on 6.1 and 6.12 (`NOT_SPECIFIED` in `ip_rcv_finish`), by location on 5.10. Each is
+/// counted exactly as a path drop, and `path-drops` names the pod.
+pub fn a_martian_drop_raises_path_drops(lab: &Lab) {
+    let node = lab.layout.node();
+    let bastion: Ipv4Addr = lab.spec.vpc.bastion.addr();
+    let i = (0..lab.spec.pods.len())
+        .find(|&i| lab.spec.pods[i].vlan.is_some())
+        .expect("a branch pod");
+    let ip = lab.spec.pods[i].ip;
+    let pod = ip.to_string();
+    ns_run(
+        &node,
+        &[
+            "ip",
+            "route",
+            "add",
+            "local",
+            &pod,
+            "dev",
+            "lo",
+            "table",
+            STALE_TABLE,
+        ],
+    );
+    ns_run(
+        &node,
+        &[
+            "ip",
+            "rule",
+            "add",
+            "to",
+            &pod,
+            "lookup",
+            STALE_TABLE,
+            "prio",
+            STALE_PRIO,
+        ],
+    );
+    let sock = udp_in(&lab.layout.pod(i), (ip, 0).into());
+    let observer = Observer::start(lab, &[]);
+    send(&sock, (bastion, 9999).into(), MARTIAN, 32);
+    settle(&[&lab.layout.pod(i), &node]);
+    let doc = observer.stop();
+    let c = counters(&doc, ip);
+    let ctx = format!(
+        "pod {ip} on {:?}: {}",
+        crate::kernel_version(),
+        serde_json::to_string_pretty(c).unwrap()
+    );
+    let out = &c["from_pod"];
+    assert_eq!(out["forwarded_packets"], MARTIAN, "{ctx}");
+    assert_eq!(out["dropped_packets"], MARTIAN, "{ctx}");
+    assert_eq!(out["path_dropped_packets"], MARTIAN, "{ctx}");
+    if has_drop_reasons() {
+        // 6.1 and 6.12 give the input route's failures no reason of their own.
+        assert_eq!(drops_named(out, "NOT_SPECIFIED"), MARTIAN, "{ctx}");
+    }
+    let at_route: u64 = out["drops_by_location"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(f, _)| sgpath::model::drops::is_route_location(f))
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        at_route, MARTIAN,
+        "freed where the input route failed: {ctx}"
+    );
+    let f = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "path-drops" && f["subject"] == pod)
+        .unwrap_or_else(|| panic!("no path-drops for {pod}: {:#}", doc["findings"]));
+    let evidence = f["evidence"][0].as_str().unwrap();
+    assert!(
+        evidence.starts_with(&format!("{MARTIAN} packets from the pod (host veth ")),
+        "{f:#}"
+    );
+}

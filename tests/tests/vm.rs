@@ -486,6 +486,14 @@ fn observe_behind_a_priority_1_filter_that_drops() {
     sgpath_tests::observe::observe_coexists_with_a_priority_1_filter(&lab, "drop");
 }
 
+/// A stale rule makes a strict pod's own address local on the way back: each of its packets
+/// is a martian source, freed without a reason on 6.1 and 6.12, and `path-drops` says so.
+#[test]
+fn observe_martian_drops_behind_a_stale_rule() {
+    let lab = built("observe", "sgt-om");
+    sgpath_tests::observe::a_martian_drop_raises_path_drops(&lab);
+}
+
 /// `--drop-source reason` is refused by name on 5.10 and honoured on 6.1 and 6.12.
 #[test]
 fn observe_drop_source_reason() {
@@ -505,6 +513,15 @@ fn conns_pod_connections_out() {
 fn conns_node_probes_to_a_branch_pod() {
     let mut lab = built("observe", "sgt-cp");
     sgpath_tests::conns::node_probes_to_a_branch_pod(&mut lab);
+}
+
+/// The node's probes to a strict pod whose SYN-ACKs the VPC drops after they leave by the
+/// VLAN: unanswered although they crossed the pod's veth, `probe-path-broken` with the
+/// `tcp_early_demux` evidence.
+#[test]
+fn conns_node_probe_answers_lost_after_the_vlan() {
+    let mut lab = built("observe", "sgt-cpa");
+    sgpath_tests::conns::node_probe_answers_lost_after_the_vlan(&mut lab);
 }
 
 /// DNS to dnsmasq on an ordinary pod, blocked for the strict pod: `dns-path-broken`.

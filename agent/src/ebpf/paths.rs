@@ -7,6 +7,7 @@
 //! | `path_tx`            | `net_dev_start_xmit` | 5.5            | no `to_pod` counts, no `left_via`|
 //! | `kfree_skb_reason`   | `kfree_skb`          | 5.17 (reason)  | `kfree_skb_location` instead     |
 //! | `kfree_skb_location` | `kfree_skb`          | 5.5            | no drops                         |
+//! | `conn_state`         | `inet_sock_set_state`| 5.5            | the node's TCP requests to pods never answered |
 //!
 //! Tracepoints rather than tc filters for the counts: `netif_receive_skb` fires before
 //! tc/tcx ingress and `net_dev_start_xmit` after tc/tcx egress, so another program's
@@ -33,6 +34,12 @@ use sgpath_ebpf::{
 
 use super::ProbeError;
 use crate::collect::btf::{Btf as KernelBtf, BtfError};
+
+/// The program that answers the node's own TCP requests to pods where its socket takes the
+/// answer (`tp_btf/inet_sock_set_state`): a SYN-ACK that crossed the pod's host veth has not
+/// reached the node yet (a strict pod's answer still crosses the VPC), so only the node's
+/// socket leaving SYN_SENT proves it came back.
+pub const CONN_STATE_PROG: &str = "conn_state";
 
 /// Where drop names come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -70,6 +77,13 @@ pub fn probe_config(btf: &KernelBtf, node_netns: u32) -> Result<ProbeConfig, Btf
         sk_protocol: btf.member_offset("sock", "sk_protocol")?,
         sk_state: btf.member_offset("sock_common", "skc_state")?,
         sk_dport: btf.member_offset("sock_common", "skc_dport")?,
+        sk_family: btf.member_offset("sock_common", "skc_family")?,
+        sk_daddr: btf.member_offset("sock_common", "skc_daddr")?,
+        sk_rcv_saddr: btf.member_offset("sock_common", "skc_rcv_saddr")?,
+        sk_num: btf.member_offset("sock_common", "skc_num")?,
+        sk_v6_daddr: btf.member_offset("sock_common", "skc_v6_daddr")?,
+        sk_v6_rcv_saddr: btf.member_offset("sock_common", "skc_v6_rcv_saddr")?,
+        sk_err: btf.member_offset("sock", "sk_err")?,
     })
 }
 
@@ -169,6 +183,7 @@ impl PathProbes {
             ("path_rx", "netif_receive_skb"),
             ("path_tx", "net_dev_start_xmit"),
             (drop_prog, "kfree_skb"),
+            (CONN_STATE_PROG, "inet_sock_set_state"),
         ] {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(name)
@@ -325,7 +340,7 @@ impl PathProbes {
             DropSource::Location => "kfree_skb_location",
         };
         let mut out = Vec::new();
-        for name in ["path_rx", "path_tx", drop_prog] {
+        for name in ["path_rx", "path_tx", drop_prog, CONN_STATE_PROG] {
             let prog: &BtfTracePoint = self
                 .ebpf
                 .program(name)

@@ -28,6 +28,7 @@ mod remote_trace;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     process::ExitCode,
     sync::Arc,
     time::Duration,
@@ -116,8 +117,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }),
         ));
         let mut cluster = kube_context(&args).await?;
-        let mut rules = security_groups(&args, cluster.clone());
-        let mut daemon = Daemon::default();
+        let (far_ends_tx, far_ends) = watch::channel(BTreeSet::new());
+        let mut rules = security_groups(&args, cluster.clone(), far_ends);
+        let mut daemon = Daemon {
+            far_ends: Some(far_ends_tx),
+            ..Daemon::default()
+        };
         let mut watch = collect::watch::Watch::new()?;
         let mut watching = true;
         let mut sweep = tokio::time::interval(session::SWEEP_INTERVAL);
@@ -236,14 +241,32 @@ async fn auth_of(args: &AgentArgs, token: Option<String>) -> anyhow::Result<auth
 fn security_groups(
     args: &AgentArgs,
     cluster: Option<watch::Receiver<Option<Arc<Cluster>>>>,
+    far_ends: watch::Receiver<BTreeSet<IpAddr>>,
 ) -> Option<watch::Receiver<Option<Arc<Rules>>>> {
     if !args.ec2.ec2 {
         return None;
     }
     let aws = collect::aws::Aws::new(args.ec2.config());
     let (tx, rx) = watch::channel(None);
-    tokio::spawn(read_security_groups(aws, args.ec2_refresh, cluster, tx));
+    tokio::spawn(read_security_groups(
+        aws,
+        args.ec2_refresh,
+        cluster,
+        far_ends,
+        tx,
+    ));
     Some(rx)
+}
+
+/// The far ends of the flows the counters hold unanswered (the destinations of a pod's own
+/// requests, the sources of the node's requests to it): the addresses a verdict needs.
+fn far_ends_of(report: &Report) -> BTreeSet<IpAddr> {
+    let mut out = BTreeSet::new();
+    for c in report.paths.iter().filter_map(|p| p.judged()) {
+        out.extend(c.from_pod.unanswered.iter().map(|u| u.destination));
+        out.extend(c.to_pod.unanswered.iter().map(|u| u.source));
+    }
+    out
 }
 
 /// The addresses whose ENIs matter: this node's pods and CoreDNS's.
@@ -266,18 +289,26 @@ async fn read_security_groups(
     mut aws: collect::aws::Aws,
     refresh: std::time::Duration,
     mut cluster: Option<watch::Receiver<Option<Arc<Cluster>>>>,
+    mut far_ends: watch::Receiver<BTreeSet<IpAddr>>,
     tx: watch::Sender<Option<Arc<Rules>>>,
 ) {
     // A burst of pod changes is read once.
     const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+    // New far ends wait at least this long after the last read: a node losing flows to
+    // many new addresses costs EC2 one batched read per gap, not one per address.
+    const FAR_END_GAP: std::time::Duration = std::time::Duration::from_secs(30);
     let mut failing: Option<String> = None;
+    let mut known: BTreeSet<IpAddr> = BTreeSet::new();
     loop {
-        let addresses = addresses_of_interest(
+        let mut addresses = addresses_of_interest(
             cluster
                 .as_mut()
                 .and_then(|c| c.borrow_and_update().clone())
                 .as_deref(),
         );
+        addresses.extend(far_ends.borrow_and_update().iter().copied());
+        let last_read = tokio::time::Instant::now();
+        known.clone_from(&addresses);
         let rules = match aws.read(&addresses).await {
             Ok(r) => {
                 if failing.take().is_some() {
@@ -317,9 +348,22 @@ async fn read_security_groups(
                 None => std::future::pending::<()>().await,
             }
         };
+        // Only a far end not read yet is worth a read.
+        let new_far_end = async {
+            loop {
+                if far_ends.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if far_ends.borrow().iter().any(|a| !known.contains(a)) {
+                    break;
+                }
+            }
+            tokio::time::sleep_until(last_read + FAR_END_GAP).await;
+        };
         tokio::select! {
             () = tokio::time::sleep(refresh) => {}
             () = changed => {}
+            () = new_far_end => {}
         }
     }
 }
@@ -395,6 +439,8 @@ struct Daemon {
     cluster: Option<Arc<Cluster>>,
     /// The security groups' rules as last read (`--ec2`), kept across (re)attaches.
     security_groups: Option<Arc<Rules>>,
+    /// Where the far ends of the unanswered flows go, for the EC2 reader to look up.
+    far_ends: Option<watch::Sender<BTreeSet<IpAddr>>>,
     /// Degraded mode, while the probes are not attached (a missing capability, no BTF, a
     /// kernel that refuses the programs): the latest snapshot, re-read on every change, so
     /// the topology, the checks and their metrics still work.
@@ -574,6 +620,14 @@ impl Daemon {
             (None, Some((node, topo))) => Report::new(node, topo, checks::run(node, topo)),
             (None, None) => return Err("taking the first snapshot".to_owned()),
         };
+        if let Some(tx) = &self.far_ends {
+            let now = far_ends_of(&report);
+            tx.send_if_modified(|s| {
+                let changed = *s != now;
+                *s = now;
+                changed
+            });
+        }
         let now: BTreeMap<(String, String), Severity> = report
             .findings
             .iter()

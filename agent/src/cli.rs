@@ -402,4 +402,67 @@ mod tests {
                 .contains("not a duration")
         );
     }
+
+    /// Issue 29: README's synopses had drifted from the binary (`--window`, `--auth`,
+    /// `--ec2*`, `--report-max-age` missing; 32 bytes per path where the map holds 56).
+    /// Every subcommand's synopsis lists exactly its visible long flags, and the per-CPU
+    /// cost of a path is the shared type's size.
+    #[test]
+    fn readme_synopses_match_the_cli() {
+        use clap::CommandFactory;
+        use std::collections::BTreeSet;
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("## Commands\n\n```sh\n")
+            .expect("README has a Commands block");
+        let block = &readme[start..];
+        let block = &block[block.find("```sh\n").unwrap() + 6..];
+        let block = &block[..block.find("```").unwrap()];
+        let mut documented: std::collections::BTreeMap<String, BTreeSet<String>> =
+            Default::default();
+        let mut current = String::new();
+        for line in block.lines() {
+            if let Some(rest) = line.strip_prefix("sgpath ") {
+                current = rest.split_whitespace().next().unwrap().to_owned();
+            }
+            let flags = documented.entry(current.clone()).or_default();
+            for (i, _) in line.match_indices("--") {
+                let flag: String = line[i + 2..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                flags.insert(flag);
+            }
+        }
+        let cli = Cli::command();
+        let subs: BTreeSet<String> = cli
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        assert_eq!(
+            documented.keys().cloned().collect::<BTreeSet<_>>(),
+            subs,
+            "README's synopses name other subcommands than the binary has"
+        );
+        for sub in cli.get_subcommands() {
+            let flags: BTreeSet<String> = sub
+                .get_arguments()
+                .filter(|a| !a.is_hide_set())
+                .filter_map(|a| a.get_long())
+                .filter(|l| *l != "help" && *l != "version")
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(
+                documented[sub.get_name()],
+                flags,
+                "README's synopsis of `sgpath {}` differs from its flags",
+                sub.get_name()
+            );
+        }
+        let size = std::mem::size_of::<sgpath_ebpf::PathCounters>();
+        assert!(
+            readme.contains(&format!("(paths cost {size} bytes per CPU each)")),
+            "README must say a path costs {size} bytes per CPU"
+        );
+    }
 }

@@ -663,3 +663,202 @@ fn counters(
         &drops,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use sgpath::{
+        checks::FindingId,
+        model::{Link, LinkKind, PathKind, add_port},
+    };
+
+    use super::*;
+
+    const VETH: &str = "vlan0a1b2c3d4e5";
+    const SPAN: Duration = Duration::from_secs(300);
+
+    /// A branch pod's path behind [`VETH`] with `unanswered` SYNs to 8080 and `packets`
+    /// out, as counted since its slot was given.
+    fn path(unanswered: u64, packets: u64) -> Path {
+        let mut c = PathCounters::build((0, 0), (packets, packets * 100), 0, &[]);
+        add_port(&mut c.from_pod.syn_unanswered, 8080, unanswered);
+        Path {
+            kind: PathKind::BranchEni,
+            mode: None,
+            pod_ip: Some("192.168.3.219".parse().unwrap()),
+            host_veth: VETH.into(),
+            vlan_id: Some(1),
+            vlan_link: Some("vlan.eth.1".into()),
+            trunk: None,
+            route_table: 101,
+            rules: Vec::new(),
+            eni_id: None,
+            pod: None,
+            counters: Some(c),
+            window: None,
+        }
+    }
+
+    fn node(ifindex: u32) -> Node {
+        Node {
+            links: vec![Link::new(ifindex, VETH, LinkKind::Veth)],
+            ..Default::default()
+        }
+    }
+
+    fn topo(paths: Vec<Path>) -> Topology {
+        Topology {
+            paths,
+            ..Default::default()
+        }
+    }
+
+    fn ids() -> PathIds {
+        PathIds {
+            max: 4,
+            ..Default::default()
+        }
+    }
+
+    fn unanswered(p: &Path) -> u64 {
+        p.window.as_ref().unwrap().from_pod.syn_unanswered[&8080.into()]
+    }
+
+    #[test]
+    fn a_pod_recreated_behind_the_same_veth_raises_within_one_window() {
+        let t0 = Instant::now();
+        let mut ids = ids();
+        let mut w = Window::new(SPAN);
+        // The old pod: one unanswered connection and 900 packets, recorded at t0.
+        let (old_node, mut old) = (node(10), topo(vec![path(1, 900)]));
+        let old_slot = ids.take(&old_node, VETH).unwrap();
+        w.apply(t0, &mut old.paths, |_| Some(old_slot.generation));
+        // Recreated between two syncs: same name (the CNI hashes namespace and pod name),
+        // another interface. Its slot goes, the new veth takes a new one.
+        let new_node = node(11);
+        let mut new = topo(vec![path(2, 950)]);
+        assert_eq!(ids.release_gone(&new_node, &new), [(VETH.to_owned(), 0)]);
+        let new_slot = ids.take(&new_node, VETH).unwrap();
+        assert_ne!(new_slot.generation, old_slot.generation);
+        let slots = &ids.by_veth;
+        w.apply(t0 + SPAN / 10, &mut new.paths, |p| {
+            slots.get(&p.host_veth).map(|s| s.generation)
+        });
+        // The new pod's own counts, not 2 - 1 (nor 0 once below the old pod's).
+        assert_eq!(unanswered(&new.paths[0]), 2);
+        assert_eq!(
+            new.paths[0]
+                .window
+                .as_ref()
+                .unwrap()
+                .from_pod
+                .forwarded_packets,
+            950
+        );
+        let raised: Vec<_> = sgpath::checks::run(&new_node, &new)
+            .into_iter()
+            .filter(|f| f.id == FindingId::SgSuspectedBlock)
+            .collect();
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0].subject, "192.168.3.219");
+    }
+
+    #[test]
+    fn a_veth_kept_keeps_its_slot_and_generation() {
+        let mut ids = ids();
+        let (n, t) = (node(10), topo(vec![path(0, 0)]));
+        let slot = ids.take(&n, VETH).unwrap();
+        assert_eq!(ids.release_gone(&n, &t), []);
+        assert_eq!(ids.take(&n, VETH), Some(slot));
+    }
+
+    #[test]
+    fn a_path_gone_and_back_is_a_new_generation_counted_whole() {
+        let t0 = Instant::now();
+        let mut ids = ids();
+        let mut w = Window::new(SPAN);
+        let n = node(10);
+        let mut before = topo(vec![path(5, 100)]);
+        let first = ids.take(&n, VETH).unwrap();
+        w.apply(t0, &mut before.paths, |_| Some(first.generation));
+        // Gone at one sync (its id is reset by the caller), back at the next, same ifindex.
+        assert_eq!(ids.release_gone(&n, &topo(vec![])), [(VETH.to_owned(), 0)]);
+        let again = ids.take(&n, VETH).unwrap();
+        assert_ne!(again.generation, first.generation);
+        // Its counters restarted from zero: 3 unanswered since it came back, all in the
+        // window, though the old generation's 5 are still in the base snapshot.
+        let mut back = topo(vec![path(3, 200)]);
+        w.apply(t0 + SPAN / 5, &mut back.paths, |_| Some(again.generation));
+        assert_eq!(unanswered(&back.paths[0]), 3);
+        assert_eq!(
+            back.paths[0]
+                .window
+                .as_ref()
+                .unwrap()
+                .from_pod
+                .forwarded_packets,
+            200
+        );
+    }
+
+    #[test]
+    fn counters_lower_than_the_same_generations_base_restart_the_window() {
+        // However the slot's counters restarted unseen, a lower count is no saturated zero.
+        let t0 = Instant::now();
+        let mut w = Window::new(SPAN);
+        let g = Some(Generation(1));
+        w.apply(t0, &mut [path(5, 900)], |_| g);
+        let mut now = [path(2, 40)];
+        w.apply(t0 + SPAN / 2, &mut now, |_| g);
+        assert_eq!(unanswered(&now[0]), 2);
+    }
+
+    #[test]
+    fn a_sparse_ring_judges_each_path_against_the_oldest_snapshot() {
+        let t0 = Instant::now();
+        let span = Duration::from_secs(100);
+        let mut w = Window::new(span);
+        let (a, b) = (Generation(1), Generation(2));
+        let generation = |p: &Path| Some(if p.pod_ip.is_some() { a } else { b });
+        let b_path = |n: u64| Path {
+            pod_ip: None,
+            ..path(n, 0)
+        };
+        // t0: only A. 20 s: only B (A missing from that snapshot). 50 s: both.
+        w.apply(t0, &mut [path(1, 0)], generation);
+        w.apply(t0 + Duration::from_secs(20), &mut [b_path(3)], generation);
+        let mut both = [path(4, 0), b_path(5)];
+        w.apply(t0 + Duration::from_secs(50), &mut both, generation);
+        // A against t0's snapshot, its gap at 20 s notwithstanding; B, newer than that
+        // snapshot, whole.
+        assert_eq!((unanswered(&both[0]), unanswered(&both[1])), (3, 5));
+        // 115 s: t0's snapshot is out of the span, 20 s's is the base.
+        let mut later = [b_path(8)];
+        w.apply(t0 + Duration::from_secs(115), &mut later, generation);
+        assert_eq!(unanswered(&later[0]), 5);
+        // After a gap without reports, the newest snapshot before it stays the base:
+        // never none, which would count the whole lifetime again.
+        let mut after_gap = [b_path(9)];
+        w.apply(t0 + Duration::from_secs(900), &mut after_gap, generation);
+        assert_eq!(unanswered(&after_gap[0]), 1);
+    }
+
+    #[test]
+    fn an_agents_first_window_is_what_it_counted_since_it_attached() {
+        // A restarted agent has no snapshot: its maps were created empty when it attached,
+        // so its totals are its first window, the previous agent's counts are not in them.
+        let t0 = Instant::now();
+        let mut w = Window::new(SPAN);
+        let g = Some(Generation(1));
+        let mut first = [path(2, 30)];
+        w.apply(t0, &mut first, |_| g);
+        assert_eq!(first[0].window, first[0].counters);
+        // Its next report within the span is judged against that first snapshot.
+        let mut next = [path(3, 50)];
+        w.apply(t0 + Duration::from_secs(1), &mut next, |_| g);
+        assert_eq!(unanswered(&next[0]), 1);
+        assert_eq!(
+            next[0].window.as_ref().unwrap().from_pod.forwarded_packets,
+            20
+        );
+    }
+}

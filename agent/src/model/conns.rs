@@ -477,4 +477,104 @@ mod tests {
         t.apply(2, &mut fresh);
         assert_eq!(fresh, PathCounters::default());
     }
+
+    /// One unanswered SYN from 192.168.3.219 (client port `client_port`) to `server`:8080
+    /// on path 1, started at `at` s: counted by a sweep `timeout` later.
+    fn lost(server: [u8; 4], client_port: u16, at: u64) -> (ConnKey, ConnState) {
+        let k = ConnKey {
+            client_port,
+            ..key([192, 168, 3, 219], server, 8080)
+        };
+        (k, state(1, Direction::FromPod, ConnKind::Syn, at, at))
+    }
+
+    fn flows(t: &ConnTracker) -> Vec<(IpAddr, u64)> {
+        let mut c = PathCounters::default();
+        t.apply(1, &mut c);
+        c.from_pod
+            .unanswered
+            .iter()
+            .map(|u| (u.destination, u.count))
+            .collect()
+    }
+
+    #[test]
+    fn past_32_flows_the_most_frequent_then_the_most_recent_stay() {
+        let mut t = ConnTracker::new(secs(3)).within(secs(600));
+        // 10.0.0.1 three times, 10.0.0.2 twice, then 40 flows once each, one a second.
+        let repeated = [
+            lost([10, 0, 0, 1], 40001, 10),
+            lost([10, 0, 0, 1], 40002, 10),
+            lost([10, 0, 0, 1], 40003, 10),
+            lost([10, 0, 0, 2], 40004, 10),
+            lost([10, 0, 0, 2], 40005, 10),
+        ];
+        t.sweep(&repeated, secs(13));
+        for i in 0..40u8 {
+            let at = 20 + u64::from(i);
+            t.sweep(&[lost([10, 0, 1, i], 41000, at)], secs(at + 3));
+        }
+        let top = flows(&t);
+        assert_eq!(top.len(), TOP_UNANSWERED);
+        assert_eq!(top[0], ("10.0.0.1".parse().unwrap(), 3));
+        assert_eq!(top[1], ("10.0.0.2".parse().unwrap(), 2));
+        // Of the flows seen once, the 30 latest, the latest first: 10.0.1.39 down to .10.
+        assert_eq!(top[2], ("10.0.1.39".parse().unwrap(), 1));
+        assert_eq!(top[31], ("10.0.1.10".parse().unwrap(), 1));
+        assert!(
+            !top.iter()
+                .any(|(d, _)| *d == "10.0.1.9".parse::<IpAddr>().unwrap())
+        );
+        // Every connection still counts by port.
+        let mut c = PathCounters::default();
+        t.apply(1, &mut c);
+        assert_eq!(
+            c.from_pod.syn_unanswered,
+            BTreeMap::from([(8080.into(), 45)])
+        );
+    }
+
+    #[test]
+    fn a_flow_unseen_for_a_window_drops_out_and_comes_back_counted_anew() {
+        let mut t = ConnTracker::new(secs(3)).within(secs(100));
+        t.sweep(
+            &[
+                lost([10, 0, 0, 1], 40001, 10),
+                lost([10, 0, 0, 1], 40002, 10),
+            ],
+            secs(13),
+        );
+        assert_eq!(flows(&t), [("10.0.0.1".parse().unwrap(), 2)]);
+        // Kept at least a window after it was last counted (at 13 s), at most a tenth more.
+        t.sweep(&[], secs(113));
+        assert_eq!(flows(&t), [("10.0.0.1".parse().unwrap(), 2)]);
+        t.sweep(&[], secs(120));
+        assert_eq!(flows(&t), []);
+        // Back: its count is the new window's, not added to the old one.
+        t.sweep(&[lost([10, 0, 0, 1], 40003, 200)], secs(203));
+        assert_eq!(flows(&t), [("10.0.0.1".parse().unwrap(), 1)]);
+    }
+
+    #[test]
+    fn a_week_old_tracker_records_new_flows_as_in_its_first_minute() {
+        // The bug: the first 32 flows were kept for the agent's lifetime, later ones never.
+        const WEEK: u64 = 7 * 24 * 3600;
+        let mut t = ConnTracker::new(secs(3)).within(secs(300));
+        let first: Vec<_> = (0..40u8).map(|i| lost([10, 0, 1, i], 41000, 10)).collect();
+        t.sweep(&first, secs(13));
+        assert_eq!(flows(&t).len(), TOP_UNANSWERED);
+        t.sweep(&[lost([10, 0, 9, 9], 42000, WEEK)], secs(WEEK + 3));
+        assert_eq!(flows(&t), [("10.0.9.9".parse().unwrap(), 1)]);
+        // Without a window (`observe`), flows stay however old.
+        let mut all = ConnTracker::new(secs(3));
+        all.sweep(&[lost([10, 0, 0, 1], 40001, 10)], secs(13));
+        all.sweep(&[lost([10, 0, 9, 9], 42000, WEEK)], secs(WEEK + 3));
+        assert_eq!(
+            flows(&all),
+            [
+                ("10.0.9.9".parse().unwrap(), 1),
+                ("10.0.0.1".parse().unwrap(), 1)
+            ]
+        );
+    }
 }

@@ -370,4 +370,52 @@ mod tests {
         empty.from_pod.foreign_source = None;
         assert_eq!(empty, PathCounters::default());
     }
+
+    #[test]
+    fn a_counter_lower_than_its_base_restarts_the_window() {
+        // The old pod: 5 connections to 443 unanswered, 900 packets out.
+        let mut base = PathCounters::build((100, 10_000), (900, 90_000), 0, &[]);
+        add_port(&mut base.from_pod.syn_unanswered, 443, 5);
+        // Its slot's counters restarted: 2 unanswered, 40 packets out.
+        let mut now = PathCounters::build((10, 1_000), (40, 4_000), 0, &[]);
+        add_port(&mut now.from_pod.syn_unanswered, 443, 2);
+        // Everything is the window, not a saturated zero.
+        assert_eq!(now.since(&base), now);
+        // One counter down is enough, here a port gone from a tally...
+        let mut only_port = base.clone();
+        only_port.from_pod.forwarded_packets += 1;
+        only_port.from_pod.syn_unanswered.clear();
+        add_port(&mut only_port.from_pod.syn_unanswered, 80, 1);
+        assert_eq!(only_port.since(&base), only_port);
+        // ... or the other direction's drops: 907 packets, all of them, not the 7 more.
+        let mut dropped_before = base.clone();
+        dropped_before.to_pod.dropped_packets = 1;
+        let mut later = base.clone();
+        later.from_pod.forwarded_packets += 7;
+        assert_eq!(later.since(&base).from_pod.forwarded_packets, 7);
+        assert_eq!(later.since(&dropped_before).from_pod.forwarded_packets, 907);
+    }
+
+    #[test]
+    fn what_can_shrink_in_one_generation_is_no_restart() {
+        let mut base = PathCounters::build((5, 50), (5, 50), 0, &[]);
+        base.from_pod.left_via.insert("vlan.eth.1".into(), 5);
+        base.from_pod.unanswered = vec![super::super::conns::Unanswered {
+            source: "192.168.3.219".parse().unwrap(),
+            destination: "10.0.1.10".parse().unwrap(),
+            port: 443,
+            kind: super::super::conns::Conn::Syn,
+            count: 4,
+        }];
+        // The link went (its packets are now `ifindex 7`'s); the flow left the window.
+        let mut now = PathCounters::build((5, 50), (8, 80), 0, &[]);
+        now.from_pod.left_via.insert("ifindex 7".into(), 8);
+        let w = now.since(&base);
+        assert_eq!(w.from_pod.forwarded_packets, 3);
+        assert_eq!(
+            w.from_pod.left_via,
+            BTreeMap::from([("ifindex 7".into(), 8)])
+        );
+        assert_eq!(w.from_pod.unanswered, []);
+    }
 }

@@ -70,7 +70,7 @@ struct Tally {
     dns_answered: u64,
     dns_refused: u64,
     dns_unanswered: u64,
-    /// At most [`TOP_UNANSWERED`] flows.
+    /// At most [`TOP_UNANSWERED`] flows, those of the window.
     unanswered: BTreeMap<Flow, FlowCounts>,
 }
 

@@ -52,8 +52,9 @@ pub fn add_port(tally: &mut BTreeMap<Port, u64>, port: u16, n: u64) {
     *tally.entry(key).or_default() += n;
 }
 
-/// One direction of a path. Every number is a count since the path was first seen, and
-/// only grows: what the kernel counted, never a difference.
+/// One direction of a path. Every number is a count since the path took its slot in the
+/// probes' maps, and only grows while it holds it (but `unanswered`, the window's flows):
+/// what the kernel counted, never a difference.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DirectionCounters {
     /// What the host veth handed to the pod (to the pod) or received from it (from the pod).

@@ -465,7 +465,7 @@ pub fn node_probe_answers_lost_after_the_vlan(lab: &mut Lab) {
     crate::observe::nft(
         &lab.layout.vpc(),
         &format!(
-            "table inet sgt_synack {{\n chain fwd {{\n type filter hook forward priority -10;\n \
+            "table inet sgt_synack {{\n chain answers {{\n type filter hook forward priority -10;\n \
              ip saddr {} ip daddr {node_ip} tcp sport 80 tcp flags & (syn | ack) == syn | ack drop\n }}\n}}\n",
             p.strict.1
         ),

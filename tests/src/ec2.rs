@@ -84,7 +84,7 @@ pub fn moto_verdicts_on_the_default_lab() {
         .unwrap();
     let pod = IpAddr::V4(POD);
     let rules = rt.block_on(async {
-        let mut reader = Aws::new(config);
+        let mut reader = Aws::new(config.clone());
         reader.read(&[pod].into()).await
     });
     let rules = rules.unwrap_or_else(|e| panic!("reading moto: {e}"));
@@ -180,6 +180,77 @@ pub fn moto_verdicts_on_the_default_lab() {
         format!(
             "aws ec2 authorize-security-group-ingress --group-id {pod_sg} --protocol tcp \
              --port 8080 --cidr 10.0.1.10/32"
+        )
+    );
+    assert!(m.is_confirmed(), "the bastion is outside the VPC: {m:?}");
+
+    database_in_another_group(&mut aws, &rt, &config);
+}
+
+/// Issue 29: a branch pod's database in the same VPC, in its own group `sg-db` that admits
+/// members of sg-pod on tcp/5432. The reader looks the database's address up and the group
+/// rule admits the flow; an address of the VPC that no ENI owns is never a confirmed
+/// denial; with sg-db's rule revoked the denial is confirmed and names sg-pod as the
+/// source group.
+fn database_in_another_group(aws: &mut FakeAws, rt: &tokio::runtime::Runtime, config: &AwsConfig) {
+    const DB: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 5);
+    const NOBODY: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 99);
+    let db_sg = aws
+        .create_group("sg-db")
+        .expect("CreateSecurityGroup sg-db");
+    aws.create_eni(DB, &["sg-db"]).expect("the database's ENI");
+    let to_db = (SgDirection::Ingress, (5432, 5432), "sg-pod");
+    aws.authorize("sg-db", to_db.0, to_db.1, Source::Group(to_db.2))
+        .expect("sg-db admits members of sg-pod");
+    let pod_sg = aws.group_ids["sg-pod"].clone();
+    let read = || {
+        let rules = rt.block_on(async {
+            Aws::new(config.clone())
+                .read(&[IpAddr::V4(POD), IpAddr::V4(DB), IpAddr::V4(NOBODY)].into())
+                .await
+        });
+        match rules.unwrap_or_else(|e| panic!("reading moto: {e}")) {
+            Rules::Fresh { catalog } => catalog,
+            r => panic!("not fresh: {r:?}"),
+        }
+    };
+    let catalog = read();
+    assert_eq!(
+        catalog.groups_of(IpAddr::V4(DB)),
+        Some(&[db_sg.clone()][..])
+    );
+    let flow = Flow::tcp(IpAddr::V4(POD), IpAddr::V4(DB), 5432);
+    let v = catalog.judge(&flow);
+    let Verdict::Allowed {
+        egress: Some(e),
+        ingress: Some(i),
+    } = &v
+    else {
+        panic!("pod -> database:5432 is not admitted on both sides: {v:?}\n{catalog:#?}")
+    };
+    assert_eq!(e.group, pod_sg, "sg-pod's egress lets it out");
+    assert_eq!(i.rule.peer, Peer::Group { id: pod_sg.clone() });
+    // From inside the VPC, an address looked up that no ENI owns, to the pod's tcp/8443,
+    // which only members of sg-node may open: unverified, never confirmed.
+    let v = catalog.judge(&Flow::tcp(IpAddr::V4(NOBODY), IpAddr::V4(POD), 8443));
+    let Verdict::Denied(m) = &v else {
+        panic!("{NOBODY} -> pod:8443 is admitted: {v:?}")
+    };
+    assert!(!m.is_confirmed(), "{m:?}");
+    assert!(m.summary().contains("EC2 names no ENI"), "{}", m.summary());
+    // sg-db no longer admits sg-pod: confirmed, with the group as the source.
+    aws.revoke("sg-db", to_db.0, to_db.1, Source::Group(to_db.2))
+        .expect("revoke sg-db's rule");
+    let v = read().judge(&flow);
+    let Verdict::Denied(m) = &v else {
+        panic!("pod -> database:5432 is still admitted: {v:?}")
+    };
+    assert!(m.is_confirmed(), "{m:?}");
+    assert_eq!(
+        m.remediation(),
+        format!(
+            "aws ec2 authorize-security-group-ingress --group-id {db_sg} --protocol tcp \
+             --port 5432 --source-group {pod_sg}"
         )
     );
 }

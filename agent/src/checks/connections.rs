@@ -856,11 +856,13 @@ mod tests {
         };
         use crate::model::sg::{Catalog, Peer, Ports, Protocol, Rules, SecurityGroup, SgRule};
         let (pod_ip, db) = ("192.168.7.31", "10.0.5.9");
-        let mut cat = Catalog::default();
-        cat.vpc_cidrs = vec![
-            "192.168.0.0/16".parse().unwrap(),
-            "10.0.0.0/16".parse().unwrap(),
-        ];
+        let mut cat = Catalog {
+            vpc_cidrs: vec![
+                "192.168.0.0/16".parse().unwrap(),
+                "10.0.0.0/16".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
         let mut sg_db = SecurityGroup::new("sg-db");
         sg_db.ingress = vec![SgRule::new(
             Protocol::Tcp,

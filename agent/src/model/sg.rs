@@ -1158,8 +1158,10 @@ mod tests {
 
     #[test]
     fn prefix_lists_admit_their_entries_only() {
-        let mut c = Catalog::default();
-        c.vpc_cidrs = vec!["192.168.0.0/16".parse().unwrap()];
+        let mut c = Catalog {
+            vpc_cidrs: vec!["192.168.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
         let mut pod = SecurityGroup::new("sg-pod");
         pod.ingress = vec![tcp(
             443,
@@ -1267,8 +1269,10 @@ mod tests {
 
     #[test]
     fn ipv6_cidrs_match_ipv6_only() {
-        let mut c = Catalog::default();
-        c.vpc_cidrs = vec!["2600:1f14::/56".parse().unwrap()];
+        let mut c = Catalog {
+            vpc_cidrs: vec!["2600:1f14::/56".parse().unwrap()],
+            ..Default::default()
+        };
         let mut g = SecurityGroup::new("sg-a");
         g.ingress = vec![tcp(80, cidr("2600:1f14::/56")), tcp(80, cidr("0.0.0.0/0"))];
         c.insert_group(g);

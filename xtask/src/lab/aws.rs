@@ -370,6 +370,9 @@ pub struct FakeAws {
     pub imds: String,
     /// The spec's group names -> the ids moto gave them (`sg-0123...`).
     pub group_ids: BTreeMap<String, String>,
+    /// The lab's VPC and subnet in moto, for what a test adds beside the spec.
+    vpc: String,
+    subnet: String,
 }
 
 /// A rule's far end, as [`FakeAws::authorize`] takes it.
@@ -410,6 +413,8 @@ impl FakeAws {
             ec2: String::new(),
             imds: String::new(),
             group_ids: BTreeMap::new(),
+            vpc: String::new(),
+            subnet: String::new(),
         };
         let answers = Arc::new(aws.seed(spec)?);
         // In another namespace, moto is reached through a relay there.
@@ -465,6 +470,8 @@ impl FakeAws {
             "subnetId",
         )
         .context("CreateSubnet gave no subnetId")?;
+        self.vpc.clone_from(&vpc);
+        self.subnet.clone_from(&subnet);
         for g in &spec.security_groups {
             let xml = call(
                 self.moto,
@@ -645,6 +652,65 @@ impl FakeAws {
             (false, SgDirection::Egress) => "RevokeSecurityGroupEgress",
         };
         call(self.moto, self.region, action, &params).map(drop)
+    }
+
+    /// Removes a rule added by [`FakeAws::authorize`].
+    ///
+    /// # Errors
+    /// As [`FakeAws::edit`].
+    pub fn revoke(
+        &mut self,
+        group: &str,
+        direction: SgDirection,
+        tcp_ports: (u16, u16),
+        from: Source<'_>,
+    ) -> Result<()> {
+        let ports = Some((i32::from(tcp_ports.0), i32::from(tcp_ports.1)));
+        self.permission(false, group, direction, "tcp", ports, from)
+    }
+
+    /// Creates a group beside the spec's (no ingress, EC2's allow-all egress), named `name`
+    /// for [`FakeAws::authorize`]; its id.
+    ///
+    /// # Errors
+    /// What EC2 (moto) said.
+    pub fn create_group(&mut self, name: &str) -> Result<String> {
+        let p = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let xml = call(
+            self.moto,
+            self.region,
+            "CreateSecurityGroup",
+            &[
+                p("GroupName", name),
+                p("GroupDescription", name),
+                p("VpcId", &self.vpc),
+            ],
+        )?;
+        let id = tag(&xml, "groupId").context("CreateSecurityGroup gave no groupId")?;
+        self.group_ids.insert(name.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    /// Creates an ENI beside the spec's, in the lab's subnet, with one private address
+    /// and groups by name (a database's ENI, say); its id.
+    ///
+    /// # Errors
+    /// What EC2 (moto) said, or a group not in the lab.
+    pub fn create_eni(&mut self, address: std::net::Ipv4Addr, groups: &[&str]) -> Result<String> {
+        let p = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let mut params = vec![
+            p("SubnetId", &self.subnet),
+            p("PrivateIpAddress", &address.to_string()),
+        ];
+        for (i, g) in groups.iter().enumerate() {
+            let id = self
+                .group_ids
+                .get(*g)
+                .with_context(|| format!("no group {g:?} in the lab"))?;
+            params.push(p(&format!("SecurityGroupId.{}", i + 1), id));
+        }
+        let xml = call(self.moto, self.region, "CreateNetworkInterface", &params)?;
+        tag(&xml, "networkInterfaceId").context("CreateNetworkInterface gave no networkInterfaceId")
     }
 
     /// The arguments that point `sgpath trace|agent` at these servers.

@@ -40,6 +40,10 @@ pub const DEFAULT_IMDS: &str = "http://169.254.169.254";
 const EC2_VERSION: &str = "2016-11-15";
 /// Values per filter or id list in one call (EC2 accepts up to 200).
 const BATCH: usize = 100;
+/// How long an address's answer from `DescribeNetworkInterfaces` (its ENI, or that none
+/// owns it) is reused before it is asked again: a far end seen every minute costs one
+/// lookup per this, not one per read. Groups' rules are re-read on every read.
+pub const ADDRESS_TTL: Duration = Duration::from_secs(300);
 
 /// Where to reach AWS.
 #[derive(Clone, Debug)]
@@ -115,6 +119,15 @@ pub struct Aws {
     config: AwsConfig,
     credentials: Option<Credentials>,
     last_call: Option<tokio::time::Instant>,
+    /// Answers of `DescribeNetworkInterfaces` by address, and when they were read: the ENI
+    /// owning it, or `None` when EC2 named none.
+    lookups: BTreeMap<
+        IpAddr,
+        (
+            tokio::time::Instant,
+            Option<std::sync::Arc<ec2::NetworkInterface>>,
+        ),
+    >,
 }
 
 impl Aws {
@@ -125,6 +138,7 @@ impl Aws {
             config,
             credentials: None,
             last_call: None,
+            lookups: BTreeMap::new(),
         }
     }
 
@@ -464,14 +478,15 @@ impl Aws {
             .copied()
             .filter(|a| matches!(catalog.locate(*a), Locus::Unknown))
             .collect();
-        let wanted: Vec<String> = wanted
+        let now = tokio::time::Instant::now();
+        self.lookups
+            .retain(|_, (at, _)| now.duration_since(*at) < ADDRESS_TTL);
+        let ask: Vec<String> = wanted
             .iter()
-            .inspect(|a| {
-                catalog.looked_up.insert(**a);
-            })
+            .filter(|a| !self.lookups.contains_key(a))
             .map(ToString::to_string)
             .collect();
-        for chunk in wanted.chunks(BATCH) {
+        for chunk in ask.chunks(BATCH) {
             let mut params: Vec<(String, String)> = vec![(
                 "Filter.1.Name".into(),
                 "addresses.private-ip-address".into(),
@@ -479,22 +494,37 @@ impl Aws {
             for (i, a) in chunk.iter().enumerate() {
                 params.push((format!("Filter.1.Value.{}", i + 1), a.clone()));
             }
-            for eni in self
+            let enis = self
                 .paged(
                     &region,
                     "DescribeNetworkInterfaces",
                     params,
                     ec2::network_interfaces,
                 )
-                .await?
-            {
-                let groups: Vec<&str> = eni.groups.iter().map(String::as_str).collect();
+                .await?;
+            // Every address asked is answered: by the ENI that has it, or by none.
+            for a in chunk {
+                let a: IpAddr = a.parse().expect("formatted from an IpAddr");
+                self.lookups.insert(a, (now, None));
+            }
+            for eni in enis {
+                let eni = std::sync::Arc::new(eni);
                 for a in &eni.addresses {
-                    catalog.insert_eni(*a, eni.id.clone(), &groups);
+                    self.lookups.insert(*a, (now, Some(eni.clone())));
                 }
-                for p in &eni.prefixes {
-                    catalog.insert_prefix(*p, eni.id.clone(), &groups);
-                }
+            }
+        }
+        for a in &wanted {
+            catalog.looked_up.insert(*a);
+            let Some((_, Some(eni))) = self.lookups.get(a) else {
+                continue;
+            };
+            let groups: Vec<&str> = eni.groups.iter().map(String::as_str).collect();
+            for a in &eni.addresses {
+                catalog.insert_eni(*a, eni.id.clone(), &groups);
+            }
+            for p in &eni.prefixes {
+                catalog.insert_prefix(*p, eni.id.clone(), &groups);
             }
         }
         let group_ids: BTreeSet<String> = catalog
@@ -897,5 +927,49 @@ mod tests {
                 .starts_with("EC2 DescribeSecurityGroups: the answer is not XML"),
             "{e}"
         );
+    }
+
+    static ENI_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// The default fake, counting `DescribeNetworkInterfaces`.
+    fn counting(path: &str, body: &str) -> (u16, String) {
+        if body.contains("Action=DescribeNetworkInterfaces") {
+            ENI_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        fake(path, body)
+    }
+
+    /// Issue 29: addresses are looked up once per [`ADDRESS_TTL`], batched, and an address
+    /// EC2 names no ENI for is marked looked up (inside the VPC: unverified, not outside).
+    #[tokio::test]
+    async fn addresses_are_looked_up_once_per_ttl() {
+        use crate::model::sg::Locus;
+        let url = serve(counting).await;
+        let mut a = aws(&url);
+        let pod: IpAddr = "192.168.3.219".parse().unwrap();
+        let nobody: IpAddr = "192.168.9.9".parse().unwrap();
+        let outside: IpAddr = "10.0.1.10".parse().unwrap();
+        let wanted = [pod, nobody, outside].into();
+        let Rules::Fresh { catalog } = a.read(&wanted).await.unwrap() else {
+            panic!("not fresh")
+        };
+        assert_eq!(ENI_CALLS.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(matches!(catalog.locate(pod), Locus::Eni(_)));
+        assert_eq!(catalog.locate(nobody), Locus::NoEni);
+        assert_eq!(catalog.locate(outside), Locus::OutsideVpc);
+        // Outside the VPC needs no lookup; the rest is cached.
+        assert_eq!(catalog.looked_up, [pod, nobody].into());
+        let Rules::Fresh { catalog } = a.read(&wanted).await.unwrap() else {
+            panic!("not fresh")
+        };
+        assert_eq!(ENI_CALLS.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(matches!(catalog.locate(pod), Locus::Eni(_)));
+        assert_eq!(catalog.locate(nobody), Locus::NoEni);
+        // Past the TTL, asked again.
+        for (at, _) in a.lookups.values_mut() {
+            *at -= ADDRESS_TTL;
+        }
+        a.read(&wanted).await.unwrap();
+        assert_eq!(ENI_CALLS.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -100,6 +100,7 @@ pub fn missing() -> Vec<String> {
     if let Err(e) = moto_importable() {
         missing.push(format!("moto[server] for python3 ({e})"));
     }
+    missing.extend(crate::control_plane::missing());
     for short in kernel::KERNELS {
         if let Err(e) = kernel::get(short) {
             missing.push(format!("{e:#}"));
@@ -139,6 +140,8 @@ pub fn run() -> Result<()> {
     cmd::step("setup: virtme-ng", virtme_ng)?;
     // The host test `ec2_rules_from_moto_judge_the_default_lab` runs against it.
     cmd::step("setup: moto[server]", moto)?;
+    // kube-apiserver, etcd and the CRDs the Kubernetes host tests run against.
+    cmd::step("setup: control plane", crate::control_plane::install)?;
     for short in kernel::KERNELS {
         cmd::step(&format!("setup: kernel {short}"), || kernel::install(short))?;
     }

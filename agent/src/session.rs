@@ -220,10 +220,11 @@ impl Session {
     }
 
     /// The names of the programs attached, with their hooks.
-    pub fn programs(&self) -> [(&'static str, &'static str); 3] {
+    pub fn programs(&self) -> [(&'static str, &'static str); 4] {
         [
             ("path_rx", "tp_btf/netif_receive_skb"),
             ("path_tx", "tp_btf/net_dev_start_xmit"),
+            ("conn_state", "tp_btf/inet_sock_set_state"),
             (
                 match self.drop_source() {
                     DropSource::Reason => "kfree_skb_reason",

@@ -254,7 +254,8 @@ pub fn pod_connections_out(lab: &Lab) {
     // The refused connections are named as such, not as a block.
     let evidence = f["evidence"].to_string();
     assert!(
-        evidence.contains("refused (port closed") && evidence.contains("80: 2"),
+        evidence.contains("refused (something answered with a RST or an ICMP unreachable")
+            && evidence.contains("80: 2"),
         "{f}"
     );
     assert!(!evidence.contains(&format!("{}:80 left", p.other.1)), "{f}");

@@ -155,6 +155,20 @@ fn seed_scenario_verdicts_from_ec2_match_the_packets() {
                 kernel()
             );
             judged += 1;
+            // `none` (no group judged it) agrees with the packets only for a flow that
+            // stayed on the node, both ways: one that crossed the VPC was judged by groups
+            // sgpath should have read.
+            let stayed = doc["trace"]["security_groups"] == "none"
+                && matches!(
+                    doc["trace"]["receiver_security_groups"].as_str(),
+                    None | Some("none")
+                );
+            if verdict == "none" && !stayed {
+                mismatches.push(format!(
+                    "step {}: {from} -> {to}/{proto}: no verdict for a flow that left the node: {doc:#}",
+                    i + 1
+                ));
+            }
             if (verdict != "denied") != ok {
                 mismatches.push(format!(
                     "step {}: {from} -> {to}/{proto}: the packets {}, sgpath says {verdict}: {v}",

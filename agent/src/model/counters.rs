@@ -71,6 +71,11 @@ pub struct DirectionCounters {
     /// Kernel function that freed the packet (`unknown` without kallsyms) -> drops. Bounded
     /// by the drop map (`--max-drop-keys`).
     pub drops_by_location: BTreeMap<String, u64>,
+    /// Of `drops_by_reason["NOT_SPECIFIED"]`, those freed where the input route or the next
+    /// hop frees (a martian behind a stale rule on 6.1): the path's, not the endpoint's
+    /// (`drops::of_drop`). The metrics split that reason's `class` by it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_specified_path_drops: u64,
     /// From the pod: packets its host veth received with a source address not the pod's
     /// (spoofed, or a stale veth). Counted nowhere else.
     pub foreign_packets: u64,
@@ -158,6 +163,7 @@ impl DirectionCounters {
             || self.forwarded_bytes < base.forwarded_bytes
             || self.dropped_packets < base.dropped_packets
             || self.path_dropped_packets < base.path_dropped_packets
+            || self.not_specified_path_drops < base.not_specified_path_drops
             || self.foreign_packets < base.foreign_packets
             || self.dns_answered < base.dns_answered
             || self.dns_refused < base.dns_refused
@@ -183,6 +189,9 @@ impl DirectionCounters {
             path_dropped_packets: self
                 .path_dropped_packets
                 .saturating_sub(base.path_dropped_packets),
+            not_specified_path_drops: self
+                .not_specified_path_drops
+                .saturating_sub(base.not_specified_path_drops),
             drops_by_reason: minus(&self.drops_by_reason, &base.drops_by_reason),
             drops_by_location: minus(&self.drops_by_location, &base.drops_by_location),
             foreign_packets: self.foreign_packets.saturating_sub(base.foreign_packets),
@@ -232,6 +241,9 @@ impl PathCounters {
             dir.dropped_packets += d.count;
             if d.class() == DropClass::Path {
                 dir.path_dropped_packets += d.count;
+                if d.reason.as_deref() == Some("NOT_SPECIFIED") {
+                    dir.not_specified_path_drops += d.count;
+                }
             }
             if let Some(r) = &d.reason {
                 *dir.drops_by_reason.entry(r.clone()).or_default() += d.count;
@@ -263,6 +275,10 @@ impl PathCounters {
             from_pod: self.from_pod.since(&base.from_pod),
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -208,9 +208,31 @@ impl PathFamilies {
             }
         } else {
             for (reason, &n) in &d.drops_by_reason {
-                let class = drops::of_reason(reason).as_str();
-                self.drops
-                    .push(&base, &[("reason", reason), ("class", class)], n);
+                // NOT_SPECIFIED is the path's where the input route freed it
+                // (`drops::of_drop`): that share is its own series, class path.
+                let path_share = if reason == "NOT_SPECIFIED" {
+                    d.not_specified_path_drops.min(n)
+                } else {
+                    0
+                };
+                if path_share > 0 {
+                    self.drops.push(
+                        &base,
+                        &[
+                            ("reason", reason),
+                            ("class", drops::DropClass::Path.as_str()),
+                        ],
+                        path_share,
+                    );
+                }
+                if n > path_share || path_share == 0 {
+                    let class = drops::of_reason(reason).as_str();
+                    self.drops.push(
+                        &base,
+                        &[("reason", reason), ("class", class)],
+                        n - path_share,
+                    );
+                }
             }
         }
         for (port, &n) in &d.syn_unanswered {
@@ -359,6 +381,10 @@ mod tests {
         c.to_pod.forwarded_bytes = 700;
         c.to_pod.dropped_packets = 3;
         c.to_pod.drops_by_reason.insert("NO_SOCKET".into(), 3);
+        // 5 NOT_SPECIFIED drops, 4 of them freed by the input route (a martian).
+        c.from_pod.dropped_packets = 5;
+        c.from_pod.drops_by_reason.insert("NOT_SPECIFIED".into(), 5);
+        c.from_pod.not_specified_path_drops = 4;
         c.from_pod.syn_unanswered.insert(443.into(), 2);
         c.from_pod.syn_refused.insert(crate::model::Port::Other, 4);
         c.from_pod.foreign_packets = 6;
@@ -413,6 +439,12 @@ mod tests {
             ),
             format!(
                 "sgpath_path_syn_refused_total{{{labels},direction=\"from_pod\",port=\"other\"}} 4"
+            ),
+            format!(
+                "sgpath_path_drops_total{{{labels},direction=\"from_pod\",reason=\"NOT_SPECIFIED\",class=\"path\"}} 4"
+            ),
+            format!(
+                "sgpath_path_drops_total{{{labels},direction=\"from_pod\",reason=\"NOT_SPECIFIED\",class=\"endpoint\"}} 1"
             ),
             format!("sgpath_path_foreign_packets_total{{{labels},direction=\"from_pod\"}} 6"),
             format!(

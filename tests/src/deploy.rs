@@ -1263,3 +1263,95 @@ pub fn deploy_image_matches_the_daemonset() {
         r.archive_sha256.as_str()
     );
 }
+
+/// Every Kustomize directory the README and deploy/README.md tell a user to apply.
+pub const APPLIED_DIRS: [&str; 2] = ["base", "agent"];
+
+/// `kubectl apply --server-side --validate=strict -k deploy/<dir>` against a real
+/// kube-apiserver with the real CRDs (SecurityGroupPolicy, PodMonitor, PrometheusRule),
+/// for every directory a user is told to apply, each on an empty cluster; every rendered
+/// object is then there as rendered. The same apply of an object with a field its schema
+/// does not know fails, so the validation is really strict.
+pub fn deploy_applies_to_a_real_api_server() {
+    for dir in APPLIED_DIRS {
+        let api = crate::apiserver::RealApi::start(None, &[]);
+        let path = deploy_dir().join(dir);
+        let out = api.kubectl(&[
+            "apply",
+            "--server-side",
+            "--validate=strict",
+            "--field-manager=sgpath-test",
+            "-k",
+            path.to_str().unwrap(),
+        ]);
+        let rendered = render(dir);
+        assert!(!rendered.is_empty());
+        for doc in &rendered {
+            let kind = doc["kind"].as_str().unwrap();
+            let name = doc["metadata"]["name"].as_str().unwrap();
+            assert!(
+                out.contains(&format!("/{name} serverside-applied")),
+                "{dir}: {kind} {name} not applied:\n{out}"
+            );
+            let mut args = vec![kind, name];
+            let ns = doc["metadata"]["namespace"].as_str();
+            if let Some(ns) = ns {
+                args.extend(["-n", ns]);
+            }
+            let got = api.get(&args);
+            assert_eq!(got["kind"], doc["kind"], "{dir}: {kind} {name}");
+            for (k, v) in doc["metadata"]["labels"].as_object().into_iter().flatten() {
+                assert_eq!(
+                    &got["metadata"]["labels"][k], v,
+                    "{dir}: {kind} {name} label {k}"
+                );
+            }
+        }
+        if dir == "base" {
+            // A field the PodMonitor's schema does not have, and one the DaemonSet's does not.
+            for (kind, name, bad) in [
+                (
+                    "PodMonitor",
+                    "sgpath",
+                    "{\"spec\": {\"podMetricsEndpointz\": []}}",
+                ),
+                (
+                    "DaemonSet",
+                    "sgpath",
+                    "{\"spec\": {\"template\": {\"spec\": {\"hostPIDz\": true}}}}",
+                ),
+            ] {
+                let mut obj = find(&rendered, kind, name).clone();
+                merge(&mut obj, &serde_json::from_str(bad).unwrap());
+                let out = api.kubectl_as(
+                    api.admin_kubeconfig(),
+                    &[
+                        "apply",
+                        "--server-side",
+                        "--validate=strict",
+                        "--field-manager=sgpath-test",
+                        "-f",
+                        "-",
+                    ],
+                    Some(&obj.to_string()),
+                );
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    !out.status.success() && err.contains("unknown field"),
+                    "{kind} with an unknown field was accepted: {err}"
+                );
+            }
+        }
+    }
+}
+
+fn merge(into: &mut Value, from: &Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}

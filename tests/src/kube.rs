@@ -54,6 +54,7 @@ use xtask::lab::Lab;
 
 use crate::{
     agent::{Agent, sample},
+    apiserver::RealApi,
     observe::in_netns,
 };
 
@@ -885,7 +886,8 @@ fn policy(ns: &str, name: &str, spec: Value) -> Value {
 
 /// The host lab's pods as the API server would have them, a pod of another node, the node,
 /// aws-node, the default ServiceAccounts and three policies (one malformed).
-pub(crate) fn populate(api: &FakeApi, lab: &Lab) {
+pub(crate) fn objects(lab: &Lab) -> Vec<(Kind, Value)> {
+    let mut out = Vec::new();
     let ip = |name: &str| {
         lab.spec
             .pods
@@ -895,7 +897,7 @@ pub(crate) fn populate(api: &FakeApi, lab: &Lab) {
             .ip
             .to_string()
     };
-    api.put(
+    out.push((
         Kind::Pod,
         pod(
             "default",
@@ -905,8 +907,8 @@ pub(crate) fn populate(api: &FakeApi, lab: &Lab) {
             json!({"app": "a"}),
             json!({}),
         ),
-    );
-    api.put(
+    ));
+    out.push((
         Kind::Pod,
         pod(
             "default",
@@ -916,13 +918,13 @@ pub(crate) fn populate(api: &FakeApi, lab: &Lab) {
             json!({"app": "b"}),
             json!({"vpc.amazonaws.com/pod-eni": "[{\"eniId\":\"eni-0bbb\",\"ifAddress\":"}),
         ),
-    );
-    api.put(
+    ));
+    out.push((
         Kind::Pod,
         pod("sg-test", "standard-c", NODE, &ip("standard-c"), json!({"app": "c"}),
             json!({"vpc.amazonaws.com/pod-eni": "[{\"eniId\":\"eni-0c5\",\"ifAddress\":\"02:00:00:00:00:c5\",\"privateIp\":\"192.168.41.23\",\"vlanId\":5,\"subnetCidr\":\"192.168.0.0/16\"}]"})),
-    );
-    api.put(
+    ));
+    out.push((
         Kind::Pod,
         pod(
             "default",
@@ -932,9 +934,9 @@ pub(crate) fn populate(api: &FakeApi, lab: &Lab) {
             json!({"role": "db"}),
             json!({}),
         ),
-    );
+    ));
     // Same IP as ordinary-a, on another node: the field selector keeps it out.
-    api.put(
+    out.push((
         Kind::Pod,
         pod(
             "default",
@@ -944,30 +946,30 @@ pub(crate) fn populate(api: &FakeApi, lab: &Lab) {
             json!({}),
             json!({}),
         ),
-    );
-    api.put(
+    ));
+    out.push((
         Kind::Node,
         json!({"metadata": {"name": NODE, "labels": {
         "node.kubernetes.io/instance-type": "m5.large", "kubernetes.io/os": "linux",
         "vpc.amazonaws.com/has-trunk-attached": "false"}}}),
-    );
-    api.put(Kind::DaemonSet, json!({"metadata": {"name": "aws-node", "namespace": "kube-system"},
-        "spec": {"selector": {"matchLabels": {"k8s-app": "aws-node"}}, "template": {"spec": {
+    ));
+    out.push((Kind::DaemonSet, json!({"metadata": {"name": "aws-node", "namespace": "kube-system"},
+        "spec": {"selector": {"matchLabels": {"k8s-app": "aws-node"}}, "template": {"metadata": {"labels": {"k8s-app": "aws-node"}}, "spec": {
             "containers": [{"name": "aws-node", "image": "602401143452.dkr.ecr.us-west-2.amazonaws.com/amazon-k8s-cni:v1.19.2-eksbuild.1",
                 "env": [{"name": "ENABLE_POD_ENI", "value": "true"},
-                        {"name": "POD_SECURITY_GROUP_ENFORCING_MODE", "value": "standard"}]}]}}}}));
+                        {"name": "POD_SECURITY_GROUP_ENFORCING_MODE", "value": "standard"}]}]}}}})));
     for ns in ["default", "sg-test"] {
-        api.put(
+        out.push((
             Kind::ServiceAccount,
             json!({"metadata": {"name": "default", "namespace": ns}}),
-        );
+        ));
     }
-    api.put(
+    out.push((
         Kind::Service,
         json!({"metadata": {"name": "kubernetes", "namespace": "default"},
         "spec": {"type": "ClusterIP", "clusterIP": "10.100.0.1", "ports": [{"port": 443}]}}),
-    );
-    api.put(
+    ));
+    out.push((
         Kind::SecurityGroupPolicy,
         policy(
             "sg-test",
@@ -975,8 +977,8 @@ pub(crate) fn populate(api: &FakeApi, lab: &Lab) {
             json!({
         "podSelector": {"matchLabels": {"app": "c"}}, "securityGroups": {"groupIds": ["sg-0c5"]}}),
         ),
-    );
-    api.put(
+    ));
+    out.push((
         Kind::SecurityGroupPolicy,
         policy(
             "default",
@@ -985,10 +987,18 @@ pub(crate) fn populate(api: &FakeApi, lab: &Lab) {
         "podSelector": {"matchExpressions": [{"key": "role", "operator": "In", "values": ["db"]}]},
         "securityGroups": {"groupIds": ["sg-0db"]}}),
         ),
-    );
-    api.put(Kind::SecurityGroupPolicy, policy("default", "broken", json!({
+    ));
+    out.push((Kind::SecurityGroupPolicy, policy("default", "broken", json!({
         "podSelector": {"matchExpressions": [{"key": "role", "operator": "Equals", "values": ["x"]}]},
-        "securityGroups": {"groupIds": ["sg-0bad"]}})));
+        "securityGroups": {"groupIds": ["sg-0bad"]}}))));
+    out
+}
+
+/// [`objects`] put into the fake.
+pub(crate) fn populate(api: &FakeApi, lab: &Lab) {
+    for (kind, obj) in objects(lab) {
+        api.put(kind, obj);
+    }
 }
 
 /// The report's path of `ip`.
@@ -1305,4 +1315,215 @@ pub fn agent_names_paths_after_pods(lab: &Lab) {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(agent.terminate().success());
     api.stop();
+}
+
+/// [`objects`] created in a real API server as full objects: namespaces and their default
+/// ServiceAccounts first (no controller-manager makes them), pods with their status patched
+/// as their kubelet would, the `kubernetes` Service left to the API server (it makes its own
+/// at 10.100.0.1).
+pub(crate) fn populate_real(api: &RealApi, lab: &Lab) {
+    api.namespace("default");
+    api.namespace("sg-test");
+    for (kind, mut obj) in objects(lab) {
+        match kind {
+            Kind::Pod => api.create_pod(&obj),
+            Kind::ServiceAccount => {}
+            Kind::Service if obj["metadata"]["name"] == "kubernetes" => {}
+            _ => {
+                obj["apiVersion"] = json!(kind.api_version());
+                obj["kind"] = json!(kind.name());
+                api.create(&obj);
+            }
+        }
+    }
+}
+
+/// The agent's own identity on a real API server: deploy/agent applied (its ServiceAccount,
+/// ClusterRole, Role and bindings), and a kubeconfig with a TokenRequest token of
+/// `kube-system/sgpath`, so every read it makes is judged by deploy/'s RBAC.
+pub(crate) fn agent_kubeconfig(api: &RealApi) -> std::path::PathBuf {
+    let deploy = xtask::workspace_root().join("deploy/agent");
+    api.kubectl(&["apply", "--server-side", "-k", deploy.to_str().unwrap()]);
+    let token = api.token("kube-system", "sgpath");
+    api.kubeconfig_for("agent", &token)
+}
+
+/// The agent with `--kubeconfig` against a real kube-apiserver (with the real
+/// SecurityGroupPolicy CRD, and deploy/'s RBAC for the agent's ServiceAccount) in the lab's
+/// node namespace: pods name their paths in `/v1/report` and `/metrics`; the malformed
+/// annotation and policy and the selected pod without branch ENI are findings; a policy
+/// deleted clears its finding; a pod created later is named. Then the API server is killed,
+/// a pod deleted behind its back (straight from etcd, as another API server would) and etcd
+/// compacted: the agent stays ready with what it knew, and when the API server comes back
+/// its watches are `410 Gone`, it relists, and the deleted pod has lost its labels.
+pub fn agent_watches_a_real_api_server(lab: &Lab) {
+    let node = lab.layout.node();
+    let mut api = RealApi::start(Some(&node), &[]);
+    populate_real(&api, lab);
+    let kubeconfig = agent_kubeconfig(&api);
+    let cni = lab.cni_config();
+    let agent = Agent::start(
+        &node,
+        &[
+            "--cni-config",
+            cni.to_str().unwrap(),
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-name",
+            NODE,
+            "--summary-interval",
+            "1s",
+        ],
+    );
+    let ip = |name: &str| {
+        lab.spec
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .ip
+            .to_string()
+    };
+    let (a, b, c, d) = (
+        ip("ordinary-a"),
+        ip("ordinary-b"),
+        ip("standard-c"),
+        ip("secondary-d"),
+    );
+    let doc = wait_report(
+        &agent,
+        Duration::from_secs(30),
+        "paths named after their pods",
+        |doc| {
+            labelled(doc, &a, "default", "ordinary-a")
+                && labelled(doc, &d, "default", "secondary-d")
+        },
+    );
+    assert!(labelled(&doc, &b, "default", "ordinary-b"));
+    let pc = path_of(&doc, &c);
+    assert_eq!(pc["pod"]["name"], "standard-c");
+    assert_eq!(pc["pod"]["namespace"], "sg-test");
+    assert_eq!(pc["pod"]["branch_eni"], "eni-0c5");
+    assert_eq!(pc["pod"]["branch_vlan"], 5);
+    assert_eq!(pc["pod"]["security_groups"], json!(["sg-0c5"]));
+    let got = findings(&doc);
+    for want in [
+        ("malformed-pod-eni-annotation", "default/ordinary-b"),
+        ("malformed-security-group-policy", "default/broken"),
+        ("sgp-pod-without-branch-eni", "default/secondary-d"),
+        ("trunk-unavailable", NODE),
+    ] {
+        assert!(
+            got.iter().any(|(i, s)| (i.as_str(), s.as_str()) == want),
+            "no {want:?} in {got:?}\n{}",
+            agent.log_text()
+        );
+    }
+    let (status, metrics) = agent.request("GET", "/metrics", &[]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(
+            &metrics,
+            "sgpath_path_info",
+            &[
+                ("pod_ip", c.as_str()),
+                ("pod", "standard-c"),
+                ("eni", "eni-0c5"),
+                ("security_groups", "sg-0c5")
+            ]
+        ),
+        Some(1),
+        "{metrics}"
+    );
+    // The agent read only through deploy/'s RBAC: nothing it asked for was refused.
+    let log = agent.log_text();
+    assert!(
+        !log.contains("forbidden") && !log.contains("Forbidden"),
+        "the agent was refused something deploy/'s RBAC should allow:\n{log}"
+    );
+
+    // A watch event: the policy goes, its finding clears.
+    api.kubectl(&["delete", "securitygrouppolicy", "db", "-n", "default"]);
+    wait_report(
+        &agent,
+        Duration::from_secs(15),
+        "sgp-pod-without-branch-eni cleared",
+        |doc| {
+            !findings(doc)
+                .iter()
+                .any(|(i, _)| i == "sgp-pod-without-branch-eni")
+        },
+    );
+
+    // The API server goes away; ordinary-a is deleted behind its back and etcd compacted.
+    api.cp.stop_apiserver();
+    api.etcd_delete("pods/default/ordinary-a");
+    api.compact_etcd();
+    agent.wait_event("kube-watch-failed", Duration::from_secs(30));
+    assert!(
+        agent
+            .log_events()
+            .iter()
+            .any(|e| e["event"] == "kube-watch-failed"),
+        "no kube-watch-failed event:\n{}",
+        agent.log_text()
+    );
+    let (status, _) = agent.request("GET", "/readyz", &[]);
+    assert_eq!(status, 200, "the agent is ready without its API server");
+    assert!(
+        labelled(&agent.report(&[]), &a, "default", "ordinary-a"),
+        "the last known context stays while the API server is away"
+    );
+
+    // It comes back: the agent's watches resume from a compacted revision, it relists, and
+    // ordinary-a is gone with its labels.
+    api.cp
+        .start_apiserver()
+        .unwrap_or_else(|e| panic!("kube-apiserver did not restart: {e:#}"));
+    let doc = wait_report(
+        &agent,
+        Duration::from_secs(90),
+        "ordinary-a unlabelled after the relist",
+        |doc| path_of(doc, &a)["pod"].is_null(),
+    );
+    assert!(
+        labelled(&doc, &b, "default", "ordinary-b"),
+        "the others keep their labels"
+    );
+    assert_eq!(path_of(&doc, &c)["pod"]["name"], "standard-c");
+    let (_, metrics) = agent.request("GET", "/metrics", &[]);
+    assert!(
+        !metrics.contains("pod=\"ordinary-a\""),
+        "stale label in /metrics:\n{metrics}"
+    );
+    agent.wait_event("kube-watch-resumed", Duration::from_secs(30));
+    assert!(
+        agent
+            .log_events()
+            .iter()
+            .any(|e| e["event"] == "kube-watch-resumed"),
+        "{}",
+        agent.log_text()
+    );
+    eprintln!("agent's log after the restart:\n{}", agent.log_text());
+
+    // A pod scheduled to this node after the restart (ordinary-a's address reused, as a
+    // recreated pod's would be) is named within the watch's latency.
+    let mut again = pod(
+        "default",
+        "ordinary-a2",
+        NODE,
+        &a,
+        json!({"app": "a"}),
+        json!({}),
+    );
+    again["metadata"]["labels"]["generation"] = json!("2");
+    api.create_pod(&again);
+    wait_report(
+        &agent,
+        Duration::from_secs(15),
+        "the recreated pod named",
+        |doc| labelled(doc, &a, "default", "ordinary-a2"),
+    );
+    assert!(agent.terminate().success());
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 use xtask::lab::{Lab, Spec, names};
 
 pub mod agent;
+pub mod apiserver;
 pub mod bench;
 pub mod conns;
 pub mod deploy;

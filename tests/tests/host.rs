@@ -378,6 +378,17 @@ fn agent_names_paths_after_pods() {
     sgpath_tests::kube::agent_names_paths_after_pods(&lab);
 }
 
+/// `sgpath agent --kubeconfig` against a real kube-apiserver (deploy/'s RBAC, the real
+/// SecurityGroupPolicy CRD): paths named after pods, the malformed annotation and policy and
+/// a policy's pod without branch ENI as findings, a deleted policy clearing its finding; the
+/// API server killed, a pod deleted behind its back and etcd compacted, then back: `410`,
+/// relist, no stale labels; a pod created afterwards named.
+#[test]
+fn agent_watches_a_real_api_server() {
+    let lab = built("host", "sgt-kr");
+    sgpath_tests::kube::agent_watches_a_real_api_server(&lab);
+}
+
 /// Exactly the DaemonSet's capabilities, then without CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN in
 /// turn: each named once, degraded or partial, never dead.
 #[test]
@@ -409,6 +420,13 @@ fn ec2_rules_from_moto_judge_the_default_lab() {
 #[test]
 fn deploy_manifests_parse_and_render() {
     sgpath_tests::deploy::deploy_manifests_parse_and_render();
+}
+
+/// `kubectl apply --server-side --validate=strict -k` of deploy/base and deploy/agent against
+/// a real kube-apiserver with the upstream CRDs; an unknown field is refused.
+#[test]
+fn deploy_applies_to_a_real_api_server() {
+    sgpath_tests::deploy::deploy_applies_to_a_real_api_server();
 }
 
 /// The rendered DaemonSet: no privileged, exactly the named capabilities over drop ALL,

@@ -747,6 +747,9 @@ mod tests {
             p if p.ends_with("/security-group-ids") => (200, "sg-node".into()),
             p if p.ends_with("/local-ipv4s") => (200, "192.168.1.10".into()),
             p if p.ends_with("/vpc-ipv4-cidr-blocks") => (200, "192.168.0.0/16".into()),
+            // A secondary VPC block, and prefix delegation on the node's ENI.
+            p if p.ends_with("/vpc-ipv6-cidr-blocks") => (200, "2600:1f14::/56".into()),
+            p if p.ends_with("/ipv4-prefix") => (200, "192.168.7.32/28\n".into()),
             "/latest/meta-data/iam/security-credentials/" => (200, "node-role".into()),
             "/latest/meta-data/iam/security-credentials/node-role" => (
                 200,
@@ -818,7 +821,14 @@ mod tests {
         assert_eq!(node[0].groups, ["sg-node"]);
         assert_eq!(
             node[0].vpc_cidrs,
-            ["192.168.0.0/16".parse::<IpNet>().unwrap()]
+            [
+                "192.168.0.0/16".parse::<IpNet>().unwrap(),
+                "2600:1f14::/56".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            node[0].prefixes,
+            ["192.168.7.32/28".parse::<IpNet>().unwrap()]
         );
         let region = a.region().await.unwrap();
         let enis = a
@@ -845,7 +855,20 @@ mod tests {
         let Rules::Fresh { catalog } = rules else {
             panic!("not fresh")
         };
-        assert_eq!(catalog.vpc_cidrs.len(), 1);
+        assert_eq!(
+            catalog.vpc_cidrs,
+            [
+                "192.168.0.0/16".parse::<IpNet>().unwrap(),
+                "2600:1f14::/56".parse().unwrap()
+            ]
+        );
+        // Prefix delegation: CoreDNS or an ordinary pod in the node ENI's /28 carries its
+        // groups (instance metadata's ipv4-prefix).
+        let in_prefix: IpAddr = "192.168.7.37".parse().unwrap();
+        assert_eq!(
+            catalog.groups_of(in_prefix),
+            Some(&["sg-node".to_owned()][..])
+        );
         assert_eq!(catalog.groups_of(pod), Some(&["sg-pod".to_owned()][..]));
         let node: IpAddr = "192.168.1.10".parse().unwrap();
         assert!(catalog.judge(&Flow::tcp(node, pod, 80)).is_allowed());

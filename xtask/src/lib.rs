@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod cmd;
+pub mod cni_plugin;
 pub mod control_plane;
 pub mod image;
 pub mod kernel;

@@ -101,6 +101,7 @@ pub fn missing() -> Vec<String> {
         missing.push(format!("moto[server] for python3 ({e})"));
     }
     missing.extend(crate::control_plane::missing());
+    missing.extend(crate::cni_plugin::missing());
     for short in kernel::KERNELS {
         if let Err(e) = kernel::get(short) {
             missing.push(format!("{e:#}"));
@@ -142,6 +143,8 @@ pub fn run() -> Result<()> {
     cmd::step("setup: moto[server]", moto)?;
     // kube-apiserver, etcd and the CRDs the Kubernetes host tests run against.
     cmd::step("setup: control plane", crate::control_plane::install)?;
+    // routed-eni-cni-plugin at its pinned releases and the fake ipamd: the lab's pods.
+    cmd::step("setup: VPC CNI plugin", crate::cni_plugin::ensure)?;
     for short in kernel::KERNELS {
         cmd::step(&format!("setup: kernel {short}"), || kernel::install(short))?;
     }

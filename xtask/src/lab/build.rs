@@ -92,8 +92,16 @@ pub fn vpc_eni(name: &str) -> String {
     format!("eni-{name}")
 }
 
-/// The script that builds the whole lab.
+/// The script that builds the whole lab, the pods plumbed by the lab itself.
 pub fn script(spec: &Spec, l: &Layout) -> String {
+    script_with(spec, l, true)
+}
+
+/// The script that builds the lab; with `plumb_pods` false it leaves out what the CNI plugin
+/// does for each pod on the node and in the pod (veths, addresses, VLAN links, rules,
+/// routes), so [`super::cni`] can run the real plugin instead. What ipamd and AWS do
+/// (namespaces, ENIs, tables of secondary ENIs, sysctls, the VPC's side of every pod) stays.
+pub fn script_with(spec: &Spec, l: &Layout, plumb_pods: bool) -> String {
     let mut s = String::from("set -eu\n");
     let (node, vpc, bastion) = (l.node(), l.vpc(), l.bastion());
     let mtu = spec.node.mtu;
@@ -230,7 +238,10 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
     }
 
     for (i, pod) in spec.pods.iter().enumerate() {
-        pod_script(&mut s, spec, l, i, pod);
+        if plumb_pods {
+            pod_script(&mut s, spec, l, i, pod);
+        }
+        pod_vpc_script(&mut s, spec, l, pod);
     }
     emit!(s, "\n# Security groups, enforced in the VPC as AWS does");
     emit!(
@@ -242,7 +253,7 @@ pub fn script(spec: &Spec, l: &Layout) -> String {
 }
 
 fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
-    let (node, vpc, pns) = (l.node(), l.vpc(), l.pod(i));
+    let (node, pns) = (l.node(), l.pod(i));
     let veth = names::host_veth(spec, pod);
     let mac = host_veth_mac(i);
     let ip = pod.ip;
@@ -286,20 +297,6 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
                 );
                 emit!(s, "ip -n {node} link set {vl} up");
                 eni_table_routes(s, &node, gw, &vl, table);
-                // The VPC delivers to the branch ENI's MAC and answers ARP for the gateway on every VLAN.
-                emit!(
-                    s,
-                    "ip -n {vpc} link add link {VPC_TRUNK} name {VPC_TRUNK}.{vlan} type vlan id {vlan}"
-                );
-                emit!(
-                    s,
-                    "ip -n {vpc} addr add {gw}/32 dev {VPC_TRUNK}.{vlan}\nip -n {vpc} link set {VPC_TRUNK}.{vlan} up"
-                );
-                emit!(s, "ip -n {vpc} route add {ip}/32 dev {VPC_TRUNK}.{vlan}");
-                emit!(
-                    s,
-                    "ip -n {vpc} neigh add {ip} lladdr {bmac} dev {VPC_TRUNK}.{vlan} nud permanent"
-                );
             }
             match spec.mode_of(pod) {
                 Mode::Strict => {
@@ -322,7 +319,44 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
         _ => {
             emit!(s, "ip -n {node} route add {ip} dev {veth} scope link");
             emit!(s, "ip -n {node} rule add pref 512 to {ip} table main");
-            // The VPC delivers an ENI's secondary IPs to that ENI's MAC.
+            if let Some(eni) = spec.eni_of(pod) {
+                emit!(
+                    s,
+                    "ip -n {node} rule add pref 1536 from {ip} table {}",
+                    eni.table()
+                );
+            }
+        }
+    }
+}
+
+/// The VPC's side of a pod: AWS delivers a branch ENI's traffic on its VLAN of the trunk to
+/// the branch ENI's MAC (answering ARP for the gateway on every VLAN), and an ENI's
+/// secondary IPs to that ENI's MAC.
+fn pod_vpc_script(s: &mut String, spec: &Spec, l: &Layout, pod: &Pod) {
+    let vpc = l.vpc();
+    let (ip, gw) = (pod.ip, spec.vpc.gateway());
+    match (pod.kind, pod.vlan) {
+        (PodKind::Branch, Some(vlan)) => {
+            if spec.node.trunk.is_none() {
+                return;
+            }
+            let bmac = branch_eni_mac(vlan);
+            emit!(
+                s,
+                "ip -n {vpc} link add link {VPC_TRUNK} name {VPC_TRUNK}.{vlan} type vlan id {vlan}"
+            );
+            emit!(
+                s,
+                "ip -n {vpc} addr add {gw}/32 dev {VPC_TRUNK}.{vlan}\nip -n {vpc} link set {VPC_TRUNK}.{vlan} up"
+            );
+            emit!(s, "ip -n {vpc} route add {ip}/32 dev {VPC_TRUNK}.{vlan}");
+            emit!(
+                s,
+                "ip -n {vpc} neigh add {ip} lladdr {bmac} dev {VPC_TRUNK}.{vlan} nud permanent"
+            );
+        }
+        _ => {
             let (vdev, mac) = match spec.eni_of(pod) {
                 Some(eni) => {
                     let k = spec
@@ -331,11 +365,6 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
                         .iter()
                         .position(|e| e.name == eni.name)
                         .expect("validated");
-                    emit!(
-                        s,
-                        "ip -n {node} rule add pref 1536 from {ip} table {}",
-                        eni.table()
-                    );
                     (vpc_eni(&eni.name), eni_mac(k))
                 }
                 None => (VPC_ENI0.to_string(), ETH0_MAC.to_string()),

@@ -12,6 +12,7 @@
 
 pub mod aws;
 pub mod build;
+pub mod cni;
 pub mod command;
 pub mod dns;
 pub mod names;
@@ -43,6 +44,27 @@ pub struct Lab {
     servers: Vec<Child>,
     /// The lab's EC2 and instance metadata, once [`Lab::start_aws`] ran.
     pub aws: Option<aws::FakeAws>,
+    /// The fake ipamd and the runtime's memory of each sandbox, when the real VPC CNI
+    /// plugin plumbed the pods.
+    pub cni: Option<cni::Cni>,
+}
+
+/// Environment variable choosing who plumbs the pods of [`Lab::build`] and [`Lab::up`]: a
+/// pinned VPC CNI release (`v1.23.2`, `v1.7.10`: the real plugin) or `lab` (the lab's own
+/// script); unset is `lab`.
+pub const CNI_ENV: &str = "SGPATH_LAB_CNI";
+
+/// The plumbing [`CNI_ENV`] asks for: `None` for the lab's own.
+///
+/// # Errors
+/// When it names a release that is not pinned.
+pub fn cni_from_env() -> Result<Option<crate::cni_plugin::Release>> {
+    match std::env::var(CNI_ENV) {
+        Ok(v) if !v.is_empty() && v != "lab" => {
+            Ok(Some(crate::cni_plugin::Release::by_version(&v)?))
+        }
+        _ => Ok(None),
+    }
 }
 
 impl Lab {
@@ -52,7 +74,20 @@ impl Lab {
     /// # Errors
     /// The failing command and its stderr; whatever was built is torn down.
     pub fn up(spec: Spec, prefix: &str) -> Result<Lab> {
-        let mut lab = Lab::build(spec, prefix)?;
+        Lab::up_with(spec, prefix, cni_from_env()?)
+    }
+
+    /// [`Lab::up`] with the pods plumbed by the VPC CNI plugin of `cni` (or the lab's own
+    /// script for `None`).
+    ///
+    /// # Errors
+    /// As [`Lab::up`].
+    pub fn up_with(
+        spec: Spec,
+        prefix: &str,
+        cni: Option<crate::cni_plugin::Release>,
+    ) -> Result<Lab> {
+        let mut lab = Lab::build_with(spec, prefix, cni)?;
         lab.start_servers()?;
         Ok(lab)
     }
@@ -62,6 +97,20 @@ impl Lab {
     /// # Errors
     /// As [`Lab::up`].
     pub fn build(spec: Spec, prefix: &str) -> Result<Lab> {
+        Lab::build_with(spec, prefix, cni_from_env()?)
+    }
+
+    /// [`Lab::build`] with the pods plumbed by the VPC CNI plugin of `cni`: the lab's script
+    /// builds the node, the VPC and the pods' namespaces, then the plugin is run for each pod
+    /// in order ([`cni::Cni`]), then the faults are injected.
+    ///
+    /// # Errors
+    /// As [`Lab::up`], and the plugin's error.
+    pub fn build_with(
+        spec: Spec,
+        prefix: &str,
+        cni: Option<crate::cni_plugin::Release>,
+    ) -> Result<Lab> {
         let layout = Layout {
             prefix: prefix.to_string(),
         };
@@ -72,16 +121,52 @@ impl Lab {
             dir,
             servers: Vec::new(),
             aws: None,
+            cni: None,
         };
         lab.teardown();
         std::fs::create_dir_all(&lab.dir)
             .with_context(|| format!("creating {}", lab.dir.display()))?;
         std::fs::write(lab.cni_config(), build::conflist(&lab.spec))?;
-        sh(&batched(&build::script(&lab.spec, &lab.layout))).context("building the lab")?;
+        let script = build::script_with(&lab.spec, &lab.layout, cni.is_none());
+        sh(&batched(&script)).context("building the lab")?;
+        if let Some(release) = cni {
+            let mut c = cni::Cni::start(&lab.spec, &lab.layout, &lab.dir, release)?;
+            for i in 0..lab.spec.pods.len() {
+                c.add(&lab.spec, &lab.layout, i)?;
+            }
+            lab.cni = Some(c);
+        }
         for f in lab.spec.faults.clone() {
             lab.inject(&f)?;
         }
         Ok(lab)
+    }
+
+    /// Delete pod `name` through the plugin and create it again under the same name in a
+    /// fresh sandbox (a recreated StatefulSet pod): `CNI_COMMAND=DEL` with the runtime's
+    /// prevResult, a new network namespace, `CNI_COMMAND=ADD`. The pod's servers are not
+    /// restarted.
+    ///
+    /// # Errors
+    /// When the lab's pods were not made by the plugin, or a step fails.
+    pub fn recreate_pod(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .spec
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))?;
+        let cni = self
+            .cni
+            .as_mut()
+            .context("the lab's pods were not made by the VPC CNI plugin")?;
+        cni.del(&self.spec, &self.layout, i)?;
+        let ns = self.layout.pod(i);
+        sh(&format!(
+            "ip netns pids {ns} | xargs -r kill -9; ip netns del {ns} && ip netns add {ns} && ip -n {ns} link set lo up"
+        ))?;
+        cni.add(&self.spec, &self.layout, i)?;
+        Ok(())
     }
 
     /// Where the lab's CNI config is (pass it to `sgpath --cni-config`).
@@ -278,6 +363,7 @@ impl Lab {
 
     fn teardown(&mut self) {
         self.aws = None;
+        self.cni = None;
         for mut c in self.servers.drain(..) {
             let _ = c.kill();
             let _ = c.wait();

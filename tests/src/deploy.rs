@@ -1337,7 +1337,9 @@ pub fn deploy_applies_to_a_real_api_server() {
                 );
                 let err = String::from_utf8_lossy(&out.stderr);
                 assert!(
-                    !out.status.success() && err.contains("unknown field"),
+                    !out.status.success()
+                        && (err.contains("unknown field")
+                            || err.contains("not declared in schema")),
                     "{kind} with an unknown field was accepted: {err}"
                 );
             }

@@ -595,6 +595,8 @@ impl ControlPlane {
             ))
             .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
             .args(["--authorization-mode=Node,RBAC", "--anonymous-auth=false"])
+            // The `kubernetes` Service's endpoints may not be loopback: nothing needs them.
+            .arg("--endpoint-reconciler-type=none")
             .args(["--profiling=false", "--v=1"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

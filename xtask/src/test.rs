@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 pub const VM_TEST_THREADS: u32 = 2;
 
 /// Integration-test targets of `sgpath-tests` that run inside the VMs.
-pub const VM_TEST_TARGETS: &[&str] = &["vm", "vm_checks"];
+pub const VM_TEST_TARGETS: &[&str] = &["vm", "vm_checks", "vm_plugin"];
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, Clone, clap::Args)]
@@ -637,6 +637,12 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, St
         timeout: Duration::from_secs(1800),
         binaries: std::iter::once(crate::sgpath_bin())
             .chain(bins.iter().map(|b| b.exe.clone()))
+            // The VPC CNI plugin and fake ipamd of every pinned release (vm_plugin's labs).
+            .chain(
+                crate::cni_plugin::RELEASES
+                    .iter()
+                    .flat_map(|r| [r.plugin(), r.fake_ipamd()]),
+            )
             .collect(),
         // The security-group verdict test reads the lab's groups from moto.
         moto: true,

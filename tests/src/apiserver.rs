@@ -89,9 +89,9 @@ impl RealApi {
         self.kubectl_stdin(&["create", "-f", "-"], Some(&obj.to_string()));
     }
 
-    /// `kubectl get -o json`.
+    /// `kubectl get <args> -o json`.
     pub fn get(&self, args: &[&str]) -> Value {
-        let out = self.kubectl(&[args, &["-o", "json"]].concat());
+        let out = self.kubectl(&[&["get"], args, &["-o", "json"]].concat());
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl get {args:?}: {e}: {out}"))
     }
 

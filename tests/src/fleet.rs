@@ -18,8 +18,11 @@ use std::{
 use serde_json::{Value, json};
 use xtask::lab::Lab;
 
+use xtask::control_plane::StaticUser;
+
 use crate::{
     agent::{Agent, sample},
+    apiserver::RealApi,
     kube::{FakeApi, Kind, NODE},
     observe::in_netns,
 };
@@ -75,18 +78,32 @@ fn builds(agent: &Agent) -> u64 {
     sample(&metrics, "sgpath_http_report_builds_total", &[]).expect("builds counted")
 }
 
-/// `--auth kubernetes`: 401 without a token or with one the cluster does not know, 403 for
-/// a known user without `get` on the path, 200 for one with it (also through
+/// `--auth kubernetes` against a real kube-apiserver with deploy/base applied: the agent
+/// asks TokenReview and SubjectAccessReview with its own ServiceAccount token, and RBAC as
+/// deploy/ grants it answers. 401 without a token or with one the cluster does not know,
+/// 403 for a known user without `get` on the path (a static-token user; the scraper's
+/// ServiceAccount on `/v1/report`; `sgpath-client` on `/metrics`; a person of
+/// `sgpath-users`, who reads reports only through `sgpath-client`), 200 for the scraper on
+/// `/metrics` and `sgpath-client` on `/v1/report` and `/v1/trace` (also through
 /// `X-Sgpath-Authorization`, as through the pods proxy); refused requests build no report
-/// and the reviews are cached; a flood of allowed ones builds at most one report per
+/// and the reviews are cached (counted by the API server's own
+/// `apiserver_request_total`); a flood of allowed ones builds at most one report per
 /// `--report-max-age`; health checks stay open; no token is ever logged.
 pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
     let node = lab.layout.node();
-    let api = FakeApi::start(&node);
-    rbac(&api);
-    let dir = tempdir("auth");
-    let kubeconfig = dir.join("kubeconfig");
-    api.kubeconfig(&kubeconfig);
+    let api = RealApi::start(
+        Some(&node),
+        &[
+            StaticUser::new(MALLORY, "mallory", &[]),
+            StaticUser::new(ALICE, "alice", &["sgpath-users"]),
+        ],
+    );
+    let base = xtask::workspace_root().join("deploy/base");
+    api.kubectl(&["apply", "--server-side", "-k", base.to_str().unwrap()]);
+    let kubeconfig = crate::kube::agent_kubeconfig(&api);
+    let scraper = api.token("kube-system", "sgpath-scraper");
+    let client = api.token("kube-system", "sgpath-client");
+    let agent_token = std::fs::read_to_string(&kubeconfig).unwrap();
     let agent = Agent::in_lab(
         lab,
         &[
@@ -100,12 +117,26 @@ pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
             "5s",
         ],
     );
+    let bearer = |t: &str| format!("Bearer {t}");
+    let builds = |agent: &Agent| -> u64 {
+        let (status, metrics) =
+            agent.request("GET", "/metrics", &[("Authorization", &bearer(&scraper))]);
+        assert_eq!(status, 200, "the scraper on /metrics: {metrics}");
+        sample(&metrics, "sgpath_http_report_builds_total", &[]).expect("builds counted")
+    };
+    let reviews = |kind: &str| {
+        api.metric(
+            "apiserver_request_total",
+            &[("resource", kind), ("verb", "POST")],
+        )
+    };
     for path in ["/healthz", "/readyz"] {
         assert_eq!(agent.request("GET", path, &[]).0, 200, "{path} stays open");
     }
     let start = Instant::now();
     let before = builds(&agent);
-    let mallory = format!("Bearer {MALLORY}");
+    let token_reviews_before = reviews("tokenreviews");
+    let mallory = bearer(MALLORY);
     let paths = [
         "/metrics",
         "/v1/report",
@@ -143,11 +174,7 @@ pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
         after - before,
         ROUNDS * 12
     );
-    let (_, metrics) = agent.request(
-        "GET",
-        "/metrics",
-        &[("Authorization", &format!("Bearer {READER}"))],
-    );
+    let (_, metrics) = agent.request("GET", "/metrics", &[("Authorization", &bearer(&scraper))]);
     assert_eq!(
         sample(
             &metrics,
@@ -164,27 +191,30 @@ pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
         ),
         Some(ROUNDS * 3)
     );
-    // (token, path) answers are cached: 3 paths x 2 known-or-not tokens plus the reader's,
-    // not one review per request. (A refusal is asked again after 10 s.)
-    let reviews = api.served("TokenReview create");
+    // (token, path) answers are cached: 3 paths x 2 known-or-not tokens (the scraper's was
+    // asked before counting), not one review per request. (A refusal is asked again after
+    // 10 s.)
+    let token_reviews = reviews("tokenreviews") - token_reviews_before;
+    let most = 6 * (1 + elapsed.as_secs() / 10 + 1);
     assert!(
-        (7..=7 * (1 + elapsed.as_secs() / 10 + 1)).contains(&reviews),
-        "{reviews} TokenReviews for {} requests",
-        ROUNDS * 12 + 3
+        (6.0..=most as f64).contains(&token_reviews),
+        "{token_reviews} TokenReviews for {} requests",
+        ROUNDS * 12 + 1
     );
     assert!(
-        api.served("SubjectAccessReview create") >= 4,
-        "mallory x 3 paths + reader"
+        reviews("subjectaccessreviews") >= 4.0,
+        "mallory x 3 paths + the scraper"
     );
 
-    // The reader: 200, also through the proxy's header; a flood costs at most a build.
+    // sgpath-client: 200 on reports, also through the proxy's header; a flood costs at
+    // most a build.
     let b0 = builds(&agent);
     let flood = Instant::now();
     for _ in 0..50 {
-        let doc = agent.report(&[("Authorization", &format!("Bearer {READER}"))]);
+        let doc = agent.report(&[("Authorization", &bearer(&client))]);
         assert_eq!(doc["schema"], "sgpath.report/v1");
     }
-    let doc = agent.report(&[("X-Sgpath-Authorization", &format!("Bearer {READER}"))]);
+    let doc = agent.report(&[("X-Sgpath-Authorization", &bearer(&client))]);
     assert_eq!(doc["schema"], "sgpath.report/v1");
     let built = builds(&agent) - b0;
     assert!(
@@ -192,20 +222,39 @@ pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
         "{built} reports built for 51 requests in {:?}",
         flood.elapsed()
     );
-    // Allowed /v1/report is not allowed /v1/trace.
     let (status, body) = agent.request(
         "GET",
         "/v1/trace?from=10.0.0.1&to=10.0.0.2",
-        &[("Authorization", &format!("Bearer {READER}"))],
+        &[("Authorization", &bearer(&client))],
     );
-    assert_eq!(status, 403, "{body}");
+    assert_ne!(status, 401, "{body}");
+    assert_ne!(status, 403, "sgpath-client may trace: {body}");
+    // What deploy/ does not grant: the scraper reads no report, the client no metrics, a
+    // person of sgpath-users asks only through sgpath-client's token.
+    for (who, token, path) in [
+        ("the scraper", scraper.as_str(), "/v1/report"),
+        ("sgpath-client", client.as_str(), "/metrics"),
+        ("alice (sgpath-users)", ALICE, "/v1/report"),
+    ] {
+        let (status, body) = agent.request("GET", path, &[("Authorization", &bearer(token))]);
+        assert_eq!(status, 403, "{who} on {path}: {body}");
+    }
     let log = agent.log_text();
-    for secret in [READER, MALLORY, "made-up-token", AGENT_TOKEN] {
+    let agent_secret = agent_token
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("a token in the agent's kubeconfig");
+    for secret in [
+        scraper.as_str(),
+        client.as_str(),
+        MALLORY,
+        ALICE,
+        "made-up-token",
+        agent_secret,
+    ] {
         assert!(!log.contains(secret), "a token in the log:\n{log}");
     }
     assert!(agent.terminate().success());
-    api.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An agent pod of the DaemonSet on `node`.

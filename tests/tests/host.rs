@@ -340,8 +340,9 @@ fn agent_under_map_pressure() {
     sgpath_tests::agent::agent_under_map_pressure(&lab);
 }
 
-/// `sgpath agent --auth kubernetes` against the fake API server's TokenReview and
-/// SubjectAccessReview: 401, 403, 200, no report built for a refused request.
+/// `sgpath agent --auth kubernetes` against a real API server's TokenReview and
+/// SubjectAccessReview, judged by deploy/'s RBAC as applied: 401, 403, 200, no report built
+/// for a refused request.
 #[test]
 fn agent_kubernetes_auth_refuses_without_building_a_report() {
     let lab = built("host", "sgt-hka");

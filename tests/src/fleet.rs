@@ -68,16 +68,6 @@ fn tempdir(name: &str) -> PathBuf {
     dir
 }
 
-fn builds(agent: &Agent) -> u64 {
-    let (status, metrics) = agent.request(
-        "GET",
-        "/metrics",
-        &[("Authorization", &format!("Bearer {READER}"))],
-    );
-    assert_eq!(status, 200, "{metrics}");
-    sample(&metrics, "sgpath_http_report_builds_total", &[]).expect("builds counted")
-}
-
 /// `--auth kubernetes` against a real kube-apiserver with deploy/base applied: the agent
 /// asks TokenReview and SubjectAccessReview with its own ServiceAccount token, and RBAC as
 /// deploy/ grants it answers. 401 without a token or with one the cluster does not know,

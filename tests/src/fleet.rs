@@ -251,7 +251,7 @@ pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
 fn agent_pod(name: &str, node: &str) -> Value {
     json!({"metadata": {"name": name, "namespace": "kube-system",
                         "labels": {"app.kubernetes.io/name": "sgpath"}},
-           "spec": {"nodeName": node, "hostNetwork": true,
+           "spec": {"nodeName": node, "hostNetwork": true, "serviceAccountName": "sgpath",
                     "containers": [{"name": "sgpath", "image": "sgpath:0.1.0"}]},
            "status": {"phase": "Running"}})
 }
@@ -770,4 +770,182 @@ pub fn agent_auth_mode_errors_are_named() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Forwards TCP connections to `listen` (an address of namespace `ns`) to 127.0.0.1:`to` in
+/// the same namespace, as the agent's `--listen $(POD_IP):9464` would take them itself (the
+/// test's [`Agent`] listens on loopback, which the API server's proxy refuses to dial). The
+/// thread runs until the process ends.
+fn forward(ns: &str, listen: std::net::SocketAddr, to: u16) {
+    let path = format!("/run/netns/{ns}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+        tx.send(()).unwrap();
+        for conn in listener.incoming() {
+            let Ok(mut down) = conn else { continue };
+            let Ok(mut up) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, to)) else {
+                continue;
+            };
+            let (mut down2, mut up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut down2, &mut up2);
+                let _ = up2.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up, &mut down);
+                let _ = down.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    rx.recv().expect("the forwarder's listener");
+}
+
+/// `kubectl sgpath` through a real kube-apiserver's pods proxy, with deploy/base applied:
+/// alice (group `sgpath-users`, as an EKS access entry would map her) lists the agent pods,
+/// gets a TokenRequest token of `sgpath-client` (the API server signs it; the agent asks
+/// the same server's TokenReview and SubjectAccessReview) and reaches the agent on the lab's
+/// node at its pod IP (hostNetwork: the node's address) through
+/// `/api/v1/namespaces/kube-system/pods/<agent>:9464/proxy/...`. An agent pod whose address
+/// refuses the port is a row saying so, a node without an agent pod too; the broken branch
+/// pod is named with its node, path and fix; a user without RBAC is refused by the real
+/// RBAC; real `kubectl` finds the plugin on PATH and says the same. Rows the real server
+/// cannot be made to produce on demand (an agent that accepts and never answers, one that
+/// answers HTML) stay in [`kubectl_sgpath_asks_the_fleet`] on the fake.
+pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
+    let node = lab.layout.node();
+    let api = RealApi::start(
+        Some(&node),
+        &[
+            StaticUser::new(ALICE, "alice", &["sgpath-users"]),
+            StaticUser::new(MALLORY, "mallory", &[]),
+        ],
+    );
+    crate::kube::populate_real(&api, lab);
+    let base = xtask::workspace_root().join("deploy/base");
+    api.kubectl(&["apply", "--server-side", "-k", base.to_str().unwrap()]);
+    let agent_kc = crate::kube::agent_kubeconfig(&api);
+    let a = Agent::in_lab(
+        lab,
+        &[
+            "--kubeconfig",
+            agent_kc.to_str().unwrap(),
+            "--node-name",
+            NODE,
+            "--auth",
+            "kubernetes",
+        ],
+    );
+    let node_ip = lab.spec.node.primary_ip;
+    forward(&node, (node_ip, PORT).into(), a.port);
+    // An agent pod on node-c whose address (a pod of the lab) has nothing on the port.
+    let closed_ip = lab.spec.pods[0].ip;
+    for (pod, on, ip) in [
+        ("sgpath-a", NODE, node_ip.to_string()),
+        ("sgpath-c", "node-c", closed_ip.to_string()),
+    ] {
+        api.create_pod(&agent_pod(pod, on));
+        api.patch_pod_status(
+            "kube-system",
+            pod,
+            json!({"podIP": ip, "podIPs": [{"ip": ip}], "hostIP": ip, "hostIPs": [{"ip": ip}]}),
+        );
+    }
+    for n in ["node-c", "node-f"] {
+        api.create(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}));
+    }
+    let user_kc = api.kubeconfig_for("alice", ALICE);
+
+    let start = Instant::now();
+    let findings = loop {
+        let run = plugin(&node, &user_kc, &["findings", "-A", "-o", "json"]);
+        assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+        let doc = run.json();
+        let named = doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "vlan-parent-missing" && f["pod"] == "sg-test/standard-c");
+        if named {
+            break doc;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never named: {doc:#}\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let f = findings["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "vlan-parent-missing")
+        .unwrap();
+    assert_eq!(f["node"], NODE);
+    assert_eq!(f["path"]["kind"], "branch-eni");
+    assert_eq!(f["path"]["vlan_id"], 5);
+
+    let run = plugin(&node, &user_kc, &["nodes", "-o", "json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let got = states(&run.json());
+    assert_eq!(
+        got,
+        [
+            (NODE.to_owned(), "ready".to_owned()),
+            ("node-c".to_owned(), "unreachable".to_owned()),
+            ("node-f".to_owned(), "absent".to_owned()),
+        ],
+        "{}",
+        run.stdout
+    );
+
+    // Without RBAC: no token for the agents, the real API server refuses.
+    let mallory_kc = api.kubeconfig_for("mallory", MALLORY);
+    let run = plugin(&node, &mallory_kc, &["nodes", "-o", "json"]);
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("forbidden") || run.stderr.contains("Forbidden"),
+        "{}",
+        run.stderr
+    );
+
+    // Real kubectl finds `kubectl-sgpath` on PATH and says the same.
+    let bin = api.cp.dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(kubectl_sgpath_bin(), bin.join("kubectl-sgpath")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node, "env"])
+        .arg(format!("PATH={path}"))
+        .arg(format!("KUBECONFIG={}", user_kc.display()))
+        .args([
+            "kubectl",
+            "sgpath",
+            "nodes",
+            "--port",
+            &PORT.to_string(),
+            "--timeout",
+            "2s",
+            "-o",
+            "json",
+        ])
+        .output()
+        .expect("run kubectl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(states(&doc), got, "kubectl sgpath and kubectl-sgpath agree");
+    assert!(a.terminate().success());
 }

@@ -377,6 +377,15 @@ fn agent_survives_a_failing_and_a_hanging_api_server() {
     sgpath_tests::kube::agent_survives_a_failing_and_a_hanging_api_server(&lab);
 }
 
+/// `kubectl sgpath` (and `kubectl` finding it on PATH) through a real kube-apiserver's
+/// pods proxy, deploy/base's RBAC and a real TokenRequest: an agent ready, a refused port,
+/// a node without agent, a user without RBAC refused.
+#[test]
+fn kubectl_sgpath_through_a_real_api_server() {
+    let lab = built("host", "sgt-hkr");
+    sgpath_tests::fleet::kubectl_sgpath_through_a_real_api_server(&lab);
+}
+
 /// `sgpath agent --kubeconfig` against a real kube-apiserver (deploy/'s RBAC, the real
 /// SecurityGroupPolicy CRD): paths named after pods, the malformed annotation and policy and
 /// a policy's pod without branch ENI as findings, a deleted policy clearing its finding; the

@@ -1,7 +1,10 @@
-//! `sgpath agent --auth kubernetes` and `kubectl sgpath`, against the fake API server
-//! ([`crate::kube::FakeApi`]): the agent asks the fake's TokenReview and SubjectAccessReview
-//! who may read it, and the plugin reaches every agent through the fake's pods proxy, as a
-//! bastion with only a kubeconfig would.
+//! `sgpath agent --auth kubernetes` and `kubectl sgpath`. Against a real kube-apiserver
+//! ([`crate::apiserver::RealApi`], deploy/base applied): the agent asks its TokenReview and
+//! SubjectAccessReview who may read it, judged by deploy/'s RBAC, and the plugin reaches the
+//! agent through its pods proxy with a real TokenRequest token, as a bastion with only a
+//! kubeconfig would. Against the fake ([`crate::kube::FakeApi`]) only what the real one is
+//! not yet set up to show: agents in a second node namespace, and agent pods that accept
+//! and never answer or answer HTML (each a row of `kubectl sgpath nodes`).
 //!
 //! Side effects: runs agents in the lab's node namespace and in a second node namespace
 //! (`sgt-flb`), a never-answering and a garbage-answering HTTP server in the lab's node
@@ -335,9 +338,11 @@ fn states(doc: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The fleet from a bastion: two agents (the lab's node with its broken branch pod, and a
-/// second node namespace), one agent pod whose port refuses, one that never answers, one
-/// that answers HTML, and a node without an agent. `kubectl sgpath nodes` shows each as
+/// The fleet from a bastion, on the fake API server: two agents (the lab's node with its
+/// broken branch pod, and a second node namespace the real API server's proxy would need a
+/// route to), one agent pod whose port refuses, one that never answers, one that answers
+/// HTML (the fake proxies by pod name to any loopback port, so these need no addresses of
+/// their own), and a node without an agent. `kubectl sgpath nodes` shows each as
 /// such within its timeout; `findings -A` names the broken pod with its node, path and
 /// fix; `pod` follows it to its node; `trace` runs there; a user without RBAC is refused;
 /// and real `kubectl` finds the plugin on PATH.

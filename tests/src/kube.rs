@@ -1,9 +1,10 @@
-//! `sgpath agent` with a Kubernetes context, against a fake API server.
+//! `sgpath agent` with a Kubernetes context: against a real kube-apiserver
+//! ([`agent_watches_a_real_api_server`], [`crate::apiserver::RealApi`]), and against a fake
+//! API server for the two faults a real one cannot be made to produce on demand (every
+//! request answered 500; requests accepted and never answered).
 //!
-//! No Kubernetes API server can be installed on these machines (no kube-apiserver, etcd or
-//! kind, and no registry to pull one from), so [`FakeApi`] stands in: a small hyper server
-//! that answers the list and watch requests kube-rs's watcher makes for exactly the
-//! resources the agent reads (pods with a `spec.nodeName` field selector, nodes and the
+//! [`FakeApi`] is a small hyper server that answers the list and watch requests kube-rs's
+//! watcher makes for exactly the resources the agent reads (pods with a `spec.nodeName` field selector, nodes and the
 //! aws-node DaemonSet by `metadata.name`, ServiceAccounts, Services, SecurityGroupPolicies),
 //! with JSON in the API server's shapes: `<Kind>List` with `metadata.resourceVersion` and
 //! items without `kind`; `?watch=true` as a chunked stream of `{"type": "ADDED" | "MODIFIED" |

@@ -1369,6 +1369,12 @@ pub fn agent_watches_a_real_api_server(lab: &Lab) {
     );
 
     // The API server goes away; ordinary-a is deleted behind its back and etcd compacted.
+    let pods: Value = serde_json::from_str(&api.get_raw("/api/v1/pods")).unwrap();
+    let old_rv = pods["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|rv| !rv.is_empty())
+        .expect("the pod list's resourceVersion")
+        .to_owned();
     api.cp.stop_apiserver();
     api.etcd_delete("pods/default/ordinary-a");
     api.compact_etcd();
@@ -1393,6 +1399,14 @@ pub fn agent_watches_a_real_api_server(lab: &Lab) {
     api.cp
         .start_apiserver()
         .unwrap_or_else(|e| panic!("kube-apiserver did not restart: {e:#}"));
+    // The premise: a watch from before the compaction is `410 Gone` on the real server.
+    let gone = api.get_raw(&format!(
+        "/api/v1/pods?watch=1&resourceVersion={old_rv}&timeoutSeconds=2"
+    ));
+    assert!(
+        gone.contains("\"code\":410"),
+        "a watch from resourceVersion {old_rv} was not 410 Gone: {gone}"
+    );
     let doc = wait_report(
         &agent,
         Duration::from_secs(90),

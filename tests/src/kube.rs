@@ -1228,7 +1228,9 @@ pub(crate) fn agent_kubeconfig(api: &RealApi) -> std::path::PathBuf {
 /// deleted clears its finding; a pod created later is named. Then the API server is killed,
 /// a pod deleted behind its back (straight from etcd, as another API server would) and etcd
 /// compacted: the agent stays ready with what it knew, and when the API server comes back
-/// its watches are `410 Gone`, it relists, and the deleted pod has lost its labels.
+/// its watches are `410 Gone`, it relists, and the deleted pod has lost its labels. Last,
+/// every watch is cut mid-stream (its connections reset with `ss -K`) and a pod deleted
+/// afterwards still loses its labels.
 pub fn agent_watches_a_real_api_server(lab: &Lab) {
     let node = lab.layout.node();
     let mut api = RealApi::start(Some(&node), &[]);
@@ -1488,6 +1490,42 @@ pub fn agent_watches_a_real_api_server(lab: &Lab) {
         Duration::from_secs(15),
         "the recreated pod named",
         |doc| labelled(doc, &a, "default", "ordinary-a2"),
+    );
+
+    // Every watch cut mid-stream (the agent's connections to the API server reset, as a
+    // load balancer or a node's conntrack would): a change made afterwards still arrives.
+    let out = api
+        .cp
+        .command("ss")
+        .args(["-K", "-t", "-n", "state", "established"])
+        .arg(format!("( dport = :{} )", api.cp.port))
+        .output()
+        .expect("ss");
+    let cut = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!(":{}", api.cp.port)))
+        .count();
+    assert!(
+        cut >= 1,
+        "no connection of the agent's was cut: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No kubelet confirms a graceful deletion: delete at once, as its kubelet would end it.
+    api.kubectl(&[
+        "delete",
+        "pod",
+        "secondary-d",
+        "-n",
+        "default",
+        "--grace-period=0",
+        "--force",
+    ]);
+    wait_report(
+        &agent,
+        Duration::from_secs(30),
+        "secondary-d unlabelled after the watches were cut",
+        |doc| path_of(doc, &d)["pod"].is_null() && labelled(doc, &a, "default", "ordinary-a2"),
     );
     assert!(agent.terminate().success());
 }

@@ -390,7 +390,8 @@ fn kubectl_sgpath_through_a_real_api_server() {
 /// SecurityGroupPolicy CRD): paths named after pods, the malformed annotation and policy and
 /// a policy's pod without branch ENI as findings, a deleted policy clearing its finding; the
 /// API server killed, a pod deleted behind its back and etcd compacted, then back: `410`,
-/// relist, no stale labels; a pod created afterwards named.
+/// relist, no stale labels; a pod created afterwards named; every watch cut mid-stream
+/// (`ss -K`), a pod deleted afterwards unnamed.
 #[test]
 fn agent_watches_a_real_api_server() {
     let lab = built("host", "sgt-kr");

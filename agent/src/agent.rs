@@ -12,6 +12,8 @@
 //! `paths-full` (`path`: no id left for it, see `session.rs`),
 //! `path-appeared` / `path-gone` (`path` = host veth, `pod_ip`, `path_kind`, `vlan`),
 //! `finding-raised` / `finding-cleared` (`finding`, `severity`, `subject`, `evidence`),
+//! `ec2-read` (`source`: `ec2` or the hub's URL, `groups`, `enis`, `unknown`: addresses the
+//! hub has not read yet), `ec2-unavailable` (`error`), `ec2-resumed`,
 //! `kube-watching` (`node`, `source`), `kube-config-failed` (`error`), `kube-watch-failed` /
 //! `kube-watch-resumed` (`resource`, `error`), `kube-context` (`pods`, `policies`: a new
 //! context from the API server), `ipamd-absent` (`error`, once),
@@ -121,6 +123,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let mut rules = security_groups(&args, cluster.clone(), far_ends);
         let mut daemon = Daemon {
             far_ends: Some(far_ends_tx),
+            node_addresses: args.hub.is_some(),
             ..Daemon::default()
         };
         let mut watch = collect::watch::Watch::new()?;
@@ -235,14 +238,26 @@ async fn auth_of(args: &AgentArgs, token: Option<String>) -> anyhow::Result<auth
     })
 }
 
-/// With `--ec2`, reads the security groups' rules now and again: every `--ec2-refresh`, and
-/// soon after the cluster's pods change. The receiver of each read (or why it failed: no
-/// root certificates for TLS is one more `ec2-unavailable` reason).
+/// With `--hub`, asks the hub for the rules (see [`read_from_hub`]); with `--ec2`, reads
+/// them from EC2 now and again: every `--ec2-refresh`, and soon after the cluster's pods
+/// change. The receiver of each read (or why it failed: no root certificates for TLS is one
+/// more `ec2-unavailable` reason). Neither: no rules.
 fn security_groups(
     args: &AgentArgs,
     cluster: Option<watch::Receiver<Option<Arc<Cluster>>>>,
     far_ends: watch::Receiver<BTreeSet<IpAddr>>,
 ) -> Option<watch::Receiver<Option<Arc<Rules>>>> {
+    if let Some(url) = &args.hub {
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(read_from_hub(
+            sgpath::hub::Client::new(url),
+            args.ec2_refresh,
+            cluster,
+            far_ends,
+            tx,
+        ));
+        return Some(rx);
+    }
     if !args.ec2.ec2 {
         return None;
     }
@@ -368,6 +383,111 @@ async fn read_security_groups(
     }
 }
 
+/// `--hub`: asks the hub for the catalog of the addresses of interest (and, through
+/// `far_ends`, the node's own addresses and the far ends of its unanswered flows) every
+/// `--ec2-refresh`, soon after the cluster or the far ends change, and sooner while the
+/// hub has not read some of them yet (it queued them: 2 s, doubling up to the refresh).
+/// Asking costs the hub a cache lookup and EC2 nothing.
+async fn read_from_hub(
+    hub: sgpath::hub::Client,
+    refresh: Duration,
+    mut cluster: Option<watch::Receiver<Option<Arc<Cluster>>>>,
+    mut far_ends: watch::Receiver<BTreeSet<IpAddr>>,
+    tx: watch::Sender<Option<Arc<Rules>>>,
+) {
+    const SETTLE: Duration = Duration::from_secs(2);
+    const SOON: Duration = Duration::from_secs(2);
+    let mut failing: Option<String> = None;
+    let mut known: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut soon = SOON;
+    loop {
+        let mut addresses = addresses_of_interest(
+            cluster
+                .as_mut()
+                .and_then(|c| c.borrow_and_update().clone())
+                .as_deref(),
+        );
+        addresses.extend(far_ends.borrow_and_update().iter().copied());
+        known.clone_from(&addresses);
+        let rules = match hub.catalog(&addresses).await {
+            Ok(r) => r,
+            Err(e) => Rules::Unavailable {
+                reason: e.to_string(),
+            },
+        };
+        let unknown = match &rules {
+            Rules::Fresh { catalog } => {
+                if failing.take().is_some() {
+                    info!(
+                        event = "ec2-resumed",
+                        source = hub.url(),
+                        "the hub answers again"
+                    );
+                }
+                let unknown = addresses
+                    .iter()
+                    .filter(|a| matches!(catalog.locate(**a), sgpath::model::sg::Locus::Unknown))
+                    .count();
+                info!(
+                    event = "ec2-read",
+                    source = hub.url(),
+                    groups = catalog.groups.len(),
+                    enis = catalog.enis.len(),
+                    unknown,
+                    "read the security groups' rules from the hub"
+                );
+                unknown
+            }
+            Rules::Unavailable { reason } => {
+                if failing.as_ref() != Some(reason) {
+                    warn!(event = "ec2-unavailable", error = %reason,
+                        "no security groups' rules from the hub; asking again");
+                    failing = Some(reason.clone());
+                }
+                1
+            }
+        };
+        let wait = if unknown > 0 {
+            let w = soon;
+            soon = (soon * 2).min(refresh);
+            w
+        } else {
+            soon = SOON;
+            refresh
+        };
+        if tx.send(Some(Arc::new(rules))).is_err() {
+            return;
+        }
+        let changed = async {
+            match cluster.as_mut() {
+                Some(c) => {
+                    if c.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(SETTLE).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let new_far_end = async {
+            loop {
+                if far_ends.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if far_ends.borrow().iter().any(|a| !known.contains(a)) {
+                    break;
+                }
+            }
+            tokio::time::sleep(SETTLE).await;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = changed => {}
+            () = new_far_end => {}
+        }
+    }
+}
+
 /// Starts watching the cluster when there is one (`--kubeconfig`, or in-cluster); the
 /// receiver of its snapshots.
 ///
@@ -413,7 +533,7 @@ pub(crate) async fn watch_cluster(
 }
 
 /// tracing to stdout: JSON lines with the event's fields at the top level, or text.
-fn init_logs(format: LogFormat) {
+pub(crate) fn init_logs(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stdout)
         .with_target(false);
@@ -441,6 +561,9 @@ struct Daemon {
     security_groups: Option<Arc<Rules>>,
     /// Where the far ends of the unanswered flows go, for the EC2 reader to look up.
     far_ends: Option<watch::Sender<BTreeSet<IpAddr>>>,
+    /// Also send the node's own ENI addresses there (`--hub`: the hub knows the node's ENIs
+    /// only by being asked about their addresses; `--ec2` has them from instance metadata).
+    node_addresses: bool,
     /// Degraded mode, while the probes are not attached (a missing capability, no BTF, a
     /// kernel that refuses the programs): the latest snapshot, re-read on every change, so
     /// the topology, the checks and their metrics still work.
@@ -620,8 +743,13 @@ impl Daemon {
             (None, Some((node, topo))) => Report::new(node, topo, checks::run(node, topo)),
             (None, None) => return Err("taking the first snapshot".to_owned()),
         };
+        let mut now = far_ends_of(&report);
+        if self.node_addresses
+            && let Some(topo) = self.topology()
+        {
+            now.extend(topo.enis.iter().flat_map(|e| e.owns.iter().copied()));
+        }
         if let Some(tx) = &self.far_ends {
-            let now = far_ends_of(&report);
             tx.send_if_modified(|s| {
                 let changed = *s != now;
                 *s = now;

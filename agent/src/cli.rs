@@ -42,6 +42,84 @@ pub enum Command {
     ///
     /// Example: `sgpath agent --listen 0.0.0.0:9464`. Exits 0 after detaching everything.
     Agent(AgentArgs),
+    /// Run as the cluster's one reader of EC2 (a Deployment of one replica): keep the
+    /// security groups' rules, the ENIs owning the addresses agents ask about, the prefix
+    /// lists and the VPC's CIDR blocks, within a budget of EC2 calls per action, and answer
+    /// agents (`agent --hub`) from that cache on `POST /v1/catalog`. Region and credentials
+    /// from the environment (AWS_REGION, IRSA, EKS Pod Identity); no instance metadata
+    /// needed when AWS_REGION is set.
+    ///
+    /// Example: `sgpath hub --listen 0.0.0.0:9465`. Exits 0 on SIGTERM or Ctrl-C.
+    Hub(HubArgs),
+}
+
+/// `sgpath hub`.
+#[derive(Debug, clap::Args)]
+pub struct HubArgs {
+    /// Address and port of the HTTP server (the Deployment sets 0.0.0.0:9465).
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    pub listen: std::net::SocketAddr,
+    /// Log format on stdout: one JSON object per line, or text for a terminal.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// The EC2 endpoint. Default: AWS_ENDPOINT_URL_EC2, else AWS_ENDPOINT_URL, else
+    /// `https://ec2.<region>.amazonaws.com`.
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
+    pub ec2_endpoint: Option<String>,
+    /// Instance metadata, asked only for what the environment does not give (the region
+    /// without AWS_REGION, credentials without keys, IRSA or Pod Identity).
+    #[arg(long, value_name = "URL", default_value = "http://169.254.169.254", value_parser = parse_endpoint)]
+    pub imds_endpoint: String,
+    #[command(flatten)]
+    pub budget: Ec2BudgetArgs,
+    /// How long the answer for an address (its ENI and groups, or that no ENI owns it) is
+    /// served before it is read again; an address no agent asked about for this long is
+    /// forgotten instead.
+    #[arg(long, default_value = "5m", value_parser = parse_address_ttl)]
+    pub address_ttl: Duration,
+    /// How often the groups' rules, their prefix lists and the VPC's CIDR blocks are read
+    /// again (groups never read before are read at once).
+    #[arg(long, default_value = "60s", value_parser = parse_ec2_refresh)]
+    pub group_refresh: Duration,
+}
+
+/// The budget of EC2 calls (a token bucket per API action), for `hub`, `agent --ec2` and
+/// `trace --ec2`.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct Ec2BudgetArgs {
+    /// Sustained EC2 calls per second per API action (retries included). EC2's own bucket
+    /// for describe calls refills 20 per second for the whole account and Region, shared with
+    /// the VPC CNI and the VPC resource controller.
+    #[arg(long, value_name = "N", default_value_t = sgpath::collect::aws::budget::DEFAULT_CALLS_PER_SECOND,
+          value_parser = parse_calls_per_second)]
+    pub ec2_calls_per_second: f64,
+    /// EC2 calls per API action that may go at once after a quiet spell.
+    #[arg(long, value_name = "N", default_value_t = sgpath::collect::aws::budget::DEFAULT_BURST,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub ec2_burst: u32,
+}
+
+impl Ec2BudgetArgs {
+    pub fn limits(&self) -> sgpath::collect::aws::Limits {
+        sgpath::collect::aws::Limits {
+            per_second: self.ec2_calls_per_second,
+            burst: self.ec2_burst,
+        }
+    }
+}
+
+/// `--ec2-calls-per-second`: above 0, at most 20 (EC2's refill for the whole account).
+fn parse_calls_per_second(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if n > 0.0 && n <= 20.0 => Ok(n),
+        Ok(_) => Err(format!("{s:?} is out of range: above 0, at most 20")),
+        Err(_) => Err(format!("{s:?} is not a number")),
+    }
+}
+
+/// `hub --address-ttl`: 10 s to a day.
+fn parse_address_ttl(s: &str) -> Result<Duration, String> {
+    parse_duration(s, Duration::from_secs(10), Duration::from_secs(24 * 3600))
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,8 +181,15 @@ pub struct AgentArgs {
     pub ipamd_url: String,
     #[command(flatten)]
     pub ec2: Ec2Args,
-    /// How long rules read from EC2 are used before they are read again (with `--ec2`);
-    /// a change of the cluster's pods re-reads them sooner.
+    /// Get the security groups' rules from `sgpath hub` at this URL (the cluster's one
+    /// reader of EC2, e.g. `http://sgpath-hub.kube-system.svc:9465`) instead of reading EC2:
+    /// the agent sends the addresses it needs (its pods', CoreDNS's, its node's, the far
+    /// ends of its unanswered flows) and judges with the answer; addresses the hub has not
+    /// read yet stay unverified. An unreachable hub is an `ec2-unavailable` naming it.
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint, conflicts_with = "ec2")]
+    pub hub: Option<String>,
+    /// How long rules read from EC2 (`--ec2`) or the hub (`--hub`) are used before they are
+    /// read again; a change of the cluster's pods re-reads them sooner.
     #[arg(long, default_value = "60s", value_parser = parse_ec2_refresh)]
     pub ec2_refresh: Duration,
 }
@@ -127,16 +212,20 @@ pub struct Ec2Args {
     /// Instance metadata (with `--ec2`).
     #[arg(long, value_name = "URL", default_value = "http://169.254.169.254", value_parser = parse_endpoint)]
     pub imds_endpoint: String,
+    #[command(flatten)]
+    pub budget: Ec2BudgetArgs,
 }
 
 impl Ec2Args {
     /// Where to read from: these endpoints, the region and credentials from the
-    /// environment's standard chain.
+    /// environment's standard chain, within the budget.
     pub fn config(&self) -> sgpath::collect::aws::AwsConfig {
-        sgpath::collect::aws::AwsConfig::from_env(
+        let mut c = sgpath::collect::aws::AwsConfig::from_env(
             self.ec2_endpoint.clone(),
             Some(self.imds_endpoint.clone()),
-        )
+        );
+        c.limits = self.budget.limits();
+        c
     }
 }
 

@@ -31,7 +31,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace(args) => trace::run(args),
         Command::Observe(args) => observe::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Hub(args) => hub(args),
     }
+}
+
+/// `sgpath hub` until SIGTERM or Ctrl-C (see `sgpath::hub`).
+fn hub(args: cli::HubArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    agent::init_logs(args.log_format);
+    let mut aws = collect::aws::AwsConfig::from_env(
+        args.ec2_endpoint.clone(),
+        Some(args.imds_endpoint.clone()),
+    );
+    aws.limits = args.budget.limits();
+    let config = sgpath::hub::Config {
+        aws,
+        address_ttl: args.address_ttl,
+        group_refresh: args.group_refresh,
+    };
+    runtime()?.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("--listen {}", args.listen))?;
+        tracing::info!(event = "listening", address = %args.listen,
+            calls_per_second = args.budget.ec2_calls_per_second, burst = args.budget.ec2_burst,
+            "sgpath hub listening");
+        sgpath::hub::run(config, listener, async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
+        .await?;
+        tracing::info!(event = "stopped", "stopped");
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Hands the heap's freed pages back to the kernel (glibc keeps them otherwise): after the

@@ -2,8 +2,16 @@
 //! by MAC, the VPC's CIDRs, the region, the instance role), the standard credential chain,
 //! and the signed EC2 Query calls whose answers [`super::ec2`] parses.
 //!
-//! Side effects: HTTP(S) requests to IMDS, EC2, STS and the EKS Pod Identity agent, at most
-//! [`MIN_CALL_GAP`] apart, each bounded by [`TIMEOUT`]. Secrets never reach a log line.
+//! Side effects: HTTP(S) requests to IMDS, EC2, STS and the EKS Pod Identity agent, each
+//! bounded by [`TIMEOUT`]; EC2 calls within a token bucket per action ([`budget`]: default
+//! 1 per second sustained, 10 at once), retried with jittered exponential backoff when EC2
+//! throttles, fails (5xx, `InternalError`, `Unavailable`) or does not answer. Temporary
+//! credentials are kept until 5 minutes before they expire. Secrets never reach a log line.
+//!
+//! Two readers use it: `sgpath hub` (no instance metadata: region and credentials from the
+//! environment, IRSA or EKS Pod Identity; [`Aws::enis_by_address`], [`Aws::groups`],
+//! [`Aws::prefix_list`], [`Aws::vpc_cidrs`]) and the one-shot `sgpath trace --ec2` (and
+//! `agent --ec2`), which also asks instance metadata for the node's own ENIs ([`Aws::read`]).
 //!
 //! The same data by hand:
 //! `curl -H "X-aws-ec2-metadata-token: $T" $IMDS/latest/meta-data/network/interfaces/macs/$MAC/security-group-ids`,
@@ -26,15 +34,22 @@ use super::{
     ec2::{self, Ec2Error},
     sigv4::{self, Credentials},
 };
-use crate::model::sg::{Catalog, Locus, Rules};
+use crate::model::sg::{Catalog, Locus, Rules, SecurityGroup};
+
+pub mod budget;
+
+pub use budget::{Backoff, Budget, Limits};
 
 /// Each request's limit.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
-/// Requests to EC2 are spaced at least this far apart (EC2 throttles per account).
-pub const MIN_CALL_GAP: Duration = Duration::from_millis(100);
-/// Retries of a throttled call, with doubling backoff from [`BACKOFF`].
+/// Retries of a call EC2 throttled, failed or left unanswered, with [`BACKOFF`].
 const RETRIES: u32 = 4;
-const BACKOFF: Duration = Duration::from_millis(250);
+const BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(250),
+    cap: Duration::from_secs(20),
+};
+/// Temporary credentials are read again this long before they expire.
+const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
 /// IMDS's documented address.
 pub const DEFAULT_IMDS: &str = "http://169.254.169.254";
 const EC2_VERSION: &str = "2016-11-15";
@@ -55,6 +70,8 @@ pub struct AwsConfig {
     pub imds_endpoint: String,
     /// `AWS_REGION` / `AWS_DEFAULT_REGION`, else IMDS's.
     pub region: Option<String>,
+    /// The budget of EC2 calls per action (`--ec2-calls-per-second`, `--ec2-burst`).
+    pub limits: Limits,
 }
 
 impl AwsConfig {
@@ -67,6 +84,7 @@ impl AwsConfig {
                 .or_else(|| env("AWS_ENDPOINT_URL")),
             imds_endpoint: imds_endpoint.unwrap_or_else(|| DEFAULT_IMDS.to_owned()),
             region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")),
+            limits: Limits::default(),
         }
     }
 }
@@ -118,7 +136,9 @@ pub struct Aws {
     https: std::sync::OnceLock<Http>,
     config: AwsConfig,
     credentials: Option<Credentials>,
-    last_call: Option<tokio::time::Instant>,
+    /// When [`Aws::credentials`] expire (`None`: long-term keys, kept for the process).
+    credentials_expire: Option<SystemTime>,
+    budget: Budget,
     /// Answers of `DescribeNetworkInterfaces` by address, and when they were read: the ENI
     /// owning it, or `None` when EC2 named none.
     lookups: BTreeMap<
@@ -135,9 +155,10 @@ impl Aws {
         Aws {
             http: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
             https: std::sync::OnceLock::new(),
+            budget: Budget::new(config.limits),
             config,
             credentials: None,
-            last_call: None,
+            credentials_expire: None,
             lookups: BTreeMap::new(),
         }
     }
@@ -282,17 +303,38 @@ impl Aws {
         Ok(out)
     }
 
+    /// Keeps credentials from the chain ([`Aws::credentials`]) until
+    /// [`CREDENTIALS_MARGIN`] before they expire.
+    async fn fresh_credentials(&mut self, region: &str) -> Result<(), AwsError> {
+        let valid = match (&self.credentials, self.credentials_expire) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(_), Some(at)) => SystemTime::now() + CREDENTIALS_MARGIN < at,
+        };
+        if !valid {
+            let (c, expire) = self.credentials(region).await?;
+            self.credentials = Some(c);
+            self.credentials_expire = expire;
+        }
+        Ok(())
+    }
+
     /// Credentials from the standard chain, in its order: environment, IRSA web identity,
-    /// EKS Pod Identity, the instance role. Temporary ones are re-read on every
-    /// [`Aws::read`], so they never expire in use.
-    async fn credentials(&mut self, region: &str) -> Result<Credentials, AwsError> {
+    /// EKS Pod Identity, the instance role; with their expiry when temporary.
+    async fn credentials(
+        &mut self,
+        region: &str,
+    ) -> Result<(Credentials, Option<SystemTime>), AwsError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-            return Ok(Credentials {
-                access_key_id: id,
-                secret_access_key: secret,
-                session_token: env("AWS_SESSION_TOKEN"),
-            });
+            return Ok((
+                Credentials {
+                    access_key_id: id,
+                    secret_access_key: secret,
+                    session_token: env("AWS_SESSION_TOKEN"),
+                },
+                None,
+            ));
         }
         if let (Some(file), Some(role)) = (env("AWS_WEB_IDENTITY_TOKEN_FILE"), env("AWS_ROLE_ARN"))
         {
@@ -370,8 +412,9 @@ impl Aws {
             })
     }
 
-    /// One signed EC2 Query call, spaced from the last and retried with backoff while
-    /// EC2 throttles.
+    /// One signed EC2 Query call within the budget of its action, retried with jittered
+    /// exponential backoff while EC2 throttles, fails (5xx, `InternalError`, `Unavailable`)
+    /// or does not answer; every attempt takes a token.
     async fn call(
         &mut self,
         region: &str,
@@ -399,12 +442,8 @@ impl Aws {
             .ok_or_else(|| AwsError::NoCredentials {
                 imds: "not read".into(),
             })?;
-        let mut backoff = BACKOFF;
         for attempt in 0..=RETRIES {
-            if let Some(last) = self.last_call {
-                tokio::time::sleep_until(last + MIN_CALL_GAP).await;
-            }
-            self.last_call = Some(tokio::time::Instant::now());
+            self.budget.take(action).await;
             let content_type = "application/x-www-form-urlencoded; charset=utf-8";
             let signed = sigv4::sign(
                 &sigv4::Request {
@@ -422,31 +461,146 @@ impl Aws {
             );
             let mut headers: Vec<(&str, String)> = vec![("content-type", content_type.into())];
             headers.extend(signed);
-            let (status, xml) = self.request("POST", &url, &headers, body.clone()).await?;
-            if status == 200 {
-                return Ok(xml);
-            }
-            // EC2's error document names the fault; anything else is the status.
-            let err = match ec2::api_error(action, &xml) {
-                Some(e) => AwsError::Ec2(e),
-                None => AwsError::Status {
-                    url: url.clone(),
-                    status,
+            let err = match self.request("POST", &url, &headers, body.clone()).await {
+                Ok((200, xml)) => return Ok(xml),
+                // EC2's error document names the fault; anything else is the status.
+                Ok((status, xml)) => match ec2::api_error(action, &xml) {
+                    Some(e) if e.is_transient() || status >= 500 => (true, AwsError::Ec2(e)),
+                    Some(e) => (false, AwsError::Ec2(e)),
+                    None => (
+                        status >= 500 || status == 429,
+                        AwsError::Status {
+                            url: url.clone(),
+                            status,
+                        },
+                    ),
                 },
+                // No answer within the timeout, a refused or reset connection.
+                Err(e @ AwsError::Http { .. }) => (true, e),
+                Err(e) => (false, e),
             };
-            let throttled = matches!(&err, AwsError::Ec2(e) if e.is_throttling()) || status == 503;
-            if !throttled || attempt == RETRIES {
+            let (transient, err) = err;
+            if !transient || attempt == RETRIES {
                 return Err(err);
             }
-            tracing::debug!(
-                event = "ec2-throttled",
-                attempt,
-                "EC2 throttled a call; backing off"
-            );
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            let wait = BACKOFF.wait(attempt);
+            tracing::debug!(event = "ec2-retry", action, attempt, error = %err,
+                wait_ms = wait.as_millis() as u64, "EC2 call failed; backing off");
+            tokio::time::sleep(wait).await;
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// The region and credentials the hub's calls need: the region from the configuration
+    /// (`AWS_REGION`; instance metadata only when it is unset), credentials from the chain
+    /// (kept until shortly before they expire).
+    ///
+    /// # Errors
+    /// [`AwsError::NoRegion`] or the credential chain's failure.
+    pub async fn prepare(&mut self) -> Result<String, AwsError> {
+        let region = self.region().await?;
+        self.fresh_credentials(&region).await?;
+        Ok(region)
+    }
+
+    /// The ENIs owning any of `addresses` (`DescribeNetworkInterfaces` with the
+    /// `addresses.private-ip-address` filter; one call per [`BATCH`] addresses and page).
+    ///
+    /// # Errors
+    /// [`AwsError`] of the call.
+    pub async fn enis_by_address(
+        &mut self,
+        region: &str,
+        addresses: &[IpAddr],
+    ) -> Result<Vec<ec2::NetworkInterface>, AwsError> {
+        let mut out = Vec::new();
+        for chunk in addresses.chunks(BATCH) {
+            let mut params: Vec<(String, String)> = vec![(
+                "Filter.1.Name".into(),
+                "addresses.private-ip-address".into(),
+            )];
+            for (i, a) in chunk.iter().enumerate() {
+                params.push((format!("Filter.1.Value.{}", i + 1), a.to_string()));
+            }
+            out.extend(
+                self.paged(
+                    region,
+                    "DescribeNetworkInterfaces",
+                    params,
+                    ec2::network_interfaces,
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The groups `ids` with their rules, prefix lists unresolved (`DescribeSecurityGroups`
+    /// with the `group-id` filter: a deleted group is simply absent from the answer, where
+    /// `GroupId.N` would fail the whole call with `InvalidGroup.NotFound`).
+    ///
+    /// # Errors
+    /// [`AwsError`] of the call.
+    pub async fn groups(
+        &mut self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<SecurityGroup>, AwsError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(BATCH) {
+            let mut params: Vec<(String, String)> =
+                vec![("Filter.1.Name".into(), "group-id".into())];
+            for (i, g) in chunk.iter().enumerate() {
+                params.push((format!("Filter.1.Value.{}", i + 1), g.clone()));
+            }
+            out.extend(
+                self.paged(
+                    region,
+                    "DescribeSecurityGroups",
+                    params,
+                    ec2::security_groups,
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// A managed prefix list's CIDRs (`GetManagedPrefixListEntries`).
+    ///
+    /// # Errors
+    /// [`AwsError`] of the call (neither node policy grants it: callers treat a refusal as
+    /// one unread list).
+    pub async fn prefix_list(&mut self, region: &str, id: &str) -> Result<Vec<IpNet>, AwsError> {
+        let params = vec![("PrefixListId".into(), id.to_owned())];
+        self.paged(
+            region,
+            "GetManagedPrefixListEntries",
+            params,
+            ec2::prefix_list_entries,
+        )
+        .await
+    }
+
+    /// Every CIDR block of the VPCs `ids` (`DescribeVpcs` with the `vpc-id` filter).
+    ///
+    /// # Errors
+    /// [`AwsError`] of the call.
+    pub async fn vpc_cidrs(
+        &mut self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<ec2::Vpc>, AwsError> {
+        let mut params: Vec<(String, String)> = vec![("Filter.1.Name".into(), "vpc-id".into())];
+        for (i, v) in ids.iter().enumerate() {
+            params.push((format!("Filter.1.Value.{}", i + 1), v.clone()));
+        }
+        self.paged(region, "DescribeVpcs", params, ec2::vpcs).await
+    }
+
+    /// EC2 calls made per action since the start (each retry counts).
+    pub fn calls(&self) -> &BTreeMap<&'static str, u64> {
+        self.budget.calls()
     }
 
     /// Reads what the checks judge with: the node ENIs' groups from IMDS, the ENIs owning
@@ -457,8 +611,7 @@ impl Aws {
     /// [`AwsError`] naming the source that failed (IMDS, credentials, an EC2 call).
     pub async fn read(&mut self, addresses: &BTreeSet<IpAddr>) -> Result<Rules, AwsError> {
         let node = self.node_enis().await?;
-        let region = self.region().await?;
-        self.credentials = Some(self.credentials(&region).await?);
+        let region = self.prepare().await?;
         let mut catalog = Catalog::default();
         for e in &node {
             let groups: Vec<&str> = e.groups.iter().map(String::as_str).collect();
@@ -481,31 +634,16 @@ impl Aws {
         let now = tokio::time::Instant::now();
         self.lookups
             .retain(|_, (at, _)| now.duration_since(*at) < ADDRESS_TTL);
-        let ask: Vec<String> = wanted
+        let ask: Vec<IpAddr> = wanted
             .iter()
             .filter(|a| !self.lookups.contains_key(a))
-            .map(ToString::to_string)
+            .copied()
             .collect();
-        for chunk in ask.chunks(BATCH) {
-            let mut params: Vec<(String, String)> = vec![(
-                "Filter.1.Name".into(),
-                "addresses.private-ip-address".into(),
-            )];
-            for (i, a) in chunk.iter().enumerate() {
-                params.push((format!("Filter.1.Value.{}", i + 1), a.clone()));
-            }
-            let enis = self
-                .paged(
-                    &region,
-                    "DescribeNetworkInterfaces",
-                    params,
-                    ec2::network_interfaces,
-                )
-                .await?;
+        if !ask.is_empty() {
+            let enis = self.enis_by_address(&region, &ask).await?;
             // Every address asked is answered: by the ENI that has it, or by none.
-            for a in chunk {
-                let a: IpAddr = a.parse().expect("formatted from an IpAddr");
-                self.lookups.insert(a, (now, None));
+            for a in &ask {
+                self.lookups.insert(*a, (now, None));
             }
             for eni in enis {
                 let eni = std::sync::Arc::new(eni);
@@ -533,40 +671,16 @@ impl Aws {
             .flat_map(|e| e.groups.iter().cloned())
             .collect();
         let group_ids: Vec<String> = group_ids.into_iter().collect();
-        let mut groups = Vec::new();
-        for chunk in group_ids.chunks(BATCH) {
-            let mut params: Vec<(String, String)> = Vec::new();
-            for (i, g) in chunk.iter().enumerate() {
-                params.push((format!("GroupId.{}", i + 1), g.clone()));
-            }
-            groups.extend(
-                self.paged(
-                    &region,
-                    "DescribeSecurityGroups",
-                    params,
-                    ec2::security_groups,
-                )
-                .await?,
-            );
-        }
+        let mut groups = self.groups(&region, &group_ids).await?;
         let mut entries: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
         for id in ec2::prefix_list_ids(&groups) {
-            let params = vec![("PrefixListId".into(), id.clone())];
-            match self
-                .paged(
-                    &region,
-                    "GetManagedPrefixListEntries",
-                    params,
-                    ec2::prefix_list_entries,
-                )
-                .await
-            {
+            match self.prefix_list(&region, &id).await {
                 Ok(cidrs) => {
                     entries.insert(id, cidrs);
                 }
                 // Neither node policy grants this call: one list unread leaves its rules
                 // unjudged (their verdicts say "unverified"), not the whole catalog.
-                Err(AwsError::Ec2(e @ Ec2Error::Api { .. })) if !e.is_throttling() => {
+                Err(AwsError::Ec2(e @ Ec2Error::Api { .. })) if !e.is_transient() => {
                     tracing::warn!(prefix_list = %id, error = %e, "prefix list unread");
                     catalog.unread_prefix_lists.insert(id);
                 }
@@ -613,28 +727,56 @@ fn lines(s: &str) -> impl Iterator<Item = &str> {
     s.lines().map(str::trim).filter(|l| !l.is_empty())
 }
 
-/// The JSON of IMDS's role credentials and of the EKS Pod Identity agent.
-fn json_credentials(what: &str, json: &str) -> Result<Credentials, AwsError> {
+/// The JSON of IMDS's role credentials and of the EKS Pod Identity agent, with their
+/// `Expiration`.
+fn json_credentials(what: &str, json: &str) -> Result<(Credentials, Option<SystemTime>), AwsError> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Answer {
         access_key_id: String,
         secret_access_key: String,
         token: Option<String>,
+        expiration: Option<String>,
     }
     let a: Answer = serde_json::from_str(json).map_err(|e| AwsError::Malformed {
         what: what.to_owned(),
         message: format!("not the credentials JSON: {e}"),
     })?;
-    Ok(Credentials {
-        access_key_id: a.access_key_id,
-        secret_access_key: a.secret_access_key,
-        session_token: a.token,
-    })
+    Ok((
+        Credentials {
+            access_key_id: a.access_key_id,
+            secret_access_key: a.secret_access_key,
+            session_token: a.token,
+        },
+        a.expiration.as_deref().and_then(timestamp),
+    ))
 }
 
-/// STS `AssumeRoleWithWebIdentityResponse`'s credentials.
-fn web_identity_credentials(xml: &str) -> Result<Credentials, AwsError> {
+/// `2026-12-03T20:00:00Z` (AWS's credential expiry; fractions of a second ignored).
+fn timestamp(s: &str) -> Option<SystemTime> {
+    let s = s.trim().strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|n| n.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.split('.').next()?;
+    let mut t = time.splitn(3, ':').map(|n| n.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// STS `AssumeRoleWithWebIdentityResponse`'s credentials and their expiry.
+fn web_identity_credentials(xml: &str) -> Result<(Credentials, Option<SystemTime>), AwsError> {
     let bad = |message: String| AwsError::Malformed {
         what: "STS AssumeRoleWithWebIdentity".into(),
         message,
@@ -647,11 +789,14 @@ fn web_identity_credentials(xml: &str) -> Result<Credentials, AwsError> {
             .map(|t| t.trim().to_owned())
             .ok_or_else(|| bad(format!("no <{name}> in the answer")))
     };
-    Ok(Credentials {
-        access_key_id: find("AccessKeyId")?,
-        secret_access_key: find("SecretAccessKey")?,
-        session_token: Some(find("SessionToken")?),
-    })
+    Ok((
+        Credentials {
+            access_key_id: find("AccessKeyId")?,
+            secret_access_key: find("SecretAccessKey")?,
+            session_token: Some(find("SessionToken")?),
+        },
+        find("Expiration").ok().as_deref().and_then(timestamp),
+    ))
 }
 
 #[cfg(test)]
@@ -660,11 +805,15 @@ mod tests {
 
     #[test]
     fn credential_answers() {
-        let c = json_credentials(
+        let (c, expire) = json_credentials(
             "imds",
             r#"{"Code":"Success","AccessKeyId":"ASIA1","SecretAccessKey":"s","Token":"t","Expiration":"2026-12-03T20:00:00Z"}"#,
         )
         .unwrap();
+        assert_eq!(
+            expire,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_328_000))
+        );
         assert_eq!(
             (c.access_key_id.as_str(), c.session_token.as_deref()),
             ("ASIA1", Some("t"))
@@ -680,7 +829,11 @@ mod tests {
     <SessionToken>tok</SessionToken><SecretAccessKey>sec</SecretAccessKey>
     <Expiration>2026-12-03T20:00:00Z</Expiration><AccessKeyId>ASIA2</AccessKeyId>
   </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"#;
-        let c = web_identity_credentials(sts).unwrap();
+        let (c, expire) = web_identity_credentials(sts).unwrap();
+        assert_eq!(
+            expire,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_328_000))
+        );
         assert_eq!(c.access_key_id, "ASIA2");
         assert_eq!(c.session_token.as_deref(), Some("tok"));
         let e = web_identity_credentials("<x/>").unwrap_err();
@@ -802,6 +955,7 @@ mod tests {
             ec2_endpoint: Some(url.to_owned()),
             imds_endpoint: url.to_owned(),
             region: Some("us-east-1".into()),
+            limits: Limits::default(),
         });
         a.credentials = Some(Credentials {
             access_key_id: "testing".into(),
@@ -882,6 +1036,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn timestamps_of_credential_expiry() {
+        let t = |s| timestamp(s).map(|t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap());
+        assert_eq!(t("1970-01-01T00:00:00Z"), Some(Duration::ZERO));
+        assert_eq!(
+            t("2000-03-01T00:00:01Z"),
+            Some(Duration::from_secs(951_868_801))
+        );
+        assert_eq!(
+            t("2026-12-03T20:00:00.123Z"),
+            Some(Duration::from_secs(1_796_328_000))
+        );
+        assert_eq!(t("2026-13-03T20:00:00Z"), None);
+        assert_eq!(t("yesterday"), None);
+    }
+
+    /// Temporary credentials are kept until 5 minutes before they expire, then read again.
+    #[tokio::test]
+    async fn credentials_are_kept_until_they_expire() {
+        let url = serve(fake).await;
+        let mut a = aws(&url);
+        a.credentials_expire = Some(SystemTime::now() + Duration::from_secs(3600));
+        a.fresh_credentials("us-east-1").await.unwrap();
+        assert_eq!(a.credentials.as_ref().unwrap().access_key_id, "testing");
+        a.credentials_expire = Some(SystemTime::now() + Duration::from_secs(200));
+        // The environment's keys come first in the chain; without them the fake IMDS role.
+        a.fresh_credentials("us-east-1").await.unwrap();
+        let id = a.credentials.as_ref().unwrap().access_key_id.clone();
+        let env = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default();
+        assert!(id == "ASIA" || id == env, "{id}");
+    }
+
     #[tokio::test]
     async fn throttling_backs_off_then_fails_with_the_code() {
         let url = serve(throttled).await;
@@ -895,12 +1081,14 @@ mod tests {
             e.to_string(),
             "EC2 DescribeSecurityGroups: RequestLimitExceeded: Request limit exceeded."
         );
-        // 250 + 500 + 1000 + 2000 ms of backoff.
+        // Half of 250 + 500 + 1000 + 2000 ms of backoff at least, all of it at most.
+        let took = start.elapsed();
         assert!(
-            start.elapsed() >= Duration::from_millis(3750),
-            "{:?}",
-            start.elapsed()
+            (Duration::from_millis(1875)..Duration::from_millis(4500)).contains(&took),
+            "{took:?}"
         );
+        // Five attempts, each a call the budget counted.
+        assert_eq!(a.calls()["DescribeSecurityGroups"], 5);
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! The EC2 Query API's answers, read into [`crate::model::sg`]: `DescribeSecurityGroups`,
-//! `DescribeNetworkInterfaces`, `GetManagedPrefixListEntries`, and EC2's error document.
+//! `DescribeNetworkInterfaces`, `GetManagedPrefixListEntries`, `DescribeVpcs` (the hub's
+//! VPC CIDR blocks), and EC2's error document.
 //! Parsing only, no I/O: the same as `aws ec2 describe-security-groups --group-ids ...`,
 //! `aws ec2 describe-network-interfaces --filters Name=addresses.private-ip-address,Values=...`
 //! and `aws ec2 get-managed-prefix-list-entries --prefix-list-id ...` print as JSON.
@@ -38,7 +39,16 @@ impl Ec2Error {
     /// EC2 throttled the call: back off and retry (`RequestLimitExceeded`, `Throttling`).
     pub fn is_throttling(&self) -> bool {
         matches!(self, Ec2Error::Api { code, .. }
-            if code == "RequestLimitExceeded" || code == "Throttling")
+            if code == "RequestLimitExceeded" || code == "Throttling"
+                || code == "ThrottlingException" || code == "RequestThrottled")
+    }
+
+    /// A fault worth retrying with backoff: throttling, or EC2's own transient failure
+    /// (`InternalError`, `InternalFailure`, `Unavailable`, `ServiceUnavailable`).
+    pub fn is_transient(&self) -> bool {
+        self.is_throttling()
+            || matches!(self, Ec2Error::Api { code, .. } if matches!(code.as_str(),
+                "InternalError" | "InternalFailure" | "Unavailable" | "ServiceUnavailable"))
     }
 }
 
@@ -57,6 +67,15 @@ pub struct NetworkInterface {
     pub groups: Vec<String>,
     pub addresses: Vec<IpAddr>,
     pub prefixes: Vec<IpNet>,
+    /// `vpcId`, when answered.
+    pub vpc_id: Option<String>,
+}
+
+/// A VPC and every CIDR block associated with it (IPv4 and IPv6, secondary ones included).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Vpc {
+    pub id: String,
+    pub cidrs: Vec<IpNet>,
 }
 
 /// EC2's error document in an answer to `call`, when it is one.
@@ -296,6 +315,9 @@ pub fn network_interfaces(xml: &str) -> Result<Page<NetworkInterface>, Ec2Error>
             prefixes.push(cidr(CALL, required(CALL, p, "ipv6Prefix")?)?);
         }
         out.push(NetworkInterface {
+            vpc_id: text(e, "vpcId")
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
             id,
             groups,
             addresses,
@@ -308,9 +330,89 @@ pub fn network_interfaces(xml: &str) -> Result<Page<NetworkInterface>, Ec2Error>
     })
 }
 
+/// `DescribeVpcsResponse`: each VPC's associated CIDR blocks (`cidrBlockAssociationSet`,
+/// `ipv6CidrBlockAssociationSet`; blocks being disassociated or failed are left out).
+///
+/// # Errors
+/// [`Ec2Error`] for an error document, bad XML, or a block that is not a CIDR.
+pub fn vpcs(xml: &str) -> Result<Page<Vpc>, Ec2Error> {
+    const CALL: &str = "DescribeVpcs";
+    let doc = parse(CALL, xml)?;
+    let root = doc.root_element();
+    let mut out = Vec::new();
+    for v in items(root, "vpcSet") {
+        let id = required(CALL, v, "vpcId")?.to_owned();
+        let mut cidrs = Vec::new();
+        let live = |a: Node<'_, '_>, state: &str| {
+            child(a, state)
+                .and_then(|s| text(s, "state"))
+                .is_none_or(|s| s == "associated" || s == "associating")
+        };
+        for a in items(v, "cidrBlockAssociationSet") {
+            if live(a, "cidrBlockState") {
+                cidrs.push(cidr(CALL, required(CALL, a, "cidrBlock")?)?);
+            }
+        }
+        for a in items(v, "ipv6CidrBlockAssociationSet") {
+            if live(a, "ipv6CidrBlockState") {
+                cidrs.push(cidr(CALL, required(CALL, a, "ipv6CidrBlock")?)?);
+            }
+        }
+        if cidrs.is_empty()
+            && let Some(c) = text(v, "cidrBlock")
+        {
+            cidrs.push(cidr(CALL, c)?);
+        }
+        cidrs.sort();
+        cidrs.dedup();
+        out.push(Vpc { id, cidrs });
+    }
+    Ok(Page {
+        items: out,
+        next_token: next_token(root),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A VPC with a secondary IPv4 block, one being disassociated, and an IPv6 block.
+    #[test]
+    fn vpcs_give_every_associated_block() {
+        let xml = r#"<DescribeVpcsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+  <vpcSet><item><vpcId>vpc-1</vpcId><cidrBlock>192.168.0.0/16</cidrBlock>
+    <cidrBlockAssociationSet>
+      <item><cidrBlock>192.168.0.0/16</cidrBlock><cidrBlockState><state>associated</state></cidrBlockState></item>
+      <item><cidrBlock>100.64.0.0/16</cidrBlock><cidrBlockState><state>associated</state></cidrBlockState></item>
+      <item><cidrBlock>10.9.0.0/16</cidrBlock><cidrBlockState><state>disassociating</state></cidrBlockState></item>
+    </cidrBlockAssociationSet>
+    <ipv6CidrBlockAssociationSet>
+      <item><ipv6CidrBlock>2600:1f14::/56</ipv6CidrBlock><ipv6CidrBlockState><state>associated</state></ipv6CidrBlockState></item>
+    </ipv6CidrBlockAssociationSet></item></vpcSet></DescribeVpcsResponse>"#;
+        let page = vpcs(xml).unwrap();
+        let cidrs: Vec<String> = page.items[0]
+            .cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(cidrs, ["100.64.0.0/16", "192.168.0.0/16", "2600:1f14::/56"]);
+        assert_eq!(page.items[0].id, "vpc-1");
+    }
+
+    #[test]
+    fn internal_errors_are_transient_and_denials_are_not() {
+        let e = |code: &str| Ec2Error::Api {
+            call: "DescribeVpcs",
+            code: code.into(),
+            message: String::new(),
+        };
+        for code in ["RequestLimitExceeded", "InternalError", "Unavailable"] {
+            assert!(e(code).is_transient(), "{code}");
+        }
+        assert!(!e("UnauthorizedOperation").is_transient());
+        assert!(!e("InternalError").is_throttling());
+    }
 
     /// The shape EC2 (and moto) answer with, trimmed to the fields read.
     const GROUPS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -393,6 +495,7 @@ mod tests {
     <item>
       <networkInterfaceId>eni-0b1</networkInterfaceId>
       <interfaceType>branch</interfaceType>
+      <vpcId>vpc-1</vpcId>
       <groupSet><item><groupId>sg-0pod</groupId><groupName>pod</groupName></item><item><groupId>sg-0x</groupId></item></groupSet>
       <privateIpAddress>192.168.3.219</privateIpAddress>
       <privateIpAddressesSet><item><privateIpAddress>192.168.3.219</privateIpAddress><primary>true</primary></item></privateIpAddressesSet>
@@ -416,6 +519,7 @@ mod tests {
                     "192.168.7.32/28".parse().unwrap(),
                     "2600:1f14::a0:0:0:0/80".parse().unwrap()
                 ],
+                vpc_id: Some("vpc-1".into()),
             }]
         );
         assert_eq!(page.next_token, None);

@@ -25,7 +25,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The two directions a security group rule applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -47,7 +47,7 @@ impl Direction {
 }
 
 /// A rule's protocol (`IpProtocol`): a name EC2 knows or an IP protocol number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// `-1`: every protocol, every port.
@@ -109,7 +109,7 @@ impl fmt::Display for Protocol {
 }
 
 /// What of a protocol a rule admits: a port range (TCP, UDP) or an ICMP type and code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ports {
     /// Every port, type and code (protocol `-1`, or a protocol without ports).
@@ -180,7 +180,7 @@ impl Ports {
 }
 
 /// The other end of a rule: the source of an ingress rule, the destination of an egress one.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Peer {
     /// `CidrIp` or `CidrIpv6`.
@@ -203,7 +203,7 @@ impl fmt::Display for Peer {
 }
 
 /// One allow rule of a security group.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SgRule {
     /// `sgr-...` from `DescribeSecurityGroupRules`, when known.
     pub id: Option<String>,
@@ -273,7 +273,7 @@ fn write_traffic(f: &mut fmt::Formatter<'_>, protocol: Protocol, ports: Ports) -
 }
 
 /// A security group: its id and its rules, both directions.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityGroup {
     pub id: String,
     /// `GroupName`, when known.
@@ -311,7 +311,7 @@ impl SecurityGroup {
 /// Every group sgpath has read, by id, the ENIs it knows with their groups, and what it
 /// knows of the VPC's address space: enough to tell, for any address a verdict needs,
 /// whether it is an ENI (and which groups it carries), outside the VPC, or unknown.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     pub groups: BTreeMap<String, SecurityGroup>,
     /// ENIs by private address: the ENI id and its groups' ids.
@@ -332,7 +332,7 @@ pub struct Catalog {
 }
 
 /// An ENI as `DescribeNetworkInterfaces` (or instance metadata) gives it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Eni {
     /// `eni-...`; empty when only metadata named its groups.
     pub id: String,
@@ -466,7 +466,7 @@ impl Catalog {
 /// What sgpath knows of the groups' rules at one moment: read (and how old), or why not.
 /// Checks judge flows only on [`Rules::Fresh`]: a verdict from rules that could not be
 /// re-read is never presented as current.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "state")]
 pub enum Rules {
     /// The last read succeeded.

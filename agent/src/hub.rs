@@ -1,0 +1,238 @@
+//! `sgpath hub`: the cluster's one reader of EC2. Agents (`sgpath agent --hub URL`) send
+//! the addresses they need judged and get back a [`Catalog`](crate::model::sg::Catalog)
+//! of what the hub has read: the ENIs owning those addresses, every group those carry with
+//! its rules, the prefix lists' entries and the VPC's CIDR blocks. Addresses not read yet
+//! are left out (the agent's verdicts about them stay unverified) and queued for the
+//! hub's next batched read.
+//!
+//! The cost EC2 sees depends on the cluster's addresses and groups, not on its nodes:
+//! each address is read once per `--address-ttl` (batched, 100 per call) however many
+//! agents ask about it, the groups once per `--group-refresh`, and every call within the
+//! budget of its action ([`crate::collect::aws::budget`]).
+//!
+//! The wire ([`server`], [`client`]): `POST /v1/catalog` with `{"addresses": ["10.0.1.10",
+//! ...]}` (or `GET /v1/catalog?address=10.0.1.10&address=...`) answers the
+//! [`Rules`](crate::model::sg::Rules) JSON: `{"state": "fresh", "catalog": {...}}`, or
+//! `{"state": "unavailable", "reason": "..."}` while the hub cannot read EC2. Also
+//! `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Side effects: binds its listener; EC2 (and STS, Pod Identity or instance metadata for
+//! credentials) through [`crate::collect::aws`].
+
+pub mod cache;
+pub mod client;
+pub mod server;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    sync::{Mutex as AsyncMutex, Notify},
+    time::Instant,
+};
+use tracing::{info, warn};
+
+use crate::collect::aws::{Aws, AwsConfig, AwsError};
+
+pub use cache::Cache;
+pub use client::{Client, HubError};
+
+/// How long the reader waits after an agent queued an address, so that the questions of
+/// many agents starting together go in one batch.
+pub const SETTLE: Duration = Duration::from_millis(500);
+/// The first wait after a failed read; doubles up to [`FAILURE_BACKOFF_MAX`].
+const FAILURE_BACKOFF: Duration = Duration::from_secs(5);
+const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The hub's settings (`sgpath hub` flags).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub aws: AwsConfig,
+    pub address_ttl: Duration,
+    pub group_refresh: Duration,
+}
+
+/// What the server and the reader share.
+pub struct Hub {
+    pub cache: std::sync::Mutex<Cache>,
+    /// Wakes the reader when an agent queued an address.
+    pub queued: Notify,
+    /// The reader's client, for its call counts.
+    pub aws: AsyncMutex<Aws>,
+    /// Catalog requests answered.
+    pub requests: std::sync::atomic::AtomicU64,
+}
+
+impl Hub {
+    pub fn new(config: &Config) -> Arc<Hub> {
+        Arc::new(Hub {
+            cache: std::sync::Mutex::new(Cache::new(config.address_ttl, config.group_refresh)),
+            queued: Notify::new(),
+            aws: AsyncMutex::new(Aws::new(config.aws.clone())),
+            requests: Default::default(),
+        })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads EC2 for as long as it runs: whenever agents queued addresses (after
+    /// [`SETTLE`]) and at every group refresh; a failed read is retried with backoff and
+    /// named to every agent meanwhile.
+    pub async fn read_forever(self: Arc<Hub>, group_refresh: Duration) {
+        let mut failures = 0u32;
+        loop {
+            match self.read_once().await {
+                Ok(()) => {
+                    if self.cache().succeed() {
+                        info!(event = "ec2-resumed", "reading EC2 again");
+                    }
+                    failures = 0;
+                }
+                Err(e) => {
+                    let reason = format!("sgpath hub cannot read EC2: {e}");
+                    warn!(event = "ec2-unavailable", error = %e, "cannot read EC2");
+                    self.cache().fail(reason);
+                    let wait = FAILURE_BACKOFF
+                        .saturating_mul(1 << failures.min(10))
+                        .min(FAILURE_BACKOFF_MAX);
+                    failures += 1;
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+            if self.cache().has_queue() {
+                tokio::time::sleep(SETTLE).await;
+                continue;
+            }
+            tokio::select! {
+                () = self.queued.notified() => tokio::time::sleep(SETTLE).await,
+                () = tokio::time::sleep(group_refresh.min(Duration::from_secs(10))) => {}
+            }
+        }
+    }
+
+    /// One round: what [`Cache::due`] names, read in batches within the budget.
+    ///
+    /// # Errors
+    /// The first [`AwsError`]; addresses whose read failed are queued again.
+    pub async fn read_once(&self) -> Result<(), AwsError> {
+        let work = self.cache().due(Instant::now());
+        if work.is_empty() {
+            return Ok(());
+        }
+        let mut aws = self.aws.lock().await;
+        let region = match aws.prepare().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.cache().requeue(&work.addresses);
+                return Err(e);
+            }
+        };
+        if !work.addresses.is_empty() {
+            match aws.enis_by_address(&region, &work.addresses).await {
+                Ok(enis) => {
+                    info!(
+                        event = "ec2-addresses-read",
+                        addresses = work.addresses.len(),
+                        enis = enis.len(),
+                        "looked addresses up"
+                    );
+                    self.cache()
+                        .apply_enis(&work.addresses, enis, Instant::now());
+                }
+                Err(e) => {
+                    self.cache().requeue(&work.addresses);
+                    return Err(e);
+                }
+            }
+        }
+        // The ENIs just read may carry groups and VPCs never read: read them in this round.
+        let more = self.cache().due(Instant::now());
+        let refresh = work.refresh || more.refresh;
+        let groups: Vec<String> = work
+            .groups
+            .into_iter()
+            .chain(more.groups)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let vpcs: Vec<String> = work
+            .vpcs
+            .into_iter()
+            .chain(more.vpcs)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.cache().requeue(&more.addresses);
+        if !vpcs.is_empty() {
+            let got = aws.vpc_cidrs(&region, &vpcs).await?;
+            self.cache().apply_vpcs(got);
+        }
+        if !groups.is_empty() {
+            let mut read = aws.groups(&region, &groups).await?;
+            let due = self.cache().prefix_lists_due(&read, refresh);
+            for id in due {
+                match aws.prefix_list(&region, &id).await {
+                    Ok(cidrs) => self.cache().apply_prefix_list(id, Some(cidrs)),
+                    // Refused (neither node policy grants it): its rules stay unverified.
+                    Err(AwsError::Ec2(e)) if !e.is_transient() => {
+                        warn!(event = "prefix-list-unread", prefix_list = %id, error = %e,
+                            "prefix list unread");
+                        self.cache().apply_prefix_list(id, None);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let entries = self.cache().prefix_list_entries();
+            crate::collect::ec2::resolve_prefix_lists(&mut read, &entries);
+            info!(
+                event = "ec2-groups-read",
+                groups = read.len(),
+                refresh,
+                "read the groups' rules"
+            );
+            self.cache()
+                .apply_groups(&groups, read, Instant::now(), refresh);
+        }
+        Ok(())
+    }
+
+    /// Answers an agent: see [`Cache::ask`]. Wakes the reader when something was queued.
+    pub fn ask(
+        &self,
+        addresses: &std::collections::BTreeSet<std::net::IpAddr>,
+    ) -> crate::model::sg::Rules {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (rules, queued) = {
+            let mut c = self.cache();
+            let r = c.ask(addresses, Instant::now());
+            (r, c.has_queue())
+        };
+        if queued {
+            self.queued.notify_one();
+        }
+        rules
+    }
+}
+
+/// Runs the hub on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// None today beyond the listener's; kept for the caller's `?`.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let hub = Hub::new(&config);
+    let reader = tokio::spawn(hub.clone().read_forever(config.group_refresh));
+    let server = tokio::spawn(server::serve(listener, hub));
+    shutdown.await;
+    reader.abort();
+    server.abort();
+    Ok(())
+}

@@ -77,6 +77,7 @@ pub fn moto_verdicts_on_the_default_lab() {
         ec2_endpoint: Some(aws.ec2.clone()),
         imds_endpoint: aws.imds.clone(),
         region: Some(aws.region.into()),
+        limits: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -423,6 +423,16 @@ fn ec2_rules_from_moto_judge_the_default_lab() {
     sgpath_tests::ec2::moto_verdicts_on_the_default_lab();
 }
 
+/// Issue 31: `sgpath hub` reads the default lab's EC2 (moto, behind a counting proxy) for
+/// the addresses agents ask about; the verdicts its catalog gives equal a direct read's,
+/// none is confirmed before the hub read the address, and 1 or 25 agents asking cost EC2
+/// the same calls (one batched DescribeNetworkInterfaces, one DescribeSecurityGroups, one
+/// DescribeVpcs). Fails (never skips) without moto.
+#[test]
+fn hub_answers_agents_as_a_direct_read_does() {
+    sgpath_tests::hub::hub_answers_agents_as_a_direct_read_does();
+}
+
 // deploy/ (tests/src/deploy.rs): the manifests, the alerts, the dashboard, the image.
 
 /// Every YAML and JSON file under deploy/ parses; `kubectl kustomize` renders each part.

@@ -71,10 +71,13 @@ fn branch_pods<'a>(
         })
 }
 
+/// A denial the rules prove ([`Missing::is_confirmed`]). These findings fire before anything
+/// fails, on rules alone: a denial sgpath cannot prove (the far end not an ENI it read, a
+/// group it could not read, a group rule the far end may satisfy) is no page.
 fn denied(v: Verdict) -> Option<Missing> {
     match v {
-        Verdict::Denied(m) => Some(m),
-        Verdict::Allowed { .. } => None,
+        Verdict::Denied(m) if m.is_confirmed() => Some(m),
+        Verdict::Denied(_) | Verdict::Allowed { .. } => None,
     }
 }
 
@@ -460,6 +463,44 @@ mod tests {
         let f = dns(&n, &t);
         assert_eq!(f[0].evidence.len(), 1, "{:#?}", f[0].evidence);
         assert!(f[0].evidence[0].contains("sg-node admits no tcp/53 from members of sg-pod"));
+    }
+
+    /// Issue 29: with prefix delegation CoreDNS's address is in a /28 of a node ENI; AWS's
+    /// recommended rule (pod group egress to the cluster group on 53) admits it once the
+    /// prefix is known, and without it the denial is unverified: no `sg-blocks-dns` either
+    /// way on a healthy node.
+    #[test]
+    fn dns_to_a_prefix_delegated_coredns_is_judged_by_its_enis_groups() {
+        let (mut c, mut cl) = healthy();
+        let dns_ip = ip("192.168.7.37");
+        cl.coredns = vec![dns_ip];
+        c.insert_group(SecurityGroup::new("sg-cluster"));
+        c.groups.get_mut("sg-cluster").unwrap().ingress = vec![rule(Protocol::All, None, "sg-pod")];
+        c.groups.get_mut("sg-pod").unwrap().egress = vec![
+            rule(Protocol::Udp, Some(53), "sg-cluster"),
+            rule(Protocol::Tcp, Some(53), "sg-cluster"),
+        ];
+        // Not looked up: unverified, nothing raised.
+        let (n, t) = node(c.clone(), cl.clone());
+        assert!(dns(&n, &t).is_empty(), "{:#?}", dns(&n, &t));
+        // The prefix read (EC2's ipv4PrefixSet or instance metadata's ipv4-prefix).
+        c.insert_prefix(
+            "192.168.7.32/28".parse().unwrap(),
+            "eni-node2",
+            &["sg-cluster"],
+        );
+        let (n, t) = node(c.clone(), cl.clone());
+        assert!(dns(&n, &t).is_empty(), "{:#?}", dns(&n, &t));
+        // ... and a real block is still found: the cluster group no longer admits the pod.
+        c.groups.get_mut("sg-cluster").unwrap().ingress.clear();
+        let (n, t) = node(c, cl);
+        let f = dns(&n, &t);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(
+            f[0].evidence[0].contains("sg-cluster admits no udp/53 from members of sg-pod"),
+            "{:#?}",
+            f[0].evidence
+        );
     }
 
     #[test]

@@ -192,13 +192,15 @@ pub struct ProbeConfig {
     pub sk_state: u32,
     pub sk_dport: u32,
     /// `sock_common.skc_family` (u16), `skc_daddr` and `skc_rcv_saddr` (IPv4, big-endian),
-    /// `skc_num` (the local port, host order), `skc_v6_daddr` and `skc_v6_rcv_saddr`
-    /// (`in6_addr`), and `sock.sk_err` (int): the connection a node socket's state change
-    /// is about, and whether a RST or ICMP refused it (`conn_state`).
+    /// `inet_sock.inet_sport` (the local port, big-endian), `skc_v6_daddr` and
+    /// `skc_v6_rcv_saddr` (`in6_addr`), and `sock.sk_err` (int): the connection a node
+    /// socket's state change is about, and whether a RST or ICMP refused it (`conn_state`).
+    /// Not `skc_num`: `tcp_set_state(TCP_CLOSE)` releases the port (`__inet_put_port` zeroes
+    /// `inet_num`) before `inet_sk_state_store` fires the tracepoint; `inet_sport` stays.
     pub sk_family: u32,
     pub sk_daddr: u32,
     pub sk_rcv_saddr: u32,
-    pub sk_num: u32,
+    pub sk_sport: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
     pub sk_err: u32,
@@ -228,7 +230,7 @@ impl ProbeConfig {
             sk_family: 0,
             sk_daddr: 0,
             sk_rcv_saddr: 0,
-            sk_num: 0,
+            sk_sport: 0,
             sk_v6_daddr: 0,
             sk_v6_rcv_saddr: 0,
             sk_err: 0,

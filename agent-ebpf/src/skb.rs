@@ -132,7 +132,12 @@ pub fn sock_err(sk: *const u8) -> i32 {
 /// The connection of TCP socket `sk` as `CONNS` keys the request it sent: its local address
 /// and port are the client, its peer the server. IPv4 sockets by `skc_rcv_saddr` and
 /// `skc_daddr`; IPv6 ones (their IPv4-mapped peers included, in the maps' own form) by the
-/// `in6_addr`s, copied with a helper read. `None` for another family.
+/// `in6_addr`s, copied with a helper read. `None` for another family or a failed read.
+///
+/// The local port is `inet_sport`, never `skc_num`: on SYN_SENT -> CLOSE (a refusal),
+/// `tcp_set_state` unhashes the socket and releases its port (`__inet_put_port` sets
+/// `inet_num` to 0) before `inet_sk_state_store` fires `inet_sock_set_state`, so `skc_num`
+/// reads 0 there and the key would miss the entry (5.10 to 6.12 alike).
 #[inline(always)]
 pub fn sock_conn(sk: *const u8) -> Option<ConnKey> {
     const AF_INET: u16 = 2;
@@ -156,12 +161,16 @@ pub fn sock_conn(sk: *const u8) -> Option<ConnKey> {
         }
         _ => return None,
     };
-    let num: u16 = unsafe { field(sk, cfg!(sk_num)) };
+    // `inet_sport` lies past `struct sock`, beyond what the verifier lets a tp_btf `sock *`
+    // load directly: a helper read.
+    let at_sport = sk.wrapping_add(cfg!(sk_sport) as usize) as *const u16;
+    // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
+    let sport = unsafe { bpf_probe_read_kernel(at_sport) }.ok()?;
     let dport: u16 = unsafe { field(sk, cfg!(sk_dport)) };
     Some(ConnKey {
         client,
         server,
-        client_port: num,
+        client_port: u16::from_be(sport),
         server_port: u16::from_be(dport),
         proto: packet::PROTO_TCP,
         _pad: [0; 3],

@@ -80,7 +80,7 @@ pub fn probe_config(btf: &KernelBtf, node_netns: u32) -> Result<ProbeConfig, Btf
         sk_family: btf.member_offset("sock_common", "skc_family")?,
         sk_daddr: btf.member_offset("sock_common", "skc_daddr")?,
         sk_rcv_saddr: btf.member_offset("sock_common", "skc_rcv_saddr")?,
-        sk_num: btf.member_offset("sock_common", "skc_num")?,
+        sk_sport: btf.member_offset("inet_sock", "inet_sport")?,
         sk_v6_daddr: btf.member_offset("sock_common", "skc_v6_daddr")?,
         sk_v6_rcv_saddr: btf.member_offset("sock_common", "skc_v6_rcv_saddr")?,
         sk_err: btf.member_offset("sock", "sk_err")?,

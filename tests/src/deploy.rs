@@ -189,7 +189,15 @@ pub fn deploy_manifests_parse_and_render() {
     .into();
     assert_eq!(agent, want_agent);
     assert_eq!(monitoring, want_monitoring);
-    assert_eq!(base, &want_agent | &want_monitoring);
+    // The cluster's one reader of EC2 (hub.yaml), in base only.
+    let want_hub: BTreeSet<String> = [
+        "Deployment/sgpath-hub",
+        "Service/sgpath-hub",
+        "ServiceAccount/sgpath-hub",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(base, &(&want_agent | &want_monitoring) | &want_hub);
     for d in render("base") {
         if d["kind"] != "ClusterRole" && d["kind"] != "ClusterRoleBinding" {
             assert_eq!(d["metadata"]["namespace"], "kube-system", "{}", d["kind"]);

@@ -244,6 +244,8 @@ pub const PATH_REASONS: &[&str] = &[
     "SKB_BAD_GSO",
     "INVALID_PROTO",
     "IPV6_BAD_EXTHDR",
+    // 6.18: more IPv6 extension headers than `net.ipv6.max_*_opts_number` allows.
+    "IPV6_TOO_MANY_EXTHDRS",
     "FRAG_REASM_TIMEOUT",
     "FRAG_TOO_FAR",
     "TAP_FILTER",

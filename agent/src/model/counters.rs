@@ -232,7 +232,11 @@ impl PathCounters {
                 ..Default::default()
             },
         };
-        for d in drops {
+        // A failed `RTM_GETROUTE` frees a dummy skb: no packet was dropped.
+        for d in drops
+            .iter()
+            .filter(|d| !d.location.as_deref().is_some_and(drops::is_route_query))
+        {
             let dir = if d.to_pod {
                 &mut c.to_pod
             } else {
@@ -319,6 +323,40 @@ mod tests {
         assert_eq!(c.to_pod.drops_by_reason["NO_SOCKET"], 2);
         assert_eq!(c.to_pod.drops_by_location["__udp4_lib_rcv"], 2);
         assert_eq!(c.dropped(), 11);
+    }
+
+    /// Seen on 6.1 in the martian VM test: sgpath's own route lookups for a pod behind a
+    /// stale rule fail, and `inet_rtm_getroute` frees its dummy skb with `kfree_skb`. That
+    /// skb carries the pod's address but was never a packet: not a drop of its path.
+    #[test]
+    fn a_failed_route_lookups_dummy_skb_is_no_drop() {
+        let c = PathCounters::build(
+            (0, 0),
+            (12, 720),
+            0,
+            &[
+                drop(
+                    false,
+                    true,
+                    "NOT_SPECIFIED",
+                    "ip_rcv_finish_core.constprop.0",
+                    12,
+                ),
+                drop(false, true, "NOT_SPECIFIED", "inet_rtm_getroute", 6),
+                drop(false, true, "NOT_SPECIFIED", "inet6_rtm_getroute", 1),
+            ],
+        );
+        assert_eq!(c.from_pod.dropped_packets, 12);
+        assert_eq!(c.from_pod.path_dropped_packets, 12);
+        assert_eq!(c.from_pod.drops_by_reason["NOT_SPECIFIED"], 12);
+        assert!(
+            !c.from_pod
+                .drops_by_location
+                .contains_key("inet_rtm_getroute")
+        );
+        assert!(drops::is_route_query("inet_rtm_getroute"));
+        assert!(drops::is_route_query("inet_rtm_getroute.cold"));
+        assert!(!drops::is_route_query("inet_rtm_getroute_x"));
     }
 
     #[test]

@@ -356,6 +356,20 @@ pub fn is_route_location(function: &str) -> bool {
         .any(|(prefix, _)| function.starts_with(prefix))
 }
 
+/// Functions that free an skb that never was a packet: `RTM_GETROUTE` (`ip route get`, and
+/// sgpath's own lookups) builds a dummy skb with the asked source and destination and, when
+/// the lookup fails (a stale rule's martian, an unreachable route), frees it with
+/// `kfree_skb` on 5.10 and 6.1. Such a "drop" carries a pod's address and would be charged
+/// to its path: it is no drop at all.
+pub const ROUTE_QUERY_LOCATIONS: &[&str] = &["inet_rtm_getroute", "inet6_rtm_getroute"];
+
+/// Whether `function` freed a route query's dummy skb ([`ROUTE_QUERY_LOCATIONS`]).
+pub fn is_route_query(function: &str) -> bool {
+    ROUTE_QUERY_LOCATIONS
+        .iter()
+        .any(|f| function == *f || function.strip_prefix(f).is_some_and(|s| s.starts_with('.')))
+}
+
 /// Functions that free packets on 5.10 (no reasons) for an endpoint's reasons, by prefix,
 /// with the kernel's reasoning.
 pub const ENDPOINT_LOCATIONS: &[(&str, &str)] = &[

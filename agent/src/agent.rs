@@ -307,8 +307,6 @@ async fn read_security_groups(
     mut far_ends: watch::Receiver<BTreeSet<IpAddr>>,
     tx: watch::Sender<Option<Arc<Rules>>>,
 ) {
-    // A burst of pod changes is read once.
-    const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
     // New far ends wait at least this long after the last read: a node losing flows to
     // many new addresses costs EC2 one batched read per gap, not one per address.
     const FAR_END_GAP: std::time::Duration = std::time::Duration::from_secs(30);
@@ -352,34 +350,14 @@ async fn read_security_groups(
         if tx.send(Some(Arc::new(rules))).is_err() {
             return;
         }
-        let changed = async {
-            match cluster.as_mut() {
-                Some(c) => {
-                    if c.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                    tokio::time::sleep(SETTLE).await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        // Only a far end not read yet is worth a read.
-        let new_far_end = async {
-            loop {
-                if far_ends.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-                if far_ends.borrow().iter().any(|a| !known.contains(a)) {
-                    break;
-                }
-            }
-            tokio::time::sleep_until(last_read + FAR_END_GAP).await;
-        };
-        tokio::select! {
-            () = tokio::time::sleep(refresh) => {}
-            () = changed => {}
-            () = new_far_end => {}
-        }
+        next_read(
+            refresh,
+            &mut cluster,
+            &mut far_ends,
+            &known,
+            last_read + FAR_END_GAP,
+        )
+        .await;
     }
 }
 
@@ -458,33 +436,55 @@ async fn read_from_hub(
         if tx.send(Some(Arc::new(rules))).is_err() {
             return;
         }
-        let changed = async {
-            match cluster.as_mut() {
-                Some(c) => {
-                    if c.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                    tokio::time::sleep(SETTLE).await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let new_far_end = async {
-            loop {
-                if far_ends.changed().await.is_err() {
+        next_read(
+            wait,
+            &mut cluster,
+            &mut far_ends,
+            &known,
+            tokio::time::Instant::now() + SETTLE,
+        )
+        .await;
+    }
+}
+
+/// Waits for the next read of the rules: `wait` passes, the cluster changes (and settles
+/// for 2 s: a burst of pod changes is read once), or a far end not in `known` appears (read
+/// no earlier than `far_end_not_before`). Shared by the EC2 and the hub readers.
+async fn next_read(
+    wait: Duration,
+    cluster: &mut Option<watch::Receiver<Option<Arc<Cluster>>>>,
+    far_ends: &mut watch::Receiver<BTreeSet<IpAddr>>,
+    known: &BTreeSet<IpAddr>,
+    far_end_not_before: tokio::time::Instant,
+) {
+    const SETTLE: Duration = Duration::from_secs(2);
+    let changed = async {
+        match cluster.as_mut() {
+            Some(c) => {
+                if c.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }
-                if far_ends.borrow().iter().any(|a| !known.contains(a)) {
-                    break;
-                }
+                tokio::time::sleep(SETTLE).await;
             }
-            tokio::time::sleep(SETTLE).await;
-        };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = changed => {}
-            () = new_far_end => {}
+            None => std::future::pending::<()>().await,
         }
+    };
+    // Only a far end not read yet is worth a read.
+    let new_far_end = async {
+        loop {
+            if far_ends.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if far_ends.borrow().iter().any(|a| !known.contains(a)) {
+                break;
+            }
+        }
+        tokio::time::sleep_until(far_end_not_before).await;
+    };
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = changed => {}
+        () = new_far_end => {}
     }
 }
 

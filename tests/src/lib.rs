@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod hub;
 pub mod kube;
 pub mod observe;
+pub mod plumbing;
 pub mod trust;
 
 /// The `sgpath` binary under test: `$SGPATH_BIN` (set by `cargo xtask test` in VMs) or

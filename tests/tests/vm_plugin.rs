@@ -2,14 +2,15 @@
 //! `cargo xtask setup` at each pinned release) against the fake ipamd, run as containerd runs
 //! it: `sgpath inspect` finds every path the CNI's rules say it made, raises no finding, and
 //! does so again after a pod is deleted and created again under the same name (a recreated
-//! StatefulSet pod: DEL with the runtime's prevResult, a new sandbox, ADD). Needs 802.1Q:
-//! runs in the VM matrix.
+//! StatefulSet pod: DEL with the runtime's prevResult, a new sandbox, ADD); and the lab's own
+//! plumbing (its fallback, `--cni lab`) leaves the kernel exactly as the plugin does. Needs
+//! 802.1Q: runs in the VM matrix.
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
 use serde_json::Value;
-use sgpath_tests::{expected_paths, inspect, path_keys, spec};
+use sgpath_tests::{expected_paths, inspect, path_keys, plumbing, spec};
 use xtask::cni_plugin::{CURRENT, Release, SEED_ERA};
 use xtask::lab::{Lab, names, spec::Mode};
 
@@ -137,4 +138,48 @@ fn plugin_seed_era_refuses_a_standard_mode_lab() {
         .err()
         .expect("v1.7.10 has no standard mode");
     assert!(format!("{e:#}").contains("strict mode only"), "{e:#}");
+}
+
+/// The lab's script and the plugin plumb the same spec in one VM; every link, address,
+/// rule, route of every table, sysctl of every link and pod-side route and neighbour is the
+/// same (see [`plumbing::dump`] for what is normalised away).
+fn lab_plumbs_as_the_plugin_does(release: Release, mode: Mode, prefixes: [&str; 2]) {
+    let mut s = spec("default");
+    s.node.enforcing_mode = mode;
+    let by_lab = Lab::build_with(s.clone(), prefixes[0], None).expect("the lab's own plumbing");
+    let by_plugin = Lab::build_with(s, prefixes[1], Some(release))
+        .unwrap_or_else(|e| panic!("{} {mode:?}: {e:#}", release.version));
+    let (a, b) = (plumbing::dump(&by_lab), plumbing::dump(&by_plugin));
+    // Not vacuous: both hold every pod's veth, its rules and its routes.
+    for p in &by_plugin.spec.pods {
+        let veth = names::host_veth(&by_plugin.spec, p);
+        assert!(
+            b.iter()
+                .any(|l| l.starts_with(&format!("node link {veth}:"))),
+            "no {veth} in the plugin's lab"
+        );
+    }
+    assert!(a.len() > 100, "{} lines only", a.len());
+    assert_eq!(
+        a,
+        b,
+        "{} {mode:?}: the lab's plumbing (-) vs the plugin's (+):\n{}",
+        release.version,
+        plumbing::diff(&a, &b)
+    );
+}
+
+#[test]
+fn lab_plumbs_strict_pods_as_the_current_plugin_does() {
+    lab_plumbs_as_the_plugin_does(CURRENT, Mode::Strict, ["sgt-qls", "sgt-qps"]);
+}
+
+#[test]
+fn lab_plumbs_standard_pods_as_the_current_plugin_does() {
+    lab_plumbs_as_the_plugin_does(CURRENT, Mode::Standard, ["sgt-qld", "sgt-qpd"]);
+}
+
+#[test]
+fn lab_plumbs_strict_pods_as_the_seed_era_plugin_does() {
+    lab_plumbs_as_the_plugin_does(SEED_ERA, Mode::Strict, ["sgt-ql7", "sgt-qp7"]);
 }

@@ -94,14 +94,21 @@ pub fn vpc_eni(name: &str) -> String {
 
 /// The script that builds the whole lab, the pods plumbed by the lab itself.
 pub fn script(spec: &Spec, l: &Layout) -> String {
-    script_with(spec, l, true)
+    script_with(spec, l, |_| true)
 }
 
-/// The script that builds the lab; with `plumb_pods` false it leaves out what the CNI plugin
-/// does for each pod on the node and in the pod (veths, addresses, VLAN links, rules,
+/// Whether the real plugin can plumb `pod`: not a branch pod on a node without a trunk
+/// (the host kernel's lab: no 802.1Q, so no VLAN link any plugin could make; the lab
+/// plumbs that pod's veth and rules itself and leaves the VLAN out).
+pub fn plugin_can_plumb(spec: &Spec, pod: &Pod) -> bool {
+    pod.kind != PodKind::Branch || spec.node.trunk.is_some()
+}
+
+/// The script that builds the lab; for a pod where `lab_plumbs(i)` is false it leaves out
+/// what the CNI plugin does on the node and in the pod (veths, addresses, VLAN links, rules,
 /// routes), so [`super::cni`] can run the real plugin instead. What ipamd and AWS do
 /// (namespaces, ENIs, tables of secondary ENIs, sysctls, the VPC's side of every pod) stays.
-pub fn script_with(spec: &Spec, l: &Layout, plumb_pods: bool) -> String {
+pub fn script_with(spec: &Spec, l: &Layout, lab_plumbs: impl Fn(usize) -> bool) -> String {
     let mut s = String::from("set -eu\n");
     let (node, vpc, bastion) = (l.node(), l.vpc(), l.bastion());
     let mtu = spec.node.mtu;
@@ -238,7 +245,7 @@ pub fn script_with(spec: &Spec, l: &Layout, plumb_pods: bool) -> String {
     }
 
     for (i, pod) in spec.pods.iter().enumerate() {
-        if plumb_pods {
+        if lab_plumbs(i) {
             pod_script(&mut s, spec, l, i, pod);
         }
         pod_vpc_script(&mut s, spec, l, pod);

@@ -136,10 +136,11 @@ impl Cni {
             );
         }
         if !release.standard_mode
-            && let Some(p) = spec
-                .pods
-                .iter()
-                .find(|p| p.kind == PodKind::Branch && spec.mode_of(p) == Mode::Standard)
+            && let Some(p) = spec.pods.iter().find(|p| {
+                p.kind == PodKind::Branch
+                    && spec.mode_of(p) == Mode::Standard
+                    && build::plugin_can_plumb(spec, p)
+            })
         {
             bail!(
                 "pod {} is a standard-mode branch pod; VPC CNI {} has strict mode only",

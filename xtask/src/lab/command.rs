@@ -29,6 +29,11 @@ pub struct Args {
     /// `$IMDS_ENDPOINT` the lab's EC2 (moto) and instance metadata.
     #[arg(long, conflicts_with = "sgpath_args")]
     pub shell: Option<String>,
+    /// Who plumbs the pods: a pinned VPC CNI release (the real `routed-eni-cni-plugin`,
+    /// against the lab's fake ipamd: "v1.23.2", "v1.7.10") or "lab" (the lab's own script,
+    /// the fallback `vm_plugin` holds equal to the plugin).
+    #[arg(long, default_value = crate::cni_plugin::CURRENT.version)]
+    pub cni: String,
     /// Print the script that builds the lab and exit, without booting anything.
     #[arg(long)]
     pub dry_run: bool,
@@ -46,6 +51,8 @@ pub struct GuestArgs {
     pub spec: PathBuf,
     #[arg(long)]
     pub shell: Option<String>,
+    #[arg(long)]
+    pub cni: String,
     #[arg(last = true)]
     pub sgpath_args: Vec<String>,
 }
@@ -70,17 +77,28 @@ pub fn run(args: Args) -> Result<()> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "xtask/labs/default.toml".into());
     Spec::parse(&text).with_context(|| format!("lab spec {spec_name}"))?;
+    let cni = super::cni_choice(&args.cni).context("--cni")?;
     if args.dry_run {
         let spec = Spec::parse(&text)?;
+        // With the plugin, the script leaves the pods' plumbing to it.
+        let plugin_plumbs =
+            |i: usize| cni.is_some() && super::build::plugin_can_plumb(&spec, &spec.pods[i]);
         print!(
             "{}",
-            super::build::script(
+            super::build::script_with(
                 &spec,
                 &super::Layout {
                     prefix: "lab".into()
-                }
+                },
+                |i| !plugin_plumbs(i)
             )
         );
+        if let Some(r) = cni {
+            println!(
+                "# then VPC CNI {} (routed-eni-cni-plugin) ADDs each pod",
+                r.version
+            );
+        }
         return Ok(());
     }
     cmd::step("lab: setup", setup::ensure)?;
@@ -90,7 +108,10 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     let kernel = kernel::get(&args.kernel)?;
     let xtask_bin = vm::shell_quote(&crate::target_dir().join("debug/xtask").to_string_lossy());
-    let mut guest = format!("{xtask_bin} lab-guest --spec \"$SGPATH_VM_DIR/spec.toml\"");
+    let mut guest = format!(
+        "{xtask_bin} lab-guest --spec \"$SGPATH_VM_DIR/spec.toml\" --cni {}",
+        vm::shell_quote(&args.cni)
+    );
     if let Some(shell) = &args.shell {
         guest.push_str(&format!(" --shell {}", vm::shell_quote(shell)));
     }
@@ -106,11 +127,18 @@ pub fn run(args: Args) -> Result<()> {
         "cat > \"$SGPATH_VM_DIR/spec.toml\" <<'SGPATH_SPEC'\n{text}\nSGPATH_SPEC\n{guest}\n"
     );
     eprintln!(
-        "lab: {spec_name} on kernel {} ({}), booting under TCG...",
-        args.kernel, kernel.release
+        "lab: {spec_name} on kernel {} ({}), pods plumbed by {}, booting under TCG...",
+        args.kernel,
+        kernel.release,
+        cni.map_or("the lab's script".into(), |r| format!(
+            "VPC CNI {} (routed-eni-cni-plugin)",
+            r.version
+        ))
     );
     let opts = vm::VmOptions {
-        binaries: vec![crate::sgpath_bin()],
+        binaries: std::iter::once(crate::sgpath_bin())
+            .chain(cni.iter().flat_map(|r| [r.plugin(), r.fake_ipamd()]))
+            .collect(),
         moto: true,
         ..Default::default()
     };
@@ -138,11 +166,17 @@ pub fn run(args: Args) -> Result<()> {
 /// When the lab cannot be built, a step fails to run, or the command fails.
 pub fn guest(args: GuestArgs) -> Result<()> {
     let spec = Spec::load(&args.spec)?;
-    let mut lab = Lab::up(spec, "lab")?;
+    let mut lab = Lab::up_with(spec, "lab", super::cni_choice(&args.cni)?)?;
     eprintln!(
-        "lab: node namespace {}, {} pods, VPC {}, bastion {}",
+        "lab: node namespace {}, {} pods ({}), VPC {}, bastion {}",
         lab.layout.node(),
         lab.spec.pods.len(),
+        lab.cni
+            .as_ref()
+            .map_or("plumbed by the lab's script".into(), |c| format!(
+                "plumbed by VPC CNI {}",
+                c.release.version
+            )),
         lab.layout.vpc(),
         lab.layout.bastion()
     );

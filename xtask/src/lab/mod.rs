@@ -51,20 +51,28 @@ pub struct Lab {
 
 /// Environment variable choosing who plumbs the pods of [`Lab::build`] and [`Lab::up`]: a
 /// pinned VPC CNI release (`v1.23.2`, `v1.7.10`: the real plugin) or `lab` (the lab's own
-/// script); unset is `lab`.
+/// script, kept as a fallback that `vm_plugin`'s equality test holds to the plugin's
+/// result); unset is the current release ([`crate::cni_plugin::CURRENT`]).
 pub const CNI_ENV: &str = "SGPATH_LAB_CNI";
 
-/// The plumbing [`CNI_ENV`] asks for: `None` for the lab's own.
+/// Who plumbs a lab's pods: `None` for the lab's own script.
+///
+/// # Errors
+/// When `choice` names a release that is not pinned.
+pub fn cni_choice(choice: &str) -> Result<Option<crate::cni_plugin::Release>> {
+    match choice {
+        "lab" => Ok(None),
+        "" => Ok(Some(crate::cni_plugin::CURRENT)),
+        v => Ok(Some(crate::cni_plugin::Release::by_version(v)?)),
+    }
+}
+
+/// The plumbing [`CNI_ENV`] asks for (see [`cni_choice`]).
 ///
 /// # Errors
 /// When it names a release that is not pinned.
 pub fn cni_from_env() -> Result<Option<crate::cni_plugin::Release>> {
-    match std::env::var(CNI_ENV) {
-        Ok(v) if !v.is_empty() && v != "lab" => {
-            Ok(Some(crate::cni_plugin::Release::by_version(&v)?))
-        }
-        _ => Ok(None),
-    }
+    cni_choice(&std::env::var(CNI_ENV).unwrap_or_default()).context(CNI_ENV)
 }
 
 impl Lab {
@@ -127,11 +135,17 @@ impl Lab {
         std::fs::create_dir_all(&lab.dir)
             .with_context(|| format!("creating {}", lab.dir.display()))?;
         std::fs::write(lab.cni_config(), build::conflist(&lab.spec))?;
-        let script = build::script_with(&lab.spec, &lab.layout, cni.is_none());
+        let by_plugin: Vec<bool> = lab
+            .spec
+            .pods
+            .iter()
+            .map(|p| cni.is_some() && build::plugin_can_plumb(&lab.spec, p))
+            .collect();
+        let script = build::script_with(&lab.spec, &lab.layout, |i| !by_plugin[i]);
         sh(&batched(&script)).context("building the lab")?;
         if let Some(release) = cni {
             let mut c = cni::Cni::start(&lab.spec, &lab.layout, &lab.dir, release)?;
-            for i in 0..lab.spec.pods.len() {
+            for i in (0..lab.spec.pods.len()).filter(|&i| by_plugin[i]) {
                 c.add(&lab.spec, &lab.layout, i)?;
             }
             lab.cni = Some(c);

@@ -149,7 +149,10 @@ fn lab_plumbs_as_the_plugin_does(release: Release, mode: Mode, prefixes: [&str; 
     let by_lab = Lab::build_with(s.clone(), prefixes[0], None).expect("the lab's own plumbing");
     let by_plugin = Lab::build_with(s, prefixes[1], Some(release))
         .unwrap_or_else(|e| panic!("{} {mode:?}: {e:#}", release.version));
-    let (a, b) = (plumbing::dump(&by_lab), plumbing::dump(&by_plugin));
+    let (mut a, b) = (plumbing::dump(&by_lab), plumbing::dump(&by_plugin));
+    if release == SEED_ERA {
+        a = before_v1_11(&by_lab, a);
+    }
     // Not vacuous: both hold every pod's veth, its rules and its routes.
     for p in &by_plugin.spec.pods {
         let veth = names::host_veth(&by_plugin.spec, p);
@@ -167,6 +170,34 @@ fn lab_plumbs_as_the_plugin_does(release: Release, mode: Mode, prefixes: [&str; 
         release.version,
         plumbing::diff(&a, &b)
     );
+}
+
+/// The lab's lines as v1.7 plumbs: before v1.11's hardening it set a host veth's IPv6
+/// `accept_redirects` to 0 and left a VLAN link's sysctls alone (`accept_ra` the kernel's 1).
+fn before_v1_11(lab: &Lab, lines: BTreeSet<String>) -> BTreeSet<String> {
+    let veths: BTreeSet<String> = lab
+        .spec
+        .pods
+        .iter()
+        .map(|p| names::host_veth(&lab.spec, p))
+        .collect();
+    lines
+        .into_iter()
+        .map(|l| {
+            let words: Vec<&str> = l.split(' ').collect();
+            match words[..] {
+                ["node", "sysctl", "ipv6", link, "accept_redirects=1"] if veths.contains(link) => {
+                    format!("node sysctl ipv6 {link} accept_redirects=0")
+                }
+                ["node", "sysctl", "ipv6", link, "accept_ra=0"]
+                    if link.starts_with("vlan.eth.") =>
+                {
+                    format!("node sysctl ipv6 {link} accept_ra=1")
+                }
+                _ => l,
+            }
+        })
+        .collect()
 }
 
 #[test]

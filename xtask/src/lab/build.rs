@@ -278,6 +278,8 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
         spec.node.mtu,
         spec.node.mtu
     );
+    // The plugin (v1.11+) hardens every host-side link for IPv6 before bringing it up.
+    link_v6_sysctls(s, &node, &veth);
     emit!(s, "ip -n {node} link set {veth} up");
     emit!(
         s,
@@ -302,6 +304,7 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
                     s,
                     "ip -n {node} link add link {trunk} name {vl} address {bmac} type vlan id {vlan}"
                 );
+                link_v6_sysctls(s, &node, &vl);
                 emit!(s, "ip -n {node} link set {vl} up");
                 eni_table_routes(s, &node, gw, &vl, table);
             }
@@ -335,6 +338,16 @@ fn pod_script(s: &mut String, spec: &Spec, l: &Layout, i: usize, pod: &Pod) {
             }
         }
     }
+}
+
+/// What the plugin's `setHostVethV6Sysctls` and `setupVlan` write for a host-side link:
+/// no router advertisements, redirects accepted, no IPv6 forwarding (slash form: VLAN link
+/// names hold dots).
+fn link_v6_sysctls(s: &mut String, node: &str, dev: &str) {
+    emit!(
+        s,
+        "ip netns exec {node} sysctl -qw net/ipv6/conf/{dev}/accept_ra=0 net/ipv6/conf/{dev}/accept_redirects=1 net/ipv6/conf/{dev}/forwarding=0"
+    );
 }
 
 /// The VPC's side of a pod: AWS delivers a branch ENI's traffic on its VLAN of the trunk to

@@ -62,8 +62,9 @@ pub struct HubArgs {
     /// Log format on stdout: one JSON object per line, or text for a terminal.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
-    /// The EC2 endpoint. Default: AWS_ENDPOINT_URL_EC2, else AWS_ENDPOINT_URL, else
-    /// `https://ec2.<region>.amazonaws.com`.
+    /// The EC2 endpoint. Default: AWS_ENDPOINT_URL_EC2, else AWS_ENDPOINT_URL, else the
+    /// Region's in its partition (`https://ec2.<region>.amazonaws.com`, `.amazonaws.com.cn`
+    /// in China...; AWS_USE_FIPS_ENDPOINT and AWS_USE_DUALSTACK_ENDPOINT honoured).
     #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
     pub ec2_endpoint: Option<String>,
     /// Instance metadata, asked only for what the environment does not give (the region
@@ -205,8 +206,9 @@ pub struct Ec2Args {
     /// says why and everything else works as without this flag.
     #[arg(long)]
     pub ec2: bool,
-    /// The EC2 endpoint (with `--ec2`). Default: AWS_ENDPOINT_URL_EC2, else
-    /// `https://ec2.<region>.amazonaws.com`.
+    /// The EC2 endpoint (with `--ec2`). Default: AWS_ENDPOINT_URL_EC2, else AWS_ENDPOINT_URL,
+    /// else the Region's in its partition (AWS_USE_FIPS_ENDPOINT, AWS_USE_DUALSTACK_ENDPOINT
+    /// honoured).
     #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
     pub ec2_endpoint: Option<String>,
     /// Instance metadata (with `--ec2`).

@@ -36,19 +36,10 @@ pub enum Ec2Error {
 }
 
 impl Ec2Error {
-    /// EC2 throttled the call: back off and retry (`RequestLimitExceeded`, `Throttling`).
-    pub fn is_throttling(&self) -> bool {
-        matches!(self, Ec2Error::Api { code, .. }
-            if code == "RequestLimitExceeded" || code == "Throttling"
-                || code == "ThrottlingException" || code == "RequestThrottled")
-    }
-
-    /// A fault worth retrying with backoff: throttling, or EC2's own transient failure
-    /// (`InternalError`, `InternalFailure`, `Unavailable`, `ServiceUnavailable`).
+    /// EC2 throttled the call or failed inside (`RequestLimitExceeded`, `InternalError`,
+    /// `Unavailable`...): the retry policy's codes ([`super::aws::retry`]).
     pub fn is_transient(&self) -> bool {
-        self.is_throttling()
-            || matches!(self, Ec2Error::Api { code, .. } if matches!(code.as_str(),
-                "InternalError" | "InternalFailure" | "Unavailable" | "ServiceUnavailable"))
+        matches!(self, Ec2Error::Api { code, .. } if super::aws::retry::is_transient_code(code))
     }
 }
 
@@ -411,7 +402,7 @@ mod tests {
             assert!(e(code).is_transient(), "{code}");
         }
         assert!(!e("UnauthorizedOperation").is_transient());
-        assert!(!e("InternalError").is_throttling());
+        assert!(!e("InvalidGroup.NotFound").is_transient());
     }
 
     /// The shape EC2 (and moto) answer with, trimmed to the fields read.
@@ -536,7 +527,7 @@ mod tests {
         let throttled = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>r</RequestID></Response>"#;
         let e = security_groups(throttled).unwrap_err();
-        assert!(e.is_throttling());
+        assert!(e.is_transient());
         assert_eq!(
             e.to_string(),
             "EC2 DescribeSecurityGroups: RequestLimitExceeded: Request limit exceeded."
@@ -548,7 +539,7 @@ mod tests {
                 "You are not authorized to perform this operation.",
             );
         let e = network_interfaces(&denied).unwrap_err();
-        assert!(!e.is_throttling());
+        assert!(!e.is_transient());
         assert!(
             e.to_string()
                 .starts_with("EC2 DescribeNetworkInterfaces: UnauthorizedOperation")

@@ -202,6 +202,99 @@ mod tests {
         );
     }
 
+    /// The suite's example session token (its `post-sts-token` vectors).
+    const SUITE_TOKEN: &str = "AQoDYXdzEPT//////////wEXAMPLEtc764bNrC9SAPBSM22wDOk4x4HIZ8j4FZTwdQWLWsKWHGBuFqwAeMicRXmxfpSPfIeoIYRqTflfKD8YUuwthAx7mSEI/qkPpKPi/kMcGdQrmGdeehM4IC1NtBmUpp2wUE8phUZampKsburEDy0KPkyQDYwT7WZ0wq5VSXDvp75YU9HFvlRd8Tx6q6fE8YQcHNVXAkiY9q6d+xo0rKwT38xVqr7ZD0u0iPPkUL64lIZbqBAz+scqKmlzm8FDrypNC9Yjc8fPOLn9FX9KSYvKTr4rvx3iSIlTJabIQwj2ICCR/oLxBA==";
+
+    fn suite_authorization<'h>(headers: &'h [(&'static str, String)]) -> &'h str {
+        &headers
+            .iter()
+            .find(|(k, _)| *k == "Authorization")
+            .expect("an Authorization header")
+            .1
+    }
+
+    /// AWS's suite, `post-x-www-form-urlencoded`: a POST whose form body is hashed into
+    /// the signature (the shape of every EC2 and STS call sgpath makes).
+    #[test]
+    fn post_x_www_form_urlencoded() {
+        let req = Request {
+            method: "POST",
+            host: "example.amazonaws.com",
+            path: "/",
+            query: "",
+            headers: &[("Content-Type", "application/x-www-form-urlencoded")],
+            body: b"Param1=value1",
+        };
+        let h = sign(&req, &suite_creds(), "us-east-1", "service", suite_time());
+        assert_eq!(
+            suite_authorization(&h),
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, \
+             SignedHeaders=content-type;host;x-amz-date, \
+             Signature=ff11897932ad3f4e8b18135d722051e5ac45fc38421b1da7b9d196a0fe09473a"
+        );
+    }
+
+    /// AWS's suite, `post-sts-token/post-sts-header-before`: temporary credentials, the
+    /// session token sent as `X-Amz-Security-Token` and signed (as EC2 requires).
+    #[test]
+    fn post_sts_header_before() {
+        let mut c = suite_creds();
+        c.session_token = Some(SUITE_TOKEN.into());
+        let req = Request {
+            method: "POST",
+            host: "example.amazonaws.com",
+            path: "/",
+            query: "",
+            headers: &[],
+            body: b"",
+        };
+        let h = sign(&req, &c, "us-east-1", "service", suite_time());
+        assert_eq!(
+            suite_authorization(&h),
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, \
+             SignedHeaders=host;x-amz-date;x-amz-security-token, \
+             Signature=85d96828115b5dc0cfc3bd16ad9e210dd772bbebba041836c64533a82be05ead"
+        );
+        assert!(h.contains(&("X-Amz-Security-Token", SUITE_TOKEN.to_owned())));
+    }
+
+    /// AWS's suite, `post-header-key-sort` (a header's name lower-cased and sorted among
+    /// the signed ones) and `get-vanilla-query-order-key-case` (a canonical query).
+    #[test]
+    fn header_sort_and_query_order() {
+        let req = Request {
+            method: "POST",
+            host: "example.amazonaws.com",
+            path: "/",
+            query: "",
+            headers: &[("My-Header1", "value1")],
+            body: b"",
+        };
+        let h = sign(&req, &suite_creds(), "us-east-1", "service", suite_time());
+        assert!(
+            suite_authorization(&h).ends_with(
+                "SignedHeaders=host;my-header1;x-amz-date, \
+                 Signature=c5410059b04c1ee005303aed430f6e6645f61f4dc9e1461ec8f8916fdf18852c"
+            ),
+            "{h:?}"
+        );
+        let req = Request {
+            method: "GET",
+            host: "example.amazonaws.com",
+            path: "/",
+            query: "Param1=value1&Param2=value2",
+            headers: &[],
+            body: b"",
+        };
+        let h = sign(&req, &suite_creds(), "us-east-1", "service", suite_time());
+        assert!(
+            suite_authorization(&h).ends_with(
+                "Signature=b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500"
+            ),
+            "{h:?}"
+        );
+    }
+
     #[test]
     fn session_token_is_signed_and_never_printed() {
         let mut c = suite_creds();

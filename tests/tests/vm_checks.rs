@@ -118,6 +118,26 @@ fn vlan_table_incomplete() {
     expect_finding("sgt-c4", f, "vlan-table-incomplete", "vlan.eth.1");
 }
 
+/// Someone deleted the VLAN link the plugin made for a strict pod; its rules stay and name
+/// a device that is gone.
+#[test]
+fn vlan_link_deleted_behind_the_cni() {
+    let f = Fault::DeleteVlanLink {
+        pod: "strict-a".into(),
+    };
+    expect_finding("sgt-c16", f, "vlan-table-incomplete", "vlan.eth.1");
+}
+
+/// A strict pod's sandbox vanished without a CNI DEL: the plugin's `iif` rule for its veth
+/// is left pointing at a device that no longer exists.
+#[test]
+fn pod_deleted_behind_the_cni_leaves_a_stale_rule() {
+    let f = Fault::PodGoneWithoutDel {
+        pod: "strict-a".into(),
+    };
+    expect_finding("sgt-c17", f, "vlan-rule-stale", &strict_veth());
+}
+
 #[test]
 fn vlan_parent_missing() {
     expect_finding(

@@ -572,6 +572,25 @@ pub fn fault_script(spec: &Spec, l: &Layout, fault: &Fault) -> anyhow::Result<St
                 .ok_or_else(|| anyhow::anyhow!("the lab has no trunk"))?;
             format!("ip -n {node} link set {trunk} down")
         }
+        Fault::DeleteVlanLink { pod } => {
+            let (_, vlan) = pod_vlan(pod)?;
+            format!("ip -n {node} link del {}", names::vlan_link(vlan))
+        }
+        Fault::PodGoneWithoutDel { pod } => {
+            let p = spec.pod(pod)?;
+            let i = spec
+                .pods
+                .iter()
+                .position(|q| q.name == p.name)
+                .expect("a pod of the spec");
+            let (pns, veth) = (l.pod(i), names::host_veth(spec, p));
+            // The kernel frees the namespace, and with it the veth pair, asynchronously.
+            format!(
+                "ip netns pids {pns} | xargs -r kill -9\nip netns del {pns}\n\
+                 for _ in $(seq 100); do ip -n {node} link show {veth} >/dev/null 2>&1 || break; sleep 0.1; done\n\
+                 ! ip -n {node} link show {veth} >/dev/null 2>&1"
+            )
+        }
     })
 }
 

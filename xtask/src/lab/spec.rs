@@ -367,6 +367,16 @@ pub enum Fault {
     },
     /// Take the trunk down.
     TrunkDown,
+    /// Delete a branch pod's `vlan.eth.N` link (its rules and the pod's veth stay).
+    DeleteVlanLink {
+        pod: String,
+    },
+    /// The pod's sandbox is gone without a CNI DEL (the runtime lost it, or someone deleted
+    /// the network namespace): its veth pair goes with the namespace, while the plugin's
+    /// rules, the VLAN link and the routes of other devices stay.
+    PodGoneWithoutDel {
+        pod: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]

@@ -24,7 +24,6 @@
 //! Side effects: binds `--listen`; attaches the eBPF programs until SIGTERM or SIGINT, then
 //! detaches them all and exits 0.
 
-mod auth;
 mod http;
 mod remote_trace;
 
@@ -38,6 +37,7 @@ use std::{
 
 use anyhow::Context;
 use sgpath::{
+    auth,
     checks::{self, Severity},
     collect,
     collect::watch::Tick,
@@ -101,23 +101,32 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         // A mode that cannot work is refused before anything is bound.
         let auth = auth_of(&args, token).await?;
+        let transport = sgpath::tls::Transport::new(&args.tls.source(), args.listen)?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("--listen {}", args.listen))?;
-        info!(event = "listening", address = %args.listen, "listening");
+        let probe_listener = match args.probe_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("--probe-listen {addr}"))?,
+            ),
+            None => None,
+        };
+        info!(event = "listening", address = %args.listen, scheme = transport.scheme(),
+            probes = ?args.probe_listen, "listening");
         let (requests, mut incoming) = mpsc::channel::<ReportRequest>(16);
         let (ready_tx, ready) = watch::channel(Some("taking the first snapshot".to_owned()));
-        let server = tokio::spawn(http::serve(
-            listener,
-            Arc::new(http::Shared {
-                auth,
-                requests,
-                ready,
-                cache: http::ReportCache::new(args.report_max_age),
-                refused: Default::default(),
-                trace: remote_trace::RemoteTrace::new(args.cni_config.clone()),
-            }),
-        ));
+        let shared = Arc::new(http::Shared {
+            auth,
+            requests,
+            ready,
+            cache: http::ReportCache::new(args.report_max_age),
+            refused: Default::default(),
+            trace: remote_trace::RemoteTrace::new(args.cni_config.clone()),
+        });
+        let probes = probe_listener.map(|l| tokio::spawn(http::serve_probes(l, shared.clone())));
+        let server = tokio::spawn(http::serve(listener, transport, shared));
         let mut cluster = kube_context(&args).await?;
         let (far_ends_tx, far_ends) = watch::channel(BTreeSet::new());
         let mut rules = security_groups(&args, cluster.clone(), far_ends);
@@ -199,6 +208,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }
         }
         server.abort();
+        if let Some(p) = probes {
+            p.abort();
+        }
         // Detaches every program and closes every map.
         drop(daemon);
         info!(event = "stopped", "stopped: probes detached");
@@ -210,8 +222,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 /// How the HTTP server checks who asks (`--auth`, `--token-file`).
 ///
 /// # Errors
-/// `--auth token` without `--token-file`, `--token-file` with another mode, or
-/// `--auth kubernetes` without a cluster to ask.
+/// `--auth token` without `--token-file`, `--token-file` with another mode,
+/// `--auth none` on an address other hosts reach, or `--auth kubernetes` without a cluster
+/// to ask.
 async fn auth_of(args: &AgentArgs, token: Option<String>) -> anyhow::Result<auth::Auth> {
     let mode = args.auth.unwrap_or(if token.is_some() {
         AuthMode::Token
@@ -224,7 +237,13 @@ async fn auth_of(args: &AgentArgs, token: Option<String>) -> anyhow::Result<auth
         (AuthMode::None | AuthMode::Kubernetes, Some(_)) => {
             anyhow::bail!("--token-file is for --auth token (or no --auth)")
         }
-        (AuthMode::None, None) => auth::Auth::Open,
+        (AuthMode::None, None) if args.listen.ip().is_loopback() => auth::Auth::Open,
+        (AuthMode::None, None) => anyhow::bail!(
+            "--auth none would serve /metrics, /v1/report and /v1/trace to anyone who reaches \
+             --listen {}: use --auth kubernetes (or --auth token with --token-file), or a \
+             loopback --listen",
+            args.listen
+        ),
         (AuthMode::Kubernetes, None) => {
             let client = collect::kube::client(args.kubeconfig.as_deref())
                 .await

@@ -14,6 +14,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start and moved into its command: boxing the larger arguments buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Take a one-shot snapshot of the node's security-group topology and check it.
@@ -56,9 +58,11 @@ pub enum Command {
 /// `sgpath hub`.
 #[derive(Debug, clap::Args)]
 pub struct HubArgs {
-    /// Address and port of the HTTP server (the Deployment sets 0.0.0.0:9465).
+    /// Address and port of the HTTPS server (the Deployment sets 0.0.0.0:9465).
     #[arg(long, default_value = "127.0.0.1:9465")]
     pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Log format on stdout: one JSON object per line, or text for a terminal.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -125,9 +129,17 @@ fn parse_address_ttl(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Address and port of the HTTP server (the DaemonSet sets the pod IP or 0.0.0.0).
+    /// Address and port of the HTTPS server (the DaemonSet sets the pod IP or 0.0.0.0).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Also serve `/healthz` and `/readyz`, and nothing else, in plain HTTP on this address,
+    /// with connections of their own: the kubelet's probes (the DaemonSet: 127.0.0.1:9463,
+    /// probes with `host: 127.0.0.1`, reachable only from the node) get through whatever
+    /// floods `--listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub probe_listen: Option<std::net::SocketAddr>,
     /// How often to log a summary (totals per path kind) and re-run the checks.
     #[arg(long, default_value = "60s", value_parser = parse_summary_interval)]
     pub summary_interval: Duration,
@@ -156,7 +168,8 @@ pub struct AgentArgs {
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// Who may read `/metrics`, `/v1/report` and `/v1/trace` (`/healthz` and `/readyz` stay
-    /// open). Default: `token` with `--token-file`, else `none`.
+    /// open). Default: `token` with `--token-file`, else `none`, which only a loopback
+    /// `--listen` may use.
     #[arg(long, value_enum, value_name = "MODE")]
     pub auth: Option<AuthMode>,
     /// How long a built report (JSON and metrics) is served to later requests before the
@@ -248,19 +261,57 @@ fn parse_ec2_refresh(s: &str) -> Result<Duration, String> {
     parse_duration(s, Duration::from_secs(10), Duration::from_secs(24 * 3600))
 }
 
+/// HTTPS of a server (`agent`, `hub`): a certificate from files, else a self-signed one.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TlsArgs {
+    /// The server's certificate chain, PEM, leaf first (e.g. a `kubernetes.io/tls` Secret's
+    /// `tls.crt`, read at start). Default: a self-signed ECDSA certificate made at start for
+    /// `localhost` and the `--listen` address.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "no_tls"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP instead: only on a loopback `--listen` (tests, or a proxy in front on
+    /// the same host).
+    #[arg(long)]
+    pub no_tls: bool,
+}
+
+impl TlsArgs {
+    pub fn source(&self) -> sgpath::tls::Source {
+        match (&self.tls_cert, &self.tls_key) {
+            _ if self.no_tls => sgpath::tls::Source::Plain,
+            (Some(cert), Some(key)) => sgpath::tls::Source::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => sgpath::tls::Source::SelfSigned,
+        }
+    }
+}
+
 /// `agent --auth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
-    /// Every endpoint open (a node whose port only trusted hosts reach).
+    /// Every endpoint open: only on a loopback `--listen`.
     None,
     /// The bearer token of `--token-file`.
     Token,
-    /// The cluster decides, as kube-rbac-proxy does: the bearer token is verified with a
-    /// TokenReview and the user must be allowed `get` on the request's path (a
+    /// The cluster decides, as kube-rbac-proxy does: the bearer token, a JWT for the
+    /// audience `sgpath` living at most 15 min (a projected ServiceAccount token, or
+    /// `kubectl create token --audience sgpath`), is verified with a TokenReview for that
+    /// audience and the user must be allowed `get` on the request's path (a
     /// SubjectAccessReview with nonResourceAttributes), e.g. by a ClusterRole with
-    /// `nonResourceURLs: ["/metrics"]`. Answers are cached (allowed 60 s, refused 10 s).
-    /// Needs a cluster (`--kubeconfig` or in-cluster) and create on tokenreviews and
-    /// subjectaccessreviews.
+    /// `nonResourceURLs: ["/metrics"]`. Answers are cached (allowed 60 s, refused 10 s);
+    /// reviews beyond 2 per second (burst 10) or 4 at once are answered 503 with
+    /// Retry-After. Needs a cluster (`--kubeconfig` or in-cluster) and create on
+    /// tokenreviews and subjectaccessreviews.
     Kubernetes,
 }
 

@@ -5,6 +5,7 @@
 //! [`report`] renders them. [`ebpf`] attaches the packet counters. [`hub`] is `sgpath hub`,
 //! the cluster's one reader of EC2, and the agents' client of it.
 
+pub mod auth;
 pub mod checks;
 pub mod collect;
 pub mod ebpf;
@@ -12,3 +13,4 @@ pub mod hub;
 pub mod model;
 pub mod plugin;
 pub mod report;
+pub mod tls;

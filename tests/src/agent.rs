@@ -1,6 +1,7 @@
 //! `sgpath agent` from the outside: its HTTP contract (`/readyz`, `/v1/report`, `/metrics`,
 //! 404, 405, the bearer token), its JSON log lines, and SIGTERM. The HTTP client is a plain
-//! `TcpStream` opened in the agent's namespace.
+//! `TcpStream` opened in the agent's namespace, wrapped in TLS (rustls, any certificate) for
+//! an agent started with [`Agent::spawn_tls`]; the others run `--no-tls` on 127.0.0.1.
 //!
 //! Side effects: runs `sgpath agent` in a lab's node namespace (or a throwaway one) and
 //! kills it on drop; a pod namespace (`<prefix>-late`) deleted with its guard.
@@ -21,6 +22,27 @@ use crate::{
     sgpath_bin,
 };
 
+/// `stream` wrapped in TLS as sgpath's own clients do without a CA (any certificate).
+pub fn tls_client(stream: TcpStream) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let config = sgpath::tls::client_config(None).expect("a client config");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("a TLS client");
+    rustls::StreamOwned::new(conn, stream)
+}
+
+/// Reads to the end of a TLS stream: a server that closes without close_notify (hyper
+/// after `Connection: close`) ends it as well as one that sends it.
+pub fn read_until_close(stream: &mut impl Read, raw: &mut String) -> std::io::Result<()> {
+    let mut bytes = Vec::new();
+    match stream.read_to_end(&mut bytes) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !bytes.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    raw.push_str(&String::from_utf8_lossy(&bytes));
+    Ok(())
+}
+
 /// How long the agent has to become ready (BTF parses and program loads; slower under TCG).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -30,6 +52,8 @@ pub struct Agent {
     /// The namespace it runs in.
     pub ns: String,
     pub port: u16,
+    /// Serves HTTPS (its self-signed certificate).
+    pub tls: bool,
     /// Its stdout lines (the log), as they come.
     pub log: Arc<Mutex<Vec<String>>>,
     stderr: Option<std::thread::JoinHandle<String>>,
@@ -63,9 +87,28 @@ impl Agent {
         Agent::start(&lab.layout.node(), &args)
     }
 
-    /// Starts `<wrapper> sgpath agent --listen 127.0.0.1:<free port> <extra>` in namespace
-    /// `ns`, without waiting for anything.
+    /// [`Agent::in_lab`] serving HTTPS with its self-signed certificate.
+    pub fn in_lab_tls(lab: &Lab, extra: &[&str]) -> Agent {
+        let cni = lab.cni_config();
+        let mut args = vec!["--cni-config", cni.to_str().unwrap()];
+        args.extend(extra);
+        let mut agent = Agent::spawn_tls(&lab.layout.node(), &[], &args);
+        agent.wait_for("/readyz", 200);
+        agent
+    }
+
+    /// Starts `<wrapper> sgpath agent --listen 127.0.0.1:<free port> --no-tls <extra>` in
+    /// namespace `ns`, without waiting for anything.
     pub fn spawn(ns: &str, wrapper: &[&str], extra: &[&str]) -> Agent {
+        Agent::spawn_with(ns, wrapper, extra, false)
+    }
+
+    /// [`Agent::spawn`] serving HTTPS with a self-signed certificate (no `--no-tls`).
+    pub fn spawn_tls(ns: &str, wrapper: &[&str], extra: &[&str]) -> Agent {
+        Agent::spawn_with(ns, wrapper, extra, true)
+    }
+
+    fn spawn_with(ns: &str, wrapper: &[&str], extra: &[&str], tls: bool) -> Agent {
         let port = free_port(ns);
         let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new("ip")
@@ -73,6 +116,7 @@ impl Agent {
             .args(wrapper)
             .arg(sgpath_bin())
             .args(["agent", "--listen", &listen])
+            .args(if tls { &[][..] } else { &["--no-tls"][..] })
             .args(extra)
             // Every request gets a report built after it came (the tests count packets
             // sent just before), unless the test asks for the cache.
@@ -103,6 +147,7 @@ impl Agent {
             child: Some(child),
             ns: ns.to_owned(),
             port,
+            tls,
             log,
             stderr: Some(stderr),
         }
@@ -154,16 +199,23 @@ impl Agent {
         headers: &[(&str, &str)],
     ) -> std::io::Result<(u16, String)> {
         let to: SocketAddr = (Ipv4Addr::LOCALHOST, self.port).into();
-        let mut stream = in_netns(&self.ns, || TcpStream::connect(to))?;
+        let stream = in_netns(&self.ns, || TcpStream::connect(to))?;
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        stream.write_all(req.as_bytes())?;
         let mut raw = String::new();
-        stream.read_to_string(&mut raw)?;
+        if self.tls {
+            let mut stream = tls_client(stream);
+            stream.write_all(req.as_bytes())?;
+            read_until_close(&mut stream, &mut raw)?;
+        } else {
+            let mut stream = stream;
+            stream.write_all(req.as_bytes())?;
+            stream.read_to_string(&mut raw)?;
+        }
         let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
         let status = head
             .split_whitespace()
@@ -1320,6 +1372,208 @@ pub fn agent_survives_hostile_clients() {
     assert!(
         hwm_after < hwm_before + 32 * 1024,
         "peak memory grew from {hwm_before} to {hwm_after} KiB"
+    );
+    assert!(agent.terminate().success());
+}
+
+/// The longest a probe may take under [`agent_probes_get_through_a_token_flood`]: half the
+/// DaemonSet's `timeoutSeconds: 2`, so a probe never fails for the flood even on a node
+/// twice as loaded as this test's.
+const PROBE_WITHIN: Duration = Duration::from_secs(1);
+/// How long the token flood lasts.
+const TOKEN_FLOOD: Duration = Duration::from_secs(10);
+/// Threads flooding at once.
+const FLOODERS: usize = 8;
+
+/// One plain HTTP/1.1 GET of `path` on 127.0.0.1:`port` in `ns`: (status, time taken).
+fn probe(ns: &str, port: u16, path: &str) -> (u16, Duration) {
+    let t = Instant::now();
+    let mut c = in_netns(ns, || TcpStream::connect((Ipv4Addr::LOCALHOST, port))).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut raw = String::new();
+    let _ = c.read_to_string(&mut raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, t.elapsed())
+}
+
+/// A flood of made-up bearer tokens on the agent's HTTPS port, against a real
+/// kube-apiserver's TokenReview: [`FLOODERS`] threads for [`TOKEN_FLOOD`], each request a new TLS
+/// connection with a new token, half of them not JWTs (random bytes, a static token) and
+/// half JWT-shaped for the audience `sgpath` with a plausible lifetime (so each misses the
+/// cache and is worth a review), while the kubelet's `/healthz` and `/readyz` are polled on
+/// `--probe-listen` every 50 ms. No probe fails or takes [`PROBE_WITHIN`] or longer; every
+/// non-JWT is 401 without a review; the JWT-shaped ones are 401 (the API server does not
+/// know them) or 503 with `Retry-After: 1`, and the API server sees at most the review
+/// budget's burst plus its rate times the flood's length in TokenReviews.
+pub fn agent_probes_get_through_a_token_flood() {
+    let ns = crate::NetNs::new("sgt-agflood");
+    crate::run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+    let api = crate::apiserver::RealApi::start(Some(&ns.0), &[]);
+    let base = xtask::workspace_root().join("deploy/base");
+    api.kubectl(&["apply", "--server-side", "-k", base.to_str().unwrap()]);
+    let kubeconfig = crate::kube::agent_kubeconfig(&api);
+    let probe_port = free_port(&ns.0);
+    let probe_listen = format!("127.0.0.1:{probe_port}");
+    let mut agent = Agent::spawn_tls(
+        &ns.0,
+        &[],
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-name",
+            "node-flood",
+            "--auth",
+            "kubernetes",
+            "--probe-listen",
+            &probe_listen,
+        ],
+    );
+    agent.wait_for("/readyz", 200);
+    assert_eq!(probe(&ns.0, probe_port, "/readyz").0, 200);
+    assert_eq!(
+        probe(&ns.0, probe_port, "/metrics").0,
+        404,
+        "the probe port serves no data"
+    );
+    let reviews = || {
+        api.metric(
+            "apiserver_request_total",
+            &[("resource", "tokenreviews"), ("verb", "POST")],
+        )
+    };
+    let reviews_before = reviews();
+    let to: SocketAddr = (Ipv4Addr::LOCALHOST, agent.port).into();
+    let start = Instant::now();
+    let (flood, probes) = std::thread::scope(|s| {
+        let flooders: Vec<_> = (0..FLOODERS)
+            .map(|i| {
+                let ns = ns.0.clone();
+                s.spawn(move || {
+                    // (JWT-shaped?, status, Retry-After present)
+                    let mut seen: Vec<(bool, u16, bool)> = Vec::new();
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1);
+                    let mut n = 0u64;
+                    while start.elapsed() < TOKEN_FLOOD {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        n += 1;
+                        let jwt = n.is_multiple_of(2);
+                        let token = if jwt {
+                            crate::kube::fake_jwt(
+                                &format!("system:serviceaccount:flood:t{x:x}"),
+                                &[serde_json::json!("sgpath")],
+                                600,
+                                x,
+                            )
+                        } else if n % 4 == 1 {
+                            format!("{x:x}{}", "z".repeat((x % 64) as usize))
+                        } else {
+                            "s3cret-token".to_owned()
+                        };
+                        let Ok(tcp) = in_netns(&ns, || TcpStream::connect(to)) else {
+                            continue;
+                        };
+                        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        let mut c = tls_client(tcp);
+                        let req = format!(
+                            "GET /v1/report HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                             Authorization: Bearer {token}\r\n\r\n"
+                        );
+                        let mut raw = String::new();
+                        if c.write_all(req.as_bytes()).is_err()
+                            || read_until_close(&mut c, &mut raw).is_err()
+                        {
+                            seen.push((jwt, 0, false));
+                            continue;
+                        }
+                        let status = raw
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0);
+                        let retry = raw.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n");
+                        seen.push((jwt, status, retry));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut probes: Vec<(&str, u16, Duration)> = Vec::new();
+        while start.elapsed() < TOKEN_FLOOD {
+            for path in ["/healthz", "/readyz"] {
+                let (status, took) = probe(&ns.0, probe_port, path);
+                probes.push((path, status, took));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let flood: Vec<(bool, u16, bool)> = flooders
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        (flood, probes)
+    });
+    let elapsed = start.elapsed();
+    let token_reviews = reviews() - reviews_before;
+    let slowest = probes.iter().map(|p| p.2).max().unwrap();
+    let count = |f: &dyn Fn(&(bool, u16, bool)) -> bool| flood.iter().filter(|r| f(r)).count();
+    eprintln!(
+        "token flood: {} requests in {elapsed:?} ({} JWT-shaped: {} x 401, {} x 503; {} not: \
+         {} x 401; {} failed), {token_reviews} TokenReviews; {} probes, slowest {slowest:?}",
+        flood.len(),
+        count(&|r| r.0),
+        count(&|r| r.0 && r.1 == 401),
+        count(&|r| r.0 && r.1 == 503),
+        count(&|r| !r.0),
+        count(&|r| !r.0 && r.1 == 401),
+        count(&|r| r.1 == 0),
+        probes.len()
+    );
+    for (path, status, took) in &probes {
+        assert_eq!(*status, 200, "{path} during the flood");
+        assert!(
+            *took < PROBE_WITHIN,
+            "{path} took {took:?} during the flood"
+        );
+    }
+    assert!(probes.len() >= 50, "only {} probes", probes.len());
+    assert!(
+        flood.len() >= 200,
+        "only {} flood requests: not a flood",
+        flood.len()
+    );
+    assert_eq!(
+        count(&|r| !r.0 && r.1 != 401),
+        0,
+        "a non-JWT bearer not refused with 401"
+    );
+    assert_eq!(
+        count(&|r| r.0 && !(r.1 == 401 || (r.1 == 503 && r.2))),
+        0,
+        "a JWT-shaped bearer neither 401 nor 503 with Retry-After: {:?}",
+        flood
+            .iter()
+            .filter(|r| r.0 && r.1 != 401 && r.1 != 503)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        count(&|r| r.0 && r.1 == 503) > 0,
+        "the review budget was never spent"
+    );
+    let budget = sgpath::auth::REVIEW_BURST
+        + sgpath::auth::REVIEWS_PER_SECOND * elapsed.as_secs_f64()
+        // The agent's own review of nothing else, and the metric's rounding.
+        + 2.0;
+    assert!(
+        token_reviews <= budget,
+        "{token_reviews} TokenReviews in {elapsed:?}: more than the budget's {budget}"
     );
     assert!(agent.terminate().success());
 }

@@ -348,9 +348,25 @@ pub fn deploy_daemonset_holds_only_the_named_capabilities() {
         (port["name"].as_str(), port["containerPort"].as_u64()),
         (Some("metrics"), Some(9464))
     );
+    // The probes go to --probe-listen on the node's loopback (hostNetwork: the kubelet's
+    // too), plain HTTP, never through the HTTPS port a token flood may fill.
+    let probe_listen = args
+        .iter()
+        .position(|a| *a == "--probe-listen")
+        .expect("--probe-listen");
+    assert_eq!(args[probe_listen + 1], "127.0.0.1:9463");
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
-        assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
-        assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe}");
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(
+            (
+                get["host"].as_str(),
+                get["port"].as_u64(),
+                get["scheme"].as_str()
+            ),
+            (Some("127.0.0.1"), Some(9463), Some("HTTP")),
+            "{probe}"
+        );
     }
     for (kind, what) in [
         ("requests", "cpu"),

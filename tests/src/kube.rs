@@ -575,10 +575,25 @@ async fn route(state: &Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -
             }
             *s.requests.entry("TokenReview create".into()).or_default() += 1;
             let token = obj["spec"]["token"].as_str().unwrap_or_default();
+            // The audiences both asked for and in the token (a static token is the API
+            // server's own): an audience-aware authenticator's answer.
+            let token_aud = fake_jwt_audiences(token);
+            let asked: Vec<String> = obj["spec"]["audiences"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_else(|| vec![API_AUDIENCE.to_owned()]);
+            let audiences: Vec<&String> = asked.iter().filter(|a| token_aud.contains(a)).collect();
             obj["status"] = match s.users.get(token) {
-                Some((name, groups)) => json!({"authenticated": true,
+                Some((name, groups)) if !audiences.is_empty() => json!({"authenticated": true,
                     "user": {"username": name, "uid": format!("uid-{name}"), "groups": groups},
-                    "audiences": ["https://kubernetes.default.svc"]}),
+                    "audiences": audiences}),
+                Some(_) => {
+                    json!({"user": {}, "error": "[invalid bearer token, token audiences is invalid]"})
+                }
                 None => json!({"user": {}, "error": "[invalid bearer token, token lookup failed]"}),
             };
             obj["kind"] = json!("TokenReview");
@@ -642,8 +657,14 @@ async fn route(state: &Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -
                 return forbidden(&user, "create", "serviceaccounts/token", parts[4]);
             }
             s.issued += 1;
-            let token = format!("issued-token-{}", s.issued);
             let sa = format!("system:serviceaccount:{}:{}", parts[4], parts[6]);
+            let audiences = obj["spec"]["audiences"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .unwrap_or_else(|| vec![json!(API_AUDIENCE)]);
+            let life = obj["spec"]["expirationSeconds"].as_u64().unwrap_or(3600);
+            let token = fake_jwt(&sa, &audiences, life, s.issued);
             let groups = vec![
                 "system:serviceaccounts".to_owned(),
                 format!("system:serviceaccounts:{}", parts[4]),
@@ -700,11 +721,60 @@ fn forbidden(user: &str, verb: &str, resource: &str, ns: &str) -> Response<Body>
     )
 }
 
+/// The audience of the fake's own API (a static or kubeconfig token).
+const API_AUDIENCE: &str = "https://kubernetes.default.svc";
+
+/// A token shaped as the API server's (a JWT; the signature is not one): `sub`, `aud`,
+/// `iat` now and `exp` `life` seconds later.
+pub fn fake_jwt(sub: &str, audiences: &[Value], life: u64, serial: u64) -> String {
+    use base64::Engine as _;
+    let e = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!(
+        "{}.{}.ZmFrZS1zaWduYXR1cmU",
+        e(&json!({"alg": "RS256", "kid": "fake"})),
+        e(
+            &json!({"sub": sub, "aud": audiences, "iat": now, "exp": now + life,
+                  "jti": format!("fake-{serial}")})
+        )
+    )
+}
+
+/// The `aud` of a token made by [`fake_jwt`]; the API's own audience for any other.
+fn fake_jwt_audiences(token: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let payload = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    match payload {
+        Some(p) => p["aud"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => vec![API_AUDIENCE.to_owned()],
+    }
+}
+
 /// `/api/v1/namespaces/<ns>/pods/<name>:<port>/proxy/<rest>` -> (ns, name, port, /rest?query).
 fn proxy_target(path: &str) -> Option<(String, String, u16, String)> {
     let rest = path.strip_prefix("/api/v1/namespaces/")?;
     let (ns, rest) = rest.split_once("/pods/")?;
     let (pod, rest) = rest.split_once("/proxy")?;
+    // `https:<name>:<port>`: the fake speaks plain HTTP to the agent whatever the scheme.
+    let pod = pod.strip_prefix("https:").unwrap_or(pod);
     let (name, port) = pod.split_once(':')?;
     let port = port.parse().ok()?;
     let rest = if rest.is_empty() { "/" } else { rest };

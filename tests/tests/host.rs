@@ -299,6 +299,14 @@ fn agent_survives_hostile_clients() {
     sgpath_tests::agent::agent_survives_hostile_clients();
 }
 
+/// A flood of made-up tokens (JWT-shaped and not) on the agent's HTTPS port against a real
+/// API server: probes on `--probe-listen` all 200 within 1 s, non-JWTs 401 before any
+/// review, reviews within their budget, the rest 503 with Retry-After.
+#[test]
+fn agent_probes_get_through_a_token_flood() {
+    sgpath_tests::agent::agent_probes_get_through_a_token_flood();
+}
+
 /// Two agents at once (a rolling update), the old one SIGKILLed, a restart after a crash:
 /// exact counts throughout, nothing of a dead agent left in the kernel.
 #[test]

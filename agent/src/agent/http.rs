@@ -1,17 +1,21 @@
-//! The agent's HTTP server (HTTP/1.1, hyper): `/metrics`, `/v1/report`, `/v1/trace`
-//! ([`remote_trace`](super::remote_trace)), `/healthz`, `/readyz`. GET and HEAD only (405
-//! otherwise), unknown paths 404, no request body (413).
-//! Every path but the health checks is checked by [`auth`](super::auth) (`--auth`): 401
-//! without a known bearer token, 403 for a user without `get` on the path; a refused request
-//! costs no report.
+//! The agent's HTTPS server (HTTP/1.1 over [`sgpath::tls`], hyper): `/metrics`,
+//! `/v1/report`, `/v1/trace` ([`remote_trace`](super::remote_trace)), `/healthz`, `/readyz`.
+//! GET and HEAD only (405 otherwise), unknown paths 404, no request body (413).
+//! Every path but the health checks is checked by [`sgpath::auth`] (`--auth`): 401
+//! without a known bearer token, 403 for a user without `get` on the path, 503 with
+//! `Retry-After` when the review budget is spent; a refused request costs no report.
+//!
+//! `--probe-listen` serves `/healthz` and `/readyz` alone, plain HTTP, from a connection
+//! table of its own ([`serve_probes`]): nothing sent to `--listen` can take a probe's slot.
 //!
 //! Reports are built once and served from [`ReportCache`] until `--report-max-age` passes;
 //! requests arriving while one is built wait for it and share it, so a flood of requests
 //! costs serving bytes, not reports. `sgpath_http_report_builds_total` and
 //! `sgpath_http_requests_refused_total{reason}` (appended to `/metrics`) count both.
 //!
-//! Bounds: [`MAX_CONNECTIONS`] at once, request head within [`MAX_HEAD_BYTES`] and
-//! [`MAX_HEADERS`] headers, read within [`HEAD_TIMEOUT`], and a connection lives at most
+//! Bounds: [`MAX_CONNECTIONS`] at once, TLS handshake and request head within
+//! [`HEAD_TIMEOUT`], the head within [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] headers, and a
+//! connection lives at most
 //! [`CONNECTION_TIME`]. A new connection beyond the limit closes the oldest one that is not
 //! in the middle of a request (one still sending its head, or idle between requests): a
 //! slow-loris client cannot hold the port, and the kubelet's probes, which send their head
@@ -43,11 +47,12 @@ use sgpath::report::prometheus;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::warn;
 
-use super::{
-    ReportRequest,
-    auth::{Auth, Verdict},
-    remote_trace::RemoteTrace,
+use sgpath::{
+    auth::{Auth, RETRY_AFTER_SECS, Verdict},
+    tls::Transport,
 };
+
+use super::{ReportRequest, remote_trace::RemoteTrace};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -70,8 +75,8 @@ pub struct Shared {
     /// `None` when ready, else why not.
     pub ready: watch::Receiver<Option<String>>,
     pub cache: ReportCache,
-    /// Requests refused: 401, 403.
-    pub refused: [AtomicU64; 2],
+    /// Requests refused: 401, 403, 503 for want of review budget.
+    pub refused: [AtomicU64; 3],
     pub trace: RemoteTrace,
 }
 
@@ -165,8 +170,30 @@ impl Conns {
     }
 }
 
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Serves {
+    All,
+    /// `--probe-listen`: `/healthz` and `/readyz`.
+    Probes,
+}
+
 /// Accepts and serves connections until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: tokio::net::TcpListener, transport: Transport, shared: Arc<Shared>) {
+    accept_loop(listener, transport, shared, Serves::All).await
+}
+
+/// Serves `/healthz` and `/readyz` (plain HTTP) until the task is aborted.
+pub async fn serve_probes(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    accept_loop(listener, Transport::Plain, shared, Serves::Probes).await
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    transport: Transport,
+    shared: Arc<Shared>,
+    serves: Serves,
+) {
     let conns = Arc::new(Mutex::new(Conns::default()));
     loop {
         let stream = match listener.accept().await {
@@ -182,24 +209,34 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             // Every slot is answering a request: this one is closed unanswered.
             continue;
         };
-        let (shared, conns) = (shared.clone(), conns.clone());
+        let (shared, conns, transport) = (shared.clone(), conns.clone(), transport.clone());
         tokio::spawn(async move {
             let state = conn.clone();
             let service = service_fn(move |req| {
                 let (shared, state) = (shared.clone(), state.clone());
                 async move {
                     state.busy.store(true, Ordering::Relaxed);
-                    let response = handle(req, &shared).await;
+                    let response = handle(req, &shared, serves).await;
                     state.busy.store(false, Ordering::Relaxed);
                     Ok::<_, Infallible>(response)
                 }
             });
-            let served = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .max_headers(MAX_HEADERS)
-                .serve_connection(TokioIo::new(stream), service);
+            // The handshake is part of the head: bounded by the same timeout, and a
+            // connection still in it is idle (evictable).
+            let served = async {
+                let Ok(Ok(stream)) =
+                    tokio::time::timeout(HEAD_TIMEOUT, transport.accept(stream)).await
+                else {
+                    return;
+                };
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .max_buf_size(MAX_HEAD_BYTES)
+                    .max_headers(MAX_HEADERS)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            };
             tokio::select! {
                 _ = served => {}
                 _ = conn.evict.notified() => {}
@@ -237,13 +274,13 @@ enum Endpoint {
     Trace,
 }
 
-async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
-    let endpoint = match req.uri().path() {
-        "/healthz" => Endpoint::Healthz,
-        "/readyz" => Endpoint::Readyz,
-        "/metrics" => Endpoint::Metrics,
-        "/v1/report" => Endpoint::Report,
-        "/v1/trace" => Endpoint::Trace,
+async fn handle(req: Request<Incoming>, shared: &Shared, serves: Serves) -> Response<Full<Bytes>> {
+    let endpoint = match (req.uri().path(), serves) {
+        ("/healthz", _) => Endpoint::Healthz,
+        ("/readyz", _) => Endpoint::Readyz,
+        ("/metrics", Serves::All) => Endpoint::Metrics,
+        ("/v1/report", Serves::All) => Endpoint::Report,
+        ("/v1/trace", Serves::All) => Endpoint::Trace,
         _ => return plain(StatusCode::NOT_FOUND, "not found"),
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -284,6 +321,16 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
                 return plain(StatusCode::FORBIDDEN, why);
             }
             Verdict::Unavailable(why) => return plain(StatusCode::SERVICE_UNAVAILABLE, why),
+            Verdict::Throttled => {
+                shared.refused[2].fetch_add(1, Ordering::Relaxed);
+                let mut r = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many new tokens to review: retry later",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                return r;
+            }
         }
     }
     match endpoint {
@@ -335,7 +382,8 @@ fn server_metrics(shared: &Shared, report: &Bytes, openmetrics: bool) -> Bytes {
         _ => (&report[..], ""),
     };
     let builds = shared.cache.builds.load(Ordering::Relaxed);
-    let [unauthenticated, forbidden] = shared.refused.each_ref().map(|c| c.load(Ordering::Relaxed));
+    let [unauthenticated, forbidden, throttled] =
+        shared.refused.each_ref().map(|c| c.load(Ordering::Relaxed));
     // OpenMetrics names a counter's family without `_total`; the 0.0.4 format with it.
     let family = |name: &str| {
         if openmetrics {
@@ -352,10 +400,11 @@ fn server_metrics(shared: &Shared, report: &Bytes, openmetrics: bool) -> Bytes {
         "# HELP {builds_family} Reports built for /metrics and /v1/report (the rest were served from the cache).\n\
          # TYPE {builds_family} counter\n\
          sgpath_http_report_builds_total {builds}\n\
-         # HELP {refused_family} Requests refused: 401 unauthenticated, 403 forbidden.\n\
+         # HELP {refused_family} Requests refused: 401 unauthenticated, 403 forbidden, 503 throttled (review budget spent).\n\
          # TYPE {refused_family} counter\n\
          sgpath_http_requests_refused_total{{reason=\"unauthenticated\"}} {unauthenticated}\n\
-         sgpath_http_requests_refused_total{{reason=\"forbidden\"}} {forbidden}\n{eof}"
+         sgpath_http_requests_refused_total{{reason=\"forbidden\"}} {forbidden}\n\
+         sgpath_http_requests_refused_total{{reason=\"throttled\"}} {throttled}\n{eof}"
     );
     let mut out = Vec::with_capacity(report.len() + own.len());
     out.extend_from_slice(head);

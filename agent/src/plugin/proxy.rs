@@ -1,13 +1,16 @@
 //! Reaching the agents through nothing but the API server: the kubeconfig's user lists the
 //! agent pods (by the DaemonSet's label selector) and GETs each one through the pods proxy
-//! subresource (`/api/v1/namespaces/<ns>/pods/<name>:<port>/proxy/<path>`, RBAC `get` on
-//! `pods/proxy`), so a bastion that cannot reach node IPs still gets every answer.
+//! subresource (`/api/v1/namespaces/<ns>/pods/https:<name>:<port>/proxy/<path>`: the agent
+//! serves HTTPS, which the API server's proxy speaks without verifying the agent's
+//! self-signed certificate; RBAC `get` on `pods/proxy`), so a bastion that cannot reach
+//! node IPs still gets every answer.
 //!
 //! The API server removes the caller's `Authorization` header once it has authenticated
 //! the caller, so the agent never sees the user's credentials. What the agent checks (its
-//! `--auth kubernetes`) is a short-lived token of the `sgpath-client` ServiceAccount, asked
-//! for with a TokenRequest (RBAC `create` on `serviceaccounts/token` for that name only) and
-//! sent in `X-Sgpath-Authorization`, which the proxy passes on.
+//! `--auth kubernetes`) is a 10-minute token of the `sgpath-client` ServiceAccount for the
+//! audience `sgpath` (the API server itself refuses it), asked for with a TokenRequest (RBAC
+//! `create` on `serviceaccounts/token` for that name only) and sent in
+//! `X-Sgpath-Authorization`, which the proxy passes on.
 //!
 //! Side effects: reads the kubeconfig; GETs and one TokenRequest on the API server.
 
@@ -162,8 +165,8 @@ pub async fn pod(
     Ok((node, ip))
 }
 
-/// A token of ServiceAccount `namespace/name` for the agents (10 min, the shortest the API
-/// server issues).
+/// A token of ServiceAccount `namespace/name` for the agents: audience `sgpath`, 10 min
+/// (the shortest the API server issues).
 ///
 /// # Errors
 /// The API server's refusal (403 without `create serviceaccounts/token`, 404 without the
@@ -175,6 +178,7 @@ pub async fn client_token(
 ) -> Result<String, kube::Error> {
     let req = TokenRequest {
         spec: Some(TokenRequestSpec {
+            audiences: Some(vec![crate::auth::AUDIENCE.to_owned()]),
             expiration_seconds: Some(600),
             ..Default::default()
         }),
@@ -203,7 +207,7 @@ impl Transport for PodsProxy {
     ) -> BoxFuture<'a, Result<String, FetchError>> {
         Box::pin(async move {
             let uri = format!(
-                "/api/v1/namespaces/{}/pods/{}:{}/proxy{path}",
+                "/api/v1/namespaces/{}/pods/https:{}:{}/proxy{path}",
                 agent.namespace, agent.name, self.port
             );
             let mut req = http::Request::get(uri);

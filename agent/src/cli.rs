@@ -196,7 +196,7 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub ec2: Ec2Args,
     /// Get the security groups' rules from `sgpath hub` at this URL (the cluster's one
-    /// reader of EC2, e.g. `http://sgpath-hub.kube-system.svc:9465`) instead of reading EC2:
+    /// reader of EC2, e.g. `https://sgpath-hub.kube-system.svc:9465`) instead of reading EC2:
     /// the agent sends the addresses it needs (its pods', CoreDNS's, its node's, the far
     /// ends of its unanswered flows) and judges with the answer; addresses the hub has not
     /// read yet stay unverified. An unreachable hub is an `ec2-unavailable` naming it.

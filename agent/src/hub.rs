@@ -225,12 +225,13 @@ impl Hub {
 /// None today beyond the listener's; kept for the caller's `?`.
 pub async fn run(
     config: Config,
+    transport: crate::tls::Transport,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let hub = Hub::new(&config);
     let reader = tokio::spawn(hub.clone().read_forever(config.group_refresh));
-    let server = tokio::spawn(server::serve(listener, hub));
+    let server = tokio::spawn(server::serve(listener, transport, hub));
     shutdown.await;
     reader.abort();
     server.abort();

@@ -53,13 +53,14 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<ExitCode> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        let transport = sgpath::tls::Transport::new(&args.tls.source(), args.listen)?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("--listen {}", args.listen))?;
-        tracing::info!(event = "listening", address = %args.listen,
+        tracing::info!(event = "listening", address = %args.listen, scheme = transport.scheme(),
             calls_per_second = args.budget.ec2_calls_per_second, burst = args.budget.ec2_burst,
             "sgpath hub listening");
-        sgpath::hub::run(config, listener, async {
+        sgpath::hub::run(config, transport, listener, async {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = interrupt.recv() => {}

@@ -854,7 +854,8 @@ impl Prometheus {
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
-                 scrape_configs:\n  - job_name: sgpath\n    authorization:\n      \
+                 scrape_configs:\n  - job_name: sgpath\n    scheme: https\n    \
+                 tls_config:\n      insecure_skip_verify: true\n    authorization:\n      \
                  credentials_file: {token}\n    static_configs:\n      \
                  - targets: ['127.0.0.1:{target}']\n",
                 token = token_file.display()
@@ -984,14 +985,15 @@ pub fn agent_scraped_by_prometheus(lab: &Lab) {
         .position(|p| p.vlan.is_none() && p.eni.is_none())
         .expect("an ordinary pod");
     let before = kernel_leftovers(&node);
-    // Prometheus scrapes with a bearer token, as its ServiceAccount token does in a cluster
+    // Prometheus scrapes over HTTPS (the agent's self-signed certificate, as the shipped job
+    // does) with a bearer token from a file, as its projected token in a cluster
     // (`--auth kubernetes`); here the static `--token-file` of a node outside one.
     let token_dir = std::env::temp_dir().join(format!("sgt-prom-token-{}", std::process::id()));
     std::fs::create_dir_all(&token_dir).unwrap();
     let token_file = token_dir.join("token");
     std::fs::write(&token_file, "prometheus-scrape-token\n").unwrap();
     let auth = [("Authorization", "Bearer prometheus-scrape-token")];
-    let agent = Agent::in_lab(
+    let agent = Agent::in_lab_tls(
         lab,
         &[
             "--summary-interval",

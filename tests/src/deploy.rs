@@ -141,6 +141,15 @@ pub fn deploy_manifests_parse_and_render() {
         yaml >= 8 && json >= 1,
         "{yaml} YAML, {json} JSON files under deploy/"
     );
+    // No long-lived token anywhere: no Secret of a ServiceAccount's token, in any file.
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(
+            !text.contains("kubernetes.io/service-account-token"),
+            "{}: a Secret token never expires",
+            f.display()
+        );
+    }
     let kinds = |docs: &[Value]| -> BTreeSet<String> {
         docs.iter()
             .map(|d| {
@@ -177,11 +186,9 @@ pub fn deploy_manifests_parse_and_render() {
     .into();
     let want_monitoring: BTreeSet<String> = [
         "ConfigMap/sgpath-dashboard",
-        "PodMonitor/sgpath",
         "PrometheusRule/sgpath",
-        // The scraper's token (scraper-rbac.yaml).
-        "ServiceAccount/sgpath-scraper",
-        "Secret/sgpath-scraper-token",
+        // Prometheus's own ServiceAccount may get /metrics (scraper-rbac.yaml); its token is
+        // projected, never stored.
         "ClusterRole/sgpath-metrics-reader",
         "ClusterRoleBinding/sgpath-metrics-reader",
     ]
@@ -1332,13 +1339,9 @@ pub fn deploy_applies_to_a_real_api_server() {
             }
         }
         if dir == "base" {
-            // A field the PodMonitor's schema does not have, and one the DaemonSet's does not.
+            // A field the PrometheusRule's schema does not have, and one the DaemonSet's does not.
             for (kind, name, bad) in [
-                (
-                    "PodMonitor",
-                    "sgpath",
-                    "{\"spec\": {\"podMetricsEndpointz\": []}}",
-                ),
+                ("PrometheusRule", "sgpath", "{\"spec\": {\"groupz\": []}}"),
                 (
                     "DaemonSet",
                     "sgpath",

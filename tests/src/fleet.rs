@@ -113,8 +113,11 @@ pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
     let base = xtask::workspace_root().join("deploy/base");
     api.kubectl(&["apply", "--server-side", "-k", base.to_str().unwrap()]);
     api.kubectl(&["create", "serviceaccount", "nobody", "-n", "kube-system"]);
+    api.namespace(SCRAPER.0);
+    api.kubectl(&["create", "serviceaccount", SCRAPER.1, "-n", SCRAPER.0]);
     let kubeconfig = crate::kube::agent_kubeconfig(&api);
-    let scraper = sgpath_token(&api, "kube-system", "sgpath-scraper", "10m");
+    // Prometheus's projected token (deploy/monitoring/prometheus-patch.yaml): 10 minutes.
+    let scraper = sgpath_token(&api, SCRAPER.0, SCRAPER.1, "10m");
     let client = sgpath_token(&api, "kube-system", "sgpath-client", "10m");
     let nobody = sgpath_token(&api, "kube-system", "nobody", "15m");
     let wrong_audience = api.token("kube-system", "sgpath-client");
@@ -692,8 +695,10 @@ fn rule(parts: [&str; 5]) -> [String; 5] {
 /// The DaemonSet runs `--auth kubernetes` and may create reviews (nothing else new); the
 /// plugin's roles grant exactly what `kubectl sgpath` uses (the proxy only through a
 /// RoleBinding in kube-system, a token of `sgpath-client` only); `sgpath-client` reads
-/// /v1/report and /v1/trace, the scraper /metrics; the PodMonitor sends the scraper's token
-/// from a Secret the kustomization creates.
+/// /v1/report and /v1/trace, Prometheus's ServiceAccount /metrics; no token is stored (no
+/// Secret, no PodMonitor): the scrape job reads Prometheus's projected token (audience
+/// `sgpath`, 10 min) from the file prometheus-patch.yaml mounts, over HTTPS, and passes
+/// `promtool check config`.
 pub fn deploy_rbac_lets_only_the_named_subjects_ask() {
     use crate::deploy::{find, render};
     let docs = render("base");
@@ -755,33 +760,95 @@ pub fn deploy_rbac_lets_only_the_named_subjects_ask() {
         rules(find(&docs, "ClusterRole", "sgpath-metrics-reader")),
         [rule(["", "", "", "/metrics", "get"])]
     );
-    for (binding, sa) in [
-        ("sgpath-auth", "sgpath"),
-        ("sgpath-client", "sgpath-client"),
-        ("sgpath-metrics-reader", "sgpath-scraper"),
+    for (binding, sa, ns) in [
+        ("sgpath-auth", "sgpath", "kube-system"),
+        ("sgpath-client", "sgpath-client", "kube-system"),
+        ("sgpath-metrics-reader", SCRAPER.1, SCRAPER.0),
     ] {
         let b = find(&docs, "ClusterRoleBinding", binding);
         assert_eq!(
             b["subjects"],
-            json!([{"kind": "ServiceAccount", "name": sa, "namespace": "kube-system"}]),
+            json!([{"kind": "ServiceAccount", "name": sa, "namespace": ns}]),
             "{binding}"
         );
-        find(&docs, "ServiceAccount", sa);
+        if ns == "kube-system" {
+            find(&docs, "ServiceAccount", sa);
+        }
     }
-    let pm = find(&docs, "PodMonitor", "sgpath");
-    let auth = &pm["spec"]["podMetricsEndpoints"][0]["authorization"];
-    assert_eq!(auth["type"], "Bearer");
-    let secret = find(
-        &docs,
-        "Secret",
-        auth["credentials"]["name"].as_str().unwrap(),
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "Secret" || d["kind"] == "PodMonitor"),
+        "a stored token (a PodMonitor can only send one from a Secret)"
     );
-    assert_eq!(secret["type"], "kubernetes.io/service-account-token");
+    // The scrape job: HTTPS, Prometheus's projected token (audience sgpath, 10 min) from
+    // the file the patch mounts, and a config promtool accepts.
+    let dir = crate::deploy::deploy_dir().join("monitoring");
+    let job_text = std::fs::read_to_string(dir.join("scrape-config.yaml")).unwrap();
+    let jobs = crate::deploy::yaml_docs(&job_text, "scrape-config.yaml");
+    let job = &jobs[0][0];
+    assert_eq!(job["job_name"], "sgpath");
+    assert_eq!(job["scheme"], "https");
+    assert_eq!(job["tls_config"]["insecure_skip_verify"], true);
+    let token_file = job["authorization"]["credentials_file"].as_str().unwrap();
+    assert!(
+        job["authorization"]["credentials"].is_null(),
+        "an inline token"
+    );
+    let patch = &crate::deploy::yaml_docs(
+        &std::fs::read_to_string(dir.join("prometheus-patch.yaml")).unwrap(),
+        "prometheus-patch.yaml",
+    )[0];
+    let mount = &patch["spec"]["volumeMounts"][0];
+    let volume = &patch["spec"]["volumes"][0];
+    assert_eq!(mount["name"], volume["name"]);
+    let projected = &volume["projected"]["sources"][0]["serviceAccountToken"];
     assert_eq!(
-        secret["metadata"]["annotations"]["kubernetes.io/service-account.name"],
-        "sgpath-scraper"
+        format!(
+            "{}/{}",
+            mount["mountPath"].as_str().unwrap(),
+            projected["path"].as_str().unwrap()
+        ),
+        token_file
+    );
+    assert_eq!(projected["audience"], sgpath::auth::AUDIENCE);
+    let life = projected["expirationSeconds"].as_u64().unwrap();
+    assert!(
+        (600..=sgpath::auth::MAX_LIFETIME.as_secs()).contains(&life),
+        "{life} s"
+    );
+    assert_eq!(
+        patch["spec"]["additionalScrapeConfigs"]["key"],
+        "sgpath.yaml"
+    );
+    let tmp = tempdir("scrapeconfig");
+    let config = tmp.join("prometheus.yml");
+    // Debian's Prometheus is built without Kubernetes discovery: promtool checks the rest of
+    // the job (scheme, TLS, authorization, relabelings) with a static target in its place.
+    // JSON is YAML. The token file need not exist for the check.
+    let mut checked = job.clone();
+    assert!(checked["kubernetes_sd_configs"][0]["role"] == "pod");
+    checked
+        .as_object_mut()
+        .unwrap()
+        .remove("kubernetes_sd_configs");
+    checked["static_configs"] = json!([{"targets": ["127.0.0.1:9464"]}]);
+    std::fs::write(&config, json!({"scrape_configs": [checked]}).to_string()).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "config", "--syntax-only"])
+        .arg(&config)
+        .output()
+        .expect("promtool (cargo xtask setup)");
+    assert!(
+        out.status.success(),
+        "promtool check config: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Prometheus's ServiceAccount, which scraper-rbac.yaml lets `get /metrics` (namespace, name).
+const SCRAPER: (&str, &str) = ("monitoring", "prometheus-k8s");
 
 /// `--auth` that cannot work is refused by name, exit 2, before anything is bound.
 pub fn agent_auth_mode_errors_are_named() {

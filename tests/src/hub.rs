@@ -108,10 +108,13 @@ async fn start_hub(
         group_refresh: Duration::from_secs(600),
     };
     let hub = Hub::new(&config);
+    // HTTPS with a self-signed certificate, as `sgpath hub` serves by default.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
+    let addr = l.local_addr().unwrap();
+    let url = format!("https://{addr}");
+    let tls = sgpath::tls::Transport::new(&sgpath::tls::Source::SelfSigned, addr).unwrap();
     let tasks = vec![
-        tokio::spawn(hub::server::serve(l, hub.clone())),
+        tokio::spawn(hub::server::serve(l, tls, hub.clone())),
         tokio::spawn(hub.clone().read_forever(config.group_refresh)),
     ];
     (hub, url, tasks)

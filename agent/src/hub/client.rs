@@ -1,12 +1,15 @@
 //! The agent's side of the hub (`sgpath agent --hub URL`): one `POST /v1/catalog` with the
 //! addresses the agent needs, answered with the [`Rules`] to judge by.
 //!
-//! Side effects: HTTP requests to the hub, each bounded by [`TIMEOUT`].
+//! Side effects: HTTP(S) requests to the hub, each bounded by [`TIMEOUT`]. An `https://` hub
+//! is not verified ([`crate::tls::client_config`] without a CA: its certificate is
+//! self-signed).
 
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client as HttpClient, connect::HttpConnector};
 
 use super::server::CatalogRequest;
@@ -38,15 +41,23 @@ pub enum HubError {
 #[derive(Clone)]
 pub struct Client {
     url: String,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Client {
-    /// `url`: the hub's base URL (`http://sgpath-hub.kube-system.svc:9465`).
+    /// `url`: the hub's base URL (`https://sgpath-hub.kube-system.svc:9465`).
     pub fn new(url: &str) -> Client {
+        let mut tls = crate::tls::client_config(None).expect("no CA file to read");
+        // hyper-rustls sets ALPN itself (http/1.1 below).
+        tls.alpn_protocols.clear();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
         Client {
             url: url.trim_end_matches('/').to_owned(),
-            http: HttpClient::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            http: HttpClient::builder(hyper_util::rt::TokioExecutor::new()).build(https),
         }
     }
 
@@ -148,9 +159,13 @@ mod tests {
             group_refresh: Duration::from_secs(60),
         };
         let hub = Hub::new(&config);
+        // HTTPS with a self-signed certificate, as `sgpath hub` serves by default.
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let server = tokio::spawn(server::serve(l, hub.clone()));
+        let addr = l.local_addr().unwrap();
+        let url = format!("https://{addr}");
+        let tls = crate::tls::Transport::new(&crate::tls::Source::SelfSigned, addr)
+            .expect("a certificate");
+        let server = tokio::spawn(server::serve(l, tls, hub.clone()));
         let client = Client::new(&url);
         let pod: IpAddr = "192.168.3.219".parse().unwrap();
         let rules = client.catalog(&[pod].into()).await.unwrap();

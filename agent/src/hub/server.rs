@@ -1,12 +1,12 @@
-//! The hub's HTTP server (HTTP/1.1, hyper): `POST /v1/catalog` (a JSON body
+//! The hub's HTTPS server (HTTP/1.1 over [`crate::tls`], hyper): `POST /v1/catalog` (a JSON body
 //! `{"addresses": [...]}`, at most [`MAX_BODY`] bytes) and `GET /v1/catalog?address=...`
 //! answer the [`Rules`](crate::model::sg::Rules) JSON for those addresses; `/metrics`
 //! (Prometheus text: EC2 calls per action, answers cached, addresses queued, groups,
 //! catalog requests), `/healthz` and `/readyz` (200 while the process serves; a hub that
 //! cannot read EC2 says so in every catalog it answers).
 //!
-//! Bounds: [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), a request head
-//! within 10 s. Answering never calls EC2: it reads the cache and queues.
+//! Bounds: [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), the TLS handshake
+//! and a request head within 10 s each. Answering never calls EC2: it reads the cache and queues.
 //!
 //! Side effects: accepts connections on the listener it is given.
 
@@ -36,8 +36,12 @@ pub struct CatalogRequest {
     pub addresses: BTreeSet<IpAddr>,
 }
 
-/// Serves until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>) {
+/// Serves until the task is aborted, each connection wrapped by `transport`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    transport: crate::tls::Transport,
+    hub: Arc<Hub>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -51,8 +55,13 @@ pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>) {
                 continue;
             }
         };
-        let hub = hub.clone();
+        let (hub, transport) = (hub.clone(), transport.clone());
         tokio::spawn(async move {
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(10), transport.accept(stream)).await
+            else {
+                return;
+            };
             let service = service_fn(move |req| {
                 let hub = hub.clone();
                 async move { Ok::<_, Infallible>(handle(&hub, req).await) }

@@ -118,14 +118,15 @@ fn vlan_table_incomplete() {
     expect_finding("sgt-c4", f, "vlan-table-incomplete", "vlan.eth.1");
 }
 
-/// Someone deleted the VLAN link the plugin made for a strict pod; its rules stay and name
-/// a device that is gone.
+/// Someone deleted the VLAN link the plugin made for a strict pod: one page, the missing
+/// VLAN link (`kubectl delete pod` re-plumbs it); the pod's own `iif vlan.eth.1` rule is
+/// not called stale.
 #[test]
 fn vlan_link_deleted_behind_the_cni() {
     let f = Fault::DeleteVlanLink {
         pod: "strict-a".into(),
     };
-    expect_finding("sgt-c16", f, "vlan-table-incomplete", "vlan.eth.1");
+    expect_finding("sgt-c16", f, "vlan-parent-missing", "vlan.eth.1");
 }
 
 /// A strict pod's sandbox vanished without a CNI DEL: the plugin's `iif` rule for its veth

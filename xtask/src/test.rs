@@ -595,6 +595,15 @@ fn build_all() -> Result<Built> {
 }
 
 /// Runs every VM test binary in one VM on `short`; returns the stage line and a table.
+/// The VPC CNI release that plumbs the labs of the VM tests on kernel `short`.
+pub fn cni_release_for_kernel(short: &str) -> crate::cni_plugin::Release {
+    if short == "5.10" {
+        crate::cni_plugin::SEED_ERA
+    } else {
+        crate::cni_plugin::CURRENT
+    }
+}
+
 fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, String) {
     let fail = |detail: String| {
         let table = format!("kernel {short}: !!!!!!!! {detail}\n");
@@ -630,6 +639,12 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, St
                 crate::sgpath_bin().to_string_lossy().into(),
             ),
             ("RUST_BACKTRACE".into(), "1".into()),
+            // Who plumbs the labs' pods: the seed era's plugin on Amazon Linux 2's kernel,
+            // the current release on AL2023's, so that every VM test meets both releases.
+            (
+                crate::lab::CNI_ENV.into(),
+                cni_release_for_kernel(short).version.into(),
+            ),
         ],
         verbose: opts.verbose_vm,
         // Every VM test of one kernel in one boot; TCG on 2 shared cores. 5.10 takes about
@@ -654,9 +669,10 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, St
     };
 
     let mut table = format!(
-        "kernel {short} (release {}): boot {:.1} s, prepare {:.1} s, tests {:.1} s (guest CPUs \
-         {} busy), VM wall {:.1} s\n",
+        "kernel {short} (release {}, pods plumbed by VPC CNI {}): boot {:.1} s, prepare {:.1} s, \
+         tests {:.1} s (guest CPUs {} busy), VM wall {:.1} s\n",
         out.release,
+        cni_release_for_kernel(short).version,
         out.boot.unwrap_or_default().as_secs_f64(),
         out.prepare.unwrap_or_default().as_secs_f64(),
         out.script.unwrap_or_default().as_secs_f64(),

@@ -254,6 +254,16 @@ fn vlan_whose_trunk_is_gone() {
     expect_only(&n, FindingId::VlanParentMissing, "vlan.eth.1");
 }
 
+/// Someone deleted a live strict pod's `vlan.eth.1`: one page, the missing VLAN link; its
+/// `iif vlan.eth.1` rule is the pod's own, not a stale one to delete.
+#[test]
+fn vlan_link_deleted_under_a_live_pod() {
+    let mut n = healthy();
+    n.links.retain(|l| l.name != "vlan.eth.1");
+    n.routes.retain(|r| r.oif.as_deref() != Some("vlan.eth.1"));
+    expect_only(&n, FindingId::VlanParentMissing, "vlan.eth.1");
+}
+
 #[test]
 fn vlan_whose_trunk_is_down() {
     let mut n = healthy();

@@ -2,7 +2,10 @@
 //! `local-rule-misplaced`.
 
 use super::{Finding, FindingId, Severity};
-use crate::model::{Family, Node, RuleAction, TABLE_LOCAL, Topology, priority, vlan_table};
+use crate::model::{
+    Family, Node, PathKind, RuleAction, TABLE_LOCAL, Topology, VLAN_LINK_PREFIX, priority,
+    vlan_table,
+};
 
 fn has_iif_rule(node: &Node, iif: &str, table: u32) -> bool {
     node.rules.iter().any(|r| {
@@ -48,9 +51,22 @@ pub fn missing(node: &Node, topo: &Topology) -> Vec<Finding> {
     out
 }
 
-/// A priority-10 `iif` rule is stale when its interface does not exist, when it sends a
-/// `vlan.eth.N` to another table than N+100, or when its table does not route the pod
-/// behind that veth (a pod re-created under the same name, VPC CNI #1375).
+/// Whether `iif` is the missing `vlan.eth.N` of a live branch pod routed by `table` (N+100):
+/// then the pod lost its VLAN link and `vlan-parent-missing` says so; deleting the rule
+/// would be the wrong fix.
+fn is_live_pods_missing_vlan(topo: &Topology, iif: &str, table: u32) -> bool {
+    topo.paths.iter().any(|p| {
+        p.kind == PathKind::BranchEni
+            && p.vlan_link.is_none()
+            && p.vlan_id
+                .is_some_and(|v| vlan_table(v) == table && iif == format!("{VLAN_LINK_PREFIX}{v}"))
+    })
+}
+
+/// A priority-10 `iif` rule is stale when its interface does not exist (unless it is the
+/// missing VLAN link of a live pod), when it sends a `vlan.eth.N` to another table than
+/// N+100, or when its table does not route the pod behind that veth (a pod re-created
+/// under the same name, VPC CNI #1375).
 pub fn stale(node: &Node, topo: &Topology) -> Vec<Finding> {
     let mut out = Vec::new();
     for r in node
@@ -62,7 +78,8 @@ pub fn stale(node: &Node, topo: &Topology) -> Vec<Finding> {
             continue;
         };
         let why = if node.link_by_name(iif).is_none() {
-            Some(format!("interface {iif} does not exist"))
+            (!is_live_pods_missing_vlan(topo, iif, table))
+                .then(|| format!("interface {iif} does not exist"))
         } else if let Some(vlan) = topo.vlan_links.iter().find(|v| v.name == iif) {
             (vlan_table(vlan.vlan_id) != table).then(|| {
                 format!(

@@ -75,6 +75,33 @@ pub fn cni_from_env() -> Result<Option<crate::cni_plugin::Release>> {
     cni_choice(&std::env::var(CNI_ENV).unwrap_or_default()).context(CNI_ENV)
 }
 
+/// The plumbing [`CNI_ENV`] asks for, for `spec`: a release without standard mode (v1.7)
+/// cannot plumb a standard-mode branch pod, so such a spec gets the current release (said
+/// on stderr) and everything else the one asked for.
+///
+/// # Errors
+/// As [`cni_from_env`].
+pub fn cni_for(spec: &Spec) -> Result<Option<crate::cni_plugin::Release>> {
+    let asked = cni_from_env()?;
+    Ok(asked.map(|r| {
+        let standard = spec.pods.iter().any(|p| {
+            p.kind == spec::PodKind::Branch
+                && spec.mode_of(p) == spec::Mode::Standard
+                && build::plugin_can_plumb(spec, p)
+        });
+        if standard && !r.standard_mode {
+            eprintln!(
+                "lab: VPC CNI {} has no standard mode; this spec's standard-mode pods are plumbed by {}",
+                r.version,
+                crate::cni_plugin::CURRENT.version
+            );
+            crate::cni_plugin::CURRENT
+        } else {
+            r
+        }
+    }))
+}
+
 impl Lab {
     /// Build the lab and start one HTTP server on port 80 per pod and the DNS server of
     /// `[dns]`; returns once every server listens.
@@ -82,7 +109,8 @@ impl Lab {
     /// # Errors
     /// The failing command and its stderr; whatever was built is torn down.
     pub fn up(spec: Spec, prefix: &str) -> Result<Lab> {
-        Lab::up_with(spec, prefix, cni_from_env()?)
+        let cni = cni_for(&spec)?;
+        Lab::up_with(spec, prefix, cni)
     }
 
     /// [`Lab::up`] with the pods plumbed by the VPC CNI plugin of `cni` (or the lab's own
@@ -105,7 +133,8 @@ impl Lab {
     /// # Errors
     /// As [`Lab::up`].
     pub fn build(spec: Spec, prefix: &str) -> Result<Lab> {
-        Lab::build_with(spec, prefix, cni_from_env()?)
+        let cni = cni_for(&spec)?;
+        Lab::build_with(spec, prefix, cni)
     }
 
     /// [`Lab::build`] with the pods plumbed by the VPC CNI plugin of `cni`: the lab's script

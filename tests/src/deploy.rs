@@ -5,11 +5,14 @@
 //! the agent watches; the alert rules pass `promtool check rules` and their unit tests;
 //! the dashboard's and the rules' PromQL (parsed by `promql-parser`) names only metric
 //! families a running agent exports; the image's config matches the DaemonSet and it holds
-//! both binaries; the krew manifest installs the plugin binary the agent crate builds.
+//! both binaries, and its own `sgpath` reads EC2 over HTTPS through a private CA; the krew
+//! manifest installs the plugin binary the agent crate builds.
 //!
 //! Side effects: runs `kubectl kustomize` and `promtool` (temporary files under the
 //! system temp dir), `sgpath agent` in a throwaway namespace or a lab's node; the image
-//! test builds `cargo xtask image`'s output under target/image/ and target/release-artifacts/.
+//! test builds `cargo xtask image`'s output under target/image/ and target/release-artifacts/,
+//! and runs the image's binary as `sgpath hub` against moto behind an HTTPS front on
+//! 127.0.0.1 (moto, the front and the hub stopped at its end).
 
 use std::{
     collections::BTreeSet,
@@ -1293,6 +1296,172 @@ pub fn deploy_image_matches_the_daemonset() {
         krew[0]["spec"]["platforms"][0]["sha256"],
         r.archive_sha256.as_str()
     );
+    image_binary_reads_ec2_over_https(&built.layout);
+}
+
+/// A child process killed and reaped on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The image's own `sgpath` (copied out of its layer, as a runtime unpacks it) run as
+/// `sgpath hub` with only what a hub pod gets: `AWS_REGION`, IRSA's token file and role,
+/// `AWS_ENDPOINT_URL` at the lab's moto behind an HTTPS front whose throwaway CA it is
+/// given by `SSL_CERT_FILE`. It takes credentials from STS (`AssumeRoleWithWebIdentity`)
+/// and reads the branch pod's ENI and its group from EC2, both over HTTPS, and never asks
+/// instance metadata. The same binary without `SSL_CERT_FILE` refuses the front's
+/// certificate (Mozilla's roots do not hold the throwaway CA) and names why.
+fn image_binary_reads_ec2_over_https(layout: &Path) {
+    use sgpath::model::sg::{Locus, Rules};
+    use std::{
+        net::{IpAddr, SocketAddr},
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+    };
+    let dir = std::env::temp_dir().join(format!("sgpath-image-https-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("sgpath");
+    xtask::image::extract(
+        layout,
+        xtask::image::tag(),
+        xtask::image::ENTRYPOINT,
+        &binary,
+    )
+    .unwrap_or_else(|e| panic!("the image's {}: {e:#}", xtask::image::ENTRYPOINT));
+    let aws = xtask::lab::aws::FakeAws::start(&xtask::lab::Spec::default_lab(), None)
+        .unwrap_or_else(|e| panic!("the lab's EC2 (cargo xtask setup installs moto): {e:#}"));
+    let pod_group = aws.group_ids["sg-pod"].clone();
+    // The default lab's branch pod, whose branch ENI carries sg-pod.
+    let pod: IpAddr = Ipv4Addr::new(192, 168, 3, 219).into();
+    let moto: SocketAddr = aws.ec2.trim_start_matches("http://").parse().unwrap();
+    // One thread: the front and the metadata listener run while the test waits on the hub.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let front = rt.block_on(crate::https_front::start(moto, &dir.join("tls")));
+    // Instance metadata: a listener that only counts who connects.
+    let imds_hits = Arc::new(AtomicUsize::new(0));
+    let imds = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let imds_url = format!("http://{}", imds.local_addr().unwrap());
+    let hits = imds_hits.clone();
+    rt.spawn(async move {
+        while imds.accept().await.is_ok() {
+            hits.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let token = dir.join("web-identity-token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a3ViZS1zeXN0ZW06c2dwYXRoLWh1YiJ9.c2ln\n").unwrap();
+    let hub = |ca: bool, log: &str| -> (Killed, String, PathBuf) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.join(log);
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(&binary);
+        cmd.env_clear()
+            .args(["hub", "--log-format", "text", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--imds-endpoint")
+            .arg(&imds_url)
+            .env("AWS_REGION", aws.region)
+            .env("AWS_ENDPOINT_URL", front.url())
+            .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token)
+            .env("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/sgpath-hub")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        if ca {
+            cmd.env("SSL_CERT_FILE", &front.ca);
+        }
+        let child = cmd.spawn().expect("the image's sgpath runs here (static)");
+        (Killed(child), format!("http://127.0.0.1:{port}"), log)
+    };
+    // The hub's answer for the pod once it is read, or why it cannot read EC2.
+    let ask = |url: &str, log: &Path| -> Result<sgpath::model::sg::Catalog, String> {
+        let client = sgpath::hub::Client::new(url);
+        let asked = [pod].into();
+        rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                match client.catalog(&asked).await {
+                    Ok(Rules::Fresh { catalog })
+                        if !matches!(catalog.locate(pod), Locus::Unknown) =>
+                    {
+                        return Ok(catalog);
+                    }
+                    Ok(Rules::Unavailable { reason }) => return Err(reason),
+                    // Not listening yet, or the pod not read yet.
+                    Ok(Rules::Fresh { .. }) | Err(_) => {}
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the image's hub gave no answer within 120 s: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    let t = Instant::now();
+    let (trusted, url, log) = hub(true, "hub-with-ca.log");
+    let catalog = ask(&url, &log).unwrap_or_else(|reason| {
+        panic!(
+            "the image's hub could not read EC2 over HTTPS: {reason}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    eprintln!(
+        "the image's hub read the pod's ENI over HTTPS in {:.1} s ({} TLS connections)",
+        t.elapsed().as_secs_f64(),
+        front.handshakes()
+    );
+    assert!(
+        matches!(catalog.locate(pod), Locus::Eni(_)),
+        "{:?}",
+        catalog.locate(pod)
+    );
+    assert_eq!(catalog.groups_of(pod), Some(&[pod_group.clone()][..]));
+    assert!(
+        catalog.groups.contains_key(&pod_group),
+        "sg-pod's rules were read: {:?}",
+        catalog.groups.keys()
+    );
+    assert!(
+        front.handshakes() >= 1,
+        "nothing came through the HTTPS front"
+    );
+    drop(trusted);
+
+    let before = front.handshakes();
+    let (_untrusted, url, log) = hub(false, "hub-without-ca.log");
+    let reason = ask(&url, &log).expect_err("a hub without the CA read EC2");
+    assert!(
+        reason.contains("UnknownIssuer"),
+        "the refusal names the certificate: {reason}"
+    );
+    assert_eq!(
+        front.handshakes(),
+        before,
+        "a handshake completed without the CA"
+    );
+    assert_eq!(
+        imds_hits.load(Ordering::SeqCst),
+        0,
+        "the hub asked instance metadata although the environment gave region and IRSA"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Every Kustomize directory the README and deploy/README.md tell a user to apply.

@@ -16,6 +16,7 @@ pub mod conns;
 pub mod deploy;
 pub mod ec2;
 pub mod fleet;
+pub mod https_front;
 pub mod hub;
 pub mod kube;
 pub mod observe;

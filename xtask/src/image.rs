@@ -7,9 +7,11 @@
 //! registry push. The plugin also goes to `target/release-artifacts/`: the binary, a krew
 //! tarball, their `.sha256`, and `deploy/krew/sgpath.yaml` with the tarball's sha256 filled in.
 //!
-//! No base image: the agent needs no libc, no shell, no CA certificates (it talks to the
-//! API server with the in-cluster service account and to the kernel) and no `/etc/passwd`
-//! (it runs as UID 0; see the DaemonSet's securityContext for why not another user).
+//! No base image: the agent needs no libc, no shell, no CA bundle (the API server's CA
+//! comes with the in-cluster service account; AWS's endpoints are checked against
+//! Mozilla's roots compiled into the binary, `webpki-roots`, and a private CA is added
+//! with `SSL_CERT_FILE` pointing at a mounted PEM bundle) and no `/etc/passwd` (it runs as
+//! UID 0; see the DaemonSet's securityContext for why not another user).
 //!
 //! Side effects: builds `sgpath` and `kubectl-sgpath` for x86_64-unknown-linux-musl in
 //! release; replaces `target/image/` (the OCI layout `oci/`, the unpacked bundle, the
@@ -484,6 +486,45 @@ pub fn layer_files(layout: &Path, tag: &str) -> Result<Vec<String>> {
         );
     }
     Ok(files)
+}
+
+/// Copies the file `path` (e.g. `usr/bin/sgpath`) out of the layers of `tag` in `layout`
+/// to `dest`, as a runtime would unpack it: the image's own copy, not the build's.
+///
+/// # Errors
+/// As [`manifest`], or no layer holds `path`.
+pub fn extract(layout: &Path, tag: &str, path: &str, dest: &Path) -> Result<()> {
+    let (digest, _) = manifest(layout, tag)?;
+    let blob = |d: &str| layout.join("blobs").join(d.replace(':', "/"));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(blob(&digest))?)?;
+    let path = path.trim_start_matches('/');
+    let dir = dest.parent().context("a destination with a directory")?;
+    let unpacked = dir.join(format!(".extract-{}", std::process::id()));
+    std::fs::create_dir_all(&unpacked)?;
+    for layer in manifest["layers"].as_array().into_iter().flatten() {
+        let d = layer["digest"].as_str().context("layer without digest")?;
+        // umoci writes members as `usr/bin/sgpath` or `./usr/bin/sgpath`: ask for both.
+        for member in [path.to_owned(), format!("./{path}")] {
+            let ok = Command::new("tar")
+                .arg("-xzf")
+                .arg(blob(d))
+                .arg("-C")
+                .arg(&unpacked)
+                .arg(&member)
+                .stderr(std::process::Stdio::null())
+                .status()?
+                .success();
+            if ok {
+                std::fs::rename(unpacked.join(path), dest)
+                    .with_context(|| format!("moving {path} to {}", dest.display()))?;
+                std::fs::remove_dir_all(&unpacked).ok();
+                return Ok(());
+            }
+        }
+    }
+    std::fs::remove_dir_all(&unpacked).ok();
+    bail!("no layer of {tag} in {} holds {path}", layout.display())
 }
 
 #[cfg(test)]

@@ -205,6 +205,11 @@ pub fn build() -> Result<Built> {
     if let Some(cc) = musl_c_compiler() {
         cargo.env("CC_x86_64_unknown_linux_musl", cc);
     }
+    for (name, _) in std::env::vars_os() {
+        if inherited_package_variable(&name.to_string_lossy()) {
+            cargo.env_remove(&name);
+        }
+    }
     cmd::run(&mut cargo)?;
     let binary = binary_path();
     let plugin = plugin_binary_path();
@@ -350,6 +355,28 @@ fn release(plugin: &Path) -> Result<Release> {
         archive_sha256,
         krew_manifest: manifest,
     })
+}
+
+/// Whether `name` is one of the variables cargo sets for the package whose process this
+/// is (`cargo run -p xtask`, a test binary of sgpath-tests): `CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_NAME`, `OUT_DIR`... `ring`'s build script declares
+/// `rerun-if-env-changed` on several of them, and cargo compares those with its own
+/// environment, so a build started from `cargo xtask image`, from the image test or from
+/// another clone's path rebuilt ring and everything above it (rustls, kube: minutes) each
+/// time. Removed, every start sees the same environment and a warm build stays warm.
+fn inherited_package_variable(name: &str) -> bool {
+    [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_CFG_",
+        "OUT_DIR",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
 }
 
 /// The C compiler for `ring`'s C and assembly (kube's rustls) on the musl target, when
@@ -553,6 +580,28 @@ mod tests {
         let mut truncated = elf(&[1, 3]);
         truncated.truncate(100);
         assert!(has_interpreter(&truncated).is_err());
+    }
+
+    #[test]
+    fn package_variables_are_not_passed_to_the_release_build() {
+        for v in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_PRE",
+            "OUT_DIR",
+        ] {
+            assert!(inherited_package_variable(v), "{v}");
+        }
+        // What the build needs stays: which cargo, where the target directory is.
+        for v in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CC_x86_64_unknown_linux_musl",
+            "PATH",
+        ] {
+            assert!(!inherited_package_variable(v), "{v}");
+        }
     }
 
     #[test]

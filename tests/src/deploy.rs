@@ -1385,7 +1385,7 @@ fn image_binary_reads_ec2_over_https(layout: &Path) {
             cmd.env("SSL_CERT_FILE", &front.ca);
         }
         let child = cmd.spawn().expect("the image's sgpath runs here (static)");
-        (Killed(child), format!("http://127.0.0.1:{port}"), log)
+        (Killed(child), format!("https://127.0.0.1:{port}"), log)
     };
     // The hub's answer for the pod once it is read, or why it cannot read EC2.
     let ask = |url: &str, log: &Path| -> Result<sgpath::model::sg::Catalog, String> {

@@ -36,15 +36,19 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// The node's and the pods' plumbing of `lab`, one fact per line, sorted.
-pub fn dump(lab: &Lab) -> BTreeSet<String> {
-    let node = lab.layout.node();
-    let veths: BTreeSet<String> = lab
-        .spec
+/// The host veth names of `lab`'s pods.
+pub fn host_veths(lab: &Lab) -> BTreeSet<String> {
+    lab.spec
         .pods
         .iter()
         .map(|p| names::host_veth(&lab.spec, p))
-        .collect();
+        .collect()
+}
+
+/// The node's and the pods' plumbing of `lab`, one fact per line, sorted.
+pub fn dump(lab: &Lab) -> BTreeSet<String> {
+    let node = lab.layout.node();
+    let veths = host_veths(lab);
     let mut veth_macs = BTreeSet::new();
     let mut lines = BTreeSet::new();
 

@@ -181,12 +181,7 @@ fn lab_plumbs_as_the_plugins_do(mode: Mode, releases: &[(Release, &str)], prefix
 /// The lab's lines as v1.7 plumbs: before v1.11's hardening it set a host veth's IPv6
 /// `accept_redirects` to 0 and left a VLAN link's sysctls alone (`accept_ra` the kernel's 1).
 fn before_v1_11(lab: &Lab, lines: BTreeSet<String>) -> BTreeSet<String> {
-    let veths: BTreeSet<String> = lab
-        .spec
-        .pods
-        .iter()
-        .map(|p| names::host_veth(&lab.spec, p))
-        .collect();
+    let veths = plumbing::host_veths(lab);
     lines
         .into_iter()
         .map(|l| {

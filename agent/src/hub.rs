@@ -21,6 +21,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod front;
 pub mod server;
 
 use std::{sync::Arc, time::Duration};
@@ -60,15 +61,32 @@ pub struct Hub {
     pub aws: AsyncMutex<Aws>,
     /// Catalog requests answered.
     pub requests: std::sync::atomic::AtomicU64,
+    /// The front door for people (`/v1/fleet/report`, `/v1/agents/<node>/...`), when the hub
+    /// can list the agents.
+    pub front: Option<front::Front>,
+    /// Who may use the front door.
+    pub gate: Arc<dyn front::Gate>,
 }
 
 impl Hub {
+    /// A hub without front door (EC2 only).
     pub fn new(config: &Config) -> Arc<Hub> {
+        Hub::with_front(config, None, Arc::new(front::Open))
+    }
+
+    /// A hub that also answers people for the agents (`front`), admitting them by `gate`.
+    pub fn with_front(
+        config: &Config,
+        front: Option<front::Front>,
+        gate: Arc<dyn front::Gate>,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             cache: std::sync::Mutex::new(Cache::new(config.address_ttl, config.group_refresh)),
             queued: Notify::new(),
             aws: AsyncMutex::new(Aws::new(config.aws.clone())),
             requests: Default::default(),
+            front,
+            gate,
         })
     }
 
@@ -225,10 +243,12 @@ impl Hub {
 /// None today beyond the listener's; kept for the caller's `?`.
 pub async fn run(
     config: Config,
+    front: Option<front::Front>,
+    gate: Arc<dyn front::Gate>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let hub = Hub::new(&config);
+    let hub = Hub::with_front(&config, front, gate);
     let reader = tokio::spawn(hub.clone().read_forever(config.group_refresh));
     let server = tokio::spawn(server::serve(listener, hub));
     shutdown.await;

@@ -1070,11 +1070,13 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
     let hub = HubProcess::start(&node, hub_addr, &hub_kc, &token_file);
     // The services proxy dials only an endpoint whose targetRef is a pod holding its
     // address (the API server's isValidAddress): the hub's pod, at the node's address.
-    api.create_pod(&json!({"metadata": {"name": "sgpath-hub-0", "namespace": "sgpath",
+    api.create_pod(
+        &json!({"metadata": {"name": "sgpath-hub-0", "namespace": "sgpath",
                         "labels": {"app.kubernetes.io/name": "sgpath-hub",
                                    "app.kubernetes.io/part-of": "sgpath"}},
            "spec": {"nodeName": NODE, "serviceAccountName": "sgpath-hub",
-                    "containers": [{"name": "hub", "image": "sgpath:0.1.0"}]}}));
+                    "containers": [{"name": "hub", "image": "sgpath:0.1.0"}]}}),
+    );
     let ip = node_ip.to_string();
     api.patch_pod_status(
         "sgpath",
@@ -1137,7 +1139,14 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
             run.stdout,
             run.stderr,
             hub.log_text(),
-            api.kubectl(&["get", "endpoints,endpointslices,services", "-n", "sgpath", "-o", "yaml"])
+            api.kubectl(&[
+                "get",
+                "endpoints,endpointslices,services",
+                "-n",
+                "sgpath",
+                "-o",
+                "yaml"
+            ])
         );
         let doc = run.json();
         let named = doc["findings"]
@@ -1210,7 +1219,15 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
     // pods-proxy` either; the hub without a token (its port is reachable in the cluster).
     let can = api.kubectl_as(
         &user_kc,
-        &["auth", "can-i", "get", "pods", "--subresource=proxy", "-n", "sgpath"],
+        &[
+            "auth",
+            "can-i",
+            "get",
+            "pods",
+            "--subresource=proxy",
+            "-n",
+            "sgpath",
+        ],
         None,
     );
     assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), "no");

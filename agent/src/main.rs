@@ -116,7 +116,11 @@ async fn hub_front(
             namespace: args.agent_namespace.clone(),
             selector: args.agent_selector.clone(),
         }),
-        Arc::new(front::DirectAgents::new(args.agent_port, token, !args.agent_plain_http)),
+        Arc::new(front::DirectAgents::new(
+            args.agent_port,
+            token,
+            !args.agent_plain_http,
+        )),
         sgpath::plugin::fleet::Limits {
             concurrency: usize::from(args.fleet_concurrency),
             per_node: args.fleet_timeout,
@@ -143,6 +147,10 @@ impl sgpath::hub::front::Gate for HubGate {
                 Verdict::Unauthenticated(why) => Err((401, why)),
                 Verdict::Forbidden(why) => Err((403, why)),
                 Verdict::Unavailable(why) => Err((503, why)),
+                Verdict::Throttled => Err((
+                    503,
+                    "too many token reviews: try again in a second".to_owned(),
+                )),
             }
         })
     }

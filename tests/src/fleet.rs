@@ -1065,7 +1065,11 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
     const HUB_PORT: u16 = 9465;
     let hub_kc = api.kubeconfig_for("hub", &api.token("sgpath", "sgpath-hub"));
     let token_file = hub_kc.with_file_name("hub-token");
-    std::fs::write(&token_file, sgpath_token(&api, "sgpath", "sgpath-hub", "10m")).unwrap();
+    std::fs::write(
+        &token_file,
+        sgpath_token(&api, "sgpath", "sgpath-hub", "10m"),
+    )
+    .unwrap();
     let hub_addr: std::net::SocketAddr = (node_ip, HUB_PORT).into();
     let hub = HubProcess::start(&node, hub_addr, &hub_kc, &token_file);
     // The services proxy dials only an endpoint whose targetRef is a pod holding its

@@ -175,7 +175,8 @@ impl Transport for DirectAgents {
                 IpAddr::V4(v4) => v4.to_string(),
                 IpAddr::V6(v6) => format!("[{v6}]"),
             };
-            let mut req = hyper::Request::get(format!("{}://{host}:{}{path}", self.scheme, self.port));
+            let mut req =
+                hyper::Request::get(format!("{}://{host}:{}{path}", self.scheme, self.port));
             if let Some(file) = &self.token_file {
                 let token = std::fs::read_to_string(file).map_err(|e| {
                     FetchError::Transport(format!("the hub's token {}: {e}", file.display()))

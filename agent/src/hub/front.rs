@@ -140,7 +140,9 @@ impl DirectAgents {
         connector.set_connect_timeout(Some(Duration::from_secs(3)));
         connector.set_nodelay(true);
         connector.enforce_http(false);
-        let config = crate::tls::client_config(None).expect("no CA file to read");
+        let mut config = crate::tls::client_config(None).expect("no CA file to read");
+        // hyper-rustls sets ALPN itself (enable_http1) and refuses a config that has it.
+        config.alpn_protocols.clear();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config)
             .https_or_http()

@@ -80,12 +80,65 @@ pub struct HubArgs {
     /// How long the answer for an address (its ENI and groups, or that no ENI owns it) is
     /// served before it is read again; an address no agent asked about for this long is
     /// forgotten instead.
-    #[arg(long, default_value = "5m", value_parser = parse_address_ttl)]
+    /// (Default: `sgpath::hub::DEFAULT_ADDRESS_TTL`.)
+    #[arg(long, default_value = "15m", value_parser = parse_address_ttl)]
     pub address_ttl: Duration,
     /// How often the groups' rules, their prefix lists and the VPC's CIDR blocks are read
     /// again (groups never read before are read at once).
     #[arg(long, default_value = "60s", value_parser = parse_ec2_refresh)]
     pub group_refresh: Duration,
+    /// Who may use the front door (`/v1/fleet/report`, `/v1/agents/<node>/...`): as
+    /// `agent --auth`; `kubernetes` reviews the bearer of `Authorization` or
+    /// `X-Sgpath-Authorization` (the API server's services proxy drops the former).
+    #[arg(long, value_enum, default_value_t = AuthMode::Kubernetes)]
+    pub auth: AuthMode,
+    /// The cluster to find the agents in (default: in-cluster). Without a cluster the front
+    /// door answers 503 and the hub serves agents only.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The agents' namespace (the DaemonSet's).
+    #[arg(long, default_value = "sgpath", value_name = "NS")]
+    pub agent_namespace: String,
+    /// The agents' pods: the DaemonSet's label selector.
+    #[arg(
+        long,
+        default_value = "app.kubernetes.io/name=sgpath,app.kubernetes.io/component=agent"
+    )]
+    pub agent_selector: String,
+    /// The agents' port (the DaemonSet's `--listen`).
+    #[arg(long, default_value_t = 9464)]
+    pub agent_port: u16,
+    /// Ask the agents over plain HTTP (agents run with `--no-tls`); default HTTPS, their
+    /// self-signed certificates accepted (the bearer token is what they check).
+    #[arg(long)]
+    pub agent_plain_http: bool,
+    /// The hub's token for the agents (a projected ServiceAccount token, read at every
+    /// request as the kubelet rotates it); "" sends none (agents with `--auth none`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/var/run/secrets/sgpath/token"
+    )]
+    pub agent_token_file: PathBuf,
+    /// Agents asked at once by a fleet query.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub fleet_concurrency: u16,
+    /// Time each agent has to answer a fleet query.
+    #[arg(long, default_value = "5s", value_parser = parse_fleet_timeout)]
+    pub fleet_timeout: Duration,
+    /// How long a fleet answer is served before the agents are asked again.
+    #[arg(long, default_value = "10s", value_parser = parse_fleet_max_age)]
+    pub fleet_max_age: Duration,
+}
+
+/// `hub --fleet-timeout`: 100 ms to 1 min.
+fn parse_fleet_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration(s, Duration::from_millis(100), Duration::from_secs(60))
+}
+
+/// `hub --fleet-max-age`: 1 s to 10 min.
+fn parse_fleet_max_age(s: &str) -> Result<Duration, String> {
+    parse_duration(s, Duration::from_secs(1), Duration::from_secs(600))
 }
 
 /// The budget of EC2 calls (a token bucket per API action), for `hub`, `agent --ec2` and

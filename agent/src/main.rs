@@ -54,13 +54,14 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<ExitCode> {
         let mut term = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let transport = sgpath::tls::Transport::new(&args.tls.source(), args.listen)?;
+        let (front, gate) = hub_front(&args).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("--listen {}", args.listen))?;
         tracing::info!(event = "listening", address = %args.listen, scheme = transport.scheme(),
             calls_per_second = args.budget.ec2_calls_per_second, burst = args.budget.ec2_burst,
-            "sgpath hub listening");
-        sgpath::hub::run(config, transport, listener, async {
+            front_door = front.is_some(), "sgpath hub listening");
+        sgpath::hub::run(config, transport, front, gate, listener, async {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = interrupt.recv() => {}
@@ -70,6 +71,90 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(event = "stopped", "stopped");
         anyhow::Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The hub's front door (the agents, found by listing the DaemonSet's pods, asked with the
+/// hub's token) and its gate (`--auth`). Without a cluster there is no front door: the hub
+/// still serves the agents' catalogs.
+///
+/// # Errors
+/// `--kubeconfig` unreadable, or `--auth kubernetes` without a cluster to ask.
+async fn hub_front(
+    args: &cli::HubArgs,
+) -> anyhow::Result<(
+    Option<sgpath::hub::front::Front>,
+    std::sync::Arc<dyn sgpath::hub::front::Gate>,
+)> {
+    use anyhow::Context;
+    use sgpath::hub::front;
+    use std::sync::Arc;
+    let client = collect::kube::client(args.kubeconfig.as_deref())
+        .await
+        .context("--kubeconfig")?;
+    let gate: Arc<dyn front::Gate> = match (args.auth, &client) {
+        (cli::AuthMode::None, _) => Arc::new(front::Open),
+        (cli::AuthMode::Kubernetes, Some(c)) => Arc::new(HubGate(sgpath::auth::Auth::Kubernetes(
+            sgpath::auth::Reviewer::new(c.clone()),
+        ))),
+        (cli::AuthMode::Kubernetes, None) => {
+            // No cluster, no front door: nothing to guard (catalogs stay open to agents).
+            Arc::new(front::Open)
+        }
+        (cli::AuthMode::Token, _) => anyhow::bail!("hub --auth: none or kubernetes"),
+    };
+    let Some(client) = client else {
+        tracing::warn!(
+            event = "no-front-door",
+            "no cluster (--kubeconfig, or in-cluster): /v1/fleet and /v1/agents answer 503"
+        );
+        return Ok((None, gate));
+    };
+    let token = args.agent_token_file.clone();
+    let token = (!token.as_os_str().is_empty()).then_some(token);
+    let front = front::Front::new(
+        Arc::new(front::KubeDirectory {
+            client,
+            namespace: args.agent_namespace.clone(),
+            selector: args.agent_selector.clone(),
+        }),
+        Arc::new(front::DirectAgents::new(
+            args.agent_port,
+            token,
+            !args.agent_plain_http,
+        )),
+        sgpath::plugin::fleet::Limits {
+            concurrency: usize::from(args.fleet_concurrency),
+            per_node: args.fleet_timeout,
+        },
+        args.fleet_max_age,
+    );
+    Ok((Some(front), gate))
+}
+
+/// The agent's `--auth kubernetes` check (TokenReview + SubjectAccessReview on the path),
+/// guarding the hub's front door.
+struct HubGate(sgpath::auth::Auth);
+
+impl sgpath::hub::front::Gate for HubGate {
+    fn check<'a>(
+        &'a self,
+        authorization: Option<&'a [u8]>,
+        path: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), (u16, String)>> {
+        Box::pin(async move {
+            use sgpath::auth::Verdict;
+            match self.0.check(authorization, path).await {
+                Verdict::Allowed => Ok(()),
+                Verdict::Unauthenticated(why) => Err((401, why)),
+                Verdict::Forbidden(why) => Err((403, why)),
+                Verdict::Unavailable(why) => Err((503, why)),
+                Verdict::Throttled => Err((
+                    503,
+                    "too many token reviews: try again in a second".to_owned(),
+                )),
+            }
+        })
+    }
 }
 
 /// Hands the heap's freed pages back to the kernel (glibc keeps them otherwise): after the

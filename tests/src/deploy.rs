@@ -168,6 +168,7 @@ pub fn deploy_manifests_parse_and_render() {
     let monitoring = kinds(&render("monitoring"));
     let base = kinds(&render("base"));
     let want_agent: BTreeSet<String> = [
+        "Namespace/sgpath",
         "ClusterRole/sgpath",
         "ClusterRoleBinding/sgpath",
         "DaemonSet/sgpath",
@@ -182,8 +183,8 @@ pub fn deploy_manifests_parse_and_render() {
         "ServiceAccount/sgpath-client",
         "ClusterRole/sgpath-user",
         "ClusterRoleBinding/sgpath-user",
-        "ClusterRole/sgpath-user-agents",
-        "RoleBinding/sgpath-user-agents",
+        "Role/sgpath-user-hub",
+        "RoleBinding/sgpath-user-hub",
     ]
     .map(String::from)
     .into();
@@ -204,13 +205,26 @@ pub fn deploy_manifests_parse_and_render() {
         "Deployment/sgpath-hub",
         "Service/sgpath-hub",
         "ServiceAccount/sgpath-hub",
+        // Finding the agents, asking them, reviewing people's tokens.
+        "Role/sgpath-hub",
+        "RoleBinding/sgpath-hub",
+        "ClusterRole/sgpath-agent-reader",
+        "ClusterRoleBinding/sgpath-hub-agents",
+        "ClusterRoleBinding/sgpath-hub-auth",
     ]
     .map(String::from)
     .into();
     assert_eq!(base, &(&want_agent | &want_monitoring) | &want_hub);
+    // Everything in sgpath's own namespace but the read of aws-node, in kube-system.
     for d in render("base") {
-        if d["kind"] != "ClusterRole" && d["kind"] != "ClusterRoleBinding" {
-            assert_eq!(d["metadata"]["namespace"], "kube-system", "{}", d["kind"]);
+        let kind = d["kind"].as_str().unwrap();
+        let name = d["metadata"]["name"].as_str().unwrap();
+        match (kind, name) {
+            ("ClusterRole" | "ClusterRoleBinding" | "Namespace", _) => {}
+            ("Role" | "RoleBinding", "sgpath") => {
+                assert_eq!(d["metadata"]["namespace"], "kube-system", "{kind}/{name}")
+            }
+            _ => assert_eq!(d["metadata"]["namespace"], "sgpath", "{kind}/{name}"),
         }
     }
 }
@@ -351,8 +365,14 @@ pub fn deploy_daemonset_holds_only_the_named_capabilities() {
         .position(|a| *a == "--listen")
         .expect("--listen");
     assert_eq!(args[listen + 1], "$(POD_IP):9464");
-    // The groups' rules are read on every node (an `ec2-unavailable` finding without access).
-    assert!(args.contains(&"--ec2"), "the DaemonSet reads EC2: {args:?}");
+    // No agent calls AWS: the rules come from the hub (an `ec2-unavailable` naming it
+    // without one).
+    assert!(
+        !args.contains(&"--ec2"),
+        "the DaemonSet reads EC2: {args:?}"
+    );
+    let hub = args.iter().position(|a| *a == "--hub").expect("--hub");
+    assert_eq!(args[hub + 1], "https://sgpath-hub.sgpath.svc:9465");
     let port = &c["ports"][0];
     assert_eq!(
         (port["name"].as_str(), port["containerPort"].as_u64()),
@@ -446,6 +466,10 @@ pub fn deploy_rbac_reads_exactly_what_the_agent_watches() {
         grants(role),
         BTreeSet::from([g("apps", "daemonsets", &all)])
     );
+    // The hub lists the agent pods, in sgpath's namespace only.
+    let hub = find(&docs, "Role", "sgpath-hub");
+    assert_eq!(hub["metadata"]["namespace"], "sgpath");
+    assert_eq!(grants(hub), BTreeSet::from([g("", "pods", &["list"])]));
     for (kind, role_kind) in [
         ("ClusterRoleBinding", "ClusterRole"),
         ("RoleBinding", "Role"),
@@ -455,7 +479,7 @@ pub fn deploy_rbac_reads_exactly_what_the_agent_watches() {
         assert_eq!(b["roleRef"]["name"], "sgpath");
         assert_eq!(
             b["subjects"],
-            serde_json::json!([{"kind": "ServiceAccount", "name": "sgpath", "namespace": "kube-system"}])
+            serde_json::json!([{"kind": "ServiceAccount", "name": "sgpath", "namespace": "sgpath"}])
         );
     }
     // The others: reviews (sgpath-auth) and the plugin's and the scraper's roles, each
@@ -471,10 +495,16 @@ pub fn deploy_rbac_reads_exactly_what_the_agent_watches() {
             "sgpath-client",
             "sgpath-metrics-reader",
             "sgpath-user",
-            "sgpath-user-agents"
+            "sgpath-agent-reader",
         ])
     );
-    assert_eq!(docs.iter().filter(|d| d["kind"] == "Role").count(), 1);
+    assert_eq!(
+        docs.iter()
+            .filter(|d| d["kind"] == "Role")
+            .map(|d| d["metadata"]["name"].as_str().unwrap())
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from(["sgpath", "sgpath-hub", "sgpath-user-hub"])
+    );
 }
 
 /// The PrometheusRule's groups, as a plain rules file, pass `promtool check rules` and

@@ -32,7 +32,7 @@ use crate::{
 
 /// The agents' own kubeconfig token ([`FakeApi::kubeconfig`]), and who it is.
 const AGENT_TOKEN: &str = "not-a-real-token";
-const AGENT_USER: &str = "system:serviceaccount:kube-system:sgpath";
+const AGENT_USER: &str = "system:serviceaccount:sgpath:sgpath";
 /// A user with the ClusterRole `sgpath-user` (deploy/agent/user-rbac.yaml).
 const ALICE: &str = "alice-token";
 /// A user the cluster knows, with no grant at all.
@@ -97,8 +97,9 @@ pub fn sgpath_token(api: &RealApi, ns: &str, name: &str, duration: &str) -> Stri
 /// living an hour — all without a TokenReview (counted by the API server's own
 /// `apiserver_request_total`); 403 for a known ServiceAccount without `get` on the path (and
 /// the scraper on `/v1/report`, `sgpath-client` on `/metrics`); 200 for the scraper on
-/// `/metrics` and `sgpath-client` on `/v1/report` and `/v1/trace` (also through
-/// `X-Sgpath-Authorization`, as through the pods proxy); refused requests build no report
+/// `/metrics` and the hub (`sgpath-hub`, which asks the agents for people) on `/v1/report`
+/// and `/v1/trace` (also through `X-Sgpath-Authorization`); `sgpath-client`, people's token
+/// for the hub, reads no agent; refused requests build no report
 /// and the reviews are cached; a flood of allowed ones builds at most one report per
 /// `--report-max-age`; health checks stay open; no token is ever logged.
 pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
@@ -118,10 +119,11 @@ pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
     let kubeconfig = crate::kube::agent_kubeconfig(&api);
     // Prometheus's projected token (deploy/monitoring/prometheus-patch.yaml): 10 minutes.
     let scraper = sgpath_token(&api, SCRAPER.0, SCRAPER.1, "10m");
-    let client = sgpath_token(&api, "kube-system", "sgpath-client", "10m");
+    let client = sgpath_token(&api, "sgpath", "sgpath-client", "10m");
+    let hub = sgpath_token(&api, "sgpath", "sgpath-hub", "10m");
     let nobody = sgpath_token(&api, "kube-system", "nobody", "15m");
-    let wrong_audience = api.token("kube-system", "sgpath-client");
-    let too_long = sgpath_token(&api, "kube-system", "sgpath-client", "1h");
+    let wrong_audience = api.token("sgpath", "sgpath-client");
+    let too_long = sgpath_token(&api, "sgpath", "sgpath-client", "1h");
     let agent_token = std::fs::read_to_string(&kubeconfig).unwrap();
     let agent = Agent::in_lab_tls(
         lab,
@@ -240,15 +242,15 @@ pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
         "nobody x 3 paths + the scraper"
     );
 
-    // sgpath-client: 200 on reports, also through the proxy's header; a flood costs at
-    // most a build.
+    // The hub: 200 on reports, also through the proxy's header; a flood costs at most a
+    // build.
     let b0 = builds(&agent);
     let flood = Instant::now();
     for _ in 0..50 {
-        let doc = agent.report(&[("Authorization", &bearer(&client))]);
+        let doc = agent.report(&[("Authorization", &bearer(&hub))]);
         assert_eq!(doc["schema"], "sgpath.report/v1");
     }
-    let doc = agent.report(&[("X-Sgpath-Authorization", &bearer(&client))]);
+    let doc = agent.report(&[("X-Sgpath-Authorization", &bearer(&hub))]);
     assert_eq!(doc["schema"], "sgpath.report/v1");
     let built = builds(&agent) - b0;
     assert!(
@@ -259,14 +261,18 @@ pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
     let (status, body) = agent.request(
         "GET",
         "/v1/trace?from=10.0.0.1&to=10.0.0.2",
-        &[("Authorization", &bearer(&client))],
+        &[("Authorization", &bearer(&hub))],
     );
     assert_ne!(status, 401, "{body}");
-    assert_ne!(status, 403, "sgpath-client may trace: {body}");
-    // What deploy/ does not grant: the scraper reads no report, the client no metrics.
+    assert_ne!(status, 403, "the hub may trace: {body}");
+    // What deploy/ does not grant: the scraper reads no report, the client neither metrics
+    // nor reports (people ask the hub).
     for (who, token, path) in [
         ("the scraper", scraper.as_str(), "/v1/report"),
         ("sgpath-client", client.as_str(), "/metrics"),
+        ("sgpath-client", client.as_str(), "/v1/report"),
+        ("sgpath-client", client.as_str(), "/v1/trace"),
+        ("the hub", hub.as_str(), "/metrics"),
     ] {
         let (status, body) = agent.request("GET", path, &[("Authorization", &bearer(token))]);
         assert_eq!(status, 403, "{who} on {path}: {body}");
@@ -281,6 +287,7 @@ pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
         client.as_str(),
         nobody.as_str(),
         wrong_audience.as_str(),
+        hub.as_str(),
         MALLORY,
         ALICE,
         "made-up-token",
@@ -291,10 +298,16 @@ pub fn agent_kubernetes_auth_refuses_without_building_a_report(lab: &Lab) {
     assert!(agent.terminate().success());
 }
 
-/// An agent pod of the DaemonSet on `node`.
+/// An agent pod of the DaemonSet on `node` (in kube-system for the fake's pods proxy).
 fn agent_pod(name: &str, node: &str) -> Value {
-    json!({"metadata": {"name": name, "namespace": "kube-system",
-                        "labels": {"app.kubernetes.io/name": "sgpath"}},
+    agent_pod_in("kube-system", name, node)
+}
+
+/// An agent pod of the DaemonSet on `node` in namespace `ns`.
+fn agent_pod_in(ns: &str, name: &str, node: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": ns,
+                        "labels": {"app.kubernetes.io/name": "sgpath",
+                                   "app.kubernetes.io/component": "agent"}},
            "spec": {"nodeName": node, "hostNetwork": true, "serviceAccountName": "sgpath",
                     "containers": [{"name": "sgpath", "image": "sgpath:0.1.0"}]},
            "status": {"phase": "Running"}})
@@ -347,6 +360,18 @@ impl Run {
 /// `kubectl-sgpath --kubeconfig <kubeconfig> --port 9464 --timeout 2s <args>` in `ns` (the
 /// bastion: it reaches the API server, nothing else).
 fn plugin(ns: &str, kubeconfig: &Path, args: &[&str]) -> Run {
+    plugin_with(ns, kubeconfig, &[], args)
+}
+
+/// The plugin asking each agent itself through the pods proxy (`--via pods-proxy`, the
+/// debugging path deploy/ grants nobody), as the fake API server's RBAC allows here.
+const DIRECT: [&str; 4] = ["--via", "pods-proxy", "--agent-namespace", "kube-system"];
+
+fn direct(ns: &str, kubeconfig: &Path, args: &[&str]) -> Run {
+    plugin_with(ns, kubeconfig, &DIRECT, args)
+}
+
+fn plugin_with(ns: &str, kubeconfig: &Path, pre: &[&str], args: &[&str]) -> Run {
     let start = Instant::now();
     let out = Command::new("ip")
         .args(["netns", "exec", ns])
@@ -354,6 +379,7 @@ fn plugin(ns: &str, kubeconfig: &Path, args: &[&str]) -> Run {
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(["--port", &PORT.to_string(), "--timeout", "2s"])
+        .args(pre)
         .args(args)
         .output()
         .expect("run kubectl-sgpath");
@@ -379,7 +405,8 @@ fn states(doc: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The fleet from a bastion, on the fake API server: two agents (the lab's node with its
+/// The fleet from a bastion, on the fake API server, each agent asked through the pods
+/// proxy (`--via pods-proxy`: the real server's test goes through the hub): two agents (the lab's node with its
 /// broken branch pod, and a second node namespace the real API server's proxy would need a
 /// route to), one agent pod whose port refuses, one that never answers, one that answers
 /// HTML (the fake proxies by pod name to any loopback port, so these need no addresses of
@@ -457,7 +484,7 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
     // broken branch pod's path carries its name.
     let start = Instant::now();
     let findings = loop {
-        let run = plugin(&node, &user_kc, &["findings", "-A", "-o", "json"]);
+        let run = direct(&node, &user_kc, &["findings", "-A", "-o", "json"]);
         assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
         let doc = run.json();
         let named = doc["findings"]
@@ -506,7 +533,7 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
         ]
     );
 
-    let run = plugin(&node, &user_kc, &["nodes", "-o", "json"]);
+    let run = direct(&node, &user_kc, &["nodes", "-o", "json"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
         run.took < Duration::from_secs(10),
@@ -525,7 +552,7 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
             ("node-f".to_owned(), "absent".to_owned()),
         ]
     );
-    let table = plugin(&node, &user_kc, &["nodes"]);
+    let table = direct(&node, &user_kc, &["nodes"]);
     assert!(
         table.stdout.starts_with("NODE ")
             && table.stdout.contains("timeout")
@@ -534,7 +561,7 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
         table.stdout
     );
 
-    let run = plugin(&node, &user_kc, &["findings", "-A"]);
+    let run = direct(&node, &user_kc, &["findings", "-A"]);
     assert!(
         run.stdout.contains("vlan-parent-missing")
             && run.stdout.contains("sg-test/standard-c")
@@ -542,7 +569,7 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
         "{}",
         run.stdout
     );
-    let run = plugin(
+    let run = direct(
         &node,
         &user_kc,
         &["findings", "-n", "default", "-o", "json"],
@@ -558,7 +585,7 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
     );
 
     // The broken pod, followed to its node.
-    let run = plugin(&node, &user_kc, &["pod", "-n", "sg-test", "standard-c"]);
+    let run = direct(&node, &user_kc, &["pod", "-n", "sg-test", "standard-c"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     for want in [
         NODE,
@@ -567,7 +594,7 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
     ] {
         assert!(run.stdout.contains(want), "no {want:?} in\n{}", run.stdout);
     }
-    let run = plugin(&node, &user_kc, &["pod", "-n", "sg-test", "no-such-pod"]);
+    let run = direct(&node, &user_kc, &["pod", "-n", "sg-test", "no-such-pod"]);
     assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains("pod sg-test/no-such-pod"),
@@ -576,7 +603,7 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
     );
 
     // A trace on the pod's node.
-    let run = plugin(
+    let run = direct(
         &node,
         &user_kc,
         &[
@@ -594,7 +621,7 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
     let doc = run.json();
     assert_eq!(doc["node"], NODE);
     assert!(doc["trace"]["works"].is_boolean(), "{doc:#}");
-    let run = plugin(
+    let run = direct(
         &node,
         &user_kc,
         &["trace", "-n", "default", "ordinary-a", "--to", "not-an-ip"],
@@ -605,7 +632,7 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
     // Without RBAC: no token for the agents, the API server refuses the proxy.
     let mallory_kc = dir.join("mallory");
     api.kubeconfig_as(&mallory_kc, MALLORY);
-    let run = plugin(&node, &mallory_kc, &["nodes", "-o", "json"]);
+    let run = direct(&node, &mallory_kc, &["nodes", "-o", "json"]);
     assert_eq!(run.code, 1);
     assert!(
         run.stderr.contains("serviceaccounts/token"),
@@ -632,6 +659,10 @@ pub fn kubectl_sgpath_asks_the_fleet(lab: &Lab) {
             "kubectl",
             "sgpath",
             "nodes",
+            "--via",
+            "pods-proxy",
+            "--agent-namespace",
+            "kube-system",
             "--port",
             &PORT.to_string(),
             "--timeout",
@@ -693,12 +724,13 @@ fn rule(parts: [&str; 5]) -> [String; 5] {
 }
 
 /// The DaemonSet runs `--auth kubernetes` and may create reviews (nothing else new); the
-/// plugin's roles grant exactly what `kubectl sgpath` uses (the proxy only through a
-/// RoleBinding in kube-system, a token of `sgpath-client` only); `sgpath-client` reads
-/// /v1/report and /v1/trace, Prometheus's ServiceAccount /metrics; no token is stored (no
-/// Secret, no PodMonitor): the scrape job reads Prometheus's projected token (audience
-/// `sgpath`, 10 min) from the file prometheus-patch.yaml mounts, over HTTPS, and passes
-/// `promtool check config`.
+/// plugin's roles grant exactly what `kubectl sgpath` uses (no pods/proxy anywhere: the
+/// hub's Service proxy only, through a RoleBinding in sgpath, and a token of
+/// `sgpath-client` only); `sgpath-client` asks the hub's /v1/fleet/report and
+/// /v1/agents/*, the hub (sgpath-hub) the agents' /v1/report and /v1/trace, Prometheus's
+/// ServiceAccount /metrics; no token is stored (no Secret, no PodMonitor): the scrape job
+/// reads Prometheus's projected token (audience `sgpath`, 10 min) from the file
+/// prometheus-patch.yaml mounts, over HTTPS, and passes `promtool check config`.
 pub fn deploy_rbac_lets_only_the_named_subjects_ask() {
     use crate::deploy::{find, render};
     let docs = render("base");
@@ -729,31 +761,41 @@ pub fn deploy_rbac_lets_only_the_named_subjects_ask() {
     assert_eq!(
         rules(find(&docs, "ClusterRole", "sgpath-user")),
         [
-            rule(["", "pods", "", "", "get,list"]),
+            rule(["", "pods", "", "", "get"]),
             rule(["", "nodes", "", "", "list"])
         ]
     );
     assert_eq!(
-        rules(find(&docs, "ClusterRole", "sgpath-user-agents")),
+        rules(find(&docs, "Role", "sgpath-user-hub")),
         [
-            rule(["", "pods/proxy", "", "", "get"]),
+            rule(["", "services/proxy", "https:sgpath-hub:9465", "", "get"]),
             rule(["", "serviceaccounts/token", "sgpath-client", "", "create"]),
         ]
     );
-    let rb = find(&docs, "RoleBinding", "sgpath-user-agents");
-    assert_eq!(
-        rb["metadata"]["namespace"], "kube-system",
-        "the proxy, in kube-system only"
-    );
-    assert_eq!(rb["roleRef"]["name"], "sgpath-user-agents");
-    assert!(
-        docs.iter()
-            .all(|d| d["kind"] != "ClusterRoleBinding"
-                || d["roleRef"]["name"] != "sgpath-user-agents"),
-        "sgpath-user-agents bound cluster-wide"
-    );
+    let rb = find(&docs, "RoleBinding", "sgpath-user-hub");
+    assert_eq!(rb["metadata"]["namespace"], "sgpath");
+    assert_eq!(rb["roleRef"]["name"], "sgpath-user-hub");
+    // No pods/proxy, nor any proxy but the hub's, for anyone.
+    for d in &docs {
+        if d["kind"] == "ClusterRole" || d["kind"] == "Role" {
+            for r in rules(d) {
+                assert!(
+                    !r[1].contains("pods/proxy") && !r[1].contains("nodes/proxy"),
+                    "{r:?}"
+                );
+                assert!(
+                    !r[1].contains('*') && !r[0].contains('*'),
+                    "a wildcard: {r:?}"
+                );
+            }
+        }
+    }
     assert_eq!(
         rules(find(&docs, "ClusterRole", "sgpath-client")),
+        [rule(["", "", "", "/v1/fleet/report,/v1/agents/*", "get"])]
+    );
+    assert_eq!(
+        rules(find(&docs, "ClusterRole", "sgpath-agent-reader")),
         [rule(["", "", "", "/v1/report,/v1/trace", "get"])]
     );
     assert_eq!(
@@ -761,9 +803,11 @@ pub fn deploy_rbac_lets_only_the_named_subjects_ask() {
         [rule(["", "", "", "/metrics", "get"])]
     );
     for (binding, sa, ns) in [
-        ("sgpath-auth", "sgpath", "kube-system"),
-        ("sgpath-client", "sgpath-client", "kube-system"),
+        ("sgpath-auth", "sgpath", "sgpath"),
+        ("sgpath-client", "sgpath-client", "sgpath"),
         ("sgpath-metrics-reader", SCRAPER.1, SCRAPER.0),
+        ("sgpath-hub-agents", "sgpath-hub", "sgpath"),
+        ("sgpath-hub-auth", "sgpath-hub", "sgpath"),
     ] {
         let b = find(&docs, "ClusterRoleBinding", binding);
         assert_eq!(
@@ -771,7 +815,7 @@ pub fn deploy_rbac_lets_only_the_named_subjects_ask() {
             json!([{"kind": "ServiceAccount", "name": sa, "namespace": ns}]),
             "{binding}"
         );
-        if ns == "kube-system" {
+        if ns == "sgpath" {
             find(&docs, "ServiceAccount", sa);
         }
     }
@@ -937,17 +981,103 @@ fn forward(ns: &str, listen: std::net::SocketAddr, to: u16) {
     rx.recv().expect("the forwarder's listener");
 }
 
-/// `kubectl sgpath` through a real kube-apiserver's pods proxy, with deploy/base applied:
-/// alice (group `sgpath-users`, as an EKS access entry would map her) lists the agent pods,
-/// gets a TokenRequest token of `sgpath-client` (the API server signs it; the agent asks
-/// the same server's TokenReview and SubjectAccessReview) and reaches the agent on the lab's
-/// node at its pod IP (hostNetwork: the node's address) through
-/// `/api/v1/namespaces/kube-system/pods/<agent>:9464/proxy/...`. An agent pod whose address
-/// refuses the port is a row saying so, a node without an agent pod too; the broken branch
-/// pod is named with its node, path and fix; a user without RBAC is refused by the real
-/// RBAC; real `kubectl` finds the plugin on PATH and says the same. Rows the real server
-/// cannot be made to produce on demand (an agent that accepts and never answers, one that
-/// answers HTML) stay in [`kubectl_sgpath_asks_the_fleet`] on the fake.
+/// `sgpath hub` in the lab's node namespace, listening on the node's address (the API
+/// server's services proxy refuses loopback endpoints), with a kubeconfig and an agent
+/// token of ServiceAccount `sgpath/sgpath-hub` as deploy/base grants it. Killed on drop.
+struct HubProcess {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl HubProcess {
+    fn start(
+        ns: &str,
+        listen: std::net::SocketAddr,
+        kubeconfig: &Path,
+        token: &Path,
+    ) -> HubProcess {
+        let log = kubeconfig.with_file_name("hub.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(crate::sgpath_bin())
+            .args([
+                "hub",
+                "--log-format",
+                "text",
+                "--listen",
+                &listen.to_string(),
+            ])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--agent-token-file")
+            .arg(token)
+            .args(["--agent-port", &PORT.to_string(), "--fleet-timeout", "2s"])
+            // EC2 is not asked in this test: nothing listens there.
+            .args([
+                "--ec2-endpoint",
+                "http://127.0.0.1:9",
+                "--imds-endpoint",
+                "http://127.0.0.1:9",
+            ])
+            .env("AWS_REGION", "us-east-1")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start sgpath hub");
+        let hub = HubProcess { child, log };
+        let start = Instant::now();
+        while !in_netns(ns, || std::net::TcpStream::connect(listen).is_ok()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the hub never listened:\n{}",
+                hub.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        hub
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTPS GET to `addr` from namespace `ns` (curl; the hub's certificate is
+/// self-signed): (status, body).
+fn get_in(ns: &str, addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sk", "--max-time", "10"])
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// `kubectl sgpath` through a real kube-apiserver's services proxy to `sgpath hub`, with
+/// deploy/base applied (namespace sgpath, the hub's and the users' RBAC as shipped): alice
+/// (group `sgpath-users`, as an EKS access entry would map her) gets a TokenRequest token of
+/// `sgpath-client` and sends ONE request per fleet query,
+/// `/api/v1/namespaces/sgpath/services/https:sgpath-hub:9465/proxy/v1/fleet/report` (the
+/// API server's own `apiserver_request_total` counts it); the hub reviews her token
+/// (TokenReview + SubjectAccessReview), lists the agent pods with its own ServiceAccount
+/// and asks each agent at its pod IP with its own token, which the agent reviews. The
+/// broken branch pod is named with its node, path and fix; an agent pod whose address
+/// refuses the port is a row saying so, a node without an agent too; `pod` follows a pod
+/// to its node's agent through the hub. Alice may not use the pods proxy (deploy/ grants
+/// it nobody), nor reach the hub without a token; mallory is refused by RBAC; real
+/// `kubectl` finds the plugin on PATH and says the same. Rows the real server cannot be
+/// made to produce on demand (an agent that accepts and never answers, one that answers
+/// HTML) stay in [`kubectl_sgpath_asks_the_fleet`] on the fake.
 pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
     let node = lab.layout.node();
     let api = RealApi::start(
@@ -980,9 +1110,9 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
         ("sgpath-a", NODE, node_ip.to_string()),
         ("sgpath-c", "node-c", closed_ip.to_string()),
     ] {
-        api.create_pod(&agent_pod(pod, on));
+        api.create_pod(&agent_pod_in("sgpath", pod, on));
         api.patch_pod_status(
-            "kube-system",
+            "sgpath",
             pod,
             json!({"podIP": ip, "podIPs": [{"ip": ip}], "hostIP": ip, "hostIPs": [{"ip": ip}]}),
         );
@@ -990,12 +1120,100 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
     for n in ["node-c", "node-f"] {
         api.create(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}));
     }
+
+    // The hub, as the Deployment runs it: its ServiceAccount's token for the API server and
+    // the agents, listening on the node's address; the Service's endpoints point there (no
+    // controller manager runs to fill them in).
+    const HUB_PORT: u16 = 9465;
+    let hub_kc = api.kubeconfig_for("hub", &api.token("sgpath", "sgpath-hub"));
+    let token_file = hub_kc.with_file_name("hub-token");
+    std::fs::write(
+        &token_file,
+        sgpath_token(&api, "sgpath", "sgpath-hub", "10m"),
+    )
+    .unwrap();
+    let hub_addr: std::net::SocketAddr = (node_ip, HUB_PORT).into();
+    let hub = HubProcess::start(&node, hub_addr, &hub_kc, &token_file);
+    // The services proxy dials only an endpoint whose targetRef is a pod holding its
+    // address (the API server's isValidAddress): the hub's pod, at the node's address.
+    api.create_pod(
+        &json!({"metadata": {"name": "sgpath-hub-0", "namespace": "sgpath",
+                        "labels": {"app.kubernetes.io/name": "sgpath-hub",
+                                   "app.kubernetes.io/part-of": "sgpath"}},
+           "spec": {"nodeName": NODE, "serviceAccountName": "sgpath-hub",
+                    "containers": [{"name": "hub", "image": "sgpath:0.1.0"}]}}),
+    );
+    let ip = node_ip.to_string();
+    api.patch_pod_status(
+        "sgpath",
+        "sgpath-hub-0",
+        json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}),
+    );
+    api.create(&json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "sgpath-hub", "namespace": "sgpath"},
+        "subsets": [{"addresses": [{"ip": node_ip.to_string(), "nodeName": NODE,
+                                    "targetRef": {"kind": "Pod", "namespace": "sgpath",
+                                                  "name": "sgpath-hub-0"}}],
+                     "ports": [{"name": "https", "port": HUB_PORT, "protocol": "TCP"}]}]}));
+    api.create(
+        &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "sgpath-hub-1", "namespace": "sgpath",
+                     "labels": {"kubernetes.io/service-name": "sgpath-hub"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [node_ip.to_string()], "conditions": {"ready": true},
+                       "nodeName": NODE,
+                       "targetRef": {"kind": "Pod", "namespace": "sgpath", "name": "sgpath-hub-0"}}],
+        "ports": [{"name": "https", "port": HUB_PORT, "protocol": "TCP"}]}),
+    );
+    // The API server's proxy reads the endpoints from its cache: wait until it sees them.
+    let admin = api.admin_kubeconfig().to_owned();
+    let healthz = "/api/v1/namespaces/sgpath/services/https:sgpath-hub:9465/proxy/healthz";
+    let start = Instant::now();
+    loop {
+        let out = api.kubectl_as(&admin, &["get", "--raw", healthz], None);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the services proxy never reached the hub: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let user_kc = api.kubeconfig_for("alice", ALICE);
+    let proxied = || {
+        api.metric(
+            "apiserver_request_total",
+            &[("resource", "services"), ("subresource", "proxy")],
+        )
+    };
+    let pods_proxied = || {
+        api.metric(
+            "apiserver_request_total",
+            &[("resource", "pods"), ("subresource", "proxy")],
+        )
+    };
 
     let start = Instant::now();
     let findings = loop {
         let run = plugin(&node, &user_kc, &["findings", "-A", "-o", "json"]);
-        assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+        assert_eq!(
+            run.code,
+            1,
+            "{}\n{}\nhub:\n{}\nendpoints: {}",
+            run.stdout,
+            run.stderr,
+            hub.log_text(),
+            api.kubectl(&[
+                "get",
+                "endpoints,endpointslices,services",
+                "-n",
+                "sgpath",
+                "-o",
+                "yaml"
+            ])
+        );
         let doc = run.json();
         let named = doc["findings"]
             .as_array()
@@ -1010,7 +1228,8 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
             "never named: {doc:#}\n{}",
             a.log_text()
         );
-        std::thread::sleep(Duration::from_millis(500));
+        // The hub keeps the fleet's answer 10 s.
+        std::thread::sleep(Duration::from_secs(2));
     };
     let f = findings["findings"]
         .as_array()
@@ -1021,9 +1240,24 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
     assert_eq!(f["node"], NODE);
     assert_eq!(f["path"]["kind"], "branch-eni");
     assert_eq!(f["path"]["vlan_id"], 5);
+    let unanswered: Vec<&str> = findings["unanswered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(unanswered, ["node-c"], "{findings:#}");
 
+    // One fleet query, one proxied request, whatever the number of agents; no pods proxy.
+    let (before, pods_before) = (proxied(), pods_proxied());
     let run = plugin(&node, &user_kc, &["nodes", "-o", "json"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        proxied() - before,
+        1.0,
+        "services proxy requests for one query"
+    );
+    assert_eq!(pods_proxied(), pods_before, "no pods proxy");
     let got = states(&run.json());
     assert_eq!(
         got,
@@ -1036,7 +1270,45 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
         run.stdout
     );
 
-    // Without RBAC: no token for the agents, the real API server refuses.
+    // One pod's story, from its node's agent through the hub.
+    let run = plugin(
+        &node,
+        &user_kc,
+        &["pod", "-n", "sg-test", "standard-c", "-o", "json"],
+    );
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["node"], NODE);
+    assert_eq!(doc["path"]["kind"], "branch-eni");
+
+    // What alice may not: the pods proxy (deploy/ grants it nobody), so not `--via
+    // pods-proxy` either; the hub without a token (its port is reachable in the cluster).
+    let can = api.kubectl_as(
+        &user_kc,
+        &[
+            "auth",
+            "can-i",
+            "get",
+            "pods",
+            "--subresource=proxy",
+            "-n",
+            "sgpath",
+        ],
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), "no");
+    // (She may not even list the agent pods: `get pods` only, for `pod` and `trace`.)
+    let run = plugin(
+        &node,
+        &user_kc,
+        &["--via", "pods-proxy", "nodes", "-o", "json"],
+    );
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("forbidden"), "{}", run.stderr);
+    let (status, body) = get_in(&node, hub_addr, "/v1/fleet/report");
+    assert_eq!(status, 401, "the hub without a token: {body}");
+
+    // Without RBAC: no token, no services proxy.
     let mallory_kc = api.kubeconfig_for("mallory", MALLORY);
     let run = plugin(&node, &mallory_kc, &["nodes", "-o", "json"]);
     assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
@@ -1059,17 +1331,7 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
         .args(["netns", "exec", &node, "env"])
         .arg(format!("PATH={path}"))
         .arg(format!("KUBECONFIG={}", user_kc.display()))
-        .args([
-            "kubectl",
-            "sgpath",
-            "nodes",
-            "--port",
-            &PORT.to_string(),
-            "--timeout",
-            "2s",
-            "-o",
-            "json",
-        ])
+        .args(["kubectl", "sgpath", "nodes", "-o", "json"])
         .output()
         .expect("run kubectl");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -1081,5 +1343,6 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
     );
     let doc: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(states(&doc), got, "kubectl sgpath and kubectl-sgpath agree");
+    drop(hub);
     assert!(a.terminate().success());
 }

@@ -1283,11 +1283,11 @@ pub(crate) fn populate_real(api: &RealApi, lab: &Lab) {
 
 /// The agent's own identity on a real API server: deploy/agent applied (its ServiceAccount,
 /// ClusterRole, Role and bindings), and a kubeconfig with a TokenRequest token of
-/// `kube-system/sgpath`, so every read it makes is judged by deploy/'s RBAC.
+/// `sgpath/sgpath`, so every read it makes is judged by deploy/'s RBAC.
 pub(crate) fn agent_kubeconfig(api: &RealApi) -> std::path::PathBuf {
     let deploy = xtask::workspace_root().join("deploy/agent");
     api.kubectl(&["apply", "--server-side", "-k", deploy.to_str().unwrap()]);
-    let token = api.token("kube-system", "sgpath");
+    let token = api.token("sgpath", "sgpath");
     api.kubeconfig_for("agent", &token)
 }
 

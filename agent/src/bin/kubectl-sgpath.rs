@@ -12,11 +12,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sgpath::plugin::{self, Fleet, Output, Scope, doc::Severity, fleet::Limits, proxy};
 
 /// Which pods, on which nodes, on which security-group path, and why: the answers of every
-/// node's sgpath agent, through the API server (the pods proxy: no route to the nodes needed).
+/// node's sgpath agent, through the API server's services proxy to `sgpath hub`, which asks
+/// the agents (one request for the whole fleet; no route to the nodes needed).
 ///
-/// RBAC: list pods (the agents' namespace), get pods/proxy (the agents), list nodes, get pods
-/// (for `pod` and `trace`), create serviceaccounts/token for `sgpath-client` (the agents'
-/// namespace): the ClusterRole `sgpath-user` in deploy/agent/user-rbac.yaml.
+/// RBAC (deploy/agent/user-rbac.yaml): get services/proxy on the hub's Service only, create
+/// serviceaccounts/token for `sgpath-client` (the hub's namespace), list nodes, get pods
+/// (for `pod` and `trace`). No pods/proxy.
 #[derive(Debug, Parser)]
 #[command(name = "kubectl-sgpath", bin_name = "kubectl sgpath", version)]
 struct Cli {
@@ -37,8 +38,21 @@ struct Cli {
     /// Output: an aligned table, a wider one, or one JSON document.
     #[arg(long, short, global = true, value_enum, default_value_t = OutputArg::Table)]
     output: OutputArg,
-    /// The agents' namespace.
-    #[arg(long, global = true, default_value = "kube-system", value_name = "NS")]
+    /// How to reach the agents: through `sgpath hub` (the services proxy, one request), or
+    /// each agent through the pods proxy (debugging; needs `get pods/proxy`, which deploy/
+    /// grants nobody).
+    #[arg(long, global = true, value_enum, default_value_t = ViaArg::Hub)]
+    via: ViaArg,
+    /// The hub's Service, as the services proxy names it: `<scheme>:<name>:<port>`.
+    #[arg(
+        long,
+        global = true,
+        default_value = "https:sgpath-hub:9465",
+        value_name = "SCHEME:NAME:PORT"
+    )]
+    hub_service: String,
+    /// sgpath's namespace: the hub, the agents, `sgpath-client`.
+    #[arg(long, global = true, default_value = "sgpath", value_name = "NS")]
     agent_namespace: String,
     /// The agents' pods: the DaemonSet's label selector.
     #[arg(long, global = true, default_value = "app.kubernetes.io/name=sgpath")]
@@ -96,6 +110,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ViaArg {
+    Hub,
+    PodsProxy,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum OutputArg {
     Table,
@@ -134,6 +154,40 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `https:sgpath-hub:9465` into the hub's proxy client.
+///
+/// # Errors
+/// Not `<http|https>:<name>:<port>`.
+fn hub_of(
+    service: &str,
+    namespace: &str,
+    client: &kube::Client,
+) -> anyhow::Result<proxy::HubProxy> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--hub-service {service:?}: expected <http|https>:<service>:<port>, e.g. https:sgpath-hub:9465"
+        )
+    };
+    let mut parts = service.split(':');
+    let (Some(scheme), Some(name), Some(port), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if !matches!(scheme, "http" | "https") || name.is_empty() {
+        return Err(bad());
+    }
+    let port = port.parse().map_err(|_| bad())?;
+    Ok(proxy::HubProxy {
+        client: client.clone(),
+        namespace: namespace.to_owned(),
+        service: name.to_owned(),
+        scheme: scheme.to_owned(),
+        port,
+        token: None,
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -164,7 +218,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let (client, proxy_client, default_ns) =
         proxy::connect(cli.kubeconfig.clone(), cli.context.clone()).await?;
     let namespace = cli.namespace.clone().unwrap_or(default_ns);
-    let agents = proxy::agents(&client, &cli.agent_namespace, &cli.selector).await?;
+    let hub = match cli.via {
+        ViaArg::Hub => Some(hub_of(
+            &cli.hub_service,
+            &cli.agent_namespace,
+            &proxy_client,
+        )?),
+        ViaArg::PodsProxy => None,
+    };
+    let agents = match cli.via {
+        ViaArg::Hub => Vec::new(),
+        ViaArg::PodsProxy => proxy::agents(&client, &cli.agent_namespace, &cli.selector).await?,
+    };
     let token = if cli.client_service_account.is_empty() {
         None
     } else {
@@ -181,16 +246,34 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         }
     };
-    let fleet = Fleet {
-        transport: Arc::new(proxy::PodsProxy {
-            client: proxy_client,
-            port: cli.port,
-            token,
-        }),
-        agents,
-        limits: Limits {
-            concurrency: usize::from(cli.concurrency),
-            per_node: cli.timeout,
+    let limits = Limits {
+        concurrency: usize::from(cli.concurrency),
+        per_node: cli.timeout,
+    };
+    let fleet = match hub {
+        Some(mut hub) => {
+            hub.token = token;
+            let hub = Arc::new(hub);
+            // The hub asks every agent within its own timeout: give it the whole fan-out's.
+            Fleet {
+                transport: hub.clone(),
+                agents,
+                limits: Limits {
+                    per_node: cli.timeout * 6,
+                    ..limits
+                },
+                hub: Some(hub),
+            }
+        }
+        None => Fleet {
+            transport: Arc::new(proxy::PodsProxy {
+                client: proxy_client,
+                port: cli.port,
+                token,
+            }),
+            agents,
+            limits,
+            hub: None,
         },
     };
     let outcome = match cli.command {
@@ -204,7 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     None
                 }
             };
-            plugin::nodes(&fleet, all, output).await
+            plugin::nodes(&fleet, all, output).await?
         }
         Command::Findings { severity } => {
             let min = match severity {
@@ -217,7 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 Scope::Namespace(namespace)
             };
-            plugin::findings(&fleet, min, &scope, output).await
+            plugin::findings(&fleet, min, &scope, output).await?
         }
         Command::Pod { name } => {
             let (node, ip) = proxy::pod(&client, &namespace, &name).await?;

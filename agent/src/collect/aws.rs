@@ -75,7 +75,7 @@ const SKEW_THRESHOLD: Duration = Duration::from_secs(60);
 pub const DEFAULT_IMDS: &str = "http://169.254.169.254";
 const EC2_VERSION: &str = "2016-11-15";
 /// Values per filter or id list in one call (EC2 accepts up to 200).
-const BATCH: usize = 100;
+pub const BATCH: usize = 100;
 /// How long an address's answer from `DescribeNetworkInterfaces` (its ENI, or that none
 /// owns it) is reused before it is asked again: a far end seen every minute costs one
 /// lookup per this, not one per read. Groups' rules are re-read on every read.

@@ -52,7 +52,7 @@ pub struct Page<T> {
 
 /// A network interface: id, groups, every private address (IPv4 and IPv6) and every
 /// prefix delegated to it (`ipv4PrefixSet`, `ipv6PrefixSet`: prefix delegation).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkInterface {
     pub id: String,
     pub groups: Vec<String>,

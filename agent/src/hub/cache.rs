@@ -27,6 +27,11 @@ use crate::{
 /// and 32 unanswered far ends per path).
 pub const MAX_ASKED: usize = 4096;
 
+/// Addresses read in one round, at most (ten calls, the default burst): answers reach
+/// the agents a round at a time, and a hub starting cold amid a large fleet reads at its
+/// budget's pace instead of holding everything until the last batch.
+pub const ROUND_ADDRESSES: usize = 1000;
+
 /// The answer for one address.
 #[derive(Debug)]
 struct Answer {
@@ -41,6 +46,8 @@ pub struct Cache {
     ttl: Duration,
     group_refresh: Duration,
     answers: BTreeMap<IpAddr, Answer>,
+    /// The ENIs owning delegated prefixes, by prefix (rebuilt from `answers` each round).
+    prefixes: BTreeMap<IpNet, Arc<NetworkInterface>>,
     /// When an agent last asked about each address: an expired answer is read again only
     /// when someone asked within the TTL; otherwise it is forgotten.
     asked: BTreeMap<IpAddr, Instant>,
@@ -84,6 +91,7 @@ impl Cache {
             ttl,
             group_refresh,
             answers: BTreeMap::new(),
+            prefixes: BTreeMap::new(),
             asked: BTreeMap::new(),
             queue: BTreeSet::new(),
             groups: BTreeMap::new(),
@@ -105,11 +113,26 @@ impl Cache {
 
     /// The ENI owning `addr` by a prefix delegated to it (prefix delegation: pods' addresses
     /// are not ENI private addresses EC2 can be asked about).
+    /// An index lookup: one probe per prefix length in use (a /28 for IPv4, a /80 for IPv6
+    /// under the VPC CNI), not a walk over every answer.
     fn by_prefix(&self, addr: IpAddr) -> Option<&Arc<NetworkInterface>> {
-        self.answers
-            .values()
-            .filter_map(|a| a.eni.as_ref())
-            .find(|e| e.prefixes.iter().any(|p| p.contains(&addr)))
+        let mut lengths: Vec<u8> = self
+            .prefixes
+            .keys()
+            .filter(|p| p.addr().is_ipv4() == addr.is_ipv4())
+            .map(IpNet::prefix_len)
+            .collect();
+        lengths.dedup();
+        lengths.into_iter().find_map(|len| {
+            let net = IpNet::new(addr, len).ok()?.trunc();
+            self.prefixes.get(&net)
+        })
+    }
+
+    fn index_prefixes(&mut self, eni: &Arc<NetworkInterface>) {
+        for p in &eni.prefixes {
+            self.prefixes.insert(p.trunc(), eni.clone());
+        }
     }
 
     /// Whether every group of `eni` has been read: until then its address is answered as
@@ -187,54 +210,88 @@ impl Cache {
         Rules::Fresh { catalog }
     }
 
-    /// What to read now: the queued addresses and the expired answers someone still asks
-    /// about (forgetting the others), the groups never read (or all at a refresh), the
-    /// VPCs whose blocks are unknown.
+    /// What to read now, at most [`ROUND_ADDRESSES`] addresses: the queued ones first, then
+    /// the expired answers someone still asks about (one address per ENI: reading it
+    /// refreshes every address of that ENI), forgetting the others; the groups never read
+    /// (or all at a refresh), the VPCs whose blocks are unknown.
     pub fn due(&mut self, now: Instant) -> Work {
         let ttl = self.ttl;
         self.asked
             .retain(|_, at| now.saturating_duration_since(*at) < ttl);
         let asked = &self.asked;
         let mut expired = Vec::new();
+        let mut refreshed_enis = BTreeSet::new();
         self.answers.retain(|a, ans| {
             if now.saturating_duration_since(ans.read) < ttl {
                 return true;
             }
-            if asked.contains_key(a) {
-                expired.push(*a);
-                return true;
+            if !asked.contains_key(a) {
+                return false;
             }
-            false
+            let first_of_eni = ans
+                .eni
+                .as_ref()
+                .is_none_or(|e| refreshed_enis.insert(Arc::as_ptr(e)));
+            if first_of_eni {
+                expired.push(*a);
+            }
+            true
         });
-        let mut addresses: BTreeSet<IpAddr> = std::mem::take(&mut self.queue);
-        addresses.extend(expired);
+        // One pass over the answers (a node's ENI appears once per address it holds):
+        // the prefix index, the groups carried, the VPCs.
+        let mut prefixes = BTreeMap::new();
+        let mut carried: BTreeSet<&str> = BTreeSet::new();
+        let mut vpcs: BTreeSet<&str> = BTreeSet::new();
+        for e in self.answers.values().filter_map(|a| a.eni.as_ref()) {
+            for p in &e.prefixes {
+                prefixes.insert(p.trunc(), e.clone());
+            }
+            carried.extend(e.groups.iter().map(String::as_str));
+            vpcs.extend(e.vpc_id.as_deref());
+        }
+        let carried: Vec<String> = carried.into_iter().map(str::to_owned).collect();
+        let vpcs: Vec<String> = vpcs
+            .into_iter()
+            .filter(|v| !self.vpcs.contains_key(*v))
+            .map(str::to_owned)
+            .collect();
+        self.prefixes = prefixes;
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        while addresses.len() < ROUND_ADDRESSES {
+            let Some(a) = self.queue.pop_first() else {
+                break;
+            };
+            // Answered since it was queued (its ENI was read for another address).
+            if self
+                .answers
+                .get(&a)
+                .is_some_and(|ans| now.saturating_duration_since(ans.read) < ttl)
+            {
+                continue;
+            }
+            addresses.push(a);
+        }
+        let room = ROUND_ADDRESSES - addresses.len();
+        let taken: BTreeSet<IpAddr> = addresses.iter().copied().collect();
+        addresses.extend(
+            expired
+                .into_iter()
+                .filter(|a| !taken.contains(a))
+                .take(room),
+        );
         let refresh = self
             .groups_read
             .is_none_or(|at| now.saturating_duration_since(at) >= self.group_refresh);
-        let carried: BTreeSet<String> = self
-            .answers
-            .values()
-            .filter_map(|a| a.eni.as_ref())
-            .flat_map(|e| e.groups.iter().cloned())
-            .collect();
         let groups: Vec<String> = if refresh && !carried.is_empty() {
-            carried.into_iter().collect()
+            carried
         } else {
             carried
                 .into_iter()
                 .filter(|g| !self.groups.contains_key(g) && !self.missing_groups.contains(g))
                 .collect()
         };
-        let vpcs = self
-            .answers
-            .values()
-            .filter_map(|a| a.eni.as_ref()?.vpc_id.clone())
-            .filter(|v| !self.vpcs.contains_key(v))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
         Work {
-            addresses: addresses.into_iter().collect(),
+            addresses,
             refresh: refresh && !groups.is_empty(),
             groups,
             vpcs,
@@ -247,7 +304,8 @@ impl Cache {
     }
 
     /// Records `DescribeNetworkInterfaces`' answer for `asked`: each asked address gets
-    /// the ENI holding it, or none.
+    /// the ENI holding it, or none; so does every other address of each ENI read (a node's
+    /// ENI answers for all its pods at once).
     pub fn apply_enis(&mut self, asked: &[IpAddr], enis: Vec<NetworkInterface>, now: Instant) {
         for a in asked {
             self.answers.insert(
@@ -261,12 +319,15 @@ impl Cache {
         for e in enis {
             let e = Arc::new(e);
             for a in &e.addresses {
-                // Only addresses someone asked about are kept (an ENI holds up to 50).
-                if let Some(ans) = self.answers.get_mut(a) {
-                    ans.eni = Some(e.clone());
-                    ans.read = now;
-                }
+                self.answers.insert(
+                    *a,
+                    Answer {
+                        read: now,
+                        eni: Some(e.clone()),
+                    },
+                );
             }
+            self.index_prefixes(&e);
         }
     }
 
@@ -520,5 +581,35 @@ mod tests {
                 .groups
                 .is_empty()
         );
+    }
+
+    /// A node's ENI answers for every address it holds, and its answers expire together:
+    /// one address of the ENI is read again, not each. A round reads at most
+    /// [`ROUND_ADDRESSES`]; the rest stay queued.
+    #[tokio::test(start_paused = true)]
+    async fn an_eni_is_read_once_for_all_its_addresses_and_rounds_are_bounded() {
+        let mut c = Cache::new(TTL, REFRESH);
+        let pods: Vec<IpAddr> = (10..13).map(|i| ip(&format!("192.168.1.{i}"))).collect();
+        let now = Instant::now();
+        c.ask(&pods.iter().copied().collect(), now);
+        let work = c.due(now);
+        assert_eq!(work.addresses, pods);
+        let mut node = eni("eni-node", "192.168.1.10", &["sg-node"]);
+        node.addresses.clone_from(&pods);
+        c.apply_enis(&pods[..1], vec![node], now);
+        assert!(c.due(now).addresses.is_empty());
+        let later = now + TTL;
+        c.ask(
+            &pods.iter().copied().collect(),
+            later - Duration::from_secs(1),
+        );
+        assert_eq!(c.due(later).addresses.len(), 1, "one address per ENI");
+
+        let many: BTreeSet<IpAddr> = (0..2500u32)
+            .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        c.ask(&many, later);
+        assert_eq!(c.due(later).addresses.len(), ROUND_ADDRESSES);
+        assert!(c.has_queue());
     }
 }

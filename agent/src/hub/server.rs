@@ -5,6 +5,9 @@
 //! catalog requests), `/healthz` and `/readyz` (200 while the process serves; a hub that
 //! cannot read EC2 says so in every catalog it answers).
 //!
+//! `GET /v1/fleet/report` and `GET /v1/agents/<node>/{report,trace}`: the front door for
+//! people ([`super::front`]), behind the hub's gate.
+//!
 //! Bounds: [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), the TLS handshake
 //! and a request head within 10 s each. Answering never calls EC2: it reads the cache and queues.
 //!
@@ -139,11 +142,66 @@ async fn handle(hub: &Hub, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 ),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/v1/catalog") => {
+        (&Method::GET, p) if p == "/v1/fleet/report" || p.starts_with("/v1/agents/") => {
+            fleet(hub, &req).await
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/v1/catalog" | "/v1/fleet/report") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// The front door ([`super::front`]): the gate first, then the fleet's answer or one
+/// agent's (`/v1/agents/<node>/report`, `/v1/agents/<node>/trace?...`).
+async fn fleet(hub: &Hub, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .or_else(|| req.headers().get("x-sgpath-authorization"))
+        .map(|v| v.as_bytes());
+    if let Err((code, why)) = hub.gate.check(authorization, path).await {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN);
+        return text(status, why);
+    }
+    let Some(front) = &hub.front else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this hub cannot list the agents (no Kubernetes client: see its log)",
+        );
+    };
+    if path == "/v1/fleet/report" {
+        return match front.fleet_report().await {
+            Ok(a) => json(&*a),
+            Err(e) => text(StatusCode::BAD_GATEWAY, e.to_string()),
+        };
+    }
+    let rest = path.trim_start_matches("/v1/agents/");
+    let (node, what) = rest.split_once('/').unwrap_or((rest, ""));
+    let agent_path = match what {
+        "report" => "/v1/report".to_owned(),
+        "trace" => format!("/v1/trace?{}", req.uri().query().unwrap_or("")),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: /v1/agents/<node>/report or /trace",
+            );
+        }
+    };
+    if node.is_empty() {
+        return text(StatusCode::NOT_FOUND, "no node named");
+    }
+    match front.agent(node, &agent_path).await {
+        Ok(a) => json(&a),
+        Err(e @ super::front::FrontError::NoAgent(_)) => text(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => text(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(v).expect("the answer serializes");
+    reply(StatusCode::OK, "application/json", body)
 }
 
 fn catalog(hub: &Hub, asked: &BTreeSet<IpAddr>) -> Response<Full<Bytes>> {

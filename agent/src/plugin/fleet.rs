@@ -17,10 +17,13 @@ pub struct AgentPod {
     pub name: String,
     /// `spec.nodeName`.
     pub node: String,
+    /// `status.podIP` (the hub asks the agent there; hostNetwork: the node's address).
+    pub address: Option<String>,
 }
 
 /// Why an agent's answer is not a report.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "detail")]
 pub enum FetchError {
     /// The API server or the agent answered this status (401, 403, 503...).
     #[error("HTTP {code}: {message}")]
@@ -144,6 +147,7 @@ mod tests {
                 namespace: "kube-system".into(),
                 name: format!("sgpath-{i}"),
                 node: format!("node-{i}"),
+                address: None,
             })
             .collect()
     }

@@ -41,8 +41,12 @@ pub enum Scope {
 /// What every command needs.
 pub struct Fleet {
     pub transport: Arc<dyn Transport>,
+    /// The agents, when the plugin asks each itself (`--via pods-proxy`); empty through
+    /// the hub, which knows them.
     pub agents: Vec<AgentPod>,
     pub limits: Limits,
+    /// Through the hub: one request for the whole fleet.
+    pub hub: Option<Arc<proxy::HubProxy>>,
 }
 
 /// An outcome: what to print on stdout, and the exit status.
@@ -136,19 +140,36 @@ pub fn progress() -> impl FnMut(usize, usize) {
 }
 
 impl Fleet {
-    async fn ask_all(&self, path: &str) -> Vec<Answer> {
-        fleet::ask_all(
+    /// Every agent's answer.
+    ///
+    /// # Errors
+    /// Through the hub: the hub's (or the API server's) refusal; the agents' own failures
+    /// are rows.
+    async fn ask_all(&self, path: &str) -> Result<Vec<Answer>, PluginError> {
+        if let Some(hub) = &self.hub {
+            return hub.fleet(path).await.map_err(PluginError::Hub);
+        }
+        Ok(fleet::ask_all(
             self.transport.clone(),
             self.agents.clone(),
             path,
             self.limits,
             progress(),
         )
-        .await
+        .await)
     }
 
-    fn agent_on(&self, node: &str) -> Option<&AgentPod> {
-        self.agents.iter().find(|a| a.node == node)
+    /// The agent on `node`: through the hub, the hub finds it (and says when there is none).
+    fn agent_on(&self, node: &str) -> Option<AgentPod> {
+        if self.hub.is_some() {
+            return Some(AgentPod {
+                namespace: String::new(),
+                name: String::new(),
+                node: node.to_owned(),
+                address: None,
+            });
+        }
+        self.agents.iter().find(|a| a.node == node).cloned()
     }
 
     /// The agent on pod `name`'s node (`node`, as the pod lists it) and the pod's IP.
@@ -157,7 +178,7 @@ impl Fleet {
         name: &str,
         node: Option<String>,
         ip: Option<String>,
-    ) -> Result<(&AgentPod, String), PluginError> {
+    ) -> Result<(AgentPod, String), PluginError> {
         let node = node.ok_or_else(|| PluginError::Unscheduled(name.to_owned()))?;
         let ip = ip.ok_or_else(|| PluginError::NoIp(name.to_owned()))?;
         let agent = self.agent_on(&node).ok_or(PluginError::NoAgent(node))?;
@@ -175,8 +196,15 @@ fn count_severity(r: &AgentReport, s: Severity) -> usize {
 
 /// `kubectl sgpath nodes`: every node (from `all_nodes` when the user may list them, else
 /// the agents' nodes) with its agent's state, mode, paths by kind and findings by severity.
-pub async fn nodes(fleet: &Fleet, all_nodes: Option<Vec<String>>, output: Output) -> Outcome {
-    let answers = fleet.ask_all("/v1/report").await;
+///
+/// # Errors
+/// [`PluginError::Hub`]: the hub did not answer.
+pub async fn nodes(
+    fleet: &Fleet,
+    all_nodes: Option<Vec<String>>,
+    output: Output,
+) -> Result<Outcome, PluginError> {
+    let answers = fleet.ask_all("/v1/report").await?;
     let mut rows: BTreeMap<String, (Option<&AgentPod>, AgentState, Option<&AgentReport>)> =
         BTreeMap::new();
     for a in &answers {
@@ -240,7 +268,7 @@ pub async fn nodes(fleet: &Fleet, all_nodes: Option<Vec<String>>, output: Output
             table::render(&head, &out)
         }
     };
-    Outcome { stdout, code }
+    Ok(Outcome { stdout, code })
 }
 
 /// One finding with where it was raised.
@@ -256,8 +284,16 @@ struct Located<'a> {
 
 /// `kubectl sgpath findings`: every finding of at least `min` in `scope`, worst first, with
 /// node, pod and remediation; then a row for each node that did not answer.
-pub async fn findings(fleet: &Fleet, min: Severity, scope: &Scope, output: Output) -> Outcome {
-    let answers = fleet.ask_all("/v1/report").await;
+///
+/// # Errors
+/// [`PluginError::Hub`]: the hub did not answer.
+pub async fn findings(
+    fleet: &Fleet,
+    min: Severity,
+    scope: &Scope,
+    output: Output,
+) -> Result<Outcome, PluginError> {
+    let answers = fleet.ask_all("/v1/report").await?;
     let mut found: Vec<Located> = Vec::new();
     let mut silent = Vec::new();
     for a in &answers {
@@ -356,7 +392,7 @@ pub async fn findings(fleet: &Fleet, min: Severity, scope: &Scope, output: Outpu
             }
         }
     };
-    Outcome { stdout, code }
+    Ok(Outcome { stdout, code })
 }
 
 /// `branch-eni vlan 5 eni-0c5 sg-0c5`.
@@ -401,6 +437,8 @@ pub enum PluginError {
     },
     #[error(transparent)]
     Kube(#[from] proxy::KubeError),
+    #[error("the fleet's answer")]
+    Hub(#[source] FetchError),
 }
 
 /// `kubectl sgpath pod`: the pod's node and path, its counters over the window, its
@@ -419,7 +457,7 @@ pub async fn pod(
     let node = &agent.node;
     let body = fleet::ask_one(
         &*fleet.transport,
-        agent,
+        &agent,
         "/v1/report",
         fleet.limits.per_node,
     )
@@ -523,10 +561,13 @@ pub async fn trace(
         source,
     };
     // A trace reads the node's routes: give it twice a report's time.
-    let body = tokio::time::timeout(fleet.limits.per_node * 2, fleet.transport.get(agent, &path))
-        .await
-        .map_err(|_| err(FetchError::Timeout(fleet.limits.per_node * 2)))?
-        .map_err(err)?;
+    let body = tokio::time::timeout(
+        fleet.limits.per_node * 2,
+        fleet.transport.get(&agent, &path),
+    )
+    .await
+    .map_err(|_| err(FetchError::Timeout(fleet.limits.per_node * 2)))?
+    .map_err(err)?;
     let answer: TraceAnswer = serde_json::from_str(&body)
         .map_err(|e| err(FetchError::Garbage(format!("trace answer: {e}"))))?;
     let stdout = match output {

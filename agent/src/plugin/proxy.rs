@@ -123,6 +123,7 @@ pub async fn agents(
                 namespace: p.metadata.namespace.unwrap_or_else(|| namespace.to_owned()),
                 name: p.metadata.name?,
                 node: p.spec?.node_name?,
+                address: p.status.and_then(|s| s.pod_ip),
             })
         })
         .collect();
@@ -224,6 +225,100 @@ impl Transport for PodsProxy {
                 },
                 e => FetchError::Transport(format!("{e}")),
             })
+        })
+    }
+}
+
+/// GETs through the API server's services proxy to `sgpath hub`, which asks the agents
+/// itself: `/api/v1/namespaces/<ns>/services/<scheme>:<service>:<port>/proxy/...` (RBAC
+/// `get` on `services/proxy`, for that one Service). A fleet query is one request.
+pub struct HubProxy {
+    pub client: Client,
+    pub namespace: String,
+    pub service: String,
+    /// `http` or `https`: how the API server talks to the hub.
+    pub scheme: String,
+    pub port: u16,
+    /// Sent as `X-Sgpath-Authorization: Bearer <token>` (the proxy drops `Authorization`).
+    pub token: Option<String>,
+}
+
+impl HubProxy {
+    /// The services proxy's name segment, `https:sgpath-hub:9465`: what RBAC's
+    /// `resourceNames` must list for `services/proxy`.
+    pub fn proxy_name(&self) -> String {
+        format!("{}:{}:{}", self.scheme, self.service, self.port)
+    }
+
+    async fn get_hub(&self, path: &str) -> Result<String, FetchError> {
+        let uri = format!(
+            "/api/v1/namespaces/{}/services/{}/proxy{path}",
+            self.namespace,
+            self.proxy_name()
+        );
+        let mut req = http::Request::get(uri);
+        if let Some(t) = &self.token {
+            req = req.header(TOKEN_HEADER, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Vec::new())
+            .map_err(|e| FetchError::Transport(e.to_string()))?;
+        self.client.request_text(req).await.map_err(|e| match e {
+            kube::Error::Api(s) => FetchError::Status {
+                code: s.code,
+                message: format!("sgpath hub: {}", s.message.trim()),
+            },
+            e => FetchError::Transport(format!("sgpath hub: {e}")),
+        })
+    }
+
+    /// Every agent's answer to `path` (`/v1/report`), from the hub's one fan-out.
+    ///
+    /// # Errors
+    /// The hub's (or the API server's) refusal, or an answer that is not the hub's JSON.
+    pub async fn fleet(&self, path: &str) -> Result<Vec<super::fleet::Answer>, FetchError> {
+        let what = path.trim_start_matches("/v1/");
+        let body = self.get_hub(&format!("/v1/fleet/{what}")).await?;
+        let answer: crate::hub::front::FleetAnswer = serde_json::from_str(&body)
+            .map_err(|e| FetchError::Garbage(format!("sgpath hub's fleet answer: {e}")))?;
+        Ok(answer
+            .agents
+            .into_iter()
+            .map(|a| super::fleet::Answer {
+                report: outcome_body(a.outcome).and_then(|b| super::doc::AgentReport::parse(&b)),
+                agent: AgentPod {
+                    namespace: a.namespace,
+                    name: a.name,
+                    node: a.node,
+                    address: None,
+                },
+            })
+            .collect())
+    }
+}
+
+fn outcome_body(o: crate::hub::front::Outcome) -> Result<String, FetchError> {
+    match o {
+        crate::hub::front::Outcome::Body(v) => Ok(v.to_string()),
+        crate::hub::front::Outcome::Error(e) => Err(e),
+    }
+}
+
+/// One agent, asked by the hub: `agent.node` names it (`/v1/agents/<node>/report`).
+impl Transport for HubProxy {
+    fn get<'a>(
+        &'a self,
+        agent: &'a AgentPod,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<String, FetchError>> {
+        Box::pin(async move {
+            let what = path.trim_start_matches("/v1/");
+            let body = self
+                .get_hub(&format!("/v1/agents/{}/{what}", agent.node))
+                .await?;
+            let answer: crate::hub::front::AgentAnswer = serde_json::from_str(&body)
+                .map_err(|e| FetchError::Garbage(format!("sgpath hub's answer: {e}")))?;
+            outcome_body(answer.outcome)
         })
     }
 }

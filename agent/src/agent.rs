@@ -269,7 +269,7 @@ fn security_groups(
     if let Some(url) = &args.hub {
         let (tx, rx) = watch::channel(None);
         tokio::spawn(read_from_hub(
-            sgpath::hub::Client::new(url),
+            sgpath::hub::Client::new(url).with_token_file(args.hub_token_file.clone()),
             args.ec2_refresh,
             cluster,
             far_ends,

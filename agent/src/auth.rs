@@ -28,6 +28,8 @@
 //!
 //! Side effects: `--auth kubernetes` POSTs reviews to the API server.
 
+pub mod issuer;
+
 use std::{
     collections::HashMap,
     sync::Mutex,

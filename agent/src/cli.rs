@@ -89,7 +89,8 @@ pub struct HubArgs {
     pub group_refresh: Duration,
     /// Who may use the front door (`/v1/fleet/report`, `/v1/agents/<node>/...`): as
     /// `agent --auth`; `kubernetes` reviews the bearer of `Authorization` or
-    /// `X-Sgpath-Authorization` (the API server's services proxy drops the former).
+    /// `X-Sgpath-Authorization` (the API server's services proxy drops the former), and
+    /// gives catalogs only to `--agent-service-account`'s tokens.
     #[arg(long, value_enum, default_value_t = AuthMode::Kubernetes)]
     pub auth: AuthMode,
     /// The cluster to find the agents in (default: in-cluster). Without a cluster the front
@@ -99,6 +100,10 @@ pub struct HubArgs {
     /// The agents' namespace (the DaemonSet's).
     #[arg(long, default_value = "sgpath", value_name = "NS")]
     pub agent_namespace: String,
+    /// The agents' ServiceAccount: with `--auth kubernetes`, only its tokens (audience
+    /// `sgpath`, checked against the cluster issuer's published keys) get catalogs.
+    #[arg(long, default_value = "sgpath", value_name = "NAME")]
+    pub agent_service_account: String,
     /// The agents' pods: the DaemonSet's label selector.
     #[arg(
         long,
@@ -255,6 +260,11 @@ pub struct AgentArgs {
     /// read yet stay unverified. An unreachable hub is an `ec2-unavailable` naming it.
     #[arg(long, value_name = "URL", value_parser = parse_endpoint, conflicts_with = "ec2")]
     pub hub: Option<String>,
+    /// The token the agent shows the hub (a projected ServiceAccount token with audience
+    /// `sgpath`, read at every request; the DaemonSet mounts one). Without it, a hub running
+    /// `--auth kubernetes` answers 401.
+    #[arg(long, value_name = "FILE", requires = "hub")]
+    pub hub_token_file: Option<std::path::PathBuf>,
     /// How long rules read from EC2 (`--ec2`) or the hub (`--hub`) are used before they are
     /// read again; a change of the cluster's pods re-reads them sooner.
     #[arg(long, default_value = "60s", value_parser = parse_ec2_refresh)]

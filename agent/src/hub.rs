@@ -130,8 +130,45 @@ impl Ec2 for Aws {
     }
 }
 
+/// Who may ask for catalogs: the agents, by the token the cluster's issuer signed for their
+/// ServiceAccount (checked here against its published keys, no review per token).
+pub enum CatalogGate {
+    /// Anyone (`--auth none`, only on loopback; tests).
+    Open,
+    /// Tokens of these subjects (`system:serviceaccount:sgpath:sgpath`).
+    Agents {
+        keys: Box<crate::auth::issuer::IssuerKeys>,
+        subjects: Vec<String>,
+    },
+}
+
+impl CatalogGate {
+    /// `Ok`, or the status (401: no or bad token, 403: another subject, 503: the keys
+    /// cannot be read) and why.
+    pub async fn check(&self, authorization: Option<&[u8]>) -> Result<(), (u16, String)> {
+        let CatalogGate::Agents { keys, subjects } = self else {
+            return Ok(());
+        };
+        let token = authorization
+            .and_then(|a| std::str::from_utf8(a).ok())
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .ok_or((
+                401,
+                "a bearer token of the agents' ServiceAccount is required".into(),
+            ))?;
+        match keys.verify(token.trim()).await {
+            Ok(sub) if subjects.contains(&sub) => Ok(()),
+            Ok(sub) => Err((403, format!("{sub} may not ask for catalogs"))),
+            Err(e @ crate::auth::issuer::Refusal::Keys(_)) => Err((503, e.to_string())),
+            Err(e) => Err((401, e.to_string())),
+        }
+    }
+}
+
 /// What the server and the reader share.
 pub struct Hub<E: Ec2 = Aws> {
+    /// Who may ask for catalogs.
+    pub catalog_gate: CatalogGate,
     pub cache: std::sync::Mutex<Cache>,
     /// Wakes the reader when an agent queued an address.
     pub queued: Notify,
@@ -149,7 +186,7 @@ pub struct Hub<E: Ec2 = Aws> {
 impl Hub {
     /// A hub without front door (EC2 only).
     pub fn new(config: &Config) -> Arc<Hub> {
-        Hub::with_front(config, None, Arc::new(front::Open))
+        Hub::with_front(config, None, Arc::new(front::Open), CatalogGate::Open)
     }
 
     /// A hub that also answers people for the agents (`front`), admitting them by `gate`.
@@ -157,8 +194,15 @@ impl Hub {
         config: &Config,
         front: Option<front::Front>,
         gate: Arc<dyn front::Gate>,
+        catalog_gate: CatalogGate,
     ) -> Arc<Hub> {
-        Hub::with_reader(config, Aws::new(config.aws.clone()), front, gate)
+        Hub::with_reader(
+            config,
+            Aws::new(config.aws.clone()),
+            front,
+            gate,
+            catalog_gate,
+        )
     }
 }
 
@@ -169,8 +213,10 @@ impl<E: Ec2> Hub<E> {
         ec2: E,
         front: Option<front::Front>,
         gate: Arc<dyn front::Gate>,
+        catalog_gate: CatalogGate,
     ) -> Arc<Hub<E>> {
         Arc::new(Hub {
+            catalog_gate,
             cache: std::sync::Mutex::new(Cache::new(config.address_ttl, config.group_refresh)),
             queued: Notify::new(),
             aws: AsyncMutex::new(ec2),
@@ -336,10 +382,11 @@ pub async fn run(
     transport: crate::tls::Transport,
     front: Option<front::Front>,
     gate: Arc<dyn front::Gate>,
+    catalog_gate: CatalogGate,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let hub = Hub::with_front(&config, front, gate);
+    let hub = Hub::with_front(&config, front, gate, catalog_gate);
     let reader = tokio::spawn(hub.clone().read_forever(config.group_refresh));
     let server = tokio::spawn(server::serve(listener, transport, hub));
     shutdown.await;

@@ -54,19 +54,27 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<ExitCode> {
         let mut term = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let transport = sgpath::tls::Transport::new(&args.tls.source(), args.listen)?;
-        let (front, gate) = hub_front(&args).await?;
+        let (front, gate, catalog_gate) = hub_front(&args).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("--listen {}", args.listen))?;
         tracing::info!(event = "listening", address = %args.listen, scheme = transport.scheme(),
             calls_per_second = args.budget.ec2_calls_per_second, burst = args.budget.ec2_burst,
             front_door = front.is_some(), "sgpath hub listening");
-        sgpath::hub::run(config, transport, front, gate, listener, async {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = interrupt.recv() => {}
-            }
-        })
+        sgpath::hub::run(
+            config,
+            transport,
+            front,
+            gate,
+            catalog_gate,
+            listener,
+            async {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            },
+        )
         .await?;
         tracing::info!(event = "stopped", "stopped");
         anyhow::Ok(ExitCode::SUCCESS)
@@ -74,8 +82,9 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The hub's front door (the agents, found by listing the DaemonSet's pods, asked with the
-/// hub's token) and its gate (`--auth`). Without a cluster there is no front door: the hub
-/// still serves the agents' catalogs.
+/// hub's token), its gate (`--auth`), and the catalogs' gate (`--auth kubernetes`: the
+/// agents' ServiceAccount tokens). Without a cluster there is no front door: the hub
+/// still serves the agents' catalogs, to anyone.
 ///
 /// # Errors
 /// `--kubeconfig` unreadable, or `--auth kubernetes` without a cluster to ask.
@@ -84,6 +93,7 @@ async fn hub_front(
 ) -> anyhow::Result<(
     Option<sgpath::hub::front::Front>,
     std::sync::Arc<dyn sgpath::hub::front::Gate>,
+    sgpath::hub::CatalogGate,
 )> {
     use anyhow::Context;
     use sgpath::hub::front;
@@ -105,9 +115,20 @@ async fn hub_front(
     let Some(client) = client else {
         tracing::warn!(
             event = "no-front-door",
-            "no cluster (--kubeconfig, or in-cluster): /v1/fleet and /v1/agents answer 503"
+            "no cluster (--kubeconfig, or in-cluster): /v1/fleet and /v1/agents answer 503, \
+             and /v1/catalog is open (no issuer keys to check the agents' tokens by)"
         );
-        return Ok((None, gate));
+        return Ok((None, gate, sgpath::hub::CatalogGate::Open));
+    };
+    let catalog_gate = match args.auth {
+        cli::AuthMode::Kubernetes => sgpath::hub::CatalogGate::Agents {
+            keys: Box::new(sgpath::auth::issuer::IssuerKeys::new(client.clone())),
+            subjects: vec![format!(
+                "system:serviceaccount:{}:{}",
+                args.agent_namespace, args.agent_service_account
+            )],
+        },
+        _ => sgpath::hub::CatalogGate::Open,
     };
     let token = args.agent_token_file.clone();
     let token = (!token.as_os_str().is_empty()).then_some(token);
@@ -128,7 +149,7 @@ async fn hub_front(
         },
         args.fleet_max_age,
     );
-    Ok((Some(front), gate))
+    Ok((Some(front), gate, catalog_gate))
 }
 
 /// The agent's `--auth kubernetes` check (TokenReview + SubjectAccessReview on the path),

@@ -321,11 +321,23 @@ pub fn deploy_daemonset_holds_only_the_named_capabilities() {
     }
     // Host mounts: only the listed paths, read-only (none is on the writable list).
     let mut host_paths = BTreeSet::new();
+    let mut projected = 0;
     for m in c["volumeMounts"].as_array().unwrap() {
         let v = volumes
             .iter()
             .find(|v| v["name"] == m["name"])
             .unwrap_or_else(|| panic!("no volume {}", m["name"]));
+        // The one volume that is not the host's: the token the agent shows the hub.
+        if v["projected"].is_object() {
+            let sources = v["projected"]["sources"].as_array().unwrap();
+            assert_eq!(sources.len(), 1, "{v}");
+            let t = &sources[0]["serviceAccountToken"];
+            assert_eq!(t["audience"], "sgpath", "{v}");
+            assert!(t["expirationSeconds"].as_u64().unwrap() <= 900, "{v}");
+            assert_eq!(m["readOnly"], true, "{m}");
+            projected += 1;
+            continue;
+        }
         let path = v["hostPath"]["path"]
             .as_str()
             .unwrap_or_else(|| panic!("{v}: not a hostPath"));
@@ -339,7 +351,12 @@ pub fn deploy_daemonset_holds_only_the_named_capabilities() {
         );
     }
     assert_eq!(host_paths, HOST_PATHS.into_iter().collect::<BTreeSet<_>>());
-    assert_eq!(volumes.len(), HOST_PATHS.len(), "every volume is mounted");
+    assert_eq!(projected, 1, "the hub token");
+    assert_eq!(
+        volumes.len(),
+        HOST_PATHS.len() + 1,
+        "every volume is mounted"
+    );
 
     // Downward API.
     let env = |name: &str| -> &Value {
@@ -373,6 +390,11 @@ pub fn deploy_daemonset_holds_only_the_named_capabilities() {
     );
     let hub = args.iter().position(|a| *a == "--hub").expect("--hub");
     assert_eq!(args[hub + 1], "https://sgpath-hub.sgpath.svc:9465");
+    let token = args
+        .iter()
+        .position(|a| *a == "--hub-token-file")
+        .expect("--hub-token-file: the hub gives catalogs only to the agents' tokens");
+    assert_eq!(args[token + 1], "/var/run/secrets/sgpath/token");
     let port = &c["ports"][0];
     assert_eq!(
         (port["name"].as_str(), port["containerPort"].as_u64()),

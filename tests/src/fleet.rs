@@ -1052,8 +1052,27 @@ impl Drop for HubProcess {
 /// One HTTPS GET to `addr` from namespace `ns` (curl; the hub's certificate is
 /// self-signed): (status, body).
 fn get_in(ns: &str, addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "curl", "-sk", "--max-time", "10"])
+    https_in(ns, addr, path, None, None)
+}
+
+/// One HTTPS request to `addr` from namespace `ns`, with a bearer and a JSON body (a POST)
+/// when given: (status, body).
+fn https_in(
+    ns: &str,
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<&str>,
+) -> (u16, String) {
+    let mut curl = Command::new("ip");
+    curl.args(["netns", "exec", ns, "curl", "-sk", "--max-time", "10"]);
+    if let Some(t) = bearer {
+        curl.args(["-H", &format!("Authorization: Bearer {}", t.trim())]);
+    }
+    if let Some(body) = json {
+        curl.args(["-H", "Content-Type: application/json", "--data", body]);
+    }
+    let out = curl
         .args(["-w", "\n%{http_code}"])
         .arg(format!("https://{addr}{path}"))
         .output()
@@ -1307,6 +1326,32 @@ pub fn kubectl_sgpath_through_a_real_api_server(lab: &Lab) {
     assert!(run.stderr.contains("forbidden"), "{}", run.stderr);
     let (status, body) = get_in(&node, hub_addr, "/v1/fleet/report");
     assert_eq!(status, 401, "the hub without a token: {body}");
+
+    // Catalogs only for the agents' ServiceAccount: its projected token (audience sgpath)
+    // verified by the real API server's published issuer keys (RS256), no review per token.
+    let agent_sa = sgpath_token(&api, "sgpath", "sgpath", "10m");
+    let ask = Some(r#"{"addresses": ["10.9.9.9"]}"#);
+    let catalog = |bearer: Option<&str>| https_in(&node, hub_addr, "/v1/catalog", bearer, ask);
+    let (status, body) = catalog(None);
+    assert_eq!(status, 401, "a catalog without a token: {body}");
+    let (status, body) = catalog(Some(&agent_sa));
+    assert_eq!(status, 200, "the agents' token: {body}");
+    assert!(body.contains("\"state\""), "{body}");
+    let (status, body) = catalog(Some(&sgpath_token(&api, "sgpath", "sgpath-client", "10m")));
+    assert_eq!(status, 403, "a person's token: {body}");
+    assert!(
+        body.contains("system:serviceaccount:sgpath:sgpath-client"),
+        "{body}"
+    );
+    let (status, body) = catalog(Some(&api.token("sgpath", "sgpath")));
+    assert_eq!(status, 401, "the agents' token for the API server: {body}");
+    assert!(body.contains("audience"), "{body}");
+    let mut forged = agent_sa.trim().to_owned();
+    forged.truncate(forged.len() - 4);
+    forged.push_str("AAAA");
+    let (status, body) = catalog(Some(&forged));
+    assert_eq!(status, 401, "a forged signature: {body}");
+    assert!(body.contains("signature"), "{body}");
 
     // Without RBAC: no token, no services proxy.
     let mallory_kc = api.kubeconfig_for("mallory", MALLORY);

@@ -41,6 +41,9 @@ pub enum HubError {
 #[derive(Clone)]
 pub struct Client {
     url: String,
+    /// The agent's projected ServiceAccount token (audience `sgpath`), read at every request:
+    /// the kubelet rotates it.
+    token_file: Option<std::path::PathBuf>,
     http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
@@ -57,8 +60,16 @@ impl Client {
             .build();
         Client {
             url: url.trim_end_matches('/').to_owned(),
+            token_file: None,
             http: HttpClient::builder(hyper_util::rt::TokioExecutor::new()).build(https),
         }
+    }
+
+    /// Sends the token in `path` as the bearer of every request (`--hub-token-file`).
+    #[must_use]
+    pub fn with_token_file(mut self, path: Option<std::path::PathBuf>) -> Client {
+        self.token_file = path;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -81,8 +92,21 @@ impl Client {
             addresses: addresses.clone(),
         })
         .expect("addresses serialize");
-        let req = hyper::Request::post(&url)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+        let mut req =
+            hyper::Request::post(&url).header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(path) = &self.token_file {
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                unreachable(format!(
+                    "the token file {} (--hub-token-file): {e}",
+                    path.display()
+                ))
+            })?;
+            req = req.header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            );
+        }
+        let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| unreachable(e.to_string()))?;
         let (status, body) = tokio::time::timeout(TIMEOUT, async {

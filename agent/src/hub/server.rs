@@ -5,6 +5,8 @@
 //! catalog requests), `/healthz` and `/readyz` (200 while the process serves; a hub that
 //! cannot read EC2 says so in every catalog it answers).
 //!
+//! `/v1/catalog` only for the agents' tokens ([`super::CatalogGate`]).
+//!
 //! `GET /v1/fleet/report` and `GET /v1/agents/<node>/{report,trace}`: the front door for
 //! people ([`super::front`]), behind the hub's gate.
 //!
@@ -93,6 +95,19 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
 
 async fn handle(hub: &Hub, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
+    if path == "/v1/catalog"
+        && let Err((code, why)) = hub
+            .catalog_gate
+            .check(
+                req.headers()
+                    .get(header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+            )
+            .await
+    {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FORBIDDEN);
+        return text(status, why);
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz" | "/readyz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/metrics") => reply(

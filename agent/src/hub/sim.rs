@@ -417,7 +417,13 @@ async fn hub_run(s: Scenario, nodes: u32) -> HubRun {
         address_ttl: super::DEFAULT_ADDRESS_TTL,
         group_refresh: REFRESH,
     };
-    let hub = Hub::with_reader(&config, ec2, None, Arc::new(front::Open));
+    let hub = Hub::with_reader(
+        &config,
+        ec2,
+        None,
+        Arc::new(front::Open),
+        super::CatalogGate::Open,
+    );
     let reader = tokio::spawn(hub.clone().read_forever(config.group_refresh));
     let start = Instant::now();
     let mut agents: Vec<SimAgent> = (0..nodes).map(SimAgent::new).collect();

@@ -573,6 +573,17 @@ pub enum Output {
 mod tests {
     use super::*;
 
+    /// The hub's `--address-ttl` default is the one the fleet simulation (and
+    /// BENCHMARKS.md) measured.
+    #[test]
+    fn the_hubs_address_ttl_default_is_the_simulated_one() {
+        let cli = Cli::try_parse_from(["sgpath", "hub"]).unwrap();
+        let Command::Hub(hub) = cli.command else {
+            panic!("not hub");
+        };
+        assert_eq!(hub.address_ttl, sgpath::hub::DEFAULT_ADDRESS_TTL);
+    }
+
     #[test]
     fn durations_are_bounded_and_never_overflow() {
         assert_eq!(parse_syn_timeout("1s"), Ok(Duration::from_secs(1)));

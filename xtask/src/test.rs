@@ -594,15 +594,19 @@ fn build_all() -> Result<Built> {
     Ok(built)
 }
 
-/// Runs every VM test binary in one VM on `short`; returns the stage line and a table.
-/// The VPC CNI release that plumbs the labs of the VM tests on kernel `short`: the current
-/// one everywhere. v1.7.10 plumbs `vm_plugin`'s labs on every kernel; the whole suite on it
-/// (on 5.10, Amazon Linux 2's series, where `Lab::build` already falls back to the current
-/// release for standard-mode labs) is not yet part of the matrix.
-pub fn cni_release_for_kernel(_short: &str) -> crate::cni_plugin::Release {
-    crate::cni_plugin::CURRENT
+/// The VPC CNI release that plumbs the labs of the VM tests on kernel `short`: on 5.10
+/// (Amazon Linux 2's series, the era of v1.7) v1.7.10, where `Lab::build` falls back to the
+/// current release for standard-mode labs (v1.7 has no standard mode); the current release
+/// on 6.1 and 6.12 (Amazon Linux 2023's). `vm_plugin` runs both releases on every kernel.
+pub fn cni_release_for_kernel(short: &str) -> crate::cni_plugin::Release {
+    if short == "5.10" {
+        crate::cni_plugin::SEED_ERA
+    } else {
+        crate::cni_plugin::CURRENT
+    }
 }
 
+/// Runs every VM test binary in one VM on `short`; returns the stage line and a table.
 fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, String) {
     let fail = |detail: String| {
         let table = format!("kernel {short}: !!!!!!!! {detail}\n");

@@ -102,7 +102,12 @@ async fn hub_front(
         .await
         .context("--kubeconfig")?;
     let gate: Arc<dyn front::Gate> = match (args.auth, &client) {
-        (cli::AuthMode::None, _) => Arc::new(front::Open),
+        (cli::AuthMode::None, _) if args.listen.ip().is_loopback() => Arc::new(front::Open),
+        (cli::AuthMode::None, _) => anyhow::bail!(
+            "--auth none would give catalogs and the fleet's reports to anyone who reaches \
+             --listen {}: use --auth kubernetes, or a loopback --listen",
+            args.listen
+        ),
         (cli::AuthMode::Kubernetes, Some(c)) => Arc::new(HubGate(sgpath::auth::Auth::Kubernetes(
             sgpath::auth::Reviewer::new(c.clone()),
         ))),

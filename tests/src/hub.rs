@@ -271,3 +271,24 @@ pub fn hub_answers_agents_as_a_direct_read_does() {
         eprintln!("hub: EC2 calls for 1 and 25 agents: {costs:?}");
     });
 }
+
+/// `sgpath hub --auth none` serves catalogs and the fleet's reports to anyone: refused,
+/// naming the flag, on an address other hosts reach; `--no-tls` likewise. Nothing listens
+/// after either refusal.
+pub fn hub_refuses_open_auth_off_loopback() {
+    for (flags, named) in [
+        (&["--auth", "none"][..], "--auth none"),
+        (&["--no-tls"][..], "--no-tls"),
+    ] {
+        let out = std::process::Command::new(crate::sgpath_bin())
+            .args(["hub", "--log-format", "text", "--listen", "0.0.0.0:0"])
+            .args(flags)
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("run sgpath hub");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(named), "{flags:?}: {stderr}");
+    }
+}

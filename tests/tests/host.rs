@@ -441,6 +441,12 @@ fn hub_answers_agents_as_a_direct_read_does() {
     sgpath_tests::hub::hub_answers_agents_as_a_direct_read_does();
 }
 
+/// Issue 31: the hub's open modes (`--auth none`, `--no-tls`) only on loopback.
+#[test]
+fn hub_refuses_open_auth_off_loopback() {
+    sgpath_tests::hub::hub_refuses_open_auth_off_loopback();
+}
+
 // deploy/ (tests/src/deploy.rs): the manifests, the alerts, the dashboard, the image.
 
 /// Every YAML and JSON file under deploy/ parses; `kubectl kustomize` renders each part.

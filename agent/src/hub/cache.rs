@@ -48,6 +48,8 @@ pub struct Cache {
     answers: BTreeMap<IpAddr, Answer>,
     /// The ENIs owning delegated prefixes, by prefix (rebuilt from `answers` each round).
     prefixes: BTreeMap<IpNet, Arc<NetworkInterface>>,
+    /// The prefix lengths in `prefixes` (a /28 and an /80 under the VPC CNI).
+    prefix_lengths: BTreeSet<u8>,
     /// When an agent last asked about each address: an expired answer is read again only
     /// when someone asked within the TTL; otherwise it is forgotten.
     asked: BTreeMap<IpAddr, Instant>,
@@ -92,6 +94,7 @@ impl Cache {
             group_refresh,
             answers: BTreeMap::new(),
             prefixes: BTreeMap::new(),
+            prefix_lengths: BTreeSet::new(),
             asked: BTreeMap::new(),
             queue: BTreeSet::new(),
             groups: BTreeMap::new(),
@@ -116,14 +119,8 @@ impl Cache {
     /// An index lookup: one probe per prefix length in use (a /28 for IPv4, a /80 for IPv6
     /// under the VPC CNI), not a walk over every answer.
     fn by_prefix(&self, addr: IpAddr) -> Option<&Arc<NetworkInterface>> {
-        let mut lengths: Vec<u8> = self
-            .prefixes
-            .keys()
-            .filter(|p| p.addr().is_ipv4() == addr.is_ipv4())
-            .map(IpNet::prefix_len)
-            .collect();
-        lengths.dedup();
-        lengths.into_iter().find_map(|len| {
+        // A length beyond the address's family fails to make a network and is skipped.
+        self.prefix_lengths.iter().find_map(|&len| {
             let net = IpNet::new(addr, len).ok()?.trunc();
             self.prefixes.get(&net)
         })
@@ -132,6 +129,7 @@ impl Cache {
     fn index_prefixes(&mut self, eni: &Arc<NetworkInterface>) {
         for p in &eni.prefixes {
             self.prefixes.insert(p.trunc(), eni.clone());
+            self.prefix_lengths.insert(p.prefix_len());
         }
     }
 
@@ -255,6 +253,7 @@ impl Cache {
             .filter(|v| !self.vpcs.contains_key(*v))
             .map(str::to_owned)
             .collect();
+        self.prefix_lengths = prefixes.keys().map(IpNet::prefix_len).collect();
         self.prefixes = prefixes;
         let mut addresses: Vec<IpAddr> = Vec::new();
         while addresses.len() < ROUND_ADDRESSES {
@@ -611,5 +610,43 @@ mod tests {
         c.ask(&many, later);
         assert_eq!(c.due(later).addresses.len(), ROUND_ADDRESSES);
         assert!(c.has_queue());
+    }
+
+    /// Prefix delegation: a pod's address inside a /28 (or /80) delegated to a known ENI is
+    /// answered by that ENI without a read, in either family, and not by a prefix of the
+    /// other family.
+    #[tokio::test(start_paused = true)]
+    async fn addresses_in_a_delegated_prefix_are_answered_by_its_eni() {
+        let mut c = Cache::new(TTL, REFRESH);
+        let now = Instant::now();
+        let node = ip("192.168.1.10");
+        c.ask(&[node].into(), now);
+        c.due(now);
+        let mut e = eni("eni-node", "192.168.1.10", &["sg-node"]);
+        e.prefixes = vec![
+            "192.168.5.16/28".parse().unwrap(),
+            "2600:1f14::1:0:0:0/80".parse().unwrap(),
+        ];
+        c.apply_enis(&[node], vec![e], now);
+        c.apply_groups(
+            &["sg-node".into()],
+            vec![SecurityGroup::new("sg-node")],
+            now,
+            true,
+        );
+        let (pod4, pod6, outside) = (
+            ip("192.168.5.20"),
+            ip("2600:1f14::1:0:0:7"),
+            ip("192.168.5.40"),
+        );
+        let cat = fresh(c.ask(&[pod4, pod6, outside].into(), now));
+        assert_ne!(cat.locate(pod4), Locus::Unknown);
+        assert_ne!(cat.locate(pod6), Locus::Unknown);
+        assert_eq!(cat.locate(outside), Locus::Unknown);
+        assert_eq!(
+            c.due(now).addresses,
+            vec![outside],
+            "only the outsider is read"
+        );
     }
 }

@@ -27,8 +27,6 @@ use futures::{StreamExt, future::BoxFuture};
 use http_body_util::{BodyExt, Empty};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client as HttpClient, connect::HttpConnector};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, api::ListParams};
 use tokio::time::Instant;
 
 use crate::plugin::fleet::{AgentPod, FetchError, Limits, Transport};
@@ -81,33 +79,11 @@ pub struct KubeDirectory {
 
 impl Directory for KubeDirectory {
     fn agents(&self) -> BoxFuture<'_, Result<Vec<AgentPod>, String>> {
+        // The plugin's own listing (`--via pods-proxy`): the same pods, sorted by node.
         Box::pin(async move {
-            let pods = Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
-                .list(&ListParams::default().labels(&self.selector))
+            crate::plugin::proxy::agents(&self.client, &self.namespace, &self.selector)
                 .await
-                .map_err(|e| {
-                    format!(
-                        "listing the agent pods (namespace {}, selector {}): {e}",
-                        self.namespace, self.selector
-                    )
-                })?;
-            let mut agents: Vec<AgentPod> = pods
-                .items
-                .into_iter()
-                .filter_map(|p| {
-                    Some(AgentPod {
-                        namespace: p
-                            .metadata
-                            .namespace
-                            .unwrap_or_else(|| self.namespace.clone()),
-                        name: p.metadata.name?,
-                        node: p.spec?.node_name?,
-                        address: p.status.and_then(|s| s.pod_ip),
-                    })
-                })
-                .collect();
-            agents.sort_by(|a, b| a.node.cmp(&b.node));
-            Ok(agents)
+                .map_err(|e| e.to_string())
         })
     }
 }

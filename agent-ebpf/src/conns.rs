@@ -39,14 +39,15 @@ const NOEXIST: u64 = 1;
 #[map]
 static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(MAX_CONNS, 0);
 
-/// Tracks what `signal` (of `ip`, which has an `l4`) says. `veth_path`: the path of the
+/// Tracks what `ip` with transport header `l4` says, if it opens, answers or refuses a
+/// connection ([`L4::signal`]). `veth_path`: the path of the
 /// host veth the packet crossed, its pod's address checked; [`NO_PATH`] on an uplink.
 //
 // Out of line: its own stack frame (LLVM does not share stack slots between inlined
 // bodies, and the BPF stack is 512 bytes). Five arguments at most: BPF passes no more.
 #[inline(never)]
-pub fn track(skb: *const u8, site: Site, veth_path: u32, ip: &IpHeader, signal: Signal) {
-    let Some(l4) = &ip.l4 else { return };
+pub fn track(skb: *const u8, site: Site, veth_path: u32, ip: &IpHeader, l4: &L4) {
+    let Some(signal) = l4.signal() else { return };
     let veth_path = (veth_path != NO_PATH).then_some(veth_path);
     let answer = match signal {
         Signal::Request(kind) => return request(skb, site, veth_path, ip, l4, kind),

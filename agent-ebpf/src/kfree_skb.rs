@@ -21,33 +21,49 @@ use aya_ebpf::{
 };
 use sgpath_ebpf::{
     DropKey, IfaceRole, MAX_DROP_KEYS, NO_PATH, ProgError,
-    packet::{Direction, NetnsRole},
+    packet::{self, Direction, NetnsRole},
 };
 
-use crate::{errors::bump_error, pods, skb};
+use crate::{
+    errors::bump_error,
+    pods,
+    skb::{self, Mode, Probe, Typed},
+};
 
 #[map]
 static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, 0);
 
+/// With reasons, headers by helper read (6.1).
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb_reason(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
-    charge(skb, location, reason);
+    charge::<Probe>(skb, location, reason);
     0
 }
 
+/// With reasons, headers by BTF-typed loads (6.2+).
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_reason_typed(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u32 = ctx.arg(2);
+    charge::<Typed>(skb, location, reason);
+    0
+}
+
+/// Without reasons (5.10, or `--drop-source location`), headers by helper read.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb_location(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
-    charge(skb, location, 0);
+    charge::<Probe>(skb, location, 0);
     0
 }
 
 #[inline(always)]
-fn charge(skb: *const u8, location: u64, reason: u32) {
+fn charge<M: Mode>(skb: *const u8, location: u64, reason: u32) {
     if skb.is_null() {
         return;
     }
@@ -85,13 +101,14 @@ fn charge(skb: *const u8, location: u64, reason: u32) {
             }
         }
     }
-    let Some(ip) = skb::ip_at_network_header(skb) else {
+    // Only the addresses are read (and the few bytes beside them `parse_ip` needs).
+    let Some(Some(ip)) = M::with_headers(skb::network_header(skb), packet::parse_ip) else {
         return;
     };
     for (addr, dir) in [(ip.src, Direction::FromPod), (ip.dst, Direction::ToPod)] {
         // On a host veth its pod's address is known: no hash lookup.
         let path = match veth_pod {
-            Some(pod) => (*pod == addr).then_some(only),
+            Some(pod) => pod.same(&addr).then_some(only),
             None => pods::path_of(&addr),
         };
         let Some(path) = path else {

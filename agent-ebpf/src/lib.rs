@@ -64,6 +64,16 @@ pub const DROPS_MAP: &str = "DROPS";
 /// The global the programs read their [`ProbeConfig`] from.
 pub const CONFIG_GLOBAL: &str = "CONFIG";
 
+/// The `imm` of the placeholder call the typed-read programs make where they call the
+/// kfunc `bpf_rdonly_cast` (6.2+): aya 0.14 cannot emit kfunc calls, so the programs emit a
+/// helper call with this number, and the agent rewrites it before load into a kfunc call
+/// (`src_reg` BPF_PSEUDO_KFUNC_CALL, `imm` the kfunc's id in the kernel's BTF). The verifier
+/// then turns the call into a register move: the cast costs nothing at run time.
+pub const KFUNC_CALL_PLACEHOLDER: i32 = 0x5347_7000;
+/// The `imm` of `r2 = <imm>` before each placeholder call: this plus a
+/// [`packet::Hdr`] discriminant; the agent writes the struct's BTF id there.
+pub const BTF_TYPE_PLACEHOLDER: i32 = 0x5347_7100;
+
 /// Paths (pods) counted at once; path ids are below this.
 pub const MAX_PATHS: u32 = 4096;
 /// Network namespaces (the node's and its pods') whose drops count.

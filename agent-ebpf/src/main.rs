@@ -4,6 +4,8 @@
 //! Programs fail open: they never change a packet's verdict.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `asm!` for the placeholder kfunc call (`skb::rdonly_cast`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod conn_state;

@@ -2,7 +2,8 @@
 //! header, so they are unit-tested on the host with real packets. No side effects.
 
 /// An IPv4 or IPv6 address as the maps key it: IPv6 as is, IPv4 mapped (`::ffff:a.b.c.d`).
-#[repr(C)]
+/// 8-aligned, so the programs build and compare it as two 64-bit words, never byte by byte.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodAddr {
     pub octets: [u8; 16],
@@ -11,17 +12,137 @@ pub struct PodAddr {
 impl PodAddr {
     /// The IPv4-mapped form of `a.b.c.d`.
     pub const fn v4(o: [u8; 4]) -> PodAddr {
+        PodAddr::v4_raw(u32::from_ne_bytes(o))
+    }
+
+    /// The IPv4-mapped form of an address as it lies in a header (network order, loaded as
+    /// a native u32): two word stores, no zeroing of a byte array.
+    #[inline(always)]
+    pub const fn v4_raw(raw: u32) -> PodAddr {
+        let prefix = u32::from_ne_bytes([0, 0, 0xff, 0xff]) as u64;
+        #[cfg(target_endian = "little")]
+        let low = prefix | (raw as u64) << 32;
+        #[cfg(target_endian = "big")]
+        let low = prefix << 32 | raw as u64;
+        PodAddr::from_words([0, low])
+    }
+
+    /// The address from its two words as they lie in memory.
+    #[inline(always)]
+    pub const fn from_words(w: [u64; 2]) -> PodAddr {
+        // SAFETY: 16 bytes either way; a transmute keeps it two word stores (splitting the
+        // words into bytes makes the compiler juggle sixteen).
         PodAddr {
-            octets: [
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
-            ],
+            octets: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(w) },
+        }
+    }
+
+    /// The two words as they lie in memory.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 2] {
+        // SAFETY: 16 bytes, 8-aligned (`repr(align(8))`).
+        unsafe { core::ptr::read(self as *const PodAddr as *const [u64; 2]) }
+    }
+
+    /// Equality in two word compares (the derived `==` may compare bytes).
+    #[inline(always)]
+    pub fn same(&self, other: &PodAddr) -> bool {
+        let (a, b) = (self.words(), other.words());
+        a[0] == b[0] && a[1] == b[1]
+    }
+}
+
+/// How many header bytes the helper-read programs copy out of a packet (5.10, 6.1): an IPv6
+/// header plus the first 16 bytes of TCP (ports and flags), more than IPv4 without options
+/// needs, and an ICMPv4 port unreachable with the ports it quotes.
+pub const HEADER_BYTES: usize = 56;
+
+/// The kernel struct a read of packet bytes lies in. On 6.2+ the programs read a header
+/// through a pointer cast to its struct in the running kernel's BTF (`bpf_rdonly_cast`), and
+/// the verifier checks every load against that struct's members: so each read names its
+/// struct, where the struct starts (bytes after the IP header) and the offset in it.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hdr {
+    Ip = 0,
+    Ip6 = 1,
+    Tcp = 2,
+    Udp = 3,
+    Icmp = 4,
+}
+
+impl Hdr {
+    /// Every struct the programs read, in the order of their discriminants.
+    pub const ALL: [Hdr; 5] = [Hdr::Ip, Hdr::Ip6, Hdr::Tcp, Hdr::Udp, Hdr::Icmp];
+
+    /// The struct's name in the kernel's BTF.
+    pub const fn struct_name(self) -> &'static str {
+        match self {
+            Hdr::Ip => "iphdr",
+            Hdr::Ip6 => "ipv6hdr",
+            Hdr::Tcp => "tcphdr",
+            Hdr::Udp => "udphdr",
+            Hdr::Icmp => "icmphdr",
         }
     }
 }
 
-/// How many header bytes the programs copy out of a packet: an IPv6 header plus the first
-/// 16 bytes of TCP (ports and flags), more than IPv4 without options needs.
-pub const HEADER_BYTES: usize = 56;
+/// A packet's header bytes, however the program reads them: loads through a BTF-typed
+/// pointer (6.2+), or bytes copied with one helper read ([`Copied`], 5.10 and 6.1, and the
+/// host's tests). Reads of 2, 4 and 8 bytes are as they lie in memory (network order),
+/// each aligned to its size from the IP header (the copied bytes sit on the stack, where
+/// the verifier wants aligned loads).
+pub trait Headers {
+    /// The byte `off` into the `hdr` struct that starts `at` bytes after the IP header.
+    fn u8(&self, hdr: Hdr, at: usize, off: usize) -> u8;
+    fn raw16(&self, hdr: Hdr, at: usize, off: usize) -> u16;
+    fn raw32(&self, hdr: Hdr, at: usize, off: usize) -> u32;
+    fn raw64(&self, hdr: Hdr, at: usize, off: usize) -> u64;
+
+    /// A big-endian u16 field.
+    #[inline(always)]
+    fn be16(&self, hdr: Hdr, at: usize, off: usize) -> u16 {
+        u16::from_be(self.raw16(hdr, at, off))
+    }
+}
+
+/// Header bytes copied out of the packet, 8-aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copied(pub [u8; HEADER_BYTES]);
+
+impl Copied {
+    #[inline(always)]
+    fn read<T: Copy + Default>(&self, i: usize) -> T {
+        let n = core::mem::size_of::<T>();
+        debug_assert!(i % n == 0, "unaligned read of {n} bytes at {i}");
+        if i + n > HEADER_BYTES {
+            return T::default();
+        }
+        // SAFETY: in bounds; aligned (the buffer is 8-aligned and every read is aligned to
+        // its size from the IP header).
+        unsafe { core::ptr::read(self.0.as_ptr().add(i) as *const T) }
+    }
+}
+
+impl Headers for Copied {
+    #[inline(always)]
+    fn u8(&self, _: Hdr, at: usize, off: usize) -> u8 {
+        self.read(at + off)
+    }
+    #[inline(always)]
+    fn raw16(&self, _: Hdr, at: usize, off: usize) -> u16 {
+        self.read(at + off)
+    }
+    #[inline(always)]
+    fn raw32(&self, _: Hdr, at: usize, off: usize) -> u32 {
+        self.read(at + off)
+    }
+    #[inline(always)]
+    fn raw64(&self, _: Hdr, at: usize, off: usize) -> u64 {
+        self.read(at + off)
+    }
+}
 
 /// IP protocol numbers the programs look into.
 pub const PROTO_ICMP: u8 = 1;
@@ -38,7 +159,8 @@ const TCP_ACK: u8 = 0x10;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 
-/// Source, destination and length of one IP packet.
+/// Source, destination and length of one IP packet, and where its transport header is:
+/// what every counted packet needs, read in a handful of loads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpHeader {
     pub src: PodAddr,
@@ -46,12 +168,13 @@ pub struct IpHeader {
     /// The packet's length by its own header (IPv4 total length, IPv6 40 + payload length),
     /// so bytes compare across hooks whatever link-layer header the skb still carries.
     pub len: u32,
-    /// Ports and flags of a TCP or UDP packet whose transport header follows the IP header
-    /// directly: IPv4 without options and not a later fragment, IPv6 without extension
-    /// headers. For an ICMPv4 port unreachable, the ports of the datagram it refuses, seen
-    /// from the refusing side (`sport` the refused port), flags [`REFUSAL_FLAGS`]. `None` for
-    /// everything else (the connection probes skip it).
-    pub l4: Option<L4>,
+    /// The protocol of a transport header that follows the IP header directly (IPv4 without
+    /// options and not a later fragment, IPv6 without extension headers), else 0: the
+    /// connection probes skip the packet. Read by [`transport`], only when a site needs it.
+    pub proto: u8,
+    /// Where that transport header starts: 20 (IPv4) or 40 (IPv6).
+    pub l4_at: u8,
+    pub _pad: [u8; 2],
 }
 
 /// The transport header fields the connection probes use. Six bytes, no niche: the
@@ -194,62 +317,82 @@ impl ConnKey {
     }
 }
 
-/// The transport header at `h[at..]` of a TCP or UDP packet whose transport bytes
-/// (`payload`, by the IP header's own length) hold what is read: ports and flags of TCP (14
-/// bytes), ports of UDP (8). A shorter packet's copied bytes beyond its end are not its own.
+/// The transport header of `ip` (which has one: `ip.proto` != 0), read only as far as a
+/// connection signal could be in it: a TCP segment's flags first, its ports only when it
+/// carries SYN or RST (the rest of a stream is nothing to the probes and costs one load);
+/// a UDP datagram's ports; an ICMPv4 port unreachable's quoted ports ([`icmp_refusal`]).
+/// The transport bytes (by the IP header's own length) must hold what is read: 14 bytes of
+/// TCP, 8 of UDP. A shorter packet's bytes beyond its end are not its own.
 #[inline(always)]
-fn l4_at(h: &[u8; HEADER_BYTES], at: usize, proto: u8, payload: u32) -> Option<L4> {
-    let needs = match proto {
-        PROTO_TCP => 14,
-        PROTO_UDP => 8,
-        _ => return None,
-    };
-    if payload < needs {
-        return None;
+pub fn transport<H: Headers>(h: &H, ip: &IpHeader) -> Option<L4> {
+    let at = ip.l4_at as usize;
+    let payload = ip.len.saturating_sub(at as u32);
+    match ip.proto {
+        PROTO_TCP => {
+            if payload < 14 {
+                return None;
+            }
+            let flags = h.u8(Hdr::Tcp, at, 13);
+            if flags & (TCP_SYN | TCP_RST) == 0 {
+                return None;
+            }
+            Some(L4 {
+                proto: PROTO_TCP,
+                sport: h.be16(Hdr::Tcp, at, 0),
+                dport: h.be16(Hdr::Tcp, at, 2),
+                flags,
+            })
+        }
+        PROTO_UDP if payload >= 8 => Some(L4 {
+            proto: PROTO_UDP,
+            sport: h.be16(Hdr::Udp, at, 0),
+            dport: h.be16(Hdr::Udp, at, 2),
+            flags: 0,
+        }),
+        PROTO_ICMP if at == 20 => icmp_refusal(h, ip.len),
+        _ => None,
     }
-    Some(L4 {
-        proto,
-        sport: u16::from_be_bytes([h[at], h[at + 1]]),
-        dport: u16::from_be_bytes([h[at + 2], h[at + 3]]),
-        flags: if proto == PROTO_TCP { h[at + 13] } else { 0 },
-    })
 }
 
 /// Bytes of an ICMPv4 port unreachable that [`icmp_refusal`] reads: its 20-byte IP header,
 /// the 8-byte ICMP header, the quoted 20-byte IPv4 header and the quoted ports.
 const ICMP_REFUSAL_BYTES: u32 = 20 + 8 + 20 + 4;
 
-/// An ICMPv4 port unreachable at `h[20..]` (after a 20-byte IPv4 header of total length
-/// `len`) about a TCP or UDP datagram between the same two hosts: that datagram's ports,
-/// swapped so that the refusal keys its connection as an answer does. What proves it:
+/// An ICMPv4 port unreachable after a 20-byte IPv4 header of total length `len`, about a
+/// TCP or UDP datagram between the same two hosts: that datagram's ports, swapped so that
+/// the refusal keys its connection as an answer does. What proves it:
 /// - the ICMP is long enough (by its own header) to hold the quoted header and ports,
-///   checked before any quoted byte is read (a short packet's copied bytes beyond its end
-///   are not its own);
+///   checked before any quoted byte is read (a short packet's bytes beyond its end are not
+///   its own);
 /// - the quoted header has no options (its ports at a constant offset);
 /// - the ICMP's source is the quoted destination (only the server itself refuses: a
 ///   router's or firewall's ICMP stays unmatched, and the request unanswered) and the ICMP's
 ///   destination is the quoted source (it goes back to the client that sent the datagram,
 ///   not to a third host whose connection it would close).
 ///
-/// ICMPv6 quotes sit beyond the bytes copied: not matched.
+/// ICMPv6 quotes sit beyond the bytes the helper read copies: not matched.
 #[inline(always)]
-fn icmp_refusal(h: &[u8; HEADER_BYTES], len: u32) -> Option<L4> {
+fn icmp_refusal<H: Headers>(h: &H, len: u32) -> Option<L4> {
+    const QUOTED: usize = 28;
     if len < ICMP_REFUSAL_BYTES {
         return None;
     }
-    if h[20] != ICMP_DEST_UNREACH || h[21] != ICMP_PORT_UNREACH || h[28] != 0x45 {
+    if h.u8(Hdr::Icmp, 20, 0) != ICMP_DEST_UNREACH
+        || h.u8(Hdr::Icmp, 20, 1) != ICMP_PORT_UNREACH
+        || h.u8(Hdr::Ip, QUOTED, 0) != 0x45
+    {
         return None;
     }
-    let proto = h[28 + 9];
-    let from_server = h[12] == h[44] && h[13] == h[45] && h[14] == h[46] && h[15] == h[47];
-    let to_client = h[16] == h[40] && h[17] == h[41] && h[18] == h[42] && h[19] == h[43];
+    let proto = h.u8(Hdr::Ip, QUOTED, 9);
+    let from_server = h.raw32(Hdr::Ip, 0, 12) == h.raw32(Hdr::Ip, QUOTED, 16);
+    let to_client = h.raw32(Hdr::Ip, 0, 16) == h.raw32(Hdr::Ip, QUOTED, 12);
     if !from_server || !to_client || (proto != PROTO_TCP && proto != PROTO_UDP) {
         return None;
     }
     Some(L4 {
         proto,
-        sport: u16::from_be_bytes([h[50], h[51]]),
-        dport: u16::from_be_bytes([h[48], h[49]]),
+        sport: h.be16(Hdr::Udp, QUOTED + 20, 2),
+        dport: h.be16(Hdr::Udp, QUOTED + 20, 0),
         flags: REFUSAL_FLAGS,
     })
 }
@@ -258,12 +401,12 @@ fn icmp_refusal(h: &[u8; HEADER_BYTES], len: u32) -> Option<L4> {
 /// IPv4 0.0.0.0. A pod sends these (neighbour discovery, DAD) without them being anyone's.
 #[inline(always)]
 pub fn is_link_scoped(a: &PodAddr) -> bool {
-    let o = &a.octets;
-    let v4 = o[10] == 0xff && o[11] == 0xff && o[..10] == [0; 10];
-    if v4 {
-        return o[12] == 0 && o[13] == 0 && o[14] == 0 && o[15] == 0;
+    let [high, low] = a.words();
+    if high == 0 && low == PodAddr::v4_raw(0).words()[1] {
+        return true; // 0.0.0.0
     }
-    (o[0] == 0xfe && o[1] & 0xc0 == 0x80) || o[0] == 0xff || *o == [0; 16]
+    let o = &a.octets;
+    (o[0] == 0xfe && o[1] & 0xc0 == 0x80) || o[0] == 0xff || (high == 0 && low == 0)
 }
 
 /// Which tracepoint saw a packet.
@@ -416,7 +559,7 @@ pub enum Attribution {
 /// not known (no address is all zeros: IPv4 is mapped, `::` is nobody's).
 #[inline(always)]
 pub fn is_unset(pod: &PodAddr) -> bool {
-    pod.octets == [0; 16]
+    pod.words() == [0, 0]
 }
 
 /// Attributes a packet a host veth received from its pod (`from_pod`) or hands to it, by
@@ -433,7 +576,7 @@ pub fn attribute(from_pod: bool, pod: &PodAddr, ip: &IpHeader) -> Attribution {
             Attribution::Unverified
         };
     }
-    if addr == pod {
+    if addr.same(pod) {
         Attribution::Own
     } else if from_pod && !is_link_scoped(addr) {
         Attribution::Foreign
@@ -442,44 +585,32 @@ pub fn attribute(from_pod: bool, pod: &PodAddr, ip: &IpHeader) -> Attribution {
     }
 }
 
-/// Parses the IP header at the start of `h` (the skb's network header). `None` for anything
-/// that is not IPv4 or IPv6.
+/// Parses the IP header (the skb's network header): addresses, length, and where a
+/// transport header follows. `None` for anything that is not IPv4 or IPv6.
 #[inline(always)]
-pub fn parse_ip(h: &[u8; HEADER_BYTES]) -> Option<IpHeader> {
-    match h[0] >> 4 {
+pub fn parse_ip<H: Headers>(h: &H) -> Option<IpHeader> {
+    match h.u8(Hdr::Ip, 0, 0) >> 4 {
         4 => {
-            // Constant offsets only (the verifier checks stack reads): IHL 5, fragment
-            // offset 0.
-            let plain = h[0] & 0x0f == 5 && h[6] & 0x1f == 0 && h[7] == 0;
-            let len = u16::from_be_bytes([h[2], h[3]]) as u32;
+            let len = h.be16(Hdr::Ip, 0, 2) as u32;
+            // The transport header at a constant offset: IHL 5, fragment offset 0.
+            let plain = h.u8(Hdr::Ip, 0, 0) & 0x0f == 5 && h.be16(Hdr::Ip, 0, 6) & 0x1fff == 0;
             Some(IpHeader {
-                src: PodAddr::v4([h[12], h[13], h[14], h[15]]),
-                dst: PodAddr::v4([h[16], h[17], h[18], h[19]]),
+                src: PodAddr::v4_raw(h.raw32(Hdr::Ip, 0, 12)),
+                dst: PodAddr::v4_raw(h.raw32(Hdr::Ip, 0, 16)),
                 len,
-                l4: match (plain, h[9]) {
-                    (false, _) => None,
-                    (true, PROTO_ICMP) => icmp_refusal(h, len),
-                    (true, proto) => l4_at(h, 20, proto, len.saturating_sub(20)),
-                },
+                proto: if plain { h.u8(Hdr::Ip, 0, 9) } else { 0 },
+                l4_at: 20,
+                _pad: [0; 2],
             })
         }
-        6 => {
-            let mut src = [0u8; 16];
-            let mut dst = [0u8; 16];
-            let mut i = 0;
-            while i < 16 {
-                src[i] = h[8 + i];
-                dst[i] = h[24 + i];
-                i += 1;
-            }
-            let payload = u16::from_be_bytes([h[4], h[5]]) as u32;
-            Some(IpHeader {
-                src: PodAddr { octets: src },
-                dst: PodAddr { octets: dst },
-                len: 40 + payload,
-                l4: l4_at(h, 40, h[6], payload),
-            })
-        }
+        6 => Some(IpHeader {
+            src: PodAddr::from_words([h.raw64(Hdr::Ip6, 0, 8), h.raw64(Hdr::Ip6, 0, 16)]),
+            dst: PodAddr::from_words([h.raw64(Hdr::Ip6, 0, 24), h.raw64(Hdr::Ip6, 0, 32)]),
+            len: 40 + h.be16(Hdr::Ip6, 0, 4) as u32,
+            proto: h.u8(Hdr::Ip6, 0, 6),
+            l4_at: 40,
+            _pad: [0; 2],
+        }),
         _ => None,
     }
 }
@@ -527,6 +658,17 @@ impl TryFrom<u8> for NetnsRole {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The IP header of `h`, read as the helper-read programs do.
+    fn parse_ip(h: &[u8; HEADER_BYTES]) -> Option<IpHeader> {
+        super::parse_ip(&Copied(*h))
+    }
+
+    /// What the connection probes read of `h`'s transport header.
+    fn l4(h: &[u8; HEADER_BYTES]) -> Option<L4> {
+        let c = Copied(*h);
+        transport(&c, &super::parse_ip(&c)?)
+    }
 
     #[test]
     fn node_requests_are_read_only_when_they_may_be_one() {
@@ -591,11 +733,11 @@ mod tests {
     #[test]
     fn tcp_syn_opens_and_syn_ack_answers() {
         let ip = parse_ip(&syn(0x02, 41234, 80)).unwrap();
-        let l4 = ip.l4.unwrap();
+        let l4 = l4(&syn(0x02, 41234, 80)).unwrap();
         assert_eq!((l4.proto, l4.sport, l4.dport), (PROTO_TCP, 41234, 80));
         assert_eq!(l4.signal(), Some(Signal::Request(ConnKind::Syn)));
         let ack_ip = parse_ip(&syn(0x12, 80, 41234)).unwrap();
-        let ack = ack_ip.l4.unwrap();
+        let ack = super::tests::l4(&syn(0x12, 80, 41234)).unwrap();
         assert_eq!(ack.signal(), Some(Signal::Answer));
         // The SYN-ACK (addresses swapped in the test packet too) keys the same connection.
         let mut reply = ack_ip;
@@ -605,55 +747,42 @@ mod tests {
             ConnKey::of_request(&ip, &l4)
         );
         assert_eq!(ConnKey::of_request(&ip, &l4).server_port, 80);
-        // The rest of the stream (ACK, PSH|ACK, FIN|ACK) is nothing to the probes.
+        // The rest of the stream (ACK, PSH|ACK, FIN|ACK) is nothing to the probes: not even
+        // its ports are read.
         for flags in [0x10, 0x18, 0x11] {
-            assert_eq!(
-                parse_ip(&syn(flags, 41234, 80))
-                    .unwrap()
-                    .l4
-                    .unwrap()
-                    .signal(),
-                None
-            );
+            assert_eq!(super::tests::l4(&syn(flags, 41234, 80)), None);
         }
         // A SYN to 53 opens a DNS connection.
         assert_eq!(
-            parse_ip(&syn(0x02, 41234, 53))
-                .unwrap()
-                .l4
-                .unwrap()
-                .signal(),
+            super::tests::l4(&syn(0x02, 41234, 53)).unwrap().signal(),
             Some(Signal::Request(ConnKind::Dns))
         );
     }
 
     #[test]
     fn udp_dns_query_and_answer() {
-        let query = parse_ip(&pad(&[
+        let query = l4(&pad(&[
             0x45, 0x00, 0x00, 0x5c, 0x1c, 0x46, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 192, 168, 3,
             219, 169, 254, 20, 10, 0xd3, 0x3f, 0x00, 0x35,
         ]))
         .unwrap();
-        assert_eq!(
-            query.l4.unwrap().signal(),
-            Some(Signal::Request(ConnKind::Dns))
-        );
-        let answer = parse_ip(&pad(&[
+        assert_eq!(query.signal(), Some(Signal::Request(ConnKind::Dns)));
+        let answer = l4(&pad(&[
             0x45, 0x00, 0x00, 0x6c, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 169, 254, 20,
             10, 192, 168, 3, 219, 0x00, 0x35, 0xd3, 0x3f,
         ]))
         .unwrap();
-        assert_eq!(answer.l4.unwrap().signal(), Some(Signal::Answer));
+        assert_eq!(answer.signal(), Some(Signal::Answer));
     }
 
     #[test]
     fn no_transport_header_behind_options_or_fragments() {
         let mut h = syn(0x02, 41234, 80);
         h[0] = 0x46; // IHL 6: options
-        assert_eq!(parse_ip(&h).unwrap().l4, None);
+        assert_eq!(l4(&h), None);
         let mut h = syn(0x02, 41234, 80);
         h[7] = 0x10; // a later fragment
-        assert_eq!(parse_ip(&h).unwrap().l4, None);
+        assert_eq!(l4(&h), None);
     }
 
     #[test]
@@ -664,7 +793,7 @@ mod tests {
         b.extend(443u16.to_be_bytes());
         b.extend(8443u16.to_be_bytes());
         b.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02]);
-        let l4 = parse_ip(&pad(&b)).unwrap().l4.unwrap();
+        let l4 = l4(&pad(&b)).unwrap();
         assert_eq!((l4.sport, l4.dport), (443, 8443));
         assert_eq!(l4.signal(), Some(Signal::Request(ConnKind::Syn)));
     }
@@ -678,20 +807,16 @@ mod tests {
     #[test]
     fn rst_and_icmp_port_unreachable_refuse_the_request_they_answer() {
         let req_ip = parse_ip(&syn(0x02, 41234, 80)).unwrap();
-        let request = ConnKey::of_request(&req_ip, &req_ip.l4.unwrap());
+        let request = ConnKey::of_request(&req_ip, &l4(&syn(0x02, 41234, 80)).unwrap());
         // RST|ACK from the server: refused, keyed like the SYN-ACK would be.
         let mut rst_ip = parse_ip(&syn(0x14, 80, 41234)).unwrap();
         (rst_ip.src, rst_ip.dst) = (req_ip.dst, req_ip.src);
-        let rst = rst_ip.l4.unwrap();
+        let rst = l4(&syn(0x14, 80, 41234)).unwrap();
         assert_eq!(rst.signal(), Some(Signal::Refused));
         assert_eq!(ConnKey::of_answer(&rst_ip, &rst), request);
         // A bare RST too.
         assert_eq!(
-            parse_ip(&syn(0x04, 80, 41234))
-                .unwrap()
-                .l4
-                .unwrap()
-                .signal(),
+            l4(&syn(0x04, 80, 41234)).unwrap().signal(),
             Some(Signal::Refused)
         );
         // ICMP port unreachable from 10.0.1.10 quoting a UDP datagram 192.168.3.219:5353 ->
@@ -706,10 +831,10 @@ mod tests {
             ]);
             b.extend(5353u16.to_be_bytes());
             b.extend(53u16.to_be_bytes());
-            parse_ip(&pad(&b)).unwrap()
+            pad(&b)
         };
-        let refused = icmp([10, 0, 1, 10], 3);
-        let l4 = refused.l4.unwrap();
+        let refused = parse_ip(&icmp([10, 0, 1, 10], 3)).unwrap();
+        let l4 = l4(&icmp([10, 0, 1, 10], 3)).unwrap();
         assert_eq!(l4.signal(), Some(Signal::Refused));
         let query = ConnKey {
             client: PodAddr::v4([192, 168, 3, 219]),
@@ -721,9 +846,9 @@ mod tests {
         };
         assert_eq!(ConnKey::of_answer(&refused, &l4), query);
         // From a router, or another code (host unreachable, admin prohibited): no refusal.
-        assert_eq!(icmp([10, 0, 0, 1], 3).l4, None);
-        assert_eq!(icmp([10, 0, 1, 10], 1).l4, None);
-        assert_eq!(icmp([10, 0, 1, 10], 13).l4, None);
+        assert_eq!(super::tests::l4(&icmp([10, 0, 0, 1], 3)), None);
+        assert_eq!(super::tests::l4(&icmp([10, 0, 1, 10], 1)), None);
+        assert_eq!(super::tests::l4(&icmp([10, 0, 1, 10], 13)), None);
     }
 
     /// An ICMP port unreachable from 10.0.1.10 to `to`, quoting a UDP datagram
@@ -745,22 +870,22 @@ mod tests {
     #[test]
     fn an_icmp_refusal_goes_back_to_the_client_it_quotes() {
         let client = [192, 168, 3, 219];
-        let ok = parse_ip(&icmp_to(client, 56)).unwrap().l4.unwrap();
+        let ok = l4(&icmp_to(client, 56)).unwrap();
         assert_eq!((ok.sport, ok.dport, ok.flags), (53, 5353, REFUSAL_FLAGS));
         // Sent to a third host: it would close a connection that host never opened here.
-        assert_eq!(parse_ip(&icmp_to([192, 168, 3, 7], 56)).unwrap().l4, None);
-        assert_eq!(parse_ip(&icmp_to([10, 0, 1, 10], 56)).unwrap().l4, None);
+        assert_eq!(l4(&icmp_to([192, 168, 3, 7], 56)), None);
+        assert_eq!(l4(&icmp_to([10, 0, 1, 10], 56)), None);
     }
 
     #[test]
     fn a_short_icmp_is_no_refusal() {
         let client = [192, 168, 3, 219];
         // Exactly the bytes read (headers and the quoted ports) is enough ...
-        assert!(parse_ip(&icmp_to(client, 52)).unwrap().l4.is_some());
+        assert!(l4(&icmp_to(client, 52)).is_some());
         // ... one less, or an ICMP header alone (the copied bytes beyond its end are
         // another packet's), is not, whatever those bytes say.
         for len in [51, 28, 0] {
-            assert_eq!(parse_ip(&icmp_to(client, len)).unwrap().l4, None, "{len}");
+            assert_eq!(l4(&icmp_to(client, len)), None, "{len}");
         }
     }
 
@@ -769,18 +894,18 @@ mod tests {
         // A SYN whose total length leaves 13 bytes of TCP: its flags byte is not its own.
         let mut h = syn(0x02, 41234, 80);
         h[2..4].copy_from_slice(&33u16.to_be_bytes());
-        assert_eq!(parse_ip(&h).unwrap().l4, None);
+        assert_eq!(l4(&h), None);
         h[2..4].copy_from_slice(&34u16.to_be_bytes());
-        assert!(parse_ip(&h).unwrap().l4.is_some());
+        assert!(l4(&h).is_some());
         // UDP: 8 bytes of header.
         let mut udp = pad(&[
             0x45, 0x00, 0x00, 27, 0, 0, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 192, 168, 3, 219, 10,
             0, 1, 10, 0xd3, 0x3f, 0x00, 0x35,
         ]);
-        assert_eq!(parse_ip(&udp).unwrap().l4, None);
+        assert_eq!(l4(&udp), None);
         udp[3] = 28;
         assert_eq!(
-            parse_ip(&udp).unwrap().l4.unwrap().signal(),
+            l4(&udp).unwrap().signal(),
             Some(Signal::Request(ConnKind::Dns))
         );
     }

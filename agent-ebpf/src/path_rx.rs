@@ -6,16 +6,31 @@
 //! program (the AWS network policy agent's) cannot hide packets from it on any kernel; what
 //! such a filter drops is counted by `kfree_skb` and subtracted by userspace.
 
-use crate::{skb, walk};
+use crate::{
+    skb::{self, Probe, Typed},
+    walk,
+};
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use sgpath_ebpf::packet::Hook;
 
+/// Headers by helper read (5.10, 6.1).
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn path_rx(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let dev = skb::dev(skb);
     if walk::in_node(dev) {
-        walk::observe(skb, dev, Hook::Receive);
+        walk::observe::<Probe>(skb, dev, Hook::Receive);
+    }
+    0
+}
+
+/// Headers by BTF-typed loads (6.2+).
+#[btf_tracepoint(function = "netif_receive_skb")]
+pub fn path_rx_typed(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let dev = skb::dev(skb);
+    if walk::in_node(dev) {
+        walk::observe::<Typed>(skb, dev, Hook::Receive);
     }
     0
 }

@@ -1,16 +1,22 @@
 //! Reading a `struct sk_buff` from a `tp_btf` program by the offsets userspace found in the
 //! running kernel's BTF (they differ between kernels; [`CONFIG`] holds them).
-//! Fields are direct loads (see [`field`]); packet bytes are helper reads
-//! (bpf_probe_read_kernel: 5.5+).
+//! Fields are direct loads (see [`field`]). Packet bytes are read one of two ways, each a
+//! [`Mode`] that the programs are built in twice (`path_rx` and `path_rx_typed`, ...):
+//! - [`Typed`] (6.2+): loads through a pointer cast to the header's struct with the kfunc
+//!   `bpf_rdonly_cast`, which the verifier checks against the kernel's BTF and turns into a
+//!   register move; each field read is one load, and only the fields a site needs are read.
+//! - [`Probe`] (5.10, 6.1): one helper read (`bpf_probe_read_kernel`) of [`HEADER_BYTES`]
+//!   onto the stack, then loads from there.
+//!
+//! The agent picks the typed programs when the kernel's BTF has the kfunc and the structs,
+//! and falls back to the probe programs when the kernel refuses them.
 
-use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
-    macros::map,
-    maps::PerCpuArray,
-};
+use core::{ffi::c_void, mem::MaybeUninit};
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_probe_read_kernel as probe_read};
 use sgpath_ebpf::{
-    ProbeConfig,
-    packet::{self, ConnKey, HEADER_BYTES, IpHeader, PodAddr, parse_ip},
+    BTF_TYPE_PLACEHOLDER, KFUNC_CALL_PLACEHOLDER, ProbeConfig,
+    packet::{self, ConnKey, Copied, HEADER_BYTES, Hdr, Headers, PodAddr},
 };
 
 /// Set by userspace at load time (`EbpfLoader::set_global`).
@@ -227,27 +233,117 @@ pub fn network_header(skb: *const u8) -> *const u8 {
     (head + nh as u64) as *const u8
 }
 
-/// The IP header at `skb->head + skb->network_header`.
-#[inline(always)]
-pub fn ip_at_network_header(skb: *const u8) -> Option<IpHeader> {
-    header(network_header(skb))
+/// How a program variant reads packet bytes.
+pub trait Mode {
+    type H: Headers;
+    /// Calls `f` with the headers whose IP header is at `at`; `None` when `at` is null or
+    /// unreadable.
+    fn with_headers<T>(at: *const u8, f: impl FnOnce(&Self::H) -> T) -> Option<T>;
 }
 
-/// The IP header at `at`. Out of line: the copied bytes get their own stack frame, and
-/// every caller shares one body.
-#[inline(never)]
-pub fn header(at: *const u8) -> Option<IpHeader> {
-    if at.is_null() {
-        return None;
+/// One helper read of [`HEADER_BYTES`] onto the stack (5.10, 6.1). Not zeroed first: the
+/// helper writes every byte (zeros on failure, which is not used).
+pub struct Probe;
+
+impl Mode for Probe {
+    type H = Copied;
+    #[inline(always)]
+    fn with_headers<T>(at: *const u8, f: impl FnOnce(&Copied) -> T) -> Option<T> {
+        if at.is_null() {
+            return None;
+        }
+        let mut buf = MaybeUninit::<Copied>::uninit();
+        // SAFETY: the helper fails cleanly on a bad address; on success all bytes are set.
+        let rc = unsafe {
+            probe_read(
+                buf.as_mut_ptr() as *mut c_void,
+                HEADER_BYTES as u32,
+                at as *const c_void,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: written in full above.
+        Some(f(unsafe { buf.assume_init_ref() }))
     }
-    let buf = HEADER.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot; bpf_probe_read_kernel fails cleanly on a bad address.
-    let h = unsafe { &mut *buf };
-    unsafe { bpf_probe_read_kernel_buf(at, h) }.ok()?;
-    parse_ip(h)
 }
 
-/// Scratch space for the copied header bytes, per CPU: off the 512-byte stack, which 5.10
-/// counts generously (every frame rounded up to 32 bytes).
-#[map]
-static HEADER: PerCpuArray<[u8; HEADER_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+/// Loads through BTF-typed pointers (6.2+): the IP header's address, cast per read to the
+/// struct the read lies in.
+pub struct Typed(u64);
+
+impl Mode for Typed {
+    type H = Typed;
+    #[inline(always)]
+    fn with_headers<T>(at: *const u8, f: impl FnOnce(&Typed) -> T) -> Option<T> {
+        if at.is_null() {
+            return None;
+        }
+        Some(f(&Typed(at as u64)))
+    }
+}
+
+impl Typed {
+    /// A load of `T` at `off` in the `hdr` struct `at` bytes after the IP header. A fault
+    /// (the verifier makes these loads exception-handled) reads as 0.
+    #[inline(always)]
+    fn load<T>(&self, hdr: Hdr, at: usize, off: usize) -> T {
+        let p = self.0 + at as u64;
+        // SAFETY: the verifier checks the load against `hdr`'s struct in the kernel's BTF.
+        unsafe {
+            let base = match hdr {
+                Hdr::Ip => rdonly_cast::<{ BTF_TYPE_PLACEHOLDER + Hdr::Ip as i32 }>(p),
+                Hdr::Ip6 => rdonly_cast::<{ BTF_TYPE_PLACEHOLDER + Hdr::Ip6 as i32 }>(p),
+                Hdr::Tcp => rdonly_cast::<{ BTF_TYPE_PLACEHOLDER + Hdr::Tcp as i32 }>(p),
+                Hdr::Udp => rdonly_cast::<{ BTF_TYPE_PLACEHOLDER + Hdr::Udp as i32 }>(p),
+                Hdr::Icmp => rdonly_cast::<{ BTF_TYPE_PLACEHOLDER + Hdr::Icmp as i32 }>(p),
+            };
+            core::ptr::read_volatile(base.add(off) as *const T)
+        }
+    }
+}
+
+impl Headers for Typed {
+    #[inline(always)]
+    fn u8(&self, hdr: Hdr, at: usize, off: usize) -> u8 {
+        self.load(hdr, at, off)
+    }
+    #[inline(always)]
+    fn raw16(&self, hdr: Hdr, at: usize, off: usize) -> u16 {
+        self.load(hdr, at, off)
+    }
+    #[inline(always)]
+    fn raw32(&self, hdr: Hdr, at: usize, off: usize) -> u32 {
+        self.load(hdr, at, off)
+    }
+    #[inline(always)]
+    fn raw64(&self, hdr: Hdr, at: usize, off: usize) -> u64 {
+        self.load(hdr, at, off)
+    }
+}
+
+/// `bpf_rdonly_cast(p, <BTF id of TY's struct>)`, as placeholders the agent rewrites before
+/// load ([`KFUNC_CALL_PLACEHOLDER`]). `pure`: the same cast twice is one call.
+#[inline(always)]
+unsafe fn rdonly_cast<const TY: i32>(p: u64) -> *const u8 {
+    let out: *const u8;
+    // SAFETY: after the agent's rewrite, a kfunc call the verifier checks; it clobbers
+    // r1-r5 as every call does.
+    unsafe {
+        core::arch::asm!(
+            "r2 = {ty}",
+            "call {call}",
+            ty = const TY,
+            call = const KFUNC_CALL_PLACEHOLDER,
+            inlateout("r1") p => _,
+            lateout("r0") out,
+            lateout("r2") _,
+            lateout("r3") _,
+            lateout("r4") _,
+            lateout("r5") _,
+            options(pure, nomem, nostack),
+        );
+    }
+    out
+}

@@ -21,10 +21,13 @@
 
 use sgpath_ebpf::{
     NO_PATH,
-    packet::{self, Attribution, Direction, Hook, Site},
+    packet::{self, Attribution, Direction, Headers, Hook, Site},
 };
 
-use crate::{conns, counters, pods, skb};
+use crate::{
+    conns, counters, pods,
+    skb::{self, Mode},
+};
 
 /// Whether `dev` is an interface of the node's namespace: ifindexes repeat across
 /// namespaces, only the node's own interfaces count. Three loads and a compare, inlined into
@@ -35,10 +38,11 @@ pub fn in_node(dev: *const u8) -> bool {
     !dev.is_null() && skb::netns(dev) == Some(skb::node_netns())
 }
 
-/// Counts a packet on `dev`, an interface of the node's namespace ([`in_node`]).
+/// Counts a packet on `dev`, an interface of the node's namespace ([`in_node`]), reading
+/// its headers the `M` way.
 // Out of line: one body for both tracepoints, in its own stack frame.
 #[inline(never)]
-pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
+pub fn observe<M: Mode>(skb: *const u8, dev: *const u8, hook: Hook) {
     let ifindex = skb::ifindex(dev);
     // An array lookup: the verifier inlines it (no helper call).
     let Some(iface) = pods::iface(ifindex) else {
@@ -64,12 +68,21 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
         Hook::Receive => skb::data(skb),
         Hook::Transmit => skb::network_header(skb),
     };
-    let Some(ip) = skb::header(at) else { return };
+    M::with_headers(at, |h| walk(skb, ifindex, iface.path, site, h));
+}
+
+/// What [`observe`] does once the headers are at hand: the IP header's addresses and length
+/// for every packet, the transport header only for the packets `conns` can use.
+#[inline(always)]
+fn walk<H: Headers>(skb: *const u8, ifindex: u32, veth_path: u32, site: Site, h: &H) {
+    let Some(ip) = packet::parse_ip(h) else {
+        return;
+    };
     // The path whose pod sent or gets the packet: the veth's, once its address checks out.
     let path = match site {
         Site::VethReceive | Site::VethTransmit => {
             let from_pod = site == Site::VethReceive;
-            let Some(pod) = pods::pod_of(iface.path) else {
+            let Some(pod) = pods::pod_of(veth_path) else {
                 return;
             };
             let dir = if from_pod {
@@ -79,17 +92,17 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
             };
             match packet::attribute(from_pod, pod, &ip) {
                 Attribution::Own => {
-                    counters::forwarded(skb, iface.path, dir, ip.len);
-                    Some(iface.path)
+                    counters::forwarded(skb, veth_path, dir, ip.len);
+                    Some(veth_path)
                 }
                 Attribution::Foreign => {
-                    counters::foreign(skb, iface.path, &ip.src);
+                    counters::foreign(skb, veth_path, &ip.src);
                     return;
                 }
                 // The pod's address is not known yet: its packets are counted, but nothing
                 // says whose they are, so no connection is opened or answered with them.
                 Attribution::Unverified => {
-                    counters::forwarded(skb, iface.path, dir, ip.len);
+                    counters::forwarded(skb, veth_path, dir, ip.len);
                     return;
                 }
                 Attribution::Ignore => return,
@@ -107,7 +120,10 @@ pub fn observe(skb: *const u8, dev: *const u8, hook: Hook) {
             None
         }
     };
-    if let Some(signal) = ip.l4.and_then(|l4| l4.signal()) {
-        conns::track(skb, site, path.unwrap_or(NO_PATH), &ip, signal);
+    if ip.proto == 0 {
+        return;
+    }
+    if let Some(l4) = packet::transport(h, &ip) {
+        conns::track(skb, site, path.unwrap_or(NO_PATH), &ip, &l4);
     }
 }

@@ -633,7 +633,8 @@ impl Daemon {
                         DropSource::Reason => "reason",
                         DropSource::Location => "location",
                     },
-                    programs = %s.programs().map(|(p, h)| format!("{p}={h}")).join(","),
+                    header_read = s.header_read().as_str(),
+                    programs = %s.programs().map(|(p, h)| format!("{p}={h}")).collect::<Vec<_>>().join(","),
                     paths = s.topology().paths.len(),
                     pod_namespaces = s.pod_namespaces(),
                     "probes attached"

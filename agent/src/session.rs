@@ -16,7 +16,10 @@ use anyhow::Context;
 use sgpath::{
     checks::{self, Finding},
     collect::{self, btf::Btf, kallsyms::Kallsyms, netns},
-    ebpf::paths::{DropSource, MapSizes, PathProbes, RawPathCounts, probe_config},
+    ebpf::{
+        paths::{DropSource, MapSizes, PathProbes, RawPathCounts, probe_config},
+        typed::{HeaderRead, TypedIds},
+    },
     model::{
         Drop, Node, Path, PathCounters, Topology,
         conns::{ConnTracker, pod_addr},
@@ -171,9 +174,20 @@ impl Session {
         };
         let node_netns = netns::own_inode().context("cannot stat /proc/thread-self/ns/net")?;
         let config = probe_config(&btf, node_netns)?;
+        let typed = match TypedIds::of(&btf) {
+            Ok(ids) => Some(ids),
+            Err(missing) => {
+                tracing::info!(
+                    event = "typed-reads-unavailable",
+                    missing,
+                    "the kernel's BTF has no {missing}: reading headers with a helper"
+                );
+                None
+            }
+        };
         // Parsed, vmlinux's BTF holds tens of MiB: gone before aya parses its own copy.
         drop(btf);
-        let mut probes = PathProbes::attach(config, drop_source, opts.map_sizes)?;
+        let mut probes = PathProbes::attach(config, drop_source, opts.map_sizes, typed)?;
         crate::release_freed_memory();
         let mut ids = PathIds {
             max: opts.map_sizes.paths,
@@ -220,19 +234,13 @@ impl Session {
     }
 
     /// The names of the programs attached, with their hooks.
-    pub fn programs(&self) -> [(&'static str, &'static str); 4] {
-        [
-            ("path_rx", "tp_btf/netif_receive_skb"),
-            ("path_tx", "tp_btf/net_dev_start_xmit"),
-            ("conn_state", "tp_btf/inet_sock_set_state"),
-            (
-                match self.drop_source() {
-                    DropSource::Reason => "kfree_skb_reason",
-                    DropSource::Location => "kfree_skb_location",
-                },
-                "tp_btf/kfree_skb",
-            ),
-        ]
+    pub fn programs(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        self.probes.programs()
+    }
+
+    /// How the programs read headers.
+    pub fn header_read(&self) -> HeaderRead {
+        self.probes.header_read
     }
 
     /// Re-reads the node (after a netlink change, or to resync after a lost one) and puts
@@ -344,12 +352,9 @@ impl Session {
             .clone();
         let mut report = report::Report::with_lookups(node, &topo, findings, lookups);
         report.drop_source = Some(drop_source);
+        report.header_read = Some(self.header_read());
         report.probes = Some(ProbeStatus {
-            programs: self
-                .programs()
-                .into_iter()
-                .map(|(p, h)| (p.to_owned(), h.to_owned()))
-                .collect(),
+            programs: self.programs().map(|(p, h)| (p.to_owned(), h)).collect(),
             interfaces: interface_roles(node, &topo)
                 .into_iter()
                 .filter_map(|(ifindex, role)| {

@@ -136,6 +136,16 @@ pub fn has_drop_reasons() -> bool {
     kernel_version() >= (5, 17)
 }
 
+/// How the agent reads headers on this kernel: BTF-typed loads from 6.2 (`bpf_rdonly_cast`),
+/// a helper read before.
+pub fn expected_header_read() -> &'static str {
+    if kernel_version() >= (6, 2) {
+        "typed"
+    } else {
+        "probe"
+    }
+}
+
 /// One direction's drops named `name`, by reason or by location as the report says.
 pub fn drops_named(dir: &Value, name: &str) -> u64 {
     dir["drops_by_reason"][name]
@@ -240,6 +250,14 @@ pub fn observe_counts_exact_packets(lab: &Lab, drop_source: Option<&str>) {
     assert_eq!(
         doc["drop_source"],
         if reasons { "reason" } else { "location" },
+        "{}",
+        doc["probes"]
+    );
+    // The counts below hold for both ways of reading headers; this says which one ran (the
+    // 5.10 and 6.1 stages run the helper read, 6.12 and the host the typed loads).
+    assert_eq!(
+        doc["header_read"],
+        expected_header_read(),
         "{}",
         doc["probes"]
     );

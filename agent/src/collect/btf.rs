@@ -34,6 +34,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -180,6 +181,23 @@ impl Btf {
         self.types
             .iter()
             .find(|t| t.kind == kind && self.name(t.name) == name)
+    }
+
+    /// The type id of `struct name` (its index in the type section, counting from 1).
+    pub fn struct_id(&self, name: &str) -> Option<u32> {
+        self.id(KIND_STRUCT, name)
+    }
+
+    /// The type id of function `name` (a kfunc, say).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.id(KIND_FUNC, name)
+    }
+
+    fn id(&self, kind: u32, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|t| t.kind == kind && self.name(t.name) == name)
+            .map(|i| i as u32)
     }
 
     /// Byte offset of `member` in `struct strukt`, looking through anonymous structs and

@@ -20,7 +20,7 @@
 use super::paths::MapSizes;
 use sgpath_ebpf::{
     ConnState, DropKey, IfaceInfo, LeftViaKey, MAX_HIGH_IFACES, MAX_LEFT_VIA, NetnsInfo,
-    PathCounters, ProgError, packet::ConnKey, packet::HEADER_BYTES, packet::PodAddr,
+    PathCounters, ProgError, packet::ConnKey, packet::PodAddr,
 };
 
 /// How a map type lays out its memory.
@@ -139,7 +139,6 @@ pub fn maps(sizes: &MapSizes, iface_slots: u32) -> Vec<MapSpec> {
             8,
             u64::from(sgpath_ebpf::PROG_ERROR_SLOTS),
         ),
-        spec("HEADER", PerCpuArray, 4, HEADER_BYTES as u64, 1),
     ]
 }
 

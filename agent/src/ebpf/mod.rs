@@ -7,12 +7,19 @@
 //! | `path_tx`            | tp_btf `net_dev_start_xmit`   | 5.5                   |
 //! | `kfree_skb_reason`   | tp_btf `kfree_skb`            | 5.17 (drop reasons)   |
 //! | `kfree_skb_location` | tp_btf `kfree_skb`            | 5.5 (5.10: AL2)       |
+//! | `*_typed` of the first three | the same          | 6.2 (`bpf_rdonly_cast`, [`typed`]) |
 
 pub mod memory;
 pub mod paths;
+pub mod typed;
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sgpath-ebpf"));
+
+/// The embedded object, as built (typed programs unpatched).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
 
 /// Empty programs on the same hooks (`floor_rx`, `floor_tx`, `floor_kfree_skb`): the
 /// benchmark loads them to measure the floor sgpath's programs are held against. The agent

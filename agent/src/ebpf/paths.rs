@@ -32,7 +32,10 @@ use sgpath_ebpf::{
     packet::{ConnKey, PodAddr},
 };
 
-use super::ProbeError;
+use super::{
+    ProbeError,
+    typed::{self, HeaderRead, TypedIds},
+};
 use crate::collect::btf::{Btf as KernelBtf, BtfError};
 
 /// The program that answers the node's own TCP requests to pods where its socket takes the
@@ -138,6 +141,10 @@ pub type Readings = (BTreeMap<u32, RawPathCounts>, BTreeMap<ProgError, u64>);
 pub struct PathProbes {
     ebpf: Ebpf,
     pub drop_source: DropSource,
+    /// How the attached programs read headers.
+    pub header_read: HeaderRead,
+    /// (helper-read name, attached program, hook) of each attached program.
+    programs: Vec<(&'static str, &'static str, &'static str)>,
     pub sizes: MapSizes,
     /// Entries of the `IFACES` array (ifindexes below it), and those set now.
     iface_slots: u32,
@@ -148,7 +155,9 @@ pub struct PathProbes {
 
 impl PathProbes {
     /// Loads the programs with `config` and attaches them. `drop_source` picks the drop
-    /// program; `Reason` needs a kernel with drop reasons.
+    /// program; `Reason` needs a kernel with drop reasons. With `typed` (the kernel has
+    /// `bpf_rdonly_cast`, 6.2+) the typed-read programs are tried first; if the kernel
+    /// refuses one, the helper-read programs are loaded instead, with a warning naming why.
     ///
     /// # Errors
     /// [`ProbeError`] naming the program and what the kernel refused.
@@ -156,12 +165,21 @@ impl PathProbes {
         config: ProbeConfig,
         drop_source: DropSource,
         sizes: MapSizes,
+        typed: Option<TypedIds>,
     ) -> Result<PathProbes, ProbeError> {
         // The node's ifindexes now, with room to grow; beyond it, `IFACES_HIGH`.
         let max_ifindex = nix::net::if_::if_nameindex()
             .map(|ifs| ifs.iter().map(|i| i.index()).max().unwrap_or(0))
             .unwrap_or(0);
         let iface_slots = ifindex_slots(max_ifindex);
+        let patched = typed.and_then(|ids| match typed::patch(super::OBJECT, &ids) {
+            Ok((object, _)) => Some(object),
+            Err(e) => {
+                tracing::warn!(event = "typed-reads-unavailable", error = %e, "reading headers with a helper");
+                None
+            }
+        });
+        let object = patched.as_ref().map_or(super::OBJECT, |o| o.bytes());
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG_GLOBAL, &config, true)
             .map_max_entries(POD_PATHS_MAP, sizes.paths)
@@ -172,37 +190,55 @@ impl PathProbes {
             .map_max_entries(PATH_COUNTERS_MAP, sizes.paths)
             .map_max_entries(CONNS_MAP, sizes.conns)
             .map_max_entries(DROPS_MAP, sizes.drop_keys)
-            .load(super::OBJECT)
+            .load(object)
             .map_err(ProbeError::Load)?;
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
-        let drop_prog = match drop_source {
-            DropSource::Reason => "kfree_skb_reason",
-            DropSource::Location => "kfree_skb_location",
-        };
-        for (name, tracepoint) in [
+        let bases = [
             ("path_rx", "netif_receive_skb"),
             ("path_tx", "net_dev_start_xmit"),
-            (drop_prog, "kfree_skb"),
+            (drop_source.program(), "kfree_skb"),
             (CONN_STATE_PROG, "inet_sock_set_state"),
-        ] {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingProgram { name })?
-                .try_into()
+        ];
+        let mut header_read = if patched.is_some() {
+            HeaderRead::Typed
+        } else {
+            HeaderRead::Probe
+        };
+        if header_read == HeaderRead::Typed
+            && let Err(e) = load_all(&mut ebpf, &btf, &bases, HeaderRead::Typed)
+        {
+            tracing::warn!(event = "typed-reads-refused", error = %e, "reading headers with a helper");
+            unload_all(&mut ebpf, &bases, HeaderRead::Typed);
+            header_read = HeaderRead::Probe;
+        }
+        if header_read == HeaderRead::Probe {
+            load_all(&mut ebpf, &btf, &bases, HeaderRead::Probe)?;
+        }
+        let mut programs = Vec::new();
+        for (base, tracepoint) in bases {
+            let name = header_read.program(base);
+            program_mut(&mut ebpf, name)?
+                .attach()
                 .map_err(|source| ProbeError::Program { name, source })?;
-            prog.load(tracepoint, &btf)
-                .map_err(|source| ProbeError::Program { name, source })?;
-            prog.attach()
-                .map_err(|source| ProbeError::Program { name, source })?;
+            programs.push((base, name, tracepoint));
         }
         Ok(PathProbes {
             ebpf,
             drop_source,
+            header_read,
+            programs,
             sizes,
             iface_slots,
             ifaces_set: Vec::new(),
             path_pods_set: Vec::new(),
         })
+    }
+
+    /// The attached programs: (name, `tp_btf/<hook>`).
+    pub fn programs(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        self.programs
+            .iter()
+            .map(|&(_, name, hook)| (name, format!("tp_btf/{hook}")))
     }
 
     fn hash<K: aya::Pod, V: aya::Pod>(
@@ -328,19 +364,16 @@ impl PathProbes {
         Ok(())
     }
 
-    /// The kernel's own accounting of each attached program: (name, runs, total run time).
+    /// The kernel's own accounting of each attached program: (name, runs, total run time),
+    /// named as the helper-read program (`path_rx` for `path_rx_typed`).
     /// Counts only while `aya::sys::enable_stats(Stats::RunTime)` holds its fd (or
     /// `kernel.bpf_stats_enabled=1`). For benchmarks.
     ///
     /// # Errors
     /// [`ProbeError::Program`] when the kernel refuses BPF_OBJ_GET_INFO_BY_FD.
     pub fn run_stats(&self) -> Result<Vec<(&'static str, u64, std::time::Duration)>, ProbeError> {
-        let drop_prog = match self.drop_source {
-            DropSource::Reason => "kfree_skb_reason",
-            DropSource::Location => "kfree_skb_location",
-        };
         let mut out = Vec::new();
-        for name in ["path_rx", "path_tx", drop_prog, CONN_STATE_PROG] {
+        for &(base, name, _) in &self.programs {
             let prog: &BtfTracePoint = self
                 .ebpf
                 .program(name)
@@ -350,7 +383,7 @@ impl PathProbes {
             let info = prog
                 .info()
                 .map_err(|source| ProbeError::Program { name, source })?;
-            out.push((name, info.run_count(), info.run_time()));
+            out.push((base, info.run_count(), info.run_time()));
         }
         Ok(out)
     }
@@ -494,6 +527,52 @@ enum Step {
     PathPod(u32, PodAddr),
     /// `POD_PATHS` made equal to the pod addresses.
     PodPaths,
+}
+
+impl DropSource {
+    /// The helper-read drop program of this source.
+    pub fn program(self) -> &'static str {
+        match self {
+            DropSource::Reason => "kfree_skb_reason",
+            DropSource::Location => "kfree_skb_location",
+        }
+    }
+}
+
+fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut BtfTracePoint, ProbeError> {
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| ProbeError::Program { name, source })
+}
+
+/// Loads (verifies) the programs of `bases` read the `read` way; the first refusal is the
+/// error.
+fn load_all(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    bases: &[(&'static str, &'static str)],
+    read: HeaderRead,
+) -> Result<(), ProbeError> {
+    for &(base, tracepoint) in bases {
+        let name = read.program(base);
+        program_mut(ebpf, name)?
+            .load(tracepoint, btf)
+            .map_err(|source| ProbeError::Program { name, source })?;
+    }
+    Ok(())
+}
+
+/// Unloads whatever [`load_all`] loaded before a refusal (nothing was attached).
+fn unload_all(ebpf: &mut Ebpf, bases: &[(&'static str, &'static str)], read: HeaderRead) {
+    for &(base, _) in bases {
+        if let Ok(p) = program_mut(ebpf, read.program(base)) {
+            let _ = p.unload();
+        }
+    }
 }
 
 /// The order of the writes that take the maps from what they held (`was`) to what they

@@ -36,7 +36,8 @@ pub const SCHEMA: &str = "sgpath.report/v1";
 /// `sgpath observe` adds `"counters": { "to_pod": <dir>, "from_pod": <dir> }` to each path,
 /// where `<dir> = { "forwarded_packets", "forwarded_bytes", "dropped_packets",
 /// "drops_by_reason": { "NETFILTER_DROP": n, ... }, "drops_by_location": { "nf_hook_slow": n } }`
-/// (bytes are IP bytes), and at the top `"drop_source": "reason" | "location"` and
+/// (bytes are IP bytes), and at the top `"drop_source": "reason" | "location"`,
+/// `"header_read": "typed" | "probe"` and
 /// `"probes": { "programs": { "<program>": "tp_btf/<hook>" }, "pod_namespaces": n,
 /// "errors": { "<ProgError>": n } }`.
 /// `paths` lists branch-ENI paths first, each group ordered by pod IP; `findings` worst first.
@@ -57,6 +58,10 @@ pub struct Report {
     /// How drops are named (`observe` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_source: Option<crate::ebpf::paths::DropSource>,
+    /// How the programs read packet headers: `typed` (BTF-typed loads, 6.2+) or `probe` (a
+    /// helper read) (`observe` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_read: Option<crate::ebpf::typed::HeaderRead>,
     /// What was attached (`observe` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probes: Option<ProbeStatus>,
@@ -148,6 +153,7 @@ impl Report {
             lookups,
             findings,
             drop_source: None,
+            header_read: None,
             probes: None,
         }
     }

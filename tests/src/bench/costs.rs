@@ -17,13 +17,13 @@ use std::time::Duration;
 use aya::{Btf, Ebpf, EbpfLoader, programs::BtfTracePoint};
 
 use super::{
-    RUNS,
+    MAX_PAIRS, PAIRS,
     flood::Flood,
     ns_per_run,
     packet_path::{Costs, FLOWS},
     pod_node::{NODE_IP, PodNode},
     prog_stats, start_agent,
-    stats::{Goal, Summary, Table},
+    stats::{CONFIDENCE, Goal, Interval, Summary, Table},
 };
 
 /// Datagrams per flood: enough runs for a stable mean, short enough for 30 floods.
@@ -125,10 +125,12 @@ pub struct Measured {
     pub floor: Vec<(Traffic, Costs)>,
 }
 
-/// `RUNS` rounds, each the three floods with the agent attached, then with the floor.
+/// Rounds, each the three floods with the agent attached, then with the floor: [`PAIRS`]
+/// at least, then more (up to [`MAX_PAIRS`]) until every row of those floods is decided by
+/// its interval.
 pub fn measure(node: &PodNode) -> Measured {
     let mut m = Measured::default();
-    for _ in 0..RUNS {
+    for round in 0..MAX_PAIRS {
         let agent = start_agent(node);
         std::thread::sleep(Duration::from_millis(500));
         for t in Traffic::FLOODED {
@@ -148,72 +150,122 @@ pub fn measure(node: &PodNode) -> Measured {
                 }),
             ));
         }
+        let decided = ROWS
+            .iter()
+            .filter(|r| Traffic::FLOODED.contains(&r.traffic))
+            .all(|r| r.judge(&m).is_some_and(|(_, g)| g != Goal::Undecided));
+        if round + 1 >= PAIRS && decided {
+            break;
+        }
     }
     m
 }
 
 /// What a program does with a traffic's packets, and the goal that holds it.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Work {
-    /// The whole path: at most twice the floor.
+    /// The whole path: at most twice the floor (the interval of the per-round ratio).
     Full,
-    /// Not pod traffic: at most the floor plus 10 ns.
+    /// Not pod traffic: at most the floor plus 10 ns (the interval of the per-round
+    /// difference).
     EarlyExit,
+}
+
+/// One row of the section.
+struct Row {
+    prog: &'static str,
+    floor: &'static str,
+    traffic: Traffic,
+    work: Work,
+    what: &'static str,
+}
+
+const ROWS: [Row; 7] = [
+    Row {
+        prog: "path_rx",
+        floor: "floor_rx",
+        traffic: Traffic::PodToNode,
+        work: Work::Full,
+        what: "a pod's packet on its host veth",
+    },
+    Row {
+        prog: "path_tx",
+        floor: "floor_tx",
+        traffic: Traffic::NodeToPod,
+        work: Work::Full,
+        what: "a pod's packet on its host veth",
+    },
+    Row {
+        prog: "path_tx",
+        floor: "floor_tx",
+        traffic: Traffic::NodeToVpc,
+        work: Work::EarlyExit,
+        what: "the node's own, on its uplink",
+    },
+    Row {
+        prog: "path_rx",
+        floor: "floor_rx",
+        traffic: Traffic::NodeToVpc,
+        work: Work::EarlyExit,
+        what: "another namespace's (the VPC's)",
+    },
+    Row {
+        prog: "path_tx",
+        floor: "floor_tx",
+        traffic: Traffic::PodToNode,
+        work: Work::EarlyExit,
+        what: "another namespace's (the pod's eth0)",
+    },
+    Row {
+        prog: "path_rx",
+        floor: "floor_rx",
+        traffic: Traffic::NodeToPod,
+        work: Work::EarlyExit,
+        what: "another namespace's (the pod's eth0)",
+    },
+    Row {
+        prog: "kfree_skb_reason",
+        floor: "floor_kfree_skb",
+        traffic: Traffic::PodToNodeDropped,
+        work: Work::Full,
+        what: "a pod's packet dropped in the node",
+    },
+];
+
+impl Row {
+    /// (sgpath, floor) ns per run of each round with both.
+    fn pairs(&self, m: &Measured) -> Vec<(f64, f64)> {
+        let of = |v: &[(Traffic, Costs)], prog: &str| -> Vec<Option<f64>> {
+            v.iter()
+                .filter(|(t, _)| *t == self.traffic)
+                .map(|(_, c)| {
+                    lookup(c, prog)
+                        .filter(|(_, runs)| *runs > 0)
+                        .map(|(ns, _)| ns)
+                })
+                .collect()
+        };
+        of(&m.agent, self.prog)
+            .into_iter()
+            .zip(of(&m.floor, self.floor))
+            .filter_map(|(a, f)| Some((a?, f?)))
+            .collect()
+    }
+
+    /// The interval of the row's figure (ratio, or difference in ns) and its verdict.
+    fn judge(&self, m: &Measured) -> Option<(Interval, Goal)> {
+        let pairs = self.pairs(m);
+        let (values, goal): (Vec<f64>, f64) = match self.work {
+            Work::Full => (pairs.iter().map(|(a, f)| a / f).collect(), 2.0),
+            Work::EarlyExit => (pairs.iter().map(|(a, f)| a - f).collect(), 10.0),
+        };
+        let i = Interval::of(&values)?;
+        Some((i, i.judge(goal, false)))
+    }
 }
 
 /// The section: one row per (program, traffic) the goals name.
 pub fn section(m: &Measured) -> String {
-    let rows: [(&str, &str, Traffic, Work, &str); 7] = [
-        (
-            "path_rx",
-            "floor_rx",
-            Traffic::PodToNode,
-            Work::Full,
-            "a pod's packet on its host veth",
-        ),
-        (
-            "path_tx",
-            "floor_tx",
-            Traffic::NodeToPod,
-            Work::Full,
-            "a pod's packet on its host veth",
-        ),
-        (
-            "path_tx",
-            "floor_tx",
-            Traffic::NodeToVpc,
-            Work::EarlyExit,
-            "the node's own, on its uplink",
-        ),
-        (
-            "path_rx",
-            "floor_rx",
-            Traffic::NodeToVpc,
-            Work::EarlyExit,
-            "another namespace's (the VPC's)",
-        ),
-        (
-            "path_tx",
-            "floor_tx",
-            Traffic::PodToNode,
-            Work::EarlyExit,
-            "another namespace's (the pod's eth0)",
-        ),
-        (
-            "path_rx",
-            "floor_rx",
-            Traffic::NodeToPod,
-            Work::EarlyExit,
-            "another namespace's (the pod's eth0)",
-        ),
-        (
-            "kfree_skb_reason",
-            "floor_kfree_skb",
-            Traffic::PodToNodeDropped,
-            Work::Full,
-            "a pod's packet dropped in the node",
-        ),
-    ];
     let mut t = Table::new(&[
         "program",
         "traffic",
@@ -221,62 +273,99 @@ pub fn section(m: &Measured) -> String {
         "runs per flood",
         "sgpath, ns per run",
         "empty program (floor), ns per run",
-        "sgpath / floor",
+        "sgpath / floor, or sgpath - floor (ns)",
     ]);
-    for (prog, floor, traffic, work, what) in rows {
+    for row in &ROWS {
         let (Some(ns), Some(fl)) = (
-            per_run(&m.agent, traffic, prog),
-            per_run(&m.floor, traffic, floor),
+            per_run(&m.agent, row.traffic, row.prog),
+            per_run(&m.floor, row.traffic, row.floor),
         ) else {
             continue;
         };
         let runs = Summary::of(
             &m.agent
                 .iter()
-                .filter(|(t, _)| *t == traffic)
-                .filter_map(|(_, c)| lookup(c, prog).map(|v| v.1 as f64))
+                .filter(|(t, _)| *t == row.traffic)
+                .filter_map(|(_, c)| lookup(c, row.prog).map(|v| v.1 as f64))
                 .collect::<Vec<_>>(),
         )
         .map_or(0.0, |s| s.median);
-        let (goal, met) = match work {
-            Work::Full => ("<= 2x floor", ns.median <= 2.0 * fl.median),
-            Work::EarlyExit => ("<= floor + 10 ns", ns.median <= fl.median + 10.0),
+        let (figure, met) = match row.judge(m) {
+            Some((i, g)) => match row.work {
+                Work::Full => (format!("{}x", i.show(2)), g),
+                Work::EarlyExit => (format!("+{} ns", i.show(0)), g),
+            },
+            None => (format!("{:.2}x", ns.median / fl.median), Goal::Undecided),
+        };
+        let goal = match row.work {
+            Work::Full => "<= 2x floor",
+            Work::EarlyExit => "<= floor + 10 ns",
         };
         t.row(
             &[
-                format!("`{prog}`"),
-                traffic.label().into(),
-                what.into(),
+                format!("`{}`", row.prog),
+                row.traffic.label().into(),
+                row.what.into(),
                 format!("{runs:.0}"),
                 ns.show(0),
                 fl.show(0),
-                format!("{:.2}", ns.median / fl.median),
+                figure,
             ],
             goal,
-            Goal::check(met),
+            met,
         );
     }
     format!(
         "The kernel's own accounting (BPF_ENABLE_STATS held by the bench): run time over run \
          count of each program, read with `bpftool prog show -j` before and after each flood. \
          The floor is an empty program on the same hook (`agent-ebpf/src/floor.rs`, never \
-         loaded by the agent), measured on the same traffic in the same run: {RUNS} rounds, \
-         each the three floods ({PACKETS} datagrams of 64-byte frames in {FLOWS} flows) with \
-         `sgpath agent` attached, then with the floor programs alone. The drop row comes from \
-         the drop benchmark's floods (the agent's) and as many floods with the floor programs \
-         in the same run. Median (min–max) over the floods. Each tracepoint fires for every \
-         packet of the machine, so a flood's runs include the other namespaces' packets; the \
-         traffic column says which packet a row's runs are.\n\n{}",
-        t.markdown()
+         loaded by the agent), measured on the same traffic in the same round: each round is \
+         the three floods ({PACKETS} datagrams of 64-byte frames in {FLOWS} flows) with \
+         `sgpath agent` attached, then with the floor programs alone; {PAIRS} rounds at \
+         least, more (up to {MAX_PAIRS}) until every row's interval clears its goal ({n} \
+         here). The drop row pairs each of the drop benchmark's floods (the agent's) with a \
+         flood under the floor program right after it. ns per run: median (min–max) over the \
+         floods. The last figure is per round, sgpath's over the floor's (a ratio) or minus \
+         it (ns), shown as its median and the {CONFIDENCE} interval of that median [low, \
+         high] (sign test: the order statistics of the rounds). Each tracepoint fires for \
+         every packet of the machine, so a flood's runs include the other namespaces' \
+         packets; the traffic column says which packet a row's runs are. Headers read: {} \
+         (`typed`: the `*_typed` programs' BTF-typed loads, 6.2+; `probe`: one helper \
+         read).\n\n{}",
+        header_read(&m.agent),
+        t.markdown(),
+        n = m
+            .agent
+            .iter()
+            .filter(|(t, _)| *t == Traffic::PodToNode)
+            .count(),
     )
 }
 
-/// A program's (ns per run, runs) in one flood's costs. The kernel truncates program names
-/// to 15 characters; bpftool may show either.
+/// A program's (ns per run, runs) in one flood's costs, whichever way it reads headers
+/// (`path_rx` or `path_rx_typed`). The kernel truncates program names to 15 characters;
+/// bpftool may show either.
 fn lookup(c: &Costs, name: &str) -> Option<(f64, u64)> {
-    c.iter()
-        .find(|(n, _)| name.starts_with(n.as_str()) && n.len() >= 15.min(name.len()))
+    [format!("{name}_typed"), name.to_owned()]
+        .iter()
+        .find_map(|name| {
+            c.iter()
+                .find(|(n, _)| name.starts_with(n.as_str()) && n.len() >= 15.min(name.len()))
+        })
         .map(|(_, v)| *v)
+}
+
+/// How the agent's programs read headers in these costs: `typed` when its path programs
+/// were the `*_typed` ones.
+pub fn header_read(of: &[(Traffic, Costs)]) -> &'static str {
+    if of
+        .iter()
+        .any(|(_, c)| c.keys().any(|n| n.starts_with("path_rx_typed")))
+    {
+        "typed"
+    } else {
+        "probe"
+    }
 }
 
 fn per_run(of: &[(Traffic, Costs)], traffic: Traffic, prog: &str) -> Option<Summary> {

@@ -17,14 +17,14 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    PAIRS,
+    MAX_PAIRS, PAIRS,
     costs::Floor,
     flood::Flooded,
     ns_per_run,
     packet_path::{Costs, FLOOD_PACKETS, udp_flood},
     pod_node::PodNode,
     prog_stats, start_agent,
-    stats::{Goal, Summary, Table, alternate, kilo, ratios},
+    stats::{CONFIDENCE, Goal, Interval, Table, alternate_until, kilo, ratios},
 };
 use crate::observe::{nft, ns_run};
 
@@ -136,8 +136,14 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>, Vec<Costs>) {
             &["nft", "reset", "counter", "inet", "sgb_drop", "flood"],
         );
     };
-    let (a, b) = alternate(
+    let mut floor = Vec::new();
+    let pps = |v: &[Run]| v.iter().map(|r| r.pps).collect::<Vec<_>>();
+    let judge = |a: &[Run], b: &[Run]| {
+        Interval::of(&ratios(&pps(b), &pps(a))).map(|i| (i, i.judge(1.0, true)))
+    };
+    let (a, b) = alternate_until(
         PAIRS,
+        MAX_PAIRS,
         |_| {
             let agent = start_agent(node);
             std::thread::sleep(Duration::from_millis(500));
@@ -161,25 +167,23 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>, Vec<Costs>) {
                 reset();
                 f = flood.run();
             });
-            Run {
+            let run = Run {
                 pps: f.sent_pps(),
                 counted,
                 nft: nft_counter(&ns),
-            }
-        },
-    );
-    let floor: Vec<Costs> = (0..PAIRS)
-        .map(|_| {
-            Floor::around(|| {
+            };
+            // The cost table's floor for this pair's agent flood.
+            floor.push(Floor::around(|| {
                 flood.run();
                 std::thread::sleep(Duration::from_millis(300));
-            })
-        })
-        .collect();
+            }));
+            run
+        },
+        |a, b| judge(a, b).is_some_and(|(_, g)| g != Goal::Undecided),
+    );
     ns_run(&ns, &["nft", "delete", "table", "inet", "sgb_drop"]);
-    let pps = |v: &[Run]| v.iter().map(|r| r.pps).collect::<Vec<_>>();
     let exact = |v: &[Run]| v.iter().filter(|r| r.counted == r.nft).count();
-    let ratio = Summary::of(&ratios(&pps(&b), &pps(&a))).unwrap();
+    let (ratio, verdict) = judge(&a, &b).expect("enough pairs");
     let mut t = Table::new(&["figure", "sgpath agent (A)", "bpftrace (B)", "A / B"]);
     t.row(
         &[
@@ -189,14 +193,14 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>, Vec<Costs>) {
             ratio.show(3),
         ],
         "A/B >= 1",
-        Goal::check(ratio.median >= 1.0),
+        verdict,
     );
     let (ea, eb) = (exact(&a), exact(&b));
     t.row(
         &[
             format!("runs whose {REASON} count = nft's counter"),
-            format!("{ea} of {PAIRS}"),
-            format!("{eb} of {PAIRS}"),
+            format!("{ea} of {}", a.len()),
+            format!("{eb} of {}", b.len()),
             String::new(),
         ],
         "sgpath exact where bpftrace is",
@@ -214,11 +218,15 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>, Vec<Costs>) {
          nftables input hook. A = `sgpath agent` counting (its path's `{REASON}` drops in \
          `/v1/report`, after minus before); B = `bpftrace -e '{BPFTRACE}'` (machine-wide, the \
          `{REASON}` entry). pps = datagrams sent / send time (veth delivers, and nft drops, in \
-         the sender's softirq). {PAIRS} pairs A B A B ..., ratio pair by pair.\n\n{}\n\
+         the sender's softirq). Pairs A B A B ..., {PAIRS} at least, more (up to {MAX_PAIRS}) \
+         until the ratio's interval clears its goal ({n} here); the ratio is taken pair by pair \
+         and shown as its median with the {CONFIDENCE} interval of that median [low, high] \
+         (sign test).\n\n{}\n\
          Counted / nft's counter per run: sgpath {}; bpftrace {}.\n",
         t.markdown(),
         counts(&a),
         counts(&b),
+        n = a.len(),
     );
     (text, costs, floor)
 }

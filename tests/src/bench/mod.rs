@@ -36,8 +36,11 @@ use pod_node::PodNode;
 
 /// How many A/B pairs (or runs) each figure takes.
 pub const RUNS: usize = 5;
-/// A/B pairs of the pps ratios: more than [`RUNS`], they are the noisiest figures here.
-pub const PAIRS: usize = 7;
+/// A/B pairs of the ratios, at least: enough for a 95% interval of the median ratio
+/// (`stats::Interval`, 6 pairs at least) that is not the whole range.
+pub const PAIRS: usize = 9;
+/// At most: pairs are added until each ratio's interval clears its goal.
+pub const MAX_PAIRS: usize = 24;
 
 /// Starts `sgpath agent` in `node`'s node namespace (no cluster, no IPAMD) and waits until
 /// it is ready and reports every pod's path.

@@ -1,5 +1,6 @@
 //! The statistics every benchmark reports: a [`Summary`] (median, min, max of the runs),
-//! percentiles, A/B alternation for ratios, and the Markdown table BENCHMARKS.md shows.
+//! percentiles, A/B alternation for ratios, the interval a ratio's goal is judged by
+//! ([`Interval`]), and the Markdown table BENCHMARKS.md shows.
 //!
 //! No side effects: plain arithmetic and string formatting.
 
@@ -92,11 +93,109 @@ pub fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(a, b)| b / a).collect()
 }
 
+/// A distribution-free 95% confidence interval for the median of paired ratios: the
+/// order statistics `x(k)` and `x(n+1-k)` of the `n` ratios, `k` the largest rank with
+/// P(Binomial(n, 1/2) < k) <= 2.5% (the sign test's interval: it assumes only that the
+/// pairs are independent, not that ratios are normal). Needs 6 pairs at least.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Interval {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+    pub pairs: usize,
+}
+
+/// The confidence of [`Interval`].
+pub const CONFIDENCE: &str = "95%";
+
+impl Interval {
+    /// The interval of `ratios` (NaNs left out); `None` below 6 values.
+    pub fn of(ratios: &[f64]) -> Option<Interval> {
+        let mut v: Vec<f64> = ratios.iter().copied().filter(|x| !x.is_nan()).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let k = sign_test_rank(n)?;
+        Some(Interval {
+            median: Summary::of(&v)?.median,
+            low: v[k - 1],
+            high: v[n - k],
+            pairs: n,
+        })
+    }
+
+    /// Whether the interval lies on the good side of `goal` (`Met`), the bad side
+    /// (`Missed`), or straddles it (`Undecided`: more pairs needed).
+    pub fn judge(&self, goal: f64, higher_is_better: bool) -> Goal {
+        let (good, bad) = if higher_is_better {
+            (self.low >= goal, self.high < goal)
+        } else {
+            (self.high <= goal, self.low > goal)
+        };
+        match (good, bad) {
+            (true, _) => Goal::Met,
+            (_, true) => Goal::Missed,
+            _ => Goal::Undecided,
+        }
+    }
+
+    /// `median [low, high], n pairs`.
+    pub fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.d$} [{:.d$}, {:.d$}], {} pairs",
+            self.median,
+            self.low,
+            self.high,
+            self.pairs,
+            d = decimals
+        )
+    }
+}
+
+/// The largest `k` with P(Binomial(n, 1/2) <= k - 1) <= 0.025, or `None` (n < 6).
+fn sign_test_rank(n: usize) -> Option<usize> {
+    // P(X <= j) for X ~ Binomial(n, 1/2), summed term by term in f64 (n is small).
+    let mut term = 0.5f64.powi(n as i32); // P(X = 0)
+    let mut cdf = term;
+    let mut k = 0;
+    for j in 0..n {
+        if cdf > 0.025 {
+            break;
+        }
+        k = j + 1; // P(X <= j) <= 2.5%: rank j + 1 bounds the interval.
+        term *= (n - j) as f64 / (j + 1) as f64;
+        cdf += term;
+    }
+    (k >= 1).then_some(k)
+}
+
+/// Runs A/B pairs ([`alternate`] order) until every goal `decided` judges is decided by its
+/// interval, at least `min` pairs and at most `max`.
+pub fn alternate_until<A, B>(
+    min: usize,
+    max: usize,
+    mut a: impl FnMut(usize) -> A,
+    mut b: impl FnMut(usize) -> B,
+    mut decided: impl FnMut(&[A], &[B]) -> bool,
+) -> (Vec<A>, Vec<B>) {
+    let mut aa = Vec::new();
+    let mut bb = Vec::new();
+    for i in 0..max {
+        aa.push(a(i));
+        bb.push(b(i));
+        if i + 1 >= min && decided(&aa, &bb) {
+            break;
+        }
+    }
+    (aa, bb)
+}
+
 /// Whether a figure met its goal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Goal {
     Met,
     Missed,
+    /// The interval straddles the goal: this many pairs cannot tell met from missed.
+    Undecided,
     /// No goal for this figure, or it could not be measured.
     None,
 }
@@ -111,6 +210,7 @@ impl Goal {
         match self {
             Goal::Met => format!("{goal}: met"),
             Goal::Missed => format!("{goal}: **missed**"),
+            Goal::Undecided => format!("{goal}: **undecided** (the interval straddles it)"),
             Goal::None if goal.is_empty() => String::new(),
             Goal::None => goal.to_owned(),
         }
@@ -216,6 +316,36 @@ mod tests {
         );
         assert_eq!(order.into_inner(), "ABABAB");
         assert_eq!((a, b), (vec![0, 1, 2], vec![0, 10, 20]));
+    }
+
+    #[test]
+    fn sign_test_ranks_match_the_tables() {
+        // Published ranks of the 95% median interval (e.g. Conover, Practical
+        // Nonparametric Statistics, table A3): n = 6 -> 1, 8 -> 1, 9 -> 2, 12 -> 3, 20 -> 6.
+        assert_eq!(sign_test_rank(5), None);
+        for (n, k) in [(6, 1), (8, 1), (9, 2), (12, 3), (20, 6), (30, 10)] {
+            assert_eq!(sign_test_rank(n), Some(k), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn an_interval_decides_only_when_it_clears_the_goal() {
+        let v: Vec<f64> = (1..=12).map(|i| 0.95 + 0.01 * f64::from(i)).collect();
+        let i = Interval::of(&v).unwrap();
+        assert_eq!((i.low, i.high, i.pairs), (v[2], v[9], 12));
+        assert_eq!(i.judge(0.97, true), Goal::Met);
+        assert_eq!(i.judge(0.99, true), Goal::Undecided);
+        assert_eq!(i.judge(1.10, true), Goal::Missed);
+        assert_eq!(i.judge(1.10, false), Goal::Met);
+        assert!(Interval::of(&v[..5]).is_none());
+    }
+
+    #[test]
+    fn alternate_until_stops_once_decided() {
+        let (a, b) = alternate_until(3, 10, |i| i, |i| i, |a: &[usize], _: &[usize]| a.len() == 4);
+        assert_eq!((a.len(), b.len()), (4, 4));
+        let (a, _) = alternate_until(3, 5, |i| i, |i| i, |_: &[usize], _: &[usize]| false);
+        assert_eq!(a.len(), 5);
     }
 
     #[test]

@@ -16,11 +16,11 @@
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
-    maps::PerCpuHashMap,
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
 use sgpath_ebpf::{
-    DropKey, IfaceRole, MAX_DROP_KEYS, NO_PATH, ProgError,
+    DropKey, DropSlot, IfaceRole, MAX_DROP_KEYS, MAX_PATHS, NO_PATH, ProgError,
     packet::{self, Direction, NetnsRole},
 };
 
@@ -32,6 +32,10 @@ use crate::{
 
 #[map]
 static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, 0);
+
+/// Sized by userspace like the path maps.
+#[map]
+static DROP_SLOTS: PerCpuArray<DropSlot> = PerCpuArray::with_max_entries(MAX_PATHS, 0);
 
 /// With reasons, headers by helper read (6.1).
 #[btf_tracepoint(function = "kfree_skb")]
@@ -116,6 +120,25 @@ fn charge<M: Mode>(skb: *const u8, location: u64, reason: u32) {
         };
         if only != NO_PATH && path != only {
             continue;
+        }
+        // The path's slot on this CPU: its kind, or empty (claimed here), is one update.
+        let kind = DropSlot::kind(dir as u8, role, reason);
+        if let Some(slot) = DROP_SLOTS.get_ptr_mut(path) {
+            // SAFETY: per-CPU value; only this CPU's runs write it (tracing programs do not
+            // nest on a CPU). Volatile: the key words are stored before the count.
+            unsafe {
+                let slot = &mut *slot;
+                if slot.kind == kind && slot.location == location {
+                    slot.count += 1;
+                    continue;
+                }
+                if slot.kind == 0 && slot.location == 0 && location != 0 {
+                    core::ptr::write_volatile(&mut slot.kind, kind);
+                    core::ptr::write_volatile(&mut slot.location, location);
+                    core::ptr::write_volatile(&mut slot.count, slot.count + 1);
+                    continue;
+                }
+            }
         }
         let key = DropKey {
             path: path as u16,

@@ -61,6 +61,9 @@ pub const NETNS_ROLES_MAP: &str = "NETNS_ROLES";
 pub const PATH_COUNTERS_MAP: &str = "PATH_COUNTERS";
 /// Per-CPU hash `DROPS`: [`DropKey`] -> drops.
 pub const DROPS_MAP: &str = "DROPS";
+/// Per-CPU array `DROP_SLOTS`, indexed by path id: [`DropSlot`], the path's first kind of
+/// drop on each CPU, counted without a hash lookup.
+pub const DROP_SLOTS_MAP: &str = "DROP_SLOTS";
 /// The global the programs read their [`ProbeConfig`] from.
 pub const CONFIG_GLOBAL: &str = "CONFIG";
 
@@ -279,6 +282,51 @@ pub struct DropKey {
     pub location: u64,
 }
 
+/// One path's drops of one kind on one CPU, counted in place: the common case (a flood of
+/// the same drop, a security group or a rule denying a pod's traffic) is a per-CPU array
+/// update instead of a hash lookup, which costs about as much as the rest of the program.
+///
+/// The program claims an empty slot with the first drop it charges to the path on its CPU
+/// (`kind`, then `location`, then `count`); other kinds go to `DROPS`. A slot keeps its kind
+/// until userspace zeroes it with the path. Readers (userspace, on another CPU, with plain
+/// copies) count a slot only when both key words are set: each word is one aligned 8-byte
+/// store, so a slot caught mid-claim is left out of that read, never counted under a
+/// half-written key, whatever order the CPU makes the stores visible in. A kind's drops
+/// are its slots' counts plus its `DROPS` entry's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSlot {
+    /// [`DropSlot::kind`] of (direction, netns role, reason); 0 while the slot is empty
+    /// (a netns role is never 0).
+    pub kind: u64,
+    /// `DropKey::location` (a kernel address: never 0).
+    pub location: u64,
+    pub count: u64,
+}
+
+impl DropSlot {
+    /// The kind word of a drop: direction, netns role and reason of a [`DropKey`].
+    #[inline(always)]
+    pub const fn kind(direction: u8, netns_role: u8, reason: u32) -> u64 {
+        (reason as u64) << 32 | (netns_role as u64) << 8 | direction as u64
+    }
+
+    /// The drop key of a slot of path `path`, if both its words are set.
+    pub fn key(&self, path: u16) -> Option<DropKey> {
+        if self.kind == 0 || self.location == 0 {
+            return None;
+        }
+        Some(DropKey {
+            path,
+            direction: self.kind as u8,
+            netns_role: (self.kind >> 8) as u8,
+            reason: (self.kind >> 32) as u32,
+            location: self.location,
+        })
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<DropSlot>() == 24);
 const _: () = assert!(core::mem::size_of::<IfaceInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<NetnsInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 100);
@@ -304,6 +352,9 @@ unsafe impl aya::Pod for PathCounters {}
 // SAFETY: as above; no padding.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for DropKey {}
+// SAFETY: three u64.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for DropSlot {}
 // SAFETY: 16 bytes.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PodAddr {}
@@ -316,3 +367,36 @@ unsafe impl aya::Pod for ConnState {}
 // SAFETY: two u32.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for LeftViaKey {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drop_slot_is_counted_only_with_both_key_words() {
+        let key = DropKey {
+            path: 7,
+            direction: 1,
+            netns_role: 2,
+            reason: 6,
+            location: 0xffff_ffff_8123_4567,
+        };
+        let full = DropSlot {
+            kind: DropSlot::kind(1, 2, 6),
+            location: key.location,
+            count: 3,
+        };
+        assert_eq!(full.key(7), Some(key));
+        // Caught mid-claim, either word missing: not counted under a half-written key.
+        assert_eq!(DropSlot { kind: 0, ..full }.key(7), None);
+        assert_eq!(
+            DropSlot {
+                location: 0,
+                ..full
+            }
+            .key(7),
+            None
+        );
+        assert_eq!(DropSlot::default().key(7), None);
+    }
+}

@@ -133,6 +133,13 @@ pub fn maps(sizes: &MapSizes, iface_slots: u32) -> Vec<MapSpec> {
             u64::from(sizes.drop_keys),
         ),
         spec(
+            "DROP_SLOTS",
+            PerCpuArray,
+            4,
+            size::<sgpath_ebpf::DropSlot>(),
+            u64::from(sizes.paths),
+        ),
+        spec(
             "PROG_ERRORS",
             PerCpuArray,
             4,
@@ -166,10 +173,11 @@ mod tests {
         // Linear in CPUs: the per-CPU part is the same per CPU.
         assert_eq!((c192 - c2) / 190, (c8 - c2) / 6);
         let per_cpu = (c8 - c2) / 6;
-        // Per CPU: PATH_COUNTERS (4096 x 56) + DROPS (8192 x 8) + LEFT_VIA (8192 x 8) + a
-        // little: what a path and a drop key cost on every CPU.
-        assert!(per_cpu > 4096 * 56 + 2 * 8192 * 8, "{per_cpu}");
-        assert!(per_cpu < 4096 * 56 + 2 * 8192 * 8 + 4096, "{per_cpu}");
+        // Per CPU: PATH_COUNTERS (4096 x 56) + DROP_SLOTS (4096 x 24) + DROPS (8192 x 8) +
+        // LEFT_VIA (8192 x 8) + a little: what a path and a drop key cost on every CPU.
+        let paths = 4096 * (56 + 24);
+        assert!(per_cpu > paths + 2 * 8192 * 8, "{per_cpu}");
+        assert!(per_cpu < paths + 2 * 8192 * 8 + 4096, "{per_cpu}");
         // The fixed part: CONNS dominates (16384 x 120).
         let fixed = c2 - 2 * per_cpu;
         assert!(fixed > 16384 * 120 && fixed < 6 << 20, "{fixed}");

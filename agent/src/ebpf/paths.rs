@@ -25,10 +25,10 @@ use aya::{
     programs::BtfTracePoint,
 };
 use sgpath_ebpf::{
-    CONFIG_GLOBAL, CONNS_MAP, ConnState, DROPS_MAP, DropKey, IFACES_HIGH_MAP, IFACES_MAP,
-    IfaceInfo, LEFT_VIA_MAP, LeftViaKey, MAX_CONNS, MAX_DROP_KEYS, MAX_LEFT_VIA, MAX_PATHS,
-    NETNS_ROLES_MAP, NetnsInfo, PATH_COUNTERS_MAP, PATH_PODS_MAP, POD_PATHS_MAP, PROG_ERRORS_MAP,
-    PathCounters, ProbeConfig, ProgError, ifindex_slots,
+    CONFIG_GLOBAL, CONNS_MAP, ConnState, DROP_SLOTS_MAP, DROPS_MAP, DropKey, DropSlot,
+    IFACES_HIGH_MAP, IFACES_MAP, IfaceInfo, LEFT_VIA_MAP, LeftViaKey, MAX_CONNS, MAX_DROP_KEYS,
+    MAX_LEFT_VIA, MAX_PATHS, NETNS_ROLES_MAP, NetnsInfo, PATH_COUNTERS_MAP, PATH_PODS_MAP,
+    POD_PATHS_MAP, PROG_ERRORS_MAP, PathCounters, ProbeConfig, ProgError, ifindex_slots,
     packet::{ConnKey, PodAddr},
 };
 
@@ -188,6 +188,7 @@ impl PathProbes {
             // The counted paths' namespaces and the node's.
             .map_max_entries(NETNS_ROLES_MAP, sizes.paths.saturating_add(1))
             .map_max_entries(PATH_COUNTERS_MAP, sizes.paths)
+            .map_max_entries(DROP_SLOTS_MAP, sizes.paths)
             .map_max_entries(CONNS_MAP, sizes.conns)
             .map_max_entries(DROPS_MAP, sizes.drop_keys)
             .load(object)
@@ -411,6 +412,17 @@ impl PathProbes {
         counters
             .set(id, zeros, 0)
             .map_err(map_err(PATH_COUNTERS_MAP))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![DropSlot::default(); cpus])
+            .map_err(ProbeError::Cpus)?;
+        let map = self
+            .ebpf
+            .map_mut(DROP_SLOTS_MAP)
+            .ok_or(ProbeError::MissingProgram {
+                name: DROP_SLOTS_MAP,
+            })?;
+        let mut slots: PerCpuArray<_, DropSlot> =
+            PerCpuArray::try_from(map).map_err(map_err(DROP_SLOTS_MAP))?;
+        slots.set(id, zeros, 0).map_err(map_err(DROP_SLOTS_MAP))?;
         let map = self
             .ebpf
             .map_mut(DROPS_MAP)
@@ -485,6 +497,28 @@ impl PathProbes {
                 .or_default()
                 .drops
                 .push((key, n));
+        }
+        // Each CPU's slot of each path: a kind's drops are its slots' and its hash entry's.
+        let map = self
+            .ebpf
+            .map(DROP_SLOTS_MAP)
+            .ok_or(ProbeError::MissingProgram {
+                name: DROP_SLOTS_MAP,
+            })?;
+        let slots: PerCpuArray<_, DropSlot> =
+            PerCpuArray::try_from(map).map_err(map_err(DROP_SLOTS_MAP))?;
+        for id in 0..paths.min(u32::from(u16::MAX) + 1) {
+            let per_cpu = slots.get(&id, 0).map_err(map_err(DROP_SLOTS_MAP))?;
+            for slot in per_cpu.iter() {
+                let Some(key) = slot.key(id as u16) else {
+                    continue;
+                };
+                let drops = &mut out.entry(id).or_default().drops;
+                match drops.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, n)) => *n += slot.count,
+                    None => drops.push((key, slot.count)),
+                }
+            }
         }
         let map = self
             .ebpf

@@ -11,7 +11,7 @@ use sgpath_ebpf::{
     packet::{Direction, PodAddr},
 };
 
-use crate::{errors::bump_error, skb};
+use crate::errors::bump_error;
 
 #[map]
 static PATH_COUNTERS: PerCpuArray<PathCounters> = PerCpuArray::with_max_entries(MAX_PATHS, 0);
@@ -19,13 +19,12 @@ static PATH_COUNTERS: PerCpuArray<PathCounters> = PerCpuArray::with_max_entries(
 #[map]
 static LEFT_VIA: PerCpuHashMap<LeftViaKey, u64> = PerCpuHashMap::with_max_entries(MAX_LEFT_VIA, 0);
 
-/// A packet of `len` IP bytes crossed `path`'s host veth in `dir`.
+/// A packet of `len` IP bytes (`segs` wire packets) crossed `path`'s host veth in `dir`.
 #[inline(always)]
-pub fn forwarded(skb: *const u8, path: u32, dir: Direction, len: u32) {
+pub fn forwarded(segs: u64, path: u32, dir: Direction, len: u32) {
     let Some(c) = PATH_COUNTERS.get_ptr_mut(path) else {
         return;
     };
-    let segs = skb::segments(skb);
     // SAFETY: per-CPU value, only this CPU touches it during this run.
     let c = unsafe { &mut *c };
     match dir {
@@ -40,13 +39,13 @@ pub fn forwarded(skb: *const u8, path: u32, dir: Direction, len: u32) {
     }
 }
 
-/// `path`'s host veth received a packet with source `src`, not its pod's.
+/// `path`'s host veth received `segs` packets with source `src`, not its pod's.
 #[inline(always)]
-pub fn foreign(skb: *const u8, path: u32, src: &PodAddr) {
+pub fn foreign(segs: u64, path: u32, src: &PodAddr) {
     if let Some(c) = PATH_COUNTERS.get_ptr_mut(path) {
         // SAFETY: per-CPU value, only this CPU touches it during this run.
         unsafe {
-            (*c).foreign_packets += skb::segments(skb);
+            (*c).foreign_packets += segs;
             (*c).foreign_source = *src;
         }
     }

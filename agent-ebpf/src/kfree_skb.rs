@@ -106,7 +106,10 @@ fn charge<M: Mode>(skb: *const u8, location: u64, reason: u32) {
         }
     }
     // Only the addresses are read (and the few bytes beside them `parse_ip` needs).
-    let Some(Some(ip)) = M::with_headers(skb::network_header(skb), packet::parse_ip) else {
+    let Some(h) = M::headers(skb::network_header(skb)) else {
+        return;
+    };
+    let Some(ip) = packet::parse_ip(&h) else {
         return;
     };
     for (addr, dir) in [(ip.src, Direction::FromPod), (ip.dst, Direction::ToPod)] {

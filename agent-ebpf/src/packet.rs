@@ -57,10 +57,11 @@ impl PodAddr {
 /// needs, and an ICMPv4 port unreachable with the ports it quotes.
 pub const HEADER_BYTES: usize = 56;
 
-/// The kernel struct a read of packet bytes lies in. On 6.2+ the programs read a header
-/// through a pointer cast to its struct in the running kernel's BTF (`bpf_rdonly_cast`), and
-/// the verifier checks every load against that struct's members: so each read names its
-/// struct, where the struct starts (bytes after the IP header) and the offset in it.
+/// The kernel struct a read of packet bytes (or of the skb's shared info) lies in. On 6.2+
+/// the programs read a header through a pointer cast to its struct in the running kernel's
+/// BTF (`bpf_rdonly_cast`), and the verifier checks every load against that struct's
+/// members: so each read names its struct, where the struct starts (bytes after the IP
+/// header) and the offset in it.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hdr {
@@ -69,11 +70,20 @@ pub enum Hdr {
     Tcp = 2,
     Udp = 3,
     Icmp = 4,
+    /// `skb_shared_info` (at `skb->head + skb->end`): `gso_segs`.
+    SharedInfo = 5,
 }
 
 impl Hdr {
     /// Every struct the programs read, in the order of their discriminants.
-    pub const ALL: [Hdr; 5] = [Hdr::Ip, Hdr::Ip6, Hdr::Tcp, Hdr::Udp, Hdr::Icmp];
+    pub const ALL: [Hdr; 6] = [
+        Hdr::Ip,
+        Hdr::Ip6,
+        Hdr::Tcp,
+        Hdr::Udp,
+        Hdr::Icmp,
+        Hdr::SharedInfo,
+    ];
 
     /// The struct's name in the kernel's BTF.
     pub const fn struct_name(self) -> &'static str {
@@ -83,6 +93,7 @@ impl Hdr {
             Hdr::Tcp => "tcphdr",
             Hdr::Udp => "udphdr",
             Hdr::Icmp => "icmphdr",
+            Hdr::SharedInfo => "skb_shared_info",
         }
     }
 }

@@ -7,7 +7,7 @@
 //! such a filter drops is counted by `kfree_skb` and subtracted by userspace.
 
 use crate::{
-    skb::{self, Probe, Typed},
+    skb::{self, Typed},
     walk,
 };
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
@@ -19,7 +19,7 @@ pub fn path_rx(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let dev = skb::dev(skb);
     if walk::in_node(dev) {
-        walk::observe::<Probe>(skb, dev, Hook::Receive);
+        walk::observe_copied(skb, dev, Hook::Receive);
     }
     0
 }

@@ -3,10 +3,7 @@
 //! transmits, charged to that veth's path as `to_pod`. It fires after tc/tcx egress, so it
 //! sees exactly what every egress filter let through.
 
-use crate::{
-    skb::{Probe, Typed},
-    walk,
-};
+use crate::{skb::Typed, walk};
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use sgpath_ebpf::packet::Hook;
 
@@ -16,7 +13,7 @@ pub fn path_tx(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let dev: *const u8 = ctx.arg(1);
     if walk::in_node(dev) {
-        walk::observe::<Probe>(skb, dev, Hook::Transmit);
+        walk::observe_copied(skb, dev, Hook::Transmit);
     }
     0
 }

@@ -194,12 +194,12 @@ pub fn is_ip(skb: *const u8) -> bool {
 
 /// How many wire packets the skb stands for: `skb_shinfo(skb)->gso_segs` for a GSO or GRO
 /// skb (a TCP stream crosses a veth as 64 KiB super-packets), else 1. `skb_shared_info` has
-/// no BTF pointer to it (`head + end`), so it is a helper read, the dearest step of the
-/// walk: only a nonlinear skb (`data_len` > 0) pays it. A GSO or GRO skb keeps its payload
+/// no BTF pointer to it (`head + end`): a typed load through a cast on 6.2+, a helper read
+/// before. Only a nonlinear skb (`data_len` > 0) pays it. A GSO or GRO skb keeps its payload
 /// in page fragments or a frag list on every device with scatter-gather (veth, ENA, VLAN);
 /// a small datagram is linear and one packet.
 #[inline(always)]
-pub fn segments(skb: *const u8) -> u64 {
+pub fn segments<M: Mode>(skb: *const u8) -> u64 {
     let data_len: u32 = unsafe { field(skb, cfg!(skb_data_len)) };
     if data_len == 0 {
         return 1;
@@ -209,10 +209,7 @@ pub fn segments(skb: *const u8) -> u64 {
     if head == 0 {
         return 1;
     }
-    let at = (head + end as u64 + cfg!(shinfo_gso_segs) as u64) as *const u16;
-    // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
-    let segs = unsafe { bpf_probe_read_kernel(at) };
-    segs.map_or(1, |s| s.max(1) as u64)
+    M::shared_u16(head + end as u64, cfg!(shinfo_gso_segs)).map_or(1, |s| s.max(1) as u64)
 }
 
 /// `skb->data`: where the IP header is on receive, before the stack sets the network
@@ -236,19 +233,20 @@ pub fn network_header(skb: *const u8) -> *const u8 {
 /// How a program variant reads packet bytes.
 pub trait Mode {
     type H: Headers;
-    /// Calls `f` with the headers whose IP header is at `at`; `None` when `at` is null or
-    /// unreadable.
-    fn with_headers<T>(at: *const u8, f: impl FnOnce(&Self::H) -> T) -> Option<T>;
+    /// The headers whose IP header is at `at`; `None` when `at` is null or unreadable.
+    fn headers(at: *const u8) -> Option<Self::H>;
+    /// The u16 `off` bytes into the `skb_shared_info` at `at`.
+    fn shared_u16(at: u64, off: u32) -> Option<u16>;
 }
 
 /// One helper read of [`HEADER_BYTES`] onto the stack (5.10, 6.1). Not zeroed first: the
-/// helper writes every byte (zeros on failure, which is not used).
+/// helper writes every byte.
 pub struct Probe;
 
 impl Mode for Probe {
     type H = Copied;
     #[inline(always)]
-    fn with_headers<T>(at: *const u8, f: impl FnOnce(&Copied) -> T) -> Option<T> {
+    fn headers(at: *const u8) -> Option<Copied> {
         if at.is_null() {
             return None;
         }
@@ -265,7 +263,13 @@ impl Mode for Probe {
             return None;
         }
         // SAFETY: written in full above.
-        Some(f(unsafe { buf.assume_init_ref() }))
+        Some(unsafe { buf.assume_init() })
+    }
+
+    #[inline(always)]
+    fn shared_u16(at: u64, off: u32) -> Option<u16> {
+        // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
+        unsafe { bpf_probe_read_kernel((at + off as u64) as *const u16) }.ok()
     }
 }
 
@@ -276,11 +280,20 @@ pub struct Typed(u64);
 impl Mode for Typed {
     type H = Typed;
     #[inline(always)]
-    fn with_headers<T>(at: *const u8, f: impl FnOnce(&Typed) -> T) -> Option<T> {
-        if at.is_null() {
-            return None;
+    fn headers(at: *const u8) -> Option<Typed> {
+        (!at.is_null()).then_some(Typed(at as u64))
+    }
+
+    #[inline(always)]
+    fn shared_u16(at: u64, off: u32) -> Option<u16> {
+        // SAFETY: a load the verifier checks against `skb_shared_info` (`off` is a known
+        // constant: `CONFIG` is frozen).
+        unsafe {
+            let base = rdonly_cast::<{ BTF_TYPE_PLACEHOLDER + Hdr::SharedInfo as i32 }>(at);
+            Some(core::ptr::read_volatile(
+                base.add(off as usize) as *const u16
+            ))
         }
-        Some(f(&Typed(at as u64)))
     }
 }
 
@@ -298,6 +311,9 @@ impl Typed {
                 Hdr::Tcp => rdonly_cast::<{ BTF_TYPE_PLACEHOLDER + Hdr::Tcp as i32 }>(p),
                 Hdr::Udp => rdonly_cast::<{ BTF_TYPE_PLACEHOLDER + Hdr::Udp as i32 }>(p),
                 Hdr::Icmp => rdonly_cast::<{ BTF_TYPE_PLACEHOLDER + Hdr::Icmp as i32 }>(p),
+                Hdr::SharedInfo => {
+                    rdonly_cast::<{ BTF_TYPE_PLACEHOLDER + Hdr::SharedInfo as i32 }>(p)
+                }
             };
             core::ptr::read_volatile(base.add(off) as *const T)
         }

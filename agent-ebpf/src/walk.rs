@@ -21,12 +21,12 @@
 
 use sgpath_ebpf::{
     NO_PATH,
-    packet::{self, Attribution, Direction, Headers, Hook, Site},
+    packet::{self, Attribution, Direction, Hook, Site},
 };
 
 use crate::{
     conns, counters, pods,
-    skb::{self, Mode},
+    skb::{self, Mode, Probe},
 };
 
 /// Whether `dev` is an interface of the node's namespace: ifindexes repeat across
@@ -38,10 +38,18 @@ pub fn in_node(dev: *const u8) -> bool {
     !dev.is_null() && skb::netns(dev) == Some(skb::node_netns())
 }
 
-/// Counts a packet on `dev`, an interface of the node's namespace ([`in_node`]), reading
-/// its headers the `M` way.
-// Out of line: one body for both tracepoints, in its own stack frame.
+/// [`observe`] with headers copied by a helper read (5.10, 6.1). Out of line: one body for
+/// both tracepoints, in its own stack frame with the copied bytes (5.10 counts frames
+/// generously against the 512-byte stack).
 #[inline(never)]
+pub fn observe_copied(skb: *const u8, dev: *const u8, hook: Hook) {
+    observe::<Probe>(skb, dev, hook)
+}
+
+/// Counts a packet on `dev`, an interface of the node's namespace ([`in_node`]), reading
+/// its headers the `M` way. Inlined into the typed programs: no copy on their stack, and no
+/// call on their path.
+#[inline(always)]
 pub fn observe<M: Mode>(skb: *const u8, dev: *const u8, hook: Hook) {
     let ifindex = skb::ifindex(dev);
     // An array lookup: the verifier inlines it (no helper call).
@@ -68,13 +76,14 @@ pub fn observe<M: Mode>(skb: *const u8, dev: *const u8, hook: Hook) {
         Hook::Receive => skb::data(skb),
         Hook::Transmit => skb::network_header(skb),
     };
-    M::with_headers(at, |h| walk(skb, ifindex, iface.path, site, h));
+    let Some(h) = M::headers(at) else { return };
+    walk::<M>(skb, ifindex, iface.path, site, &h);
 }
 
 /// What [`observe`] does once the headers are at hand: the IP header's addresses and length
 /// for every packet, the transport header only for the packets `conns` can use.
 #[inline(always)]
-fn walk<H: Headers>(skb: *const u8, ifindex: u32, veth_path: u32, site: Site, h: &H) {
+fn walk<M: Mode>(skb: *const u8, ifindex: u32, veth_path: u32, site: Site, h: &M::H) {
     let Some(ip) = packet::parse_ip(h) else {
         return;
     };
@@ -92,17 +101,17 @@ fn walk<H: Headers>(skb: *const u8, ifindex: u32, veth_path: u32, site: Site, h:
             };
             match packet::attribute(from_pod, pod, &ip) {
                 Attribution::Own => {
-                    counters::forwarded(skb, veth_path, dir, ip.len);
+                    counters::forwarded(skb::segments::<M>(skb), veth_path, dir, ip.len);
                     Some(veth_path)
                 }
                 Attribution::Foreign => {
-                    counters::foreign(skb, veth_path, &ip.src);
+                    counters::foreign(skb::segments::<M>(skb), veth_path, &ip.src);
                     return;
                 }
                 // The pod's address is not known yet: its packets are counted, but nothing
                 // says whose they are, so no connection is opened or answered with them.
                 Attribution::Unverified => {
-                    counters::forwarded(skb, veth_path, dir, ip.len);
+                    counters::forwarded(skb::segments::<M>(skb), veth_path, dir, ip.len);
                     return;
                 }
                 Attribution::Ignore => return,
@@ -114,7 +123,7 @@ fn walk<H: Headers>(skb: *const u8, ifindex: u32, veth_path: u32, site: Site, h:
             // probe of a strict-mode branch pod), which `conns` looks at.
             if !skb::has_socket(skb) {
                 if let Some(path) = pods::path_of(&ip.src) {
-                    counters::left_via(path, ifindex, skb::segments(skb));
+                    counters::left_via(path, ifindex, skb::segments::<M>(skb));
                 }
             }
             None

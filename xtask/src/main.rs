@@ -127,6 +127,59 @@ fn run_vm(short: &str, script: &str, opts: &vm::VmOptions) -> Result<()> {
 /// the kernel's exact `map_mem_usage` from 6.4.
 const MAPS_VM_KERNEL: &str = "6.12";
 
+/// Floods in the per-kernel cost VMs, as a share of the host's (`SGB_SCALE`): TCG runs a
+/// guest's packets tens of times slower, and ns per run needs thousands of runs, not
+/// hundreds of thousands.
+const VM_COST_SCALE: &str = "0.1";
+
+/// The cost-per-packet section on each kernel users run ([`kernel::KERNELS`]: 5.10, 6.1,
+/// 6.12), each in its own VM against its own floor. TCG inflates every ns; the ratio to the
+/// same kernel's empty program is what carries over to a real node.
+fn bench_costs_in_vms(release: &std::path::Path) -> String {
+    let mut text = String::new();
+    for short in kernel::KERNELS {
+        eprintln!("bench: cost per packet in a VM on {short} ...");
+        let section = bench_costs_in_vm(release, short)
+            .unwrap_or_else(|e| format!("**Not measured**: {e:#}\n\n"));
+        text.push_str(&format!(
+            "## Cost per packet, kernel {short} (a VM under TCG)\n\n{section}"
+        ));
+    }
+    text
+}
+
+/// The bench's cost section (`SGB_ONLY=costs`, floods scaled by [`VM_COST_SCALE`]) in a VM
+/// on `short`; its text without the heading.
+fn bench_costs_in_vm(release: &std::path::Path, short: &str) -> Result<String> {
+    let kernel = kernel::get(short)?;
+    let (bench, sgpath) = (release.join("bench"), release.join("sgpath"));
+    let script = format!(
+        "SGB_ONLY=costs SGB_BARE=1 SGB_SCALE={VM_COST_SCALE} SGPATH_BIN={} {} > \"$SGPATH_VM_DIR/costs.md\"",
+        vm::shell_quote(&sgpath.to_string_lossy()),
+        vm::shell_quote(&bench.to_string_lossy()),
+    );
+    let opts = vm::VmOptions {
+        memory: "2G".into(),
+        timeout: Duration::from_secs(1800),
+        binaries: vec![bench, sgpath],
+        ..Default::default()
+    };
+    let out = vm::run_with(&kernel, &script, &opts)?;
+    let text = std::fs::read_to_string(out.rwdir.join("costs.md")).unwrap_or_default();
+    if !out.success() || text.is_empty() {
+        bail!("the VM's script exited {}: {}", out.status, out.output);
+    }
+    // The section's own heading is the host's; say which kernel instead.
+    let body = text
+        .split_once('\n')
+        .map_or(text.as_str(), |(_, rest)| rest)
+        .trim_start();
+    Ok(format!(
+        "Release {}, floods at {VM_COST_SCALE} of the host's.\n\n{body}\n",
+        out.release
+    ))
+}
+
 /// The bench's map-memory section run in a VM on [`MAPS_VM_KERNEL`].
 fn bench_maps_in_vm(release: &std::path::Path) -> Result<String> {
     let kernel = kernel::get(MAPS_VM_KERNEL)?;
@@ -192,6 +245,7 @@ fn bench() -> Result<()> {
     }
     let mut report = String::from_utf8_lossy(&out.stdout).into_owned();
     report.push_str(&bench_maps_in_vm(&release)?);
+    report.push_str(&bench_costs_in_vms(&release));
     let report = format!(
         "{report}\nThe whole `cargo xtask bench` took {:.0} s of wall time ({:.0} s of it setup \
          and the release build).\n",

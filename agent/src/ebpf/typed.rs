@@ -1,7 +1,7 @@
 //! Typed header reads (6.2+): the programs `path_rx_typed`, `path_tx_typed` and
-//! `kfree_skb_reason_typed` read packet headers through pointers cast with the kfunc
-//! `bpf_rdonly_cast` to the header's struct (`iphdr`, `tcphdr`, ...), instead of copying them
-//! with a helper. aya 0.14 cannot emit a kfunc call, so the programs carry placeholders
+//! `kfree_skb_reason_typed` read packet headers (and a GSO skb's `skb_shared_info`) through
+//! pointers cast with the kfunc `bpf_rdonly_cast` to the header's struct (`iphdr`,
+//! `tcphdr`, ...), instead of copying them with a helper. aya 0.14 cannot emit a kfunc call, so the programs carry placeholders
 //! (`sgpath_ebpf::KFUNC_CALL_PLACEHOLDER`): `r2 = BTF_TYPE_PLACEHOLDER + hdr` then a helper
 //! call numbered `KFUNC_CALL_PLACEHOLDER`. [`patch`] rewrites each pair in a copy of the
 //! object, before aya reads it: the `r2` move gets the struct's id in the running kernel's
@@ -157,7 +157,7 @@ mod tests {
 
     const IDS: TypedIds = TypedIds {
         rdonly_cast: 70_001,
-        structs: [11, 12, 13, 14, 15],
+        structs: [11, 12, 13, 14, 15, 16],
     };
 
     #[test]

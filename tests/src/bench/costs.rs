@@ -28,6 +28,22 @@ use super::{
 
 /// Datagrams per flood: enough runs for a stable mean, short enough for 30 floods.
 const PACKETS: u64 = 300_000;
+
+/// [`PACKETS`] times `$SGB_SCALE` (default 1): the per-kernel VMs run a tenth, TCG being
+/// tens of times slower.
+fn packets() -> u64 {
+    let scale: f64 = std::env::var("SGB_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((PACKETS as f64 * scale) as u64).max(1000)
+}
+
+/// The dropped flood's first port, and the node's nftables rule that drops it (input hook,
+/// as the drop benchmark's).
+const DROP_PORT: u16 = 7300;
+const DROP_RULE: &str = "table inet sgb_cost_drop {\n chain input {\n \
+     type filter hook input priority 0;\n udp dport 7300-7363 drop\n }\n}\n";
 /// The VPC's end of the node's `eth0`.
 const VPC_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 98, 0, 1);
 
@@ -84,7 +100,12 @@ pub enum Traffic {
 }
 
 impl Traffic {
-    const FLOODED: [Traffic; 3] = [Traffic::PodToNode, Traffic::NodeToPod, Traffic::NodeToVpc];
+    const FLOODED: [Traffic; 4] = [
+        Traffic::PodToNode,
+        Traffic::NodeToPod,
+        Traffic::NodeToVpc,
+        Traffic::PodToNodeDropped,
+    ];
 
     fn flood(self, node: &PodNode) -> Flood {
         let (pod, node_ns) = (&node.pods[0], node.node());
@@ -95,16 +116,18 @@ impl Traffic {
             Traffic::NodeToPod => (node_ns, NODE_IP, pod.ns.clone(), pod.ip),
             Traffic::NodeToVpc => (node_ns, NODE_IP, format!("{}-vpc", node.prefix), VPC_IP),
         };
+        let dropped = self == Traffic::PodToNodeDropped;
         Flood {
             from_ns,
             from,
             to_ns,
             to,
-            port: 7200,
+            // Dropped by `DROP_RULE`.
+            port: if dropped { DROP_PORT } else { 7200 },
             flows: FLOWS,
-            packets: PACKETS,
+            packets: packets(),
             rate: None,
-            receive: true,
+            receive: !dropped,
         }
     }
 
@@ -130,6 +153,8 @@ pub struct Measured {
 /// its interval.
 pub fn measure(node: &PodNode) -> Measured {
     let mut m = Measured::default();
+    let ns = node.node();
+    crate::observe::nft(&ns, DROP_RULE);
     for round in 0..MAX_PAIRS {
         let agent = start_agent(node);
         std::thread::sleep(Duration::from_millis(500));
@@ -158,6 +183,7 @@ pub fn measure(node: &PodNode) -> Measured {
             break;
         }
     }
+    crate::observe::ns_run(&ns, &["nft", "delete", "table", "inet", "sgb_cost_drop"]);
     m
 }
 
@@ -292,8 +318,8 @@ pub fn section(m: &Measured) -> String {
         .map_or(0.0, |s| s.median);
         let (figure, met) = match row.judge(m) {
             Some((i, g)) => match row.work {
-                Work::Full => (format!("{}x", i.show(2)), g),
-                Work::EarlyExit => (format!("+{} ns", i.show(0)), g),
+                Work::Full => (i.show_in(2, "x"), g),
+                Work::EarlyExit => (format!("+{}", i.show_in(0, " ns")), g),
             },
             None => (format!("{:.2}x", ns.median / fl.median), Goal::Undecided),
         };
@@ -320,11 +346,12 @@ pub fn section(m: &Measured) -> String {
          count of each program, read with `bpftool prog show -j` before and after each flood. \
          The floor is an empty program on the same hook (`agent-ebpf/src/floor.rs`, never \
          loaded by the agent), measured on the same traffic in the same round: each round is \
-         the three floods ({PACKETS} datagrams of 64-byte frames in {FLOWS} flows) with \
+         the four floods ({packets} datagrams of 64-byte frames in {FLOWS} flows) with \
          `sgpath agent` attached, then with the floor programs alone; {PAIRS} rounds at \
          least, more (up to {MAX_PAIRS}) until every row's interval clears its goal ({n} \
-         here). The drop row pairs each of the drop benchmark's floods (the agent's) with a \
-         flood under the floor program right after it. ns per run: median (min–max) over the \
+         here). The dropped flood is the pod's, every datagram dropped by an nftables rule in \
+         the node's input hook (`udp dport {DROP_PORT}-...  drop`; on 5.10 the drop program is \
+         `kfree_skb_location`). ns per run: median (min–max) over the \
          floods. The last figure is per round, sgpath's over the floor's (a ratio) or minus \
          it (ns), shown as its median and the {CONFIDENCE} interval of that median [low, \
          high] (sign test: the order statistics of the rounds). Each tracepoint fires for \
@@ -334,6 +361,7 @@ pub fn section(m: &Measured) -> String {
          read).\n\n{}",
         header_read(&m.agent),
         t.markdown(),
+        packets = packets(),
         n = m
             .agent
             .iter()
@@ -343,10 +371,15 @@ pub fn section(m: &Measured) -> String {
 }
 
 /// A program's (ns per run, runs) in one flood's costs, whichever way it reads headers
-/// (`path_rx` or `path_rx_typed`). The kernel truncates program names to 15 characters;
+/// (`path_rx` or `path_rx_typed`) and, for the drop program, whichever names drops
+/// (`kfree_skb_location` on 5.10). The kernel truncates program names to 15 characters;
 /// bpftool may show either.
 fn lookup(c: &Costs, name: &str) -> Option<(f64, u64)> {
-    [format!("{name}_typed"), name.to_owned()]
+    let mut names = vec![format!("{name}_typed"), name.to_owned()];
+    if name == "kfree_skb_reason" {
+        names.push("kfree_skb_location".into());
+    }
+    names
         .iter()
         .find_map(|name| {
             c.iter()

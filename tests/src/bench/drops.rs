@@ -18,12 +18,10 @@ use serde_json::Value;
 
 use super::{
     MAX_PAIRS, PAIRS,
-    costs::Floor,
     flood::Flooded,
-    ns_per_run,
-    packet_path::{Costs, FLOOD_PACKETS, udp_flood},
+    packet_path::{FLOOD_PACKETS, udp_flood},
     pod_node::PodNode,
-    prog_stats, start_agent,
+    start_agent,
     stats::{CONFIDENCE, Goal, Interval, Table, alternate_until, kilo, ratios},
 };
 use crate::observe::{nft, ns_run};
@@ -113,9 +111,8 @@ struct Run {
     nft: u64,
 }
 
-/// The section, and the drop handler's cost per run of each sgpath flood and the floor
-/// program's of as many floods.
-pub fn run(node: &PodNode) -> (String, Vec<Costs>, Vec<Costs>) {
+/// The section.
+pub fn run(node: &PodNode) -> String {
     let ns = node.node();
     if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
         let _ = Command::new("mount")
@@ -129,14 +126,12 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>, Vec<Costs>) {
     );
     let names = reason_names();
     let flood = udp_flood(node, 7100, false);
-    let mut costs = Vec::new();
     let reset = || {
         ns_run(
             &ns,
             &["nft", "reset", "counter", "inet", "sgb_drop", "flood"],
         );
     };
-    let mut floor = Vec::new();
     let pps = |v: &[Run]| v.iter().map(|r| r.pps).collect::<Vec<_>>();
     let judge = |a: &[Run], b: &[Run]| {
         Interval::of(&ratios(&pps(b), &pps(a))).map(|i| (i, i.judge(1.0, true)))
@@ -149,10 +144,8 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>, Vec<Costs>) {
             std::thread::sleep(Duration::from_millis(500));
             reset();
             let before = sgpath_drops(&agent.report(&[]));
-            let stats = prog_stats(agent.pid());
             let f = flood.run();
             std::thread::sleep(Duration::from_millis(300));
-            costs.push(ns_per_run(&stats, &prog_stats(agent.pid())));
             let counted = sgpath_drops(&agent.report(&[])) - before;
             let _ = agent.terminate();
             Run {
@@ -167,17 +160,11 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>, Vec<Costs>) {
                 reset();
                 f = flood.run();
             });
-            let run = Run {
+            Run {
                 pps: f.sent_pps(),
                 counted,
                 nft: nft_counter(&ns),
-            };
-            // The cost table's floor for this pair's agent flood.
-            floor.push(Floor::around(|| {
-                flood.run();
-                std::thread::sleep(Duration::from_millis(300));
-            }));
-            run
+            }
         },
         |a, b| judge(a, b).is_some_and(|(_, g)| g != Goal::Undecided),
     );
@@ -228,5 +215,5 @@ pub fn run(node: &PodNode) -> (String, Vec<Costs>, Vec<Costs>) {
         counts(&b),
         n = a.len(),
     );
-    (text, costs, floor)
+    text
 }

@@ -140,8 +140,13 @@ impl Interval {
 
     /// `median [low, high], n pairs`.
     pub fn show(&self, decimals: usize) -> String {
+        self.show_in(decimals, "")
+    }
+
+    /// `median<unit> [low, high], n pairs`.
+    pub fn show_in(&self, decimals: usize, unit: &str) -> String {
         format!(
-            "{:.d$} [{:.d$}, {:.d$}], {} pairs",
+            "{:.d$}{unit} [{:.d$}, {:.d$}], {} pairs",
             self.median,
             self.low,
             self.high,

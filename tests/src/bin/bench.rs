@@ -8,11 +8,8 @@
 use std::time::Instant;
 
 use sgpath_tests::bench::{
-    attach,
-    costs::{self, Traffic},
-    drops, footprint, maps, packet_path,
-    pod_node::PodNode,
-    profile, scrape, section, snapshot,
+    attach, costs, drops, footprint, maps, packet_path, pod_node::PodNode, profile, scrape,
+    section, snapshot,
 };
 
 fn utc_now() -> String {
@@ -49,8 +46,12 @@ fn main() {
          `{}` (release build).\n\n\
          Method: every figure is the median of at least 5 runs, with the min and max in \
          parentheses. A ratio is measured in one run alternating A and B (A B A B ...) and \
-         taken pair by pair, because the machine is shared and noisy. The goal column says \
-         whether the median met the goal of issue 13. All traffic stays between the bench's \
+         taken pair by pair, because the machine is shared and noisy, and shown as the median \
+         of the pairs' ratios with its 95% confidence interval [low, high]: the sign test's \
+         distribution-free interval for a median (order statistics k and n+1-k of the n \
+         ratios, k the largest rank with P(Binomial(n, 1/2) < k) <= 2.5%). Pairs are added \
+         until the interval lies wholly on one side of the goal: the goal column says met or \
+         missed only then, and undecided when the most pairs allowed still straddle it. All traffic stays between the bench's \
          own namespaces (`sgb-*`, 10.98.0.0/16); no VLANs (this kernel has no 802.1Q).\n\n",
         sgpath::collect::kernel_release(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -69,22 +70,14 @@ fn main() {
         if wanted("path") {
             emit(&section("Packet-path overhead", || packet_path::run(&node)));
         }
-        let mut measured = costs::Measured::default();
         if wanted("drops") {
             emit(&section("Against a peer's drop counter", || {
-                let (text, agent, floor) = drops::run(&node);
-                let dropped = |c: Vec<_>| c.into_iter().map(|c| (Traffic::PodToNodeDropped, c));
-                measured.agent.extend(dropped(agent));
-                measured.floor.extend(dropped(floor));
-                text
+                drops::run(&node)
             }));
         }
         if wanted("costs") {
             emit(&section("Cost per packet", || {
-                let m = costs::measure(&node);
-                measured.agent.extend(m.agent);
-                measured.floor.extend(m.floor);
-                costs::section(&measured)
+                costs::section(&costs::measure(&node))
             }));
         }
         if wanted("profile") {

@@ -51,8 +51,23 @@ pub fn udp_flood(node: &PodNode, port: u16, receive: bool) -> Flood {
     }
 }
 
+/// The iperf3 server in the node, for [`tcp_stream`]; killed when dropped.
+pub fn tcp_server(node: &PodNode) -> Killed {
+    Killed::spawn_in(
+        &node.node(),
+        &[
+            "iperf3",
+            "-s",
+            "-B",
+            &NODE_IP.to_string(),
+            "-p",
+            &IPERF_PORT.to_string(),
+        ],
+    )
+}
+
 /// One iperf3 stream from the pod to the node; bits a second received.
-fn tcp_stream(node: &PodNode) -> f64 {
+pub fn tcp_stream(node: &PodNode) -> f64 {
     for _ in 0..20 {
         let out = Command::new("ip")
             .args(["netns", "exec", &node.pods[0].ns, "iperf3", "-J", "-c"])
@@ -77,17 +92,7 @@ fn tcp_stream(node: &PodNode) -> f64 {
 
 /// The section.
 pub fn run(node: &PodNode) -> String {
-    let _server = Killed::spawn_in(
-        &node.node(),
-        &[
-            "iperf3",
-            "-s",
-            "-B",
-            &NODE_IP.to_string(),
-            "-p",
-            &IPERF_PORT.to_string(),
-        ],
-    );
+    let _server = tcp_server(node);
     let flood = udp_flood(node, 7000, true);
     // Warm-up: ARP-free already (permanent neighbours), but caches and sockets are cold.
     flood.run();

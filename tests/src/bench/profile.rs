@@ -11,7 +11,7 @@ use std::{process::Command, time::Duration};
 use super::{
     Killed,
     flood::Flood,
-    packet_path::{FLOOD_PACKETS, udp_flood},
+    packet_path::{FLOOD_PACKETS, tcp_server, tcp_stream, udp_flood},
     pod_node::PodNode,
     start_agent,
     stats::{Goal, Table},
@@ -26,6 +26,24 @@ const TOP: usize = 14;
 struct Samples(Vec<Vec<String>>);
 
 fn record(flood: &Flood, tag: &str) -> Samples {
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    let me = me.trim().to_owned();
+    let all = record_during(
+        || {
+            flood.run();
+        },
+        tag,
+    );
+    Samples(
+        all.into_iter()
+            .filter(|(comm, _)| *comm == me || comm.starts_with("ksoftirqd"))
+            .map(|(_, chain)| chain)
+            .collect(),
+    )
+}
+
+/// Every non-idle sample of the machine while `f` runs: (command, callchain leaf first).
+fn record_during(f: impl FnOnce(), tag: &str) -> Vec<(String, Vec<String>)> {
     let data = format!("/tmp/sgb-perf-{tag}.data");
     let mut perf = Killed(
         Command::new("perf")
@@ -37,7 +55,7 @@ fn record(flood: &Flood, tag: &str) -> Samples {
     );
     // perf needs a moment to open its events on every CPU.
     std::thread::sleep(Duration::from_millis(700));
-    flood.run();
+    f();
     // SIGINT: perf writes its file and exits.
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(perf.0.id() as i32),
@@ -49,32 +67,31 @@ fn record(flood: &Flood, tag: &str) -> Samples {
         .output()
         .expect("perf script");
     let _ = std::fs::remove_file(&data);
-    Samples::parse(&String::from_utf8_lossy(&out.stdout))
+    parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `perf script -F comm,ip,sym`: a `comm` line, then one `<ip> <symbol>` line per frame, a
+/// blank line between samples. The idle loop (`swapper`) is left out.
+fn parse(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut samples = Vec::new();
+    for block in text.split("\n\n") {
+        let mut lines = block.lines().filter(|l| !l.trim().is_empty());
+        let Some(comm) = lines.next() else { continue };
+        let comm = comm.trim();
+        if comm.starts_with("swapper") {
+            continue;
+        }
+        let chain: Vec<String> = lines
+            .filter_map(|l| l.trim().split_once(' ').map(|(_, sym)| sym.to_owned()))
+            .collect();
+        if !chain.is_empty() {
+            samples.push((comm.to_owned(), chain));
+        }
+    }
+    samples
 }
 
 impl Samples {
-    /// `perf script -F comm,ip,sym`: a `comm` line, then one `<ip> <symbol>` line per frame,
-    /// a blank line between samples.
-    fn parse(text: &str) -> Samples {
-        let me = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
-        let mut samples = Vec::new();
-        for block in text.split("\n\n") {
-            let mut lines = block.lines().filter(|l| !l.trim().is_empty());
-            let Some(comm) = lines.next() else { continue };
-            let comm = comm.trim();
-            if comm != me.trim() && !comm.starts_with("ksoftirqd") {
-                continue;
-            }
-            let chain: Vec<String> = lines
-                .filter_map(|l| l.trim().split_once(' ').map(|(_, sym)| sym.to_owned()))
-                .collect();
-            if !chain.is_empty() {
-                samples.push(chain);
-            }
-        }
-        Samples(samples)
-    }
-
     fn share(&self, n: usize) -> f64 {
         100.0 * n as f64 / self.0.len().max(1) as f64
     }
@@ -128,6 +145,73 @@ fn show(sym: &str) -> String {
         Some((_, name)) => format!("`bpf_prog_…_{name}` (BPF)"),
         None => format!("`{sym}`"),
     }
+}
+
+/// Where a TCP stream's CPU goes with and without the agent: every busy sample of the
+/// machine while one iperf3 stream (pod -> node) runs, by command, and the share under the
+/// agent's programs. Large GSO skbs make few program runs per byte, so a throughput loss
+/// with the agent is looked for in the agent's own CPU (the machine has 2 cores).
+pub fn tcp(node: &PodNode) -> String {
+    let _ = std::fs::write("/proc/sys/net/core/bpf_jit_kallsyms", "1");
+    let _server = tcp_server(node);
+    let mut gbps = [0.0; 2];
+    let without = record_during(|| gbps[0] = tcp_stream(node) / 1e9, "tcp-a");
+    let agent = start_agent(node);
+    std::thread::sleep(Duration::from_millis(500));
+    let with = record_during(|| gbps[1] = tcp_stream(node) / 1e9, "tcp-b");
+    let _ = agent.terminate();
+    let by_comm = |v: &[(String, Vec<String>)]| {
+        // Threads named after their program: `sgpath` for the agent's tokio workers too.
+        let comm = |c: &str| {
+            if c.starts_with("ksoftirqd") {
+                "ksoftirqd".to_owned()
+            } else if c.starts_with("kworker") {
+                "kworker".to_owned()
+            } else {
+                c.to_owned()
+            }
+        };
+        count(v.iter().map(|(c, _)| comm(c)), 6)
+    };
+    let under_bpf = |v: &[(String, Vec<String>)]| {
+        v.iter()
+            .filter(|(_, chain)| chain.iter().any(|s| s.starts_with("bpf_prog_")))
+            .count()
+    };
+    let mut t = Table::new(&[
+        "rank",
+        "no probes: command",
+        "busy samples",
+        "sgpath agent: command",
+        "busy samples",
+    ]);
+    let (ca, cb) = (by_comm(&without), by_comm(&with));
+    for i in 0..6 {
+        let cell = |c: &[(String, usize)], all: usize| {
+            c.get(i).map_or((String::new(), String::new()), |(s, n)| {
+                (
+                    format!("`{s}`"),
+                    format!("{n} ({:.1}%)", 100.0 * *n as f64 / all.max(1) as f64),
+                )
+            })
+        };
+        let ((sa, na), (sb, nb)) = (cell(&ca, without.len()), cell(&cb, with.len()));
+        t.row(&[format!("{}", i + 1), sa, na, sb, nb], "", Goal::None);
+    }
+    format!(
+        "`perf record -a -g -e cpu-clock` over one iperf3 stream pod -> node (5 s) with no \
+         probes ({:.2} Gbit/s, {} busy samples), then one with `sgpath agent` attached \
+         ({:.2} Gbit/s, {} busy samples); idle samples left out. Samples with one of the \
+         agent's BPF programs in their call chain: {} ({:.2}% of the busy samples). Busy \
+         samples by command:\n\n{}",
+        gbps[0],
+        without.len(),
+        gbps[1],
+        with.len(),
+        under_bpf(&with),
+        100.0 * under_bpf(&with) as f64 / with.len().max(1) as f64,
+        t.markdown(),
+    )
 }
 
 pub fn run(node: &PodNode) -> String {

@@ -82,6 +82,9 @@ fn main() {
         }
         if wanted("profile") {
             emit(&section("Where the time goes", || profile::run(&node)));
+            emit(&section("Where a TCP stream's time goes", || {
+                profile::tcp(&node)
+            }));
         }
         if wanted("maps") {
             let title = format!("BPF map memory, {} possible CPUs", maps::possible_cpus());

@@ -336,31 +336,41 @@ impl ConnKey {
 /// TCP, 8 of UDP. A shorter packet's bytes beyond its end are not its own.
 #[inline(always)]
 pub fn transport<H: Headers>(h: &H, ip: &IpHeader) -> Option<L4> {
-    let at = ip.l4_at as usize;
-    let payload = ip.len.saturating_sub(at as u32);
+    // Each read at a constant offset: the helper-read copy sits on the stack, where the
+    // verifier wants every read's offset known (and aligned).
+    if ip.l4_at == 20 {
+        transport_at::<H, 20>(h, ip)
+    } else {
+        transport_at::<H, 40>(h, ip)
+    }
+}
+
+#[inline(always)]
+fn transport_at<H: Headers, const AT: usize>(h: &H, ip: &IpHeader) -> Option<L4> {
+    let payload = ip.len.saturating_sub(AT as u32);
     match ip.proto {
         PROTO_TCP => {
             if payload < 14 {
                 return None;
             }
-            let flags = h.u8(Hdr::Tcp, at, 13);
+            let flags = h.u8(Hdr::Tcp, AT, 13);
             if flags & (TCP_SYN | TCP_RST) == 0 {
                 return None;
             }
             Some(L4 {
                 proto: PROTO_TCP,
-                sport: h.be16(Hdr::Tcp, at, 0),
-                dport: h.be16(Hdr::Tcp, at, 2),
+                sport: h.be16(Hdr::Tcp, AT, 0),
+                dport: h.be16(Hdr::Tcp, AT, 2),
                 flags,
             })
         }
         PROTO_UDP if payload >= 8 => Some(L4 {
             proto: PROTO_UDP,
-            sport: h.be16(Hdr::Udp, at, 0),
-            dport: h.be16(Hdr::Udp, at, 2),
+            sport: h.be16(Hdr::Udp, AT, 0),
+            dport: h.be16(Hdr::Udp, AT, 2),
             flags: 0,
         }),
-        PROTO_ICMP if at == 20 => icmp_refusal(h, ip.len),
+        PROTO_ICMP if AT == 20 => icmp_refusal(h, ip.len),
         _ => None,
     }
 }

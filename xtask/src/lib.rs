@@ -4,6 +4,7 @@
 //! Side effects live in the modules (installing packages, writing under /var/cache/sgpath,
 //! /lib/modules and `target/`); this file only computes paths.
 
+pub mod arch;
 pub mod cache;
 pub mod cmd;
 pub mod cni_plugin;

@@ -544,7 +544,7 @@ fn inherited_package_variable(name: &str) -> bool {
 /// both; rustc still links its own self-contained musl (crt objects and libc.a), so the
 /// glibc cross toolchain only compiles ring and drives `ld`. Either result is checked
 /// static and of its machine by [`check_binary`].
-fn musl_build_env(arch: Arch) -> Vec<(String, String)> {
+pub fn musl_build_env(arch: Arch) -> Vec<(String, String)> {
     let named = |v: &str| std::env::var_os(v).is_some();
     let cc = arch.cc_variable();
     let mut env = Vec::new();

@@ -9,7 +9,8 @@
 //! binaries, see [`crate::arch`]), Debian's kubernetes-client when
 //! no kubectl is on PATH, builds bpf-linker with
 //! `cargo +nightly install` against rustc's own libLLVM (symlinked under [`LLVM_PREFIX`]),
-//! `pip install virtme-ng` and `moto[server]`, and installs the VM kernels (see [`crate::kernel`]).
+//! `pip install virtme-ng` and `moto[server]`, installs the VM kernels (see [`crate::kernel`])
+//! and the arm64 guest's root filesystem (see [`crate::guest_root`]).
 
 use crate::{arch::Arch, cmd, kernel};
 use anyhow::{Context, Result, bail};
@@ -111,8 +112,15 @@ pub fn missing() -> Vec<String> {
     missing.extend(crate::control_plane::missing());
     missing.extend(crate::cni_plugin::missing());
     for short in kernel::KERNELS {
-        if let Err(e) = kernel::get(short) {
-            missing.push(format!("{e:#}"));
+        match kernel::get(short) {
+            Err(e) => missing.push(format!("{e:#}")),
+            Ok(k) if k.arch() != Arch::NATIVE && !crate::guest_root::is_built(&k) => {
+                missing.push(format!(
+                    "the {} root filesystem of kernel {short}",
+                    k.arch()
+                ));
+            }
+            Ok(_) => {}
         }
     }
     missing
@@ -158,7 +166,13 @@ pub fn run() -> Result<()> {
     // routed-eni-cni-plugin at its pinned releases and the fake ipamd: the lab's pods.
     cmd::step("setup: VPC CNI plugin", crate::cni_plugin::ensure)?;
     for short in kernel::KERNELS {
-        cmd::step(&format!("setup: kernel {short}"), || kernel::install(short))?;
+        let k = cmd::step(&format!("setup: kernel {short}"), || kernel::install(short))?;
+        if k.arch() != Arch::NATIVE {
+            // The guest cannot share this machine's root: it boots its own.
+            cmd::step(&format!("setup: {} root filesystem", k.arch()), || {
+                crate::guest_root::ensure(&k)
+            })?;
+        }
     }
     let missing = missing();
     if !missing.is_empty() {

@@ -31,7 +31,7 @@ const FORMAT: u32 = 1;
 /// Debian packages of the root, each for what the VM tests and the lab exec: bash (scripts),
 /// coreutils (`timeout`, `head`, `sha1sum`, ...), iproute2 (`ip`, `tc`), nftables (the lab's
 /// VPC), busybox-static (pods' httpd, `mount`, `poweroff`), curl (the bastion), dnsmasq-base
-/// (the lab's CoreDNS), util-linux (`nsenter`, `setpriv`, `unshare`), procps (`sysctl`), kmod
+/// (the lab's CoreDNS), util-linux (`nsenter`, `setpriv`, `unshare`), mount, procps (`sysctl`), kmod
 /// (`modprobe`), grep, findutils (`xargs`), sed, mawk, netbase (`/etc/protocols` for nft).
 pub const PACKAGES: &[&str] = &[
     "bash",
@@ -42,6 +42,7 @@ pub const PACKAGES: &[&str] = &[
     "curl",
     "dnsmasq-base",
     "util-linux",
+    "mount",
     "procps",
     "kmod",
     "grep",
@@ -49,6 +50,8 @@ pub const PACKAGES: &[&str] = &[
     "sed",
     "mawk",
     "netbase",
+    // Satisfies init-system-helpers' `usrmerge | usr-is-merged` without usrmerge's perl.
+    "usr-is-merged",
 ];
 
 /// Subtrees of the kernel's `lib/modules/<release>/kernel/` copied into the root: the
@@ -219,10 +222,11 @@ fn download(apt: AptSource) -> Result<Vec<PathBuf>> {
             bail!("unexpected apt-get line {line:?}");
         };
         let version = version.trim_start_matches('(').replace(':', "%3a");
+        // `Inst libc6 (2.36-9+deb12u14 Debian:12.15/oldstable [arm64]) []`: the first bracket.
         let arch = line
-            .rsplit_once('[')
+            .split_once(" [")
             .and_then(|(_, a)| a.split(']').next())
-            .unwrap_or("arm64");
+            .with_context(|| format!("no architecture in apt-get's {line:?}"))?;
         let deb = archives.join(format!("{name}_{version}_{arch}.deb"));
         if !deb.is_file() {
             bail!("apt-get downloaded no {}", deb.display());

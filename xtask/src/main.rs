@@ -23,7 +23,7 @@ enum Cmd {
     Test(test::Options),
     /// Boot a kernel in a VM and run one command inside (for debugging).
     Vm {
-        /// Kernel short name ("5.10", "6.1" or "6.12").
+        /// Kernel short name ("5.10", "6.1", "6.12" or "arm64-6.12").
         #[arg(long, default_value = "6.1")]
         kernel: String,
         /// Kill the VM after this many seconds.
@@ -103,7 +103,11 @@ fn run(command: Cmd) -> Result<()> {
 /// Runs `script` in a VM on `short`, prints its output and timings, fails if it failed.
 fn run_vm(short: &str, script: &str, opts: &vm::VmOptions) -> Result<()> {
     let kernel = kernel::get(short)?;
-    let out = vm::run_with(&kernel, script, opts)?;
+    let out = if kernel.arch() == xtask::arch::Arch::NATIVE {
+        vm::run_with(&kernel, script, opts)?
+    } else {
+        xtask::vm_arm64::run_with(&kernel, script, opts)?
+    };
     print!("{}", out.output);
     eprintln!(
         "vm {short}: release {}, exit {}, boot {:.1} s, script {:.1} s, wall {:.1} s ({})",

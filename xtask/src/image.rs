@@ -241,6 +241,17 @@ pub fn build_binaries(arch: Arch) -> Result<()> {
         "-p",
         "sgpath",
     ]);
+    musl_build(&mut cargo, arch);
+    cmd::run(&mut cargo)?;
+    for b in [binary_path(arch), plugin_binary_path(arch)] {
+        check_binary(&b, arch)?;
+    }
+    Ok(())
+}
+
+/// Prepares a cargo command building for `arch`'s musl target: [`musl_build_env`], and none
+/// of the package variables of the process that starts it ([`inherited_package_variable`]).
+pub fn musl_build(cargo: &mut Command, arch: Arch) {
     for (name, value) in musl_build_env(arch) {
         cargo.env(name, value);
     }
@@ -249,11 +260,6 @@ pub fn build_binaries(arch: Arch) -> Result<()> {
             cargo.env_remove(&name);
         }
     }
-    cmd::run(&mut cargo)?;
-    for b in [binary_path(arch), plugin_binary_path(arch)] {
-        check_binary(&b, arch)?;
-    }
-    Ok(())
 }
 
 /// Fails unless `path` is a static ELF binary for `arch`.
@@ -544,7 +550,7 @@ fn inherited_package_variable(name: &str) -> bool {
 /// both; rustc still links its own self-contained musl (crt objects and libc.a), so the
 /// glibc cross toolchain only compiles ring and drives `ld`. Either result is checked
 /// static and of its machine by [`check_binary`].
-pub fn musl_build_env(arch: Arch) -> Vec<(String, String)> {
+fn musl_build_env(arch: Arch) -> Vec<(String, String)> {
     let named = |v: &str| std::env::var_os(v).is_some();
     let cc = arch.cc_variable();
     let mut env = Vec::new();

@@ -854,9 +854,7 @@ fn cross_test_bins(arch: Arch) -> Result<Vec<TestBin>> {
     for (target, _) in ARM64_TESTS {
         build.args(["--test", target]);
     }
-    for (name, value) in crate::image::musl_build_env(arch) {
-        build.env(name, value);
-    }
+    crate::image::musl_build(&mut build, arch);
     eprintln!("+ {}", cmd::display(&build));
     let out = build.stderr(Stdio::inherit()).output()?;
     if !out.status.success() {

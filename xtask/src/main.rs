@@ -35,6 +35,13 @@ enum Cmd {
         /// Pass --verbose to vng (kernel log in target/vm/<kernel>/*/console.log).
         #[arg(long)]
         verbose: bool,
+        /// A host binary the command runs (repeatable): on the x86_64 VMs' fast disk, in the
+        /// arm64 VM's root at its host path (that guest does not see the host's files).
+        #[arg(long = "binary")]
+        binaries: Vec<std::path::PathBuf>,
+        /// Environment variable NAME=VALUE for the command (repeatable).
+        #[arg(long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
         /// Command and arguments to run in the guest (as root, cwd = workspace root).
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -77,6 +84,8 @@ fn run(command: Cmd) -> Result<()> {
             timeout,
             memory,
             verbose,
+            binaries,
+            env,
             command,
         } => {
             setup::ensure()?;
@@ -85,6 +94,8 @@ fn run(command: Cmd) -> Result<()> {
                 timeout: Duration::from_secs(timeout),
                 memory,
                 verbose,
+                binaries,
+                env,
                 ..Default::default()
             };
             run_vm(&kernel, &script.join(" "), &opts)
@@ -98,6 +109,17 @@ fn run(command: Cmd) -> Result<()> {
         Cmd::LabGuest(args) => xtask::lab::command::guest(args),
         Cmd::RelayStdio { addr } => xtask::lab::aws::relay_stdio(&addr),
     }
+}
+
+/// `NAME=VALUE`, NAME a shell identifier.
+fn parse_env(s: &str) -> Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("{s:?} is not NAME=VALUE"))?;
+    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        bail!("{k:?} is not a variable name");
+    }
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 /// Runs `script` in a VM on `short`, prints its output and timings, fails if it failed.

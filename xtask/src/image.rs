@@ -260,10 +260,12 @@ pub fn musl_build(cargo: &mut Command, arch: Arch) {
             cargo.env_remove(&name);
         }
     }
-    // The test runner sets it for libtest's `--report-time` (`run_bins`), so a build started
-    // from the image test saw it and one from the arm64 VM stage did not: every dependency
-    // of the release build was compiled again (13 min for aarch64 on a loaded machine).
-    cargo.env_remove("RUSTC_BOOTSTRAP");
+    // Cargo's fingerprints hold it. The test runner sets it for libtest's `--report-time`
+    // (`run_bins`), so a build started from the image test had it and one from the arm64
+    // VM stage or `cargo xtask image` did not: every dependency of the release build was
+    // compiled again (13 min for aarch64 on a loaded machine). Always set, as the image
+    // test (and the cache it left) always had it; nothing is built with unstable features.
+    cargo.env("RUSTC_BOOTSTRAP", "1");
 }
 
 /// Fails unless `path` is a static ELF binary for `arch`.

@@ -26,7 +26,7 @@ use std::process::Command;
 pub const CACHE_DIR: &str = "/opt/sgpath/arm64-root";
 
 /// Bumped when what [`build`] writes changes, so cached roots are rebuilt.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Debian packages of the root, each for what the VM tests and the lab exec: bash (scripts),
 /// coreutils (`timeout`, `head`, `sha1sum`, ...), iproute2 (`ip`, `tc`), nftables (the lab's
@@ -256,6 +256,17 @@ fn finish_root(root: &Path) -> Result<()> {
         "sgpath",
     ] {
         std::fs::create_dir_all(root.join(d))?;
+    }
+    // /var/run is /run, as base-files' postinst makes it: the VPC CNI plugin dials
+    // /var/run/aws-node/ipamd.sock where the lab binds its socket on /run/aws-node.
+    for (link, target) in [("var/run", "/run"), ("var/lock", "/run/lock")] {
+        let p = root.join(link);
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)?;
+        }
+        if std::fs::symlink_metadata(&p).is_err() {
+            std::os::unix::fs::symlink(target, &p)?;
+        }
     }
     let sh = root.join("bin/sh");
     if std::fs::symlink_metadata(&sh).is_err() {

@@ -2444,3 +2444,54 @@ fn wait_doc(agent: &Agent, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Datagrams of [`agent_serves_metrics_and_readyz`] to the ordinary pod.
+const METRICS_TO_POD: u64 = 23;
+
+/// `sgpath agent` in a lab's node on a VLAN-capable kernel: `/readyz` answers 200 once it is
+/// ready (its probes loaded), and an ordinary pod's datagrams are counted exactly in
+/// `/v1/report` and in `/metrics` (`sgpath_path_packets_total` and `_bytes_total` of its
+/// node-ENI path), which passes `promtool check metrics` where promtool is installed. The
+/// arm64 VM stage's agent test (where no Prometheus runs); SIGTERM: exit 0.
+pub fn agent_serves_metrics_and_readyz(lab: &Lab) {
+    let node = lab.layout.node();
+    let node_ip = lab.spec.node.primary_ip;
+    let (a_ns, a_ip) = crate::ordinary_pod(lab);
+    let agent = Agent::in_lab(lab, &[]);
+    let tx = udp_in(&node, (node_ip, 0).into());
+    let rx = udp_in(&a_ns, (Ipv4Addr::UNSPECIFIED, 7031).into());
+    send(&tx, (a_ip, 7031).into(), METRICS_TO_POD, PAYLOAD);
+    receive(&rx, METRICS_TO_POD);
+
+    let doc = agent.report_until(Duration::from_secs(10), |d| {
+        counters(d, a_ip)["to_pod"]["forwarded_packets"] == METRICS_TO_POD
+    });
+    assert_eq!(
+        counters(&doc, a_ip)["to_pod"]["forwarded_packets"],
+        METRICS_TO_POD,
+        "{}",
+        counters(&doc, a_ip)
+    );
+    let a_ip_s = a_ip.to_string();
+    let fwd = [
+        ("pod_ip", a_ip_s.as_str()),
+        ("path_kind", "node-eni"),
+        ("direction", "to_pod"),
+        ("verdict", "forwarded"),
+    ];
+    let (status, metrics) = agent.request("GET", "/metrics", &[]);
+    assert_eq!(status, 200, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "sgpath_path_packets_total", &fwd),
+        Some(METRICS_TO_POD),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "sgpath_path_bytes_total", &fwd),
+        Some(METRICS_TO_POD * (20 + 8 + PAYLOAD as u64)),
+        "{metrics}"
+    );
+    promtool_check(&metrics);
+    assert_eq!(agent.request("GET", "/readyz", &[]).0, 200);
+    assert!(agent.terminate().success());
+}

@@ -29,7 +29,7 @@ use promql_parser::{
 };
 use serde::Deserialize;
 use serde_json::Value;
-use xtask::lab::Lab;
+use xtask::{arch::Arch, lab::Lab};
 
 use crate::{
     agent::Agent,
@@ -1173,9 +1173,10 @@ pub fn deploy_agent_needs_each_capability(lab: &Lab) {
 }
 
 /// deploy/krew/sgpath.yaml: a krew `Plugin` named `sgpath` at the workspace version, one
-/// platform (linux/amd64) whose `bin` and only file are the plugin binary agent/Cargo.toml
-/// builds, whose `uri` names the tarball `cargo xtask image` writes, and whose sha256 is the
-/// placeholder `cargo xtask image` fills in (and only that changes when it does).
+/// platform per architecture (linux/amd64, linux/arm64) whose `bin` and only file are the
+/// plugin binary agent/Cargo.toml builds, whose `uri` names that platform's tarball `cargo
+/// xtask image` writes, and whose sha256 is that platform's placeholder `cargo xtask image`
+/// fills in (and only those change when it does).
 pub fn deploy_krew_manifest_installs_the_plugin() {
     let path = deploy_dir().join("krew/sgpath.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -1221,134 +1222,176 @@ pub fn deploy_krew_manifest_installs_the_plugin() {
     );
 
     let platforms = spec["platforms"].as_array().unwrap();
-    assert_eq!(platforms.len(), 1, "linux/amd64 only: the musl build");
-    let p = &platforms[0];
     assert_eq!(
-        p["selector"],
-        serde_json::json!({"matchLabels": {"os": "linux", "arch": "amd64"}})
+        platforms.len(),
+        Arch::ALL.len(),
+        "one platform per musl build: linux/amd64 and linux/arm64"
     );
-    assert_eq!(p["bin"], xtask::image::PLUGIN);
-    assert_eq!(
-        p["files"],
-        serde_json::json!([{"from": xtask::image::PLUGIN, "to": "."}])
-    );
-    let uri = p["uri"].as_str().unwrap();
-    assert!(uri.starts_with("https://"), "{uri}");
-    assert!(
-        uri.ends_with(&format!(
-            "/v{}/{}",
-            xtask::image::tag(),
-            xtask::image::plugin_archive_name()
-        )),
-        "{uri} does not name the release tarball"
-    );
-    assert_eq!(p["sha256"], xtask::image::KREW_SHA256_PLACEHOLDER);
+    for (p, arch) in platforms.iter().zip(Arch::ALL) {
+        assert_eq!(
+            p["selector"],
+            serde_json::json!({"matchLabels": {"os": "linux", "arch": arch.name()}})
+        );
+        assert_eq!(p["bin"], xtask::image::PLUGIN);
+        assert_eq!(
+            p["files"],
+            serde_json::json!([{"from": xtask::image::PLUGIN, "to": "."}])
+        );
+        let uri = p["uri"].as_str().unwrap();
+        assert!(uri.starts_with("https://"), "{uri}");
+        assert!(
+            uri.ends_with(&format!(
+                "/v{}/{}",
+                xtask::image::tag(),
+                xtask::image::plugin_archive_name(arch)
+            )),
+            "{uri} does not name the linux/{arch} release tarball"
+        );
+        assert_eq!(p["sha256"], xtask::image::krew_sha256_placeholder(arch));
+    }
 
-    let sha256 = "0123456789abcdef".repeat(4);
-    let filled = xtask::image::krew_manifest(&text, &sha256).unwrap();
+    let sums = ["0123456789abcdef".repeat(4), "fedcba9876543210".repeat(4)];
+    let filled =
+        xtask::image::krew_manifest(&text, &[(Arch::Amd64, &sums[0]), (Arch::Arm64, &sums[1])])
+            .unwrap();
     let mut filled = yaml_docs(&filled, "the filled krew manifest").remove(0);
-    assert_eq!(filled["spec"]["platforms"][0]["sha256"], sha256.as_str());
-    filled["spec"]["platforms"][0]["sha256"] = xtask::image::KREW_SHA256_PLACEHOLDER.into();
+    for (i, arch) in Arch::ALL.into_iter().enumerate() {
+        let p = &mut filled["spec"]["platforms"][i];
+        assert_eq!(p["sha256"], sums[i].as_str());
+        p["sha256"] = xtask::image::krew_sha256_placeholder(arch).into();
+    }
     assert_eq!(&filled, m);
 }
 
-/// `cargo xtask image`'s output: an OCI layout whose image runs /usr/bin/sgpath as 0:0,
-/// tagged with the version the DaemonSet names, one layer holding only the static binary
-/// and the static plugin (/usr/local/bin/kubectl-sgpath); the plugin's release files (the
-/// binary, the krew tarball, their sha256, the krew manifest with that sha256).
+/// `cargo xtask image`'s output: an OCI layout whose one ref is an image index of linux/amd64
+/// and linux/arm64, each image running /usr/bin/sgpath as 0:0, tagged with the version the
+/// DaemonSet names, one layer holding only the static binary and the static plugin
+/// (/usr/local/bin/kubectl-sgpath), both of the platform's ELF machine and the very files
+/// built; the plugin's release files per platform (the binary, the krew tarball, their
+/// sha256) and the krew manifest with both sha256.
 pub fn deploy_image_matches_the_daemonset() {
     let t = Instant::now();
     let built = xtask::image::build().unwrap_or_else(|e| panic!("cargo xtask image: {e:#}"));
     eprintln!(
-        "image built in {:.0} s: {} ({} bytes)",
+        "image built in {:.0} s: index {} ({} bytes)",
         t.elapsed().as_secs_f64(),
-        built.manifest_digest,
+        built.index_digest,
         built.size
     );
-    let config = xtask::image::config(&built.layout, xtask::image::tag()).unwrap();
+    let layout = &built.layout;
+    let tag = xtask::image::tag();
+    let platforms = xtask::image::platforms(layout, tag).unwrap();
     assert_eq!(
-        config["config"]["Entrypoint"],
-        serde_json::json!([xtask::image::ENTRYPOINT])
+        platforms.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        Arch::ALL,
+        "one index, linux/amd64 and linux/arm64"
     );
-    assert_eq!(config["config"]["User"], "0:0");
-    assert_eq!(config["os"], "linux");
-    assert_eq!(config["architecture"], "amd64");
-    assert_eq!(
-        config["config"]["Labels"]["org.opencontainers.image.version"],
-        xtask::image::tag()
-    );
-    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
+    assert_eq!(platforms, built.manifests);
     let ds = find(&render("agent"), "DaemonSet", "sgpath").clone();
     assert_eq!(
         ds["spec"]["template"]["spec"]["containers"][0]["image"],
         xtask::image::reference()
     );
-    for binary in [
-        xtask::image::binary_path(),
-        xtask::image::plugin_binary_path(),
-    ] {
-        let elf = std::fs::read(&binary).unwrap();
-        assert!(
-            !xtask::image::has_interpreter(&elf).unwrap(),
-            "static {}",
-            binary.display()
+    let dir = std::env::temp_dir().join(format!("sgpath-image-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for arch in Arch::ALL {
+        let config = xtask::image::config(layout, tag, arch).unwrap();
+        assert_eq!(
+            config["config"]["Entrypoint"],
+            serde_json::json!([xtask::image::ENTRYPOINT])
         );
+        assert_eq!(config["config"]["User"], "0:0");
+        assert_eq!(config["os"], "linux");
+        assert_eq!(config["architecture"], arch.name());
+        assert_eq!(
+            config["config"]["Labels"]["org.opencontainers.image.version"],
+            tag
+        );
+        assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
+        let files: BTreeSet<String> = xtask::image::layer_files(layout, tag, arch)
+            .unwrap()
+            .into_iter()
+            .filter(|f| !f.ends_with('/'))
+            .collect();
+        let want: BTreeSet<String> = [xtask::image::ENTRYPOINT, xtask::image::PLUGIN_IN_IMAGE]
+            .map(|f| f.trim_start_matches('/').to_owned())
+            .into();
+        assert_eq!(files, want, "the linux/{arch} layer's files");
+        // Each binary as the image holds it: static, of its platform's machine, the build's.
+        for (path, built_file) in [
+            (xtask::image::ENTRYPOINT, xtask::image::binary_path(arch)),
+            (
+                xtask::image::PLUGIN_IN_IMAGE,
+                xtask::image::plugin_binary_path(arch),
+            ),
+        ] {
+            let out = dir.join(format!("{arch}-{}", path.rsplit('/').next().unwrap()));
+            xtask::image::extract(layout, tag, arch, path, &out).unwrap();
+            xtask::image::check_binary(&out, arch)
+                .unwrap_or_else(|e| panic!("linux/{arch} {path}: {e:#}"));
+            assert!(
+                std::fs::read(&out).unwrap() == std::fs::read(&built_file).unwrap(),
+                "linux/{arch} {path} is not {}",
+                built_file.display()
+            );
+        }
     }
-    let files: BTreeSet<String> = xtask::image::layer_files(&built.layout, xtask::image::tag())
-        .unwrap()
-        .into_iter()
-        .filter(|f| !f.ends_with('/'))
-        .collect();
-    let want: BTreeSet<String> = [xtask::image::ENTRYPOINT, xtask::image::PLUGIN_IN_IMAGE]
-        .map(|f| f.trim_start_matches('/').to_owned())
-        .into();
-    assert_eq!(files, want, "the layer's files");
+    std::fs::remove_dir_all(&dir).ok();
 
     let r = &built.release;
     assert_eq!(
-        std::fs::read(&r.binary).unwrap(),
-        std::fs::read(xtask::image::plugin_binary_path()).unwrap()
+        r.platforms.iter().map(|p| p.arch).collect::<Vec<_>>(),
+        Arch::ALL
     );
-    assert_eq!(
-        r.archive.file_name().unwrap().to_string_lossy(),
-        xtask::image::plugin_archive_name()
-    );
-    let listed = Command::new("tar")
-        .arg("-tzf")
-        .arg(&r.archive)
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&listed.stdout).trim(),
-        xtask::image::PLUGIN,
-        "the tarball holds only the plugin, at its root"
-    );
-    for f in [&r.binary, &r.archive] {
-        let sums = f.with_file_name(format!(
-            "{}.sha256",
-            f.file_name().unwrap().to_string_lossy()
-        ));
-        let check = Command::new("sha256sum")
-            .arg("--check")
-            .arg(sums.file_name().unwrap())
-            .current_dir(sums.parent().unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "sha256sum --check {}",
-            sums.display()
-        );
-    }
     let krew = yaml_docs(
         &std::fs::read_to_string(&r.krew_manifest).unwrap(),
         "the release's krew manifest",
     );
-    assert_eq!(
-        krew[0]["spec"]["platforms"][0]["sha256"],
-        r.archive_sha256.as_str()
-    );
-    image_binary_reads_ec2_over_https(&built.layout);
+    for (i, p) in r.platforms.iter().enumerate() {
+        assert!(
+            std::fs::read(&p.binary).unwrap()
+                == std::fs::read(xtask::image::plugin_binary_path(p.arch)).unwrap(),
+            "the linux/{} release binary",
+            p.arch
+        );
+        assert_eq!(
+            p.archive.file_name().unwrap().to_string_lossy(),
+            xtask::image::plugin_archive_name(p.arch)
+        );
+        let listed = Command::new("tar")
+            .arg("-tzf")
+            .arg(&p.archive)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&listed.stdout).trim(),
+            xtask::image::PLUGIN,
+            "the linux/{} tarball holds only the plugin, at its root",
+            p.arch
+        );
+        for f in [&p.binary, &p.archive] {
+            let sums = f.with_file_name(format!(
+                "{}.sha256",
+                f.file_name().unwrap().to_string_lossy()
+            ));
+            let check = Command::new("sha256sum")
+                .arg("--check")
+                .arg(sums.file_name().unwrap())
+                .current_dir(sums.parent().unwrap())
+                .output()
+                .unwrap();
+            assert!(
+                check.status.success(),
+                "sha256sum --check {}",
+                sums.display()
+            );
+        }
+        let entry = &krew[0]["spec"]["platforms"][i];
+        assert_eq!(entry["selector"]["matchLabels"]["arch"], p.arch.name());
+        assert_eq!(entry["sha256"], p.archive_sha256.as_str());
+    }
+    // The x86_64 binary runs here: the rest is the amd64 image's own sgpath at work.
+    image_binary_reads_ec2_over_https(layout);
 }
 
 /// A child process killed and reaped on drop.
@@ -1383,6 +1426,7 @@ fn image_binary_reads_ec2_over_https(layout: &Path) {
     xtask::image::extract(
         layout,
         xtask::image::tag(),
+        Arch::Amd64,
         xtask::image::ENTRYPOINT,
         &binary,
     )

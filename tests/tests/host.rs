@@ -503,18 +503,20 @@ fn deploy_agent_needs_each_capability() {
     sgpath_tests::deploy::deploy_agent_needs_each_capability(&lab);
 }
 
-/// deploy/krew/sgpath.yaml: a krew Plugin whose bin is the plugin binary, linux/amd64, the
-/// release tarball's uri and the sha256 placeholder `cargo xtask image` fills in.
+/// deploy/krew/sgpath.yaml: a krew Plugin whose bin is the plugin binary, linux/amd64 and
+/// linux/arm64, each with its release tarball's uri and the sha256 placeholder `cargo xtask
+/// image` fills in.
 #[test]
 fn deploy_krew_manifest_installs_the_plugin() {
     sgpath_tests::deploy::deploy_krew_manifest_installs_the_plugin();
 }
 
-/// `cargo xtask image`'s config (entrypoint, user, tag) matches the DaemonSet, its layer
-/// holds sgpath and kubectl-sgpath, the plugin's release files check out, and the image's
+/// `cargo xtask image`'s index holds linux/amd64 and linux/arm64, each config (entrypoint,
+/// user, tag, architecture) matches the DaemonSet, each layer holds static sgpath and
+/// kubectl-sgpath of its ELF machine, the plugin's release files of both check out, and the image's
 /// own sgpath, given a private CA by SSL_CERT_FILE, reads EC2 and STS (moto) over HTTPS
-/// and refuses the endpoint without it. Builds the release musl binaries (README's host
-/// stage figures include it).
+/// and refuses the endpoint without it. Builds the release musl binaries of both
+/// architectures (README's host stage figures include it).
 #[test]
 fn deploy_image_matches_the_daemonset() {
     sgpath_tests::deploy::deploy_image_matches_the_daemonset();

@@ -603,3 +603,11 @@ fn healthy_lab_under_http_load_raises_nothing() {
     let lab = built("default", "sgt-hl");
     sgpath_tests::trust::healthy_lab_under_http_load_raises_nothing(&lab);
 }
+
+/// `/readyz`, `/v1/report` and `/metrics` of an agent on a VLAN node: exact counts of an
+/// ordinary pod's datagrams (the arm64 stage's agent test; no Prometheus needed).
+#[test]
+fn agent_serves_metrics_and_readyz() {
+    let lab = built("observe", "sgt-am");
+    sgpath_tests::agent::agent_serves_metrics_and_readyz(&lab);
+}

@@ -7,6 +7,8 @@
 //! for each older release (built with `-modfile`), so `go.sum` pins every byte and the fake
 //! ipamd is compiled against the same release's generated `rpc` package the plugin speaks.
 //! Binaries are static (`CGO_ENABLED=0`): the VMs run them from the host's root filesystem.
+//! The current release is also built for arm64 (`GOARCH=arm64`, [`ARM64_RELEASES`]): the arm64
+//! VM stage's labs run it.
 //!
 //! Side effects: [`ensure`] runs `go build` with its caches under the machine's Go directory
 //! ([`crate::control_plane::go_dir`], `/opt/sgpath/go`, shared with the control plane's
@@ -14,6 +16,7 @@
 //! `bin/vpc-cni-<release>/` there; a `stamp` file beside them holds a hash of the Go sources
 //! and toolchain they were built from, so an edit rebuilds them.
 
+use crate::arch::Arch;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
@@ -55,6 +58,19 @@ pub const SEED_ERA: Release = Release {
 /// Every pinned release, the current one first.
 pub const RELEASES: &[Release] = &[CURRENT, SEED_ERA];
 
+/// The releases built for arm64 too: the arm64 VM stage plumbs its labs with the current one
+/// (the seed era's v1.7 predates Graviton's trunk ENIs).
+pub const ARM64_RELEASES: &[Release] = &[CURRENT];
+
+/// Every (release, architecture) built: each of [`RELEASES`] for x86_64, each of
+/// [`ARM64_RELEASES`] for arm64.
+pub fn builds() -> impl Iterator<Item = (Release, Arch)> {
+    RELEASES
+        .iter()
+        .map(|r| (*r, Arch::Amd64))
+        .chain(ARM64_RELEASES.iter().map(|r| (*r, Arch::Arm64)))
+}
+
 /// The plugin's binary name, as the kubelet finds it in CNI_PATH via the conflist's `type`
 /// (aws-node installs routed-eni-cni-plugin as `aws-cni`).
 pub const PLUGIN_BIN: &str = "aws-cni";
@@ -78,25 +94,45 @@ impl Release {
             })
     }
 
-    /// Directory of this release's binaries (CNI_PATH for the plugin).
+    /// Directory of this release's binaries for the architecture this code runs on (CNI_PATH
+    /// for the plugin): inside the arm64 VM, the arm64 ones.
     pub fn bin_dir(&self) -> PathBuf {
-        crate::control_plane::go_dir()
-            .join("bin")
-            .join(format!("vpc-cni-{}", self.version))
+        self.bin_dir_for(Arch::NATIVE)
+    }
+
+    /// Directory of this release's binaries for `arch`: `bin/vpc-cni-<release>` for x86_64
+    /// (as before arm64 existed, so the machine's cache stays valid), `bin/<arch>/...` else.
+    pub fn bin_dir_for(&self, arch: Arch) -> PathBuf {
+        let bin = crate::control_plane::go_dir().join("bin");
+        let name = format!("vpc-cni-{}", self.version);
+        match arch {
+            Arch::Amd64 => bin.join(name),
+            Arch::Arm64 => bin.join(arch.name()).join(name),
+        }
     }
 
     /// The plugin binary.
     pub fn plugin(&self) -> PathBuf {
-        self.bin_dir().join(PLUGIN_BIN)
+        self.plugin_for(Arch::NATIVE)
+    }
+
+    /// The plugin binary for `arch`.
+    pub fn plugin_for(&self, arch: Arch) -> PathBuf {
+        self.bin_dir_for(arch).join(PLUGIN_BIN)
     }
 
     /// The fake ipamd built against this release's `rpc` package.
     pub fn fake_ipamd(&self) -> PathBuf {
-        self.bin_dir().join(IPAMD_BIN)
+        self.fake_ipamd_for(Arch::NATIVE)
     }
 
-    fn stamp(&self) -> PathBuf {
-        self.bin_dir().join("stamp")
+    /// The fake ipamd for `arch`.
+    pub fn fake_ipamd_for(&self, arch: Arch) -> PathBuf {
+        self.bin_dir_for(arch).join(IPAMD_BIN)
+    }
+
+    fn stamp(&self, arch: Arch) -> PathBuf {
+        self.bin_dir_for(arch).join("stamp")
     }
 
     /// Both binaries exist (what the lab needs; inside a VM, where Go may not run).
@@ -104,31 +140,37 @@ impl Release {
         self.plugin().is_file() && self.fake_ipamd().is_file()
     }
 
-    /// Both binaries exist and were built from the current sources and toolchain.
-    pub fn is_fresh(&self) -> bool {
-        self.is_built() && std::fs::read_to_string(self.stamp()).ok() == Some(sources_hash(self))
+    /// Both binaries for `arch` exist and were built from the current sources and toolchain.
+    pub fn is_fresh(&self, arch: Arch) -> bool {
+        self.plugin_for(arch).is_file()
+            && self.fake_ipamd_for(arch).is_file()
+            && std::fs::read_to_string(self.stamp(arch)).ok() == Some(sources_hash(self))
     }
 
-    /// Build the plugin and the fake ipamd of this release into [`Release::bin_dir`].
+    /// Build the plugin and the fake ipamd of this release for `arch` into
+    /// [`Release::bin_dir_for`].
     ///
     /// # Errors
     /// When Go is missing or a build fails (its output is in the error).
-    pub fn build(&self) -> Result<()> {
-        let dir = self.bin_dir();
+    pub fn build(&self, arch: Arch) -> Result<()> {
+        let dir = self.bin_dir_for(arch);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let start = Instant::now();
         let plugin_pkg = format!("{MODULE}/cmd/routed-eni-cni-plugin");
         let version_flag = format!("-s -w -X main.version={}", self.version);
-        go(&[
-            "build",
-            &format!("-modfile={}", self.modfile),
-            "-trimpath",
-            "-ldflags",
-            &version_flag,
-            "-o",
-            &self.plugin().to_string_lossy(),
-            &plugin_pkg,
-        ])?;
+        go(
+            arch,
+            &[
+                "build",
+                &format!("-modfile={}", self.modfile),
+                "-trimpath",
+                "-ldflags",
+                &version_flag,
+                "-o",
+                &self.plugin_for(arch).to_string_lossy(),
+                &plugin_pkg,
+            ],
+        )?;
         let mut args = vec![
             "build".to_string(),
             format!("-modfile={}", self.modfile),
@@ -141,13 +183,13 @@ impl Release {
         }
         args.extend([
             "-o".into(),
-            self.fake_ipamd().to_string_lossy().into_owned(),
+            self.fake_ipamd_for(arch).to_string_lossy().into_owned(),
             ".".into(),
         ]);
-        go(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-        std::fs::write(self.stamp(), sources_hash(self))?;
+        go(arch, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        std::fs::write(self.stamp(arch), sources_hash(self))?;
         println!(
-            "built routed-eni-cni-plugin {} and its fake ipamd in {:.0} s ({})",
+            "built routed-eni-cni-plugin {} and its fake ipamd for {arch} in {:.0} s ({})",
             self.version,
             start.elapsed().as_secs_f64(),
             dir.display()
@@ -192,8 +234,9 @@ fn go_version() -> String {
         .unwrap_or_default()
 }
 
-/// Run `go` in [`go_dir`] with the machine's caches, static linking and no toolchain switch.
-fn go(args: &[&str]) -> Result<()> {
+/// Run `go` in [`go_dir`] for `arch` (`GOARCH`) with the machine's caches, static linking
+/// and no toolchain switch.
+fn go(arch: Arch, args: &[&str]) -> Result<()> {
     let root = crate::control_plane::go_dir();
     let out = Command::new("go")
         .args(args)
@@ -203,6 +246,8 @@ fn go(args: &[&str]) -> Result<()> {
         .env("GOMODCACHE", root.join("mod"))
         .env("GOTOOLCHAIN", "local")
         .env("CGO_ENABLED", "0")
+        .env("GOOS", "linux")
+        .env("GOARCH", arch.name())
         .env("GOFLAGS", "-buildvcs=false -mod=readonly -modcacherw")
         .output()
         .context("running go (is Go installed?)")?;
@@ -219,10 +264,14 @@ fn go(args: &[&str]) -> Result<()> {
 
 /// What `cargo xtask setup` still has to build, as human-readable items.
 pub fn missing() -> Vec<String> {
-    RELEASES
-        .iter()
-        .filter(|r| !r.is_fresh())
-        .map(|r| format!("VPC CNI plugin {} and fake ipamd (Go build)", r.version))
+    builds()
+        .filter(|(r, arch)| !r.is_fresh(*arch))
+        .map(|(r, arch)| {
+            format!(
+                "VPC CNI plugin {} and fake ipamd for {arch} (Go build)",
+                r.version
+            )
+        })
         .collect()
 }
 
@@ -231,15 +280,15 @@ pub fn missing() -> Vec<String> {
 /// # Errors
 /// As [`Release::build`].
 pub fn ensure() -> Result<()> {
-    for r in RELEASES {
-        if r.is_fresh() {
+    for (r, arch) in builds() {
+        if r.is_fresh(arch) {
             println!(
-                "ok: VPC CNI plugin {} ({})",
+                "ok: VPC CNI plugin {} for {arch} ({})",
                 r.version,
-                r.bin_dir().display()
+                r.bin_dir_for(arch).display()
             );
         } else {
-            r.build()?;
+            r.build(arch)?;
         }
     }
     Ok(())

@@ -1,11 +1,15 @@
 //! `cargo xtask image`: the container image of the DaemonSet (`deploy/agent/daemonset.yaml`
-//! runs `sgpath:<version>`) and the release artifacts of the kubectl plugin. A static
-//! `sgpath` (musl, the eBPF object embedded by `agent/build.rs`) at `/usr/bin/sgpath` and the
-//! static plugin `kubectl-sgpath` at `/usr/local/bin/kubectl-sgpath` (for `docker cp`) are
-//! the image's only files; the image is built without a daemon by `umoci` as an OCI layout,
-//! and `skopeo` packs the layout into an `oci-archive` tarball for `ctr images import` or a
-//! registry push. The plugin also goes to `target/release-artifacts/`: the binary, a krew
-//! tarball, their `.sha256`, and `deploy/krew/sgpath.yaml` with the tarball's sha256 filled in.
+//! runs `sgpath:<version>`) and the release artifacts of the kubectl plugin, for every
+//! [`Arch`]: one OCI image index with a `linux/amd64` and a `linux/arm64` manifest, so one
+//! DaemonSet runs on x86_64 and Graviton nodes alike. In each image a static `sgpath`
+//! (musl, the eBPF object embedded by `agent/build.rs`) at `/usr/bin/sgpath` and the static
+//! plugin `kubectl-sgpath` at `/usr/local/bin/kubectl-sgpath` (for `docker cp`) are the only
+//! files; each is built without a daemon by `umoci` into one OCI layout, the index that
+//! names both is written here, and `skopeo` packs the layout into an `oci-archive` tarball
+//! for `ctr images import` or a registry push. Every binary is checked: static (no
+//! `PT_INTERP`) and of its platform's ELF machine. The plugin also goes to
+//! `target/release-artifacts/`: per platform the binary, a krew tarball, their `.sha256`,
+//! and `deploy/krew/sgpath.yaml` with every tarball's sha256 filled in.
 //!
 //! No base image: the agent needs no libc, no shell, no CA bundle (the API server's CA
 //! comes with the in-cluster service account; AWS's endpoints are checked against
@@ -13,22 +17,21 @@
 //! with `SSL_CERT_FILE` pointing at a mounted PEM bundle) and no `/etc/passwd` (it runs as
 //! UID 0; see the DaemonSet's securityContext for why not another user).
 //!
-//! Side effects: builds `sgpath` and `kubectl-sgpath` for x86_64-unknown-linux-musl in
-//! release; replaces `target/image/` (the OCI layout `oci/`, the unpacked bundle, the
-//! archive) and `target/release-artifacts/`.
+//! Side effects: builds `sgpath` and `kubectl-sgpath` for every [`Arch::musl_target`] in
+//! release (arm64 cross-compiled with Debian's gcc-aarch64-linux-gnu); replaces
+//! `target/image/` (the OCI layout `oci/`, the unpacked bundle, the archive) and
+//! `target/release-artifacts/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::arch::Arch;
 use crate::cmd;
 
 /// The image's name; the DaemonSet names `<IMAGE_NAME>:<version>`.
 pub const IMAGE_NAME: &str = "sgpath";
-
-/// Rust target of the static binary.
-pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// Where the binary sits in the image.
 pub const ENTRYPOINT: &str = "/usr/bin/sgpath";
@@ -40,10 +43,18 @@ pub const PLUGIN: &str = "kubectl-sgpath";
 /// `kubectl cp`, which needs a `tar` the image does not have).
 pub const PLUGIN_IN_IMAGE: &str = "/usr/local/bin/kubectl-sgpath";
 
-/// The krew manifest (deploy/krew/sgpath.yaml) holds this where the release tarball's
-/// sha256 goes; [`krew_manifest`] fills it in.
-pub const KREW_SHA256_PLACEHOLDER: &str =
-    "SHA256_OF_THE_RELEASE_TARBALL_FILLED_IN_BY_CARGO_XTASK_IMAGE";
+/// OCI media types of the index and of each platform's manifest.
+const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// What the krew manifest (deploy/krew/sgpath.yaml) holds where the `linux/<arch>` release
+/// tarball's sha256 goes; [`krew_manifest`] fills each in.
+pub fn krew_sha256_placeholder(arch: Arch) -> String {
+    format!(
+        "SHA256_OF_THE_LINUX_{}_TARBALL_FILLED_IN_BY_CARGO_XTASK_IMAGE",
+        arch.name().to_uppercase()
+    )
+}
 
 /// The image's tag: the workspace version (`sgpath --version`'s too).
 pub fn tag() -> &'static str {
@@ -60,7 +71,7 @@ pub fn image_dir() -> PathBuf {
     crate::target_dir().join("image")
 }
 
-/// The OCI layout (`target/image/oci`), holding the image under the ref name [`tag`].
+/// The OCI layout (`target/image/oci`), holding the image index under the ref name [`tag`].
 pub fn layout_dir() -> PathBuf {
     image_dir().join("oci")
 }
@@ -70,17 +81,17 @@ pub fn archive_path() -> PathBuf {
     image_dir().join(format!("{IMAGE_NAME}-{}.oci.tar", tag()))
 }
 
-/// The static release binary.
-pub fn binary_path() -> PathBuf {
+/// The static release binary of `arch`.
+pub fn binary_path(arch: Arch) -> PathBuf {
     crate::target_dir()
-        .join(MUSL_TARGET)
+        .join(arch.musl_target())
         .join("release")
         .join("sgpath")
 }
 
-/// The static release plugin.
-pub fn plugin_binary_path() -> PathBuf {
-    binary_path().with_file_name(PLUGIN)
+/// The static release plugin of `arch`.
+pub fn plugin_binary_path(arch: Arch) -> PathBuf {
+    binary_path(arch).with_file_name(PLUGIN)
 }
 
 /// `target/release-artifacts/`: the plugin's release files.
@@ -88,39 +99,50 @@ pub fn release_dir() -> PathBuf {
     crate::target_dir().join("release-artifacts")
 }
 
-/// The krew tarball's name: `kubectl-sgpath-v<version>-linux-amd64.tar.gz`, holding
+/// The krew tarball's name: `kubectl-sgpath-v<version>-linux-<arch>.tar.gz`, holding
 /// `kubectl-sgpath` at its root (the manifest's `uri` ends with it).
-pub fn plugin_archive_name() -> String {
-    format!("{PLUGIN}-v{}-linux-amd64.tar.gz", tag())
+pub fn plugin_archive_name(arch: Arch) -> String {
+    format!("{PLUGIN}-v{}-linux-{arch}.tar.gz", tag())
 }
 
-/// The krew manifest `text` (deploy/krew/sgpath.yaml) with the release tarball's sha256
-/// in place of [`KREW_SHA256_PLACEHOLDER`].
+/// The krew manifest `text` (deploy/krew/sgpath.yaml) with each platform's release tarball
+/// sha256 in place of its [`krew_sha256_placeholder`].
 ///
 /// # Errors
-/// `sha256` is not 64 lowercase hex digits, or `text` holds no placeholder.
-pub fn krew_manifest(text: &str, sha256: &str) -> Result<String> {
-    if sha256.len() != 64
-        || !sha256
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        bail!("{sha256:?} is not a sha256 (64 lowercase hex digits)");
+/// A sha256 that is not 64 lowercase hex digits, a platform of [`Arch::ALL`] without its
+/// sha256, or `text` without a platform's placeholder.
+pub fn krew_manifest(text: &str, sha256: &[(Arch, &str)]) -> Result<String> {
+    let mut out = text.to_owned();
+    for arch in Arch::ALL {
+        let Some((_, sum)) = sha256.iter().find(|(a, _)| *a == arch) else {
+            bail!("no sha256 for the linux/{arch} tarball");
+        };
+        if sum.len() != 64
+            || !sum
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            bail!("{sum:?} is not a sha256 (64 lowercase hex digits)");
+        }
+        let placeholder = krew_sha256_placeholder(arch);
+        if !out.contains(&placeholder) {
+            bail!("the krew manifest has no {placeholder}");
+        }
+        out = out.replace(&placeholder, sum);
     }
-    if !text.contains(KREW_SHA256_PLACEHOLDER) {
-        bail!("the krew manifest has no {KREW_SHA256_PLACEHOLDER}");
-    }
-    Ok(text.replace(KREW_SHA256_PLACEHOLDER, sha256))
+    Ok(out)
 }
 
 /// What [`build`] made.
 #[derive(Debug)]
 pub struct Built {
-    /// The OCI layout and the ref name in it (`oci:<layout>:<tag>` for skopeo).
+    /// The OCI layout; its ref name [`tag`] is the image index (`oci:<layout>:<tag>`).
     pub layout: PathBuf,
-    /// `sha256:...` of the image manifest.
-    pub manifest_digest: String,
-    /// Bytes of the manifest, config and layers as stored (compressed).
+    /// `sha256:...` of the image index.
+    pub index_digest: String,
+    /// Each platform's image manifest digest, in [`Arch::ALL`] order.
+    pub manifests: Vec<(Arch, String)>,
+    /// Bytes of the index, manifests, configs and layers as stored (compressed).
     pub size: u64,
     /// The `oci-archive` tarball, when skopeo is installed.
     pub archive: Option<PathBuf>,
@@ -128,29 +150,42 @@ pub struct Built {
     pub release: Release,
 }
 
-/// The plugin's release files (each `.sha256` beside it, in `sha256sum` format).
+/// The plugin's release files of one platform (each `.sha256` beside it, `sha256sum` format).
 #[derive(Debug)]
-pub struct Release {
-    /// The static `kubectl-sgpath`.
+pub struct PluginRelease {
+    /// Its architecture (the platform is `linux/<arch>`).
+    pub arch: Arch,
+    /// The static `kubectl-sgpath`, under `linux-<arch>/`.
     pub binary: PathBuf,
     /// The krew tarball ([`plugin_archive_name`]).
     pub archive: PathBuf,
     /// The tarball's sha256 (hex).
     pub archive_sha256: String,
-    /// deploy/krew/sgpath.yaml with [`Release::archive_sha256`] filled in.
+}
+
+/// The plugin's release files.
+#[derive(Debug)]
+pub struct Release {
+    /// One per platform, in [`Arch::ALL`] order.
+    pub platforms: Vec<PluginRelease>,
+    /// deploy/krew/sgpath.yaml with every tarball's sha256 filled in.
     pub krew_manifest: PathBuf,
 }
 
-/// Builds the static binary and the image; prints where it is, its digest and size.
+/// Builds the static binaries and the image; prints where it is, its digests and size.
 ///
 /// # Errors
-/// A failed cargo build, a binary that is not static, or a failing umoci/skopeo step.
+/// A failed cargo build, a binary that is not static or not of its platform, or a failing
+/// umoci/skopeo step.
 pub fn run() -> Result<()> {
     let built = build()?;
     println!("image {} in {}", reference(), built.layout.display());
-    println!("digest {}", built.manifest_digest);
+    println!("index digest {}", built.index_digest);
+    for (arch, digest) in &built.manifests {
+        println!("  linux/{arch} manifest {digest}");
+    }
     println!(
-        "size {} bytes (manifest, config and layer, compressed)",
+        "size {} bytes (index, manifests, configs and layers, compressed)",
         built.size
     );
     if let Some(archive) = &built.archive {
@@ -162,23 +197,25 @@ pub fn run() -> Result<()> {
         );
     }
     let r = &built.release;
+    for p in &r.platforms {
+        println!(
+            "plugin linux/{} {} (also {PLUGIN_IN_IMAGE} in the image)",
+            p.arch,
+            p.binary.display()
+        );
+        println!(
+            "plugin tarball {} sha256 {}",
+            p.archive.display(),
+            p.archive_sha256
+        );
+    }
     println!(
-        "plugin {} (also {PLUGIN_IN_IMAGE} in the image)",
-        r.binary.display()
-    );
-    println!(
-        "plugin tarball {} sha256 {}",
-        r.archive.display(),
-        r.archive_sha256
-    );
-    println!(
-        "krew manifest {} (kubectl krew install --manifest={} --archive={})",
+        "krew manifest {} (kubectl krew install --manifest={} --archive=<this platform's tarball>)",
         r.krew_manifest.display(),
         r.krew_manifest.display(),
-        r.archive.display()
     );
     println!(
-        "push: skopeo copy oci:{}:{} docker://<registry>/{}; then point the DaemonSet at it \
+        "push: skopeo copy --all oci:{}:{} docker://<registry>/{}; then point the DaemonSet at it \
          (cd deploy/agent && kustomize edit set image {IMAGE_NAME}=<registry>/{})",
         built.layout.display(),
         tag(),
@@ -188,39 +225,79 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Builds the static binary and the image; see [`run`].
+/// Builds `sgpath` and `kubectl-sgpath` for `arch` in release and checks both: static (no
+/// program interpreter) and of `arch`'s ELF machine. Cheap when nothing changed; the arm64
+/// VM stage runs the `sgpath` this builds, the very file the image's arm64 layer holds.
 ///
 /// # Errors
-/// As [`run`].
-pub fn build() -> Result<Built> {
+/// A failed cargo build, or a binary that is not static or not of `arch`.
+pub fn build_binaries(arch: Arch) -> Result<()> {
     let mut cargo = cmd::cargo();
     cargo.args([
         "build",
         "--release",
         "--target",
-        MUSL_TARGET,
+        arch.musl_target(),
         "-p",
         "sgpath",
     ]);
-    if let Some(cc) = musl_c_compiler() {
-        cargo.env("CC_x86_64_unknown_linux_musl", cc);
+    musl_build(&mut cargo, arch);
+    cmd::run(&mut cargo)?;
+    for b in [binary_path(arch), plugin_binary_path(arch)] {
+        check_binary(&b, arch)?;
+    }
+    Ok(())
+}
+
+/// Prepares a cargo command building for `arch`'s musl target: [`musl_build_env`], and none
+/// of the package variables of the process that starts it ([`inherited_package_variable`]).
+pub fn musl_build(cargo: &mut Command, arch: Arch) {
+    for (name, value) in musl_build_env(arch) {
+        cargo.env(name, value);
     }
     for (name, _) in std::env::vars_os() {
         if inherited_package_variable(&name.to_string_lossy()) {
             cargo.env_remove(&name);
         }
     }
-    cmd::run(&mut cargo)?;
-    let binary = binary_path();
-    let plugin = plugin_binary_path();
-    for b in [&binary, &plugin] {
-        let elf = std::fs::read(b).with_context(|| format!("cannot read {}", b.display()))?;
-        if has_interpreter(&elf)? {
-            bail!(
-                "{} asks for a dynamic loader (PT_INTERP): not static",
-                b.display()
-            );
-        }
+    // Cargo's fingerprints hold it. The test runner sets it for libtest's `--report-time`
+    // (`run_bins`), so a build started from the image test had it and one from the arm64
+    // VM stage or `cargo xtask image` did not: every dependency of the release build was
+    // compiled again (13 min for aarch64 on a loaded machine). Always set, as the image
+    // test (and the cache it left) always had it; nothing is built with unstable features.
+    cargo.env("RUSTC_BOOTSTRAP", "1");
+}
+
+/// Fails unless `path` is a static ELF binary for `arch`.
+///
+/// # Errors
+/// Unreadable, not ELF64 little-endian, a program interpreter, or another machine.
+pub fn check_binary(path: &Path, arch: Arch) -> Result<()> {
+    let elf = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let machine = crate::arch::elf_machine(&elf).with_context(|| path.display().to_string())?;
+    if machine != arch.elf_machine() {
+        bail!(
+            "{} has ELF machine {machine}, not {} ({arch})",
+            path.display(),
+            arch.elf_machine()
+        );
+    }
+    if has_interpreter(&elf)? {
+        bail!(
+            "{} asks for a dynamic loader (PT_INTERP): not static",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Builds the static binaries of every [`Arch`] and the image index; see [`run`].
+///
+/// # Errors
+/// As [`run`].
+pub fn build() -> Result<Built> {
+    for arch in Arch::ALL {
+        build_binaries(arch)?;
     }
     let dir = image_dir();
     let layout = layout_dir();
@@ -232,12 +309,61 @@ pub fn build() -> Result<Built> {
         }
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let image = format!("{}:{}", layout.display(), tag());
     umoci(&["init", "--layout", &layout.to_string_lossy()])?;
+    for arch in Arch::ALL {
+        platform_image(&layout, &bundle, arch)?;
+    }
+    umoci(&["gc", "--layout", &layout.to_string_lossy()])?;
+    let (index_digest, manifests) = write_index(&layout)?;
+    let size = Arch::ALL
+        .iter()
+        .map(|a| manifest(&layout, tag(), *a).map(|(_, s)| s))
+        .sum::<Result<u64>>()?
+        + blob_size(&layout, &index_digest)?;
+    let archive = if cmd::which("skopeo").is_some() {
+        let path = archive_path();
+        std::fs::remove_file(&path).ok();
+        cmd::run(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--all",
+            &format!("oci:{}:{}", layout.display(), tag()),
+            &format!("oci-archive:{}:{}", path.display(), reference()),
+        ]))?;
+        Some(path)
+    } else {
+        eprintln!("skopeo not installed: no oci-archive (cargo xtask setup installs it)");
+        None
+    };
+    let release = release()?;
+    Ok(Built {
+        layout,
+        index_digest,
+        manifests,
+        size,
+        archive,
+        release,
+    })
+}
+
+/// The ref name of `arch`'s image while [`build`] makes it; [`write_index`] replaces these
+/// refs with the index's.
+fn platform_ref(arch: Arch) -> String {
+    format!("{}-{arch}", tag())
+}
+
+/// One platform's image in `layout` under [`platform_ref`]: one layer with the two
+/// binaries, the config for `linux/<arch>`.
+fn platform_image(layout: &Path, bundle: &Path, arch: Arch) -> Result<()> {
+    let image = format!("{}:{}", layout.display(), platform_ref(arch));
     umoci(&["new", "--image", &image])?;
     umoci(&["unpack", "--image", &image, &bundle.to_string_lossy()])?;
-    install_binary(&binary, &bundle.join("rootfs"), ENTRYPOINT)?;
-    install_binary(&plugin, &bundle.join("rootfs"), PLUGIN_IN_IMAGE)?;
+    install_binary(&binary_path(arch), &bundle.join("rootfs"), ENTRYPOINT)?;
+    install_binary(
+        &plugin_binary_path(arch),
+        &bundle.join("rootfs"),
+        PLUGIN_IN_IMAGE,
+    )?;
     umoci(&[
         "repack",
         "--image",
@@ -254,7 +380,7 @@ pub fn build() -> Result<Built> {
         "--os",
         "linux",
         "--architecture",
-        "amd64",
+        arch.name(),
         "--config.entrypoint",
         ENTRYPOINT,
         "--config.cmd",
@@ -274,64 +400,73 @@ pub fn build() -> Result<Built> {
         "--history.created_by",
         "cargo xtask image",
     ])?;
-    umoci(&["gc", "--layout", &layout.to_string_lossy()])?;
-    std::fs::remove_dir_all(&bundle).ok();
-    let (manifest_digest, size) = manifest(&layout, tag())?;
-    let archive = if cmd::which("skopeo").is_some() {
-        let path = archive_path();
-        std::fs::remove_file(&path).ok();
-        cmd::run(Command::new("skopeo").args([
-            "copy",
-            "--quiet",
-            &format!("oci:{image}"),
-            &format!("oci-archive:{}:{}", path.display(), reference()),
-        ]))?;
-        Some(path)
-    } else {
-        eprintln!("skopeo not installed: no oci-archive (cargo xtask setup installs it)");
-        None
-    };
-    let release = release(&plugin)?;
-    Ok(Built {
-        layout,
-        manifest_digest,
-        size,
-        archive,
-        release,
-    })
+    std::fs::remove_dir_all(bundle).ok();
+    Ok(())
 }
 
-/// Replaces [`release_dir`] with the plugin, its krew tarball (reproducible: sorted, owner
-/// 0:0, mtime 0, gzip without name or time), their sha256 and the filled krew manifest.
-fn release(plugin: &Path) -> Result<Release> {
+/// Writes the image index naming each platform's manifest and makes it the layout's only
+/// ref ([`tag`]); returns its digest and the manifests'.
+fn write_index(layout: &Path) -> Result<(String, Vec<(Arch, String)>)> {
+    let path = layout.join("index.json");
+    let top = read_json(&path)?;
+    let mut manifests = Vec::new();
+    let mut entries = Vec::new();
+    for arch in Arch::ALL {
+        let desc = ref_descriptor(&top, &platform_ref(arch))
+            .with_context(|| format!("umoci made no image for linux/{arch}"))?;
+        let digest = desc["digest"].as_str().context("manifest without digest")?;
+        entries.push(serde_json::json!({
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "digest": digest,
+            "size": desc["size"],
+            "platform": {"architecture": arch.name(), "os": "linux"},
+        }));
+        manifests.push((arch, digest.to_owned()));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_MEDIA_TYPE,
+        "manifests": entries,
+    });
+    let bytes = serde_json::to_vec(&index)?;
+    let tmp = layout.join("blobs/sha256/.index.tmp");
+    std::fs::write(&tmp, &bytes)?;
+    let hex = cmd::output(Command::new("sha256sum").arg(&tmp))?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    std::fs::rename(&tmp, layout.join("blobs/sha256").join(&hex))?;
+    let digest = format!("sha256:{hex}");
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_MEDIA_TYPE,
+        "manifests": [{
+            "mediaType": INDEX_MEDIA_TYPE,
+            "digest": digest,
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag()},
+        }],
+    });
+    std::fs::write(&path, serde_json::to_vec(&top)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((digest, manifests))
+}
+
+/// Replaces [`release_dir`] with, per platform, the plugin, its krew tarball (reproducible:
+/// sorted, owner 0:0, mtime 0, gzip without name or time), their sha256; and the filled krew
+/// manifest.
+fn release() -> Result<Release> {
     let dir = release_dir();
     if dir.exists() {
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("cannot remove {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let binary = install_binary(plugin, &dir, PLUGIN)?;
-    let archive = dir.join(plugin_archive_name());
-    let tar = archive.with_extension("");
-    cmd::run(
-        Command::new("tar")
-            .args([
-                "--sort=name",
-                "--owner=0",
-                "--group=0",
-                "--numeric-owner",
-                "--mtime=@0",
-                "-cf",
-            ])
-            .arg(&tar)
-            .arg("-C")
-            .arg(&dir)
-            .arg(PLUGIN),
-    )?;
-    cmd::run(Command::new("gzip").args(["-n", "-9", "-f"]).arg(&tar))?;
     let sha256 = |file: &Path| -> Result<String> {
         let name = file.file_name().expect("a file name");
-        let line = cmd::output(Command::new("sha256sum").arg(name).current_dir(&dir))?;
+        let parent = file.parent().expect("a directory");
+        let line = cmd::output(Command::new("sha256sum").arg(name).current_dir(parent))?;
         std::fs::write(
             file.with_file_name(format!("{}.sha256", name.to_string_lossy())),
             &line,
@@ -342,17 +477,49 @@ fn release(plugin: &Path) -> Result<Release> {
             .unwrap_or_default()
             .to_owned())
     };
-    sha256(&binary)?;
-    let archive_sha256 = sha256(&archive)?;
+    let mut platforms = Vec::new();
+    for arch in Arch::ALL {
+        // Each tarball holds `kubectl-sgpath` at its root: one directory per platform.
+        let platform_dir = dir.join(format!("linux-{arch}"));
+        let binary = install_binary(&plugin_binary_path(arch), &platform_dir, PLUGIN)?;
+        let archive = dir.join(plugin_archive_name(arch));
+        let tar = archive.with_extension("");
+        cmd::run(
+            Command::new("tar")
+                .args([
+                    "--sort=name",
+                    "--owner=0",
+                    "--group=0",
+                    "--numeric-owner",
+                    "--mtime=@0",
+                    "-cf",
+                ])
+                .arg(&tar)
+                .arg("-C")
+                .arg(&platform_dir)
+                .arg(PLUGIN),
+        )?;
+        cmd::run(Command::new("gzip").args(["-n", "-9", "-f"]).arg(&tar))?;
+        sha256(&binary)?;
+        let archive_sha256 = sha256(&archive)?;
+        platforms.push(PluginRelease {
+            arch,
+            binary,
+            archive,
+            archive_sha256,
+        });
+    }
     let source = crate::workspace_root().join("deploy/krew/sgpath.yaml");
     let text = std::fs::read_to_string(&source)
         .with_context(|| format!("cannot read {}", source.display()))?;
+    let sums: Vec<(Arch, &str)> = platforms
+        .iter()
+        .map(|p| (p.arch, p.archive_sha256.as_str()))
+        .collect();
     let manifest = dir.join("sgpath.yaml");
-    std::fs::write(&manifest, krew_manifest(&text, &archive_sha256)?)?;
+    std::fs::write(&manifest, krew_manifest(&text, &sums)?)?;
     Ok(Release {
-        binary,
-        archive,
-        archive_sha256,
+        platforms,
         krew_manifest: manifest,
     })
 }
@@ -379,24 +546,46 @@ fn inherited_package_variable(name: &str) -> bool {
     .any(|p| name.starts_with(p))
 }
 
-/// The C compiler for `ring`'s C and assembly (kube's rustls) on the musl target, when
-/// neither the environment names one nor `x86_64-linux-musl-gcc` (what cc-rs looks for) is
-/// on PATH: Debian's `musl-gcc` (musl-tools) if installed, else the host `gcc`, whose
-/// objects rustc links with its self-contained musl (the result is checked static).
-fn musl_c_compiler() -> Option<&'static str> {
-    let named = [
-        "CC_x86_64_unknown_linux_musl",
-        "CC_x86_64-unknown-linux-musl",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some());
-    if named || cmd::which("x86_64-linux-musl-gcc").is_some() {
-        None
-    } else if cmd::which("musl-gcc").is_some() {
-        Some("musl-gcc")
-    } else {
-        Some("gcc")
+/// The environment of the release build for `arch`: a C compiler for `ring`'s C and
+/// assembly (kube's rustls) and, cross-building, the linker, each only where the environment
+/// names none.
+///
+/// Native (x86_64): when `x86_64-linux-musl-gcc` (what cc-rs looks for) is not on PATH,
+/// Debian's `musl-gcc` (musl-tools) if installed, else the host `gcc`, whose objects rustc
+/// links with its self-contained musl. Cross (arm64): Debian's `aarch64-linux-gnu-gcc` for
+/// both; rustc still links its own self-contained musl (crt objects and libc.a), so the
+/// glibc cross toolchain only compiles ring and drives `ld`. Either result is checked
+/// static and of its machine by [`check_binary`].
+fn musl_build_env(arch: Arch) -> Vec<(String, String)> {
+    let named = |v: &str| std::env::var_os(v).is_some();
+    let cc = arch.cc_variable();
+    let mut env = Vec::new();
+    match arch.cross_gcc() {
+        None => {
+            let target_cc = format!("{}-gcc", arch.musl_target().replace("-unknown", ""));
+            let found = named(&cc)
+                || named(&format!("CC_{}", arch.musl_target()))
+                || cmd::which(&target_cc).is_some();
+            if !found {
+                let gcc = if cmd::which("musl-gcc").is_some() {
+                    "musl-gcc"
+                } else {
+                    "gcc"
+                };
+                env.push((cc, gcc.to_owned()));
+            }
+        }
+        Some(gcc) => {
+            if !named(&cc) {
+                env.push((cc, gcc.to_owned()));
+            }
+            let linker = arch.linker_variable();
+            if !named(&linker) {
+                env.push((linker, gcc.to_owned()));
+            }
+        }
     }
+    env
 }
 
 fn umoci(args: &[&str]) -> Result<()> {
@@ -439,30 +628,83 @@ pub fn has_interpreter(elf: &[u8]) -> Result<bool> {
         .try_fold(false, |found, ty| Ok(found || ty? == PT_INTERP))
 }
 
-/// The digest and stored size (manifest + config + layers) of the image `tag` in `layout`.
-///
-/// # Errors
-/// An unreadable or malformed `index.json` or manifest, or no manifest for `tag`.
-pub fn manifest(layout: &Path, tag: &str) -> Result<(String, u64)> {
-    let read = |p: PathBuf| -> Result<serde_json::Value> {
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))
-    };
-    let index = read(layout.join("index.json"))?;
-    let desc = index["manifests"]
+fn read_json(p: &Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))
+}
+
+fn blob_path(layout: &Path, digest: &str) -> PathBuf {
+    layout.join("blobs").join(digest.replace(':', "/"))
+}
+
+fn blob_size(layout: &Path, digest: &str) -> Result<u64> {
+    let p = blob_path(layout, digest);
+    Ok(std::fs::metadata(&p)
+        .with_context(|| format!("cannot read {}", p.display()))?
+        .len())
+}
+
+/// The descriptor named `tag` in a layout's `index.json`.
+fn ref_descriptor<'a>(top: &'a serde_json::Value, tag: &str) -> Option<&'a serde_json::Value> {
+    top["manifests"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .with_context(|| format!("no manifest named {tag} in {}", layout.display()))?;
-    let digest = desc["digest"]
-        .as_str()
-        .context("manifest without digest")?
-        .to_owned();
-    let blob = |d: &str| layout.join("blobs").join(d.replace(':', "/"));
-    let manifest = read(blob(&digest))?;
-    let size = desc["size"].as_u64().unwrap_or(0)
+}
+
+/// The platforms of the image index `tag` in `layout`, with their manifest digests, in the
+/// index's order.
+///
+/// # Errors
+/// An unreadable or malformed `index.json` or index blob, no ref `tag`, or a ref that is
+/// not an image index, or an entry of an unknown platform.
+pub fn platforms(layout: &Path, tag: &str) -> Result<Vec<(Arch, String)>> {
+    let top = read_json(&layout.join("index.json"))?;
+    let desc = ref_descriptor(&top, tag)
+        .with_context(|| format!("no ref named {tag} in {}", layout.display()))?;
+    if desc["mediaType"] != INDEX_MEDIA_TYPE {
+        bail!(
+            "{tag} in {} is a {}, not an image index",
+            layout.display(),
+            desc["mediaType"]
+        );
+    }
+    let digest = desc["digest"].as_str().context("index without digest")?;
+    let index = read_json(&blob_path(layout, digest))?;
+    index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            if m["platform"]["os"] != "linux" {
+                bail!("an index entry for os {}, not linux", m["platform"]["os"]);
+            }
+            let arch = Arch::parse(m["platform"]["architecture"].as_str().unwrap_or_default())?;
+            let digest = m["digest"].as_str().context("manifest without digest")?;
+            Ok((arch, digest.to_owned()))
+        })
+        .collect()
+}
+
+/// The digest and stored size (manifest + config + layers) of the `linux/<arch>` image of
+/// the index `tag` in `layout`.
+///
+/// # Errors
+/// As [`platforms`], or no manifest for `arch`.
+pub fn manifest(layout: &Path, tag: &str, arch: Arch) -> Result<(String, u64)> {
+    let (_, digest) = platforms(layout, tag)?
+        .into_iter()
+        .find(|(a, _)| *a == arch)
+        .with_context(|| {
+            format!(
+                "the index {tag} in {} has no linux/{arch}",
+                layout.display()
+            )
+        })?;
+    let manifest = read_json(&blob_path(layout, &digest))?;
+    let size = blob_size(layout, &digest)?
         + manifest["config"]["size"].as_u64().unwrap_or(0)
         + manifest["layers"]
             .as_array()
@@ -473,38 +715,37 @@ pub fn manifest(layout: &Path, tag: &str) -> Result<(String, u64)> {
     Ok((digest, size))
 }
 
-/// The image config of `tag` in `layout` (entrypoint, user, labels...).
+/// The image manifest of `linux/<arch>` in the index `tag`.
+fn platform_manifest(layout: &Path, tag: &str, arch: Arch) -> Result<serde_json::Value> {
+    let (digest, _) = manifest(layout, tag, arch)?;
+    read_json(&blob_path(layout, &digest))
+}
+
+/// The image config of `linux/<arch>` in the index `tag` in `layout` (entrypoint, user,
+/// labels, architecture...).
 ///
 /// # Errors
 /// As [`manifest`].
-pub fn config(layout: &Path, tag: &str) -> Result<serde_json::Value> {
-    let (digest, _) = manifest(layout, tag)?;
-    let blob = |d: &str| layout.join("blobs").join(d.replace(':', "/"));
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(blob(&digest))?)?;
+pub fn config(layout: &Path, tag: &str, arch: Arch) -> Result<serde_json::Value> {
+    let manifest = platform_manifest(layout, tag, arch)?;
     let config = manifest["config"]["digest"]
         .as_str()
         .context("manifest without config")?;
-    Ok(serde_json::from_str(&std::fs::read_to_string(blob(
-        config,
-    ))?)?)
+    read_json(&blob_path(layout, config))
 }
 
 /// The paths (without a leading `/` or `./`, directories ending in `/`, not the root `.`,
-/// e.g. `usr/bin/sgpath`) in the layers of `tag` in
-/// `layout`, read by `tar` from the gzip'd layer blobs.
+/// e.g. `usr/bin/sgpath`) in the layers of `linux/<arch>` of the index `tag` in `layout`,
+/// read by `tar` from the gzip'd layer blobs.
 ///
 /// # Errors
 /// As [`manifest`], or a layer `tar` cannot list.
-pub fn layer_files(layout: &Path, tag: &str) -> Result<Vec<String>> {
-    let (digest, _) = manifest(layout, tag)?;
-    let blob = |d: &str| layout.join("blobs").join(d.replace(':', "/"));
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(blob(&digest))?)?;
+pub fn layer_files(layout: &Path, tag: &str, arch: Arch) -> Result<Vec<String>> {
+    let manifest = platform_manifest(layout, tag, arch)?;
     let mut files = Vec::new();
     for layer in manifest["layers"].as_array().into_iter().flatten() {
         let d = layer["digest"].as_str().context("layer without digest")?;
-        let list = cmd::output(Command::new("tar").arg("-tzf").arg(blob(d)))?;
+        let list = cmd::output(Command::new("tar").arg("-tzf").arg(blob_path(layout, d)))?;
         files.extend(
             list.lines()
                 .map(|l| l.trim_start_matches("./"))
@@ -515,16 +756,14 @@ pub fn layer_files(layout: &Path, tag: &str) -> Result<Vec<String>> {
     Ok(files)
 }
 
-/// Copies the file `path` (e.g. `usr/bin/sgpath`) out of the layers of `tag` in `layout`
-/// to `dest`, as a runtime would unpack it: the image's own copy, not the build's.
+/// Copies the file `path` (e.g. `usr/bin/sgpath`) out of the layers of `linux/<arch>` of the
+/// index `tag` in `layout` to `dest`, as a runtime would unpack it: the image's own copy,
+/// not the build's.
 ///
 /// # Errors
 /// As [`manifest`], or no layer holds `path`.
-pub fn extract(layout: &Path, tag: &str, path: &str, dest: &Path) -> Result<()> {
-    let (digest, _) = manifest(layout, tag)?;
-    let blob = |d: &str| layout.join("blobs").join(d.replace(':', "/"));
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(blob(&digest))?)?;
+pub fn extract(layout: &Path, tag: &str, arch: Arch, path: &str, dest: &Path) -> Result<()> {
+    let manifest = platform_manifest(layout, tag, arch)?;
     let path = path.trim_start_matches('/');
     let dir = dest.parent().context("a destination with a directory")?;
     let unpacked = dir.join(format!(".extract-{}", std::process::id()));
@@ -535,7 +774,7 @@ pub fn extract(layout: &Path, tag: &str, path: &str, dest: &Path) -> Result<()> 
         for member in [path.to_owned(), format!("./{path}")] {
             let ok = Command::new("tar")
                 .arg("-xzf")
-                .arg(blob(d))
+                .arg(blob_path(layout, d))
                 .arg("-C")
                 .arg(&unpacked)
                 .arg(&member)
@@ -551,7 +790,10 @@ pub fn extract(layout: &Path, tag: &str, path: &str, dest: &Path) -> Result<()> 
         }
     }
     std::fs::remove_dir_all(&unpacked).ok();
-    bail!("no layer of {tag} in {} holds {path}", layout.display())
+    bail!(
+        "no layer of linux/{arch} of {tag} in {} holds {path}",
+        layout.display()
+    )
 }
 
 #[cfg(test)]
@@ -598,6 +840,8 @@ mod tests {
             "CARGO_HOME",
             "CARGO_TARGET_DIR",
             "CC_x86_64_unknown_linux_musl",
+            "CC_aarch64_unknown_linux_musl",
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER",
             "PATH",
         ] {
             assert!(!inherited_package_variable(v), "{v}");
@@ -606,15 +850,22 @@ mod tests {
 
     #[test]
     fn the_krew_manifest_takes_only_a_sha256() {
-        let text = format!("sha256: {KREW_SHA256_PLACEHOLDER}\n");
-        let hex = "0123456789abcdef".repeat(4);
-        assert_eq!(
-            krew_manifest(&text, &hex).unwrap(),
-            format!("sha256: {hex}\n")
+        let text = format!(
+            "amd64: {}\narm64: {}\n",
+            krew_sha256_placeholder(Arch::Amd64),
+            krew_sha256_placeholder(Arch::Arm64)
         );
-        assert!(krew_manifest(&text, &hex[1..]).is_err());
-        assert!(krew_manifest(&text, &hex.to_uppercase()).is_err());
-        assert!(krew_manifest("sha256: \n", &hex).is_err());
+        let (a, b) = ("0123456789abcdef".repeat(4), "fedcba9876543210".repeat(4));
+        let both = [(Arch::Amd64, a.as_str()), (Arch::Arm64, b.as_str())];
+        assert_eq!(
+            krew_manifest(&text, &both).unwrap(),
+            format!("amd64: {a}\narm64: {b}\n")
+        );
+        assert!(krew_manifest(&text, &both[..1]).is_err(), "arm64 missing");
+        assert!(krew_manifest(&text, &[(Arch::Amd64, &a[1..]), both[1]]).is_err());
+        let upper = a.to_uppercase();
+        assert!(krew_manifest(&text, &[(Arch::Amd64, &upper), both[1]]).is_err());
+        assert!(krew_manifest("sha256: \n", &both).is_err());
     }
 
     #[test]

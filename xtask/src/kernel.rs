@@ -1,11 +1,15 @@
-//! Debian kernels for the VMs: resolves the newest `-amd64-unsigned` package of each short
-//! name ("5.10", "6.1", "6.12"), downloads it with `apt-get download`, unpacks it with
-//! `dpkg -x`, runs `depmod` on the unpacked tree and records it in a manifest.
+//! Debian kernels for the VMs: resolves the newest `-<arch>-unsigned` package of each short
+//! name ("5.10", "6.1", "6.12", "arm64-6.12"), downloads it with `apt-get download`, unpacks
+//! it with `dpkg -x`, runs `depmod` on the unpacked tree and records it in a manifest.
 //!
 //! 6.1 and 6.12 come from the machine's own apt sources (bookworm, bookworm-backports). 5.10
 //! (Amazon Linux 2's series) comes from bullseye through a separate apt configuration under
 //! [`BULLSEYE_APT_DIR`] (its own sources list, lists, cache and an empty dpkg status), so
-//! bullseye never becomes a source of the machine's own packages.
+//! bullseye never becomes a source of the machine's own packages. arm64-6.12 (Graviton's
+//! AL2023 series) comes the same way from bookworm for arm64 ([`ARM64_APT_DIR`], with
+//! `APT::Architecture "arm64"`): arm64 never becomes a foreign architecture of the machine's
+//! dpkg. The same configuration downloads the arm64 root filesystem's packages
+//! ([`crate::guest_root`]).
 //!
 //! Side effects (install only): writes under `/opt/sgpath/kernels/` (the .deb, the
 //! unpacked tree `<release>/root/`, and `<short>.json`), under [`BULLSEYE_APT_DIR`] (apt
@@ -14,14 +18,15 @@
 //! modules from there). The cache is under /opt because virtme-ng's guest sees /opt as an
 //! overlay of the host's, but hides /tmp, /var/tmp and /var/cache behind empty tmpfs mounts.
 
-use crate::cmd;
+use crate::{arch::Arch, cmd};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The short names of the kernels every VM test runs on, oldest first.
-pub const KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
+/// The short names of the kernels every VM test runs on: the x86_64 ones oldest first, then
+/// the arm64 one (booted by [`crate::vm_arm64`], not virtme-ng).
+pub const KERNELS: &[&str] = &["5.10", "6.1", "6.12", "arm64-6.12"];
 
 /// Where downloaded and unpacked kernels and their manifests live.
 pub const CACHE_DIR: &str = "/opt/sgpath/kernels";
@@ -55,12 +60,36 @@ impl Kernel {
         serde_json::from_str(&text).with_context(|| format!("bad manifest {}", path.display()))
     }
 
-    /// Cheap check that the image and the modules (via `/lib/modules/<release>`) are usable.
+    /// The architecture it runs on.
+    pub fn arch(&self) -> Arch {
+        spec(&self.short).map_or(Arch::Amd64, |s| s.arch)
+    }
+
+    /// Its series as `uname -r` starts ("6.12" for "arm64-6.12"): what the VM tests compare
+    /// the kernel's release and features against (`SGPATH_KERNEL`).
+    pub fn series(&self) -> &str {
+        self.short
+            .rsplit_once('-')
+            .map_or(self.short.as_str(), |(_, s)| s)
+    }
+
+    /// Its modules: `/lib/modules/<release>` (a link to the unpacked tree, where virtme-ng's
+    /// guest looks) for the host's architecture, the unpacked tree itself for another one
+    /// (its guest gets a root of its own).
+    pub fn modules_dir(&self) -> PathBuf {
+        if self.arch() == Arch::NATIVE {
+            modules_link(&self.release)
+        } else {
+            self.root.join("lib/modules").join(&self.release)
+        }
+    }
+
+    /// Cheap check that the image and the modules are usable.
     pub fn check(&self) -> Result<()> {
         if !self.vmlinuz.is_file() {
             bail!("kernel {}: {} missing", self.short, self.vmlinuz.display());
         }
-        let dep = modules_link(&self.release).join("modules.dep");
+        let dep = self.modules_dir().join("modules.dep");
         if !dep.is_file() {
             bail!(
                 "kernel {}: {} missing (modules not linked or depmod not run)",
@@ -81,11 +110,13 @@ pub fn get(short: &str) -> Result<Kernel> {
 
 /// Where apt resolves and downloads a kernel package from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AptSource {
+pub enum AptSource {
     /// The machine's own apt configuration.
     Machine,
-    /// Debian 11 through its own apt configuration (see [`bullseye_apt`]).
+    /// Debian 11 through its own apt configuration ([`BULLSEYE_APT_DIR`]).
     Bullseye,
+    /// Debian 12 for arm64 through its own apt configuration ([`ARM64_APT_DIR`]).
+    BookwormArm64,
 }
 
 /// Private apt state for bullseye: `sources.list`, `sources.list.d/` (empty), `lists/`,
@@ -97,12 +128,47 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bullseye-security main
 ";
 
+/// Private apt state for bookworm's arm64 packages, laid out as [`BULLSEYE_APT_DIR`].
+pub const ARM64_APT_DIR: &str = "/opt/sgpath/apt-arm64";
+
+const ARM64_SOURCES: &str = "\
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates main
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
+";
+
 impl AptSource {
+    /// Its private directory and sources list; `None` for the machine's own.
+    fn private(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            AptSource::Machine => None,
+            AptSource::Bullseye => Some((BULLSEYE_APT_DIR, BULLSEYE_SOURCES)),
+            AptSource::BookwormArm64 => Some((ARM64_APT_DIR, ARM64_SOURCES)),
+        }
+    }
+
+    /// The directory of downloaded packages (`apt-get install --download-only`'s).
+    pub fn archives(self) -> PathBuf {
+        match self.private() {
+            Some((dir, _)) => Path::new(dir).join("cache/archives"),
+            None => PathBuf::from("/var/cache/apt/archives"),
+        }
+    }
+
     /// `program` (apt-get or apt-cache) configured for this source.
-    fn command(self, program: &str) -> Command {
+    pub fn command(self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        if self == AptSource::Bullseye {
-            let dir = Path::new(BULLSEYE_APT_DIR);
+        if self == AptSource::BookwormArm64 {
+            // Resolve and download arm64 packages only; the machine's dpkg never hears of it.
+            cmd.args([
+                "-o",
+                "APT::Architecture=arm64",
+                "-o",
+                "APT::Architectures=arm64",
+            ]);
+        }
+        if let Some((dir, _)) = self.private() {
+            let dir = Path::new(dir);
             for (key, path) in [
                 ("Dir::Etc::sourcelist", dir.join("sources.list")),
                 ("Dir::Etc::sourceparts", dir.join("sources.list.d")),
@@ -117,11 +183,11 @@ impl AptSource {
     }
 
     /// Makes the private apt tree exist; returns whether its lists must be fetched first.
-    fn prepare(self) -> Result<bool> {
-        if self == AptSource::Machine {
+    pub fn prepare(self) -> Result<bool> {
+        let Some((dir, sources_text)) = self.private() else {
             return Ok(false);
-        }
-        let dir = Path::new(BULLSEYE_APT_DIR);
+        };
+        let dir = Path::new(dir);
         for sub in ["sources.list.d", "lists/partial", "cache/archives/partial"] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
@@ -131,8 +197,8 @@ impl AptSource {
             std::fs::write(&status, "")?;
         }
         let sources = dir.join("sources.list");
-        if std::fs::read_to_string(&sources).ok().as_deref() != Some(BULLSEYE_SOURCES) {
-            std::fs::write(&sources, BULLSEYE_SOURCES)
+        if std::fs::read_to_string(&sources).ok().as_deref() != Some(sources_text) {
+            std::fs::write(&sources, sources_text)
                 .with_context(|| format!("cannot write {}", sources.display()))?;
             return Ok(true);
         }
@@ -142,7 +208,11 @@ impl AptSource {
         Ok(!has_lists)
     }
 
-    fn update(self) -> Result<()> {
+    /// `apt-get update` of this source.
+    ///
+    /// # Errors
+    /// apt-get fails.
+    pub fn update(self) -> Result<()> {
         cmd::run(self.command("apt-get").arg("update"))
     }
 }
@@ -150,6 +220,8 @@ impl AptSource {
 /// How to find the newest package of one short name.
 struct Spec {
     short: &'static str,
+    /// The architecture it runs on.
+    arch: Arch,
     /// Which apt configuration knows the package.
     apt: AptSource,
     /// Meta package whose `Depends:` names the current image package (without -unsigned).
@@ -163,6 +235,7 @@ struct Spec {
 const SPECS: &[Spec] = &[
     Spec {
         short: "5.10",
+        arch: Arch::Amd64,
         apt: AptSource::Bullseye,
         meta: "linux-image-amd64",
         prefix: "linux-image-5.10.0-",
@@ -170,6 +243,7 @@ const SPECS: &[Spec] = &[
     },
     Spec {
         short: "6.1",
+        arch: Arch::Amd64,
         apt: AptSource::Machine,
         meta: "linux-image-amd64",
         prefix: "linux-image-6.1.0-",
@@ -177,10 +251,19 @@ const SPECS: &[Spec] = &[
     },
     Spec {
         short: "6.12",
+        arch: Arch::Amd64,
         apt: AptSource::Machine,
         meta: "linux-image-6.12-amd64",
         prefix: "linux-image-6.12.",
         search: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
+    },
+    Spec {
+        short: "arm64-6.12",
+        arch: Arch::Arm64,
+        apt: AptSource::BookwormArm64,
+        meta: "linux-image-6.12-arm64",
+        prefix: "linux-image-6.12.",
+        search: r"^linux-image-6\.12\.[0-9]+\+deb12-arm64-unsigned$",
     },
 ];
 
@@ -199,14 +282,14 @@ fn modules_link(release: &str) -> PathBuf {
     Path::new("/lib/modules").join(release)
 }
 
-/// Newest `-amd64-unsigned` image package for `spec`, from the local apt lists.
+/// Newest `-<arch>-unsigned` image package for `spec`, from the local apt lists.
 fn resolve(spec: &Spec) -> Result<String> {
     if let Ok(deps) = cmd::output(spec.apt.command("apt-cache").args(["depends", spec.meta])) {
         let found = deps
             .lines()
             .filter_map(|l| l.trim().strip_prefix("Depends: "))
             .map(str::trim)
-            .find(|p| p.starts_with(spec.prefix) && p.ends_with("-amd64"));
+            .find(|p| p.starts_with(spec.prefix) && p.ends_with(&format!("-{}", spec.arch)));
         if let Some(image) = found {
             let unsigned = format!("{image}-unsigned");
             if cmd::succeeds(spec.apt.command("apt-cache").args(["show", &unsigned])) {
@@ -354,6 +437,9 @@ fn find_deb(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
 /// Points `/lib/modules/<release>` at the unpacked modules, unless it already does or holds a
 /// real (installed) module tree.
 fn link_modules(kernel: &Kernel) -> Result<()> {
+    if kernel.arch() != Arch::NATIVE {
+        return Ok(());
+    }
     let target = kernel.root.join("lib/modules").join(&kernel.release);
     let link = modules_link(&kernel.release);
     match std::fs::symlink_metadata(&link) {
@@ -392,9 +478,40 @@ mod tests {
     fn every_kernel_has_a_spec_oldest_first() {
         let shorts: Vec<&str> = SPECS.iter().map(|s| s.short).collect();
         assert_eq!(shorts, KERNELS);
-        let mut sorted = KERNELS.to_vec();
+        let amd64: Vec<&str> = SPECS
+            .iter()
+            .filter(|s| s.arch == Arch::Amd64)
+            .map(|s| s.short)
+            .collect();
+        let mut sorted = amd64.clone();
         sorted.sort_by_key(|k| version_key(k));
-        assert_eq!(sorted, KERNELS);
+        assert_eq!(sorted, amd64);
+        for s in SPECS {
+            assert!(
+                s.search.ends_with(&format!("-{}-unsigned$", s.arch)),
+                "{}",
+                s.short
+            );
+            assert_eq!(s.arch == Arch::Arm64, s.apt == AptSource::BookwormArm64);
+        }
+    }
+
+    #[test]
+    fn arm64_apt_resolves_arm64_only_in_its_own_tree() {
+        let args: Vec<String> = AptSource::BookwormArm64
+            .command("apt-get")
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for key in [
+            "APT::Architecture=arm64",
+            "APT::Architectures=arm64",
+            "Dir::State::status=/opt/sgpath/apt-arm64/status",
+            "Dir::Etc::sourcelist=/opt/sgpath/apt-arm64/sources.list",
+        ] {
+            assert!(args.iter().any(|a| a == key), "{key} missing from {args:?}");
+        }
+        assert!(ARM64_SOURCES.lines().all(|l| l.contains("[arch=arm64 ")));
     }
 
     #[test]

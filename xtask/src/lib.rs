@@ -4,16 +4,20 @@
 //! Side effects live in the modules (installing packages, writing under /var/cache/sgpath,
 //! /lib/modules and `target/`); this file only computes paths.
 
+pub mod arch;
 pub mod cache;
 pub mod cmd;
 pub mod cni_plugin;
 pub mod control_plane;
+pub mod cpio;
+pub mod guest_root;
 pub mod image;
 pub mod kernel;
 pub mod lab;
 pub mod setup;
 pub mod test;
 pub mod vm;
+pub mod vm_arm64;
 
 use std::path::PathBuf;
 

@@ -23,7 +23,7 @@ enum Cmd {
     Test(test::Options),
     /// Boot a kernel in a VM and run one command inside (for debugging).
     Vm {
-        /// Kernel short name ("5.10", "6.1" or "6.12").
+        /// Kernel short name ("5.10", "6.1", "6.12" or "arm64-6.12").
         #[arg(long, default_value = "6.1")]
         kernel: String,
         /// Kill the VM after this many seconds.
@@ -35,6 +35,13 @@ enum Cmd {
         /// Pass --verbose to vng (kernel log in target/vm/<kernel>/*/console.log).
         #[arg(long)]
         verbose: bool,
+        /// A host binary the command runs (repeatable): on the x86_64 VMs' fast disk, in the
+        /// arm64 VM's root at its host path (that guest does not see the host's files).
+        #[arg(long = "binary")]
+        binaries: Vec<std::path::PathBuf>,
+        /// Environment variable NAME=VALUE for the command (repeatable).
+        #[arg(long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
         /// Command and arguments to run in the guest (as root, cwd = workspace root).
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -77,6 +84,8 @@ fn run(command: Cmd) -> Result<()> {
             timeout,
             memory,
             verbose,
+            binaries,
+            env,
             command,
         } => {
             setup::ensure()?;
@@ -85,6 +94,8 @@ fn run(command: Cmd) -> Result<()> {
                 timeout: Duration::from_secs(timeout),
                 memory,
                 verbose,
+                binaries,
+                env,
                 ..Default::default()
             };
             run_vm(&kernel, &script.join(" "), &opts)
@@ -100,10 +111,25 @@ fn run(command: Cmd) -> Result<()> {
     }
 }
 
+/// `NAME=VALUE`, NAME a shell identifier.
+fn parse_env(s: &str) -> Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("{s:?} is not NAME=VALUE"))?;
+    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        bail!("{k:?} is not a variable name");
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
 /// Runs `script` in a VM on `short`, prints its output and timings, fails if it failed.
 fn run_vm(short: &str, script: &str, opts: &vm::VmOptions) -> Result<()> {
     let kernel = kernel::get(short)?;
-    let out = vm::run_with(&kernel, script, opts)?;
+    let out = if kernel.arch() == xtask::arch::Arch::NATIVE {
+        vm::run_with(&kernel, script, opts)?
+    } else {
+        xtask::vm_arm64::run_with(&kernel, script, opts)?
+    };
     print!("{}", out.output);
     eprintln!(
         "vm {short}: release {}, exit {}, boot {:.1} s, script {:.1} s, wall {:.1} s ({})",

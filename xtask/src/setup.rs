@@ -3,14 +3,16 @@
 //!
 //! Side effects (only for missing pieces; needs root): writes
 //! `/etc/apt/sources.list.d/bookworm-backports.sources`, runs `apt-get update` and
-//! `apt-get install` (qemu-system-x86 from bookworm-backports, kmod, iproute2, ...), runs
-//! `rustup component add rust-src --toolchain nightly`, `rustup target add
-//! x86_64-unknown-linux-musl` (the image's static binary), Debian's kubernetes-client when
+//! `apt-get install` (qemu-system-x86 and qemu-system-arm from bookworm-backports, kmod,
+//! iproute2, gcc-aarch64-linux-gnu, ...), runs `rustup component add rust-src --toolchain
+//! nightly`, `rustup target add` of each architecture's musl target (the image's static
+//! binaries, see [`crate::arch`]), Debian's kubernetes-client when
 //! no kubectl is on PATH, builds bpf-linker with
 //! `cargo +nightly install` against rustc's own libLLVM (symlinked under [`LLVM_PREFIX`]),
-//! `pip install virtme-ng` and `moto[server]`, and installs the VM kernels (see [`crate::kernel`]).
+//! `pip install virtme-ng` and `moto[server]`, installs the VM kernels (see [`crate::kernel`])
+//! and the arm64 guest's root filesystem (see [`crate::guest_root`]).
 
-use crate::{cmd, kernel};
+use crate::{arch::Arch, cmd, kernel};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,6 +53,10 @@ pub const DEB_PACKAGES: &[&str] = &[
     "bpftrace",
     "bpftool",
     "prometheus-node-exporter",
+    // The arm64 build (crate::arch): the C compiler of `ring` and the linker driver, and
+    // the arm64 libc headers it compiles against.
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
 ];
 
 /// Installed only when no `kubectl` is on PATH (the machine image's own kubectl, with
@@ -58,12 +64,10 @@ pub const DEB_PACKAGES: &[&str] = &[
 /// `kubectl kustomize`.
 pub const KUBECTL_PACKAGE: &str = "kubernetes-client";
 
-/// Rust target of the image's static binary (`cargo xtask image`).
-pub const MUSL_TARGET: &str = crate::image::MUSL_TARGET;
-
 /// Debian packages installed from bookworm-backports (the preinstalled qemu-utils is a
-/// backports version; bookworm's own qemu-system-x86 conflicts with it).
-pub const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86"];
+/// backports version; bookworm's own qemu-system-x86 conflicts with it). qemu-system-arm
+/// (`qemu-system-aarch64`) boots the arm64 VM stage.
+pub const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-arm"];
 
 /// deb822 source for bookworm-backports.
 pub const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
@@ -88,8 +92,13 @@ pub fn missing() -> Vec<String> {
     if !has_rust_src() {
         missing.push("rust-src for the nightly toolchain".into());
     }
-    if !has_musl_target() {
-        missing.push(format!("the stable toolchain's {MUSL_TARGET} target"));
+    for arch in Arch::ALL {
+        if !has_musl_target(arch) {
+            missing.push(format!(
+                "the stable toolchain's {} target",
+                arch.musl_target()
+            ));
+        }
     }
     if !has_bpf_linker() {
         missing.push("bpf-linker".into());
@@ -103,8 +112,15 @@ pub fn missing() -> Vec<String> {
     missing.extend(crate::control_plane::missing());
     missing.extend(crate::cni_plugin::missing());
     for short in kernel::KERNELS {
-        if let Err(e) = kernel::get(short) {
-            missing.push(format!("{e:#}"));
+        match kernel::get(short) {
+            Err(e) => missing.push(format!("{e:#}")),
+            Ok(k) if k.arch() != Arch::NATIVE && !crate::guest_root::is_built(&k) => {
+                missing.push(format!(
+                    "the {} root filesystem of kernel {short}",
+                    k.arch()
+                ));
+            }
+            Ok(_) => {}
         }
     }
     missing
@@ -129,13 +145,17 @@ pub fn run() -> Result<()> {
     cmd::step("setup: Debian packages", debs)?;
     cmd::step("setup: kubectl", kubectl)?;
     cmd::step("setup: rust-src (nightly)", rust_src)?;
-    // Only `cargo xtask image` needs it (its test is ignored in the suite): a toolchain
-    // server that refuses the target must not stop the tests.
-    if let Err(e) = cmd::step("setup: musl target", musl_target) {
-        eprintln!(
-            "\n*** rustup could not add {MUSL_TARGET}: `cargo xtask image` will not build \
-             ({e:#}) ***\n"
-        );
+    // Only `cargo xtask image`, its host test and the arm64 VM stage need them: a toolchain
+    // server that refuses a target must not stop the other tests (those fail loudly).
+    for arch in Arch::ALL {
+        if let Err(e) = cmd::step(&format!("setup: {} target", arch.musl_target()), || {
+            musl_target(arch)
+        }) {
+            eprintln!(
+                "\n*** rustup could not add {}: `cargo xtask image` will not build ({e:#}) ***\n",
+                arch.musl_target()
+            );
+        }
     }
     cmd::step("setup: bpf-linker", bpf_linker)?;
     cmd::step("setup: virtme-ng", virtme_ng)?;
@@ -146,7 +166,13 @@ pub fn run() -> Result<()> {
     // routed-eni-cni-plugin at its pinned releases and the fake ipamd: the lab's pods.
     cmd::step("setup: VPC CNI plugin", crate::cni_plugin::ensure)?;
     for short in kernel::KERNELS {
-        cmd::step(&format!("setup: kernel {short}"), || kernel::install(short))?;
+        let k = cmd::step(&format!("setup: kernel {short}"), || kernel::install(short))?;
+        if k.arch() != Arch::NATIVE {
+            // The guest cannot share this machine's root: it boots its own.
+            cmd::step(&format!("setup: {} root filesystem", k.arch()), || {
+                crate::guest_root::ensure(&k)
+            })?;
+        }
     }
     let missing = missing();
     if !missing.is_empty() {
@@ -244,18 +270,19 @@ fn kubectl() -> Result<()> {
     Ok(())
 }
 
-fn has_musl_target() -> bool {
+fn has_musl_target(arch: Arch) -> bool {
     cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
-        .is_ok_and(|out| out.lines().any(|l| l.trim() == MUSL_TARGET))
+        .is_ok_and(|out| out.lines().any(|l| l.trim() == arch.musl_target()))
 }
 
-fn musl_target() -> Result<()> {
-    if has_musl_target() {
-        println!("rustup: {MUSL_TARGET} present");
+fn musl_target(arch: Arch) -> Result<()> {
+    let target = arch.musl_target();
+    if has_musl_target(arch) {
+        println!("rustup: {target} present");
         return Ok(());
     }
-    cmd::run(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
-    println!("rustup: installed {MUSL_TARGET}");
+    cmd::run(Command::new("rustup").args(["target", "add", target]))?;
+    println!("rustup: installed {target}");
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! Side effects: runs `setup::ensure()` (may install things), cargo builds into `target/`,
 //! the host tests create network namespaces, and VMs write under `target/vm/`.
 
-use crate::{cmd, kernel, setup, vm};
+use crate::{arch::Arch, cmd, kernel, setup, vm};
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -606,35 +606,43 @@ pub fn cni_release_for_kernel(short: &str) -> crate::cni_plugin::Release {
     }
 }
 
+/// The VM tests the arm64 stage runs, by test target, each name exact. Under TCG an arm64
+/// guest runs 3-4x slower than an x86_64 one, so the stage runs the tests that prove the
+/// agent works on arm64 rather than the whole matrix (whose logic is architecture-neutral
+/// and runs on three x86_64 kernels): the probes load and count a branch pod's and an
+/// ordinary pod's traffic exactly, forwarded and dropped with reasons
+/// (`observe_counts_exact_packets_per_path`); `inspect` finds every path kind on a VLAN
+/// node (`inspect_mixed_node_gives_exactly_its_paths`) and raises nothing on the healthy
+/// default lab (`healthy_default_lab_has_no_warning_or_error`); every drop reason of the arm64
+/// kernel has a class (`drop_reasons_are_all_classified`); the agent serves `/readyz`,
+/// `/v1/report` and `/metrics` with exact counts (`agent_serves_metrics_and_readyz`).
+pub const ARM64_TESTS: &[(&str, &[&str])] = &[
+    (
+        "vm",
+        &[
+            "inspect_mixed_node_gives_exactly_its_paths",
+            "observe_counts_exact_packets_per_path",
+            "drop_reasons_are_all_classified",
+            "agent_serves_metrics_and_readyz",
+        ],
+    ),
+    (
+        "vm_checks",
+        &["healthy_default_lab_has_no_warning_or_error"],
+    ),
+];
+
 /// Runs every VM test binary in one VM on `short`; returns the stage line and a table.
 fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, String) {
-    let fail = |detail: String| {
-        let table = format!("kernel {short}: !!!!!!!! {detail}\n");
-        println!("{table}");
-        (false, detail, table)
-    };
     let kernel = match kernel::get(short) {
         Ok(k) => k,
-        Err(e) => return fail(format!("{e:#}")),
+        Err(e) => return vm_failed(short, format!("{e:#}")),
     };
-    let mut script = String::from("status=0\n");
-    for b in bins {
-        // Per-test wall times (`ok <12.3s>`) are an unstable libtest option; RUSTC_BOOTSTRAP
-        // at run time unlocks it in the stable toolchain's libtest (nothing is built with it).
-        script.push_str(&format!(
-            "echo '### {name}'\n\
-             RUSTC_BOOTSTRAP=1 {exe} -Z unstable-options --report-time --test-threads={VM_TEST_THREADS}{filter} > \"$SGPATH_VM_DIR/{name}.out\" 2>&1\n\
-             s=$?; echo $s > \"$SGPATH_VM_DIR/{name}.status\"; [ $s -eq 0 ] || status=1\n",
-            name = b.name,
-            exe = vm::shell_quote(&b.exe.to_string_lossy()),
-            filter = opts
-                .filter
-                .iter()
-                .map(|f| format!(" {}", vm::shell_quote(f)))
-                .collect::<String>(),
-        ));
+    if kernel.arch() != Arch::NATIVE {
+        return vm_kernel_foreign(&kernel, opts);
     }
-    script.push_str("exit $status\n");
+    let filters: Vec<String> = opts.filter.clone();
+    let script = vm_script(bins, &filters);
     let vm_opts = vm::VmOptions {
         env: vec![
             (
@@ -667,14 +675,236 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, St
     };
     let out = match vm::run_with(&kernel, &script, &vm_opts) {
         Ok(out) => out,
-        Err(e) => return fail(format!("KERNEL {short} DID NOT RUN THE TESTS: {e:#}")),
+        Err(e) => {
+            return vm_failed(
+                short,
+                format!("KERNEL {short} DID NOT RUN THE TESTS: {e:#}"),
+            );
+        }
     };
-
-    let mut table = format!(
-        "kernel {short} (release {}, pods plumbed by VPC CNI {}): boot {:.1} s, prepare {:.1} s, \
-         tests {:.1} s (guest CPUs {} busy), VM wall {:.1} s\n",
+    let head = format!(
+        "kernel {short} (release {}, pods plumbed by VPC CNI {})",
         out.release,
-        cni_release_for_kernel(short).version,
+        cni_release_for_kernel(short).version
+    );
+    vm_table(short, &head, &out, bins, Vec::new())
+}
+
+fn vm_failed(short: &str, detail: String) -> (bool, String, String) {
+    let table = format!("kernel {short}: !!!!!!!! {detail}\n");
+    println!("{table}");
+    (false, detail, table)
+}
+
+/// The guest script running each of `bins` with libtest `args`, each binary's output and
+/// status into the shared directory.
+fn vm_script(bins: &[TestBin], args: &[String]) -> String {
+    let mut script = String::from("status=0\n");
+    for b in bins {
+        // Per-test wall times (`ok <12.3s>`) are an unstable libtest option; RUSTC_BOOTSTRAP
+        // at run time unlocks it in the stable toolchain's libtest (nothing is built with it).
+        script.push_str(&format!(
+            "echo '### {name}'\n\
+             RUSTC_BOOTSTRAP=1 {exe} -Z unstable-options --report-time --test-threads={VM_TEST_THREADS}{args} > \"$SGPATH_VM_DIR/{name}.out\" 2>&1\n\
+             s=$?; echo $s > \"$SGPATH_VM_DIR/{name}.status\"; [ $s -eq 0 ] || status=1\n",
+            name = b.name,
+            exe = vm::shell_quote(&b.exe.to_string_lossy()),
+            args = args
+                .iter()
+                .map(|f| format!(" {}", vm::shell_quote(f)))
+                .collect::<String>(),
+        ));
+    }
+    script.push_str("exit $status\n");
+    script
+}
+
+/// The arm64 stage: cross-builds the release `sgpath` (the image's linux/arm64 binary, the
+/// very file) and the VM test binaries for the kernel's architecture, boots the kernel under
+/// qemu ([`crate::vm_arm64`]) and runs [`ARM64_TESTS`] (narrowed by `--filter`).
+fn vm_kernel_foreign(kernel: &kernel::Kernel, opts: &Options) -> (bool, String, String) {
+    let short = kernel.short.as_str();
+    let arch = kernel.arch();
+    let t = Instant::now();
+    let built = crate::image::build_binaries(arch).and_then(|_| cross_test_bins(arch));
+    let bins = match built {
+        Ok(b) => b,
+        Err(e) => return vm_failed(short, format!("{arch} build failed: {e:#}")),
+    };
+    let build_secs = t.elapsed().as_secs_f64();
+    let sgpath = crate::image::binary_path(arch);
+    let mut args = vec!["--exact".to_owned()];
+    let mut wanted = 0;
+    for (target, names) in ARM64_TESTS {
+        for name in names.iter() {
+            let filtered =
+                opts.filter.is_empty() || opts.filter.iter().any(|f| name.contains(f.as_str()));
+            if filtered && bins.iter().any(|b| b.name == *target) {
+                args.push((*name).to_owned());
+                wanted += 1;
+            }
+        }
+    }
+    if wanted == 0 {
+        return vm_failed(
+            short,
+            format!(
+                "no test of {ARM64_TESTS:?} matches --filter {:?}",
+                opts.filter
+            ),
+        );
+    }
+    let script = vm_script(&bins, &args);
+    let release = cni_release_for_kernel(kernel.series());
+    let vm_opts = vm::VmOptions {
+        env: vec![
+            ("SGPATH_BIN".into(), sgpath.to_string_lossy().into()),
+            ("RUST_BACKTRACE".into(), "1".into()),
+            (crate::lab::CNI_ENV.into(), release.version.into()),
+        ],
+        memory: "2G".into(),
+        timeout: Duration::from_secs(1200),
+        binaries: std::iter::once(sgpath.clone())
+            .chain(bins.iter().map(|b| b.exe.clone()))
+            .chain([release.plugin_for(arch), release.fake_ipamd_for(arch)])
+            .collect(),
+        ..Default::default()
+    };
+    let out = match crate::vm_arm64::run_with(kernel, &script, &vm_opts) {
+        Ok(out) => out,
+        Err(e) => {
+            return vm_failed(
+                short,
+                format!("KERNEL {short} ({arch}) DID NOT RUN THE TESTS: {e:#}"),
+            );
+        }
+    };
+    let mut problems = Vec::new();
+    let sum = match sha256(&sgpath) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            String::new()
+        }
+    };
+    // "Done when: the image's arm64 binary is the one the arm64 VM stage ran."
+    let image = crate::image::layout_dir();
+    let image_note = if image.join("index.json").is_file() {
+        let extracted =
+            crate::vm::vm_dir(short).join(format!("image-sgpath-{}", std::process::id()));
+        let same = crate::image::extract(
+            &image,
+            crate::image::tag(),
+            arch,
+            crate::image::ENTRYPOINT,
+            &extracted,
+        )
+        .and_then(|_| sha256(&extracted));
+        let _ = std::fs::remove_file(&extracted);
+        match same {
+            Ok(s) if s == sum => format!(
+                "the image's linux/{arch} {} is this binary",
+                crate::image::ENTRYPOINT
+            ),
+            Ok(s) => {
+                let note = format!(
+                    "the image's linux/{arch} {} (sha256 {s}) is NOT this binary: `cargo xtask image` is stale",
+                    crate::image::ENTRYPOINT
+                );
+                println!("!!!!!!!! {note}");
+                problems.push(note.clone());
+                note
+            }
+            Err(e) => format!("the image's linux/{arch} binary unreadable: {e:#}"),
+        }
+    } else {
+        "no image under target/image to compare with (cargo xtask image)".to_owned()
+    };
+    let head = format!(
+        "kernel {short} ({arch}, release {}, qemu TCG {}, pods plumbed by VPC CNI {}): {arch} build \
+         {build_secs:.1} s; sgpath sha256 {sum} ({image_note})",
+        out.release,
+        crate::vm_arm64::QEMU,
+        release.version
+    );
+    vm_table(short, &head, &out, &bins, problems)
+}
+
+/// sha256 (hex) of a file.
+fn sha256(path: &std::path::Path) -> Result<String> {
+    Ok(cmd::output(Command::new("sha256sum").arg(path))?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// Builds the VM test targets of [`ARM64_TESTS`] for `arch` (cross, musl: static, they run in
+/// the guest's own root); returns their executables.
+fn cross_test_bins(arch: Arch) -> Result<Vec<TestBin>> {
+    let mut build = cmd::cargo();
+    build.args([
+        "build",
+        "--target",
+        arch.musl_target(),
+        "-p",
+        "sgpath-tests",
+        "--message-format=json-render-diagnostics",
+    ]);
+    for (target, _) in ARM64_TESTS {
+        build.args(["--test", target]);
+    }
+    crate::image::musl_build(&mut build, arch);
+    eprintln!("+ {}", cmd::display(&build));
+    let out = build.stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("the {arch} build of the VM tests failed ({})", out.status);
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        let (Some(exe), Some(manifest)) =
+            (msg["executable"].as_str(), msg["manifest_path"].as_str())
+        else {
+            continue;
+        };
+        let target = msg["target"]["name"].as_str().unwrap_or_default();
+        if ARM64_TESTS.iter().any(|(t, _)| *t == target) {
+            bins.push(TestBin {
+                name: target.to_owned(),
+                dir: PathBuf::from(manifest)
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
+                exe: exe.into(),
+            });
+        }
+    }
+    for (t, _) in ARM64_TESTS {
+        if !bins.iter().any(|b| b.name == *t) {
+            bail!("cargo reported no {arch} executable for test target {t}");
+        }
+    }
+    Ok(bins)
+}
+
+/// The per-kernel table of one VM run: its head line, timings, each test's result; the stage
+/// line. `problems` so far are added to what the run shows.
+fn vm_table(
+    short: &str,
+    head: &str,
+    out: &vm::VmOutput,
+    bins: &[TestBin],
+    mut problems: Vec<String>,
+) -> (bool, String, String) {
+    let mut table = format!(
+        "{head}: boot {:.1} s, prepare {:.1} s, \
+         tests {:.1} s (guest CPUs {} busy), VM wall {:.1} s\n",
         out.boot.unwrap_or_default().as_secs_f64(),
         out.prepare.unwrap_or_default().as_secs_f64(),
         out.script.unwrap_or_default().as_secs_f64(),
@@ -685,7 +915,6 @@ fn vm_kernel(short: &str, bins: &[TestBin], opts: &Options) -> (bool, String, St
     );
     table.push_str(&format!("  {:<10} {:<50} result\n", "binary", "test"));
     let mut sum = Totals::default();
-    let mut problems = Vec::new();
     for b in bins {
         let text =
             std::fs::read_to_string(out.rwdir.join(format!("{}.out", b.name))).unwrap_or_default();

@@ -254,8 +254,7 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
     drop(moto);
     let _ = std::fs::remove_file(&image);
 
-    let status = std::fs::read_to_string(dir.join("status")).ok();
-    let Some(status) = status else {
+    if !dir.join("status").is_file() {
         bail!(
             "kernel {} ({}): VM DID NOT RUN THE SCRIPT: no status file in {} (vng exited {exit} \
              after {:.1} s; did the kernel boot?)\n{}",
@@ -265,7 +264,23 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
             wall.as_secs_f64(),
             console_tail(&console_path)
         );
-    };
+    }
+    collect(kernel, &dir, wall)
+}
+
+/// Reads back what the guest wrote into the shared directory `dir` (status, output, release,
+/// timings) after a run that took `wall`.
+///
+/// # Errors
+/// No or a malformed status file.
+pub fn collect(kernel: &Kernel, dir: &Path, wall: Duration) -> Result<VmOutput> {
+    let status = std::fs::read_to_string(dir.join("status")).with_context(|| {
+        format!(
+            "kernel {}: no status file in {}",
+            kernel.short,
+            dir.display()
+        )
+    })?;
     let status: i32 = status
         .trim()
         .parse()
@@ -285,7 +300,7 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
         release: read("release").trim().to_owned(),
         status,
         output: read("output"),
-        rwdir: dir,
+        rwdir: dir.to_path_buf(),
         wall,
         boot: boot.map(Duration::from_secs_f64),
         script: boot
@@ -320,7 +335,7 @@ pub fn vm_dir(short: &str) -> PathBuf {
 }
 
 /// Creates an empty `target/vm/<short>/<pid>-<n>/`, removing siblings of dead processes.
-fn fresh_dir(short: &str) -> Result<PathBuf> {
+pub fn fresh_dir(short: &str) -> Result<PathBuf> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let base = vm_dir(short);
     std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
@@ -478,7 +493,7 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// Last lines of the console log, for error messages.
-fn console_tail(path: &Path) -> String {
+pub fn console_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(40)..].join("\n");

@@ -150,7 +150,9 @@ fn receive_flow(sock: &UdpSocket, stop: &AtomicBool) -> (u64, Option<Instant>) {
                 sock.as_raw_fd(),
                 msgs.as_mut_ptr(),
                 BATCH as u32,
-                libc::MSG_WAITFORONE,
+                // glibc declares the flags `c_int`, musl (the arm64 VM tests' build)
+                // `c_uint`: let the target's declaration decide.
+                libc::MSG_WAITFORONE as _,
                 std::ptr::null_mut(),
             )
         };

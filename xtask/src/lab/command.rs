@@ -107,6 +107,15 @@ pub fn run(args: Args) -> Result<()> {
         cmd::run(cmd::cargo().args(["build", "--workspace", "--bins"]))
     })?;
     let kernel = kernel::get(&args.kernel)?;
+    if kernel.arch() != crate::arch::Arch::NATIVE {
+        bail!(
+            "kernel {}: the lab runs this machine's own xtask in the guest, which cannot run on {}; \
+             the arm64 VM tests run under `cargo xtask test --kernel {}`",
+            kernel.short,
+            kernel.arch(),
+            kernel.short
+        );
+    }
     let xtask_bin = vm::shell_quote(&crate::target_dir().join("debug/xtask").to_string_lossy());
     let mut guest = format!(
         "{xtask_bin} lab-guest --spec \"$SGPATH_VM_DIR/spec.toml\" --cni {}",

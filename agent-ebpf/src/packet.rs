@@ -126,7 +126,7 @@ impl Copied {
     #[inline(always)]
     fn read<T: Copy + Default>(&self, i: usize) -> T {
         let n = core::mem::size_of::<T>();
-        debug_assert!(i % n == 0, "unaligned read of {n} bytes at {i}");
+        debug_assert!(i.is_multiple_of(n), "unaligned read of {n} bytes at {i}");
         if i + n > HEADER_BYTES {
             return T::default();
         }

@@ -118,7 +118,8 @@ mkdir -p /dev/pts /dev/shm /run /tmp
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# No tmpfs over /tmp: the root is already a writable tmpfs, and a workspace cloned under
+# /tmp (CI's fresh clone) comes in the run's archive there.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ip link set lo up
 if [ -x /sgpath/run.sh ]; then

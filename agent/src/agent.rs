@@ -90,6 +90,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         drop_source: args.drop_source,
+        header_read: args.header_read,
         syn_timeout: args.syn_timeout,
         map_sizes: args.maps.sizes(),
         window: Some(args.window),

@@ -207,6 +207,9 @@ pub struct AgentArgs {
     /// As `observe --drop-source`.
     #[arg(long, value_enum, default_value_t = DropSourceArg::Auto)]
     pub drop_source: DropSourceArg,
+    /// As `observe --header-read`.
+    #[arg(long, value_enum, default_value_t = HeaderReadArg::Auto)]
+    pub header_read: HeaderReadArg,
     #[command(flatten)]
     pub maps: MapSizeArgs,
     /// As `observe --syn-timeout`.
@@ -398,6 +401,11 @@ pub struct ObserveArgs {
     /// the packet; `auto` takes reasons where the kernel has them.
     #[arg(long, value_enum, default_value_t = DropSourceArg::Auto)]
     pub drop_source: DropSourceArg,
+    /// How the probes read packet headers: `auto` takes BTF-typed loads where the kernel
+    /// has them (6.2+) and one helper read elsewhere; `probe` takes the helper read on
+    /// every kernel (what 5.10 and 6.1 run; a way around a kernel that misbehaves).
+    #[arg(long, value_enum, default_value_t = HeaderReadArg::Auto)]
+    pub header_read: HeaderReadArg,
     #[command(flatten)]
     pub maps: MapSizeArgs,
     /// How long a SYN or DNS query that left a path waits for its answer before it counts
@@ -444,6 +452,12 @@ impl MapSizeArgs {
             drop_keys: self.max_drop_keys,
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HeaderReadArg {
+    Auto,
+    Probe,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

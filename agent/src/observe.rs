@@ -22,6 +22,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         drop_source: args.drop_source,
+        header_read: args.header_read,
         syn_timeout: args.syn_timeout,
         map_sizes: args.maps.sizes(),
         window: None,

@@ -31,7 +31,7 @@ use sgpath_ebpf::{
     packet::{Direction, NetnsRole, PodAddr},
 };
 
-use crate::cli::DropSourceArg;
+use crate::cli::{DropSourceArg, HeaderReadArg};
 
 /// Prefix the kernel's drop reason names carry.
 const REASON_PREFIX: &str = "SKB_DROP_REASON_";
@@ -45,6 +45,7 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 pub struct Options {
     pub sources: collect::Sources,
     pub drop_source: DropSourceArg,
+    pub header_read: HeaderReadArg,
     /// How long a SYN or DNS query waits for its answer (`--syn-timeout`).
     pub syn_timeout: Duration,
     /// Entries of the maps that grow with the node (`--max-paths` ...).
@@ -175,6 +176,7 @@ impl Session {
         let node_netns = netns::own_inode().context("cannot stat /proc/thread-self/ns/net")?;
         let config = probe_config(&btf, node_netns)?;
         let typed = match TypedIds::of(&btf) {
+            _ if opts.header_read == HeaderReadArg::Probe => None,
             Ok(ids) => Some(ids),
             Err(missing) => {
                 tracing::info!(

@@ -237,14 +237,15 @@ fn built(spec_name: &str, prefix: &str) -> xtask::lab::Lab {
 #[test]
 fn observe_counts_exact_packets_per_path() {
     let lab = built("host", "sgt-o");
-    sgpath_tests::observe::observe_counts_exact_packets(&lab, None);
+    sgpath_tests::observe::observe_counts_exact_packets(&lab, None, None);
 }
 
-/// The same with drops named by location, as on 5.10, on a kernel that has reasons.
+/// The same the 5.10 way, on a kernel that has drop reasons and typed reads: drops named by
+/// location, headers read with the helper (`--header-read probe`).
 #[test]
 fn observe_counts_exact_packets_by_location() {
     let lab = built("host", "sgt-ol");
-    sgpath_tests::observe::observe_counts_exact_packets(&lab, Some("location"));
+    sgpath_tests::observe::observe_counts_exact_packets(&lab, Some("location"), Some("probe"));
 }
 
 // The priority-1 filter coexistence cases (`observe_behind_a_priority_1_filter_*`) run in

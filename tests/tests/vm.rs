@@ -469,14 +469,14 @@ fn built(spec_name: &str, prefix: &str) -> xtask::lab::Lab {
 #[test]
 fn observe_counts_exact_packets_per_path() {
     let lab = built("observe", "sgt-o");
-    sgpath_tests::observe::observe_counts_exact_packets(&lab, None);
+    sgpath_tests::observe::observe_counts_exact_packets(&lab, None, None);
 }
 
-/// `--drop-source location`: the 5.10 way, on every kernel.
+/// `--drop-source location --header-read probe`: the 5.10 way, on every kernel.
 #[test]
 fn observe_counts_exact_packets_by_location() {
     let lab = built("observe", "sgt-ol");
-    sgpath_tests::observe::observe_counts_exact_packets(&lab, Some("location"));
+    sgpath_tests::observe::observe_counts_exact_packets(&lab, Some("location"), Some("probe"));
 }
 
 /// Drops inside the lab's VPC namespace stay as invisible as AWS's.

@@ -12,6 +12,7 @@ pub mod kallsyms;
 pub mod kube;
 pub mod links;
 pub mod netconf;
+pub mod netlink;
 pub mod netns;
 pub mod pod_addresses;
 pub mod route_get;
@@ -21,7 +22,7 @@ pub mod sigv4;
 pub mod sysctls;
 pub mod watch;
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::model::Node;
 
@@ -35,6 +36,12 @@ pub enum CollectError {
     },
     #[error("route lookups over rtnetlink failed: {source}")]
     Lookups {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rtnetlink dump of {what} failed: {source}")]
+    Dump {
+        what: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -96,13 +103,16 @@ async fn read(
     handle: &rtnetlink::Handle,
     sources: &Sources,
 ) -> Result<(Node, crate::model::Topology), CollectError> {
+    // The route dump is the largest read of a busy node (10,000 routes): it runs on a
+    // thread of its own, on a socket opened here (in this thread's namespace), while this
+    // thread reads the rest.
+    let socket = netlink::socket().map_err(|source| CollectError::Socket { source })?;
+    let routes = std::thread::spawn(move || routes::dump(&socket));
     let mut links = links::dump(handle).await?;
     let mut addrs = addresses::dump(handle).await?;
     for l in &mut links {
         l.addresses = addrs.remove(&l.ifindex).unwrap_or_default();
     }
-    let names = links.iter().map(|l| (l.ifindex, l.name.clone())).collect();
-    let routes = routes::dump(handle, &names).await?;
     let rules = rules::dump(handle).await?;
     let (pod_addresses, ns_warnings) = pod_addresses::dump(&links).await?;
 
@@ -117,6 +127,11 @@ async fn read(
         }
     };
     let ipamd = ipamd::read(&sources.ipamd, &mut read_warnings).await;
+    let names: BTreeMap<u32, String> = links.iter().map(|l| (l.ifindex, l.name.clone())).collect();
+    let routes = routes
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    let routes = routes::from_messages(&routes, &names);
     let mut node = Node {
         kernel: kernel_release(),
         links,

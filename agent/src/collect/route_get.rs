@@ -1,18 +1,18 @@
 //! Ask the kernel where a packet goes: RTM_GETROUTE for one flow, as
 //! `ip route get fibmatch <dst> from <src> iif <dev> mark <m> ipproto <p> dport <n>` does.
-//! Nothing is sent on the wire. Many lookups share one rtnetlink socket and go to the
-//! kernel in batches (several requests per `sendmsg`; the kernel answers each in turn).
+//! Nothing is sent on the wire. Lookups go to the kernel in batches (several requests per
+//! `sendmsg`; the kernel answers each in turn), a long list on two sockets at once.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage},
 };
-use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use rtnetlink::sys::Socket;
 
-use super::{CollectError, routes};
+use super::{CollectError, netlink, routes};
 use crate::model::{Answer, Lookup, Node, Refusal, Topology, lookup};
 
 /// One flow to look up.
@@ -67,26 +67,17 @@ fn request(flow: &Flow) -> RouteMessage {
     msg
 }
 
-/// Append one request, numbered `seq`, to a batch.
-fn append(batch: &mut Vec<u8>, flow: &Flow, seq: u32) {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST;
-    header.sequence_number = seq;
-    let mut nl = NetlinkMessage::new(
-        header,
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetRoute(request(flow))),
-    );
-    nl.finalize();
-    let start = batch.len();
-    batch.resize(start + nl.buffer_len(), 0);
-    nl.serialize(&mut batch[start..]);
-}
+/// Lookups a second worker thread must have before it is started: below this the thread
+/// and its socket cost more than they save.
+const PER_WORKER: usize = 256;
 
-/// Look flows up on one rtnetlink socket, [`BATCH`] requests per `sendmsg`; answers in
-/// the order of `flows`. `names` maps ifindex to link name for the routes.
+/// Look flows up, [`BATCH`] requests per `sendmsg`; answers in the order of `flows`.
+/// `names` maps ifindex to link name for the routes. The kernel answers a lookup in the
+/// asking thread, so a long list is split between two threads, each with a socket opened
+/// here (in this thread's namespace).
 ///
 /// # Errors
-/// [`CollectError::Socket`] when the socket cannot be opened, [`CollectError::Lookups`]
+/// [`CollectError::Socket`] when a socket cannot be opened, [`CollectError::Lookups`]
 /// when it fails or answers something unreadable; a refused lookup is an [`Answer`].
 pub fn lookup_all(
     names: &BTreeMap<u32, String>,
@@ -95,32 +86,61 @@ pub fn lookup_all(
     if flows.is_empty() {
         return Ok(Vec::new());
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = if cores > 1 && flows.len() >= 2 * PER_WORKER {
+        2
+    } else {
+        1
+    };
+    let socket = || netlink::socket().map_err(|source| CollectError::Socket { source });
+    if workers == 1 {
+        return lookup_on(&socket()?, names, flows);
+    }
+    let sockets = [socket()?, socket()?];
+    let per = flows.len().div_ceil(workers);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = sockets
+            .into_iter()
+            .zip(flows.chunks(per))
+            .map(|(socket, chunk)| s.spawn(move || lookup_on(&socket, names, chunk)))
+            .collect();
+        let mut answers = Vec::with_capacity(flows.len());
+        for h in handles {
+            let part = h
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            answers.extend(part);
+        }
+        Ok(answers)
+    })
+}
+
+/// [`lookup_all`]'s work on one socket.
+fn lookup_on(
+    socket: &Socket,
+    names: &BTreeMap<u32, String>,
+    flows: &[Flow],
+) -> Result<Vec<Answer>, CollectError> {
     let failed = |source: std::io::Error| CollectError::Lookups { source };
-    let mut socket =
-        Socket::new(NETLINK_ROUTE).map_err(|source| CollectError::Socket { source })?;
-    socket.bind_auto().map_err(failed)?;
-    socket.connect(&SocketAddr::new(0, 0)).map_err(failed)?;
     let mut answers: Vec<Option<Answer>> = vec![None; flows.len()];
     let mut batch = Vec::new();
-    let mut reply: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut reply: Vec<u8> = Vec::with_capacity(netlink::RECV_BUFFER);
     for (first, chunk) in (0..flows.len()).step_by(BATCH).zip(flows.chunks(BATCH)) {
         batch.clear();
         for (i, f) in chunk.iter().enumerate() {
             // Sequence numbers start at 1: the kernel's own messages carry 0.
-            append(&mut batch, f, (first + i + 1) as u32);
+            let seq = (first + i + 1) as u32;
+            netlink::append(
+                &mut batch,
+                RouteNetlinkMessage::GetRoute(request(f)),
+                seq,
+                0,
+            );
         }
         socket.send(&batch, 0).map_err(failed)?;
         let mut pending = chunk.len();
         while pending > 0 {
-            reply.clear();
-            socket.recv(&mut reply, 0).map_err(failed)?;
-            let mut rest = &reply[..];
-            while !rest.is_empty() {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
-                    .map_err(|e| failed(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-                // Messages are aligned to 4 bytes.
-                let len = (msg.header.length as usize + 3) & !3;
-                rest = rest.get(len..).unwrap_or_default();
+            netlink::recv_each(socket, &mut reply, |msg| {
                 let answer = match msg.payload {
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(m)) => {
                         routes::from_message(&m, names).ok_or(Refusal::NetUnreachable)
@@ -128,7 +148,7 @@ pub fn lookup_all(
                     NetlinkPayload::Error(e) if e.code.is_some() => {
                         Err(Refusal::from_errno(-e.raw_code()))
                     }
-                    _ => continue,
+                    _ => return,
                 };
                 let slot = (msg.header.sequence_number as usize)
                     .checked_sub(1)
@@ -137,7 +157,8 @@ pub fn lookup_all(
                     *slot = Some(answer);
                     pending -= 1;
                 }
-            }
+            })
+            .map_err(failed)?;
         }
     }
     Ok(answers
@@ -195,4 +216,39 @@ pub fn pod_lookups(node: &Node, topo: &Topology) -> Result<Vec<Lookup>, CollectE
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    /// Long enough for two workers; asks this namespace's loopback routes (no packet is
+    /// sent). Every third flow names an input interface that does not exist, so the kernel
+    /// refuses it: a refusal anywhere but at those places means answers changed order.
+    #[test]
+    fn a_long_list_split_between_two_sockets_keeps_its_order() {
+        let flows: Vec<Flow> = (0..3 * PER_WORKER)
+            .map(|i| Flow {
+                src: None,
+                dst: Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250 + 1) as u8).into(),
+                iif: (i % 3 == 0).then_some(u32::MAX - 1),
+                mark: None,
+                ipproto: None,
+                dport: None,
+            })
+            .collect();
+        let answers = lookup_all(&BTreeMap::new(), &flows).unwrap();
+        assert_eq!(answers.len(), flows.len());
+        for (i, a) in answers.iter().enumerate() {
+            match a {
+                Ok(route) => {
+                    assert!(i % 3 != 0, "flow {i} (unknown iif) answered {route:?}");
+                    assert_eq!(route.dst.to_string(), "127.0.0.0/8", "flow {i}");
+                }
+                Err(refusal) => assert_eq!(i % 3, 0, "flow {i} refused: {refusal:?}"),
+            }
+        }
+    }
 }

@@ -2,37 +2,37 @@
 
 use std::collections::BTreeMap;
 
-use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::{
-    AddressFamily,
+    AddressFamily, RouteNetlinkMessage,
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope as NlScope, RouteType},
 };
-use rtnetlink::Handle;
+use rtnetlink::sys::Socket;
 
-use super::CollectError;
+use super::{CollectError, netlink};
 use crate::model::{Family, Route, RouteKind, RouteScope};
 
-/// Dump the routes of all tables, both families (RTM_GETROUTE, NLM_F_DUMP, table unspec).
+/// Dump the routes of all tables, both families (RTM_GETROUTE, NLM_F_DUMP, table unspec),
+/// on `socket` (see [`netlink::socket`]), as the kernel's messages: [`from_messages`]
+/// names their links. Blocking: [`super::node`] runs it on a thread of its own while it
+/// reads the rest.
 ///
 /// # Errors
-/// [`CollectError::Netlink`] when the IPv4 dump fails; a failed IPv6 dump (IPv6 disabled)
+/// [`CollectError::Dump`] when the IPv4 dump fails; a failed IPv6 dump (IPv6 disabled)
 /// gives no v6 routes.
-pub async fn dump(
-    handle: &Handle,
-    names: &BTreeMap<u32, String>,
-) -> Result<Vec<Route>, CollectError> {
+pub fn dump(socket: &Socket) -> Result<Vec<RouteMessage>, CollectError> {
     let mut routes = Vec::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut req = RouteMessage::default();
         req.header.address_family = family;
-        let res: Result<Vec<RouteMessage>, _> =
-            handle.route().get(req).execute().try_collect().await;
-        match res {
-            Ok(msgs) => routes.extend(msgs.iter().filter_map(|m| from_message(m, names))),
+        match netlink::dump(socket, RouteNetlinkMessage::GetRoute(req)) {
+            Ok(msgs) => routes.extend(msgs.into_iter().filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(m) => Some(m),
+                _ => None,
+            })),
             Err(_) if family == AddressFamily::Inet6 => {}
             Err(source) => {
-                return Err(CollectError::Netlink {
+                return Err(CollectError::Dump {
                     what: "routes",
                     source,
                 });
@@ -40,6 +40,11 @@ pub async fn dump(
         }
     }
     Ok(routes)
+}
+
+/// Convert dumped messages; `names` maps ifindex to link name.
+pub fn from_messages(msgs: &[RouteMessage], names: &BTreeMap<u32, String>) -> Vec<Route> {
+    msgs.iter().filter_map(|m| from_message(m, names)).collect()
 }
 
 /// Convert one RTM_NEWROUTE message; `names` maps ifindex to link name.

@@ -397,60 +397,48 @@ impl PathProbes {
     /// [`ProbeError::Map`] when a map refuses the update, [`ProbeError::Cpus`] when the
     /// number of CPUs is unknown.
     pub fn reset_path(&mut self, id: u32) -> Result<(), ProbeError> {
-        let map_err = |name| move |source| ProbeError::Map { name, source };
+        self.zero_per_cpu::<PathCounters>(PATH_COUNTERS_MAP, id)?;
+        self.zero_per_cpu::<DropSlot>(DROP_SLOTS_MAP, id)?;
+        self.remove_per_cpu_keys(DROPS_MAP, |k: &DropKey| u32::from(k.path) == id)?;
+        self.remove_per_cpu_keys(LEFT_VIA_MAP, |k: &LeftViaKey| k.path == id)
+    }
+
+    /// Sets entry `id` of per-CPU array `name` to `V`'s zero on every CPU.
+    fn zero_per_cpu<V: aya::Pod + Default + Clone>(
+        &mut self,
+        name: &'static str,
+        id: u32,
+    ) -> Result<(), ProbeError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| ProbeError::Cpus(e))?;
-        let zeros = aya::maps::PerCpuValues::try_from(vec![PathCounters::default(); cpus])
+        let zeros = aya::maps::PerCpuValues::try_from(vec![V::default(); cpus])
             .map_err(ProbeError::Cpus)?;
         let map = self
             .ebpf
-            .map_mut(PATH_COUNTERS_MAP)
-            .ok_or(ProbeError::MissingProgram {
-                name: PATH_COUNTERS_MAP,
-            })?;
-        let mut counters: PerCpuArray<_, PathCounters> =
-            PerCpuArray::try_from(map).map_err(map_err(PATH_COUNTERS_MAP))?;
-        counters
+            .map_mut(name)
+            .ok_or(ProbeError::MissingProgram { name })?;
+        let mut array: PerCpuArray<_, V> =
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        array
             .set(id, zeros, 0)
-            .map_err(map_err(PATH_COUNTERS_MAP))?;
-        let zeros = aya::maps::PerCpuValues::try_from(vec![DropSlot::default(); cpus])
-            .map_err(ProbeError::Cpus)?;
+            .map_err(|source| ProbeError::Map { name, source })
+    }
+
+    /// Removes the keys of per-CPU hash `name` (values `u64`) that `stale` picks; a key gone
+    /// already is fine.
+    fn remove_per_cpu_keys<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        stale: impl Fn(&K) -> bool,
+    ) -> Result<(), ProbeError> {
         let map = self
             .ebpf
-            .map_mut(DROP_SLOTS_MAP)
-            .ok_or(ProbeError::MissingProgram {
-                name: DROP_SLOTS_MAP,
-            })?;
-        let mut slots: PerCpuArray<_, DropSlot> =
-            PerCpuArray::try_from(map).map_err(map_err(DROP_SLOTS_MAP))?;
-        slots.set(id, zeros, 0).map_err(map_err(DROP_SLOTS_MAP))?;
-        let map = self
-            .ebpf
-            .map_mut(DROPS_MAP)
-            .ok_or(ProbeError::MissingProgram { name: DROPS_MAP })?;
-        let mut drops: PerCpuHashMap<_, DropKey, u64> =
-            PerCpuHashMap::try_from(map).map_err(map_err(DROPS_MAP))?;
-        let stale: Vec<DropKey> = drops
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| u32::from(k.path) == id)
-            .collect();
-        for k in stale {
-            // Gone already is fine.
-            let _ = drops.remove(&k);
-        }
-        let map = self
-            .ebpf
-            .map_mut(LEFT_VIA_MAP)
-            .ok_or(ProbeError::MissingProgram { name: LEFT_VIA_MAP })?;
-        let mut left: PerCpuHashMap<_, LeftViaKey, u64> =
-            PerCpuHashMap::try_from(map).map_err(map_err(LEFT_VIA_MAP))?;
-        let stale: Vec<LeftViaKey> = left
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.path == id)
-            .collect();
-        for k in stale {
-            let _ = left.remove(&k);
+            .map_mut(name)
+            .ok_or(ProbeError::MissingProgram { name })?;
+        let mut hash: PerCpuHashMap<_, K, u64> =
+            PerCpuHashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        let keys: Vec<K> = hash.keys().filter_map(Result::ok).filter(&stale).collect();
+        for k in keys {
+            let _ = hash.remove(&k);
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use super::{
     ns_per_run,
     packet_path::{Costs, FLOWS},
     pod_node::{NODE_IP, PodNode},
-    prog_stats, start_agent,
+    prog_stats, start_agent_with,
     stats::{CONFIDENCE, Goal, Interval, Summary, Table},
 };
 
@@ -152,11 +152,20 @@ pub struct Measured {
 /// at least, then more (up to [`MAX_PAIRS`]) until every row of those floods is decided by
 /// its interval.
 pub fn measure(node: &PodNode) -> Measured {
+    measure_with(node, &[])
+}
+
+/// [`measure`] with the agent started with `extra` arguments (`--header-read probe`: the
+/// helper-read programs 5.10 and 6.1 run, measured on this kernel).
+pub fn measure_with(node: &PodNode, extra: &[&str]) -> Measured {
+    // The kernel times programs only while someone holds this fd: only in this section,
+    // since timing costs two clock reads per run of every program (no node runs so).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
     let mut m = Measured::default();
     let ns = node.node();
     crate::observe::nft(&ns, DROP_RULE);
     for round in 0..MAX_PAIRS {
-        let agent = start_agent(node);
+        let agent = start_agent_with(node, extra);
         std::thread::sleep(Duration::from_millis(500));
         for t in Traffic::FLOODED {
             let flood = t.flood(node);
@@ -342,7 +351,8 @@ pub fn section(m: &Measured) -> String {
         );
     }
     format!(
-        "The kernel's own accounting (BPF_ENABLE_STATS held by the bench): run time over run \
+        "The kernel's own accounting (BPF_ENABLE_STATS, held by the bench during this section \
+         only): run time over run \
          count of each program, read with `bpftool prog show -j` before and after each flood. \
          The floor is an empty program on the same hook (`agent-ebpf/src/floor.rs`, never \
          loaded by the agent), measured on the same traffic in the same round: each round is \

@@ -8,7 +8,7 @@
 //!
 //! Side effects: namespaces `sgb-*` (deleted on drop, also on a panic), `sgpath agent`,
 //! iperf3, bpftrace and prometheus-node-exporter processes in them (killed on drop), the
-//! kernel's BPF run-time statistics switched on while the bench runs, tracefs mounted.
+//! kernel's BPF run-time statistics switched on during the cost section, tracefs mounted.
 
 pub mod attach;
 pub mod costs;
@@ -45,7 +45,12 @@ pub const MAX_PAIRS: usize = 24;
 /// Starts `sgpath agent` in `node`'s node namespace (no cluster, no IPAMD) and waits until
 /// it is ready and reports every pod's path.
 pub fn start_agent(node: &PodNode) -> Agent {
-    let mut agent = spawn_agent(node);
+    start_agent_with(node, &[])
+}
+
+/// [`start_agent`] with `extra` arguments (`--header-read probe`).
+pub fn start_agent_with(node: &PodNode, extra: &[&str]) -> Agent {
+    let mut agent = spawn_agent_with(node, extra);
     agent.wait_for("/readyz", 200);
     wait_paths(&agent, node.pods.len(), Duration::from_secs(30));
     agent
@@ -53,18 +58,20 @@ pub fn start_agent(node: &PodNode) -> Agent {
 
 /// Spawns `sgpath agent` in `node`'s node namespace without waiting.
 pub fn spawn_agent(node: &PodNode) -> Agent {
-    Agent::spawn(
-        &node.node(),
-        &[],
-        &[
-            "--cni-config",
-            node.cni.to_str().unwrap(),
-            "--ipamd-url",
-            "",
-            "--log-format",
-            "json",
-        ],
-    )
+    spawn_agent_with(node, &[])
+}
+
+fn spawn_agent_with(node: &PodNode, extra: &[&str]) -> Agent {
+    let mut args = vec![
+        "--cni-config",
+        node.cni.to_str().unwrap(),
+        "--ipamd-url",
+        "",
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    Agent::spawn(&node.node(), &[], &args)
 }
 
 /// The number of paths in the agent's `/v1/report`.

@@ -3,7 +3,8 @@
 //! stderr. The sgpath binary is `$SGPATH_BIN` (xtask passes its release build).
 //!
 //! Side effects: see [`sgpath_tests::bench`]: namespaces `sgb-*`, the kernel's BPF run-time
-//! statistics on while it runs, tracefs mounted.
+//! statistics on during the cost section (only there: timing every run slows every
+//! program, and the throughput sections measure what a node runs), tracefs mounted.
 
 use std::time::Instant;
 
@@ -37,8 +38,6 @@ fn emit(text: &str) {
 fn main() {
     let start = Instant::now();
     let bin = sgpath_tests::sgpath_bin();
-    // The kernel counts run time per program only while someone holds this fd.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
     let date = utc_now();
     let header = format!(
         "# sgpath benchmarks\n\n\
@@ -76,9 +75,19 @@ fn main() {
             }));
         }
         if wanted("costs") {
+            let mut typed = false;
             emit(&section("Cost per packet", || {
-                costs::section(&costs::measure(&node))
+                let m = costs::measure(&node);
+                typed = costs::header_read(&m.agent) == "typed";
+                costs::section(&m)
             }));
+            // 5.10 and 6.1 run the helper-read programs: what they cost, natively, here.
+            if typed {
+                emit(&section(
+                    "Cost per packet, helper reads (`--header-read probe`)",
+                    || costs::section(&costs::measure_with(&node, &["--header-read", "probe"])),
+                ));
+            }
         }
         if wanted("profile") {
             emit(&section("Where the time goes", || profile::run(&node)));

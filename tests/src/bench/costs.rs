@@ -39,6 +39,13 @@ fn packets() -> u64 {
     ((PACKETS as f64 * scale) as u64).max(1000)
 }
 
+/// `$SGB_TCG`: the bench runs in a VM under TCG (xtask's per-kernel VMs). TCG emulates
+/// the JIT's code instruction by instruction and every memory access through its soft MMU,
+/// so a program's ratio to the empty one grows with its loads: no goal is judged there.
+fn under_tcg() -> bool {
+    std::env::var_os("SGB_TCG").is_some()
+}
+
 /// The dropped flood's first port, and the node's nftables rule that drops it (input hook,
 /// as the drop benchmark's).
 const DROP_PORT: u16 = 7300;
@@ -184,10 +191,11 @@ pub fn measure_with(node: &PodNode, extra: &[&str]) -> Measured {
                 }),
             ));
         }
-        let decided = ROWS
-            .iter()
-            .filter(|r| Traffic::FLOODED.contains(&r.traffic))
-            .all(|r| r.judge(&m).is_some_and(|(_, g)| g != Goal::Undecided));
+        let decided = under_tcg()
+            || ROWS
+                .iter()
+                .filter(|r| Traffic::FLOODED.contains(&r.traffic))
+                .all(|r| r.judge(&m).is_some_and(|(_, g)| g != Goal::Undecided));
         if round + 1 >= PAIRS && decided {
             break;
         }
@@ -333,9 +341,11 @@ pub fn section(m: &Measured) -> String {
             None => (format!("{:.2}x", ns.median / fl.median), Goal::Undecided),
         };
         let goal = match row.work {
+            _ if under_tcg() => "none under TCG",
             Work::Full => "<= 2x floor",
             Work::EarlyExit => "<= floor + 10 ns",
         };
+        let met = if under_tcg() { Goal::None } else { met };
         t.row(
             &[
                 format!("`{}`", row.prog),

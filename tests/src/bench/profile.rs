@@ -14,7 +14,7 @@ use super::{
     packet_path::{FLOOD_PACKETS, tcp_server, tcp_stream, udp_flood},
     pod_node::PodNode,
     start_agent,
-    stats::{Goal, Table},
+    stats::{CONFIDENCE, Goal, Table},
 };
 
 /// Symbols shown per profile.
@@ -104,18 +104,18 @@ impl Samples {
             .collect()
     }
 
-    /// Samples under a JIT'ed program whose name ends with `prog` (`bpf_prog_<tag>_<prog>`):
-    /// its share of all, and the leaves under it (its own code and the helpers it calls).
+    /// Samples under JIT'ed program `prog` (`bpf_prog_<tag>_<prog>`, or its typed-read
+    /// twin `<prog>_typed`, maybe with `+<offset>`): its share of all, and the leaves under
+    /// it (its own code and the helpers it calls).
     fn under(&self, prog: &str, top: usize) -> (f64, Vec<(String, f64)>) {
-        let suffix = format!("_{prog}");
-        let inside: Vec<&Vec<String>> = self
-            .0
-            .iter()
-            .filter(|c| {
-                c.iter()
-                    .any(|s| s.starts_with("bpf_prog_") && s.ends_with(&suffix))
-            })
-            .collect();
+        let is_prog = |sym: &String| {
+            sym.split('+')
+                .next()
+                .and_then(|s| s.strip_prefix("bpf_prog_"))
+                .and_then(|s| s.split_once('_'))
+                .is_some_and(|(_, name)| name.strip_suffix("_typed").unwrap_or(name) == prog)
+        };
+        let inside: Vec<&Vec<String>> = self.0.iter().filter(|c| c.iter().any(is_prog)).collect();
         let leaves = count(inside.iter().map(|c| c[0].clone()), top)
             .into_iter()
             .map(|(s, n)| (s, 100.0 * n as f64 / inside.len().max(1) as f64))
@@ -144,6 +144,45 @@ fn show(sym: &str) -> String {
     {
         Some((_, name)) => format!("`bpf_prog_…_{name}` (BPF)"),
         None => format!("`{sym}`"),
+    }
+}
+
+/// Most of a TCP stream's CPU the agent may take, in percent: the throughput goal's 0.99.
+const TCP_SHARE_GOAL: f64 = 1.0;
+
+/// A proportion `k` of `n`, in percent, with its 95% Wilson score interval.
+struct Share {
+    pct: f64,
+    low: f64,
+    high: f64,
+}
+
+impl Share {
+    fn of(k: usize, n: usize) -> Share {
+        let (k, n, z) = (k as f64, n.max(1) as f64, 1.96f64);
+        let p = k / n;
+        let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+        let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / (1.0 + z * z / n);
+        Share {
+            pct: 100.0 * p,
+            low: 100.0 * (centre - half).max(0.0),
+            high: 100.0 * (centre + half).min(1.0),
+        }
+    }
+
+    fn show(&self) -> String {
+        format!("{:.2}% [{:.2}%, {:.2}%]", self.pct, self.low, self.high)
+    }
+
+    /// Met when the whole interval is at most `goal` percent, missed when it is all above.
+    fn judge(&self, goal: f64) -> Goal {
+        if self.high <= goal {
+            Goal::Met
+        } else if self.low > goal {
+            Goal::Missed
+        } else {
+            Goal::Undecided
+        }
     }
 }
 
@@ -198,12 +237,31 @@ pub fn tcp(node: &PodNode) -> String {
         let ((sa, na), (sb, nb)) = (cell(&ca, without.len()), cell(&cb, with.len()));
         t.row(&[format!("{}", i + 1), sa, na, sb, nb], "", Goal::None);
     }
+    // What the agent costs the stream: its programs' samples and its own process's, as a
+    // share of the busy ones. The stream keeps both cores busy, so its rate falls by about
+    // this share.
+    let agent_samples = under_bpf(&with) + with.iter().filter(|(c, _)| c == "sgpath").count();
+    let share = Share::of(agent_samples, with.len());
+    let mut cost = Table::new(&["figure", "samples", "share of the busy samples"]);
+    cost.row(
+        &[
+            "the agent: its BPF programs and its process".into(),
+            format!("{agent_samples} of {}", with.len()),
+            share.show(),
+        ],
+        &format!("<= {TCP_SHARE_GOAL}%"),
+        share.judge(TCP_SHARE_GOAL),
+    );
     format!(
         "`perf record -a -g -e cpu-clock` over one iperf3 stream pod -> node (5 s) with no \
          probes ({:.2} Gbit/s, {} busy samples), then one with `sgpath agent` attached \
          ({:.2} Gbit/s, {} busy samples); idle samples left out. Samples with one of the \
          agent's BPF programs in their call chain: {} ({:.2}% of the busy samples). Busy \
-         samples by command:\n\n{}",
+         samples by command:\n\n{}\n\
+         The stream keeps both cores busy, so what the agent takes of their samples is what \
+         it costs the stream's rate: the share below, with its {CONFIDENCE} Wilson interval \
+         (the samples as draws of a proportion). The pairs' throughput ratio above cannot \
+         resolve a cost this small: one stream's rate varies by more from run to run.\n\n{}",
         gbps[0],
         without.len(),
         gbps[1],
@@ -211,6 +269,7 @@ pub fn tcp(node: &PodNode) -> String {
         under_bpf(&with),
         100.0 * under_bpf(&with) as f64 / with.len().max(1) as f64,
         t.markdown(),
+        cost.markdown(),
     )
 }
 
@@ -274,4 +333,19 @@ pub fn run(node: &PodNode) -> String {
         na = without.0.len(),
         nb = with.0.len(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 10 of 100: the Wilson interval is [5.52%, 17.44%] (Wilson 1927; Newcombe 1998, table I).
+    #[test]
+    fn wilson_interval_of_a_known_proportion() {
+        let s = Share::of(10, 100);
+        assert_eq!(s.show(), "10.00% [5.52%, 17.44%]");
+        assert_eq!(s.judge(20.0), Goal::Met);
+        assert_eq!(s.judge(10.0), Goal::Undecided);
+        assert_eq!(s.judge(5.0), Goal::Missed);
+    }
 }

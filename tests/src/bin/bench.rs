@@ -82,7 +82,7 @@ fn main() {
                 costs::section(&m)
             }));
             // 5.10 and 6.1 run the helper-read programs: what they cost, natively, here.
-            if typed {
+            if typed && std::env::var_os("SGB_TCG").is_none() {
                 emit(&section(
                     "Cost per packet, helper reads (`--header-read probe`)",
                     || costs::section(&costs::measure_with(&node, &["--header-read", "probe"])),

@@ -259,6 +259,21 @@ fn bench_maps_in_vm(release: &std::path::Path) -> Result<String> {
     ))
 }
 
+/// What `cargo xtask bench --only` takes: the bench binary's sections (`$SGB_ONLY`) and
+/// `kernels`, the per-kernel cost VMs.
+const BENCH_SECTIONS: &[&str] = &[
+    "path",
+    "drops",
+    "costs",
+    "profile",
+    "maps",
+    "snapshot",
+    "scrape",
+    "footprint",
+    "attach",
+    "kernels",
+];
+
 /// The fleet simulation's section of BENCHMARKS.md (from its heading to the end), which
 /// `cargo test -p sgpath --lib simulated_fleet` writes and checks, not the bench: kept as is.
 fn fleet_section(benchmarks: &str) -> &str {
@@ -270,6 +285,10 @@ fn fleet_section(benchmarks: &str) -> &str {
 /// `cargo xtask bench`: build sgpath and the bench binary in release, run the bench
 /// against that sgpath (`SGPATH_BIN`), keep its report with the whole run's wall time.
 fn bench(only: Option<&str>) -> Result<()> {
+    // A misspelt section would otherwise run nothing, silently, after the release build.
+    if let Some(bad) = only.and_then(|o| o.split(',').find(|s| !BENCH_SECTIONS.contains(s))) {
+        bail!("bench --only: unknown section {bad:?}; known are {BENCH_SECTIONS:?}");
+    }
     let start = std::time::Instant::now();
     setup::ensure()?;
     // Two builds, not one: built together, cargo would unify the two packages' features

@@ -506,6 +506,34 @@ struct TestBin {
     exe: PathBuf,
 }
 
+/// The test executables in cargo's JSON messages (`--message-format=json`), each with
+/// whether it is an integration test (`tests/*.rs`) rather than a crate's unit tests.
+fn test_executables(stdout: &[u8]) -> Vec<(TestBin, bool)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true)
+        .filter_map(|msg| {
+            let exe = msg["executable"].as_str()?;
+            let dir = PathBuf::from(msg["manifest_path"].as_str()?)
+                .parent()?
+                .to_path_buf();
+            let integration = msg["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "test"));
+            let bin = TestBin {
+                name: msg["target"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                dir,
+                exe: exe.into(),
+            };
+            Some((bin, integration))
+        })
+        .collect()
+}
+
 /// Test executables by the stage that runs them.
 struct Built {
     unit: Vec<TestBin>,
@@ -541,33 +569,9 @@ fn build_all() -> Result<Built> {
         vm: Vec::new(),
     };
     let mut stray = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
-            continue;
-        }
-        let (Some(exe), Some(manifest)) =
-            (msg["executable"].as_str(), msg["manifest_path"].as_str())
-        else {
-            continue;
-        };
-        let target = msg["target"]["name"].as_str().unwrap_or_default();
-        let kinds: Vec<&str> = msg["target"]["kind"]
-            .as_array()
-            .map(|k| k.iter().filter_map(|k| k.as_str()).collect())
-            .unwrap_or_default();
-        let dir = PathBuf::from(manifest)
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
-        let bin = TestBin {
-            name: target.to_owned(),
-            dir,
-            exe: exe.into(),
-        };
-        if kinds.contains(&"test") {
+    for (bin, integration) in test_executables(&out.stdout) {
+        let target = bin.name.as_str();
+        if integration {
             if HOST_TEST_TARGETS.contains(&target) {
                 built.host.push(bin);
             } else if VM_TEST_TARGETS.contains(&target) {
@@ -860,31 +864,11 @@ fn cross_test_bins(arch: Arch) -> Result<Vec<TestBin>> {
     if !out.status.success() {
         bail!("the {arch} build of the VM tests failed ({})", out.status);
     }
-    let mut bins = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
-            continue;
-        }
-        let (Some(exe), Some(manifest)) =
-            (msg["executable"].as_str(), msg["manifest_path"].as_str())
-        else {
-            continue;
-        };
-        let target = msg["target"]["name"].as_str().unwrap_or_default();
-        if ARM64_TESTS.iter().any(|(t, _)| *t == target) {
-            bins.push(TestBin {
-                name: target.to_owned(),
-                dir: PathBuf::from(manifest)
-                    .parent()
-                    .map(PathBuf::from)
-                    .unwrap_or_default(),
-                exe: exe.into(),
-            });
-        }
-    }
+    let bins: Vec<TestBin> = test_executables(&out.stdout)
+        .into_iter()
+        .filter(|(b, _)| ARM64_TESTS.iter().any(|(t, _)| *t == b.name))
+        .map(|(b, _)| b)
+        .collect();
     for (t, _) in ARM64_TESTS {
         if !bins.iter().any(|b| b.name == *t) {
             bail!("cargo reported no {arch} executable for test target {t}");

@@ -20,7 +20,7 @@ use crate::{cmd, kernel::Kernel, setup};
 use anyhow::{Context, Result, bail};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -231,24 +231,14 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
     let mut child = vng_cmd
         .spawn()
         .with_context(|| format!("kernel {}: cannot start `{line}`", kernel.short))?;
-    let exit = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if start.elapsed() > opts.timeout {
-            // vng runs qemu as a child in the same (new) process group: kill them all.
-            // SAFETY: kill(2) on the process group we created for this child.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-            bail!(
-                "kernel {} ({}): VM TIMED OUT after {} s\n{}",
-                kernel.short,
-                kernel.release,
-                opts.timeout.as_secs(),
-                console_tail(&console_path)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    let Some(exit) = wait_or_kill(&mut child, opts.timeout)? else {
+        bail!(
+            "kernel {} ({}): VM TIMED OUT after {} s\n{}",
+            kernel.short,
+            kernel.release,
+            opts.timeout.as_secs(),
+            console_tail(&console_path)
+        );
     };
     let wall = start.elapsed();
     drop(moto);
@@ -489,6 +479,24 @@ pub fn shell_quote(s: &str) -> String {
         s.to_owned()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Waits for a VM's process (started with `process_group(0)`) to exit; past `timeout`,
+/// kills its whole process group (vng runs qemu as a child in it) and gives `None`.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if start.elapsed() > timeout {
+            // SAFETY: kill(2) on the process group created for this child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

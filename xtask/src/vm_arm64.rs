@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The qemu binary (Debian's qemu-system-arm).
 pub const QEMU: &str = "qemu-system-aarch64";
@@ -95,23 +95,14 @@ pub fn run_with(kernel: &Kernel, script: &str, opts: &VmOptions) -> Result<VmOut
     let mut child = qemu
         .spawn()
         .with_context(|| format!("kernel {}: cannot start `{line}`", kernel.short))?;
-    let exit = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if start.elapsed() > opts.timeout {
-            // SAFETY: kill(2) on the process group we created for this child.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-            bail!(
-                "kernel {} ({}, arm64): VM TIMED OUT after {} s\n{}",
-                kernel.short,
-                kernel.release,
-                opts.timeout.as_secs(),
-                vm::console_tail(&console_path)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    let Some(exit) = vm::wait_or_kill(&mut child, opts.timeout)? else {
+        bail!(
+            "kernel {} ({}, arm64): VM TIMED OUT after {} s\n{}",
+            kernel.short,
+            kernel.release,
+            opts.timeout.as_secs(),
+            vm::console_tail(&console_path)
+        );
     };
     let wall = start.elapsed();
     let _ = std::fs::remove_file(&initrd);

@@ -164,6 +164,22 @@ pub fn run(node: &PodNode) -> String {
         &format!("B/A >= {TCP_GOAL}"),
         tcp_goal,
     );
+    // One stream's rate swings by more than the agent's share of it: say where the TCP goal
+    // is decided instead of leaving "undecided" unexplained.
+    let tcp_note = if tcp_goal == Goal::Undecided {
+        format!(
+            "\n\nOne TCP stream's rate varies by more from run to run ({:.2} to {:.2} Gbit/s with no \
+             probes) than the agent's effect on it, so after {n} pairs the ratio's interval is \
+             still {:.3} wide. The agent's cost to the stream is decided instead by its share \
+             of the stream's CPU samples, in \"Where a TCP stream's time goes\".",
+            Summary::of(&ta).map_or(0.0, |s| s.min),
+            Summary::of(&ta).map_or(0.0, |s| s.max),
+            tcp_ratio.high - tcp_ratio.low,
+            n = a.len(),
+        )
+    } else {
+        String::new()
+    };
     let text = format!(
         "A pod-shaped veth pair (host veth `{veth}` in the node, `eth0` with a /32 in the pod, \
          the /32 route and the `512` rule as the CNI lays them out). UDP: {FLOOD_PACKETS} \
@@ -176,7 +192,7 @@ pub fn run(node: &PodNode) -> String {
          (min–max) of each side; the ratio is taken pair by pair and shown as its median with \
          the {CONFIDENCE} interval of that median [low, high] (sign test). Pairs are added, \
          {PAIRS} at least and {MAX_PAIRS} at most, until each ratio's interval lies wholly on \
-         one side of its goal ({n} here).\n\n{}",
+         one side of its goal ({n} here).\n\n{}{tcp_note}",
         t.markdown(),
         n = a.len(),
         veth = node.pods[0].veth,

@@ -105,7 +105,8 @@ async fn read(
 ) -> Result<(Node, crate::model::Topology), CollectError> {
     // The route dump is the largest read of a busy node (10,000 routes): it runs on a
     // thread of its own, on a socket opened here (in this thread's namespace), while this
-    // thread reads the rest.
+    // thread reads the rest. Should a read below fail first, the thread finishes its dump
+    // and ends by itself: nothing waits for it.
     let socket = netlink::socket().map_err(|source| CollectError::Socket { source })?;
     let routes = std::thread::spawn(move || routes::dump(&socket));
     let mut links = links::dump(handle).await?;

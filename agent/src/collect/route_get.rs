@@ -86,31 +86,21 @@ pub fn lookup_all(
     if flows.is_empty() {
         return Ok(Vec::new());
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = if cores > 1 && flows.len() >= 2 * PER_WORKER {
-        2
-    } else {
-        1
-    };
     let socket = || netlink::socket().map_err(|source| CollectError::Socket { source });
-    if workers == 1 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 1 || flows.len() < 2 * PER_WORKER {
         return lookup_on(&socket()?, names, flows);
     }
-    let sockets = [socket()?, socket()?];
-    let per = flows.len().div_ceil(workers);
+    // Two halves, each on its own socket and thread; answers in the flows' order.
+    let (first, second) = flows.split_at(flows.len().div_ceil(2));
+    let (a, b) = (socket()?, socket()?);
     std::thread::scope(|s| {
-        let handles: Vec<_> = sockets
-            .into_iter()
-            .zip(flows.chunks(per))
-            .map(|(socket, chunk)| s.spawn(move || lookup_on(&socket, names, chunk)))
-            .collect();
-        let mut answers = Vec::with_capacity(flows.len());
-        for h in handles {
-            let part = h
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            answers.extend(part);
-        }
+        let later = s.spawn(move || lookup_on(&b, names, second));
+        let mut answers = lookup_on(&a, names, first)?;
+        let rest = later
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        answers.extend(rest);
         Ok(answers)
     })
 }

@@ -315,10 +315,10 @@ fn strict_pod_to_another_strict_pod_meets_both_branch_enis() {
     );
 }
 
-#[test]
-fn without_an_answer_to_follow_the_verdict_says_so() {
-    let n = node();
-    let topo = Topology::from_node(&n);
+/// Pod A's request to the bastion, its forward leg as the kernel answers it, explained
+/// with the answer's legs `reply` (each a flow and the kernel's answer for it).
+fn explained(n: &Node, proto: Proto, port: u16, reply: &[(Flow<'_>, Answer)]) -> Trace {
+    let topo = Topology::from_node(n);
     let pod = topo
         .paths
         .iter()
@@ -327,17 +327,23 @@ fn without_an_answer_to_follow_the_verdict_says_so() {
     let req = Request {
         from: pod,
         to: ip(BASTION),
-        proto: Proto::Udp,
-        port: Some(53),
+        proto,
+        port: Some(port),
     };
     let fwd = Flow {
         iif: Some(A),
         src: Some(ip(POD_A)),
         dst: ip(BASTION),
-        ipproto: Some(17),
+        ipproto: Some(proto.number()),
     };
-    let forward = leg(&n, &topo, &fwd, &kernel(&n, &fwd));
-    let t = explain(&n, &topo, &req, forward, Vec::new());
+    let forward = leg(n, &topo, &fwd, &kernel(n, &fwd));
+    let reply = reply.iter().map(|(f, a)| leg(n, &topo, f, a)).collect();
+    explain(n, &topo, &req, forward, reply)
+}
+
+#[test]
+fn without_an_answer_to_follow_the_verdict_says_so() {
+    let t = explained(&node(), Proto::Udp, 53, &[]);
     assert_eq!(
         t.verdict,
         "The packet leaves through vlan.eth.1; sgpath has no answer to follow."
@@ -513,26 +519,6 @@ fn an_answer_leaving_by_the_node_eni_is_dropped_by_the_vpc() {
 
 #[test]
 fn an_answer_that_leaves_elsewhere_does_not_work() {
-    let n = node();
-    let topo = Topology::from_node(&n);
-    let pod = topo
-        .paths
-        .iter()
-        .find(|p| p.pod_ip == Some(ip(POD_A)))
-        .unwrap();
-    let req = Request {
-        from: pod,
-        to: ip(BASTION),
-        proto: Proto::Tcp,
-        port: Some(443),
-    };
-    let fwd = Flow {
-        iif: Some(A),
-        src: Some(ip(POD_A)),
-        dst: ip(BASTION),
-        ipproto: Some(6),
-    };
-    let forward = leg(&n, &topo, &fwd, &kernel(&n, &fwd));
     // An answer that ends on another pod's veth.
     let back = Flow {
         iif: Some("vlan.eth.1"),
@@ -541,7 +527,7 @@ fn an_answer_that_leaves_elsewhere_does_not_work() {
         ipproto: Some(6),
     };
     let to_b = Ok(uni(107, "192.168.3.219/32", None, B));
-    let t = explain(&n, &topo, &req, forward, vec![leg(&n, &topo, &back, &to_b)]);
+    let t = explained(&node(), Proto::Tcp, 443, &[(back, to_b)]);
     assert_eq!(t.same_path, Some(false));
     assert_eq!(
         t.verdict,

@@ -143,6 +143,7 @@ pub fn run(node: &PodNode) -> String {
     let udp_ratio = Interval::of(&ratios(&pa, &pb)).expect("enough pairs");
     let tcp_ratio = Interval::of(&ratios(&ta, &tb)).expect("enough pairs");
     let (udp_goal, tcp_goal) = judge(&a, &b);
+    let tcp_a = Summary::of(&ta).expect("enough pairs");
     let mut t = Table::new(&["figure", "no probes (A)", "sgpath agent (B)", "B / A"]);
     t.row(
         &[
@@ -157,7 +158,7 @@ pub fn run(node: &PodNode) -> String {
     t.row(
         &[
             "TCP stream, Gbit/s".into(),
-            Summary::of(&ta).unwrap().show(2),
+            tcp_a.show(2),
             Summary::of(&tb).unwrap().show(2),
             tcp_ratio.show(3),
         ],
@@ -172,8 +173,8 @@ pub fn run(node: &PodNode) -> String {
              probes) than the agent's effect on it, so after {n} pairs the ratio's interval is \
              still {:.3} wide. The agent's cost to the stream is decided instead by its share \
              of the stream's CPU samples, in \"Where a TCP stream's time goes\".",
-            Summary::of(&ta).map_or(0.0, |s| s.min),
-            Summary::of(&ta).map_or(0.0, |s| s.max),
+            tcp_a.min,
+            tcp_a.max,
             tcp_ratio.high - tcp_ratio.low,
             n = a.len(),
         )
